@@ -1,0 +1,195 @@
+//! Assembles `telemd` from the library parts and runs it until SIGTERM or
+//! SIGINT. The binary only parses arguments and calls [`run`].
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::ingest::socket::{self, NativeSocketOptions};
+use crate::ingest::Ingest;
+use crate::machine_id::{MachineIdCache, MachineIdStore};
+use crate::metadata::HostMetadata;
+use crate::spool::Spool;
+use crate::systemd;
+
+/// Why the daemon could not start.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// A file or socket operation failed; `what` says which.
+    #[error("{what}: {source}")]
+    Io {
+        /// What the daemon was doing.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> DaemonError {
+    move |source| DaemonError::Io {
+        what: what(),
+        source,
+    }
+}
+
+/// Runs the daemon with `config` until a termination signal.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    for w in &config.warnings {
+        warn!("config: {w}");
+    }
+    for dir in [&config.spool_dir, &config.state_dir, &config.journal_dir] {
+        std::fs::create_dir_all(dir).map_err(ctx(|| format!("cannot create {}", dir.display())))?;
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metadata = HostMetadata::collect(&config.metadata_root);
+    let cap = (config.spool_max_size >= 0).then(|| config.spool_max_size as u64 * 1024);
+    let spool = Spool::open(&config.spool_dir, cap).map_err(ctx(|| {
+        format!("cannot open the spool {}", config.spool_dir.display())
+    }))?;
+    let machine_id = MachineIdCache::new(MachineIdStore::new(
+        &config.state_dir,
+        &config.static_machine_id_file,
+    ));
+    let ingest = Arc::new(Ingest::new(
+        spool.clone(),
+        machine_id,
+        metadata,
+        config.opt_in_file.clone(),
+        clock,
+    ));
+
+    let (listener, bound_path) = native_listener(&config)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let opts = NativeSocketOptions {
+        timeout: Duration::from_millis(config.socket_timeout_ms),
+        max_connections: config.max_connections,
+    };
+    let native = tokio::spawn(socket::serve(listener, ingest.clone(), opts, stop_rx));
+
+    info!(
+        socket = %config.socket_path.display(),
+        spool = %config.spool_dir.display(),
+        opted_in = config.opt_in_file.exists(),
+        "telemd ready"
+    );
+    systemd::notify("READY=1");
+
+    wait_for_signal().await;
+    systemd::notify("STOPPING=1");
+    info!("stopping: finishing connections in progress");
+    let _ = stop_tx.send(true);
+    let _ = native.await;
+    spool.close();
+    if let Some(p) = bound_path {
+        let _ = std::fs::remove_file(p);
+    }
+    let c = ingest.stats.snapshot();
+    info!(
+        accepted = c.accepted,
+        invalid = c.invalid,
+        not_opted_in = c.not_opted_in,
+        spool_full = c.spool_full,
+        spool_errors = c.spool_errors,
+        timed_out = c.timed_out,
+        "telemd stopped"
+    );
+    Ok(())
+}
+
+/// The native socket: the one systemd passed (named `telem-0`/`native`, or
+/// the only one), else a fresh bind at `socket_path`. Returns the path to
+/// clean up when this process bound it.
+fn native_listener(config: &Config) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
+    let mut fds = systemd::take_listen_fds();
+    let pick = fds
+        .iter()
+        .position(|f| f.name == "telem-0" || f.name == "native")
+        .or_else(|| (fds.len() == 1).then_some(0));
+    if let Some(i) = pick {
+        let fd = fds.swap_remove(i);
+        let std_listener = std::os::unix::net::UnixListener::from(fd.fd);
+        std_listener
+            .set_nonblocking(true)
+            .map_err(ctx(|| "passed socket".into()))?;
+        let l = UnixListener::from_std(std_listener).map_err(ctx(|| "passed socket".into()))?;
+        info!("using the native socket passed by systemd");
+        return Ok((l, None));
+    }
+    let path: &Path = &config.socket_path;
+    let l = socket::bind(path, config.socket_mode)
+        .map_err(ctx(|| format!("cannot listen on {}", path.display())))?;
+    Ok((l, Some(path.to_owned())))
+}
+
+/// Sets up the rootless developer layout under `dir` and returns its
+/// config: every path under `dir`, opted in, records delivered to a local
+/// JSON-lines file. The effective config is written to `dir/telemd.toml` so
+/// `telem-record-gen -f` and `telemctl -f` find the same socket and paths.
+pub fn prepare_dev(dir: &Path, extra: Option<&Path>) -> Result<Config, DevError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DevError(format!("cannot create {}: {e}", dir.display())))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| DevError(format!("{}: {e}", dir.display())))?;
+    let base = Config::dev(&dir);
+    let config = match extra {
+        Some(p) => Config::load_file(base, p).map_err(|e| DevError(e.to_string()))?,
+        None => base,
+    };
+    let write = |p: &Path, text: &str| {
+        crate::fsutil::write_atomic(p, text.as_bytes(), 0o644)
+            .map_err(|e| DevError(format!("cannot write {}: {e}", p.display())))
+    };
+    write(&config.opt_in_file, "")?;
+    let cfg_path = dir.join("telemd.toml");
+    write(
+        &cfg_path,
+        &format!(
+            "# written by telemd --dev; effective dev-mode config\n{}",
+            config.to_toml()
+        ),
+    )?;
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned));
+    let gen = bin.map_or_else(
+        || "telem-record-gen".into(),
+        |b| b.join("telem-record-gen").display().to_string(),
+    );
+    eprintln!("telemd dev mode: everything lives under {}", dir.display());
+    eprintln!("  config:    {}", cfg_path.display());
+    eprintln!("  socket:    {}", config.socket_path.display());
+    eprintln!("  spool:     {}", config.spool_dir.display());
+    eprintln!(
+        "  send one:  {gen} -f {} -c org.example/dev/test -p 'hello from dev'",
+        cfg_path.display()
+    );
+    Ok(Config {
+        source: Some(cfg_path),
+        ..config
+    })
+}
+
+/// Why dev mode could not be set up.
+#[derive(Debug, Error)]
+#[error("dev mode: {0}")]
+pub struct DevError(String);
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
