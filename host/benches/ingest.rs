@@ -1,1 +1,185 @@
-fn main() {}
+//! Native ingest benchmark: records/s from the legacy socket into the
+//! durable spool, from 1 and from 16 concurrent clients, with `telemd`'s RSS
+//! idle and under load. Every record counts only once its file is visible
+//! in the spool (which happens after its fsync); the run fails if a single
+//! sent frame does not end up there.
+//!
+//! Run: `cargo bench -p telemetrics-host --bench ingest`
+//! (`-- --records N` to change the per-run count).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use telem::record::wire::{encode_frame, parse_frame};
+use telem::record::Header;
+
+const TELEMD: &str = env!("CARGO_BIN_EXE_telemd");
+
+fn frame_template() -> telem::record::Record {
+    let p = format!("{}/../tests/fixtures/legacy/frame-record-gen.bin", env!("CARGO_MANIFEST_DIR"));
+    parse_frame(&std::fs::read(p).expect("fixture")).expect("fixture parses")
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0)))
+        .unwrap_or(0)
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
+        .unwrap_or(0)
+}
+
+struct Daemon {
+    child: Child,
+    root: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(root: &Path) -> Daemon {
+    let _ = std::fs::remove_dir_all(root);
+    std::fs::create_dir_all(root).unwrap();
+    let r = root.display();
+    let cfg = format!(
+        "server = \"file://{r}/out.jsonl\"\nsocket_path = \"{r}/telem-0\"\nspool_dir = \"{r}/spool\"\n\
+         state_dir = \"{r}/state\"\njournal_dir = \"{r}/journal\"\nopt_in_file = \"{r}/opt-in\"\n\
+         control_socket = \"{r}/control.sock\"\nspool_max_size = -1\n"
+    );
+    std::fs::write(root.join("telemd.toml"), cfg).unwrap();
+    std::fs::write(root.join("opt-in"), "").unwrap();
+    let child = Command::new(TELEMD)
+        .arg("-f")
+        .arg(root.join("telemd.toml"))
+        .arg("--log")
+        .arg("warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn telemd");
+    let sock = root.join("telem-0");
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "telemd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon { child, root: root.to_owned() }
+}
+
+struct RunResult {
+    clients: usize,
+    records: usize,
+    secs: f64,
+    lost: usize,
+    peak_rss: u64,
+}
+
+/// Lets write-back and discards of earlier runs finish so they don't bill
+/// this one.
+fn settle() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+fn run(root: &Path, clients: usize, records: usize) -> RunResult {
+    settle();
+    let d = start(root);
+    let pid = d.child.id();
+    let sock = d.root.join("telem-0");
+    let spool = d.root.join("spool");
+    let per = records / clients;
+    let total = per * clients;
+    let peak = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid, "VmRSS:"), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let mut r = frame_template();
+                for i in 0..per {
+                    r.payload = format!("client {c} record {i}");
+                    r.headers.set(Header::EventId, telem::record::random_id());
+                    let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+                    std::io::Write::write_all(&mut s, &encode_frame(&r)).expect("send");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let sent_after = start.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = count_files(&spool);
+    while n < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+        n = count_files(&spool);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("{clients} clients: all frames sent after {sent_after:.2}s, all spooled after {secs:.2}s");
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    RunResult { clients, records: total, secs, lost: total - n.min(total), peak_rss: peak.load(Ordering::Relaxed) }
+}
+
+fn main() {
+    let mut records = 20_000usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--records" {
+            records = args.next().and_then(|v| v.parse().ok()).expect("--records N");
+        }
+    }
+    // On the project's disk, not tmpfs: the fsyncs are the point.
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-ingest");
+    let _ = std::fs::remove_dir_all(&base);
+
+    let idle = {
+        let d = start(&base.join("idle"));
+        std::thread::sleep(Duration::from_secs(1));
+        rss_kib(d.child.id(), "VmRSS:")
+    };
+    println!("telemd idle RSS: {idle} KiB");
+    println!();
+    println!("| clients | records | seconds | records/s | lost | peak RSS (KiB) |");
+    println!("|--------:|--------:|--------:|----------:|-----:|---------------:|");
+    let mut failed = false;
+    for clients in [1, 16] {
+        let r = run(&base.join(format!("c{clients}")), clients, records);
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {} | {} |",
+            r.clients,
+            r.records,
+            r.secs,
+            r.records as f64 / r.secs,
+            r.lost,
+            r.peak_rss
+        );
+        failed |= r.lost > 0;
+    }
+    if failed {
+        eprintln!("records were lost");
+        std::process::exit(1);
+    }
+}

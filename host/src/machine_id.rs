@@ -108,7 +108,7 @@ impl MachineIdCache {
         if let Some((id, checked)) = &self.cached {
             if now
                 .duration_since(*checked)
-                .map_or(false, |d| d < MACHINE_ID_CHECK_INTERVAL)
+                .is_ok_and(|d| d < MACHINE_ID_CHECK_INTERVAL)
             {
                 return Ok(id.clone());
             }

@@ -160,7 +160,7 @@ fn run(args: Args) -> Result<(), String> {
     record.validate().map_err(|e| e.to_string())?;
 
     if args.echo || args.no_post {
-        print!("{}{}\n", record.headers.to_block(), record.payload);
+        println!("{}{}", record.headers.to_block(), record.payload);
     }
     if args.no_post {
         return Ok(());

@@ -16,7 +16,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -27,6 +27,10 @@ use crate::record::{Header, Record};
 /// Listen backlog: room for bursts of short-lived probe connections while
 /// every serving slot is busy.
 pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Records read from clients and waiting for their spool commit; bounds
+/// memory (each at most one frame) when the disk is slower than the clients.
+pub const MAX_PENDING_RECORDS: usize = 1024;
 
 /// Limits applied to native clients.
 #[derive(Clone, Copy, Debug)]
@@ -84,6 +88,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_RECORDS));
     let mut conns = JoinSet::new();
     loop {
         while conns.try_join_next().is_some() {}
@@ -98,10 +103,8 @@ pub async fn serve(
         match stream {
             Ok((stream, _)) => {
                 let ingest = ingest.clone();
-                conns.spawn(async move {
-                    handle(stream, &ingest, opts.timeout).await;
-                    drop(permit);
-                });
+                let pending = pending.clone();
+                conns.spawn(async move { handle(stream, permit, &pending, &ingest, opts.timeout).await });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -113,7 +116,13 @@ pub async fn serve(
     while conns.join_next().await.is_some() {}
 }
 
-async fn handle(mut stream: UnixStream, ingest: &Ingest, timeout: Duration) {
+async fn handle(
+    mut stream: UnixStream,
+    slot: OwnedSemaphorePermit,
+    pending: &Semaphore,
+    ingest: &Ingest,
+    timeout: Duration,
+) {
     let cred = stream.peer_cred().ok();
     let uid = cred.as_ref().map(|c| c.uid());
     let pid = cred.as_ref().and_then(|c| c.pid());
@@ -127,6 +136,10 @@ async fn handle(mut stream: UnixStream, ingest: &Ingest, timeout: Duration) {
             );
             return;
         }
+        Ok(Err(ConnError::Truncated { got: 0, .. })) => {
+            debug!(?uid, ?pid, "native client closed without sending anything");
+            return;
+        }
         Ok(Err(e)) => {
             ingest.stats.invalid.fetch_add(1, Ordering::Relaxed);
             warn!(?uid, ?pid, "native frame rejected: {e}");
@@ -134,6 +147,11 @@ async fn handle(mut stream: UnixStream, ingest: &Ingest, timeout: Duration) {
         }
         Ok(Ok(r)) => r,
     };
+    // The client expects no answer: free its connection slot now and let
+    // the record wait for its group commit, within the pending-record bound.
+    let _pending = pending.acquire().await.expect("semaphore never closed");
+    drop(stream);
+    drop(slot);
     let classification = record.headers.get(Header::Classification).to_owned();
     match ingest.submit_native(record).await {
         Ok(id) => debug!(record_id = %id, %classification, ?uid, ?pid, "native record spooled"),

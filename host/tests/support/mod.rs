@@ -1,0 +1,182 @@
+//! Shared harness for end-to-end tests: a real `telemd` process in a
+//! private directory, raw socket clients, spool inspection.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use telem::record::{spool_file, Record};
+
+pub const TELEMD: &str = env!("CARGO_BIN_EXE_telemd");
+pub const RECORD_GEN: &str = env!("CARGO_BIN_EXE_telem-record-gen");
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    let p = format!("{}/../tests/fixtures/legacy/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+/// A `telemd` with every path under a temp dir.
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl TestDaemon {
+    /// Writes a config (test paths plus `extra` TOML lines), opts in, starts.
+    pub fn start(extra: &str) -> TestDaemon {
+        let d = TestDaemon::prepare(extra);
+        std::fs::write(d.path("opt-in"), "").unwrap();
+        d.spawn()
+    }
+
+    /// Config written, not opted in, not started.
+    pub fn prepare(extra: &str) -> TestDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let config = format!(
+            r#"server = "file://{root}/collector.jsonl"
+socket_path = "{root}/telem-0"
+spool_dir = "{root}/spool"
+state_dir = "{root}/state"
+journal_dir = "{root}/journal"
+opt_in_file = "{root}/opt-in"
+static_machine_id_file = "{root}/static-machine-id"
+probes_dirs = ["{root}/probes"]
+control_socket = "{root}/control.sock"
+socket_timeout_ms = 1000
+{extra}
+"#,
+            root = p.display()
+        );
+        let config_path = p.join("telemd.toml");
+        std::fs::write(&config_path, config).unwrap();
+        TestDaemon { dir, config_path, child: None }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("telem-0")
+    }
+
+    /// Starts the daemon (stderr to `telemd.log`) and waits for its socket.
+    pub fn spawn(mut self) -> TestDaemon {
+        self.spawn_with(Command::new(TELEMD));
+        self
+    }
+
+    pub fn spawn_with(&mut self, mut cmd: Command) {
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("telemd.log")).unwrap();
+        cmd.arg("-f")
+            .arg(&self.config_path)
+            .arg("--log")
+            .arg("debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn telemd"));
+        let sock = self.socket();
+        assert!(
+            wait_until(Duration::from_secs(20), || UnixStream::connect(&sock).is_ok() || self.exited()),
+            "telemd did not start; log:\n{}",
+            self.log()
+        );
+        assert!(!self.exited(), "telemd exited at start; log:\n{}", self.log());
+    }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("telemd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Names of the record files in the spool (temp files excluded).
+    pub fn spool_names(&self) -> Vec<String> {
+        spool_names(&self.path("spool"))
+    }
+
+    pub fn spool_records(&self) -> Vec<Record> {
+        let dir = self.path("spool");
+        self.spool_names()
+            .into_iter()
+            .map(|n| {
+                let bytes = std::fs::read(dir.join(&n)).unwrap();
+                spool_file::decode(&bytes).unwrap_or_else(|e| panic!("spool file {n} unreadable: {e}"))
+            })
+            .collect()
+    }
+
+    /// Waits until the spool holds exactly `n` records.
+    pub fn wait_spool(&self, n: usize) -> Vec<Record> {
+        let ok = wait_until(Duration::from_secs(10), || self.spool_names().len() >= n);
+        let recs = self.spool_records();
+        assert!(ok && recs.len() == n, "expected {n} spooled records, found {}; log:\n{}", recs.len(), self.log());
+        recs
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn spool_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Sends raw bytes in one connection and closes it.
+pub fn send_raw(socket: &Path, bytes: &[u8]) {
+    let mut s = UnixStream::connect(socket).expect("connect");
+    s.write_all(bytes).expect("write");
+}
