@@ -19,7 +19,10 @@ use telem::record::Header;
 const TELEMD: &str = env!("CARGO_BIN_EXE_telemd");
 
 fn frame_template() -> telem::record::Record {
-    let p = format!("{}/../tests/fixtures/legacy/frame-record-gen.bin", env!("CARGO_MANIFEST_DIR"));
+    let p = format!(
+        "{}/../tests/fixtures/legacy/frame-record-gen.bin",
+        env!("CARGO_MANIFEST_DIR")
+    );
     parse_frame(&std::fs::read(p).expect("fixture")).expect("fixture parses")
 }
 
@@ -27,13 +30,20 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0)))
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
+        })
         .unwrap_or(0)
 }
 
 fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -71,10 +81,16 @@ fn start(root: &Path) -> Daemon {
     let sock = root.join("telem-0");
     let t = Instant::now();
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "telemd did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "telemd did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Daemon { child, root: root.to_owned() }
+    Daemon {
+        child,
+        root: root.to_owned(),
+    }
 }
 
 struct RunResult {
@@ -137,10 +153,18 @@ fn run(root: &Path, clients: usize, records: usize) -> RunResult {
         n = count_files(&spool);
     }
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("{clients} clients: all frames sent after {sent_after:.2}s, all spooled after {secs:.2}s");
+    eprintln!(
+        "{clients} clients: all frames sent after {sent_after:.2}s, all spooled after {secs:.2}s"
+    );
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
-    RunResult { clients, records: total, secs, lost: total - n.min(total), peak_rss: peak.load(Ordering::Relaxed) }
+    RunResult {
+        clients,
+        records: total,
+        secs,
+        lost: total - n.min(total),
+        peak_rss: peak.load(Ordering::Relaxed),
+    }
 }
 
 fn main() {
@@ -148,7 +172,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--records" {
-            records = args.next().and_then(|v| v.parse().ok()).expect("--records N");
+            records = args
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("--records N");
         }
     }
     // On the project's disk, not tmpfs: the fsyncs are the point.

@@ -8,13 +8,16 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::delivery::post::PosterError;
+use crate::delivery::Delivery;
 use crate::ingest::socket::{self, NativeSocketOptions};
 use crate::ingest::Ingest;
+use crate::journal::Journal;
 use crate::machine_id::{MachineIdCache, MachineIdStore};
 use crate::metadata::HostMetadata;
 use crate::spool::Spool;
@@ -32,6 +35,9 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    /// The collector client could not be set up (bad `cainfo`).
+    #[error("{0}")]
+    Poster(#[from] PosterError),
 }
 
 fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> DaemonError {
@@ -64,8 +70,28 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         machine_id,
         metadata,
         config.opt_in_file.clone(),
-        clock,
+        clock.clone(),
     ));
+    let journal = Arc::new(
+        Journal::open(
+            &config.journal_dir,
+            config.journal_limit,
+            config.record_retention_enabled,
+        )
+        .map_err(ctx(|| {
+            format!(
+                "cannot open the journal in {}",
+                config.journal_dir.display()
+            )
+        }))?,
+    );
+    let delivery = Delivery::new(
+        config.clone(),
+        spool.clone(),
+        journal,
+        clock,
+        rand::random(),
+    )?;
 
     let (listener, bound_path) = native_listener(&config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -73,11 +99,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         timeout: Duration::from_millis(config.socket_timeout_ms),
         max_connections: config.max_connections,
     };
-    let native = tokio::spawn(socket::serve(listener, ingest.clone(), opts, stop_rx));
+    let native = tokio::spawn(socket::serve(
+        listener,
+        ingest.clone(),
+        opts,
+        stop_rx.clone(),
+    ));
+    let flush = Arc::new(Notify::new());
+    let delivering = tokio::spawn(delivery.run(stop_rx, flush.clone()));
 
     info!(
         socket = %config.socket_path.display(),
         spool = %config.spool_dir.display(),
+        server = %config.server,
         opted_in = config.opt_in_file.exists(),
         "telemd ready"
     );
@@ -88,6 +122,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     info!("stopping: finishing connections in progress");
     let _ = stop_tx.send(true);
     let _ = native.await;
+    let _ = delivering.await;
     spool.close();
     if let Some(p) = bound_path {
         let _ = std::fs::remove_file(p);

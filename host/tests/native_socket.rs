@@ -40,16 +40,31 @@ fn legacy_frames_land_in_the_spool_byte_identical() {
         let got = by_event_id(&spooled, &sent);
         for h in Header::ALL {
             if h == Header::MachineId {
-                assert_eq!(got.headers.get(h), machine_id, "{name}: machine_id is the daemon's");
+                assert_eq!(
+                    got.headers.get(h),
+                    machine_id,
+                    "{name}: machine_id is the daemon's"
+                );
             } else {
-                assert_eq!(got.headers.get(h), sent.headers.get(h), "{name}: header {h}");
+                assert_eq!(
+                    got.headers.get(h),
+                    sent.headers.get(h),
+                    "{name}: header {h}"
+                );
             }
         }
-        assert_eq!(got.payload.as_bytes(), sent.payload.as_bytes(), "{name}: payload");
+        assert_eq!(
+            got.payload.as_bytes(),
+            sent.payload.as_bytes(),
+            "{name}: payload"
+        );
         assert_eq!(got.config, sent.config, "{name}: CFG prefix");
     }
     let cfg = parse_frame(&fixture("frame-hprobe-cfg.bin")).unwrap();
-    assert_eq!(by_event_id(&spooled, &cfg).config.as_deref(), Some("/etc/telemetrics/custom.conf"));
+    assert_eq!(
+        by_event_id(&spooled, &cfg).config.as_deref(),
+        Some("/etc/telemetrics/custom.conf")
+    );
 
     // The spool file itself is the legacy staged layout.
     let dir = d.path("spool");
@@ -60,7 +75,10 @@ fn legacy_frames_land_in_the_spool_byte_identical() {
         .find(|b| b.starts_with(b"CFG:"))
         .unwrap();
     assert!(hprobe.starts_with(b"CFG:/etc/telemetrics/custom.conf\nrecord_format_version: 4\n"));
-    assert!(hprobe.ends_with(b"\nhello\n\n"), "payload plus the legacy extra newline");
+    assert!(
+        hprobe.ends_with(b"\nhello\n\n"),
+        "payload plus the legacy extra newline"
+    );
 }
 
 fn valid_frame(payload: &str) -> Vec<u8> {
@@ -86,7 +104,10 @@ fn malformed_input_is_refused_and_the_daemon_keeps_serving() {
         ("size 0", with_size(good.clone(), 0)),
         ("size 4", with_size(good.clone(), 4)),
         ("size u32::MAX", with_size(good.clone(), u32::MAX)),
-        ("size larger than the bytes sent", with_size(good.clone(), good.len() as u32 + 50)),
+        (
+            "size larger than the bytes sent",
+            with_size(good.clone(), good.len() as u32 + 50),
+        ),
     ];
     // Header-block edits keep header_size consistent by re-encoding from parts.
     let parts = |mutate: &dyn Fn(&str) -> String| {
@@ -101,14 +122,24 @@ fn malformed_input_is_refused_and_the_daemon_keeps_serving() {
         f.extend_from_slice(&body);
         f
     };
-    bad.push(("missing header", parts(&|b| b.replacen("arch: x86_64\n", "", 1))));
+    bad.push((
+        "missing header",
+        parts(&|b| b.replacen("arch: x86_64\n", "", 1)),
+    ));
     bad.push((
         "reordered headers",
         parts(&|b| {
-            b.replacen("classification: org.example/test/vec\nseverity: 3\n", "severity: 3\nclassification: org.example/test/vec\n", 1)
+            b.replacen(
+                "classification: org.example/test/vec\nseverity: 3\n",
+                "severity: 3\nclassification: org.example/test/vec\n",
+                1,
+            )
         }),
     ));
-    bad.push(("severity out of range", parts(&|b| b.replacen("severity: 3", "severity: 7", 1))));
+    bad.push((
+        "severity out of range",
+        parts(&|b| b.replacen("severity: 3", "severity: 7", 1)),
+    ));
     let mut nul = valid_frame("abcd");
     let n = nul.len();
     nul[n - 3] = 0;
@@ -125,7 +156,11 @@ fn malformed_input_is_refused_and_the_daemon_keeps_serving() {
     let recs = d.wait_spool(bad.len());
     for r in &recs {
         r.validate().expect("only valid records reach the spool");
-        assert!(bad.iter().any(|(w, _)| *w == r.payload), "unexpected payload {:?}", r.payload);
+        assert!(
+            bad.iter().any(|(w, _)| *w == r.payload),
+            "unexpected payload {:?}",
+            r.payload
+        );
     }
     let log = d.log();
     for needle in [
@@ -142,7 +177,10 @@ fn malformed_input_is_refused_and_the_daemon_keeps_serving() {
         assert!(log.contains(needle), "log lacks {needle:?}:\n{log}");
     }
     // Rejections carry the peer's credentials.
-    assert!(log.contains(&format!("pid=Some({})", std::process::id())), "{log}");
+    assert!(
+        log.contains(&format!("pid=Some({})", std::process::id())),
+        "{log}"
+    );
 }
 
 #[test]
@@ -150,7 +188,9 @@ fn silent_and_slow_clients_time_out_without_blocking_others() {
     let d = TestDaemon::start("max_connections = 8");
     let sock = d.socket();
     // Hold more silent connections than there are serving slots.
-    let silent: Vec<UnixStream> = (0..20).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+    let silent: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
     // A slow client that trickles a valid frame well within the timeout.
     let slow = {
         let sock = sock.clone();
@@ -168,10 +208,25 @@ fn silent_and_slow_clients_time_out_without_blocking_others() {
     slow.join().unwrap();
     let recs = d.wait_spool(2);
     let payloads: Vec<&str> = recs.iter().map(|r| r.payload.as_str()).collect();
-    assert!(payloads.contains(&"after the silent ones") && payloads.contains(&"slow but complete"), "{payloads:?}");
+    assert!(
+        payloads.contains(&"after the silent ones") && payloads.contains(&"slow but complete"),
+        "{payloads:?}"
+    );
     // Silent clients were dropped at the 1 s timeout, in batches of 8 slots.
-    assert!(start.elapsed() < Duration::from_secs(8), "took {:?}", start.elapsed());
-    assert!(wait_until(Duration::from_secs(5), || d.log().matches("no complete frame within").count() >= 20), "{}", d.log());
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || d
+            .log()
+            .matches("no complete frame within")
+            .count()
+            >= 20),
+        "{}",
+        d.log()
+    );
     drop(silent);
 }
 
@@ -204,7 +259,11 @@ fn two_hundred_clients_at_once_all_land() {
 fn not_opted_in_refuses_native_records() {
     let mut d = TestDaemon::prepare("").spawn();
     send_raw(&d.socket(), &valid_frame("nobody asked"));
-    assert!(wait_until(Duration::from_secs(5), || d.log().contains("not opted in")), "{}", d.log());
+    assert!(
+        wait_until(Duration::from_secs(5), || d.log().contains("not opted in")),
+        "{}",
+        d.log()
+    );
     assert!(d.spool_names().is_empty());
     // Opting in takes effect without a restart.
     std::fs::write(d.path("opt-in"), "").unwrap();
@@ -234,7 +293,11 @@ fn socket_activation_uses_the_passed_listener() {
     let listener = std::os::unix::net::UnixListener::bind(&passed).unwrap();
     let fd = listener.as_raw_fd();
     let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c").arg(format!("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=telem-0 exec {TELEMD} \"$@\"")).arg("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=telem-0 exec {TELEMD} \"$@\""
+        ))
+        .arg("sh");
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(fd, 3) < 0 {
@@ -247,10 +310,19 @@ fn socket_activation_uses_the_passed_listener() {
     let _ = std::fs::remove_file(d.socket());
     std::fs::write(d.path("opt-in"), "").unwrap();
     let log = std::fs::File::create(d.path("telemd.log")).unwrap();
-    cmd.arg("-f").arg(&d.config_path).stderr(log).stdin(std::process::Stdio::null());
+    cmd.arg("-f")
+        .arg(&d.config_path)
+        .stderr(log)
+        .stdin(std::process::Stdio::null());
     let mut child = cmd.spawn().unwrap();
     drop(listener);
-    assert!(wait_until(Duration::from_secs(10), || d.log().contains("passed by systemd")), "{}", d.log());
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .log()
+            .contains("passed by systemd")),
+        "{}",
+        d.log()
+    );
     send_raw(&passed, &valid_frame("activated"));
     assert_eq!(d.wait_spool(1)[0].payload, "activated");
     assert!(!d.socket().exists(), "the configured path was not bound");
@@ -264,18 +336,43 @@ fn record_gen_sends_records_the_daemon_accepts() {
     let out = std::process::Command::new(RECORD_GEN)
         .args(["-f"])
         .arg(&d.config_path)
-        .args(["-c", "org.example/gen/test", "-s", "2", "-R", "3", "-e", "0123456789abcdef0123456789abcdef", "-p", "from the cli"])
+        .args([
+            "-c",
+            "org.example/gen/test",
+            "-s",
+            "2",
+            "-R",
+            "3",
+            "-e",
+            "0123456789abcdef0123456789abcdef",
+            "-p",
+            "from the cli",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = &d.wait_spool(1)[0];
-    assert_eq!(r.headers.get(Header::Classification), "org.example/gen/test");
+    assert_eq!(
+        r.headers.get(Header::Classification),
+        "org.example/gen/test"
+    );
     assert_eq!(r.headers.get(Header::Severity), "2");
     assert_eq!(r.headers.get(Header::PayloadFormatVersion), "3");
-    assert_eq!(r.headers.get(Header::EventId), "0123456789abcdef0123456789abcdef");
+    assert_eq!(
+        r.headers.get(Header::EventId),
+        "0123456789abcdef0123456789abcdef"
+    );
     assert_eq!(r.payload, "from the cli");
     let cfg = d.config_path.canonicalize().unwrap();
-    assert_eq!(r.config.as_deref(), Some(cfg.to_str().unwrap()), "-f is sent as the CFG: prefix");
+    assert_eq!(
+        r.config.as_deref(),
+        Some(cfg.to_str().unwrap()),
+        "-f is sent as the CFG: prefix"
+    );
 
     // Payload from stdin, cut to 8192 bytes.
     let mut child = std::process::Command::new(RECORD_GEN)
@@ -287,7 +384,12 @@ fn record_gen_sends_records_the_daemon_accepts() {
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(&[b'x'; 9000]).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&[b'x'; 9000])
+        .unwrap();
     assert!(child.wait().unwrap().success());
     let recs = d.wait_spool(2);
     assert!(recs.iter().any(|r| r.payload.len() == 8192));
@@ -297,8 +399,17 @@ fn record_gen_sends_records_the_daemon_accepts() {
 fn record_gen_errors_are_clear_and_exit_nonzero() {
     let d = TestDaemon::prepare("").spawn(); // not opted in
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(RECORD_GEN).arg("-f").arg(&d.config_path).args(args).output().unwrap();
-        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stderr).into_owned(), String::from_utf8_lossy(&out.stdout).into_owned())
+        let out = std::process::Command::new(RECORD_GEN)
+            .arg("-f")
+            .arg(&d.config_path)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     let (code, err, _) = run(&["-p", "x"]);
     assert_eq!(code, 1);
@@ -320,7 +431,11 @@ fn record_gen_errors_are_clear_and_exit_nonzero() {
     assert!(err.contains("opt-in"), "{err}");
     let (code, _, out) = run(&["-c", "a/b/c", "-p", "just print", "-n"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with("record_format_version: 4\nclassification: a/b/c\n") && out.ends_with("just print\n"), "{out}");
+    assert!(
+        out.starts_with("record_format_version: 4\nclassification: a/b/c\n")
+            && out.ends_with("just print\n"),
+        "{out}"
+    );
     let (code, _, _) = run(&["--bogus"]);
     assert_eq!(code, 2);
     // No daemon listening: a clear connect error.

@@ -27,7 +27,13 @@ fn spool_survives_kill_9_during_writes() {
                     // Large payloads widen the window in which a write is in progress.
                     r.payload = format!("{t}-{i}-{}", "x".repeat(8000));
                     r.headers.set(Header::EventId, telem::record::random_id());
-                    if telem::client::send_frame(&sock, &encode_frame(&r), Duration::from_millis(200)).is_ok() {
+                    if telem::client::send_frame(
+                        &sock,
+                        &encode_frame(&r),
+                        Duration::from_millis(200),
+                    )
+                    .is_ok()
+                    {
                         sent.fetch_add(1, Ordering::Relaxed);
                     }
                     i += 1;
@@ -36,7 +42,11 @@ fn spool_survives_kill_9_during_writes() {
         })
         .collect();
     // Let records flow, then kill the daemon mid-stream.
-    assert!(wait_until(Duration::from_secs(20), || d.spool_names().len() >= 300), "records are not flowing:\n{}", d.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || d.spool_names().len() >= 300),
+        "records are not flowing:\n{}",
+        d.log()
+    );
     d.kill9();
     stop.store(true, Ordering::Relaxed);
     for s in senders {
@@ -49,7 +59,11 @@ fn spool_survives_kill_9_during_writes() {
         r.validate().unwrap();
         assert!(r.payload.ends_with(&"x".repeat(8000)), "truncated payload");
     }
-    eprintln!("{} sent, {} spooled before the kill", sent.load(Ordering::Relaxed), names.len());
+    eprintln!(
+        "{} sent, {} spooled before the kill",
+        sent.load(Ordering::Relaxed),
+        names.len()
+    );
 
     // A restart sweeps any temp file the kill left and keeps every record.
     let d = d.spawn();

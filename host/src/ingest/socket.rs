@@ -104,7 +104,9 @@ pub async fn serve(
             Ok((stream, _)) => {
                 let ingest = ingest.clone();
                 let pending = pending.clone();
-                conns.spawn(async move { handle(stream, permit, &pending, &ingest, opts.timeout).await });
+                conns.spawn(async move {
+                    handle(stream, permit, &pending, &ingest, opts.timeout).await
+                });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

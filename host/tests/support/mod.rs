@@ -10,11 +10,16 @@ use std::time::{Duration, Instant};
 
 use telem::record::{spool_file, Record};
 
+pub mod collector;
+
 pub const TELEMD: &str = env!("CARGO_BIN_EXE_telemd");
 pub const RECORD_GEN: &str = env!("CARGO_BIN_EXE_telem-record-gen");
 
 pub fn fixture(name: &str) -> Vec<u8> {
-    let p = format!("{}/../tests/fixtures/legacy/{name}", env!("CARGO_MANIFEST_DIR"));
+    let p = format!(
+        "{}/../tests/fixtures/legacy/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
@@ -49,8 +54,14 @@ impl TestDaemon {
     pub fn prepare(extra: &str) -> TestDaemon {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
+        // An `extra` server line replaces the default file target.
+        let server = if extra.lines().any(|l| l.trim_start().starts_with("server")) {
+            String::new()
+        } else {
+            format!("server = \"file://{}/collector.jsonl\"", p.display())
+        };
         let config = format!(
-            r#"server = "file://{root}/collector.jsonl"
+            r#"{server}
 socket_path = "{root}/telem-0"
 spool_dir = "{root}/spool"
 state_dir = "{root}/state"
@@ -66,7 +77,11 @@ socket_timeout_ms = 1000
         );
         let config_path = p.join("telemd.toml");
         std::fs::write(&config_path, config).unwrap();
-        TestDaemon { dir, config_path, child: None }
+        TestDaemon {
+            dir,
+            config_path,
+            child: None,
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -85,7 +100,11 @@ socket_timeout_ms = 1000
 
     pub fn spawn_with(&mut self, mut cmd: Command) {
         let _ = std::fs::remove_file(self.socket());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("telemd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("telemd.log"))
+            .unwrap();
         cmd.arg("-f")
             .arg(&self.config_path)
             .arg("--log")
@@ -96,11 +115,17 @@ socket_timeout_ms = 1000
         self.child = Some(cmd.spawn().expect("spawn telemd"));
         let sock = self.socket();
         assert!(
-            wait_until(Duration::from_secs(20), || UnixStream::connect(&sock).is_ok() || self.exited()),
+            wait_until(Duration::from_secs(20), || UnixStream::connect(&sock)
+                .is_ok()
+                || self.exited()),
             "telemd did not start; log:\n{}",
             self.log()
         );
-        assert!(!self.exited(), "telemd exited at start; log:\n{}", self.log());
+        assert!(
+            !self.exited(),
+            "telemd exited at start; log:\n{}",
+            self.log()
+        );
     }
 
     pub fn exited(&mut self) -> bool {
@@ -142,7 +167,8 @@ socket_timeout_ms = 1000
             .into_iter()
             .map(|n| {
                 let bytes = std::fs::read(dir.join(&n)).unwrap();
-                spool_file::decode(&bytes).unwrap_or_else(|e| panic!("spool file {n} unreadable: {e}"))
+                spool_file::decode(&bytes)
+                    .unwrap_or_else(|e| panic!("spool file {n} unreadable: {e}"))
             })
             .collect()
     }
@@ -151,7 +177,12 @@ socket_timeout_ms = 1000
     pub fn wait_spool(&self, n: usize) -> Vec<Record> {
         let ok = wait_until(Duration::from_secs(10), || self.spool_names().len() >= n);
         let recs = self.spool_records();
-        assert!(ok && recs.len() == n, "expected {n} spooled records, found {}; log:\n{}", recs.len(), self.log());
+        assert!(
+            ok && recs.len() == n,
+            "expected {n} spooled records, found {}; log:\n{}",
+            recs.len(),
+            self.log()
+        );
         recs
     }
 }
@@ -179,4 +210,22 @@ pub fn spool_names(dir: &Path) -> Vec<String> {
 pub fn send_raw(socket: &Path, bytes: &[u8]) {
     let mut s = UnixStream::connect(socket).expect("connect");
     s.write_all(bytes).expect("write");
+}
+
+/// A valid record (from the legacy capture) with a fresh event id and `payload`.
+pub fn test_record(payload: &str) -> Record {
+    let mut r = telem::record::wire::parse_frame(&fixture("frame-record-gen.bin")).unwrap();
+    r.payload = payload.into();
+    r.headers
+        .set(telem::record::Header::EventId, telem::record::random_id());
+    r
+}
+
+/// Writes records straight into a spool directory, as an earlier daemon
+/// (ours or the legacy one) would have left them.
+pub fn preload_spool(dir: &Path, records: &[Record]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (i, r) in records.iter().enumerate() {
+        std::fs::write(dir.join(format!("preloaded{i:08}")), spool_file::encode(r)).unwrap();
+    }
 }

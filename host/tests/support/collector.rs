@@ -1,0 +1,183 @@
+//! A real HTTP/1.1 collector for tests and benchmarks: keeps every request
+//! it got (raw head, headers, body, time, the status it answered) and can be
+//! told to answer a status (with `Retry-After`), stall, or drop connections.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How the collector answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Answer this status, with an optional `Retry-After` value.
+    Status(u16, Option<String>),
+    /// Read the request, then close the connection without answering.
+    Drop,
+    /// Read the request, then answer nothing for this long.
+    Stall(Duration),
+}
+
+/// One request as received.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub head: String,
+    pub request_line: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+    /// The status answered (0: none).
+    pub answered: u16,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+struct State {
+    mode: Mode,
+    requests: Vec<Request>,
+}
+
+pub struct Collector {
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+    connections: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Collector {
+    pub fn start(mode: Mode) -> Collector {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State {
+            mode,
+            requests: Vec::new(),
+        }));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, conns, stp) = (state.clone(), connections.clone(), stop.clone());
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !stp.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        conns.fetch_add(1, Ordering::Relaxed);
+                        s.set_nonblocking(false).unwrap();
+                        let st = st.clone();
+                        std::thread::spawn(move || serve(s, st));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Collector {
+            port,
+            state,
+            connections,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v2/collector", self.port)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.state.lock().unwrap().mode = mode;
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Requests answered with 200 or 201.
+    pub fn accepted(&self) -> Vec<Request> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.answered == 200 || r.answered == 201)
+            .collect()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or("").to_owned();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| {
+                l.split_once(':')
+                    .map(|(n, v)| (n.to_owned(), v.trim().to_owned()))
+            })
+            .collect();
+        let len = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let mode = state.lock().unwrap().mode.clone();
+        let answered = match &mode {
+            Mode::Status(code, _) => *code,
+            _ => 0,
+        };
+        state.lock().unwrap().requests.push(Request {
+            head,
+            request_line,
+            headers,
+            body,
+            at: Instant::now(),
+            answered,
+        });
+        match mode {
+            Mode::Status(code, retry_after) => {
+                let ra = retry_after
+                    .map(|v| format!("Retry-After: {v}\r\n"))
+                    .unwrap_or_default();
+                let resp = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n{ra}\r\n");
+                if out.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Mode::Drop => return,
+            Mode::Stall(d) => {
+                std::thread::sleep(d);
+                return;
+            }
+        }
+    }
+}
