@@ -106,7 +106,25 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         stop_rx.clone(),
     ));
     let flush = Arc::new(Notify::new());
-    let delivering = tokio::spawn(delivery.run(stop_rx, flush.clone()));
+    // Delivery gets a thread and a single-threaded runtime of its own: posts
+    // are sequential, so keeping the worker and its HTTP connection task on
+    // one thread saves a cross-thread wake-up per record, and a slow disk or
+    // collector never competes with the socket listener.
+    let delivering = {
+        let flush = flush.clone();
+        std::thread::Builder::new()
+            .name("delivery".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match rt {
+                    Ok(rt) => rt.block_on(delivery.run(stop_rx, flush)),
+                    Err(e) => warn!("cannot start the delivery runtime: {e}"),
+                }
+            })
+            .map_err(ctx(|| "cannot start the delivery thread".into()))?
+    };
 
     info!(
         socket = %config.socket_path.display(),
@@ -122,7 +140,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     info!("stopping: finishing connections in progress");
     let _ = stop_tx.send(true);
     let _ = native.await;
-    let _ = delivering.await;
+    let _ = tokio::task::spawn_blocking(move || delivering.join()).await;
     spool.close();
     if let Some(p) = bound_path {
         let _ = std::fs::remove_file(p);

@@ -17,6 +17,11 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+/// Entries kept on compaction even when `journal_limit` is smaller: the
+/// delivery engine relies on recent final outcomes being on record across
+/// a restart.
+pub const MIN_KEPT: usize = 64;
+
 /// What finally happened to a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -206,7 +211,7 @@ impl Journal {
         let mut st = self.state.lock().expect("journal lock");
         st.file.write_all(entry.to_line().as_bytes())?;
         st.lines += 1;
-        if st.lines >= self.limit * 2 {
+        if st.lines >= self.limit.max(MIN_KEPT) * 2 {
             self.compact(&mut st)?;
         }
         Ok(())
@@ -216,7 +221,7 @@ impl Journal {
     /// payload copies of the others.
     fn compact(&self, st: &mut State) -> io::Result<()> {
         let all = read_entries(&self.path())?;
-        let cut = all.len().saturating_sub(self.limit);
+        let cut = all.len().saturating_sub(self.limit.max(MIN_KEPT));
         let (old, keep) = all.split_at(cut);
         let text: String = keep.iter().map(JournalEntry::to_line).collect();
         crate::fsutil::write_atomic(&self.path(), text.as_bytes(), 0o644)?;
@@ -232,6 +237,14 @@ impl Journal {
             }
         }
         Ok(())
+    }
+
+    /// Ids of the records the journal file holds a final outcome for.
+    pub fn recent_ids(&self) -> io::Result<std::collections::HashSet<String>> {
+        Ok(read_entries(&self.path())?
+            .into_iter()
+            .map(|e| e.record_id)
+            .collect())
     }
 
     /// Entries matching `filter`, oldest first, at most the latest `limit`.
@@ -344,46 +357,62 @@ mod tests {
     #[test]
     fn pruned_to_limit_without_rewriting_per_record() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path(), 5, true).unwrap();
-        for i in 0..9 {
+        let limit = MIN_KEPT + 6;
+        let j = Journal::open(dir.path(), limit, true).unwrap();
+        for i in 0..2 * limit - 1 {
             j.append(&entry(i, "a/b/c"), Some(&format!("payload {i}")))
                 .unwrap();
         }
         // Below twice the limit: the file only grew.
         let lines = fs::read_to_string(j.path()).unwrap().lines().count();
-        assert_eq!(lines, 9);
-        j.append(&entry(9, "a/b/c"), Some("payload 9")).unwrap();
+        assert_eq!(lines, 2 * limit - 1);
+        let last = 2 * limit - 1;
+        j.append(&entry(last, "a/b/c"), Some("last payload"))
+            .unwrap();
         let lines = fs::read_to_string(j.path()).unwrap().lines().count();
-        assert_eq!(lines, 5, "compacted at twice the limit");
+        assert_eq!(lines, limit, "compacted at twice the limit");
         let q = j.query(&JournalFilter::default()).unwrap();
+        assert_eq!(q.len(), limit);
+        assert_eq!(q[0].record_id, format!("rec{:04}", limit));
+        assert_eq!(q.last().unwrap().record_id, format!("rec{last:04}"));
         assert_eq!(
-            q.iter().map(|e| e.record_id.as_str()).collect::<Vec<_>>(),
-            ["rec0005", "rec0006", "rec0007", "rec0008", "rec0009"]
-        );
-        assert_eq!(
-            retained_payload(dir.path(), "rec0009").as_deref(),
-            Some("payload 9")
+            retained_payload(dir.path(), &format!("rec{last:04}")).as_deref(),
+            Some("last payload")
         );
         assert_eq!(
             retained_payload(dir.path(), "rec0001"),
             None,
             "payload pruned with its entry"
         );
-        assert_eq!(fs::read_dir(dir.path().join("records")).unwrap().count(), 5);
+        assert_eq!(
+            fs::read_dir(dir.path().join("records")).unwrap().count(),
+            limit
+        );
         // Reopening counts the existing lines and keeps appending.
         drop(j);
-        let j = Journal::open(dir.path(), 5, true).unwrap();
-        j.append(&entry(10, "a/b/c"), None).unwrap();
+        let j = Journal::open(dir.path(), limit, true).unwrap();
+        j.append(&entry(9999, "a/b/c"), None).unwrap();
         assert_eq!(
             j.query(&JournalFilter::default())
                 .unwrap()
                 .last()
                 .unwrap()
                 .record_id,
-            "rec0010"
+            "rec9999"
         );
-        // Queries show at most the limit even before compaction.
+        assert!(j.recent_ids().unwrap().contains("rec9999"));
+    }
+
+    #[test]
+    fn small_limits_still_keep_recent_outcomes_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 5, false).unwrap();
+        for i in 0..300 {
+            j.append(&entry(i, "a/b/c"), None).unwrap();
+        }
+        // Queries show the latest 5; the file keeps at least MIN_KEPT.
         assert_eq!(j.query(&JournalFilter::default()).unwrap().len(), 5);
+        assert!(j.recent_ids().unwrap().len() >= MIN_KEPT);
     }
 
     #[test]

@@ -37,14 +37,20 @@ pub fn take_listen_fds() -> Vec<ListenFd> {
     }
     let mut names = names.split(':');
     (0..count)
-        .map(|i| {
+        .filter_map(|i| {
             let raw = SD_LISTEN_FDS_START + i;
-            // SAFETY: systemd passed these descriptors to this process and nothing else owns them.
-            unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
-            ListenFd {
-                fd: unsafe { OwnedFd::from_raw_fd(raw) },
-                name: names.next().unwrap_or("").to_owned(),
+            let name = names.next().unwrap_or("").to_owned();
+            // SAFETY: systemd passed these descriptors to this process and
+            // nothing else owns them; one that is not open is skipped rather
+            // than owned (closing it later would close someone else's fd).
+            if unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+                tracing::warn!("LISTEN_FDS names fd {raw}, which is not open; ignored");
+                return None;
             }
+            Some(ListenFd {
+                fd: unsafe { OwnedFd::from_raw_fd(raw) },
+                name,
+            })
         })
         .collect()
 }

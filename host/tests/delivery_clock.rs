@@ -54,6 +54,13 @@ async fn rig(records: usize, tweak: impl FnOnce(&mut Config)) -> Rig {
     }
 }
 
+/// One spool run, then the trailing unlinks.
+async fn run(r: &mut Rig) -> telem::delivery::RunReport {
+    let rep = r.delivery.run_once(None).await;
+    r.delivery.wait_removals();
+    rep
+}
+
 fn outcomes(j: &Journal, o: Outcome) -> usize {
     j.query(&JournalFilter::default())
         .unwrap()
@@ -75,7 +82,7 @@ async fn record_burst_with_spool_strategy_waits_for_the_window() {
         c.rate_limit_strategy = RateLimitStrategy::Spool;
     })
     .await;
-    let rep = r.delivery.run_once(None).await;
+    let rep = run(&mut r).await;
     assert_eq!(rep.delivered, 3);
     assert!(rep.blocked_for.is_some());
     assert_eq!(
@@ -85,11 +92,11 @@ async fn record_burst_with_spool_strategy_waits_for_the_window() {
     );
     // Still inside the window (this minute and the one before).
     r.clock.advance(Duration::from_secs(30));
-    assert_eq!(r.delivery.run_once(None).await.delivered, 0);
+    assert_eq!(run(&mut r).await.delivered, 0);
     r.clock.advance(Duration::from_secs(120));
-    assert_eq!(r.delivery.run_once(None).await.delivered, 3);
+    assert_eq!(run(&mut r).await.delivered, 3);
     r.clock.advance(Duration::from_secs(180));
-    assert_eq!(r.delivery.run_once(None).await.delivered, 2);
+    assert_eq!(run(&mut r).await.delivered, 2);
     assert_eq!(delivered_lines(&r), 8);
     assert_eq!(outcomes(&r.journal, Outcome::Delivered), 8);
     assert_eq!(outcomes(&r.journal, Outcome::Dropped), 0);
@@ -103,7 +110,7 @@ async fn drop_strategy_removes_and_journals_over_limit_records() {
         c.rate_limit_strategy = RateLimitStrategy::Drop;
     })
     .await;
-    let rep = r.delivery.run_once(None).await;
+    let rep = run(&mut r).await;
     assert_eq!((rep.delivered, rep.dropped), (2, 4));
     assert!(r.spool.entries().unwrap().is_empty());
     assert_eq!(outcomes(&r.journal, Outcome::Dropped), 4);
@@ -120,14 +127,14 @@ async fn byte_burst_counts_each_records_real_size() {
     })
     .await;
     assert_eq!(
-        r.delivery.run_once(None).await.delivered,
+        run(&mut r).await.delivered,
         2,
         "the legacy poster counted 4 bytes a record and sent all 5"
     );
     r.clock.advance(Duration::from_secs(60));
-    assert_eq!(r.delivery.run_once(None).await.delivered, 2);
+    assert_eq!(run(&mut r).await.delivered, 2);
     r.clock.advance(Duration::from_secs(60));
-    assert_eq!(r.delivery.run_once(None).await.delivered, 1);
+    assert_eq!(run(&mut r).await.delivered, 1);
 }
 
 #[tokio::test]
@@ -137,7 +144,7 @@ async fn disabled_rate_limit_sends_everything() {
         c.record_burst_limit = 1;
     })
     .await;
-    assert_eq!(r.delivery.run_once(None).await.delivered, 30);
+    assert_eq!(run(&mut r).await.delivered, 30);
 }
 
 #[tokio::test]
@@ -149,12 +156,12 @@ async fn records_older_than_record_expiry_are_expired_and_journaled() {
     .await;
     // Nine minutes later they are still worth trying (and fail: port 9).
     r.clock.advance(Duration::from_secs(9 * 60));
-    let rep = r.delivery.run_once(None).await;
+    let rep = run(&mut r).await;
     assert_eq!(rep.expired, 0);
     assert!(rep.blocked_for.is_some());
     // Past the expiry (and past the backoff) they go, journaled.
     r.clock.advance(Duration::from_secs(2 * 60));
-    let rep = r.delivery.run_once(None).await;
+    let rep = run(&mut r).await;
     assert_eq!(rep.expired, 3);
     assert!(r.spool.entries().unwrap().is_empty());
     let j = r.journal.query(&JournalFilter::default()).unwrap();
@@ -173,7 +180,7 @@ async fn expiry_minus_one_keeps_records_forever() {
     })
     .await;
     r.clock.advance(Duration::from_secs(365 * 24 * 3600));
-    assert_eq!(r.delivery.run_once(None).await.expired, 0);
+    assert_eq!(run(&mut r).await.expired, 0);
     assert_eq!(r.spool.entries().unwrap().len(), 1);
 }
 
@@ -181,7 +188,7 @@ async fn expiry_minus_one_keeps_records_forever() {
 async fn unreadable_spool_file_is_quarantined_not_lost() {
     let mut r = rig(1, |_| {}).await;
     std::fs::write(r.spool.dir().join("garbage"), b"not a record").unwrap();
-    let rep = r.delivery.run_once(None).await;
+    let rep = run(&mut r).await;
     assert_eq!((rep.delivered, rep.rejected), (1, 1));
     assert!(r.spool.dir().join(".unreadable/garbage").exists());
     assert!(r.spool.entries().unwrap().is_empty());

@@ -29,7 +29,7 @@ fn by_event_id<'a>(recs: &'a [Record], want: &Record) -> &'a Record {
 
 #[test]
 fn legacy_frames_land_in_the_spool_byte_identical() {
-    let d = TestDaemon::start("");
+    let d = TestDaemon::start(HOLD);
     for name in LEGACY_FRAMES {
         send_raw(&d.socket(), &fixture(name));
     }
@@ -95,7 +95,7 @@ fn with_size(mut f: Vec<u8>, size: u32) -> Vec<u8> {
 
 #[test]
 fn malformed_input_is_refused_and_the_daemon_keeps_serving() {
-    let d = TestDaemon::start("");
+    let d = TestDaemon::start(HOLD);
     let sock = d.socket();
     let good = valid_frame("good");
 
@@ -185,7 +185,7 @@ fn malformed_input_is_refused_and_the_daemon_keeps_serving() {
 
 #[test]
 fn silent_and_slow_clients_time_out_without_blocking_others() {
-    let d = TestDaemon::start("max_connections = 8");
+    let d = TestDaemon::start(&format!("{HOLD}max_connections = 8"));
     let sock = d.socket();
     // Hold more silent connections than there are serving slots.
     let silent: Vec<UnixStream> = (0..20)
@@ -232,7 +232,7 @@ fn silent_and_slow_clients_time_out_without_blocking_others() {
 
 #[test]
 fn two_hundred_clients_at_once_all_land() {
-    let d = TestDaemon::start("");
+    let d = TestDaemon::start(HOLD);
     let sock = d.socket();
     let threads: Vec<_> = (0..200)
         .map(|i| {
@@ -257,7 +257,7 @@ fn two_hundred_clients_at_once_all_land() {
 
 #[test]
 fn not_opted_in_refuses_native_records() {
-    let mut d = TestDaemon::prepare("").spawn();
+    let mut d = TestDaemon::prepare(HOLD).spawn();
     send_raw(&d.socket(), &valid_frame("nobody asked"));
     assert!(
         wait_until(Duration::from_secs(5), || d.log().contains("not opted in")),
@@ -274,10 +274,10 @@ fn not_opted_in_refuses_native_records() {
 
 #[test]
 fn socket_mode_is_0666_by_default_and_configurable() {
-    let d = TestDaemon::start("");
+    let d = TestDaemon::start(HOLD);
     let mode = std::fs::metadata(d.socket()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o666);
-    let d2 = TestDaemon::start("socket_mode = \"0620\"");
+    let d2 = TestDaemon::start(&format!("{HOLD}socket_mode = \"0620\""));
     let mode = std::fs::metadata(d2.socket()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o620);
 }
@@ -286,7 +286,7 @@ fn socket_mode_is_0666_by_default_and_configurable() {
 fn socket_activation_uses_the_passed_listener() {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let mut d = TestDaemon::start("");
+    let mut d = TestDaemon::start(HOLD);
     d.kill9();
     // Bind the socket ourselves, as systemd would, at a path the config does not name.
     let passed = d.path("activated.sock");
@@ -300,7 +300,13 @@ fn socket_activation_uses_the_passed_listener() {
         .arg("sh");
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            // dup2 onto itself would keep FD_CLOEXEC; clear it explicitly then.
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -314,7 +320,7 @@ fn socket_activation_uses_the_passed_listener() {
         .arg(&d.config_path)
         .stderr(log)
         .stdin(std::process::Stdio::null());
-    let mut child = cmd.spawn().unwrap();
+    let child = KillOnDrop(cmd.spawn().unwrap());
     drop(listener);
     assert!(
         wait_until(Duration::from_secs(10), || d
@@ -326,13 +332,12 @@ fn socket_activation_uses_the_passed_listener() {
     send_raw(&passed, &valid_frame("activated"));
     assert_eq!(d.wait_spool(1)[0].payload, "activated");
     assert!(!d.socket().exists(), "the configured path was not bound");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 }
 
 #[test]
 fn record_gen_sends_records_the_daemon_accepts() {
-    let d = TestDaemon::start("");
+    let d = TestDaemon::start(HOLD);
     let out = std::process::Command::new(RECORD_GEN)
         .args(["-f"])
         .arg(&d.config_path)
@@ -397,7 +402,7 @@ fn record_gen_sends_records_the_daemon_accepts() {
 
 #[test]
 fn record_gen_errors_are_clear_and_exit_nonzero() {
-    let d = TestDaemon::prepare("").spawn(); // not opted in
+    let d = TestDaemon::prepare(HOLD).spawn(); // not opted in
     let run = |args: &[&str]| {
         let out = std::process::Command::new(RECORD_GEN)
             .arg("-f")

@@ -13,7 +13,7 @@ use telem::record::Header;
 
 #[test]
 fn spool_survives_kill_9_during_writes() {
-    let mut d = TestDaemon::start("");
+    let mut d = TestDaemon::start(HOLD);
     let sock = d.socket();
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));

@@ -2,16 +2,22 @@
 //! machine. It reads only the spool, oldest record first, and removes a
 //! record only after its outcome is final and journaled: confirmed by the
 //! collector, refused for good, expired, or dropped by the rate limit's
-//! `drop` strategy. A crash between the collector's confirmation and the
-//! removal resends that one record (at-least-once); nothing else is sent
-//! twice, because records are posted one at a time.
+//! `drop` strategy. Records are posted one at a time, so a crash between the
+//! collector's confirmation and the journal entry resends that one record
+//! (at-least-once) and nothing else.
+//!
+//! The journal entry is the commit point: the spool file is unlinked
+//! afterwards by a helper thread (an unlink costs more than a local post on
+//! ext4), and at start-up records the journal already calls final are
+//! removed without being sent again.
 
 pub mod backoff;
 pub mod post;
 pub mod ratelimit;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -26,6 +32,72 @@ use crate::config::{Config, RateLimitStrategy};
 use crate::journal::{Journal, JournalEntry, Outcome};
 use crate::record::{Header, Record};
 use crate::spool::{Spool, SpoolEntry, SpoolReadError};
+
+/// Finished records whose unlink may lag behind the journal; far below the
+/// journal's [`crate::journal::MIN_KEPT`], so a restart always finds them
+/// journaled.
+const REMOVAL_QUEUE: usize = 32;
+
+/// Unlinks finished records off the posting path.
+struct Remover {
+    tx: Option<mpsc::SyncSender<SpoolEntry>>,
+    pending: Arc<Mutex<HashSet<String>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Remover {
+    fn start(spool: Spool) -> Remover {
+        let (tx, rx) = mpsc::sync_channel::<SpoolEntry>(REMOVAL_QUEUE);
+        let pending = Arc::new(Mutex::new(HashSet::new()));
+        let p = pending.clone();
+        let thread = std::thread::Builder::new()
+            .name("spool-remover".into())
+            .spawn(move || {
+                for entry in rx {
+                    if let Err(e) = spool.remove(&entry) {
+                        warn!(record_id = %entry.name, "cannot remove the spool file: {e}");
+                    }
+                    p.lock().expect("pending lock").remove(&entry.name);
+                }
+            })
+            .ok();
+        Remover {
+            tx: Some(tx),
+            pending,
+            thread,
+        }
+    }
+
+    fn remove(&self, entry: &SpoolEntry) {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(entry.name.clone());
+        if let Some(tx) = &self.tx {
+            // Blocks when the queue is full: the remover can't fall far behind.
+            let _ = tx.send(entry.clone());
+        }
+    }
+
+    fn drain(&self) {
+        while !self.pending.lock().expect("pending lock").is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn is_pending(&self, name: &str) -> bool {
+        self.pending.lock().expect("pending lock").contains(name)
+    }
+}
+
+impl Drop for Remover {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// Where unreadable spool files are moved (hidden, so never listed as records).
 pub const QUARANTINE_DIR: &str = ".unreadable";
@@ -85,6 +157,7 @@ pub struct Delivery {
     not_before: Option<SystemTime>,
     targets: HashMap<String, Target>,
     status: Arc<Mutex<DeliveryStatus>>,
+    remover: Remover,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -101,7 +174,15 @@ impl Delivery {
         clock: Arc<dyn Clock>,
         seed: u64,
     ) -> Result<Delivery, PosterError> {
+        let finished = journal.recent_ids().unwrap_or_default();
+        if let Ok(entries) = spool.entries() {
+            for e in entries.iter().filter(|e| finished.contains(&e.name)) {
+                info!(record_id = %e.name, "record was final before the restart (journaled); removing it without resending");
+                let _ = spool.remove(e);
+            }
+        }
         Ok(Delivery {
+            remover: Remover::start(spool.clone()),
             poster: Poster::new(&config)?,
             default_target: Target::from_config(&config),
             limiter: RateLimiter::from_config(&config),
@@ -120,6 +201,12 @@ impl Delivery {
     /// Shared view of the worker's status.
     pub fn status(&self) -> Arc<Mutex<DeliveryStatus>> {
         self.status.clone()
+    }
+
+    /// Waits until every finished record's spool file is gone (the unlinks
+    /// trail the journal by a few records).
+    pub fn wait_removals(&self) {
+        self.remover.drain();
     }
 
     /// Forgets any backoff so the next run tries at once (`telemctl spool flush`).
@@ -150,6 +237,9 @@ impl Delivery {
         for entry in entries {
             if stop.is_some_and(|s| *s.borrow()) {
                 break;
+            }
+            if self.remover.is_pending(&entry.name) {
+                continue;
             }
             if !self.deliver_one(&entry, &mut report).await {
                 break;
@@ -309,9 +399,7 @@ impl Delivery {
                 info!(record_id = %entry.name, classification = %je.classification, "record {} ({})", outcome.as_str(), je.detail)
             }
         }
-        if let Err(e) = self.spool.remove(entry) {
-            warn!(record_id = %entry.name, "cannot remove the spool file: {e}");
-        }
+        self.remover.remove(entry);
     }
 
     /// Moves an unreadable spool file aside (never deletes evidence) and

@@ -98,6 +98,17 @@ impl Collector {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// How many requests were answered with 200 or 201 (no copying).
+    pub fn accepted_count(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|r| r.answered == 200 || r.answered == 201)
+            .count()
+    }
+
     /// Requests answered with 200 or 201.
     pub fn accepted(&self) -> Vec<Request> {
         self.requests()

@@ -35,6 +35,21 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// Config lines that keep every record in the spool (a burst limit of 0
+/// sends nothing), for tests that inspect the spool itself.
+pub const HOLD: &str = "record_burst_limit = 0\n";
+
+/// Kills a child process when dropped, so a failing test leaves no daemon
+/// behind holding the test runner's output pipe.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `telemd` with every path under a temp dir.
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
