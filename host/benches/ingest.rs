@@ -204,7 +204,10 @@ fn main() {
     }
     for mut rs in results {
         rs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
-        let rates: Vec<String> = rs.iter().map(|r| format!("{:.0}", r.records as f64 / r.secs)).collect();
+        let rates: Vec<String> = rs
+            .iter()
+            .map(|r| format!("{:.0}", r.records as f64 / r.secs))
+            .collect();
         let r = &rs[1];
         println!(
             "| {} | {} | {:.2} | {:.0} (runs: {}) | {} | {} |",
