@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Builds everything and runs telemd in rootless dev mode (all state under
-# target/telemd-dev), sending a record every few seconds so the flow shows.
-# Ctrl-C stops it.
+# target/telemd-dev) with the hello probe loaded; also sends a native record
+# every few seconds so both paths show. Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 cargo build -p telemetrics-host --bins
+(cd probes-wasm && cargo build --target wasm32-wasip2 --release -p hello)
 dir=target/telemd-dev
+mkdir -p "$dir/probes"
+cp probes-wasm/target/wasm32-wasip2/release/hello.wasm "$dir/probes/hello.wasm"
 target/debug/telemd --dev "$dir" &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true' EXIT INT TERM
@@ -14,6 +18,6 @@ n=0
 while kill -0 "$pid" 2>/dev/null; do
   n=$((n + 1))
   target/debug/telem-record-gen -f "$dir/telemd.toml" -c org.example/dev/heartbeat -p "dev record $n" \
-    && echo "dev.sh: sent record $n (spool: $(ls "$dir/spool" | wc -l) files)" >&2
+    && echo "dev.sh: sent native record $n; delivered so far: $(wc -l < "$dir/collector/records.jsonl" 2>/dev/null || echo 0)" >&2
   sleep 5
 done

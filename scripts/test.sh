@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run). Installs what the tests
-# need, then: format check, clippy with warnings as errors, every test.
+# need, then: format check, clippy with warnings as errors (host and probe
+# workspaces), the probe components, every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+rustup target add wasm32-wasip2
 cargo fmt --all -- --check
+(cd probe-sdk && cargo fmt -- --check)
+(cd probes-wasm && cargo fmt --all -- --check)
 cargo clippy --workspace --all-targets -- -D warnings
+(cd probes-wasm && cargo clippy --target wasm32-wasip2 --release -- -D warnings)
+(cd probes-wasm && cargo build --target wasm32-wasip2 --release)
 cargo test --workspace

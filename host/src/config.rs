@@ -119,6 +119,11 @@ pub struct Config {
     pub journal_limit: usize,
     /// Root of the filesystem host metadata is read from (tests use a fake one).
     pub metadata_root: PathBuf,
+    /// How often the probe directories are scanned for added, replaced or
+    /// removed components.
+    pub probe_scan_interval_ms: u64,
+    /// The admin's per-probe grants (`[probes.NAME]`).
+    pub probes: BTreeMap<String, crate::sandbox::grants::ProbePolicy>,
 
     /// The file these values came from, if any.
     pub source: Option<PathBuf>,
@@ -164,6 +169,8 @@ impl Default for Config {
             post_format: PostFormat::Headers,
             journal_limit: 100,
             metadata_root: "/".into(),
+            probe_scan_interval_ms: 2000,
+            probes: BTreeMap::new(),
             source: None,
             format: None,
             warnings: Vec::new(),
@@ -318,6 +325,10 @@ impl Config {
             }
             "journal_limit" => self.journal_limit = v.int_in(1, 1_000_000)? as usize,
             "metadata_root" => self.metadata_root = v.path()?,
+            "probe_scan_interval_ms" => {
+                self.probe_scan_interval_ms = v.int_in(100, 3_600_000)? as u64
+            }
+            "probes" => self.probes = v.probe_tables()?,
             _ => {
                 return Err(ConfigError::UnknownKey {
                     path: path.to_owned(),
@@ -443,6 +454,56 @@ impl Typed<'_> {
             return Err(self.bad("-1 (off) or an integer in 0..9223372036854775807"));
         }
         Ok(n)
+    }
+
+    /// `[probes.NAME]` tables, each key checked; errors name `probes.NAME.key`.
+    fn probe_tables(
+        &self,
+    ) -> Result<BTreeMap<String, crate::sandbox::grants::ProbePolicy>, ConfigError> {
+        let RawValue::Toml(toml::Value::Table(t)) = &self.e.value else {
+            return Err(self.bad("[probes.NAME] tables"));
+        };
+        let mut out = BTreeMap::new();
+        for (name, v) in t {
+            let toml::Value::Table(keys) = v else {
+                return Err(self.bad(&format!("a table [probes.{name}]")));
+            };
+            let mut p = crate::sandbox::grants::ProbePolicy::default();
+            for (k, v) in keys {
+                let sub = Entry {
+                    key: format!("probes.{name}.{k}"),
+                    value: RawValue::Toml(v.clone()),
+                    line: self.e.line,
+                };
+                let t = Typed {
+                    e: &sub,
+                    path: self.path,
+                };
+                match k.as_str() {
+                    "enabled" => p.enabled = Some(t.boolean()?),
+                    "read_paths" => p.read_paths = Some(t.path_list()?),
+                    "classifications" => {
+                        let list = t.path_list()?;
+                        p.classifications =
+                            Some(list.into_iter().map(|c| c.display().to_string()).collect())
+                    }
+                    "memory_limit_mib" => p.memory_limit_mib = Some(t.int_in(1, 4096)? as u64),
+                    "timeout_ms" => p.timeout_ms = Some(t.int_in(10, 3_600_000)? as u64),
+                    "max_records_per_hour" => {
+                        p.max_records_per_hour = Some(t.int_in(0, 1_000_000)? as u32)
+                    }
+                    _ => {
+                        return Err(ConfigError::UnknownKey {
+                            path: self.path.to_owned(),
+                            line: self.e.line,
+                            key: sub.key,
+                        })
+                    }
+                }
+            }
+            out.insert(name.clone(), p);
+        }
+        Ok(out)
     }
 
     fn boolean(&self) -> Result<bool, ConfigError> {
@@ -775,6 +836,36 @@ record_retention_enabled=true
         assert_eq!(back.socket_mode, c.socket_mode);
         assert_eq!(back.cainfo, None);
         assert_eq!(back.probes_dirs, c.probes_dirs);
+    }
+
+    #[test]
+    fn probe_tables_are_parsed_and_checked() {
+        let c = parse(
+            "spool_dir = \"/s\"\n\n[probes.hello]\nenabled = false\n\n[probes.disk]\nread_paths = [\"/proc/mounts\"]\nclassifications = [\"org.example/disk/*\"]\nmemory_limit_mib = 16\ntimeout_ms = 500\nmax_records_per_hour = 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.probes["hello"].enabled, Some(false));
+        let d = &c.probes["disk"];
+        assert_eq!(
+            d.read_paths.as_deref(),
+            Some(&[PathBuf::from("/proc/mounts")][..])
+        );
+        assert_eq!(
+            d.classifications.as_deref(),
+            Some(&["org.example/disk/*".to_string()][..])
+        );
+        assert_eq!(
+            (d.memory_limit_mib, d.timeout_ms, d.max_records_per_hour),
+            (Some(16), Some(500), Some(3))
+        );
+        let e = parse("[probes.disk]\nmemory_limit_mib = 0\n").unwrap_err();
+        assert!(
+            e.to_string().contains("probes.disk.memory_limit_mib")
+                && e.to_string().contains("1..4096"),
+            "{e}"
+        );
+        let e = parse("[probes.disk]\nreadpaths = []\n").unwrap_err();
+        assert!(e.to_string().contains("probes.disk.readpaths"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    /// The WASM engine could not be set up.
+    #[error("cannot start the probe sandbox: {0}")]
+    Sandbox(String),
     /// The collector client could not be set up (bad `cainfo`).
     #[error("{0}")]
     Poster(#[from] PosterError),
@@ -93,8 +96,30 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         rand::random(),
     )?;
 
-    let (listener, bound_path) = native_listener(&config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let sandbox = crate::sandbox::Sandbox::new(&config.state_dir.join("probe-cache"))
+        .map_err(|e| DaemonError::Sandbox(format!("{e:#}")))?;
+    let probes = crate::sandbox::supervisor::ProbeManager::new(
+        sandbox,
+        ingest.clone(),
+        config.probes_dirs.clone(),
+        config.probes.clone(),
+    );
+    let watcher = tokio::spawn(
+        probes
+            .clone()
+            .watch(Duration::from_millis(config.probe_scan_interval_ms)),
+    );
+    let control_listener = crate::control::bind(&config.control_socket).map_err(ctx(|| {
+        format!("cannot listen on {}", config.control_socket.display())
+    }))?;
+    let control = tokio::spawn(crate::control::serve(
+        control_listener,
+        probes.clone(),
+        stop_rx.clone(),
+    ));
+    // The native socket comes last: once it accepts, everything is ready.
+    let (listener, bound_path) = native_listener(&config)?;
     let opts = NativeSocketOptions {
         timeout: Duration::from_millis(config.socket_timeout_ms),
         max_connections: config.max_connections,
@@ -140,6 +165,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     info!("stopping: finishing connections in progress");
     let _ = stop_tx.send(true);
     let _ = native.await;
+    watcher.abort();
+    let _ = control.await;
+    let _ = std::fs::remove_file(&config.control_socket);
     let _ = tokio::task::spawn_blocking(move || delivering.join()).await;
     spool.close();
     if let Some(p) = bound_path {

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod delivery;
 pub mod fsutil;
@@ -16,5 +17,6 @@ pub mod journal;
 pub mod machine_id;
 pub mod metadata;
 pub mod record;
+pub mod sandbox;
 pub mod spool;
 pub mod systemd;

@@ -244,3 +244,43 @@ pub fn preload_spool(dir: &Path, records: &[Record]) {
         std::fs::write(dir.join(format!("preloaded{i:08}")), spool_file::encode(r)).unwrap();
     }
 }
+
+/// Path of a probe component built from `probes-wasm/` (built on first use
+/// if the test command has not built it already).
+pub fn probe_wasm(name: &str) -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../probes-wasm");
+    let path = root.join(format!("target/wasm32-wasip2/release/{name}.wasm"));
+    BUILD.call_once(|| {
+        let st = Command::new("cargo")
+            .args(["build", "--quiet", "--target", "wasm32-wasip2", "--release"])
+            .current_dir(&root)
+            .status()
+            .expect("cargo build of probes-wasm");
+        assert!(st.success(), "building probes-wasm failed");
+    });
+    assert!(path.exists(), "{} missing", path.display());
+    path
+}
+
+/// One request on the control socket; returns the parsed response.
+pub fn control(d: &TestDaemon, req: serde_json::Value) -> serde_json::Value {
+    use std::io::{BufRead, BufReader};
+    let mut s = UnixStream::connect(d.path("control.sock")).unwrap_or_else(|e| {
+        let ls: Vec<_> = std::fs::read_dir(d.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        panic!(
+            "control socket {}: {e}\n{ls:?}\n{}",
+            d.path("control.sock").display(),
+            d.log()
+        )
+    });
+    let mut line = req.to_string();
+    line.push('\n');
+    s.write_all(line.as_bytes()).unwrap();
+    let mut out = String::new();
+    BufReader::new(s).read_line(&mut out).unwrap();
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad response {out:?}: {e}"))
+}

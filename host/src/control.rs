@@ -1,0 +1,127 @@
+//! The control socket (`control_socket`, mode 0660): how `telemctl` (and
+//! later the crash handler) talks to a running daemon.
+//!
+//! Protocol: one JSON object per line in each direction; the client sends a
+//! request, reads one response line, and may send another.
+//!
+//! | request | response |
+//! |---------|----------|
+//! | `{"op":"list"}` | `{"ok":true,"probes":[ProbeInfo...],"compilations":N}` |
+//! | `{"op":"run","probe":"NAME","args":["..."]}` | `{"ok":true}` or `{"ok":false,"error":"..."}` |
+//! | `{"op":"reload"}` | `{"ok":true,"probes":N}` |
+//!
+//! Any failure is `{"ok":false,"error":"what went wrong"}`.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::sandbox::supervisor::ProbeManager;
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// A control request.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    /// List loaded probes.
+    List,
+    /// Run a probe now.
+    Run {
+        /// Its name.
+        probe: String,
+        /// Arguments handed to `handle(manual(args))`.
+        #[serde(default)]
+        args: Vec<String>,
+    },
+    /// Reload the probe directories.
+    Reload,
+}
+
+/// Binds the control socket with mode 0660 (replacing a stale socket).
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if m.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(l)
+}
+
+/// Serves control clients until `shutdown`.
+pub async fn serve(
+    listener: UnixListener,
+    probes: Arc<ProbeManager>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match conn {
+            Ok((stream, _)) => {
+                let probes = probes.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, &probes).await {
+                        debug!("control connection ended: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!("control socket accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, probes: &Arc<ProbeManager>) -> io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r.take(MAX_REQUEST as u64 * 16)).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.len() > MAX_REQUEST {
+            return Ok(());
+        }
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => respond(req, probes).await,
+            Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+        };
+        let mut out = resp.to_string();
+        out.push('\n');
+        w.write_all(out.as_bytes()).await?;
+    }
+    Ok(())
+}
+
+async fn respond(req: Request, probes: &Arc<ProbeManager>) -> Value {
+    match req {
+        Request::List => {
+            json!({"ok": true, "probes": probes.list(), "compilations": probes.compilations()})
+        }
+        Request::Run { probe, args } => match probes.run_now(&probe, args).await {
+            Ok(()) => json!({"ok": true}),
+            Err(e) => json!({"ok": false, "error": e}),
+        },
+        Request::Reload => {
+            probes.reload().await;
+            json!({"ok": true, "probes": probes.list().len()})
+        }
+    }
+}
+
+use tokio::io::AsyncReadExt as _;

@@ -1,0 +1,439 @@
+//! Keeps the probe directories and the running probes in step: loads
+//! components as they appear, reloads them when replaced, stops them when
+//! removed, fires their triggers, and retries a failing probe with growing
+//! delays until it is quarantined.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::grants::{Grant, ProbePolicy, Request};
+use super::{CallError, Event, LoadedProbe, ProbeStats, Sandbox, Trigger};
+use crate::ingest::Ingest;
+
+/// Failures in a row after which a probe is quarantined until reload.
+pub const QUARANTINE_AFTER: u32 = 5;
+/// First retry delay after a failure; doubles per failure.
+pub const RETRY_BASE: Duration = Duration::from_secs(1);
+/// Largest random delay added to an interval, so a fleet spreads out.
+pub const MAX_SPLAY: Duration = Duration::from_secs(600);
+
+/// Where a probe is in its life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "state", content = "reason")]
+pub enum ProbeState {
+    /// Loaded, triggers armed.
+    Running,
+    /// Failed too often; runs again only after a reload.
+    Quarantined(String),
+}
+
+/// One row of `telemctl probe list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeInfo {
+    /// Manifest name.
+    pub name: String,
+    /// Manifest version.
+    pub version: String,
+    /// Manifest description.
+    pub description: String,
+    /// Component file.
+    pub file: PathBuf,
+    /// Running or quarantined.
+    pub state: ProbeState,
+    /// What it asked for.
+    pub requested: Request,
+    /// What it runs with.
+    pub granted: Grant,
+    /// Counters and last error.
+    pub stats: ProbeStats,
+}
+
+/// A file's size and mtime: what tells a scan that it changed.
+type Seen = (u64, SystemTime);
+
+struct Slot {
+    probe: Arc<LoadedProbe>,
+    state: Arc<Mutex<ProbeState>>,
+    task: Option<JoinHandle<()>>,
+    seen: Seen,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// The probe manager.
+pub struct ProbeManager {
+    sandbox: Sandbox,
+    ingest: Arc<Ingest>,
+    dirs: Vec<PathBuf>,
+    policies: BTreeMap<String, ProbePolicy>,
+    slots: Mutex<HashMap<PathBuf, Slot>>,
+    /// Files seen but not loaded yet (waiting to be stable) or that failed,
+    /// with the (size, mtime) they had.
+    pending: Mutex<HashMap<PathBuf, (Seen, bool)>>,
+}
+
+impl std::fmt::Debug for ProbeManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeManager")
+            .field("dirs", &self.dirs)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl ProbeManager {
+    /// A manager over `dirs` with the admin's `policies`.
+    pub fn new(
+        sandbox: Sandbox,
+        ingest: Arc<Ingest>,
+        dirs: Vec<PathBuf>,
+        policies: BTreeMap<String, ProbePolicy>,
+    ) -> Arc<Self> {
+        Arc::new(ProbeManager {
+            sandbox,
+            ingest,
+            dirs,
+            policies,
+            slots: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Components compiled since start (cache misses).
+    pub fn compilations(&self) -> u64 {
+        self.sandbox
+            .compilations
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn wasm_files(&self) -> HashMap<PathBuf, Seen> {
+        let mut out = HashMap::new();
+        for dir in &self.dirs {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in rd.filter_map(|e| e.ok()) {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "wasm") {
+                    if let Ok(m) = std::fs::metadata(&p) {
+                        if m.is_file() {
+                            out.insert(p, (m.len(), m.modified().unwrap_or(UNIX_EPOCH)));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// One pass over the probe directories. With `settle`, a new or changed
+    /// file is loaded only once it looked the same on two passes (so a
+    /// half-copied file is not loaded); at start-up files load at once.
+    pub async fn scan(self: &Arc<Self>, settle: bool) {
+        let files = self.wasm_files();
+        // Removed files.
+        let removed: Vec<PathBuf> = {
+            let slots = self.slots.lock().expect("slots lock");
+            slots
+                .keys()
+                .filter(|p| !files.contains_key(*p))
+                .cloned()
+                .collect()
+        };
+        for p in removed {
+            if let Some(slot) = self.slots.lock().expect("slots lock").remove(&p) {
+                info!(probe = %slot.probe.name, "probe file {} removed; probe stopped", p.display());
+            }
+        }
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .retain(|p, _| files.contains_key(p));
+        let mut changed = false;
+        for (path, seen) in files {
+            let known = self
+                .slots
+                .lock()
+                .expect("slots lock")
+                .get(&path)
+                .map(|s| s.seen);
+            if known == Some(seen) {
+                continue;
+            }
+            {
+                let mut pending = self.pending.lock().expect("pending lock");
+                match pending.get(&path) {
+                    Some((prev, failed)) if *prev == seen && *failed => continue,
+                    Some((prev, _)) if *prev == seen || !settle => {}
+                    _ if !settle => {}
+                    _ => {
+                        pending.insert(path.clone(), (seen, false));
+                        continue;
+                    }
+                }
+            }
+            changed = true;
+            match self.load_file(&path, seen).await {
+                Ok(()) => {
+                    self.pending.lock().expect("pending lock").remove(&path);
+                }
+                Err(e) => {
+                    warn!("probe not loaded: {e}");
+                    self.pending
+                        .lock()
+                        .expect("pending lock")
+                        .insert(path.clone(), (seen, true));
+                }
+            }
+        }
+        if changed {
+            let in_use: HashSet<String> = self
+                .slots
+                .lock()
+                .expect("slots lock")
+                .values()
+                .map(|s| s.probe.hash.clone())
+                .collect();
+            self.sandbox.cache.prune(&in_use);
+        }
+    }
+
+    async fn load_file(
+        self: &Arc<Self>,
+        path: &Path,
+        seen: (u64, SystemTime),
+    ) -> Result<(), String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let hash = super::cache::sha256_hex(&bytes);
+        if let Some(slot) = self.slots.lock().expect("slots lock").get_mut(path) {
+            if slot.probe.hash == hash {
+                slot.seen = seen;
+                return Ok(());
+            }
+        }
+        let started = std::time::Instant::now();
+        let compiled_before = self.compilations();
+        let probe = self
+            .sandbox
+            .load(path, &bytes, |name| {
+                self.policies.get(name).cloned().unwrap_or_default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let how = if self.compilations() > compiled_before {
+            "compiled"
+        } else {
+            "from cache"
+        };
+        if self.policies.get(&probe.name).and_then(|p| p.enabled) == Some(false) {
+            return Err(format!(
+                "{}: probe {} is disabled by [probes.{}] enabled = false",
+                path.display(),
+                probe.name,
+                probe.name
+            ));
+        }
+        {
+            let slots = self.slots.lock().expect("slots lock");
+            if let Some((other, _)) = slots
+                .iter()
+                .find(|(p, s)| s.probe.name == probe.name && p.as_path() != path)
+            {
+                return Err(format!(
+                    "{}: a probe named {} is already loaded from {}",
+                    path.display(),
+                    probe.name,
+                    other.display()
+                ));
+            }
+        }
+        info!(
+            probe = %probe.name,
+            version = %probe.manifest.version,
+            "loaded {} ({how}, {} ms); grant: read {:?}, classifications {:?}, {} MiB, {} ms, {}/h",
+            path.display(),
+            started.elapsed().as_millis(),
+            probe.grant.read_paths,
+            probe.grant.classifications,
+            probe.grant.memory_limit_mib,
+            probe.grant.timeout_ms,
+            probe.grant.max_records_per_hour
+        );
+        let probe = Arc::new(probe);
+        let state = Arc::new(Mutex::new(ProbeState::Running));
+        let task = tokio::spawn(drive(self.clone(), probe.clone(), state.clone()));
+        self.slots.lock().expect("slots lock").insert(
+            path.to_owned(),
+            Slot {
+                probe,
+                state,
+                task: Some(task),
+                seen,
+            },
+        );
+        Ok(())
+    }
+
+    /// Scans every `interval` until the task is dropped.
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        self.scan(false).await;
+        loop {
+            tokio::time::sleep(interval).await;
+            self.scan(true).await;
+        }
+    }
+
+    /// Forgets every probe and loads the directories afresh (lifts quarantines).
+    pub async fn reload(self: &Arc<Self>) {
+        self.slots.lock().expect("slots lock").clear();
+        self.pending.lock().expect("pending lock").clear();
+        self.scan(false).await;
+    }
+
+    fn find(&self, name: &str) -> Option<(Arc<LoadedProbe>, Arc<Mutex<ProbeState>>)> {
+        self.slots
+            .lock()
+            .expect("slots lock")
+            .values()
+            .find(|s| s.probe.name == name)
+            .map(|s| (s.probe.clone(), s.state.clone()))
+    }
+
+    /// Runs a probe now with `args` (the manual trigger) and returns its result.
+    pub async fn run_now(&self, name: &str, args: Vec<String>) -> Result<(), String> {
+        let (probe, state) = self
+            .find(name)
+            .ok_or_else(|| format!("no probe named {name} is loaded"))?;
+        if let ProbeState::Quarantined(why) = &*state.lock().expect("state lock") {
+            return Err(format!(
+                "probe {name} is quarantined ({why}); run `telemctl probe reload` first"
+            ));
+        }
+        self.call(&probe, &state, Event::Manual(args), &[])
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Every loaded probe.
+    pub fn list(&self) -> Vec<ProbeInfo> {
+        let mut v: Vec<ProbeInfo> = self
+            .slots
+            .lock()
+            .expect("slots lock")
+            .values()
+            .map(|s| ProbeInfo {
+                name: s.probe.name.clone(),
+                version: s.probe.manifest.version.clone(),
+                description: s.probe.manifest.description.clone(),
+                file: s.probe.file.clone(),
+                state: s.state.lock().expect("state lock").clone(),
+                requested: s.probe.request.clone(),
+                granted: s.probe.grant.clone(),
+                stats: s.probe.stats.lock().expect("stats lock").clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// One supervised call: counts it, logs a failure with the probe's name,
+    /// and quarantines the probe after [`QUARANTINE_AFTER`] failures in a row.
+    async fn call(
+        &self,
+        probe: &Arc<LoadedProbe>,
+        state: &Mutex<ProbeState>,
+        event: Event,
+        extra: &[PathBuf],
+    ) -> Result<(), CallError> {
+        let result = self.sandbox.run(probe, &self.ingest, event, extra).await;
+        let mut st = probe.stats.lock().expect("stats lock");
+        st.runs += 1;
+        st.last_run = Some(unix_now());
+        match &result {
+            Ok(()) => st.failures_in_a_row = 0,
+            Err(e) => {
+                match e {
+                    CallError::Timeout(_) => st.timeouts += 1,
+                    CallError::Trap(_) => st.traps += 1,
+                    _ => {}
+                }
+                st.failures_in_a_row += 1;
+                st.last_error = Some(e.to_string());
+                warn!(probe = %probe.name, failures_in_a_row = st.failures_in_a_row, "probe call failed: {e}");
+                if st.failures_in_a_row >= QUARANTINE_AFTER {
+                    let why = format!("{} failures in a row, last: {e}", st.failures_in_a_row);
+                    warn!(probe = %probe.name, "probe quarantined until reload: {why}");
+                    *state.lock().expect("state lock") = ProbeState::Quarantined(why);
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Fires a probe's triggers: on start, then every interval plus a random
+/// splay. A failed call is retried with doubling delays until it succeeds
+/// or the probe is quarantined.
+async fn drive(mgr: Arc<ProbeManager>, probe: Arc<LoadedProbe>, state: Arc<Mutex<ProbeState>>) {
+    let on_start = probe
+        .manifest
+        .triggers
+        .iter()
+        .any(|t| matches!(t, Trigger::OnStart));
+    let interval = probe.manifest.triggers.iter().find_map(|t| match t {
+        Trigger::Interval(s) if *s > 0 => Some(Duration::from_secs(*s)),
+        _ => None,
+    });
+    if on_start && !supervised(&mgr, &probe, &state, Event::Start).await {
+        return;
+    }
+    let Some(every) = interval else { return };
+    loop {
+        let splay_cap = (every / 10).min(MAX_SPLAY);
+        let splay = Duration::from_millis(rand::random_range(0..=splay_cap.as_millis() as u64));
+        tokio::time::sleep(every + splay).await;
+        if !supervised(&mgr, &probe, &state, Event::Timer).await {
+            return;
+        }
+    }
+}
+
+/// Calls until success (true) or quarantine (false).
+async fn supervised(
+    mgr: &ProbeManager,
+    probe: &Arc<LoadedProbe>,
+    state: &Mutex<ProbeState>,
+    event: Event,
+) -> bool {
+    let mut delay = RETRY_BASE;
+    loop {
+        if mgr.call(probe, state, event.clone(), &[]).await.is_ok() {
+            return true;
+        }
+        if matches!(
+            *state.lock().expect("state lock"),
+            ProbeState::Quarantined(_)
+        ) {
+            return false;
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+}

@@ -1,0 +1,337 @@
+//! End-to-end: WASM probes in a running `telemd`: loading, hot reload, the
+//! compile cache, and every sandbox enforcement point, proved with the
+//! `sandbox-test` component built from this repository.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+use telem::record::Header;
+
+fn run(d: &TestDaemon, args: &[&str]) -> serde_json::Value {
+    control(
+        d,
+        json!({"op": "run", "probe": "sandbox-test", "args": args}),
+    )
+}
+
+/// Runs a command expected to fail, then a no-op that succeeds, so the
+/// expected failures don't add up to a quarantine.
+fn run_err(d: &TestDaemon, args: &[&str]) -> String {
+    let e = error_of(&run(d, args));
+    let v = run(d, &["print", "0"]);
+    assert_eq!(v["ok"], true, "{v}");
+    e
+}
+
+fn error_of(v: &serde_json::Value) -> String {
+    assert_eq!(v["ok"], false, "expected a failure, got {v}");
+    v["error"].as_str().unwrap().to_owned()
+}
+
+fn payloads(d: &TestDaemon) -> Vec<String> {
+    d.spool_records().into_iter().map(|r| r.payload).collect()
+}
+
+fn wait_payload(d: &TestDaemon, want: &str) {
+    assert!(
+        wait_until(Duration::from_secs(10), || payloads(d)
+            .iter()
+            .any(|p| p == want)),
+        "no record {want:?} in {:?}\n{}",
+        payloads(d),
+        d.log()
+    );
+}
+
+fn probe_daemon(extra: &str) -> TestDaemon {
+    let d = TestDaemon::prepare(&format!("{HOLD}probe_scan_interval_ms = 200\n{extra}"));
+    std::fs::create_dir_all(d.path("probes")).unwrap();
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    d
+}
+
+#[test]
+fn hello_runs_at_start_with_host_metadata() {
+    let d = probe_daemon("");
+    std::fs::copy(probe_wasm("hello"), d.path("probes/hello.wasm")).unwrap();
+    let d = d.spawn();
+    let recs = d.wait_spool(1);
+    let r = &recs[0];
+    assert_eq!(
+        r.headers.get(Header::Classification),
+        "org.clearlinux/hello/world"
+    );
+    assert_eq!(r.headers.get(Header::Severity), "1");
+    assert_eq!(r.payload, "hello");
+    let meta = telem::metadata::HostMetadata::collect(std::path::Path::new("/"));
+    assert_eq!(r.headers.get(Header::Arch), meta.arch);
+    assert_eq!(r.headers.get(Header::KernelVersion), meta.kernel_version);
+    assert_eq!(
+        r.headers.get(Header::MachineId),
+        std::fs::read_to_string(d.path("state/machine_id")).unwrap()
+    );
+    let list = control(&d, json!({"op": "list"}));
+    assert_eq!(list["probes"][0]["name"], "hello");
+    assert_eq!(list["probes"][0]["stats"]["records_sent"], 1);
+}
+
+#[test]
+fn drop_in_replace_and_remove_without_restart() {
+    let d = probe_daemon("").spawn();
+    assert_eq!(
+        control(&d, json!({"op": "list"}))["probes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    // Drop in: a half-written file first, then the whole one.
+    let bytes = std::fs::read(probe_wasm("hello")).unwrap();
+    let target = d.path("probes/heartbeat.wasm");
+    std::fs::write(&target, &bytes[..bytes.len() / 3]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::write(&target, &bytes).unwrap();
+    wait_payload(&d, "hello");
+    // Replace with another component: the new one is what runs.
+    std::fs::copy(probe_wasm("sandbox_test"), &target).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || control(
+            &d,
+            json!({"op": "list"})
+        )["probes"][0]["name"]
+            == "sandbox-test"),
+        "{}",
+        d.log()
+    );
+    {
+        let v = run(&d, &["state"]);
+        assert_eq!(v["ok"], true, "{v}");
+    }
+    // Remove: it stops.
+    std::fs::remove_file(&target).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || control(
+        &d,
+        json!({"op": "list"})
+    )["probes"]
+        .as_array()
+        .unwrap()
+        .is_empty()));
+    assert!(error_of(&run(&d, &["state"])).contains("no probe named sandbox-test"));
+}
+
+#[test]
+fn bad_files_are_reported_and_skipped() {
+    let d = probe_daemon("");
+    std::fs::write(d.path("probes/junk.wasm"), b"this is not wasm").unwrap();
+    // A core module, not a component.
+    std::fs::write(d.path("probes/core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    std::fs::copy(probe_wasm("hello"), d.path("probes/hello.wasm")).unwrap();
+    let d = d.spawn();
+    d.wait_spool(1);
+    let log = d.log();
+    assert!(log.contains("junk.wasm: not a WebAssembly file"), "{log}");
+    assert!(log.contains("core.wasm"), "{log}");
+    assert_eq!(
+        control(&d, json!({"op": "list"}))["probes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn restart_with_a_warm_cache_does_not_recompile() {
+    let mut d = probe_daemon("");
+    std::fs::copy(probe_wasm("sandbox_test"), d.path("probes/t.wasm")).unwrap();
+    d = d.spawn();
+    assert!(wait_until(Duration::from_secs(10), || control(
+        &d,
+        json!({"op": "list"})
+    )["compilations"]
+        == 1));
+    d.stop();
+    let d = d.spawn();
+    assert!(wait_until(Duration::from_secs(10), || control(
+        &d,
+        json!({"op": "list"})
+    )["probes"]
+        .as_array()
+        .unwrap()
+        .len()
+        == 1));
+    assert_eq!(
+        control(&d, json!({"op": "list"}))["compilations"],
+        0,
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("from cache"));
+}
+
+#[test]
+fn sandbox_enforcement() {
+    let d = probe_daemon("");
+    let granted = d.path("granted");
+    std::fs::create_dir_all(&granted).unwrap();
+    std::fs::write(granted.join("ok.txt"), "secret-ok").unwrap();
+    std::fs::write(d.path("outside.txt"), "must not leak").unwrap();
+    std::os::unix::fs::symlink(d.path("outside.txt"), granted.join("link.txt")).unwrap();
+    let cfg = format!(
+        "\n[probes.sandbox-test]\nread_paths = [\"{}\"]\ntimeout_ms = 1000\nmemory_limit_mib = 16\nmax_records_per_hour = 20\n",
+        granted.display()
+    );
+    let mut text = std::fs::read_to_string(&d.config_path).unwrap();
+    text.push_str(&cfg);
+    std::fs::write(&d.config_path, text).unwrap();
+    std::fs::copy(probe_wasm("sandbox_test"), d.path("probes/t.wasm")).unwrap();
+    let d = d.spawn();
+    assert!(
+        wait_until(Duration::from_secs(10), || control(
+            &d,
+            json!({"op": "list"})
+        )["probes"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1),
+        "{}",
+        d.log()
+    );
+
+    // Filesystem: the grant reads, nothing else does.
+    {
+        let v = run(&d, &["read", granted.join("ok.txt").to_str().unwrap()]);
+        assert_eq!(v["ok"], true, "{v}");
+    }
+    wait_payload(&d, "read: secret-ok");
+    for path in [
+        d.path("outside.txt"),
+        granted.join("../outside.txt"),
+        granted.join("link.txt"),
+        "/etc/hostname".into(),
+    ] {
+        let e = run_err(&d, &["read", path.to_str().unwrap()]);
+        assert!(e.contains("read failed"), "{}: {e}", path.display());
+    }
+    assert!(!payloads(&d).iter().any(|p| p.contains("must not leak")));
+
+    // Network: a listening loopback port is unreachable.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    assert!(run_err(&d, &["connect", &addr]).contains("connect failed"));
+
+    // Environment, arguments, and no state across calls.
+    {
+        let v = run(&d, &["env"]);
+        assert_eq!(v["ok"], true, "{v}");
+    }
+    wait_payload(&d, "env: 0 vars, 0 args");
+    {
+        let v = run(&d, &["state"]);
+        assert_eq!(v["ok"], true, "{v}");
+    }
+    {
+        let v = run(&d, &["state"]);
+        assert_eq!(v["ok"], true, "{v}");
+    }
+    assert!(wait_until(Duration::from_secs(5), || payloads(&d)
+        .iter()
+        .filter(|p| *p == "state: call 1")
+        .count()
+        == 2));
+
+    // Memory: under the cap works, past it traps.
+    let grown = run(&d, &["grow", "4"]);
+    assert_eq!(grown["ok"], true, "{grown}");
+    let e = run_err(&d, &["grow", "64"]);
+    assert!(e.contains("trapped") || e.contains("grow failed"), "{e}");
+
+    // Wall time: an infinite loop is stopped at the deadline while native
+    // records keep flowing.
+    let sock = d.socket();
+    let native = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        telem::client::send_record(
+            &sock,
+            &test_record("native during spin"),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    });
+    let t = Instant::now();
+    let e = run_err(&d, &["spin"]);
+    assert!(e.contains("timed out after 1000 ms"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    native.join().unwrap();
+    wait_payload(&d, "native during spin");
+
+    // Classification outside the grant, and the hourly cap.
+    let e = run_err(&d, &["send", "org.other/x/y"]);
+    assert!(e.contains("NotGranted"), "{e}");
+    let e = run_err(&d, &["flood", "50"]);
+    assert!(
+        e.contains("flood stopped after") && e.contains("RateLimited"),
+        "{e}"
+    );
+    let flood = payloads(&d)
+        .iter()
+        .filter(|p| p.starts_with("flood "))
+        .count();
+    let sent = control(&d, json!({"op": "list"}))["probes"][0]["stats"]["records_sent"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(sent, 20, "{flood} flood records");
+
+    // Output is captured into the log, tagged, and capped.
+    run(&d, &["print", "100000"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || d
+            .log()
+            .contains("stream=\"stderr\"")
+            || d.log().contains("stream=stderr")),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("[cut]"));
+
+    // Counters.
+    let p = &control(&d, json!({"op": "list"}))["probes"][0];
+    assert_eq!(p["stats"]["timeouts"], 1);
+    assert!(p["stats"]["traps"].as_u64().unwrap() >= 1);
+    assert!(p["stats"]["records_refused"].as_u64().unwrap() >= 2);
+    assert_eq!(p["granted"]["memory_limit_mib"], 16);
+    assert_eq!(p["requested"]["max_records_per_hour"], 50);
+}
+
+#[test]
+fn repeated_failures_quarantine_until_reload() {
+    let d = probe_daemon("");
+    std::fs::copy(probe_wasm("sandbox_test"), d.path("probes/t.wasm")).unwrap();
+    let d = d.spawn();
+    assert!(wait_until(Duration::from_secs(10), || control(
+        &d,
+        json!({"op": "list"})
+    )["probes"]
+        .as_array()
+        .unwrap()
+        .len()
+        == 1));
+    for _ in 0..5 {
+        assert!(error_of(&run(&d, &["bogus"])).contains("unknown command"));
+    }
+    let e = error_of(&run(&d, &["state"]));
+    assert!(e.contains("quarantined"), "{e}");
+    assert_eq!(
+        control(&d, json!({"op": "list"}))["probes"][0]["state"]["state"],
+        "quarantined"
+    );
+    assert_eq!(control(&d, json!({"op": "reload"}))["ok"], true);
+    {
+        let v = run(&d, &["state"]);
+        assert_eq!(v["ok"], true, "{v}");
+    }
+}

@@ -1,0 +1,105 @@
+//! A hostile-on-command probe for the sandbox tests: `telemctl probe run
+//! sandbox-test -- COMMAND ARGS` makes it try one thing the sandbox must
+//! allow or stop. Not shipped.
+//!
+//! Commands: `read PATH`, `list DIR`, `connect ADDR`, `spin`, `grow MIB`,
+//! `send CLASSIFICATION`, `flood N`, `print BYTES`, `env`, `state`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use telemetrics_probe_sdk::{export_probe, log, Event, Manifest, Probe, Record, Trigger};
+
+struct SandboxTest;
+
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+fn report(payload: String) -> Result<(), String> {
+    Record::new("org.example/test/result")
+        .payload(payload)
+        .send()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+impl Probe for SandboxTest {
+    fn describe() -> Manifest {
+        Manifest {
+            name: "sandbox-test".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Sandbox test probe (not shipped)".into(),
+            classifications: vec!["org.example/test/*".into()],
+            triggers: vec![Trigger::Manual],
+            read_paths: vec![],
+            max_records_per_hour: 50,
+        }
+    }
+
+    fn handle(event: Event) -> Result<(), String> {
+        let Event::Manual(args) = event else {
+            return Ok(());
+        };
+        let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+        match arg(0).as_str() {
+            "read" => match std::fs::read_to_string(arg(1)) {
+                Ok(text) => report(format!("read: {}", text.trim())),
+                Err(e) => Err(format!("read failed: {e}")),
+            },
+            "list" => match std::fs::read_dir(arg(1)) {
+                Ok(rd) => report(format!("list: {}", rd.count())),
+                Err(e) => Err(format!("list failed: {e}")),
+            },
+            "connect" => match std::net::TcpStream::connect(arg(1)) {
+                Ok(_) => report("connect: connected".into()),
+                Err(e) => Err(format!("connect failed: {e}")),
+            },
+            "spin" => {
+                log::info("spinning forever");
+                #[allow(clippy::empty_loop)]
+                loop {}
+            }
+            "grow" => {
+                let mib: usize = arg(1).parse().map_err(|_| "grow MIB")?;
+                let mut v: Vec<u8> = Vec::new();
+                v.try_reserve_exact(mib << 20)
+                    .map_err(|e| format!("grow failed: {e}"))?;
+                v.resize(mib << 20, 1);
+                report(format!("grew: {} MiB", v.len() >> 20))
+            }
+            "send" => Record::new(arg(1))
+                .payload("sent")
+                .send()
+                .map(|_| ())
+                .map_err(|e| format!("send failed: {e}")),
+            "flood" => {
+                let n: u32 = arg(1).parse().map_err(|_| "flood N")?;
+                for i in 0..n {
+                    if let Err(e) = Record::new("org.example/test/flood")
+                        .payload(format!("flood {i}"))
+                        .send()
+                    {
+                        return Err(format!("flood stopped after {i}: {e}"));
+                    }
+                }
+                Ok(())
+            }
+            "print" => {
+                let n: usize = arg(1).parse().map_err(|_| "print BYTES")?;
+                print!("{}", "p".repeat(n));
+                eprintln!("to stderr");
+                Ok(())
+            }
+            "env" => report(format!(
+                "env: {} vars, {} args",
+                std::env::vars().count(),
+                std::env::args().count()
+            )),
+            "state" => report(format!(
+                "state: call {}",
+                CALLS.fetch_add(1, Ordering::Relaxed) + 1
+            )),
+            other => Err(format!("unknown command {other:?}")),
+        }
+    }
+}
+
+export_probe!(SandboxTest);
