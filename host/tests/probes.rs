@@ -46,6 +46,22 @@ fn wait_payload(d: &TestDaemon, want: &str) {
     );
 }
 
+/// Waits until `n` probes are loaded.
+fn wait_loaded(d: &TestDaemon, n: usize) {
+    let loaded = || {
+        control(d, json!({"op": "list"}))["probes"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || loaded() == n),
+        "{} probes loaded\n{}",
+        loaded(),
+        d.log()
+    );
+}
+
 fn probe_daemon(extra: &str) -> TestDaemon {
     let d = TestDaemon::prepare(&format!("{HOLD}probe_scan_interval_ms = 200\n{extra}"));
     std::fs::create_dir_all(d.path("probes")).unwrap();
@@ -81,13 +97,7 @@ fn hello_runs_at_start_with_host_metadata() {
 #[test]
 fn drop_in_replace_and_remove_without_restart() {
     let d = probe_daemon("").spawn();
-    assert_eq!(
-        control(&d, json!({"op": "list"}))["probes"]
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
+    wait_loaded(&d, 0);
     // Drop in: a half-written file first, then the whole one.
     let bytes = std::fs::read(probe_wasm("hello")).unwrap();
     let target = d.path("probes/heartbeat.wasm");
@@ -112,13 +122,7 @@ fn drop_in_replace_and_remove_without_restart() {
     }
     // Remove: it stops.
     std::fs::remove_file(&target).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || control(
-        &d,
-        json!({"op": "list"})
-    )["probes"]
-        .as_array()
-        .unwrap()
-        .is_empty()));
+    wait_loaded(&d, 0);
     assert!(error_of(&run(&d, &["state"])).contains("no probe named sandbox-test"));
 }
 
@@ -134,13 +138,7 @@ fn bad_files_are_reported_and_skipped() {
     let log = d.log();
     assert!(log.contains("junk.wasm: not a WebAssembly file"), "{log}");
     assert!(log.contains("core.wasm"), "{log}");
-    assert_eq!(
-        control(&d, json!({"op": "list"}))["probes"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    wait_loaded(&d, 1);
 }
 
 #[test]
@@ -155,14 +153,7 @@ fn restart_with_a_warm_cache_does_not_recompile() {
         == 1));
     d.stop();
     let d = d.spawn();
-    assert!(wait_until(Duration::from_secs(10), || control(
-        &d,
-        json!({"op": "list"})
-    )["probes"]
-        .as_array()
-        .unwrap()
-        .len()
-        == 1));
+    wait_loaded(&d, 1);
     assert_eq!(
         control(&d, json!({"op": "list"}))["compilations"],
         0,
@@ -189,18 +180,7 @@ fn sandbox_enforcement() {
     std::fs::write(&d.config_path, text).unwrap();
     std::fs::copy(probe_wasm("sandbox_test"), d.path("probes/t.wasm")).unwrap();
     let d = d.spawn();
-    assert!(
-        wait_until(Duration::from_secs(10), || control(
-            &d,
-            json!({"op": "list"})
-        )["probes"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 1),
-        "{}",
-        d.log()
-    );
+    wait_loaded(&d, 1);
 
     // Filesystem: the grant reads, nothing else does.
     {
@@ -312,14 +292,7 @@ fn repeated_failures_quarantine_until_reload() {
     let d = probe_daemon("");
     std::fs::copy(probe_wasm("sandbox_test"), d.path("probes/t.wasm")).unwrap();
     let d = d.spawn();
-    assert!(wait_until(Duration::from_secs(10), || control(
-        &d,
-        json!({"op": "list"})
-    )["probes"]
-        .as_array()
-        .unwrap()
-        .len()
-        == 1));
+    wait_loaded(&d, 1);
     for _ in 0..5 {
         assert!(error_of(&run(&d, &["bogus"])).contains("unknown command"));
     }
