@@ -125,3 +125,48 @@ async fn respond(req: Request, probes: &Arc<ProbeManager>) -> Value {
 }
 
 use tokio::io::AsyncReadExt as _;
+
+/// Why a control request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens at the control socket.
+    #[error("telemd is not running (nothing answers at {0})")]
+    NotRunning(String),
+    /// The socket exists but this user may not use it.
+    #[error("permission denied on {0}: the control socket is for root and the telemetry group")]
+    Denied(String),
+    /// The exchange broke off.
+    #[error("control socket {path}: {message}")]
+    Io {
+        /// The socket.
+        path: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// Sends one request to the daemon's control socket and returns its answer
+/// (blocking; for telemctl and the crash handler).
+pub fn request(path: &Path, req: &Value) -> Result<Value, ClientError> {
+    use std::io::{BufRead, Write};
+    let p = path.display().to_string();
+    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::PermissionDenied => ClientError::Denied(p.clone()),
+        _ => ClientError::NotRunning(p.clone()),
+    })?;
+    let io_err = |e: io::Error| ClientError::Io {
+        path: p.clone(),
+        message: e.to_string(),
+    };
+    let mut line = req.to_string();
+    line.push('\n');
+    s.write_all(line.as_bytes()).map_err(io_err)?;
+    let mut out = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut out)
+        .map_err(io_err)?;
+    serde_json::from_str(&out).map_err(|e| ClientError::Io {
+        path: p.clone(),
+        message: format!("bad answer: {e}"),
+    })
+}

@@ -1,0 +1,183 @@
+//! End-to-end: `telemctl` against a running `telemd` (dev-mode paths, no root).
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+const TELEMCTL: &str = env!("CARGO_BIN_EXE_telemctl");
+
+fn ctl(d: &TestDaemon, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(TELEMCTL)
+        .arg("-f")
+        .arg(&d.config_path)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(d: &TestDaemon, args: &[&str]) -> String {
+    let (code, out, err) = ctl(d, args);
+    assert_eq!(code, 0, "telemctl {args:?} failed: {err}");
+    out
+}
+
+#[test]
+fn probes_and_journal_through_telemctl() {
+    let d = TestDaemon::prepare("probe_scan_interval_ms = 200\nrecord_retention_enabled = true\n");
+    std::fs::create_dir_all(d.path("probes")).unwrap();
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    std::fs::copy(probe_wasm("hello"), d.path("probes/hello.wasm")).unwrap();
+    let d = d.spawn();
+    let journal_lines = |args: &[&str]| {
+        let mut a = vec!["journal"];
+        a.extend_from_slice(args);
+        ok(&d, &a).lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || journal_lines(&[]).len() == 1),
+        "{}",
+        d.log()
+    );
+
+    let list = ok(&d, &["probe", "list"]);
+    assert!(list.starts_with("NAME"), "{list}");
+    assert!(
+        list.lines().nth(1).unwrap().starts_with("hello") && list.contains("running"),
+        "{list}"
+    );
+    let info = ok(&d, &["probe", "info", "hello"]);
+    assert!(
+        info.contains("requested")
+            && info.contains("granted")
+            && info.contains("org.clearlinux/hello/world"),
+        "{info}"
+    );
+    assert!(ok(&d, &["probe", "run", "hello"]).contains("ran successfully"));
+    assert!(
+        wait_until(Duration::from_secs(10), || journal_lines(&[]).len() == 2),
+        "{}",
+        d.log()
+    );
+    let (code, _, err) = ctl(&d, &["probe", "run", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no probe named nope"), "{err}");
+
+    // Journal columns and each filter.
+    let all = journal_lines(&["-V"]);
+    assert!(
+        all[0].starts_with("Classification")
+            && all[0].contains("Record ID")
+            && all[0].contains("Boot ID"),
+        "{all:?}"
+    );
+    assert_eq!(all.last().unwrap(), "Total records: 2");
+    let entries = telem::journal::query_dir(&d.path("journal"), 100, &Default::default()).unwrap();
+    assert_eq!(
+        journal_lines(&["-c", "org.clearlinux/hello/world"]).len(),
+        2
+    );
+    assert_eq!(journal_lines(&["-c", "org.example/none/x"]).len(), 0);
+    assert_eq!(journal_lines(&["-r", &entries[0].record_id]).len(), 1);
+    assert_eq!(journal_lines(&["-e", &entries[1].event_id]).len(), 1);
+    assert_eq!(journal_lines(&["-b", &entries[0].boot_id]).len(), 2);
+    assert_eq!(journal_lines(&["-b", "0000"]).len(), 0);
+    let with_payload = journal_lines(&["-i", "-r", &entries[0].record_id]);
+    assert_eq!(with_payload[1], "hello", "{with_payload:?}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&d, &["--json", "journal"])).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["outcome"], "delivered");
+    // Reload re-arms on-start: hello runs again.
+    assert!(ok(&d, &["probe", "reload"]).contains("1 probe(s)"));
+    assert!(
+        wait_until(Duration::from_secs(10), || journal_lines(&[]).len() == 3),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn spool_list_opt_in_out_and_daemon_down() {
+    let mut d = TestDaemon::start(HOLD);
+    for i in 0..2 {
+        telem::client::send_record(
+            &d.socket(),
+            &test_record(&format!("held {i}")),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    }
+    d.wait_spool(2);
+    let out = ok(&d, &["spool", "list"]);
+    assert!(out.starts_with("RECORD ID"), "{out}");
+    assert_eq!(out.matches("org.example/test/vec").count(), 2, "{out}");
+    assert!(out.contains("2 record(s)"), "{out}");
+
+    assert!(ok(&d, &["opt-out"]).contains("disabled"));
+    assert!(!d.path("opt-in").exists());
+    assert!(ok(&d, &["opt-in"]).contains("enabled"));
+    assert!(d.path("opt-in").exists());
+
+    d.stop();
+    let (code, _, err) = ctl(&d, &["probe", "list"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("telemd is not running"), "{err}");
+}
+
+#[test]
+fn config_check_good_and_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.conf");
+    std::fs::write(
+        &good,
+        "[settings]\nserver=http://localhost/v2/collector\nspool_process_time=30\n",
+    )
+    .unwrap();
+    let out = Command::new(TELEMCTL)
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("(legacy INI): valid") && stdout.contains("spool_process_time = 120"),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("120..300"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "spool_dir = \"/x\"\nbyte_window_length = 99\n").unwrap();
+    let out = Command::new(TELEMCTL)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:2:") && err.contains("byte_window_length") && err.contains("0..59"),
+        "{err}"
+    );
+
+    let out = Command::new(TELEMCTL)
+        .args(["config", "migrate"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let toml_text = String::from_utf8_lossy(&out.stdout);
+    let migrated = dir.path().join("migrated.toml");
+    std::fs::write(&migrated, toml_text.as_bytes()).unwrap();
+    let c = telem::config::Config::load_file(telem::config::Config::default(), &migrated).unwrap();
+    assert_eq!(c.server, "http://localhost/v2/collector");
+    assert_eq!(c.spool_process_time, 120);
+}
