@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2
+# systemd-analyze verifies the installed units (host/tests/install.rs).
+command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y systemd; }
 cargo fmt --all -- --check
 (cd probe-sdk && cargo fmt -- --check)
 (cd probes-wasm && cargo fmt --all -- --check)

@@ -16,9 +16,10 @@ use serde::Serialize;
 use thiserror::Error;
 
 /// Where the daemon looks for a config when none is given, in order.
-pub const DEFAULT_CONFIG_PATHS: [&str; 3] = [
+pub const DEFAULT_CONFIG_PATHS: [&str; 4] = [
     "/etc/telemetrics/telemd.toml",
     "/etc/telemetrics/telemetrics.conf",
+    "/usr/share/defaults/telemetrics/telemd.toml",
     "/usr/share/defaults/telemetrics/telemetrics.conf",
 ];
 

@@ -103,6 +103,8 @@ enum ConfigCmd {
         /// The file (default: -f, else the daemon's lookup order).
         file: Option<PathBuf>,
     },
+    /// Print the built-in defaults as TOML (the packaged default config).
+    Defaults,
     /// Print a legacy telemetrics.conf as this daemon's TOML.
     Migrate {
         /// The legacy file (default: /etc/telemetrics/telemetrics.conf).
@@ -250,6 +252,15 @@ fn run(args: Args) -> Result<(), String> {
             } else {
                 println!("# {from}: valid. Effective values:\n{}", c.to_toml());
             }
+            Ok(())
+        }
+        Cmd::Config {
+            cmd: ConfigCmd::Defaults,
+        } => {
+            print!(
+                "# telemd defaults; copy to /etc/telemetrics/telemd.toml to change them\n{}",
+                Config::default().to_toml()
+            );
             Ok(())
         }
         Cmd::Config {

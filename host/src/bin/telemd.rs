@@ -13,6 +13,7 @@ use telem::config::Config;
 struct Args {
     /// Config file (TOML, or a legacy telemetrics.conf). Default: the first of
     /// /etc/telemetrics/telemd.toml, /etc/telemetrics/telemetrics.conf,
+    /// /usr/share/defaults/telemetrics/telemd.toml,
     /// /usr/share/defaults/telemetrics/telemetrics.conf.
     #[arg(short = 'f', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,

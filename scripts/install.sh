@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs telemd the way packagers expect:
+#
+#   scripts/install.sh [--prefix /usr] [--from DIR]      # DESTDIR=... honoured
+#
+# --prefix  where it will live (default /usr); units get @bindir@ filled in
+# --from    directory with already built telemd, telemctl, telem-record-gen
+#           (default: cargo build --release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+prefix=/usr
+from=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) prefix=$2; shift 2 ;;
+    --from) from=$2; shift 2 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$from" ]; then
+  cargo build --release -p telemetrics-host --bins
+  from=target/release
+fi
+probes=probes-wasm/target/wasm32-wasip2/release
+[ -f "$probes/hello.wasm" ] || (cd probes-wasm && cargo build --target wasm32-wasip2 --release -p hello)
+
+root="${DESTDIR:-}"
+bindir="$prefix/bin"
+for b in telemd telemctl telem-record-gen; do
+  install -Dm755 "$from/$b" "$root$bindir/$b"
+done
+for u in telemd.service telemd.socket; do
+  install -d "$root$prefix/lib/systemd/system"
+  sed "s|@bindir@|$bindir|g" "systemd/$u.in" > "$root$prefix/lib/systemd/system/$u"
+  chmod 644 "$root$prefix/lib/systemd/system/$u"
+done
+install -Dm644 systemd/telemetry.sysusers.conf "$root$prefix/lib/sysusers.d/telemetry.conf"
+install -Dm644 systemd/telemetry.tmpfiles.conf "$root$prefix/lib/tmpfiles.d/telemetry.conf"
+install -Dm644 "$probes/hello.wasm" "$root$prefix/lib/telemetry/probes/hello.wasm"
+install -d "$root$prefix/share/defaults/telemetrics"
+"$from/telemctl" config defaults > "$root$prefix/share/defaults/telemetrics/telemd.toml"
+chmod 644 "$root$prefix/share/defaults/telemetrics/telemd.toml"
+echo "installed under ${root:-}$prefix"
