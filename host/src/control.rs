@@ -9,6 +9,9 @@
 //! | `{"op":"list"}` | `{"ok":true,"probes":[ProbeInfo...],"compilations":N}` |
 //! | `{"op":"run","probe":"NAME","args":["..."]}` | `{"ok":true}` or `{"ok":false,"error":"..."}` |
 //! | `{"op":"reload"}` | `{"ok":true,"probes":N}` |
+//! | `{"op":"enable","probe":"NAME"}`, `{"op":"disable","probe":"NAME"}` | `{"ok":true}` |
+//! | `{"op":"status"}` | `{"ok":true,"opted_in":..,"spool":{records,bytes,oldest},"delivery":{..},"ingest":{..},"probes":{loaded,quarantined,disabled}}` |
+//! | `{"op":"flush"}` | `{"ok":true}`: delivery tries at once, backoff forgotten |
 //!
 //! Any failure is `{"ok":false,"error":"what went wrong"}`.
 
@@ -45,6 +48,34 @@ pub enum Request {
     },
     /// Reload the probe directories.
     Reload,
+    /// Let a disabled probe load again.
+    Enable {
+        /// Its name.
+        probe: String,
+    },
+    /// Stop a probe and keep it off across restarts.
+    Disable {
+        /// Its name.
+        probe: String,
+    },
+    /// Opt-in, spool, delivery, ingest and probe summary.
+    Status,
+    /// Try delivery now.
+    Flush,
+}
+
+/// What the control socket can reach inside the daemon.
+pub struct ControlContext {
+    /// Loaded probes.
+    pub probes: Arc<ProbeManager>,
+    /// Ingest counters and the spool.
+    pub ingest: Arc<crate::ingest::Ingest>,
+    /// The delivery worker's status.
+    pub delivery: Arc<std::sync::Mutex<crate::delivery::DeliveryStatus>>,
+    /// Wakes the delivery worker.
+    pub flush: Arc<tokio::sync::Notify>,
+    /// The opt-in file.
+    pub opt_in_file: std::path::PathBuf,
 }
 
 /// Binds the control socket with mode 0660 (replacing a stale socket).
@@ -65,7 +96,7 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 /// Serves control clients until `shutdown`.
 pub async fn serve(
     listener: UnixListener,
-    probes: Arc<ProbeManager>,
+    ctx: Arc<ControlContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -75,9 +106,9 @@ pub async fn serve(
         };
         match conn {
             Ok((stream, _)) => {
-                let probes = probes.clone();
+                let ctx = ctx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &probes).await {
+                    if let Err(e) = handle(stream, &ctx).await {
                         debug!("control connection ended: {e}");
                     }
                 });
@@ -90,7 +121,7 @@ pub async fn serve(
     }
 }
 
-async fn handle(stream: UnixStream, probes: &Arc<ProbeManager>) -> io::Result<()> {
+async fn handle(stream: UnixStream, ctx: &ControlContext) -> io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r.take(MAX_REQUEST as u64 * 16)).lines();
     while let Some(line) = lines.next_line().await? {
@@ -98,7 +129,7 @@ async fn handle(stream: UnixStream, probes: &Arc<ProbeManager>) -> io::Result<()
             return Ok(());
         }
         let resp = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => respond(req, probes).await,
+            Ok(req) => respond(req, ctx).await,
             Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
         };
         let mut out = resp.to_string();
@@ -108,8 +139,46 @@ async fn handle(stream: UnixStream, probes: &Arc<ProbeManager>) -> io::Result<()
     Ok(())
 }
 
-async fn respond(req: Request, probes: &Arc<ProbeManager>) -> Value {
+async fn respond(req: Request, ctx: &ControlContext) -> Value {
+    let probes = &ctx.probes;
+    let done = |r: Result<(), String>| match r {
+        Ok(()) => json!({"ok": true}),
+        Err(e) => json!({"ok": false, "error": e}),
+    };
     match req {
+        Request::Enable { probe } => done(probes.enable(&probe).await),
+        Request::Disable { probe } => done(probes.disable(&probe)),
+        Request::Flush => {
+            ctx.flush.notify_one();
+            json!({"ok": true})
+        }
+        Request::Status => {
+            let spool = ctx.ingest.spool();
+            let entries = spool.entries().unwrap_or_default();
+            let oldest = entries
+                .first()
+                .and_then(|e| e.mtime.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            let list = probes.list();
+            let quarantined = list
+                .iter()
+                .filter(|p| {
+                    matches!(
+                        p.state,
+                        crate::sandbox::supervisor::ProbeState::Quarantined(_)
+                    )
+                })
+                .count();
+            let delivery = ctx.delivery.lock().expect("status lock").clone();
+            json!({
+                "ok": true,
+                "opted_in": ctx.opt_in_file.exists(),
+                "spool": {"records": entries.len(), "bytes": entries.iter().map(|e| e.size).sum::<u64>(), "oldest": oldest},
+                "delivery": delivery,
+                "ingest": ctx.ingest.stats.snapshot(),
+                "probes": {"loaded": list.len(), "quarantined": quarantined, "disabled": probes.disabled()},
+            })
+        }
         Request::List => {
             json!({"ok": true, "probes": probes.list(), "compilations": probes.compilations()})
         }

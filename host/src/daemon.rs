@@ -104,6 +104,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         ingest.clone(),
         config.probes_dirs.clone(),
         config.probes.clone(),
+        config.state_dir.join("disabled-probes"),
     );
     let watcher = tokio::spawn(
         probes
@@ -113,9 +114,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let control_listener = crate::control::bind(&config.control_socket).map_err(ctx(|| {
         format!("cannot listen on {}", config.control_socket.display())
     }))?;
+    let flush = Arc::new(Notify::new());
+    let control_ctx = Arc::new(crate::control::ControlContext {
+        probes: probes.clone(),
+        ingest: ingest.clone(),
+        delivery: delivery.status(),
+        flush: flush.clone(),
+        opt_in_file: config.opt_in_file.clone(),
+    });
     let control = tokio::spawn(crate::control::serve(
         control_listener,
-        probes.clone(),
+        control_ctx,
         stop_rx.clone(),
     ));
     // The native socket comes last: once it accepts, everything is ready.
@@ -130,7 +139,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         opts,
         stop_rx.clone(),
     ));
-    let flush = Arc::new(Notify::new());
     // Delivery gets a thread and a single-threaded runtime of its own: posts
     // are sequential, so keeping the worker and its HTTP connection task on
     // one thread saves a cross-thread wake-up per record, and a slow disk or

@@ -181,3 +181,78 @@ fn config_check_good_and_bad_files() {
     assert_eq!(c.server, "http://localhost/v2/collector");
     assert_eq!(c.spool_process_time, 120);
 }
+
+#[test]
+fn status_flush_enable_disable() {
+    use support::collector::{Collector, Mode};
+    let c = Collector::start(Mode::Drop);
+    let d = TestDaemon::prepare(&format!(
+        "server = \"{}\"\nprobe_scan_interval_ms = 200\n",
+        c.url()
+    ));
+    std::fs::create_dir_all(d.path("probes")).unwrap();
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    std::fs::copy(probe_wasm("hello"), d.path("probes/hello.wasm")).unwrap();
+    let mut d = d.spawn();
+    for i in 0..3 {
+        telem::client::send_record(
+            &d.socket(),
+            &test_record(&format!("f{i}")),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || d.spool_names().len() == 4),
+        "{}",
+        d.log()
+    );
+
+    let st = ok(&d, &["status"]);
+    assert!(
+        st.contains("opted in:        yes") && st.contains("daemon:          running"),
+        "{st}"
+    );
+    assert!(
+        st.contains("4 record(s)") && st.contains("1 loaded, 0 quarantined"),
+        "{st}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(&d, &["--json", "status"])).unwrap();
+    assert_eq!(v["spool"]["records"], 4);
+    assert_eq!(v["ingest"]["accepted"], 4);
+
+    // Collector down: flush reports the failure instead of hanging.
+    let (code, _, err) = ctl(&d, &["spool", "flush"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("still spooled") && err.contains("failed"),
+        "{err}"
+    );
+    c.set_mode(Mode::Status(200, None));
+    assert!(ok(&d, &["spool", "flush"]).contains("spool is empty"));
+    assert_eq!(c.accepted_count(), 4);
+
+    // Disable survives a restart; enable brings it back.
+    assert!(ok(&d, &["probe", "disable", "hello"]).contains("disabled"));
+    assert!(!ok(&d, &["probe", "list"]).contains("hello"));
+    d.stop();
+    let d = d.spawn();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!ok(&d, &["probe", "list"]).contains("hello"), "{}", d.log());
+    assert!(ok(&d, &["status"]).contains("disabled: hello"));
+    assert!(ok(&d, &["probe", "enable", "hello"]).contains("enabled"));
+    assert!(ok(&d, &["probe", "list"]).contains("hello"));
+}
+
+#[test]
+fn systemd_verbs_say_plainly_when_systemd_is_absent() {
+    if std::path::Path::new("/run/systemd/system").exists() {
+        eprintln!("systemd runs here; this test is about machines without it");
+        return;
+    }
+    let out = Command::new(TELEMCTL).arg("is-active").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("systemd is not running"), "{err}");
+}

@@ -31,6 +31,16 @@ enum Cmd {
     OptIn,
     /// Disable telemetry (removes the opt-in file; needs root on a system install).
     OptOut,
+    /// Start telemd (its socket and service) through systemd.
+    Start,
+    /// Stop telemd through systemd.
+    Stop,
+    /// Restart telemd through systemd.
+    Restart,
+    /// Print whether telemd's units are active; exits non-zero if not.
+    IsActive,
+    /// Opt-in state, spool, delivery and probes at a glance.
+    Status,
     /// Show delivered, rejected, expired and dropped records.
     Journal {
         /// Only this classification.
@@ -88,12 +98,24 @@ enum ProbeCmd {
     },
     /// Reload every probe (lifts quarantines).
     Reload,
+    /// Let a disabled probe run again.
+    Enable {
+        /// Probe name.
+        name: String,
+    },
+    /// Stop a probe and keep it off across restarts.
+    Disable {
+        /// Probe name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum SpoolCmd {
     /// Records in the spool, oldest first.
     List,
+    /// Ask the daemon to deliver now, and follow until the spool is empty.
+    Flush,
 }
 
 #[derive(Subcommand, Debug)]
@@ -228,6 +250,20 @@ fn run(args: Args) -> Result<(), String> {
             let c = load_config(args.config.as_deref())?;
             probe_cmd(&c, cmd, args.json)
         }
+        Cmd::Start => systemctl(&["start", "telemd.socket", "telemd.service"]),
+        Cmd::Stop => systemctl(&["stop", "telemd.socket", "telemd.service"]),
+        Cmd::Restart => systemctl(&["restart", "telemd.socket", "telemd.service"]),
+        Cmd::IsActive => is_active(),
+        Cmd::Status => {
+            let c = load_config(args.config.as_deref())?;
+            status(&c, args.json)
+        }
+        Cmd::Spool {
+            cmd: SpoolCmd::Flush,
+        } => {
+            let c = load_config(args.config.as_deref())?;
+            flush(&c)
+        }
         Cmd::Spool {
             cmd: SpoolCmd::List,
         } => {
@@ -344,6 +380,8 @@ fn probe_cmd(c: &Config, cmd: ProbeCmd, as_json: bool) -> Result<(), String> {
             control(c, json!({"op": "run", "probe": name, "args": args}))?
         }
         ProbeCmd::Reload => control(c, json!({"op": "reload"}))?,
+        ProbeCmd::Enable { name } => control(c, json!({"op": "enable", "probe": name}))?,
+        ProbeCmd::Disable { name } => control(c, json!({"op": "disable", "probe": name}))?,
     };
     if resp["ok"] != true {
         return Err(resp["error"]
@@ -442,6 +480,10 @@ fn probe_cmd(c: &Config, cmd: ProbeCmd, as_json: bool) -> Result<(), String> {
         }
         ProbeCmd::Run { name, .. } => println!("{name}: ran successfully"),
         ProbeCmd::Reload => println!("reloaded: {} probe(s) loaded", resp["probes"]),
+        ProbeCmd::Enable { name } => println!("{name}: enabled and loaded"),
+        ProbeCmd::Disable { name } => {
+            println!("{name}: disabled (stays off until `telemctl probe enable {name}`)")
+        }
     }
     Ok(())
 }
@@ -511,4 +553,163 @@ fn spool_list(c: &Config, as_json: bool) -> Result<(), String> {
         rows.iter().map(|r| r.2).sum::<u64>()
     );
     Ok(())
+}
+
+const UNITS: [&str; 2] = ["telemd.socket", "telemd.service"];
+
+fn systemd_running() -> Result<(), String> {
+    if Path::new("/run/systemd/system").exists() {
+        Ok(())
+    } else {
+        Err("systemd is not running on this machine; run telemd directly (telemd -f CONFIG)".into())
+    }
+}
+
+fn systemctl(args: &[&str]) -> Result<(), String> {
+    systemd_running()?;
+    let st = std::process::Command::new("systemctl")
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run systemctl: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else if unsafe { libc::geteuid() } != 0 {
+        Err(format!(
+            "systemctl {} failed; it needs root: try `sudo telemctl {}`",
+            args.join(" "),
+            args[0]
+        ))
+    } else {
+        Err(format!("systemctl {} failed", args.join(" ")))
+    }
+}
+
+/// Prints `telemd.socket : active` style lines, as the legacy telemctl did.
+fn is_active() -> Result<(), String> {
+    systemd_running()?;
+    let mut all = true;
+    for u in UNITS {
+        let out = std::process::Command::new("systemctl")
+            .args(["is-active", u])
+            .output()
+            .map_err(|e| format!("cannot run systemctl: {e}"))?;
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        all &= out.status.success();
+        println!(
+            "{u} : {}",
+            if state.is_empty() { "unknown" } else { &state }
+        );
+    }
+    if all {
+        Ok(())
+    } else {
+        Err("telemd is not active".into())
+    }
+}
+
+fn status(c: &Config, as_json: bool) -> Result<(), String> {
+    let daemon = telem::control::request(&c.control_socket, &json!({"op": "status"}));
+    if as_json {
+        let v = match &daemon {
+            Ok(v) => v.clone(),
+            Err(e) => {
+                json!({"ok": false, "opted_in": c.opt_in_file.exists(), "error": e.to_string()})
+            }
+        };
+        println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+        return Ok(());
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!(
+        "{:<16} {} ({})",
+        "opted in:",
+        yes(c.opt_in_file.exists()),
+        c.opt_in_file.display()
+    );
+    let v = match daemon {
+        Ok(v) => v,
+        Err(e) => {
+            println!("{:<16} no: {e}", "daemon:");
+            return Ok(());
+        }
+    };
+    println!("{:<16} running", "daemon:");
+    let sp = &v["spool"];
+    let oldest = sp["oldest"]
+        .as_u64()
+        .map_or_else(|| "-".to_owned(), |t| format_time(t) + " UTC");
+    println!(
+        "{:<16} {} record(s), {} bytes, oldest {oldest}",
+        "spool:", sp["records"], sp["bytes"]
+    );
+    let d = &v["delivery"];
+    let next = d["next_try"]
+        .as_u64()
+        .map_or_else(|| "now".to_owned(), |t| format_time(t) + " UTC");
+    println!(
+        "{:<16} last {}, next try {next}; delivered {}, rejected {}, expired {}, dropped {}",
+        "delivery:",
+        d["last_result"].as_str().unwrap_or("none yet"),
+        d["delivered"],
+        d["rejected"],
+        d["expired"],
+        d["dropped"]
+    );
+    let i = &v["ingest"];
+    println!(
+        "{:<16} accepted {}, invalid {}, not opted in {}, spool full {}, timed out {}",
+        "native/probes:",
+        i["accepted"],
+        i["invalid"],
+        i["not_opted_in"],
+        i["spool_full"],
+        i["timed_out"]
+    );
+    let p = &v["probes"];
+    println!(
+        "{:<16} {} loaded, {} quarantined, disabled: {}",
+        "probes:",
+        p["loaded"],
+        p["quarantined"],
+        list_of(&p["disabled"])
+    );
+    Ok(())
+}
+
+/// Asks for delivery now and follows the spool until it is empty, showing
+/// progress on a terminal; fails when delivery fails.
+fn flush(c: &Config) -> Result<(), String> {
+    use std::io::{IsTerminal, Write};
+    control(c, json!({"op": "flush"}))?;
+    let tty = std::io::stdout().is_terminal();
+    let start = std::time::Instant::now();
+    loop {
+        let v = control(c, json!({"op": "status"}))?;
+        let left = v["spool"]["records"].as_u64().unwrap_or(0);
+        if tty {
+            print!("\r{left} record(s) left   ");
+            let _ = std::io::stdout().flush();
+        }
+        if left == 0 {
+            println!("{}spool is empty", if tty { "\r" } else { "" });
+            return Ok(());
+        }
+        let d = &v["delivery"];
+        let failing = d["failures_in_a_row"].as_u64().unwrap_or(0) > 0;
+        if failing && start.elapsed() > Duration::from_secs(2) {
+            if tty {
+                println!();
+            }
+            return Err(format!(
+                "{left} record(s) still spooled: delivery {}",
+                d["last_result"].as_str().unwrap_or("is failing")
+            ));
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            return Err(format!(
+                "{left} record(s) still spooled after 2 minutes (rate limit?)"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -82,6 +82,10 @@ pub struct ProbeManager {
     /// Files seen but not loaded yet (waiting to be stable) or that failed,
     /// with the (size, mtime) they had.
     pending: Mutex<HashMap<PathBuf, (Seen, bool)>>,
+    /// Probes an admin disabled with `telemctl probe disable`, kept in a file
+    /// (one name per line) so the choice survives restarts.
+    disabled: Mutex<HashSet<String>>,
+    disabled_file: PathBuf,
 }
 
 impl std::fmt::Debug for ProbeManager {
@@ -105,8 +109,20 @@ impl ProbeManager {
         ingest: Arc<Ingest>,
         dirs: Vec<PathBuf>,
         policies: BTreeMap<String, ProbePolicy>,
+        disabled_file: PathBuf,
     ) -> Arc<Self> {
+        let disabled = std::fs::read_to_string(&disabled_file)
+            .map(|t| {
+                t.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         Arc::new(ProbeManager {
+            disabled: Mutex::new(disabled),
+            disabled_file,
             sandbox,
             ingest,
             dirs,
@@ -242,6 +258,19 @@ impl ProbeManager {
         } else {
             "from cache"
         };
+        if self
+            .disabled
+            .lock()
+            .expect("disabled lock")
+            .contains(&probe.name)
+        {
+            return Err(format!(
+                "{}: probe {} is disabled (telemctl probe enable {} turns it back on)",
+                path.display(),
+                probe.name,
+                probe.name
+            ));
+        }
         if self.policies.get(&probe.name).and_then(|p| p.enabled) == Some(false) {
             return Err(format!(
                 "{}: probe {} is disabled by [probes.{}] enabled = false",
@@ -305,6 +334,72 @@ impl ProbeManager {
         self.slots.lock().expect("slots lock").clear();
         self.pending.lock().expect("pending lock").clear();
         self.scan(false).await;
+    }
+
+    /// Stops a probe and keeps it off across restarts.
+    pub fn disable(&self, name: &str) -> Result<(), String> {
+        let path = {
+            let slots = self.slots.lock().expect("slots lock");
+            slots
+                .iter()
+                .find(|(_, s)| s.probe.name == name)
+                .map(|(p, s)| (p.clone(), s.seen))
+        };
+        let Some((path, seen)) = path else {
+            return Err(format!("no probe named {name} is loaded"));
+        };
+        self.set_disabled(name, true)?;
+        self.slots.lock().expect("slots lock").remove(&path);
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(path, (seen, true));
+        info!(probe = name, "probe disabled by the admin");
+        Ok(())
+    }
+
+    /// Lets a disabled probe load again (at once).
+    pub async fn enable(self: &Arc<Self>, name: &str) -> Result<(), String> {
+        self.set_disabled(name, false)?;
+        self.pending.lock().expect("pending lock").clear();
+        self.scan(false).await;
+        if self.find(name).is_none() {
+            return Err(format!(
+                "probe {name} is enabled but no component by that name loaded (see the log)"
+            ));
+        }
+        Ok(())
+    }
+
+    fn set_disabled(&self, name: &str, off: bool) -> Result<(), String> {
+        let mut d = self.disabled.lock().expect("disabled lock");
+        if off {
+            d.insert(name.to_owned());
+        } else {
+            d.remove(name);
+        }
+        let mut names: Vec<&String> = d.iter().collect();
+        names.sort();
+        let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+        crate::fsutil::write_atomic(&self.disabled_file, text.as_bytes(), 0o644).map_err(|e| {
+            format!(
+                "cannot record the choice in {}: {e}",
+                self.disabled_file.display()
+            )
+        })
+    }
+
+    /// Names of probes the admin disabled.
+    pub fn disabled(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .disabled
+            .lock()
+            .expect("disabled lock")
+            .iter()
+            .cloned()
+            .collect();
+        v.sort();
+        v
     }
 
     fn find(&self, name: &str) -> Option<(Arc<LoadedProbe>, Arc<Mutex<ProbeState>>)> {
