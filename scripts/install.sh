@@ -41,4 +41,14 @@ install -Dm644 "$probes/hello.wasm" "$root$prefix/lib/telemetry/probes/hello.was
 install -d "$root$prefix/share/defaults/telemetrics"
 "$from/telemctl" config defaults > "$root$prefix/share/defaults/telemetrics/telemd.toml"
 chmod 644 "$root$prefix/share/defaults/telemetrics/telemd.toml"
+docs=$(mktemp -d)
+trap 'rm -rf "$docs"' EXIT
+"$from/telemctl" generate-docs "$docs"
+for page in "$docs"/man/man*/*; do
+  sec=$(basename "$(dirname "$page")")
+  install -Dm644 "$page" "$root$prefix/share/man/$sec/$(basename "$page")"
+done
+for f in "$docs"/completions/bash/*; do install -Dm644 "$f" "$root$prefix/share/bash-completion/completions/$(basename "$f")"; done
+for f in "$docs"/completions/zsh/*; do install -Dm644 "$f" "$root$prefix/share/zsh/site-functions/$(basename "$f")"; done
+for f in "$docs"/completions/fish/*; do install -Dm644 "$f" "$root$prefix/share/fish/vendor_completions.d/$(basename "$f")"; done
 echo "installed under ${root:-}$prefix"

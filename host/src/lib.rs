@@ -5,6 +5,7 @@
 //! tested in-process, and the mains only parse arguments.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -45,6 +45,12 @@ fn destdir_install_yields_the_packaged_tree() {
         ("lib/tmpfiles.d/telemetry.conf", 0o644),
         ("lib/telemetry/probes/hello.wasm", 0o644),
         ("share/defaults/telemetrics/telemd.toml", 0o644),
+        ("share/man/man8/telemd.8", 0o644),
+        ("share/man/man1/telemctl.1", 0o644),
+        ("share/man/man1/telem-record-gen.1", 0o644),
+        ("share/bash-completion/completions/telemctl", 0o644),
+        ("share/zsh/site-functions/_telemctl", 0o644),
+        ("share/fish/vendor_completions.d/telemctl.fish", 0o644),
     ];
     for (rel, mode) in expect {
         let m = std::fs::metadata(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
@@ -55,6 +61,14 @@ fn destdir_install_yields_the_packaged_tree() {
     assert!(!unit.contains("@bindir@"));
     let socket = std::fs::read_to_string(root.join("lib/systemd/system/telemd.socket")).unwrap();
     assert!(socket.contains("ListenStream=/run/telem-0") && socket.contains("SocketMode=0666"));
+    let man = std::fs::read_to_string(root.join("share/man/man1/telemctl.1")).unwrap();
+    assert!(
+        man.contains("journal") && man.contains("opt\\-in"),
+        "man page lacks verbs"
+    );
+    let bash =
+        std::fs::read_to_string(root.join("share/bash-completion/completions/telemctl")).unwrap();
+    assert!(bash.contains("is-active") && bash.contains("spool"));
     // The packaged default config is a valid config equal to the built-in defaults.
     let c = telem::config::Config::load_file(
         telem::config::Config::default(),

@@ -2,10 +2,10 @@
 //! with the legacy tool's options and messages.
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use telem::cli::record_gen::Args;
 use telem::client::{build_record, send_record, NewRecord, CLIENT_TIMEOUT};
 use telem::config::Config;
 use telem::machine_id::MachineIdStore;
@@ -13,59 +13,6 @@ use telem::metadata::HostMetadata;
 use telem::record::{
     validate_classification, validate_event_id, validate_payload, MAX_PAYLOAD_LEN,
 };
-
-/// Create and send a custom telemetry record.
-#[derive(Parser, Debug)]
-#[command(
-    name = "telem-record-gen",
-    version,
-    about,
-    after_help = "The payload comes from -p, else -P, else standard input; it is cut to 8192 bytes.\n\
-                  Exit status: 0 sent (or printed with -n), 1 the record was invalid or could not be sent, 2 bad usage."
-)]
-struct Args {
-    /// Severity level (1-4).
-    #[arg(short = 's', long, default_value = "1", value_name = "N")]
-    severity: String,
-    /// Classification DOMAIN/PROBE/REST (required).
-    #[arg(short = 'c', long = "class", value_name = "CLASS")]
-    class: Option<String>,
-    /// Record body (at most 8192 bytes).
-    #[arg(short = 'p', long, value_name = "TEXT")]
-    payload: Option<String>,
-    /// File to read the payload from.
-    #[arg(short = 'P', long = "payload-file", value_name = "FILE")]
-    payload_file: Option<PathBuf>,
-    /// Version number of the payload's format.
-    #[arg(
-        short = 'R',
-        long = "record-version",
-        default_value = "1",
-        value_name = "N"
-    )]
-    record_version: String,
-    /// Event id to use (32 characters of 0-9a-f); random if not given.
-    #[arg(short = 'e', long = "event-id", value_name = "ID")]
-    event_id: Option<String>,
-    /// Echo the record to stdout.
-    #[arg(short = 'o', long)]
-    echo: bool,
-    /// Do not send the record, only print it.
-    #[arg(short = 'n', long = "no-post")]
-    no_post: bool,
-    /// Use this configuration file (its socket_path and opt-in file); the
-    /// daemon delivers the record with this file's server.
-    #[arg(
-        short = 'f',
-        long = "config-file",
-        alias = "config_file",
-        value_name = "FILE"
-    )]
-    config_file: Option<PathBuf>,
-    /// Native socket to send to (overrides the config's socket_path).
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

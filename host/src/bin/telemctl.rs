@@ -2,137 +2,15 @@
 //! work as admins of the old client remember; probes and the spool are
 //! driven through the daemon's control socket.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use serde_json::{json, Value};
+use telem::cli::telemctl::{Args, Cmd, ConfigCmd, ProbeCmd, SpoolCmd};
 use telem::config::{Config, ConfigFormat};
 use telem::journal::{query_dir, retained_payload, JournalFilter};
-
-/// Control and inspect the telemetry client.
-#[derive(Parser, Debug)]
-#[command(name = "telemctl", version, about)]
-struct Args {
-    /// Config file (as for telemd).
-    #[arg(short = 'f', long = "config", value_name = "FILE", global = true)]
-    config: Option<PathBuf>,
-    /// Machine-readable output.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Enable telemetry (creates the opt-in file; needs root on a system install).
-    OptIn,
-    /// Disable telemetry (removes the opt-in file; needs root on a system install).
-    OptOut,
-    /// Start telemd (its socket and service) through systemd.
-    Start,
-    /// Stop telemd through systemd.
-    Stop,
-    /// Restart telemd through systemd.
-    Restart,
-    /// Print whether telemd's units are active; exits non-zero if not.
-    IsActive,
-    /// Opt-in state, spool, delivery and probes at a glance.
-    Status,
-    /// Show delivered, rejected, expired and dropped records.
-    Journal {
-        /// Only this classification.
-        #[arg(short = 'c', long = "classification")]
-        classification: Option<String>,
-        /// Only this record id.
-        #[arg(short = 'r', long = "record_id", alias = "record-id")]
-        record_id: Option<String>,
-        /// Only this event id.
-        #[arg(short = 'e', long = "event_id", alias = "event-id")]
-        event_id: Option<String>,
-        /// Only this boot id.
-        #[arg(short = 'b', long = "boot_id", alias = "boot-id")]
-        boot_id: Option<String>,
-        /// Print each record's kept payload (needs record_retention_enabled).
-        #[arg(short = 'i', long = "include_record", alias = "include-record")]
-        include_record: bool,
-        /// Add a header line and a total.
-        #[arg(short = 'V', long)]
-        verbose: bool,
-    },
-    /// WASM probes of the running daemon.
-    Probe {
-        #[command(subcommand)]
-        cmd: ProbeCmd,
-    },
-    /// Records waiting in the spool.
-    Spool {
-        #[command(subcommand)]
-        cmd: SpoolCmd,
-    },
-    /// Check or convert configuration files.
-    Config {
-        #[command(subcommand)]
-        cmd: ConfigCmd,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum ProbeCmd {
-    /// Loaded probes, their state and counters.
-    List,
-    /// What a probe asked for beside what it was granted.
-    Info {
-        /// Probe name.
-        name: String,
-    },
-    /// Run a probe now (manual trigger) with ARGS.
-    Run {
-        /// Probe name.
-        name: String,
-        /// Arguments for the probe.
-        #[arg(last = true)]
-        args: Vec<String>,
-    },
-    /// Reload every probe (lifts quarantines).
-    Reload,
-    /// Let a disabled probe run again.
-    Enable {
-        /// Probe name.
-        name: String,
-    },
-    /// Stop a probe and keep it off across restarts.
-    Disable {
-        /// Probe name.
-        name: String,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum SpoolCmd {
-    /// Records in the spool, oldest first.
-    List,
-    /// Ask the daemon to deliver now, and follow until the spool is empty.
-    Flush,
-}
-
-#[derive(Subcommand, Debug)]
-enum ConfigCmd {
-    /// Validate a config (TOML or legacy INI) and print the effective values.
-    Check {
-        /// The file (default: -f, else the daemon's lookup order).
-        file: Option<PathBuf>,
-    },
-    /// Print the built-in defaults as TOML (the packaged default config).
-    Defaults,
-    /// Print a legacy telemetrics.conf as this daemon's TOML.
-    Migrate {
-        /// The legacy file (default: /etc/telemetrics/telemetrics.conf).
-        file: Option<PathBuf>,
-    },
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -151,6 +29,8 @@ fn load_config(explicit: Option<&Path>) -> Result<Config, String> {
 
 fn run(args: Args) -> Result<(), String> {
     match args.cmd {
+        Cmd::GenerateDocs { dir } => telem::cli::docs::generate(&dir)
+            .map_err(|e| format!("cannot write docs under {}: {e}", dir.display())),
         Cmd::OptIn => {
             let c = load_config(args.config.as_deref())?;
             if let Some(dir) = c.opt_in_file.parent() {

@@ -1,0 +1,143 @@
+//! Command-line definitions of `telemctl` (shared by the binary and the
+//! man page and completion generator).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Control and inspect the telemetry client.
+#[derive(Parser, Debug)]
+#[command(name = "telemctl", version)]
+pub struct Args {
+    /// Config file (as for telemd).
+    #[arg(short = 'f', long = "config", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The verb.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// telemctl verbs.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Enable telemetry (creates the opt-in file; needs root on a system install).
+    OptIn,
+    /// Disable telemetry (removes the opt-in file; needs root on a system install).
+    OptOut,
+    /// Start telemd (its socket and service) through systemd.
+    Start,
+    /// Stop telemd through systemd.
+    Stop,
+    /// Restart telemd through systemd.
+    Restart,
+    /// Print whether telemd's units are active; exits non-zero if not.
+    IsActive,
+    /// Opt-in state, spool, delivery and probes at a glance.
+    Status,
+    /// Show delivered, rejected, expired and dropped records.
+    Journal {
+        /// Only this classification.
+        #[arg(short = 'c', long = "classification")]
+        classification: Option<String>,
+        /// Only this record id.
+        #[arg(short = 'r', long = "record_id", alias = "record-id")]
+        record_id: Option<String>,
+        /// Only this event id.
+        #[arg(short = 'e', long = "event_id", alias = "event-id")]
+        event_id: Option<String>,
+        /// Only this boot id.
+        #[arg(short = 'b', long = "boot_id", alias = "boot-id")]
+        boot_id: Option<String>,
+        /// Print each record's kept payload (needs record_retention_enabled).
+        #[arg(short = 'i', long = "include_record", alias = "include-record")]
+        include_record: bool,
+        /// Add a header line and a total.
+        #[arg(short = 'V', long)]
+        verbose: bool,
+    },
+    /// WASM probes of the running daemon.
+    Probe {
+        /// The probe verb.
+        #[command(subcommand)]
+        cmd: ProbeCmd,
+    },
+    /// Records waiting in the spool.
+    Spool {
+        /// The spool verb.
+        #[command(subcommand)]
+        cmd: SpoolCmd,
+    },
+    /// Write man pages and shell completions under DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory.
+        dir: PathBuf,
+    },
+    /// Check or convert configuration files.
+    Config {
+        /// The config verb.
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+/// `telemctl probe` verbs.
+#[derive(Subcommand, Debug)]
+pub enum ProbeCmd {
+    /// Loaded probes, their state and counters.
+    List,
+    /// What a probe asked for beside what it was granted.
+    Info {
+        /// Probe name.
+        name: String,
+    },
+    /// Run a probe now (manual trigger) with ARGS.
+    Run {
+        /// Probe name.
+        name: String,
+        /// Arguments for the probe.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Reload every probe (lifts quarantines).
+    Reload,
+    /// Let a disabled probe run again.
+    Enable {
+        /// Probe name.
+        name: String,
+    },
+    /// Stop a probe and keep it off across restarts.
+    Disable {
+        /// Probe name.
+        name: String,
+    },
+}
+
+/// `telemctl spool` verbs.
+#[derive(Subcommand, Debug)]
+pub enum SpoolCmd {
+    /// Records in the spool, oldest first.
+    List,
+    /// Ask the daemon to deliver now, and follow until the spool is empty.
+    Flush,
+}
+
+/// `telemctl config` verbs.
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Validate a config (TOML or legacy INI) and print the effective values.
+    Check {
+        /// The file (default: -f, else the daemon's lookup order).
+        file: Option<PathBuf>,
+    },
+    /// Print the built-in defaults as TOML (the packaged default config).
+    Defaults,
+    /// Print a legacy telemetrics.conf as this daemon's TOML.
+    Migrate {
+        /// The legacy file (default: /etc/telemetrics/telemetrics.conf).
+        file: Option<PathBuf>,
+    },
+}
