@@ -60,13 +60,19 @@ impl Drop for Daemon {
 }
 
 fn start(root: &Path) -> Daemon {
-    let _ = std::fs::remove_dir_all(root);
+    start_with(root, "", true)
+}
+
+fn start_with(root: &Path, extra: &str, fresh: bool) -> Daemon {
+    if fresh {
+        let _ = std::fs::remove_dir_all(root);
+    }
     std::fs::create_dir_all(root).unwrap();
     let r = root.display();
     let cfg = format!(
         "server = \"file://{r}/out.jsonl\"\nsocket_path = \"{r}/telem-0\"\nspool_dir = \"{r}/spool\"\n\
          state_dir = \"{r}/state\"\njournal_dir = \"{r}/journal\"\nopt_in_file = \"{r}/opt-in\"\n\
-         control_socket = \"{r}/control.sock\"\nspool_max_size = -1\n# hold records in the spool: this measures ingest only\nrecord_burst_limit = 0\n"
+         control_socket = \"{r}/control.sock\"\nspool_max_size = -1\n# hold records in the spool: this measures ingest only\nrecord_burst_limit = 0\n{extra}"
     );
     std::fs::write(root.join("telemd.toml"), cfg).unwrap();
     std::fs::write(root.join("opt-in"), "").unwrap();
@@ -187,7 +193,17 @@ fn main() {
         std::thread::sleep(Duration::from_secs(1));
         rss_kib(d.child.id(), "VmRSS:")
     };
-    println!("telemd idle RSS: {idle} KiB");
+    println!("telemd idle RSS, no probes: {idle} KiB");
+    // And with the hello probe loaded (if probes-wasm is built).
+    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("../probes-wasm/target/wasm32-wasip2/release/hello.wasm");
+    if hello.exists() {
+        let root = base.join("idle-hello");
+        std::fs::create_dir_all(root.join("probes")).unwrap();
+        std::fs::copy(&hello, root.join("probes/hello.wasm")).unwrap();
+        let d = start_with(&root, &format!("probes_dirs = [\"{}/probes\"]\n", root.display()), false);
+        std::thread::sleep(Duration::from_secs(3));
+        println!("telemd idle RSS, hello loaded (after its start-up run): {} KiB", rss_kib(d.child.id(), "VmRSS:"));
+    }
     println!();
     println!("| clients | records | seconds (median) | records/s (median) | lost (all runs) | peak RSS (KiB) |");
     println!("|--------:|--------:|--------:|----------:|-----:|---------------:|");
