@@ -195,14 +195,22 @@ fn main() {
     };
     println!("telemd idle RSS, no probes: {idle} KiB");
     // And with the hello probe loaded (if probes-wasm is built).
-    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("../probes-wasm/target/wasm32-wasip2/release/hello.wasm");
+    let hello = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../probes-wasm/target/wasm32-wasip2/release/hello.wasm");
     if hello.exists() {
         let root = base.join("idle-hello");
         std::fs::create_dir_all(root.join("probes")).unwrap();
         std::fs::copy(&hello, root.join("probes/hello.wasm")).unwrap();
-        let d = start_with(&root, &format!("probes_dirs = [\"{}/probes\"]\n", root.display()), false);
+        let d = start_with(
+            &root,
+            &format!("probes_dirs = [\"{}/probes\"]\n", root.display()),
+            false,
+        );
         std::thread::sleep(Duration::from_secs(3));
-        println!("telemd idle RSS, hello loaded (after its start-up run): {} KiB", rss_kib(d.child.id(), "VmRSS:"));
+        println!(
+            "telemd idle RSS, hello loaded (after its start-up run): {} KiB",
+            rss_kib(d.child.id(), "VmRSS:")
+        );
     }
     println!();
     println!("| clients | records | seconds (median) | records/s (median) | lost (all runs) | peak RSS (KiB) |");

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tracing::{debug, warn};
@@ -192,8 +192,6 @@ async fn respond(req: Request, ctx: &ControlContext) -> Value {
         }
     }
 }
-
-use tokio::io::AsyncReadExt as _;
 
 /// Why a control request got no answer.
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,10 @@ pub const ACCEPTED_CONTRACT: &str = "telemetrics:probe@0.1";
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Bytes of a call's stdout and of its stderr kept for the log.
 pub const OUTPUT_CAP: usize = 16 * 1024;
+/// Wall time `describe` gets: it only returns a manifest.
+pub const DESCRIBE_TIMEOUT_MS: u64 = 2000;
+/// Memory cap of the `describe` store.
+pub const DESCRIBE_MEMORY: usize = 16 << 20;
 /// A log line from a probe is cut to this.
 pub const LOG_LINE_CAP: usize = 4096;
 
@@ -303,20 +307,25 @@ impl Sandbox {
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(16 << 20)
+                .memory_size(DESCRIBE_MEMORY)
                 .trap_on_grow_failure(true)
                 .build(),
             probe: None,
             ingest: None,
             name: file.display().to_string(),
         };
-        let mut store = self.store(state, 2000);
+        let mut store = self.store(state, DESCRIBE_TIMEOUT_MS);
         let manifest = async {
             let p = Probe::instantiate_async(&mut store, &component, &self.linker).await?;
             p.call_describe(&mut store).await
         }
         .await
-        .map_err(|e| err(format!("describe failed: {}", call_error(e, 2000))))?;
+        .map_err(|e| {
+            err(format!(
+                "describe failed: {}",
+                call_error(e, DESCRIBE_TIMEOUT_MS)
+            ))
+        })?;
         if manifest.name.is_empty()
             || !manifest
                 .name
