@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use support::collector::{Collector, Mode};
@@ -163,12 +162,7 @@ fn collector_down_then_up_delivers_every_record_exactly_once() {
         "{}",
         d.log()
     );
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for r in c.accepted() {
-        *seen
-            .entry(r.header("event_id").unwrap().to_owned())
-            .or_default() += 1;
-    }
+    let seen = c.accepted_by_event_id();
     for r in &records {
         assert_eq!(
             seen.get(r.headers.get(Header::EventId)),
@@ -231,12 +225,7 @@ fn kill_9_while_posting_then_restart_delivers_all_with_at_most_one_duplicate() {
         "{}",
         d.log()
     );
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for r in c.accepted() {
-        *seen
-            .entry(r.header("event_id").unwrap().to_owned())
-            .or_default() += 1;
-    }
+    let seen = c.accepted_by_event_id();
     assert_eq!(seen.len(), 1000, "every record delivered");
     let dups: usize = seen.values().map(|n| n - 1).sum();
     assert!(

@@ -117,6 +117,17 @@ impl Collector {
             .collect()
     }
 
+    /// How many times each event id was accepted (duplicates show as > 1).
+    pub fn accepted_by_event_id(&self) -> std::collections::HashMap<String, usize> {
+        let mut seen = std::collections::HashMap::new();
+        for r in self.accepted() {
+            *seen
+                .entry(r.header("event_id").unwrap_or("").to_owned())
+                .or_default() += 1;
+        }
+        seen
+    }
+
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
     }
