@@ -308,3 +308,37 @@ fn repeated_failures_quarantine_until_reload() {
         assert_eq!(v["ok"], true, "{v}");
     }
 }
+
+#[test]
+fn interval_trigger_fires_repeatedly_after_the_start_run() {
+    let d = probe_daemon("");
+    std::fs::copy(probe_wasm("ticker"), d.path("probes/ticker.wasm")).unwrap();
+    let d = d.spawn();
+    let ticks = || payloads(&d).iter().filter(|p| *p == "tick").count();
+    assert!(
+        wait_until(Duration::from_secs(10), || ticks() >= 3),
+        "{:?}\n{}",
+        payloads(&d),
+        d.log()
+    );
+    assert_eq!(payloads(&d).iter().filter(|p| *p == "start").count(), 1);
+    // One second plus a splay of at most a tenth of it: never faster than 1 s.
+    let mut times: Vec<u64> = d
+        .spool_records()
+        .iter()
+        .filter(|r| r.payload == "tick")
+        .map(|r| {
+            r.headers
+                .get(telem::record::Header::CreationTimestamp)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    times.sort();
+    let span = times.last().unwrap() - times.first().unwrap();
+    assert!(
+        span as usize >= times.len() - 2,
+        "{} ticks within {span} s",
+        times.len()
+    );
+}
