@@ -14,3 +14,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 (cd probes-wasm && cargo clippy --target wasm32-wasip2 --release -- -D warnings)
 (cd probes-wasm && cargo build --target wasm32-wasip2 --release)
 cargo test --workspace
+(cd probes-wasm && cargo test -p crash-symbolizer)

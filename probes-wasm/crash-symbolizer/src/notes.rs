@@ -1,0 +1,420 @@
+//! The notes of a core: threads and their registers (NT_PRSTATUS), the
+//! signal (NT_SIGINFO), the auxiliary vector (NT_AUXV), the mapped files
+//! (NT_FILE) and the process (NT_PRPSINFO). Each is bounds-checked against
+//! its own size before a field is read.
+
+use crate::core::{CoreError, Machine, MAX_FILE_ENTRIES};
+
+const NT_PRSTATUS: u32 = 1;
+const NT_PRPSINFO: u32 = 3;
+const NT_AUXV: u32 = 6;
+const NT_SIGINFO: u32 = 0x5349_4749;
+const NT_FILE: u32 = 0x4649_4c45;
+/// AT_SYSINFO_EHDR: where the vDSO is mapped.
+pub const AT_SYSINFO_EHDR: u64 = 33;
+
+/// Offset of `pr_reg` in `struct elf_prstatus` (both x86_64 and aarch64).
+const PR_REG: usize = 112;
+
+/// One thread at the time of the crash.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Thread {
+    /// Its tid.
+    pub tid: u32,
+    /// The signal it got (`pr_cursig`).
+    pub signal: u16,
+    /// Program counter.
+    pub pc: u64,
+    /// Stack pointer.
+    pub sp: u64,
+    /// Frame pointer (rbp / x29).
+    pub fp: u64,
+    /// Link register (aarch64 x30; 0 on x86_64).
+    pub lr: u64,
+    /// Every general register in the kernel's `pr_reg` order.
+    pub regs: Vec<u64>,
+}
+
+/// A file mapped into the process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Offset in the file, in bytes.
+    pub file_offset: u64,
+    /// The file's path as the kernel saw it.
+    pub path: String,
+}
+
+/// Everything the notes said.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Notes {
+    /// Threads, in note order (the kernel writes the crashing one first).
+    pub threads: Vec<Thread>,
+    /// `si_signo` of NT_SIGINFO.
+    pub signal: Option<u32>,
+    /// `si_addr` of NT_SIGINFO (the faulting address for SIGSEGV/SIGBUS).
+    pub fault_addr: Option<u64>,
+    /// The auxiliary vector.
+    pub auxv: Vec<(u64, u64)>,
+    /// Mapped files.
+    pub mappings: Vec<Mapping>,
+    /// `pr_fname` of NT_PRPSINFO.
+    pub process_name: Option<String>,
+    /// `pr_psargs` of NT_PRPSINFO.
+    pub args: Option<String>,
+    /// `pr_pid` of NT_PRPSINFO.
+    pub pid: Option<u32>,
+}
+
+impl Notes {
+    /// The vDSO's address, from the auxiliary vector.
+    pub fn vdso(&self) -> Option<u64> {
+        self.auxv
+            .iter()
+            .find(|(k, _)| *k == AT_SYSINFO_EHDR)
+            .map(|(_, v)| *v)
+    }
+}
+
+fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
+}
+fn u64_at(b: &[u8], o: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
+}
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+fn align4(n: usize) -> Option<usize> {
+    n.checked_add(3).map(|v| v & !3)
+}
+
+/// Parses the notes in one PT_NOTE segment into `out`.
+pub fn parse_into(out: &mut Notes, data: &[u8], machine: Machine) -> Result<(), CoreError> {
+    let bad = |why: String| CoreError::Malformed(why);
+    let mut off = 0usize;
+    while off < data.len() {
+        let (Some(namesz), Some(descsz), Some(ntype)) = (
+            u32_at(data, off),
+            u32_at(data, off + 4),
+            u32_at(data, off + 8),
+        ) else {
+            return Err(CoreError::Truncated("note header"));
+        };
+        let name_start = off + 12;
+        let desc_start = align4(name_start + namesz as usize)
+            .ok_or_else(|| bad("note name size overflows".into()))?;
+        let desc_end = desc_start
+            .checked_add(descsz as usize)
+            .filter(|&e| e <= data.len())
+            .ok_or_else(|| {
+                bad(format!(
+                    "note of type {ntype:#x} claims {descsz} bytes past the end of its segment"
+                ))
+            })?;
+        let name = data
+            .get(name_start..name_start + namesz as usize)
+            .map(cstr)
+            .unwrap_or_default();
+        let desc = &data[desc_start..desc_end];
+        if name == "CORE" || name == "LINUX" {
+            parse_note(out, ntype, desc, machine)?;
+        }
+        off = align4(desc_end).ok_or_else(|| bad("note size overflows".into()))?;
+    }
+    Ok(())
+}
+
+fn parse_note(out: &mut Notes, ntype: u32, d: &[u8], machine: Machine) -> Result<(), CoreError> {
+    let short = |what: &'static str| CoreError::Truncated(what);
+    match ntype {
+        NT_PRSTATUS => {
+            let nregs = match machine {
+                Machine::X86_64 => 27,
+                Machine::Aarch64 => 34,
+            };
+            let regs: Vec<u64> = (0..nregs)
+                .map(|i| u64_at(d, PR_REG + 8 * i))
+                .collect::<Option<_>>()
+                .ok_or(short("NT_PRSTATUS"))?;
+            let (pc, sp, fp, lr) = match machine {
+                // r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ...
+                Machine::X86_64 => (regs[16], regs[19], regs[4], 0),
+                // x0..x30, sp, pc, pstate
+                Machine::Aarch64 => (regs[32], regs[31], regs[29], regs[30]),
+            };
+            out.threads.push(Thread {
+                tid: u32_at(d, 32).ok_or(short("NT_PRSTATUS"))?,
+                signal: u16::from_le_bytes([d[12], d[13]]),
+                pc,
+                sp,
+                fp,
+                lr,
+                regs,
+            });
+        }
+        NT_SIGINFO => {
+            out.signal = Some(u32_at(d, 0).ok_or(short("NT_SIGINFO"))?);
+            out.fault_addr = u64_at(d, 16);
+        }
+        NT_AUXV => {
+            for pair in d.chunks_exact(16) {
+                let (k, v) = (u64_at(pair, 0).unwrap_or(0), u64_at(pair, 8).unwrap_or(0));
+                if k == 0 {
+                    break;
+                }
+                out.auxv.push((k, v));
+            }
+        }
+        NT_PRPSINFO => {
+            // x86_64 and aarch64 share this layout: fname at 40, psargs at 56.
+            out.pid = u32_at(d, 24);
+            out.process_name = d.get(40..56).map(cstr);
+            out.args = d.get(56..136).map(cstr);
+        }
+        NT_FILE => {
+            let count = u64_at(d, 0).ok_or(short("NT_FILE"))?;
+            let page = u64_at(d, 8).ok_or(short("NT_FILE"))?;
+            // Checked before anything is allocated: each entry needs 24 bytes
+            // of triple plus at least one byte of name.
+            if count > MAX_FILE_ENTRIES
+                || count.saturating_mul(25).saturating_add(16) > d.len() as u64
+            {
+                return Err(CoreError::Malformed(format!(
+                    "NT_FILE claims {count} entries in {} bytes",
+                    d.len()
+                )));
+            }
+            let count = count as usize;
+            let mut names = d[16 + count * 24..].split(|&c| c == 0);
+            for i in 0..count {
+                let t = 16 + i * 24;
+                let (s, e, o) = (u64_at(d, t), u64_at(d, t + 8), u64_at(d, t + 16));
+                let (Some(start), Some(end), Some(pgoff)) = (s, e, o) else {
+                    return Err(short("NT_FILE"));
+                };
+                let path = names
+                    .next()
+                    .map(|n| String::from_utf8_lossy(n).into_owned())
+                    .ok_or(short("NT_FILE names"))?;
+                out.mappings.push(Mapping {
+                    start,
+                    end,
+                    file_offset: pgoff.saturating_mul(page),
+                    path,
+                });
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::core::Core;
+
+    fn note(name: &str, ntype: u32, desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        let name_bytes = format!("{name}\0");
+        n.extend_from_slice(&(name_bytes.len() as u32).to_le_bytes());
+        n.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        n.extend_from_slice(&ntype.to_le_bytes());
+        n.extend_from_slice(name_bytes.as_bytes());
+        while n.len() % 4 != 0 {
+            n.push(0);
+        }
+        n.extend_from_slice(desc);
+        while n.len() % 4 != 0 {
+            n.push(0);
+        }
+        n
+    }
+
+    /// A small x86_64 core: one PT_NOTE with every note kind, one PT_LOAD.
+    pub fn synthetic_core(machine: u16) -> Vec<u8> {
+        let mut prstatus = vec![0u8; 336];
+        prstatus[12..14].copy_from_slice(&11u16.to_le_bytes());
+        prstatus[32..36].copy_from_slice(&4242u32.to_le_bytes());
+        let reg = |i: usize, v: u64, p: &mut Vec<u8>| {
+            p[112 + 8 * i..120 + 8 * i].copy_from_slice(&v.to_le_bytes())
+        };
+        reg(16, 0x401136, &mut prstatus); // rip
+        reg(19, 0x7ffd_0000_1000, &mut prstatus); // rsp
+        reg(4, 0x7ffd_0000_1010, &mut prstatus); // rbp
+        let mut siginfo = vec![0u8; 128];
+        siginfo[0..4].copy_from_slice(&11u32.to_le_bytes());
+        siginfo[16..24].copy_from_slice(&0xdeadu64.to_le_bytes());
+        let mut auxv = Vec::new();
+        for (k, v) in [
+            (AT_SYSINFO_EHDR, 0x7fff_f7fc_1000u64),
+            (9, 0x401020),
+            (0, 0),
+        ] {
+            auxv.extend_from_slice(&k.to_le_bytes());
+            auxv.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut psinfo = vec![0u8; 136];
+        psinfo[24..28].copy_from_slice(&4242u32.to_le_bytes());
+        psinfo[40..47].copy_from_slice(b"crashme");
+        psinfo[56..70].copy_from_slice(b"./crashme -x 1");
+        let mut file = Vec::new();
+        for v in [2u64, 4096, 0x400000, 0x401000, 0, 0x401000, 0x402000, 1] {
+            file.extend_from_slice(&v.to_le_bytes());
+        }
+        file.extend_from_slice(b"/usr/bin/crashme\0/usr/bin/crashme\0");
+        let mut notes = Vec::new();
+        notes.extend(note("CORE", NT_PRSTATUS, &prstatus));
+        notes.extend(note("CORE", NT_PRPSINFO, &psinfo));
+        notes.extend(note("CORE", NT_SIGINFO, &siginfo));
+        notes.extend(note("CORE", NT_AUXV, &auxv));
+        notes.extend(note("CORE", NT_FILE, &file));
+        let memory = b"0123456789abcdef".repeat(4);
+        let phoff = 64u64;
+        let notes_off = phoff + 2 * 56;
+        let mem_off = notes_off + notes.len() as u64;
+        let mut c = vec![0u8; 64];
+        c[..4].copy_from_slice(b"\x7fELF");
+        c[4] = 2;
+        c[5] = 1;
+        c[6] = 1;
+        c[16..18].copy_from_slice(&4u16.to_le_bytes());
+        c[18..20].copy_from_slice(&machine.to_le_bytes());
+        c[32..40].copy_from_slice(&phoff.to_le_bytes());
+        c[54..56].copy_from_slice(&56u16.to_le_bytes());
+        c[56..58].copy_from_slice(&2u16.to_le_bytes());
+        let phdr = |t: u32, off: u64, vaddr: u64, size: u64| {
+            let mut p = vec![0u8; 56];
+            p[0..4].copy_from_slice(&t.to_le_bytes());
+            p[8..16].copy_from_slice(&off.to_le_bytes());
+            p[16..24].copy_from_slice(&vaddr.to_le_bytes());
+            p[32..40].copy_from_slice(&size.to_le_bytes());
+            p[40..48].copy_from_slice(&size.to_le_bytes());
+            p
+        };
+        c.extend(phdr(crate::core::PT_NOTE, notes_off, 0, notes.len() as u64));
+        c.extend(phdr(
+            crate::core::PT_LOAD,
+            mem_off,
+            0x7ffd_0000_1000,
+            memory.len() as u64,
+        ));
+        c.extend(notes);
+        c.extend_from_slice(&memory);
+        c
+    }
+
+    #[test]
+    fn every_note_kind_is_read() {
+        let bytes = synthetic_core(62);
+        let core = Core::open(&bytes[..]).unwrap();
+        assert_eq!(core.machine, Machine::X86_64);
+        let n = core.notes().unwrap();
+        assert_eq!(n.threads.len(), 1);
+        let t = &n.threads[0];
+        assert_eq!(
+            (t.tid, t.signal, t.pc, t.sp, t.fp),
+            (4242, 11, 0x401136, 0x7ffd_0000_1000, 0x7ffd_0000_1010)
+        );
+        assert_eq!((n.signal, n.fault_addr), (Some(11), Some(0xdead)));
+        assert_eq!(n.vdso(), Some(0x7fff_f7fc_1000));
+        assert_eq!(n.process_name.as_deref(), Some("crashme"));
+        assert_eq!(n.args.as_deref(), Some("./crashme -x 1"));
+        assert_eq!(n.pid, Some(4242));
+        assert_eq!(n.mappings.len(), 2);
+        assert_eq!(
+            n.mappings[1],
+            Mapping {
+                start: 0x401000,
+                end: 0x402000,
+                file_offset: 4096,
+                path: "/usr/bin/crashme".into()
+            }
+        );
+        let mut buf = [0u8; 4];
+        core.read_memory(0x7ffd_0000_1004, &mut buf).unwrap();
+        assert_eq!(&buf, b"4567");
+        assert!(
+            core.read_memory(0x7ffd_0000_1000 + 61, &mut buf).is_err(),
+            "a byte past the dump is an error"
+        );
+        assert!(core.read_memory(0x1000, &mut buf).is_err());
+    }
+
+    #[test]
+    fn a_core_file_on_disk_reads_the_same() {
+        let path = std::env::temp_dir().join(format!("synthetic-core-{}", std::process::id()));
+        std::fs::write(&path, synthetic_core(62)).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let n = Core::open(&f).unwrap().notes().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(n.threads[0].pc, 0x401136);
+        assert_eq!(n.mappings.len(), 2);
+    }
+
+    #[test]
+    fn hostile_cores_are_refused_cleanly() {
+        assert_eq!(Core::open(&[][..]).err(), Some(CoreError::NotElf));
+        assert_eq!(
+            Core::open(&b"not a core at all"[..]).err(),
+            Some(CoreError::NotElf)
+        );
+        assert_eq!(
+            Core::open(&synthetic_core(40)[..]).err(),
+            Some(CoreError::UnsupportedMachine(40))
+        );
+        let good = synthetic_core(62);
+        // Truncated at every length: an error or (past the notes) fewer facts, never a panic.
+        for cut in 0..good.len() {
+            if let Ok(c) = Core::open(&good[..cut]) {
+                let _ = c.notes();
+            }
+        }
+        // A note size pointing past the end of its segment.
+        let mut b = good.clone();
+        let notes_off = 64 + 2 * 56;
+        b[notes_off + 4..notes_off + 8].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+        let e = Core::open(&b[..]).unwrap().notes().unwrap_err();
+        assert!(e.to_string().contains("past the end"), "{e}");
+        // NT_FILE claiming billions of entries: refused before allocating.
+        let mut b = good.clone();
+        let file_at = b
+            .windows(24)
+            .position(|w| w[..8] == 2u64.to_le_bytes() && w[8..16] == 4096u64.to_le_bytes())
+            .unwrap();
+        b[file_at..file_at + 8].copy_from_slice(&4_000_000_000u64.to_le_bytes());
+        let e = Core::open(&b[..]).unwrap().notes().unwrap_err();
+        assert!(e.to_string().contains("NT_FILE claims 4000000000"), "{e}");
+        // Program header table past the end.
+        let mut b = good.clone();
+        b[56..58].copy_from_slice(&60_000u16.to_le_bytes());
+        assert_eq!(
+            Core::open(&b[..]).err(),
+            Some(CoreError::Truncated("program header table"))
+        );
+    }
+
+    #[test]
+    fn flipped_bytes_never_panic() {
+        let good = synthetic_core(62);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut b = good.clone();
+            for _ in 0..4 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let i = (state as usize) % b.len();
+                b[i] = (state >> 32) as u8;
+            }
+            if let Ok(c) = Core::open(&b[..]) {
+                let _ = c.notes();
+            }
+        }
+    }
+}
