@@ -13,5 +13,10 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 (cd probes-wasm && cargo clippy --target wasm32-wasip2 --release -- -D warnings)
 (cd probes-wasm && cargo build --target wasm32-wasip2 --release)
-cargo test --workspace
-(cd probes-wasm && cargo test -p crash-symbolizer)
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+(cd probes-wasm && cargo test -p crash-symbolizer --lib) 2>&1 | tee -a "$log"
+# One closing line with the totals of every test binary above.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
