@@ -7,16 +7,19 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2
 # systemd-analyze verifies the installed units (host/tests/install.rs).
 command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y systemd; }
+# gcc and gdb make real core files for the crash-symbolizer tests.
+{ command -v gdb >/dev/null && command -v gcc >/dev/null; } || { apt-get update && apt-get install -y gdb gcc; }
 cargo fmt --all -- --check
 (cd probe-sdk && cargo fmt -- --check)
 (cd probes-wasm && cargo fmt --all -- --check)
 cargo clippy --workspace --all-targets -- -D warnings
 (cd probes-wasm && cargo clippy --target wasm32-wasip2 --release -- -D warnings)
+(cd probes-wasm && cargo clippy -p crash-symbolizer --all-targets -- -D warnings)
 (cd probes-wasm && cargo build --target wasm32-wasip2 --release)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
-(cd probes-wasm && cargo test -p crash-symbolizer --lib) 2>&1 | tee -a "$log"
+(cd probes-wasm && cargo test -p crash-symbolizer --lib --tests) 2>&1 | tee -a "$log"
 # One closing line with the totals of every test binary above.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

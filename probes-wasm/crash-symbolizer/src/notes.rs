@@ -53,7 +53,7 @@ pub struct Mapping {
 pub struct Notes {
     /// Threads, in note order (the kernel writes the crashing one first).
     pub threads: Vec<Thread>,
-    /// `si_signo` of NT_SIGINFO.
+    /// `si_signo` of the first (crashing) thread's NT_SIGINFO.
     pub signal: Option<u32>,
     /// `si_addr` of NT_SIGINFO (the faulting address for SIGSEGV/SIGBUS).
     pub fault_addr: Option<u64>,
@@ -158,8 +158,13 @@ fn parse_note(out: &mut Notes, ntype: u32, d: &[u8], machine: Machine) -> Result
             });
         }
         NT_SIGINFO => {
-            out.signal = Some(u32_at(d, 0).ok_or(short("NT_SIGINFO"))?);
-            out.fault_addr = u64_at(d, 16);
+            // One per thread, after its NT_PRSTATUS; the first thread is the
+            // one that crashed, the others only show why they stopped.
+            let signo = u32_at(d, 0).ok_or(short("NT_SIGINFO"))?;
+            if out.signal.is_none() {
+                out.signal = Some(signo);
+                out.fault_addr = u64_at(d, 16);
+            }
         }
         NT_AUXV => {
             for pair in d.chunks_exact(16) {
