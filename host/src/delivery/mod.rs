@@ -333,8 +333,7 @@ impl Delivery {
                 let delay = self.backoff.fail(retry_after);
                 warn!(
                     record_id = %entry.name,
-                    "delivery failed ({reason}); {} record(s) kept, next try in {:.1} s",
-                    self.spool.entries().map_or(0, |e| e.len()),
+                    "delivery failed ({reason}); records kept, next try in {:.1} s",
                     delay.as_secs_f64()
                 );
                 self.not_before = Some(now + delay);
