@@ -1,9 +1,14 @@
 //! The logic of the crash-symbolizer probe, as a plain library that builds
-//! for `wasm32-wasip2` (inside the sandbox) and natively (tests, fuzzing).
-//!
-//! So far: bounded, hostile-input-safe reading of ELF core files and their
-//! notes. Unwinding and symbolization come next (issue 6).
+//! for `wasm32-wasip2` (inside the sandbox) and natively (tests, fuzzing):
+//! bounded, hostile-input-safe reading of ELF core files and their notes,
+//! module discovery with build-id matching, unwinding (CFI, signal frames,
+//! frame pointers, stack scan), symbolization and the legacy payload.
 #![warn(missing_docs)]
 
 pub mod core;
+pub mod modules;
 pub mod notes;
+pub mod report;
+pub mod unwind;
+
+pub use report::{analyze, CrashFacts, Options, Report};

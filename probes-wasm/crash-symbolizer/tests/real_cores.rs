@@ -1,30 +1,63 @@
 //! Cores of real programs, compiled at test time and dumped by gdb
 //! (`generate-core-file`; the kernel writes no core files on these
-//! machines): the notes must describe the process as it crashed.
+//! machines). The notes must describe the process as it crashed, and the
+//! backtraces must resolve at least every frame of the test program that
+//! `eu-stack --core` (elfutils) resolves, in the same order.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crash_symbolizer::core::{Core, Machine};
+use crash_symbolizer::modules::Lookup;
+use crash_symbolizer::report::{Report, TRUNCATED_LINE};
+use crash_symbolizer::unwind::How;
+use crash_symbolizer::{analyze, CrashFacts, Options};
 
-fn build_and_dump(src: &str, dir: &Path) -> (PathBuf, PathBuf) {
-    let exe = dir.join("threads_segv");
-    let st = Command::new("gcc")
-        .args(["-g", "-O0", "-pthread", "-o"])
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "crash-symbolizer-test-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn program(src: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/programs")
+        .join(src)
+}
+
+fn compile(src: &str, flags: &[&str], dir: &Path) -> PathBuf {
+    let exe = dir.join(Path::new(src).file_stem().unwrap());
+    let cc = if src.ends_with(".cpp") { "g++" } else { "gcc" };
+    let prefix_map = format!("-fdebug-prefix-map={}=/src", program("").display());
+    let out = Command::new(cc)
+        .args(["-g", "-pthread", "-Wl,--build-id", &prefix_map])
+        .args(flags)
+        .arg("-o")
         .arg(&exe)
-        .arg(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/programs")
-                .join(src),
-        )
-        .status()
-        .expect("gcc (the test command installs it)");
-    assert!(st.success(), "gcc failed");
+        .arg(program(src))
+        .output()
+        .expect("gcc/g++ (the test command installs them)");
+    assert!(
+        out.status.success(),
+        "{cc} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+/// Runs the program under gdb until it dies and dumps its core.
+fn dump(exe: &Path, dir: &Path) -> PathBuf {
     let core = dir.join("core");
     let out = Command::new("gdb")
-        .args(["-batch", "-nx", "-ex", "run", "-ex"])
+        .args(["-batch", "-nx"])
+        .args(["-ex", "handle SIGUSR1 nostop noprint pass"])
+        .args(["-ex", "run", "-ex"])
         .arg(format!("generate-core-file {}", core.display()))
-        .arg(&exe)
+        .arg(exe)
         .output()
         .expect("gdb (the test command installs it)");
     assert!(
@@ -32,14 +65,138 @@ fn build_and_dump(src: &str, dir: &Path) -> (PathBuf, PathBuf) {
         "gdb made no core: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (exe, core)
+    core
+}
+
+fn symbolize(core: &Path, lookup: Lookup) -> Report {
+    let f = std::fs::File::open(core).unwrap();
+    analyze(
+        &f,
+        &CrashFacts::default(),
+        &Options {
+            lookup,
+            ..Options::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", core.display()))
+}
+
+/// eu-stack's frames per thread: (tid, [(function, module)]).
+fn eu_stack(core: &Path, exe: &Path, debug: Option<&Path>) -> Vec<(u32, Vec<(String, String)>)> {
+    let mut cmd = Command::new("eu-stack");
+    // The same 64-frame window as ours.
+    cmd.args(["-m", "-n", "64"])
+        .arg(format!("--core={}", core.display()))
+        .arg(format!("--executable={}", exe.display()));
+    if let Some(d) = debug {
+        cmd.arg(format!("--debuginfo-path={}", d.display()));
+    }
+    let out = cmd
+        .output()
+        .expect("eu-stack (elfutils; the test command installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut threads: Vec<(u32, Vec<(String, String)>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(tid) = line.strip_prefix("TID ") {
+            threads.push((tid.trim_end_matches(':').parse().unwrap(), Vec::new()));
+        } else if line.starts_with('#') {
+            // "#0  0x0000555555555178 level3 - tseg"
+            let mut parts = line.split_whitespace().skip(2);
+            let rest: Vec<&str> = parts.by_ref().collect();
+            let (name, module) = match rest.iter().position(|w| *w == "-") {
+                Some(i) => (rest[..i].join(" "), rest[i + 1..].join(" ")),
+                None => (rest.join(" "), String::new()),
+            };
+            threads
+                .last_mut()
+                .expect("TID line first")
+                .1
+                .push((name, module));
+        }
+    }
+    assert!(!threads.is_empty(), "eu-stack printed no thread: {text}");
+    threads
+}
+
+/// `level2.constprop.0` and `pause@@GLIBC_2.2.5` are the functions
+/// `level2` and `pause`; C++ names are compared without parameters.
+fn base_name(name: &str) -> String {
+    let name = name.split('@').next().unwrap_or(name);
+    let name = name.split('(').next().unwrap_or(name);
+    let mut s = name.to_owned();
+    for suffix in [".constprop", ".isra", ".part", ".cold"] {
+        if let Some(i) = s.find(suffix) {
+            s.truncate(i);
+        }
+    }
+    s
+}
+
+/// Every frame eu-stack resolves inside the test program is resolved by
+/// ours too, in the same order (ours may hold more: inlined calls, frames
+/// eu-stack lost).
+fn assert_covers_eu_stack(report: &Report, eu: &[(u32, Vec<(String, String)>)], exe: &Path) {
+    let exe_name = exe.file_name().unwrap().to_str().unwrap();
+    let exe_path = exe.to_str().unwrap();
+    for (tid, frames) in eu {
+        let theirs: Vec<String> = frames
+            .iter()
+            .filter(|(n, m)| m == exe_name && !n.is_empty() && !n.starts_with("??"))
+            .map(|(n, _)| base_name(n))
+            .collect();
+        let ours_thread = report
+            .threads
+            .iter()
+            .find(|t| t.tid == *tid)
+            .unwrap_or_else(|| panic!("thread {tid} missing"));
+        let ours: Vec<String> = ours_thread
+            .frames
+            .iter()
+            .filter(|f| f.module.as_deref() == Some(exe_path))
+            .filter_map(|f| f.function.as_deref().map(base_name))
+            .collect();
+        let mut it = ours.iter();
+        for name in &theirs {
+            assert!(
+                it.any(|o| o == name),
+                "thread {tid}: eu-stack resolves {name} in the program, in order {theirs:?}; ours: {ours:?}\n{}",
+                report.payload()
+            );
+        }
+    }
+}
+
+fn crashing_names(r: &Report) -> Vec<String> {
+    r.threads[0]
+        .frames
+        .iter()
+        .map(|f| f.function.clone().unwrap_or_else(|| "???".into()))
+        .collect()
+}
+
+/// The (function, line) of the crashing thread's frames in `file`.
+fn own_frames(r: &Report, file: &str) -> Vec<(String, u32)> {
+    r.threads[0]
+        .frames
+        .iter()
+        .filter(|f| f.file.as_deref().is_some_and(|p| p.ends_with(file)))
+        .map(|f| (f.function.clone().unwrap_or_default(), f.line.unwrap_or(0)))
+        .collect()
+}
+
+fn expect_prefix(actual: &[(String, u32)], expected: &[(&str, u32)], payload: &str) {
+    let exp: Vec<(String, u32)> = expected.iter().map(|(n, l)| (n.to_string(), *l)).collect();
+    assert!(
+        actual.len() >= exp.len() && actual[..exp.len()] == exp[..],
+        "expected {exp:?}, got {actual:?}\n{payload}"
+    );
 }
 
 #[test]
 fn notes_of_a_three_thread_segfault() {
-    let dir = std::env::temp_dir().join(format!("crash-symbolizer-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (exe, core_path) = build_and_dump("threads_segv.c", &dir);
+    let dir = scratch("notes");
+    let exe = compile("threads_segv.c", &["-O0"], &dir);
+    let core_path = dump(&exe, &dir);
     let f = std::fs::File::open(&core_path).unwrap();
     let core = Core::open(&f).unwrap();
     if cfg!(target_arch = "x86_64") {
@@ -77,4 +234,309 @@ fn notes_of_a_three_thread_segfault() {
     let mut word = [0u8; 8];
     core.read_memory(notes.threads[0].sp, &mut word).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn threads_segv(flags: &[&str], name: &str) {
+    let dir = scratch(name);
+    let exe = compile("threads_segv.c", flags, &dir);
+    let core = dump(&exe, &dir);
+    let r = symbolize(&core, Lookup::default());
+    assert_eq!(r.signal, Some(11));
+    assert_eq!(r.process, exe.to_str().unwrap());
+    assert_eq!(r.threads.len(), 3);
+    expect_prefix(
+        &own_frames(&r, "threads_segv.c"),
+        &[("level3", 5), ("level2", 6), ("main", 13)],
+        &r.payload(),
+    );
+    assert_eq!(r.error(), None, "{}", r.payload());
+    assert_eq!(r.classification(), ("org.clearlinux/crash/clr", 3));
+    // The other two threads sleep in pause() called from idle().
+    for t in &r.threads[1..] {
+        let names: Vec<_> = t.frames.iter().filter_map(|f| f.function.clone()).collect();
+        assert!(names.iter().any(|n| n == "idle"), "{names:?}");
+    }
+    assert_covers_eu_stack(&r, &eu_stack(&core, &exe, None), &exe);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn three_threads_at_o0() {
+    threads_segv(&["-O0"], "o0");
+}
+
+#[test]
+fn three_threads_at_o2_without_frame_pointers() {
+    threads_segv(&["-O2", "-fomit-frame-pointer"], "o2");
+}
+
+fn recursion(flags: &[&str], name: &str) {
+    let dir = scratch(name);
+    let exe = compile("recurse.c", flags, &dir);
+    let core = dump(&exe, &dir);
+    let r = symbolize(&core, Lookup::default());
+    let t = &r.threads[0];
+    assert_eq!(t.frames.len(), 64, "{}", r.payload());
+    assert!(t.truncated);
+    let p = r.payload();
+    assert!(p.contains(TRUNCATED_LINE), "{p}");
+    assert!(p.contains("\n#63 descend() - ["), "{p}");
+    assert!(!p.contains("\n#64 "), "{p}");
+    assert_eq!(own_frames(&r, "recurse.c")[0], ("descend".to_string(), 9));
+    assert!(own_frames(&r, "recurse.c")[1..]
+        .iter()
+        .all(|f| *f == ("descend".to_string(), 12)));
+    assert_eq!(r.error(), None);
+    assert_covers_eu_stack(&r, &eu_stack(&core, &exe, None)[..1], &exe);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn recursion_deeper_than_the_limit_at_o0() {
+    recursion(&["-O0"], "rec0");
+}
+
+#[test]
+fn recursion_deeper_than_the_limit_at_o2() {
+    recursion(&["-O2", "-fomit-frame-pointer"], "rec2");
+}
+
+#[test]
+fn crash_inside_a_signal_handler() {
+    for (flags, name) in [
+        (&["-O0"][..], "sig0"),
+        (&["-O2", "-fomit-frame-pointer"][..], "sig2"),
+    ] {
+        let dir = scratch(name);
+        let exe = compile("sighandler.c", flags, &dir);
+        let core = dump(&exe, &dir);
+        let r = symbolize(&core, Lookup::default());
+        assert_eq!(r.signal, Some(11));
+        let names = crashing_names(&r);
+        let pos = |n: &str| {
+            names
+                .iter()
+                .position(|x| x == n)
+                .unwrap_or_else(|| panic!("{n} missing from {names:?}\n{}", r.payload()))
+        };
+        // The handler, the kernel's signal frame, then the interrupted
+        // call chain down to main.
+        assert_eq!(pos("on_usr1"), 0);
+        assert!(pos("inner") < pos("outer") && pos("outer") < pos("main"));
+        assert!(
+            r.threads[0].frames.iter().any(|f| f.how == How::Signal),
+            "{:?}",
+            r.threads[0].frames
+        );
+        expect_prefix(
+            &own_frames(&r, "sighandler.c")[..1],
+            &[("on_usr1", 9)],
+            &r.payload(),
+        );
+        let own = own_frames(&r, "sighandler.c");
+        assert!(own.contains(&("inner".into(), 11)), "{own:?}");
+        assert!(own.contains(&("outer".into(), 12)), "{own:?}");
+        assert_eq!(r.error(), None, "{}", r.payload());
+        assert_covers_eu_stack(&r, &eu_stack(&core, &exe, None), &exe);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn cpp_abort_from_a_nested_call() {
+    let dir = scratch("cpp");
+    let exe = compile("abort.cpp", &["-O2", "-fomit-frame-pointer"], &dir);
+    let core = dump(&exe, &dir);
+    let r = symbolize(&core, Lookup::default());
+    assert_eq!(r.signal, Some(6));
+    let names = crashing_names(&r);
+    let at = |n: &str| names.iter().position(|x| x == n);
+    let (Some(checkout), Some(pay), Some(main)) =
+        (at("shop::Basket::checkout"), at("shop::pay"), at("main"))
+    else {
+        panic!("C++ frames missing: {names:?}\n{}", r.payload());
+    };
+    assert!(checkout < pay && pay < main, "{names:?}");
+    assert!(at("abort").is_some_and(|a| a < checkout), "{names:?}");
+    let own = own_frames(&r, "abort.cpp");
+    assert!(
+        own.contains(&("shop::Basket::checkout".into(), 8)),
+        "{own:?}"
+    );
+    assert!(own.contains(&("shop::pay".into(), 12)), "{own:?}");
+    assert!(own.contains(&("main".into(), 16)), "{own:?}");
+    assert_eq!(r.error(), None, "{}", r.payload());
+    assert_covers_eu_stack(&r, &eu_stack(&core, &exe, None), &exe);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn run(cmd: &str, args: &[&std::ffi::OsStr]) {
+    let st = Command::new(cmd).args(args).status().unwrap();
+    assert!(st.success(), "{cmd} failed");
+}
+
+#[test]
+fn stripped_binary_with_its_debug_file_under_a_build_id_path() {
+    let dir = scratch("stripped");
+    let exe = compile("threads_segv.c", &["-O2", "-fomit-frame-pointer"], &dir);
+    let debug = dir.join("threads_segv.debug");
+    run(
+        "objcopy",
+        &[
+            "--only-keep-debug".as_ref(),
+            exe.as_os_str(),
+            debug.as_os_str(),
+        ],
+    );
+    run("strip", &["--strip-all".as_ref(), exe.as_os_str()]);
+    let out = Command::new("readelf")
+        .arg("-n")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let id = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("build id")
+        .to_owned();
+    let root = dir.join("debug");
+    let under = root.join(".build-id").join(&id[..2]);
+    std::fs::create_dir_all(&under).unwrap();
+    std::fs::rename(&debug, under.join(format!("{}.debug", &id[2..]))).unwrap();
+    let core = dump(&exe, &dir);
+
+    // Without the debug tree: unwound by the binary's own .eh_frame, but
+    // nothing of the program is named.
+    let bare = symbolize(&core, Lookup::default());
+    assert!(bare.threads[0].frames.len() >= 4, "{}", bare.payload());
+    assert!(own_frames(&bare, "threads_segv.c").is_empty());
+
+    let r = symbolize(
+        &core,
+        Lookup {
+            debug_roots: vec![root.clone()],
+            exe: None,
+        },
+    );
+    expect_prefix(
+        &own_frames(&r, "threads_segv.c"),
+        &[("level3", 5), ("level2", 6), ("main", 13)],
+        &r.payload(),
+    );
+    assert_covers_eu_stack(&r, &eu_stack(&core, &exe, Some(&root)), &exe);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_rebuilt_binary_with_another_build_id_is_not_used() {
+    let dir = scratch("rebuilt");
+    let exe = compile("threads_segv.c", &["-O0"], &dir);
+    let core = dump(&exe, &dir);
+    // Same path, different code: the names it would give are wrong.
+    compile(
+        "threads_segv.c",
+        &[
+            "-O0",
+            "-DUNUSED=1",
+            "-fno-inline-small-functions",
+            "-Wl,--build-id=sha1",
+            "-g3",
+        ],
+        &dir,
+    );
+    let r = symbolize(&core, Lookup::default());
+    let exe_str = exe.to_str().unwrap();
+    assert!(
+        r.module_problems
+            .iter()
+            .any(|p| p.contains(exe_str) && p.contains("differs")),
+        "{:?}",
+        r.module_problems
+    );
+    assert!(
+        own_frames(&r, "threads_segv.c").is_empty(),
+        "{}",
+        r.payload()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn exe_override_reads_a_binary_that_moved() {
+    let dir = scratch("moved");
+    let exe = compile("threads_segv.c", &["-O0"], &dir);
+    let core = dump(&exe, &dir);
+    let moved = dir.join("elsewhere");
+    std::fs::rename(&exe, &moved).unwrap();
+    let lost = symbolize(&core, Lookup::default());
+    assert!(own_frames(&lost, "threads_segv.c").is_empty());
+    let r = symbolize(
+        &core,
+        Lookup {
+            exe: Some(moved),
+            ..Lookup::default()
+        },
+    );
+    expect_prefix(
+        &own_frames(&r, "threads_segv.c"),
+        &[("level3", 5), ("level2", 6), ("main", 13)],
+        &r.payload(),
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Code without CFI: `.debug_frame` when only that is there, then the
+/// frame-pointer chain (-O0), then the stack scan (-O2 without frame
+/// pointers); each frame says how it was found.
+#[test]
+fn fallbacks_without_eh_frame() {
+    let no_tables = ["-fno-asynchronous-unwind-tables", "-fno-unwind-tables"];
+    for (opt, strip_debug_frame, how) in [
+        ("-O0", false, How::Cfi),
+        ("-O0", true, How::FramePointer),
+        ("-O2", true, How::Scan),
+    ] {
+        let dir = scratch(&format!("fallback{opt}{strip_debug_frame}"));
+        let mut flags = vec![opt, "-fomit-frame-pointer"];
+        if opt == "-O0" {
+            flags.pop();
+            flags.push("-fno-omit-frame-pointer");
+        }
+        flags.extend(no_tables);
+        let exe = compile("threads_segv.c", &flags, &dir);
+        if strip_debug_frame {
+            run(
+                "objcopy",
+                &["--remove-section=.debug_frame".as_ref(), exe.as_os_str()],
+            );
+        }
+        let core = dump(&exe, &dir);
+        let r = symbolize(&core, Lookup::default());
+        let own: Vec<_> = r.threads[0]
+            .frames
+            .iter()
+            .filter(|f| {
+                f.file
+                    .as_deref()
+                    .is_some_and(|p| p.ends_with("threads_segv.c"))
+            })
+            .collect();
+        let names: Vec<_> = own.iter().filter_map(|f| f.function.as_deref()).collect();
+        assert_eq!(
+            names,
+            ["level3", "level2", "main"],
+            "{opt}\n{}",
+            r.payload()
+        );
+        assert!(
+            own[1..].iter().any(|f| f.how == how),
+            "{opt} {strip_debug_frame}: {:?}",
+            own.iter().map(|f| f.how).collect::<Vec<_>>()
+        );
+        if how != How::Cfi {
+            assert!(r.payload().contains(&format!("(found by {})", how.label())));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
