@@ -17,7 +17,7 @@ use telem::clock::SystemClock;
 use telem::ingest::Ingest;
 use telem::machine_id::{MachineIdCache, MachineIdStore};
 use telem::metadata::HostMetadata;
-use telem::sandbox::{Event, Sandbox};
+use telem::sandbox::{Event, Sandbox, Sink};
 use telem::spool::Spool;
 
 fn wasm(name: &str) -> Vec<u8> {
@@ -117,15 +117,22 @@ fn main() {
         let args = vec!["print".to_string(), "0".to_string()];
         for _ in 0..n {
             let t = Instant::now();
-            sb.run(&noop, &ingest, Event::Manual(args.clone()), &[])
-                .await
-                .unwrap();
+            sb.run(
+                &noop,
+                Sink::Spool(ingest.clone()),
+                Event::Manual(args.clone()),
+                &[],
+            )
+            .await
+            .unwrap();
             calls.push(t.elapsed());
         }
         let mut e2e = Vec::with_capacity(n);
         for _ in 0..n / 4 {
             let t = Instant::now();
-            sb.run(&hb, &ingest, Event::Timer, &[]).await.unwrap();
+            sb.run(&hb, Sink::Spool(ingest.clone()), Event::Timer, &[])
+                .await
+                .unwrap();
             e2e.push(t.elapsed());
         }
         println!("| call | n | p50 | p99 |");

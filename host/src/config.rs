@@ -123,6 +123,21 @@ pub struct Config {
     /// How often the probe directories are scanned for added, replaced or
     /// removed components.
     pub probe_scan_interval_ms: u64,
+    /// Largest core kept from a crash; the rest is cut (the notes and the
+    /// first mappings come first in a core, so a cut core still names the
+    /// crash).
+    pub crash_max_core_size: u64,
+    /// Largest total size of the crash inbox; crashes beyond it are dropped
+    /// with a count in the log.
+    pub crash_inbox_max_size: u64,
+    /// Repeats of one executable's crash within this many seconds are
+    /// dropped (a crash loop must not flood the machine or the collector).
+    pub crash_repeat_window_secs: u64,
+    /// The file whose presence turns the crash privacy filters off (the
+    /// legacy client's `opt-in-no-privacy-filters`).
+    pub no_privacy_filters_file: PathBuf,
+    /// The user the crash handler drops to and owns inbox files as.
+    pub service_user: String,
     /// The admin's per-probe grants (`[probes.NAME]`).
     pub probes: BTreeMap<String, crate::sandbox::grants::ProbePolicy>,
 
@@ -171,6 +186,11 @@ impl Default for Config {
             journal_limit: 100,
             metadata_root: "/".into(),
             probe_scan_interval_ms: 2000,
+            crash_max_core_size: 1 << 30,
+            crash_inbox_max_size: 4 << 30,
+            crash_repeat_window_secs: 60,
+            no_privacy_filters_file: "/etc/telemetrics/opt-in-no-privacy-filters".into(),
+            service_user: "telemetry".into(),
             probes: BTreeMap::new(),
             source: None,
             format: None,
@@ -191,6 +211,7 @@ impl Config {
             journal_dir: dir.join("journal"),
             opt_in_file: dir.join("opt-in"),
             static_machine_id_file: dir.join("opt-in-static-machine-id"),
+            no_privacy_filters_file: dir.join("opt-in-no-privacy-filters"),
             probes_dirs: vec![dir.join("probes")],
             control_socket: dir.join("control.sock"),
             spool_process_time: 120,
@@ -328,6 +349,21 @@ impl Config {
             "metadata_root" => self.metadata_root = v.path()?,
             "probe_scan_interval_ms" => {
                 self.probe_scan_interval_ms = v.int_in(100, 3_600_000)? as u64
+            }
+            "crash_max_core_size" => self.crash_max_core_size = v.int_in(1 << 16, i64::MAX)? as u64,
+            "crash_inbox_max_size" => {
+                self.crash_inbox_max_size = v.int_in(1 << 16, i64::MAX)? as u64
+            }
+            "crash_repeat_window_secs" => {
+                self.crash_repeat_window_secs = v.int_in(0, 86_400)? as u64
+            }
+            "no_privacy_filters_file" => self.no_privacy_filters_file = v.path()?,
+            "service_user" => {
+                let u = v.string()?;
+                if u.is_empty() || u.contains([':', '/', '\n']) {
+                    return Err(v.bad("a user name"));
+                }
+                self.service_user = u
             }
             "probes" => self.probes = v.probe_tables()?,
             _ => {
@@ -482,6 +518,7 @@ impl Typed<'_> {
                 };
                 match k.as_str() {
                     "enabled" => p.enabled = Some(t.boolean()?),
+                    "crashes" => p.crashes = Some(t.boolean()?),
                     "read_paths" => p.read_paths = Some(t.path_list()?),
                     "classifications" => {
                         let list = t.path_list()?;

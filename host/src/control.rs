@@ -62,6 +62,14 @@ pub enum Request {
     Status,
     /// Try delivery now.
     Flush,
+    /// The crash handler left a crash in the inbox.
+    Crash {
+        /// The inbox entry.
+        id: String,
+        /// Answer only once the crash was handled, with its records.
+        #[serde(default)]
+        wait: bool,
+    },
 }
 
 /// What the control socket can reach inside the daemon.
@@ -76,6 +84,8 @@ pub struct ControlContext {
     pub flush: Arc<tokio::sync::Notify>,
     /// The opt-in file.
     pub opt_in_file: std::path::PathBuf,
+    /// Crashes waiting for the probes.
+    pub crashes: crate::crash::CrashQueue,
 }
 
 /// Binds the control socket with mode 0660 (replacing a stale socket).
@@ -152,6 +162,14 @@ async fn respond(req: Request, ctx: &ControlContext) -> Value {
             ctx.flush.notify_one();
             json!({"ok": true})
         }
+        Request::Crash { id, wait } => match ctx.crashes.announce(&id, wait) {
+            Err(e) => json!({"ok": false, "error": e}),
+            Ok(None) => json!({"ok": true}),
+            Ok(Some(rx)) => match rx.await {
+                Ok(records) => json!({"ok": true, "records": records}),
+                Err(_) => json!({"ok": false, "error": "the crash worker stopped"}),
+            },
+        },
         Request::Status => {
             let spool = ctx.ingest.spool();
             let entries = spool.entries().unwrap_or_default();
@@ -215,12 +233,24 @@ pub enum ClientError {
 /// Sends one request to the daemon's control socket and returns its answer
 /// (blocking; for telemctl and the crash handler).
 pub fn request(path: &Path, req: &Value) -> Result<Value, ClientError> {
+    request_with_timeout(path, req, None)
+}
+
+/// [`request`], giving up after `timeout` without an answer (the crash
+/// handler must not hang on a stuck daemon).
+pub fn request_with_timeout(
+    path: &Path,
+    req: &Value,
+    timeout: Option<std::time::Duration>,
+) -> Result<Value, ClientError> {
     use std::io::{BufRead, Write};
     let p = path.display().to_string();
     let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
         io::ErrorKind::PermissionDenied => ClientError::Denied(p.clone()),
         _ => ClientError::NotRunning(p.clone()),
     })?;
+    let _ = s.set_read_timeout(timeout);
+    let _ = s.set_write_timeout(timeout);
     let io_err = |e: io::Error| ClientError::Io {
         path: p.clone(),
         message: e.to_string(),

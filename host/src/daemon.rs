@@ -106,6 +106,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.probes.clone(),
         config.state_dir.join("disabled-probes"),
     );
+    // Probes load before anything else runs, so crashes left in the inbox
+    // while the daemon was down find their probe (the watcher's own first
+    // scan then finds nothing new).
+    probes.scan(false).await;
+    let crashes = crate::crash::CrashQueue::start(
+        crate::crash::inbox_dir(&config.state_dir),
+        probes.clone(),
+        ingest.clone(),
+    );
     let watcher = tokio::spawn(
         probes
             .clone()
@@ -121,6 +130,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         delivery: delivery.status(),
         flush: flush.clone(),
         opt_in_file: config.opt_in_file.clone(),
+        crashes,
     });
     let control = tokio::spawn(crate::control::serve(
         control_listener,

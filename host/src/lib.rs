@@ -10,6 +10,8 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod crash;
+pub mod crash_handler;
 pub mod daemon;
 pub mod delivery;
 pub mod fsutil;

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use serde_json::{json, Value};
-use telem::cli::telemctl::{Args, Cmd, ConfigCmd, ProbeCmd, SpoolCmd};
+use telem::cli::telemctl::{Args, Cmd, ConfigCmd, CrashCmd, ProbeCmd, SpoolCmd};
 use telem::config::{Config, ConfigFormat};
 use telem::journal::{query_dir, retained_payload, JournalFilter};
 
@@ -129,6 +129,41 @@ fn run(args: Args) -> Result<(), String> {
         Cmd::Probe { cmd } => {
             let c = load_config(args.config.as_deref())?;
             probe_cmd(&c, cmd, args.json)
+        }
+        Cmd::Crash {
+            cmd:
+                CrashCmd::Symbolize {
+                    core,
+                    exe,
+                    debug_root,
+                    probe,
+                },
+        } => {
+            let c = load_config(args.config.as_deref())?;
+            let req = telem::crash::SymbolizeRequest {
+                core,
+                exe,
+                debug_roots: debug_root,
+                probe,
+            };
+            let records = telem::crash::symbolize_offline(&c, &req)?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&records).expect("records serialize")
+                );
+            } else {
+                for r in &records {
+                    println!(
+                        "classification: {}    severity: {}\n{}",
+                        r.classification, r.severity, r.payload
+                    );
+                }
+            }
+            if records.is_empty() {
+                return Err("the probe sent no record".into());
+            }
+            Ok(())
         }
         Cmd::Start => systemctl(&["start", "telemd.socket", "telemd.service"]),
         Cmd::Stop => systemctl(&["stop", "telemd.socket", "telemd.service"]),

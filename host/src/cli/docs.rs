@@ -16,6 +16,10 @@ pub fn generate(dir: &Path) -> io::Result<()> {
             super::record_gen::Args::command().name("telem-record-gen"),
             "1",
         ),
+        (
+            super::crash_handler::Args::command().name("telem-crash-handler"),
+            "8",
+        ),
     ];
     for (cmd, section) in programs {
         let name = cmd.get_name().to_owned();

@@ -1,7 +1,8 @@
-//! The command lines of the three programs, kept in the library so the
+//! The command lines of the programs, kept in the library so the
 //! binaries and the man page and shell completion generator share one
 //! definition.
 
+pub mod crash_handler;
 pub mod docs;
 pub mod record_gen;
 pub mod telemctl;

@@ -70,6 +70,12 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: SpoolCmd,
     },
+    /// Crash reports.
+    Crash {
+        /// The crash verb.
+        #[command(subcommand)]
+        cmd: CrashCmd,
+    },
     /// Write man pages and shell completions under DIR (for packaging).
     #[command(hide = true)]
     GenerateDocs {
@@ -113,6 +119,26 @@ pub enum ProbeCmd {
     Disable {
         /// Probe name.
         name: String,
+    },
+}
+
+/// `telemctl crash` verbs.
+#[derive(Subcommand, Debug)]
+pub enum CrashCmd {
+    /// Symbolize a core with the crash-symbolizer probe, in its sandbox,
+    /// and print the record it would send (nothing is sent).
+    Symbolize {
+        /// The core file.
+        core: PathBuf,
+        /// The crashed program, if it is no longer where the core says.
+        #[arg(long, value_name = "PATH")]
+        exe: Option<PathBuf>,
+        /// Another tree of debug files (DIR/.build-id/xx/rest.debug).
+        #[arg(long = "debug-root", value_name = "DIR")]
+        debug_root: Vec<PathBuf>,
+        /// The component to run (default: crash-symbolizer.wasm in the probe directories).
+        #[arg(long, value_name = "FILE")]
+        probe: Option<PathBuf>,
     },
 }
 

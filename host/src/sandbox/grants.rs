@@ -27,6 +27,9 @@ pub struct ProbePolicy {
     pub timeout_ms: Option<u64>,
     /// Records per hour (replaces the manifest's).
     pub max_records_per_hour: Option<u32>,
+    /// false: the probe is not handed crashes (cores hold the crashed
+    /// process's memory) even though its manifest asks for them.
+    pub crashes: Option<bool>,
 }
 
 /// What the probe asked for in `describe`.
@@ -38,6 +41,8 @@ pub struct Request {
     pub classifications: Vec<String>,
     /// Records per hour.
     pub max_records_per_hour: u32,
+    /// The crash trigger.
+    pub crashes: bool,
 }
 
 /// The effective grant a probe runs with.
@@ -53,6 +58,8 @@ pub struct Grant {
     pub timeout_ms: u64,
     /// Records per hour.
     pub max_records_per_hour: u32,
+    /// Handed each crash, with read access to that crash's inbox entry.
+    pub crashes: bool,
 }
 
 impl Grant {
@@ -72,6 +79,7 @@ impl Grant {
             max_records_per_hour: policy
                 .max_records_per_hour
                 .unwrap_or(request.max_records_per_hour),
+            crashes: request.crashes && policy.crashes.unwrap_or(true),
         }
     }
 
@@ -118,8 +126,10 @@ mod tests {
             read_paths: vec!["/proc/mounts".into()],
             classifications: vec!["a/b/*".into()],
             max_records_per_hour: 10,
+            crashes: true,
         };
         let g = Grant::effective(&req, &ProbePolicy::default());
+        assert!(g.crashes, "asked for and not refused");
         assert_eq!(g.read_paths, req.read_paths);
         assert_eq!(g.memory_limit_mib, 64);
         assert_eq!(g.timeout_ms, 10_000);
@@ -131,8 +141,22 @@ mod tests {
             memory_limit_mib: Some(16),
             timeout_ms: Some(500),
             enabled: None,
+            crashes: Some(false),
         };
         let g = Grant::effective(&req, &narrowed);
+        assert!(!g.crashes);
+        let not_asked = Request {
+            crashes: false,
+            ..req.clone()
+        };
+        let widened = ProbePolicy {
+            crashes: Some(true),
+            ..ProbePolicy::default()
+        };
+        assert!(
+            !Grant::effective(&not_asked, &widened).crashes,
+            "a probe without the crash trigger is never called for crashes"
+        );
         assert!(g.read_paths.is_empty());
         assert!(g.allows_classification("a/b/c") && !g.allows_classification("a/b/d"));
         assert_eq!(

@@ -122,12 +122,36 @@ impl std::fmt::Debug for LoadedProbe {
     }
 }
 
+/// Where a probe call's records go.
+#[derive(Clone, Debug)]
+pub enum Sink {
+    /// Validated, enriched with host metadata and spooled (the daemon).
+    Spool(Arc<Ingest>),
+    /// Checked against the grant and kept in memory, never sent: an admin's
+    /// triage run (`telemctl crash symbolize`).
+    Capture(Arc<Mutex<Vec<Captured>>>),
+    /// Spooled, with a copy kept for the caller (the crash handler's `-v`
+    /// prints what was recorded).
+    SpoolAndCopy(Arc<Ingest>, Arc<Mutex<Vec<Captured>>>),
+}
+
+/// A record a probe sent into a [`Sink::Capture`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Captured {
+    /// Classification.
+    pub classification: String,
+    /// Severity.
+    pub severity: u8,
+    /// Payload.
+    pub payload: String,
+}
+
 struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
     probe: Option<Arc<LoadedProbe>>,
-    ingest: Option<Arc<Ingest>>,
+    sink: Option<Sink>,
     name: String,
 }
 
@@ -165,12 +189,12 @@ impl telemetrics::probe::log::Host for HostState {
 
 impl telemetrics::probe::records::Host for HostState {
     async fn send(&mut self, r: TelemetryRecord) -> Result<String, SendError> {
-        let (Some(probe), Some(ingest)) = (self.probe.clone(), self.ingest.clone()) else {
+        let (Some(probe), Some(sink)) = (self.probe.clone(), self.sink.clone()) else {
             return Err(SendError::Refused(
                 "describe runs without capabilities".into(),
             ));
         };
-        let result = send_record(&probe, &ingest, r).await;
+        let result = send_record(&probe, &sink, r).await;
         let mut st = probe.stats.lock().expect("stats lock");
         match &result {
             Ok(_) => st.records_sent += 1,
@@ -185,7 +209,7 @@ impl telemetrics::probe::records::Host for HostState {
 
 async fn send_record(
     probe: &LoadedProbe,
-    ingest: &Ingest,
+    sink: &Sink,
     r: TelemetryRecord,
 ) -> Result<String, SendError> {
     if !probe.grant.allows_classification(&r.classification) {
@@ -205,6 +229,31 @@ async fn send_record(
         }
         sends.push_back(now);
     }
+    let (ingest, copy) = match sink {
+        Sink::Spool(ingest) => (ingest, None),
+        Sink::SpoolAndCopy(ingest, kept) => (
+            ingest,
+            Some((
+                kept,
+                Captured {
+                    classification: r.classification.clone(),
+                    severity: r.severity,
+                    payload: r.payload.clone(),
+                },
+            )),
+        ),
+        Sink::Capture(kept) => {
+            crate::record::validate_classification(&r.classification)
+                .and_then(|()| crate::record::validate_payload(r.payload.as_bytes()))
+                .map_err(|e| SendError::Invalid(e.to_string()))?;
+            kept.lock().expect("capture lock").push(Captured {
+                classification: r.classification,
+                severity: r.severity,
+                payload: r.payload,
+            });
+            return Ok(random_id());
+        }
+    };
     let mut h = Headers::default();
     h.set(Header::Classification, r.classification);
     h.set(Header::Severity, r.severity.to_string());
@@ -216,7 +265,12 @@ async fn send_record(
         payload: r.payload,
     };
     match ingest.submit_probe(record).await {
-        Ok(id) => Ok(id),
+        Ok(id) => {
+            if let Some((kept, c)) = copy {
+                kept.lock().expect("copy lock").push(c);
+            }
+            Ok(id)
+        }
         Err(IngestError::Invalid(e)) => Err(SendError::Invalid(e.to_string())),
         Err(e) => Err(SendError::Refused(e.to_string())),
     }
@@ -311,7 +365,7 @@ impl Sandbox {
                 .trap_on_grow_failure(true)
                 .build(),
             probe: None,
-            ingest: None,
+            sink: None,
             name: file.display().to_string(),
         };
         let mut store = self.store(state, DESCRIBE_TIMEOUT_MS);
@@ -341,6 +395,10 @@ impl Sandbox {
             read_paths: manifest.read_paths.iter().map(PathBuf::from).collect(),
             classifications: manifest.classifications.clone(),
             max_records_per_hour: manifest.max_records_per_hour,
+            crashes: manifest
+                .triggers
+                .iter()
+                .any(|t| matches!(t, Trigger::Crash)),
         };
         let grant = Grant::effective(&request, &policy_of(&manifest.name));
         Ok(LoadedProbe {
@@ -375,17 +433,23 @@ impl Sandbox {
     }
 
     /// Runs `handle(event)` in a fresh store holding only the probe's grant.
-    /// `extra_read` adds read-only paths for this call only (a crash's core).
+    /// `extra_read` adds read-only paths for this call only (a crash's
+    /// inbox entry). A granted path that does not exist on this machine is
+    /// left out (nothing could be read there anyway).
     pub async fn run(
         &self,
         probe: &Arc<LoadedProbe>,
-        ingest: &Arc<Ingest>,
+        sink: Sink,
         event: Event,
         extra_read: &[PathBuf],
     ) -> Result<(), CallError> {
         let g = &probe.grant;
         let mut b = WasiCtxBuilder::new();
         for p in g.read_paths.iter().chain(extra_read) {
+            if !p.is_dir() {
+                tracing::debug!(probe = %probe.name, "granted path {} is not a directory here; left out", p.display());
+                continue;
+            }
             let guest = p.to_string_lossy();
             b.preopened_dir(p, guest.as_ref(), FsPerms::ReadOnly)
                 .map_err(|e| CallError::Setup(format!("granted path {}: {e}", p.display())))?;
@@ -405,7 +469,7 @@ impl Sandbox {
                 .trap_on_grow_failure(true)
                 .build(),
             probe: Some(probe.clone()),
-            ingest: Some(ingest.clone()),
+            sink: Some(sink),
             name: probe.name.clone(),
         };
         let mut store = self.store(state, g.timeout_ms);

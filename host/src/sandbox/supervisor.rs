@@ -426,6 +426,43 @@ impl ProbeManager {
             .map_err(|e| e.to_string())
     }
 
+    /// Hands a crash to every running probe granted the crash trigger, each
+    /// with read access to the crash's inbox entry for that call only.
+    /// Returns each probe's name and result (empty when none handles
+    /// crashes) and the records they sent.
+    pub async fn crash(
+        &self,
+        report: super::CrashReport,
+        entry: &Path,
+    ) -> (Vec<(String, Result<(), CallError>)>, Vec<super::Captured>) {
+        let copies = Arc::new(Mutex::new(Vec::new()));
+        let targets: Vec<(Arc<LoadedProbe>, Arc<Mutex<ProbeState>>)> = self
+            .slots
+            .lock()
+            .expect("slots lock")
+            .values()
+            .filter(|s| s.probe.grant.crashes)
+            .filter(|s| *s.state.lock().expect("state lock") == ProbeState::Running)
+            .map(|s| (s.probe.clone(), s.state.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (probe, state) in targets {
+            let sink = super::Sink::SpoolAndCopy(self.ingest.clone(), copies.clone());
+            let r = self
+                .call_with(
+                    &probe,
+                    &state,
+                    Event::Crash(report.clone()),
+                    &[entry.to_owned()],
+                    sink,
+                )
+                .await;
+            out.push((probe.name.clone(), r));
+        }
+        let copies = std::mem::take(&mut *copies.lock().expect("copy lock"));
+        (out, copies)
+    }
+
     /// Every loaded probe.
     pub fn list(&self) -> Vec<ProbeInfo> {
         let mut v: Vec<ProbeInfo> = self
@@ -457,7 +494,19 @@ impl ProbeManager {
         event: Event,
         extra: &[PathBuf],
     ) -> Result<(), CallError> {
-        let result = self.sandbox.run(probe, &self.ingest, event, extra).await;
+        let sink = super::Sink::Spool(self.ingest.clone());
+        self.call_with(probe, state, event, extra, sink).await
+    }
+
+    async fn call_with(
+        &self,
+        probe: &Arc<LoadedProbe>,
+        state: &Mutex<ProbeState>,
+        event: Event,
+        extra: &[PathBuf],
+        sink: super::Sink,
+    ) -> Result<(), CallError> {
+        let result = self.sandbox.run(probe, sink, event, extra).await;
         let mut st = probe.stats.lock().expect("stats lock");
         st.runs += 1;
         st.last_run = Some(unix_now());

@@ -12,3 +12,6 @@ pub mod report;
 pub mod unwind;
 
 pub use report::{analyze, CrashFacts, Options, Report};
+
+#[cfg(target_family = "wasm")]
+mod probe;

@@ -401,8 +401,21 @@ impl<'a, R: ReadAt + ?Sized> Unwinder<'a, R> {
         };
         let mut next = regs.clone();
         let ra = Register(self.arch.ra);
+        let read = |addr: u64| -> Result<u64, String> {
+            self.word(addr)
+                .ok_or_else(|| format!("cannot read the stack at {addr:#x}"))
+        };
         for reg in 0..33u16 {
             let rule = row.register(Register(reg));
+            // A saved register that cannot be read is lost; the return
+            // address that cannot be read ends the walk with an error.
+            let need = |r: Result<u64, String>| -> Result<Option<u64>, String> {
+                match r {
+                    Ok(v) => Ok(Some(v)),
+                    Err(e) if reg == ra.0 => Err(e),
+                    Err(_) => Ok(None),
+                }
+            };
             let v = match rule {
                 None if reg == ra.0 => {
                     // aarch64 frame #0: the return address is still in x30.
@@ -414,12 +427,12 @@ impl<'a, R: ReadAt + ?Sized> Unwinder<'a, R> {
                 }
                 None | Some(RegisterRule::SameValue) => regs.get(reg),
                 Some(RegisterRule::Undefined) | Some(RegisterRule::Architectural) => None,
-                Some(RegisterRule::Offset(o)) => self.word(cfa.wrapping_add_signed(o)),
+                Some(RegisterRule::Offset(o)) => need(read(cfa.wrapping_add_signed(o)))?,
                 Some(RegisterRule::ValOffset(o)) => Some(cfa.wrapping_add_signed(o)),
                 Some(RegisterRule::Register(r)) => regs.get(r.0),
                 Some(RegisterRule::Expression(e)) => {
                     let expr = e.get(section).map_err(|e| e.to_string())?;
-                    self.word(self.eval(expr.0, regs, Some(cfa))?)
+                    need(read(self.eval(expr.0, regs, Some(cfa))?))?
                 }
                 Some(RegisterRule::ValExpression(e)) => {
                     let expr = e.get(section).map_err(|e| e.to_string())?;
@@ -567,5 +580,36 @@ impl<'a, R: ReadAt + ?Sized> Unwinder<'a, R> {
                 insn & 0xfc00_0000 == 0x9400_0000 || insn & 0xffff_fc1f == 0xd63f_0000
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modules::Lookup;
+    use crate::notes::Notes;
+
+    #[test]
+    fn a_looping_cfi_expression_is_cut_off() {
+        let bytes = crate::notes::tests::synthetic_core(62);
+        let core = Core::open(&bytes[..]).unwrap();
+        let modules = Modules::new(&core, &Notes::default(), Lookup::default());
+        let u = Unwinder::new(&core, &modules);
+        let regs = Regs {
+            r: [Some(8); 33],
+            pc: 0,
+        };
+        // DW_OP_skip -3: jumps back onto itself forever.
+        let looping = [0x2f, 0xfd, 0xff];
+        let e = u
+            .eval(EndianSlice::new(&looping, LittleEndian), &regs, None)
+            .unwrap_err();
+        assert!(e.to_lowercase().contains("iteration"), "{e}");
+        // DW_OP_breg7 8: rsp + 8 = 16.
+        let fine = [0x77, 0x08];
+        assert_eq!(
+            u.eval(EndianSlice::new(&fine, LittleEndian), &regs, None),
+            Ok(16)
+        );
     }
 }

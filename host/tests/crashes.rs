@@ -1,0 +1,423 @@
+//! Crash reports end to end: a real program's core (compiled by gcc, dumped
+//! by gdb) piped into `telem-crash-handler` exactly as the kernel would,
+//! with a dev `telemd` running the crash-symbolizer component built from
+//! the repo; the filters; the daemon being down; hostile cores; and
+//! `telemctl crash symbolize`.
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{probe_wasm, wait_until, TestDaemon, HOLD};
+use telem::record::{Header, Record};
+
+const HANDLER: &str = env!("CARGO_BIN_EXE_telem-crash-handler");
+const TELEMCTL: &str = env!("CARGO_BIN_EXE_telemctl");
+
+struct Program {
+    dir: tempfile::TempDir,
+    exe: PathBuf,
+    core: PathBuf,
+    pid: u32,
+}
+
+/// Compiles a three-thread program that segfaults two calls deep and dumps
+/// its core with gdb.
+fn crashed_program() -> Program {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("crashme.c");
+    std::fs::write(
+        &src,
+        "#include <pthread.h>\n#include <stdint.h>\n#include <unistd.h>\n\
+         static void *idle(void *a) { (void)a; for (;;) pause(); return 0; }\n\
+         __attribute__((noinline)) static void level3(int *p) { *p = 42; }\n\
+         __attribute__((noinline)) static void level2(int *p) { level3(p); __asm__ volatile(\"\"); }\n\
+         int main(int argc, char **argv) {\n  (void)argv;\n  pthread_t t;\n\
+           pthread_create(&t, 0, idle, 0);\n  usleep(50000);\n\
+           level2((int *)(uintptr_t)(argc - 1));\n  return 0;\n}\n",
+    )
+    .unwrap();
+    let exe = dir.path().join("crashme");
+    let st = Command::new("gcc")
+        .args(["-g", "-O0", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(st.success());
+    let core = dir.path().join("core");
+    let out = Command::new("gdb")
+        .args([
+            "-batch",
+            "-nx",
+            "-ex",
+            "run",
+            "-ex",
+            "info inferiors",
+            "-ex",
+        ])
+        .arg(format!("generate-core-file {}", core.display()))
+        .arg(&exe)
+        .output()
+        .expect("gdb");
+    assert!(core.exists(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid = text
+        .lines()
+        .find_map(|l| l.split("process ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(4242);
+    Program {
+        dir,
+        exe,
+        core,
+        pid,
+    }
+}
+
+/// A dev daemon with the crash-symbolizer loaded; `filters_off` creates the
+/// no-privacy-filters file; the program's directory is granted to the probe
+/// (outside /usr, as a test program must be).
+fn daemon(prog: &Program, filters_off: bool) -> TestDaemon {
+    let d = TestDaemon::prepare(HOLD);
+    let mut cfg = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&d.config_path)
+        .unwrap();
+    writeln!(
+        cfg,
+        "no_privacy_filters_file = \"{}\"\nservice_user = \"root\"\n[probes.crash-symbolizer]\nread_paths = [\"/usr\", \"{}\"]\ntimeout_ms = 5000",
+        d.path("no-filters").display(),
+        prog.dir.path().display()
+    )
+    .unwrap();
+    if filters_off {
+        std::fs::write(d.path("no-filters"), "").unwrap();
+    }
+    std::fs::create_dir_all(d.path("probes")).unwrap();
+    std::fs::copy(
+        probe_wasm("crash_symbolizer"),
+        d.path("probes/crash-symbolizer.wasm"),
+    )
+    .unwrap();
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    let d = d.spawn();
+    assert!(
+        wait_until(Duration::from_secs(60), || d.socket().exists()),
+        "{}",
+        d.log()
+    );
+    d
+}
+
+/// Runs the handler as the kernel would: core on stdin, `%e %E %s %P`.
+fn handle(d: &TestDaemon, prog: &Program, core: &Path, extra: &[&str]) -> std::process::Output {
+    handle_as(d, &prog.exe, prog.pid, core, extra)
+}
+
+fn handle_as(
+    d: &TestDaemon,
+    exe: &Path,
+    pid: u32,
+    core: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let exe = exe.to_str().unwrap().replace('/', "!");
+    let mut child = Command::new(HANDLER)
+        .args(["-p", "crashme", "-E", &exe, "-s", "11", "-P"])
+        .arg(pid.to_string())
+        .arg("-f")
+        .arg(&d.config_path)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = std::fs::read(core).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The handler may stop reading (a filter): a broken pipe is fine.
+    let _ = stdin.write_all(&bytes);
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+fn inbox_entries(d: &TestDaemon) -> Vec<String> {
+    std::fs::read_dir(d.path("state/crash-inbox"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn class(r: &Record) -> (&str, &str) {
+    (
+        r.headers.get(Header::Classification),
+        r.headers.get(Header::Severity),
+    )
+}
+
+#[test]
+fn a_piped_core_becomes_a_symbolized_record() {
+    let prog = crashed_program();
+    let d = daemon(&prog, true);
+    let out = handle(&d, &prog, &prog.core, &["-v"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let recs = d.wait_spool(1);
+    let r = &recs[0];
+    assert_eq!(class(r), ("org.clearlinux/crash/clr", "3"), "{}", r.payload);
+    let exe = prog.exe.to_str().unwrap();
+    assert!(
+        r.payload.starts_with(&format!(
+            "Process: {exe}\nPID: {}\nSignal: 11\n\nBacktrace (TID ",
+            prog.pid
+        )),
+        "{}",
+        r.payload
+    );
+    assert!(
+        r.payload.contains(&format!(
+            "\n#0 level3() - [{exe}] - {}:5\n#1 level2() - [{exe}]",
+            prog.dir.path().join("crashme.c").display()
+        )),
+        "{}",
+        r.payload
+    );
+    assert!(r.payload.contains("main() - ["), "{}", r.payload);
+    assert!(r.payload.contains("pause() - [libc.so.6]"), "{}", r.payload);
+    // -v printed the payload once the record existed.
+    assert!(stdout.contains(&r.payload), "{stdout}");
+    // The entry (core included) is gone once handled.
+    assert!(
+        wait_until(Duration::from_secs(5), || inbox_entries(&d).is_empty()),
+        "{:?}",
+        inbox_entries(&d)
+    );
+}
+
+#[test]
+fn third_party_crashes_send_the_short_record_and_keep_no_core() {
+    let prog = crashed_program();
+    let d = daemon(&prog, false);
+    let out = handle(&d, &prog, &prog.core, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = d.wait_spool(1);
+    assert_eq!(class(&recs[0]), ("org.clearlinux/crash/unknown", "2"));
+    assert_eq!(recs[0].payload, "Crash from third party");
+    assert!(inbox_entries(&d).is_empty(), "{:?}", inbox_entries(&d));
+    let kept: u64 = walk(d.path("state").as_path());
+    assert!(
+        kept < 4096,
+        "a core was kept somewhere under state/: {kept} bytes"
+    );
+}
+
+fn walk(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() {
+                        walk(&e.path())
+                    } else if e.file_name() == "core" {
+                        m.len()
+                    } else {
+                        0
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_crash_waits_in_the_inbox_while_telemd_is_down() {
+    let prog = crashed_program();
+    let mut d = daemon(&prog, true);
+    d.stop();
+    let out = handle(&d, &prog, &prog.core, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("waits in the inbox"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries = inbox_entries(&d);
+    assert_eq!(entries.len(), 1);
+    let entry = d.path("state/crash-inbox").join(&entries[0]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(entry.join("core"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(entry.join("core")).unwrap().len(),
+        std::fs::metadata(&prog.core).unwrap().len()
+    );
+    // A repeat of the same program within the window is dropped.
+    let again = handle(&d, &prog, &prog.core, &[]);
+    assert!(again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("1 repeats dropped so far"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(inbox_entries(&d).len(), 1);
+    d.spawn_with(Command::new(support::TELEMD));
+    let recs = d.wait_spool(1);
+    assert_eq!(class(&recs[0]), ("org.clearlinux/crash/clr", "3"));
+    assert!(wait_until(Duration::from_secs(5), || inbox_entries(&d).is_empty()));
+}
+
+/// Hostile cores: each ends in an error record, within the probe's
+/// deadline, and the daemon keeps serving.
+#[test]
+fn hostile_cores_end_in_error_records() {
+    let prog = crashed_program();
+    let good = std::fs::read(&prog.core).unwrap();
+    let phoff = u64::from_le_bytes(good[32..40].try_into().unwrap()) as usize;
+    let phnum = u16::from_le_bytes(good[56..58].try_into().unwrap()) as usize;
+    let note = (0..phnum)
+        .map(|i| phoff + 56 * i)
+        .find(|&p| u32::from_le_bytes(good[p..p + 4].try_into().unwrap()) == 4)
+        .map(|p| u64::from_le_bytes(good[p + 8..p + 16].try_into().unwrap()) as usize)
+        .expect("a PT_NOTE");
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated", good[..good.len() / 3].to_vec(), "Error: "),
+        ("zero-length", Vec::new(), "Error: not an ELF file"),
+    ];
+    let mut wrong_machine = good.clone();
+    wrong_machine[18..20].copy_from_slice(&40u16.to_le_bytes());
+    cases.push((
+        "wrong machine",
+        wrong_machine,
+        "Error: unsupported machine 40",
+    ));
+    let mut note_past_end = good.clone();
+    note_past_end[note + 4..note + 8].copy_from_slice(&0xffff_ff00u32.to_le_bytes());
+    cases.push(("note size past the end", note_past_end, "past the end"));
+    // NT_FILE: find its header by type and claim 4e9 entries.
+    let mut huge_file = good.clone();
+    let nt_file = (note..note + (1 << 20))
+        .step_by(4)
+        .find(|&o| {
+            huge_file.get(o + 8..o + 12) == Some(&0x4649_4c45u32.to_le_bytes()[..])
+                && huge_file.get(o + 12..o + 17) == Some(&b"CORE\0"[..])
+        })
+        .expect("NT_FILE note");
+    let desc = nt_file + 12 + 8;
+    huge_file[desc..desc + 8].copy_from_slice(&4_000_000_000u64.to_le_bytes());
+    cases.push((
+        "NT_FILE count in the billions",
+        huge_file,
+        "NT_FILE claims 4000000000 entries",
+    ));
+
+    let d = daemon(&prog, true);
+    for (i, (what, bytes, expect)) in cases.iter().enumerate() {
+        let core = prog.dir.path().join(format!("hostile-{i}"));
+        std::fs::write(&core, bytes).unwrap();
+        // Distinct executables, so the repeat filter does not drop them.
+        let exe = prog.exe.with_file_name(format!("crashme{i}"));
+        let started = std::time::Instant::now();
+        let out = handle_as(&d, &exe, prog.pid, &core, &["-v"]);
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: took {:?}",
+            started.elapsed()
+        );
+        let recs = d.wait_spool(i + 1);
+        let r = recs
+            .iter()
+            .find(|r| r.payload.contains(&format!("crashme{i}\n")))
+            .unwrap_or_else(|| panic!("{what}: no record: {:?}\n{}", recs, d.log()));
+        assert_eq!(
+            class(r),
+            ("org.clearlinux/crash/error", "4"),
+            "{what}: {}",
+            r.payload
+        );
+        assert!(r.payload.contains(expect), "{what}: {}", r.payload);
+    }
+    // Still serving: a native record and a good crash go through.
+    support::send_raw(&d.socket(), &support::fixture("frame-record-gen.bin"));
+    let out = handle(&d, &prog, &prog.core, &[]);
+    assert!(out.status.success());
+    let recs = d.wait_spool(cases.len() + 2);
+    assert!(recs
+        .iter()
+        .any(|r| class(r) == ("org.clearlinux/crash/clr", "3")));
+}
+
+#[test]
+fn telemctl_crash_symbolize_prints_the_payload_without_sending() {
+    let prog = crashed_program();
+    let d = TestDaemon::prepare("");
+    std::fs::create_dir_all(d.path("probes")).unwrap();
+    std::fs::copy(
+        probe_wasm("crash_symbolizer"),
+        d.path("probes/crash-symbolizer.wasm"),
+    )
+    .unwrap();
+    let moved = prog.dir.path().join("moved-away");
+    std::fs::copy(&prog.exe, &moved).unwrap();
+    std::fs::remove_file(&prog.exe).unwrap();
+    let out = Command::new(TELEMCTL)
+        .arg("-f")
+        .arg(&d.config_path)
+        .args(["crash", "symbolize"])
+        .arg(&prog.core)
+        .arg("--exe")
+        .arg(&moved)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("org.clearlinux/crash/clr"), "{stdout}");
+    assert!(stdout.contains("#0 level3() - ["), "{stdout}");
+    assert!(stdout.contains("crashme.c:5"), "{stdout}");
+    // Nothing was spooled or sent.
+    assert!(support::spool_names(&d.path("spool")).is_empty());
+    // A file that is no core gets a clear error.
+    let out = Command::new(TELEMCTL)
+        .arg("-f")
+        .arg(&d.config_path)
+        .args(["crash", "symbolize"])
+        .arg(prog.exe.with_file_name("crashme.c"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Error: not an ELF file"), "{stdout}");
+}

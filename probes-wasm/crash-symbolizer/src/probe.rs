@@ -1,0 +1,129 @@
+//! The probe component: for each crash the host hands over (its core
+//! readable for this call only), symbolize and send one record; for
+//! `telemctl crash symbolize` (a manual run), the same on the admin's core.
+
+use std::path::PathBuf;
+
+use telemetrics_probe_sdk::{
+    export_probe, log, CrashReport, Event, Manifest, Probe, Record, Trigger,
+};
+
+use crate::modules::Lookup;
+use crate::report::{analyze, CrashFacts, Options};
+
+/// Version of the crash payload format (the legacy one).
+const PAYLOAD_VERSION: u32 = 1;
+
+struct CrashSymbolizer;
+
+fn send(classification: &str, severity: u8, payload: String) -> Result<(), String> {
+    Record::new(classification)
+        .severity(severity)
+        .payload_version(PAYLOAD_VERSION)
+        .payload(payload)
+        .send()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Symbolizes one core and sends its record; a core that cannot be read
+/// still gives an error record, so the crash is not lost.
+fn report(core: &str, facts: CrashFacts, lookup: Lookup) -> Result<(), String> {
+    let opts = Options {
+        lookup,
+        ..Options::default()
+    };
+    let result = std::fs::File::open(core)
+        .map_err(|e| format!("cannot open the core {core}: {e}"))
+        .and_then(|f| analyze(&f, &facts, &opts).map_err(|e| e.to_string()));
+    match result {
+        Ok(r) => {
+            for p in &r.module_problems {
+                log::info(&format!("module not used: {p}"));
+            }
+            let (class, severity) = r.classification();
+            send(class, severity, r.payload())
+        }
+        Err(e) => {
+            log::warn(&format!("{core}: {e}"));
+            let mut p = format!("Error: {e}\n");
+            p.push_str(&format!(
+                "Process: {}\n",
+                facts.process_path.as_deref().unwrap_or("???")
+            ));
+            if let Some(pid) = facts.pid {
+                p.push_str(&format!("PID: {pid}\n"));
+            }
+            if let Some(s) = facts.signal {
+                p.push_str(&format!("Signal: {s}\n"));
+            }
+            let p: String = p
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' || c == '\n' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .take(crate::report::MAX_PAYLOAD)
+                .collect();
+            send("org.clearlinux/crash/error", 4, p)
+        }
+    }
+}
+
+impl Probe for CrashSymbolizer {
+    fn describe() -> Manifest {
+        Manifest {
+            name: "crash-symbolizer".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Unwinds and symbolizes core dumps from the crash handler".into(),
+            classifications: vec!["org.clearlinux/crash/*".into()],
+            triggers: vec![Trigger::Crash, Trigger::Manual],
+            read_paths: vec!["/usr".into(), "/usr/lib/debug".into()],
+            max_records_per_hour: 120,
+        }
+    }
+
+    fn handle(event: Event) -> Result<(), String> {
+        match event {
+            Event::Crash(CrashReport {
+                core_path,
+                process_name,
+                process_path,
+                pid,
+                signal,
+            }) => {
+                let facts = CrashFacts {
+                    process_path: process_path.or(Some(process_name)),
+                    // 0: the handler did not learn it (no `%P`).
+                    pid: (pid != 0).then_some(pid),
+                    signal,
+                };
+                report(&core_path, facts, Lookup::default())
+            }
+            Event::Manual(args) => {
+                // symbolize CORE [--exe PATH] [--debug-root DIR]...
+                let mut it = args.iter();
+                if it.next().map(String::as_str) != Some("symbolize") {
+                    return Err("usage: symbolize CORE [--exe PATH] [--debug-root DIR]".into());
+                }
+                let core = it.next().ok_or("symbolize needs a core file")?.clone();
+                let mut lookup = Lookup::default();
+                while let Some(flag) = it.next() {
+                    let value = it.next().ok_or(format!("{flag} needs a value"))?;
+                    match flag.as_str() {
+                        "--exe" => lookup.exe = Some(PathBuf::from(value)),
+                        "--debug-root" => lookup.debug_roots.push(PathBuf::from(value)),
+                        other => return Err(format!("unknown option {other}")),
+                    }
+                }
+                report(&core, CrashFacts::default(), lookup)
+            }
+            Event::Start | Event::Timer => Ok(()),
+        }
+    }
+}
+
+export_probe!(CrashSymbolizer);
