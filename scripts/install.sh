@@ -4,7 +4,8 @@
 #   scripts/install.sh [--prefix /usr] [--from DIR]      # DESTDIR=... honoured
 #
 # --prefix  where it will live (default /usr); units get @bindir@ filled in
-# --from    directory with already built telemd, telemctl, telem-record-gen
+# --from    directory with already built telemd, telemctl, telem-record-gen,
+#           telem-crash-handler
 #           (default: cargo build --release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,11 +24,12 @@ if [ -z "$from" ]; then
   from=target/release
 fi
 probes=probes-wasm/target/wasm32-wasip2/release
-[ -f "$probes/hello.wasm" ] || (cd probes-wasm && cargo build --target wasm32-wasip2 --release -p hello)
+{ [ -f "$probes/hello.wasm" ] && [ -f "$probes/crash_symbolizer.wasm" ]; } ||
+  (cd probes-wasm && cargo build --target wasm32-wasip2 --release -p hello -p crash-symbolizer)
 
 root="${DESTDIR:-}"
 bindir="$prefix/bin"
-for b in telemd telemctl telem-record-gen; do
+for b in telemd telemctl telem-record-gen telem-crash-handler; do
   install -Dm755 "$from/$b" "$root$bindir/$b"
 done
 for u in telemd.service telemd.socket; do
@@ -38,6 +40,10 @@ done
 install -Dm644 systemd/telemetry.sysusers.conf "$root$prefix/lib/sysusers.d/telemetry.conf"
 install -Dm644 systemd/telemetry.tmpfiles.conf "$root$prefix/lib/tmpfiles.d/telemetry.conf"
 install -Dm644 "$probes/hello.wasm" "$root$prefix/lib/telemetry/probes/hello.wasm"
+install -Dm644 "$probes/crash_symbolizer.wasm" "$root$prefix/lib/telemetry/probes/crash-symbolizer.wasm"
+install -d "$root$prefix/lib/sysctl.d"
+sed "s|@bindir@|$bindir|g" systemd/60-telem-crash-handler.conf.in > "$root$prefix/lib/sysctl.d/60-telem-crash-handler.conf"
+chmod 644 "$root$prefix/lib/sysctl.d/60-telem-crash-handler.conf"
 install -d "$root$prefix/share/defaults/telemetrics"
 "$from/telemctl" config defaults > "$root$prefix/share/defaults/telemetrics/telemd.toml"
 chmod 644 "$root$prefix/share/defaults/telemetrics/telemd.toml"

@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2
 # systemd-analyze verifies the installed units (host/tests/install.rs).
 command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y systemd; }
-# gcc and gdb make real core files for the crash-symbolizer tests.
-{ command -v gdb >/dev/null && command -v gcc >/dev/null; } || { apt-get update && apt-get install -y gdb gcc; }
+# gcc, g++ and gdb make real core files for the crash tests; eu-stack
+# (elfutils) is what the crash-symbolizer's backtraces are compared with.
+{ command -v gdb >/dev/null && command -v gcc >/dev/null && command -v g++ >/dev/null && command -v eu-stack >/dev/null; } ||
+  { apt-get update && apt-get install -y gdb gcc g++ elfutils binutils; }
 cargo fmt --all -- --check
 (cd probe-sdk && cargo fmt -- --check)
 (cd probes-wasm && cargo fmt --all -- --check)

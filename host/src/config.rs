@@ -199,6 +199,22 @@ impl Default for Config {
     }
 }
 
+/// The name of the effective user.
+fn current_user() -> Option<String> {
+    // SAFETY: getpwuid with our own uid; the entry is copied out at once.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
 impl Config {
     /// Defaults for a rootless developer setup: every path under `dir`,
     /// records appended to a local file instead of posted.
@@ -212,6 +228,8 @@ impl Config {
             opt_in_file: dir.join("opt-in"),
             static_machine_id_file: dir.join("opt-in-static-machine-id"),
             no_privacy_filters_file: dir.join("opt-in-no-privacy-filters"),
+            // The crash handler keeps inbox files as whoever runs dev mode.
+            service_user: current_user().unwrap_or_else(|| "telemetry".into()),
             probes_dirs: vec![dir.join("probes")],
             control_socket: dir.join("control.sock"),
             spool_process_time: 120,

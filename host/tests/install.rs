@@ -13,6 +13,7 @@ fn built_bins() -> PathBuf {
 
 fn install(destdir: Option<&Path>, prefix: &Path) {
     support::probe_wasm("hello");
+    support::probe_wasm("crash_symbolizer");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install.sh");
     let mut cmd = Command::new(script);
     cmd.arg("--prefix")
@@ -39,6 +40,10 @@ fn destdir_install_yields_the_packaged_tree() {
         ("bin/telemd", 0o755),
         ("bin/telemctl", 0o755),
         ("bin/telem-record-gen", 0o755),
+        ("bin/telem-crash-handler", 0o755),
+        ("lib/sysctl.d/60-telem-crash-handler.conf", 0o644),
+        ("lib/telemetry/probes/crash-symbolizer.wasm", 0o644),
+        ("share/man/man8/telem-crash-handler.8", 0o644),
         ("lib/systemd/system/telemd.service", 0o644),
         ("lib/systemd/system/telemd.socket", 0o644),
         ("lib/sysusers.d/telemetry.conf", 0o644),
@@ -59,6 +64,14 @@ fn destdir_install_yields_the_packaged_tree() {
     let unit = std::fs::read_to_string(root.join("lib/systemd/system/telemd.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/telemd\n"), "{unit}");
     assert!(!unit.contains("@bindir@"));
+    let sysctl =
+        std::fs::read_to_string(root.join("lib/sysctl.d/60-telem-crash-handler.conf")).unwrap();
+    assert!(
+        sysctl.contains(
+            "\nkernel.core_pattern = |/usr/bin/telem-crash-handler -p %e -E %E -s %s -P %P -u %u\n"
+        ),
+        "{sysctl}"
+    );
     let socket = std::fs::read_to_string(root.join("lib/systemd/system/telemd.socket")).unwrap();
     assert!(socket.contains("ListenStream=/run/telem-0") && socket.contains("SocketMode=0666"));
     let man = std::fs::read_to_string(root.join("share/man/man1/telemctl.1")).unwrap();
