@@ -32,6 +32,15 @@ impl ReadAt for std::fs::File {
     }
 }
 
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        (**self).read_exact_at(offset, buf)
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+}
+
 impl ReadAt for [u8] {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         let start = usize::try_from(offset).map_err(|_| eof())?;

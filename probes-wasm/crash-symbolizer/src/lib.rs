@@ -5,7 +5,9 @@
 //! frame pointers, stack scan), symbolization and the legacy payload.
 #![warn(missing_docs)]
 
+pub mod blocks;
 pub mod core;
+pub mod dwarf;
 pub mod modules;
 pub mod notes;
 pub mod report;

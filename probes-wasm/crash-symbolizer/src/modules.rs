@@ -13,6 +13,7 @@ use std::rc::Rc;
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadCache};
 
+use crate::blocks::{Blocks, Cursor};
 use crate::core::{Core, ReadAt};
 use crate::notes::Notes;
 
@@ -83,7 +84,7 @@ pub struct Loaded {
     pub symbols: Vec<(u64, u64, String)>,
     /// The files DWARF is read from, best first.
     pub dwarf_files: Vec<PathBuf>,
-    dwarf: OnceCell<Option<addr2line::Context<Rd>>>,
+    dwarf: OnceCell<Option<crate::dwarf::DwarfIndex>>,
 }
 
 /// A module's CFI sections and the addresses pointer encodings need.
@@ -105,7 +106,7 @@ enum Code {
     None,
     /// Executable segments: (link-time address, size, file offset) read
     /// from the file on demand.
-    File(File, Vec<(u64, u64, u64)>),
+    File(Blocks<File>, Vec<(u64, u64, u64)>),
     /// The whole image (the vDSO).
     Bytes(Vec<u8>),
 }
@@ -264,7 +265,7 @@ impl Loaded {
     }
 
     /// DWARF of the module, parsed on first use.
-    pub fn dwarf(&self) -> Option<&addr2line::Context<Rd>> {
+    pub fn dwarf(&self) -> Option<&crate::dwarf::DwarfIndex> {
         self.dwarf
             .get_or_init(|| self.dwarf_files.iter().find_map(|p| load_dwarf(p)))
             .as_ref()
@@ -484,7 +485,7 @@ fn load_file(m: &Module, lookup: &Lookup) -> Loaded {
         Ok(f) => f,
         Err(e) => return empty_loaded(format!("{}: {e}", path.display())),
     };
-    let cache = ReadCache::new(file);
+    let cache = ReadCache::new(Cursor::new(file));
     let parsed = match object::File::parse(&cache) {
         Ok(f) => f,
         Err(e) => return empty_loaded(format!("{}: {e}", path.display())),
@@ -529,14 +530,14 @@ fn load_file(m: &Module, lookup: &Lookup) -> Loaded {
         })
         .collect();
     drop(parsed);
-    l.code = Code::File(cache.into_inner(), segs);
+    l.code = Code::File(cache.into_inner().blocks, segs);
     l
 }
 
 /// Adds symbols and `.debug_frame` from a separate debug file; returns it
 /// as a DWARF source.
 fn debug_file_symbols_and_cfi(path: &Path, l: &mut Loaded) -> Option<PathBuf> {
-    let cache = ReadCache::new(File::open(path).ok()?);
+    let cache = ReadCache::new(Cursor::new(File::open(path).ok()?));
     let f = object::File::parse(&cache).ok()?;
     // A stripped binary keeps only .dynsym; the debug file has .symtab.
     l.symbols.extend(symbols_ranked(&f));
@@ -584,7 +585,7 @@ fn find_debug_file(
 }
 
 fn file_build_id(p: &Path) -> Option<Vec<u8>> {
-    let cache = ReadCache::new(File::open(p).ok()?);
+    let cache = ReadCache::new(Cursor::new(File::open(p).ok()?));
     let f = object::File::parse(&cache).ok()?;
     f.build_id().ok().flatten().map(<[u8]>::to_vec)
 }
@@ -602,22 +603,21 @@ fn crc32_of(p: &Path) -> Option<u32> {
     }
 }
 
-fn load_dwarf(path: &Path) -> Option<addr2line::Context<Rd>> {
-    let cache = ReadCache::new(File::open(path).ok()?);
+fn load_dwarf(path: &Path) -> Option<crate::dwarf::DwarfIndex> {
+    let cache = ReadCache::new(Cursor::new(File::open(path).ok()?));
     let f = object::File::parse(&cache).ok()?;
-    f.section_by_name(".debug_info")?;
-    let load = |id: gimli::SectionId| -> Result<Rd, gimli::Error> {
-        let data: Cow<[u8]> = match f.section_by_name(id.name()) {
-            Some(s) if s.size() <= MAX_SECTION => s.uncompressed_data().unwrap_or_default(),
-            _ => Cow::Borrowed(&[]),
+    crate::dwarf::DwarfIndex::new(|id| {
+        let s = f.section_by_name(id.name())?;
+        if s.size() > MAX_SECTION {
+            return None;
+        }
+        let data = s.uncompressed_data().ok()?;
+        let rc: Rc<[u8]> = match data {
+            Cow::Owned(v) => Rc::from(v),
+            Cow::Borrowed(b) => Rc::from(b),
         };
-        Ok(gimli::EndianRcSlice::new(
-            Rc::from(&*data),
-            gimli::LittleEndian,
-        ))
-    };
-    let dwarf = gimli::Dwarf::load(load).ok()?;
-    addr2line::Context::from_dwarf(dwarf).ok()
+        Some(gimli::EndianRcSlice::new(rc, gimli::LittleEndian))
+    })
 }
 
 #[cfg(test)]

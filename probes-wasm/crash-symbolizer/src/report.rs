@@ -122,7 +122,9 @@ pub fn analyze<R: ReadAt + ?Sized>(
     facts: &CrashFacts,
     opts: &Options,
 ) -> Result<Report, CoreError> {
-    let core = Core::open(r)?;
+    // Unwinding reads the stack a word at a time: serve those from blocks.
+    let cached = crate::blocks::Blocks::new(r);
+    let core = Core::open(&cached)?;
     let notes = core.notes()?;
     if notes.threads.is_empty() {
         return Err(CoreError::Malformed("the core holds no thread".into()));
@@ -187,27 +189,17 @@ fn symbolize<R: ReadAt + ?Sized>(
     let svma = lookup.wrapping_sub(l.bias);
     let symbol = l.symbol(svma).map(|s| demangle(&s.2));
     let mut out = Vec::new();
-    if let Some(ctx) = l.dwarf() {
-        if let Ok(mut it) = ctx.find_frames(svma).skip_all_loads() {
-            while let Ok(Some(f)) = it.next() {
-                let function = f
-                    .function
-                    .as_ref()
-                    .and_then(|n| n.raw_name().ok().map(|s| demangle(&s)));
-                let (file, line) = f
-                    .location
-                    .as_ref()
-                    .map_or((None, None), |loc| (loc.file.map(str::to_owned), loc.line));
-                out.push(Frame {
-                    pc,
-                    how,
-                    inlined: true,
-                    function,
-                    module: module.clone(),
-                    file,
-                    line,
-                });
-            }
+    if let Some(dwarf) = l.dwarf() {
+        for (name, file, line) in dwarf.frames(svma) {
+            out.push(Frame {
+                pc,
+                how,
+                inlined: true,
+                function: name.map(|n| demangle(&n)),
+                module: module.clone(),
+                file,
+                line,
+            });
         }
     }
     match out.last_mut() {
