@@ -83,6 +83,19 @@ fn crashed_program() -> Program {
 /// no-privacy-filters file; the program's directory is granted to the probe
 /// (outside /usr, as a test program must be).
 fn daemon(prog: &Program, filters_off: bool) -> TestDaemon {
+    let d = configured(prog, filters_off, "root");
+    let d = d.spawn();
+    assert!(
+        wait_until(Duration::from_secs(60), || d.socket().exists()),
+        "{}",
+        d.log()
+    );
+    d
+}
+
+/// The config of [`daemon`], not started; `user` is the handler's service
+/// user (root when the tests run as root, so it can read back the files).
+fn configured(prog: &Program, filters_off: bool, user: &str) -> TestDaemon {
     let d = TestDaemon::prepare(HOLD);
     let mut cfg = std::fs::OpenOptions::new()
         .append(true)
@@ -90,7 +103,7 @@ fn daemon(prog: &Program, filters_off: bool) -> TestDaemon {
         .unwrap();
     writeln!(
         cfg,
-        "no_privacy_filters_file = \"{}\"\nservice_user = \"root\"\n[probes.crash-symbolizer]\nread_paths = [\"/usr\", \"{}\"]\ntimeout_ms = 5000",
+        "no_privacy_filters_file = \"{}\"\nservice_user = \"{user}\"\n[probes.crash-symbolizer]\nread_paths = [\"/usr\", \"{}\"]\ntimeout_ms = 5000",
         d.path("no-filters").display(),
         prog.dir.path().display()
     )
@@ -105,12 +118,6 @@ fn daemon(prog: &Program, filters_off: bool) -> TestDaemon {
     )
     .unwrap();
     std::fs::write(d.path("opt-in"), "").unwrap();
-    let d = d.spawn();
-    assert!(
-        wait_until(Duration::from_secs(60), || d.socket().exists()),
-        "{}",
-        d.log()
-    );
     d
 }
 
@@ -420,4 +427,104 @@ fn telemctl_crash_symbolize_prints_the_payload_without_sending() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Error: not an ELF file"), "{stdout}");
+}
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// As root (how the kernel runs it), the handler drops to the service user
+/// before it keeps anything: the core belongs to that user, mode 0600.
+#[test]
+fn a_root_handler_keeps_the_core_as_the_service_user() {
+    if !is_root() {
+        eprintln!("skipped: dropping privileges needs root");
+        return;
+    }
+    let prog = crashed_program();
+    let d = configured(&prog, true, "nobody");
+    // SAFETY: valid C string; the entry is read at once.
+    let (uid, gid) = unsafe {
+        let pw = libc::getpwnam(c"nobody".as_ptr());
+        assert!(!pw.is_null(), "user nobody");
+        ((*pw).pw_uid, (*pw).pw_gid)
+    };
+    use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let inbox = d.path("state/crash-inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    chown(&inbox, Some(uid), Some(gid)).unwrap();
+    let out = handle(&d, &prog, &prog.core, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries = inbox_entries(&d);
+    assert_eq!(entries.len(), 1);
+    for f in ["core", "crash.json"] {
+        let m = std::fs::metadata(inbox.join(&entries[0]).join(f)).unwrap();
+        assert_eq!(m.uid(), uid, "{f} is the service user's");
+        assert_eq!(m.mode() & 0o777, 0o600, "{f}");
+    }
+    let meta: telem::crash::CrashMeta =
+        serde_json::from_slice(&std::fs::read(inbox.join(&entries[0]).join("crash.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta.signal, Some(11));
+    assert_eq!(meta.process_path.as_deref(), prog.exe.to_str());
+    assert!(!meta.core_truncated);
+}
+
+/// A full disk loses this crash, cleanly: an error naming the cause, no
+/// partial entry left behind.
+#[test]
+fn a_full_disk_loses_the_crash_cleanly() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let prog = crashed_program();
+    let d = configured(&prog, true, "root");
+    let inbox = d.path("state/crash-inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&inbox)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(inbox.clone());
+    let out = handle(&d, &prog, &prog.core, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("lost") && err.contains("No space left on device"),
+        "{err}"
+    );
+    assert!(inbox_entries(&d).is_empty(), "{:?}", inbox_entries(&d));
+}
+
+/// An inbox replaced by a symlink (say, by someone who got the service
+/// user's rights) is not followed: the handler refuses and writes nothing
+/// where the link points.
+#[test]
+fn a_symlinked_inbox_is_refused() {
+    let prog = crashed_program();
+    let d = configured(&prog, true, "root");
+    let elsewhere = d.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(d.path("state")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, d.path("state/crash-inbox")).unwrap();
+    let out = handle(&d, &prog, &prog.core, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("crash-inbox"), "{err}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
