@@ -7,6 +7,10 @@
 //! refer across units (`DW_FORM_ref_addr`, dwz's alternate-file forms,
 //! type signatures) cannot be read alone; for those, and for files without
 //! `.debug_aranges`, the whole-file context is used.
+//!
+//! Compressed sections (distributions compress debug files) are inflated
+//! lazily: `.debug_info` and `.debug_abbrev` only as far as the units
+//! looked at reach, since inflating was most of what remained.
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
@@ -21,9 +25,74 @@ type Ctx = addr2line::Context<Rd>;
 /// One frame of a lookup: function (raw name), file, line.
 pub type SourceFrame = (Option<String>, Option<String>, Option<u32>);
 
+/// A section's bytes: whole, or a zlib stream inflated on demand.
+pub enum Source {
+    /// Uncompressed (or already inflated).
+    Whole(Rd),
+    /// zlib-compressed: the stream and its inflated size.
+    Zlib(Vec<u8>, usize),
+}
+
+/// A zlib section inflated as far as asked.
+struct Lazy {
+    input: Vec<u8>,
+    total: usize,
+    out: Vec<u8>,
+    z: flate2::Decompress,
+    /// The inflated prefix as a reader, while `out` has not grown.
+    shared: Option<Rd>,
+}
+
+impl Lazy {
+    /// A copy of `range`, inflating as far as it reaches; None past the
+    /// end or if the stream is corrupt.
+    fn bytes(&mut self, range: std::ops::Range<usize>) -> Option<Vec<u8>> {
+        self.inflate(range.end)?;
+        self.out.get(range).map(<[u8]>::to_vec)
+    }
+
+    /// At least `upto` bytes inflated (fewer only at the end of the
+    /// section); None if the stream is corrupt.
+    fn prefix(&mut self, upto: usize) -> Option<Rd> {
+        self.inflate(upto)?;
+        if self.shared.is_none() {
+            self.shared = Some(gimli::EndianRcSlice::new(
+                Rc::from(&self.out[..]),
+                gimli::LittleEndian,
+            ));
+        }
+        self.shared.clone()
+    }
+
+    fn inflate(&mut self, upto: usize) -> Option<()> {
+        let want = upto.min(self.total);
+        while self.out.len() < want {
+            let grow = (want - self.out.len())
+                .max(256 << 10)
+                .min(self.total - self.out.len());
+            self.out.reserve(grow);
+            let before_out = self.z.total_out();
+            let at = self.z.total_in() as usize;
+            self.z
+                .decompress_vec(
+                    &self.input[at..],
+                    &mut self.out,
+                    flate2::FlushDecompress::None,
+                )
+                .ok()?;
+            if self.z.total_out() == before_out {
+                return None;
+            }
+            self.shared = None;
+        }
+        Some(())
+    }
+}
+
 /// The DWARF of one file.
 pub struct DwarfIndex {
     sections: HashMap<SectionId, Rd>,
+    lazy: RefCell<HashMap<SectionId, Lazy>>,
     /// (start, end, unit offset), sorted by start.
     aranges: Vec<(u64, u64, usize)>,
     units: RefCell<HashMap<usize, Option<Rc<Ctx>>>>,
@@ -50,19 +119,41 @@ fn empty() -> Rd {
 impl DwarfIndex {
     /// An index over the sections `load` gives (the ones names and lines
     /// need).
-    pub fn new(mut load: impl FnMut(SectionId) -> Option<Rd>) -> Option<DwarfIndex> {
-        let sections: HashMap<SectionId, Rd> = SECTIONS
-            .iter()
-            .filter_map(|&id| Some((id, load(id)?)))
-            .collect();
-        if sections
+    pub fn new(mut load: impl FnMut(SectionId) -> Option<Source>) -> Option<DwarfIndex> {
+        let mut sections = HashMap::new();
+        let mut lazy = HashMap::new();
+        for &id in &SECTIONS {
+            match load(id) {
+                None => {}
+                Some(Source::Whole(r)) => {
+                    sections.insert(id, r);
+                }
+                Some(Source::Zlib(input, total)) => {
+                    let mut l = Lazy {
+                        input,
+                        total,
+                        out: Vec::new(),
+                        z: flate2::Decompress::new(true),
+                        shared: None,
+                    };
+                    if matches!(id, SectionId::DebugInfo | SectionId::DebugAbbrev) {
+                        lazy.insert(id, l);
+                    } else if let Some(r) = l.prefix(total) {
+                        sections.insert(id, r);
+                    }
+                }
+            }
+        }
+        let has_info = sections
             .get(&SectionId::DebugInfo)
-            .is_none_or(|s| s.is_empty())
-        {
+            .is_some_and(|s| !s.is_empty())
+            || lazy.contains_key(&SectionId::DebugInfo);
+        if !has_info {
             return None;
         }
         let mut idx = DwarfIndex {
             sections,
+            lazy: RefCell::new(lazy),
             aranges: Vec::new(),
             units: RefCell::new(HashMap::new()),
             full: OnceCell::new(),
@@ -71,22 +162,45 @@ impl DwarfIndex {
         Some(idx)
     }
 
-    fn dwarf(&self, info: Option<Rd>) -> gimli::Dwarf<Rd> {
+    /// A section, inflated as far as `upto` if it is lazy.
+    fn section(&self, id: SectionId, upto: usize) -> Option<Rd> {
+        if let Some(r) = self.sections.get(&id) {
+            return Some(r.clone());
+        }
+        self.lazy.borrow_mut().get_mut(&id)?.prefix(upto)
+    }
+
+    /// A copy of `range` of a section.
+    fn bytes(&self, id: SectionId, range: std::ops::Range<usize>) -> Option<Vec<u8>> {
+        if let Some(r) = self.sections.get(&id) {
+            return r.bytes().get(range).map(<[u8]>::to_vec);
+        }
+        self.lazy.borrow_mut().get_mut(&id)?.bytes(range)
+    }
+
+    /// `Dwarf` over the sections; `info` and `abbrev` replace those two.
+    fn dwarf(&self, info: Option<Rd>, abbrev: Option<Rd>) -> gimli::Dwarf<Rd> {
         let get = |id: SectionId| -> Result<Rd, gimli::Error> {
-            if id == SectionId::DebugInfo {
-                if let Some(i) = &info {
-                    return Ok(i.clone());
-                }
+            let over = match id {
+                SectionId::DebugInfo => &info,
+                SectionId::DebugAbbrev => &abbrev,
+                _ => &None,
+            };
+            if let Some(r) = over {
+                return Ok(r.clone());
             }
-            Ok(self.sections.get(&id).cloned().unwrap_or_else(empty))
+            Ok(self.section(id, usize::MAX).unwrap_or_else(empty))
         };
         gimli::Dwarf::load(get).expect("loading from memory cannot fail")
     }
 
     fn read_aranges(&self) -> Result<Vec<(u64, u64, usize)>, gimli::Error> {
-        let d = self.dwarf(None);
+        let Some(aranges) = self.sections.get(&SectionId::DebugAranges) else {
+            return Ok(Vec::new());
+        };
+        let aranges = gimli::DebugAranges::from(aranges.clone());
         let mut out = Vec::new();
-        let mut headers = d.debug_aranges.headers();
+        let mut headers = aranges.headers();
         while let Some(h) = headers.next()? {
             let unit = h.debug_info_offset().0;
             let mut entries = h.entries();
@@ -127,25 +241,59 @@ impl DwarfIndex {
 
     fn full(&self) -> Option<&Ctx> {
         self.full
-            .get_or_init(|| addr2line::Context::from_dwarf(self.dwarf(None)).ok())
+            .get_or_init(|| addr2line::Context::from_dwarf(self.dwarf(None, None)).ok())
             .as_ref()
     }
 
-    /// A context over one unit, or None when it cannot stand alone.
+    /// A context over one unit, or None when it cannot stand alone. Only
+    /// the unit's bytes and its abbreviation table are copied out, the
+    /// table then at offset 0 (the unit header is patched to match).
     fn unit_context(&self, offset: usize) -> Option<Ctx> {
-        let d = self.dwarf(None);
-        let header = d
-            .debug_info
-            .header_from_offset(gimli::DebugInfoOffset(offset))
-            .ok()?;
-        if refers_across_units(&self.sections[&SectionId::DebugAbbrev], &header)? {
+        // 32-bit DWARF only (what compilers emit for user space).
+        let head = self.bytes(SectionId::DebugInfo, offset..offset.checked_add(12)?)?;
+        let unit_len = u32::from_le_bytes(head[0..4].try_into().ok()?);
+        if unit_len >= 0xffff_fff0 {
             return None;
         }
-        let len = header.length_including_self();
-        let mut info = self.sections[&SectionId::DebugInfo].clone();
-        info.skip(offset).ok()?;
-        info.truncate(len).ok()?;
-        addr2line::Context::from_dwarf(self.dwarf(Some(info))).ok()
+        let version = u16::from_le_bytes(head[4..6].try_into().ok()?);
+        let abbrev_field = match version {
+            2..=4 => 6,
+            5 => 8,
+            _ => return None,
+        };
+        let at = u32::from_le_bytes(head[abbrev_field..abbrev_field + 4].try_into().ok()?) as usize;
+        let len = 4 + unit_len as usize;
+        let mut info = self.bytes(SectionId::DebugInfo, offset..offset.checked_add(len)?)?;
+        info[abbrev_field..abbrev_field + 4].copy_from_slice(&0u32.to_le_bytes());
+        // The abbreviation table ends where it ends: copy more until it parses.
+        let mut want = 16usize << 10;
+        let abbrev = loop {
+            let end = at.checked_add(want)?;
+            let chunk = match self.bytes(SectionId::DebugAbbrev, at..end) {
+                Some(c) => c,
+                None => {
+                    // Near the end of the section: take what is left.
+                    let total = self.section_len(SectionId::DebugAbbrev)?;
+                    self.bytes(SectionId::DebugAbbrev, at..total)?
+                }
+            };
+            let r = gimli::EndianRcSlice::new(Rc::from(chunk), gimli::LittleEndian);
+            match refers_across_units(&r, 0) {
+                Some(true) => return None,
+                Some(false) => break r,
+                None if r.len() < want => return None,
+                None => want = want.checked_mul(4)?,
+            }
+        };
+        let info = gimli::EndianRcSlice::new(Rc::from(info), gimli::LittleEndian);
+        addr2line::Context::from_dwarf(self.dwarf(Some(info), Some(abbrev))).ok()
+    }
+
+    fn section_len(&self, id: SectionId) -> Option<usize> {
+        if let Some(r) = self.sections.get(&id) {
+            return Some(r.len());
+        }
+        self.lazy.borrow().get(&id).map(|l| l.total)
     }
 }
 
@@ -170,10 +318,10 @@ fn lookup(ctx: &Ctx, addr: u64) -> Vec<SourceFrame> {
 /// Whether the unit's abbreviation table uses a form that points outside
 /// the unit. Read from the raw table: (code, tag, children, (attr, form
 /// [, implicit const])* 0 0)* 0. None when the table is malformed.
-fn refers_across_units(abbrev: &Rd, header: &gimli::UnitHeader<Rd>) -> Option<bool> {
+fn refers_across_units(abbrev: &Rd, at: usize) -> Option<bool> {
     const CROSS: [u64; 6] = [0x10, 0x1c, 0x20, 0x24, 0x1f20, 0x1f21];
     let mut r = abbrev.clone();
-    r.skip(header.debug_abbrev_offset().0).ok()?;
+    r.skip(at).ok()?;
     for _ in 0..100_000 {
         if r.read_uleb128().ok()? == 0 {
             return Some(false);

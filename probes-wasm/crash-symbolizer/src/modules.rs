@@ -604,19 +604,27 @@ fn crc32_of(p: &Path) -> Option<u32> {
 }
 
 fn load_dwarf(path: &Path) -> Option<crate::dwarf::DwarfIndex> {
+    use crate::dwarf::Source;
     let cache = ReadCache::new(Cursor::new(File::open(path).ok()?));
     let f = object::File::parse(&cache).ok()?;
     crate::dwarf::DwarfIndex::new(|id| {
         let s = f.section_by_name(id.name())?;
-        if s.size() > MAX_SECTION {
+        let c = s.compressed_data().ok()?;
+        if c.uncompressed_size > MAX_SECTION {
             return None;
+        }
+        if c.format == object::CompressionFormat::Zlib {
+            return Some(Source::Zlib(c.data.to_vec(), c.uncompressed_size as usize));
         }
         let data = s.uncompressed_data().ok()?;
         let rc: Rc<[u8]> = match data {
             Cow::Owned(v) => Rc::from(v),
             Cow::Borrowed(b) => Rc::from(b),
         };
-        Some(gimli::EndianRcSlice::new(rc, gimli::LittleEndian))
+        Some(Source::Whole(gimli::EndianRcSlice::new(
+            rc,
+            gimli::LittleEndian,
+        )))
     })
 }
 

@@ -206,7 +206,14 @@ impl<'a, R: ReadAt + ?Sized> Unwinder<'a, R> {
             }
             seen.push((frame.pc, sp));
             let step = match self.signal_step(&regs) {
-                Some(next) => Step::Next(Box::new(next), How::Signal, true),
+                Some(next) => {
+                    // This frame is the trampoline itself, entered by the
+                    // kernel rather than called: name it at its pc.
+                    if let Some(f) = out.frames.last_mut() {
+                        f.exact = true;
+                    }
+                    Step::Next(Box::new(next), How::Signal, true)
+                }
                 None => match self.cfi_step(&regs, frame.lookup_pc()) {
                     Ok(s) => s,
                     Err(e) => Step::NoInfo(e),
