@@ -540,3 +540,70 @@ fn fallbacks_without_eh_frame() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// The vDSO has no file: its image, CFI and symbols come from core memory.
+#[test]
+fn the_vdso_is_read_from_core_memory() {
+    use crash_symbolizer::modules::Modules;
+    let dir = scratch("vdso");
+    let exe = compile("threads_segv.c", &["-O0"], &dir);
+    let core_path = dump(&exe, &dir);
+    let f = std::fs::File::open(&core_path).unwrap();
+    let core = Core::open(&f).unwrap();
+    let notes = core.notes().unwrap();
+    let modules = Modules::new(&core, &notes, Lookup::default());
+    let vdso = modules
+        .list
+        .iter()
+        .find(|m| m.is_vdso)
+        .expect("a vDSO module");
+    assert_eq!(Some(vdso.start), notes.vdso());
+    let l = modules.loaded(vdso, &core);
+    assert_eq!(l.problem, None);
+    assert!(l.cfi.eh_frame.is_some(), "the vDSO's .eh_frame");
+    assert!(
+        l.symbols.iter().any(|s| s.2.contains("clock_gettime")),
+        "{:?}",
+        l.symbols
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A stripped binary whose debug file is found by `.gnu_debuglink` next to
+/// it; a debug file whose CRC does not match is not used.
+#[test]
+fn debuglink_with_crc_check() {
+    let dir = scratch("debuglink");
+    let exe = compile("threads_segv.c", &["-O0", "-Wl,--build-id=none"], &dir);
+    let debug = dir.join("threads_segv.debug");
+    run(
+        "objcopy",
+        &[
+            "--only-keep-debug".as_ref(),
+            exe.as_os_str(),
+            debug.as_os_str(),
+        ],
+    );
+    run("strip", &["--strip-all".as_ref(), exe.as_os_str()]);
+    let link = format!("--add-gnu-debuglink={}", debug.display());
+    run("objcopy", &[link.as_ref(), exe.as_os_str()]);
+    let core = dump(&exe, &dir);
+    let r = symbolize(&core, Lookup::default());
+    expect_prefix(
+        &own_frames(&r, "threads_segv.c"),
+        &[("level3", 5), ("level2", 6), ("main", 13)],
+        &r.payload(),
+    );
+    // Same name, other content: the CRC in the link no longer matches.
+    let mut bytes = std::fs::read(&debug).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&debug, bytes).unwrap();
+    let r = symbolize(&core, Lookup::default());
+    assert!(
+        own_frames(&r, "threads_segv.c").is_empty(),
+        "{}",
+        r.payload()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
