@@ -159,30 +159,30 @@ pub fn run(args: &Args, config: &Config) -> Result<Outcome, String> {
         .unwrap_or(0);
     drop_privileges(&config.service_user)?;
 
-    if let Some((class, severity, text)) = filter.short_record() {
-        send_short(config, class, severity, text, args.verbose)?;
-        return Ok(Outcome::Filtered(class));
-    }
-    if changed && suid_dumpable == 2 {
-        // fs.suid_dumpable = 2 hands us cores of setuid programs; their
-        // memory may hold another user's secrets, so none of it is kept.
-        send_short(
-            config,
-            "org.clearlinux/crash/unknown",
-            2,
-            "Crash of a privileged process (core not kept: fs.suid_dumpable = 2)",
-            args.verbose,
-        )?;
-        return Ok(Outcome::Filtered("org.clearlinux/crash/unknown"));
-    }
-
     let inbox = inbox_dir(&config.state_dir);
     std::fs::create_dir_all(&inbox)
         .map_err(|e| format!("cannot create {}: {e}", inbox.display()))?;
     let inbox_fd = open_dir(&inbox)?;
-    if let Some(why) = flood_check(&inbox, exe.as_deref().unwrap_or(&name), config)? {
+    // fs.suid_dumpable = 2 hands us cores of setuid programs; their memory
+    // may hold another user's secrets, so none of it is kept.
+    let short = match filter.short_record() {
+        Some(s) => Some(s),
+        None if changed && suid_dumpable == 2 => Some((
+            "org.clearlinux/crash/unknown",
+            2,
+            "Crash of a privileged process (core not kept: fs.suid_dumpable = 2)",
+        )),
+        None => None,
+    };
+    // A crash loop is bounded whether or not its core would be kept.
+    let what = exe.as_deref().unwrap_or(&name);
+    if let Some(why) = flood_check(&inbox, what, config, short.is_none())? {
         log(&why);
         return Ok(Outcome::Dropped(why));
+    }
+    if let Some((class, severity, text)) = short {
+        send_short(config, class, severity, text, args.verbose)?;
+        return Ok(Outcome::Filtered(class));
     }
 
     let id = format!(
@@ -442,9 +442,15 @@ fn copy_capped(input: &mut dyn Read, out: &File, cap: u64) -> Result<(u64, bool)
 }
 
 /// The flood limits, under a lock shared by concurrent handlers: the same
-/// executable again within `crash_repeat_window_secs`, or an inbox over
-/// `crash_inbox_max_size`. Returns why the crash is dropped, if it is.
-fn flood_check(inbox: &Path, exe: &str, config: &Config) -> Result<Option<String>, String> {
+/// executable again within `crash_repeat_window_secs`, or (for a crash
+/// whose core would be kept) an inbox over `crash_inbox_max_size`. Returns
+/// why the crash is dropped, if it is.
+fn flood_check(
+    inbox: &Path,
+    exe: &str,
+    config: &Config,
+    keeps_core: bool,
+) -> Result<Option<String>, String> {
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -474,7 +480,7 @@ fn flood_check(inbox: &Path, exe: &str, config: &Config) -> Result<Option<String
             "crash of {exe} dropped: it crashed less than {window} s ago ({} repeats dropped so far)",
             recent.dropped_repeats
         ))
-    } else if inbox_bytes(inbox) >= config.crash_inbox_max_size {
+    } else if keeps_core && inbox_bytes(inbox) >= config.crash_inbox_max_size {
         recent.dropped_full += 1;
         Some(format!(
             "crash of {exe} dropped: the crash inbox holds crash_inbox_max_size = {} bytes or more ({} dropped so far)",

@@ -96,7 +96,12 @@ fn daemon(prog: &Program, filters_off: bool) -> TestDaemon {
 /// The config of [`daemon`], not started; `user` is the handler's service
 /// user (root when the tests run as root, so it can read back the files).
 fn configured(prog: &Program, filters_off: bool, user: &str) -> TestDaemon {
-    let d = TestDaemon::prepare(HOLD);
+    configured_with(prog, filters_off, user, "")
+}
+
+/// [`configured`] with more top-level config lines.
+fn configured_with(prog: &Program, filters_off: bool, user: &str, extra: &str) -> TestDaemon {
+    let d = TestDaemon::prepare(&format!("{HOLD}{extra}"));
     let mut cfg = std::fs::OpenOptions::new()
         .append(true)
         .open(&d.config_path)
@@ -229,6 +234,16 @@ fn third_party_crashes_send_the_short_record_and_keep_no_core() {
     assert_eq!(class(&recs[0]), ("org.clearlinux/crash/unknown", "2"));
     assert_eq!(recs[0].payload, "Crash from third party");
     assert!(inbox_entries(&d).is_empty(), "{:?}", inbox_entries(&d));
+    // A crash loop of a filtered program is bounded too.
+    let again = handle(&d, &prog, &prog.core, &[]);
+    assert!(again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("1 repeats dropped so far"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.spool_records().len(), 1);
     let kept: u64 = walk(d.path("state").as_path());
     assert!(
         kept < 4096,
@@ -527,4 +542,28 @@ fn a_symlinked_inbox_is_refused() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("crash-inbox"), "{err}");
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+/// Crashes arriving while the inbox is over its cap are dropped, counted.
+#[test]
+fn a_full_inbox_drops_further_crashes() {
+    let prog = crashed_program();
+    let d = configured_with(&prog, true, "root", "crash_inbox_max_size = 65536\n");
+    // telemd is not running: the first crash stays in the inbox.
+    let out = handle(&d, &prog, &prog.core, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(inbox_entries(&d).len(), 1);
+    let other = prog.exe.with_file_name("another");
+    let out = handle_as(&d, &other, prog.pid, &prog.core, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("crash_inbox_max_size = 65536") && err.contains("(1 dropped so far)"),
+        "{err}"
+    );
+    assert_eq!(inbox_entries(&d).len(), 1);
 }
