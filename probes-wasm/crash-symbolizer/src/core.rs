@@ -134,13 +134,14 @@ pub struct Core<'r, R: ReadAt + ?Sized> {
     pub phdrs: Vec<Phdr>,
 }
 
-fn u16_at(b: &[u8], o: usize) -> u16 {
+// Little-endian fields of a buffer the caller has sized (panics otherwise).
+pub(crate) fn u16_at(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes([b[o], b[o + 1]])
 }
-fn u32_at(b: &[u8], o: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"))
 }
-fn u64_at(b: &[u8], o: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
 }
 

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadCache};
 
 use crate::blocks::{Blocks, Cursor};
-use crate::core::{Core, ReadAt};
+use crate::core::{u16_at, u32_at, u64_at, Core, ReadAt};
 use crate::notes::Notes;
 
 /// The reader type DWARF is parsed with: owned, so a module holds its own.
@@ -270,16 +270,6 @@ impl Loaded {
             .get_or_init(|| self.dwarf_files.iter().find_map(|p| load_dwarf(p)))
             .as_ref()
     }
-}
-
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"))
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
 }
 
 /// The GNU build id of the ELF image mapped at `base`, read from core
