@@ -81,6 +81,18 @@ pub enum SendError {
     },
 }
 
+/// [`build_record`] with this machine's metadata and machine id as
+/// `config` locates them (the placeholder id when there is none yet): what
+/// a native client on this machine sends.
+pub fn build_local_record(r: &NewRecord<'_>, config: &crate::config::Config) -> Record {
+    let metadata = HostMetadata::collect(&config.metadata_root);
+    let machine_id =
+        crate::machine_id::MachineIdStore::new(&config.state_dir, &config.static_machine_id_file)
+            .peek()
+            .unwrap_or_else(|| "FFFFFFFF".into());
+    build_record(r, &metadata, &machine_id)
+}
+
 /// Sends one record over the native socket at `socket`.
 pub fn send_record(socket: &Path, record: &Record, timeout: Duration) -> Result<(), SendError> {
     send_frame(socket, &encode_frame(record), timeout)

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::ingest::Ingest;
-use crate::record::{random_id, Header, Headers, Record};
+use crate::record::Record;
 use crate::sandbox::supervisor::ProbeManager;
 use crate::sandbox::{Captured, CrashReport};
 
@@ -229,16 +229,7 @@ async fn process(inbox: &Path, id: &str, probes: &ProbeManager, ingest: &Ingest)
             })
             .take(8192)
             .collect();
-        let mut h = Headers::default();
-        h.set(Header::Classification, "org.clearlinux/crash/error");
-        h.set(Header::Severity, "4");
-        h.set(Header::PayloadFormatVersion, "1");
-        h.set(Header::EventId, random_id());
-        let rec = Record {
-            config: None,
-            headers: h,
-            payload: payload.clone(),
-        };
+        let rec = Record::from_probe("org.clearlinux/crash/error", 4, 1, payload.clone(), None);
         match ingest.submit_probe(rec).await {
             Ok(rid) => {
                 info!("crash {id}: every probe failed; error record {rid} kept");

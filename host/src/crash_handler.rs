@@ -18,11 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli::crash_handler::Args;
-use crate::client::{build_record, send_record, NewRecord, CLIENT_TIMEOUT};
+use crate::client::{build_local_record, send_record, NewRecord, CLIENT_TIMEOUT};
 use crate::config::Config;
 use crate::crash::{inbox_bytes, inbox_dir, CrashMeta, CORE_FILE, META_FILE};
-use crate::machine_id::MachineIdStore;
-use crate::metadata::HostMetadata;
 
 /// Where the flood limits keep their state, inside the inbox.
 const RECENT_FILE: &str = ".recent.json";
@@ -264,11 +262,7 @@ fn send_short(
     text: &str,
     verbose: bool,
 ) -> Result<(), String> {
-    let metadata = HostMetadata::collect(&config.metadata_root);
-    let machine_id = MachineIdStore::new(&config.state_dir, &config.static_machine_id_file)
-        .peek()
-        .unwrap_or_else(|| "FFFFFFFF".into());
-    let record = build_record(
+    let record = build_local_record(
         &NewRecord {
             classification: class,
             severity,
@@ -277,8 +271,7 @@ fn send_short(
             event_id: None,
             config: None,
         },
-        &metadata,
-        &machine_id,
+        config,
     );
     send_record(&config.socket_path, &record, CLIENT_TIMEOUT)
         .map_err(|e| format!("cannot send the {class} record: {e}"))?;

@@ -502,20 +502,7 @@ fn a_full_disk_loses_the_crash_cleanly() {
     let prog = crashed_program();
     let d = configured(&prog, true, "root");
     let inbox = d.path("state/crash-inbox");
-    std::fs::create_dir_all(&inbox).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(&inbox)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(inbox.clone());
+    let _guard = support::mount_small_tmpfs(&inbox, "256k");
     let out = handle(&d, &prog, &prog.core, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");

@@ -338,23 +338,7 @@ fn full_filesystem_refuses_new_records_and_keeps_delivering_old_ones() {
     let c = Collector::start(Mode::Drop);
     let d = TestDaemon::prepare(&format!("server = \"{}\"", c.url()));
     let spool = d.path("spool");
-    std::fs::create_dir_all(&spool).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
-        .arg(&spool)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _guard = Unmount(spool.clone());
+    let _guard = support::mount_small_tmpfs(&spool, "16k");
     std::fs::write(d.path("opt-in"), "").unwrap();
     let d = d.spawn();
     for i in 0..40 {

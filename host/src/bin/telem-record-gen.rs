@@ -6,10 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use telem::cli::record_gen::Args;
-use telem::client::{build_record, send_record, NewRecord, CLIENT_TIMEOUT};
+use telem::client::{build_local_record, send_record, NewRecord, CLIENT_TIMEOUT};
 use telem::config::Config;
-use telem::machine_id::MachineIdStore;
-use telem::metadata::HostMetadata;
 use telem::record::{
     validate_classification, validate_event_id, validate_payload, MAX_PAYLOAD_LEN,
 };
@@ -87,12 +85,8 @@ fn run(args: Args) -> Result<(), String> {
     validate_payload(&payload).map_err(|e| e.to_string())?;
     let payload = String::from_utf8(payload).expect("validated ASCII");
 
-    let metadata = HostMetadata::collect(&config.metadata_root);
-    let machine_id = MachineIdStore::new(&config.state_dir, &config.static_machine_id_file)
-        .peek()
-        .unwrap_or_else(|| "FFFFFFFF".into());
     let cfg_str = cfg_path.as_ref().map(|p| p.display().to_string());
-    let record = build_record(
+    let record = build_local_record(
         &NewRecord {
             classification: class,
             severity,
@@ -101,8 +95,7 @@ fn run(args: Args) -> Result<(), String> {
             event_id: args.event_id.as_deref(),
             config: cfg_str.as_deref(),
         },
-        &metadata,
-        &machine_id,
+        &config,
     );
     record.validate().map_err(|e| e.to_string())?;
 

@@ -209,6 +209,28 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record as a sandboxed probe makes it (or the daemon on a crash
+    /// probe's behalf): only what a probe may choose is set, with a random
+    /// event id when none is given; ingest fills every host header.
+    pub fn from_probe(
+        classification: impl Into<String>,
+        severity: u8,
+        payload_version: u32,
+        payload: String,
+        event_id: Option<String>,
+    ) -> Record {
+        let mut h = Headers::default();
+        h.set(Header::Classification, classification);
+        h.set(Header::Severity, severity.to_string());
+        h.set(Header::PayloadFormatVersion, payload_version.to_string());
+        h.set(Header::EventId, event_id.unwrap_or_else(random_id));
+        Record {
+            config: None,
+            headers: h,
+            payload,
+        }
+    }
+
     /// Checks every rule of the record model and returns the first broken
     /// one. `machine_id` is not checked: the daemon always replaces it.
     pub fn validate(&self) -> Result<(), RecordError> {

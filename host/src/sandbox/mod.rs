@@ -24,7 +24,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use self::grants::{Grant, Request};
 use crate::ingest::{Ingest, IngestError};
-use crate::record::{random_id, Header, Headers, Record};
+use crate::record::{random_id, Record};
 
 /// Host-side bindings of `wit/probe.wit`.
 #[allow(missing_docs)]
@@ -254,16 +254,13 @@ async fn send_record(
             return Ok(random_id());
         }
     };
-    let mut h = Headers::default();
-    h.set(Header::Classification, r.classification);
-    h.set(Header::Severity, r.severity.to_string());
-    h.set(Header::PayloadFormatVersion, r.payload_version.to_string());
-    h.set(Header::EventId, r.event_id.unwrap_or_else(random_id));
-    let record = Record {
-        config: None,
-        headers: h,
-        payload: r.payload,
-    };
+    let record = Record::from_probe(
+        r.classification,
+        r.severity,
+        r.payload_version,
+        r.payload,
+        r.event_id,
+    );
     match ingest.submit_probe(record).await {
         Ok(id) => {
             if let Some((kept, c)) = copy {

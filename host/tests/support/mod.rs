@@ -284,3 +284,26 @@ pub fn control(d: &TestDaemon, req: serde_json::Value) -> serde_json::Value {
     BufReader::new(s).read_line(&mut out).unwrap();
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad response {out:?}: {e}"))
 }
+
+/// Unmounts on drop (lazily, so a test failing mid-way does not leave a
+/// busy mount behind).
+pub struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts a tmpfs of `size` (e.g. "16k") on `dir` (root only), for
+/// full-disk tests.
+pub fn mount_small_tmpfs(dir: &Path, size: &str) -> Unmount {
+    std::fs::create_dir_all(dir).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    Unmount(dir.to_owned())
+}

@@ -500,9 +500,9 @@ fn load_file(m: &Module, lookup: &Lookup) -> Loaded {
         parsed.gnu_debuglink().ok().flatten(),
         lookup,
     );
-    if let Some(d) = &debug {
-        if let Some(extra) = debug_file_symbols_and_cfi(d, &mut l) {
-            l.dwarf_files.push(extra);
+    if let Some(d) = debug {
+        if debug_file_symbols_and_cfi(&d, &mut l) {
+            l.dwarf_files.push(d);
         }
     }
     sort_symbols(&mut l.symbols);
@@ -524,11 +524,16 @@ fn load_file(m: &Module, lookup: &Lookup) -> Loaded {
     l
 }
 
-/// Adds symbols and `.debug_frame` from a separate debug file; returns it
-/// as a DWARF source.
-fn debug_file_symbols_and_cfi(path: &Path, l: &mut Loaded) -> Option<PathBuf> {
-    let cache = ReadCache::new(Cursor::new(File::open(path).ok()?));
-    let f = object::File::parse(&cache).ok()?;
+/// Adds symbols and `.debug_frame` from a separate debug file; false if it
+/// cannot be read (then it is no DWARF source either).
+fn debug_file_symbols_and_cfi(path: &Path, l: &mut Loaded) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let cache = ReadCache::new(Cursor::new(file));
+    let Ok(f) = object::File::parse(&cache) else {
+        return false;
+    };
     // A stripped binary keeps only .dynsym; the debug file has .symtab.
     l.symbols.extend(symbols_ranked(&f));
     if l.cfi.debug_frame.is_none() {
@@ -540,7 +545,7 @@ fn debug_file_symbols_and_cfi(path: &Path, l: &mut Loaded) -> Option<PathBuf> {
             }
         }
     }
-    Some(path.to_owned())
+    true
 }
 
 fn find_debug_file(

@@ -46,28 +46,7 @@ fn report(core: &str, facts: CrashFacts, lookup: Lookup) -> Result<(), String> {
         }
         Err(e) => {
             log::warn(&format!("{core}: {e}"));
-            let mut p = format!("Error: {e}\n");
-            p.push_str(&format!(
-                "Process: {}\n",
-                facts.process_path.as_deref().unwrap_or("???")
-            ));
-            if let Some(pid) = facts.pid {
-                p.push_str(&format!("PID: {pid}\n"));
-            }
-            if let Some(s) = facts.signal {
-                p.push_str(&format!("Signal: {s}\n"));
-            }
-            let p: String = p
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_graphic() || c == ' ' || c == '\n' {
-                        c
-                    } else {
-                        '?'
-                    }
-                })
-                .take(crate::report::MAX_PAYLOAD)
-                .collect();
+            let p = crate::report::error_payload(&e, &facts);
             send("org.clearlinux/crash/error", 4, p)
         }
     }

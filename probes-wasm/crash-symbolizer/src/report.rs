@@ -256,6 +256,24 @@ pub fn frame_line(n: usize, f: &Frame) -> String {
     s
 }
 
+/// The record for a core that could not be read at all: the error and the
+/// crash's facts, under the error class.
+pub fn error_payload(error: &str, facts: &CrashFacts) -> String {
+    let mut p = format!(
+        "Error: {}\nProcess: {}\n",
+        clean(error),
+        clean(facts.process_path.as_deref().unwrap_or("???"))
+    );
+    if let Some(pid) = facts.pid {
+        p.push_str(&format!("PID: {pid}\n"));
+    }
+    if let Some(s) = facts.signal {
+        p.push_str(&format!("Signal: {s}\n"));
+    }
+    p.truncate(MAX_PAYLOAD);
+    p
+}
+
 impl Report {
     /// The crashing thread's unwinding error, which makes the record an
     /// error record.

@@ -8,8 +8,8 @@
 
 use gimli::{
     BaseAddresses, CfaRule, DebugFrame, EhFrame, EhFrameHdr, EndianSlice, Evaluation,
-    EvaluationResult, LittleEndian, Location, Register, RegisterRule, UnwindContext, UnwindSection,
-    UnwindTableRow, Value,
+    EvaluationResult, FrameDescriptionEntry, LittleEndian, Location, Register, RegisterRule,
+    UnwindContext, UnwindSection, UnwindTableRow, Value,
 };
 
 use crate::core::{Core, Machine, ReadAt};
@@ -356,14 +356,7 @@ impl<'a, R: ReadAt + ?Sized> Unwinder<'a, R> {
                 None => eh.fde_for_address(&bases, lookup, EhFrame::cie_from_offset),
             };
             match fde {
-                Ok(fde) => {
-                    let signal = fde.is_signal_trampoline();
-                    let row = fde
-                        .unwind_info_for_address(&eh, &bases, &mut self.ctx, lookup)
-                        .map_err(|e| format!("CFI of {}: {e}", m.path))?
-                        .clone();
-                    return self.apply(&eh, &row, regs, signal);
-                }
+                Ok(fde) => return self.apply(&eh, &bases, fde, lookup, regs, &m.path),
                 Err(gimli::Error::NoUnwindInfoForAddress) => {}
                 Err(e) => not_found = format!("CFI of {}: {e}", m.path),
             }
@@ -374,14 +367,7 @@ impl<'a, R: ReadAt + ?Sized> Unwinder<'a, R> {
             let mut df = DebugFrame::new(data, LittleEndian);
             df.set_address_size(8);
             match df.fde_for_address(&bases, svma, DebugFrame::cie_from_offset) {
-                Ok(fde) => {
-                    let signal = fde.is_signal_trampoline();
-                    let row = fde
-                        .unwind_info_for_address(&df, &bases, &mut self.ctx, svma)
-                        .map_err(|e| format!("CFI of {}: {e}", m.path))?
-                        .clone();
-                    return self.apply(&df, &row, regs, signal);
-                }
+                Ok(fde) => return self.apply(&df, &bases, fde, svma, regs, &m.path),
                 Err(gimli::Error::NoUnwindInfoForAddress) => {}
                 Err(e) => not_found = format!("CFI of {}: {e}", m.path),
             }
@@ -389,13 +375,22 @@ impl<'a, R: ReadAt + ?Sized> Unwinder<'a, R> {
         Err(not_found)
     }
 
+    /// The caller's registers by the FDE's row for `addr`.
     fn apply<'d, S: UnwindSection<Slice<'d>>>(
-        &self,
+        &mut self,
         section: &S,
-        row: &UnwindTableRow<usize>,
+        bases: &BaseAddresses,
+        fde: FrameDescriptionEntry<Slice<'d>>,
+        addr: u64,
         regs: &Regs,
-        signal: bool,
+        path: &str,
     ) -> Result<Step, String> {
+        let signal = fde.is_signal_trampoline();
+        let row: UnwindTableRow<usize> = fde
+            .unwind_info_for_address(section, bases, &mut self.ctx, addr)
+            .map_err(|e| format!("CFI of {path}: {e}"))?
+            .clone();
+        let row = &row;
         let cfa = match row.cfa() {
             CfaRule::RegisterAndOffset { register, offset } => regs
                 .get(register.0)
@@ -543,11 +538,8 @@ impl<'a, R: ReadAt + ?Sized> Unwinder<'a, R> {
                 continue;
             }
             let mut next = regs.clone();
-            let new_sp = match self.machine {
-                Machine::X86_64 => slot + 8,
-                Machine::Aarch64 => slot + 8,
-            };
-            next.set(self.arch.sp, Some(new_sp));
+            // The caller's stack starts above the return address slot.
+            next.set(self.arch.sp, Some(slot + 8));
             next.set(self.arch.ra, Some(v));
             next.pc = v;
             return Some(next);
