@@ -11,6 +11,9 @@ command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y 
 # (elfutils) is what the crash-symbolizer's backtraces are compared with.
 { command -v gdb >/dev/null && command -v gcc >/dev/null && command -v g++ >/dev/null && command -v eu-stack >/dev/null; } ||
   { apt-get update && apt-get install -y gdb gcc g++ elfutils binutils; }
+# libc's debug file, so libc frames carry file:line and the tests compare
+# those with eu-stack's too.
+dpkg -s libc6-dbg >/dev/null 2>&1 || { apt-get update && apt-get install -y libc6-dbg; }
 cargo fmt --all -- --check
 (cd probe-sdk && cargo fmt -- --check)
 (cd probes-wasm && cargo fmt --all -- --check)

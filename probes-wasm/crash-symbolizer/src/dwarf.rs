@@ -312,7 +312,65 @@ fn lookup(ctx: &Ctx, addr: u64) -> Vec<SourceFrame> {
             out.push((name, file, line));
         }
     }
+    if out.iter().any(|f| f.1.is_some()) {
+        if let Some(unit) = ctx.find_dwarf_and_unit(addr).skip_all_loads() {
+            let names = legacy_file_names(unit);
+            for f in &mut out {
+                if let Some(legacy) = f.1.as_ref().and_then(|p| names.get(p)) {
+                    f.1 = Some(legacy.clone());
+                }
+            }
+        }
+    }
     out
+}
+
+/// How the legacy probe (elfutils) names a unit's source files, keyed by
+/// how addr2line names them. They differ for a file whose directory entry
+/// is relative and not entry 0: addr2line puts the compilation directory
+/// in front (`./csu/../sysdeps/nptl/x.h`), elfutils does not
+/// (`../sysdeps/nptl/x.h`), and the legacy payload showed the latter.
+fn legacy_file_names(unit: gimli::UnitRef<'_, Rd>) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    let (Some(comp_dir), Some(program)) = (unit.comp_dir.as_ref(), unit.line_program.as_ref())
+    else {
+        return map;
+    };
+    let Ok(comp_dir) = comp_dir.to_string_lossy() else {
+        return map;
+    };
+    let header = program.header();
+    let text = |v| {
+        unit.attr_string(v)
+            .ok()
+            .and_then(|s| s.to_string_lossy().ok().map(|s| s.into_owned()))
+    };
+    for file in header.file_names() {
+        if file.directory_index() == 0 {
+            continue;
+        }
+        let (Some(dir), Some(name)) = (
+            file.directory(header).and_then(text),
+            text(file.path_name()),
+        ) else {
+            continue;
+        };
+        if dir.starts_with('/') || name.starts_with('/') {
+            continue;
+        }
+        let legacy = join(&dir, &name);
+        map.insert(join(&comp_dir, &legacy), legacy);
+    }
+    map
+}
+
+/// `a/b`, without doubling a trailing slash (as addr2line joins).
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() || a.ends_with('/') {
+        format!("{a}{b}")
+    } else {
+        format!("{a}/{b}")
+    }
 }
 
 /// Whether the unit's abbreviation table uses a form that points outside

@@ -81,11 +81,20 @@ fn symbolize(core: &Path, lookup: Lookup) -> Report {
     .unwrap_or_else(|e| panic!("{}: {e}", core.display()))
 }
 
-/// eu-stack's frames per thread: (tid, [(function, module)]).
-fn eu_stack(core: &Path, exe: &Path, debug: Option<&Path>) -> Vec<(u32, Vec<(String, String)>)> {
+/// One frame as eu-stack prints it.
+struct EuFrame {
+    name: String,
+    module: String,
+    /// `file:line` (its column dropped), when eu-stack found one.
+    source: Option<String>,
+}
+
+/// eu-stack's frames per thread, inlined calls expanded (`-i`) and with
+/// their source lines (`-s`), as ours are.
+fn eu_stack(core: &Path, exe: &Path, debug: Option<&Path>) -> Vec<(u32, Vec<EuFrame>)> {
     let mut cmd = Command::new("eu-stack");
     // The same 64-frame window as ours.
-    cmd.args(["-m", "-n", "64"])
+    cmd.args(["-m", "-s", "-i", "-n", "64"])
         .arg(format!("--core={}", core.display()))
         .arg(format!("--executable={}", exe.display()));
     if let Some(d) = debug {
@@ -95,7 +104,7 @@ fn eu_stack(core: &Path, exe: &Path, debug: Option<&Path>) -> Vec<(u32, Vec<(Str
         .output()
         .expect("eu-stack (elfutils; the test command installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut threads: Vec<(u32, Vec<(String, String)>)> = Vec::new();
+    let mut threads: Vec<(u32, Vec<EuFrame>)> = Vec::new();
     for line in text.lines() {
         if let Some(tid) = line.strip_prefix("TID ") {
             threads.push((tid.trim_end_matches(':').parse().unwrap(), Vec::new()));
@@ -107,15 +116,56 @@ fn eu_stack(core: &Path, exe: &Path, debug: Option<&Path>) -> Vec<(u32, Vec<(Str
                 Some(i) => (rest[..i].join(" "), rest[i + 1..].join(" ")),
                 None => (rest.join(" "), String::new()),
             };
-            threads
-                .last_mut()
-                .expect("TID line first")
-                .1
-                .push((name, module));
+            let frames = &mut threads.last_mut().expect("TID line first").1;
+            frames.push(EuFrame {
+                name,
+                module,
+                source: None,
+            });
+        } else if let Some(src) = line.strip_prefix("    ") {
+            // "    ../sysdeps/nptl/libc_start_call_main.h:58:16"
+            let mut it = src.rsplitn(3, ':');
+            let fields: Vec<&str> = it.by_ref().collect();
+            let source = match fields[..] {
+                [col, line, file] if col.parse::<u32>().is_ok() => format!("{file}:{line}"),
+                _ => src.to_owned(),
+            };
+            if let Some(f) = threads.last_mut().and_then(|t| t.1.last_mut()) {
+                f.source = Some(source);
+            }
         }
     }
     assert!(!threads.is_empty(), "eu-stack printed no thread: {text}");
     threads
+}
+
+/// Every source line eu-stack gives, in the program and in libraries whose
+/// debug files are installed (libc6-dbg), is ours too, byte for byte and in
+/// the same order: the legacy probe printed elfutils' file names.
+fn assert_sources_match_eu_stack(report: &Report, eu: &[(u32, Vec<EuFrame>)]) {
+    let mut compared = 0;
+    for (tid, frames) in eu {
+        let theirs: Vec<&str> = frames.iter().filter_map(|f| f.source.as_deref()).collect();
+        let ours_thread = report
+            .threads
+            .iter()
+            .find(|t| t.tid == *tid)
+            .unwrap_or_else(|| panic!("thread {tid} missing"));
+        let ours: Vec<String> = ours_thread
+            .frames
+            .iter()
+            .filter_map(|f| Some(format!("{}:{}", f.file.as_deref()?, f.line?)))
+            .collect();
+        let mut it = ours.iter();
+        for src in &theirs {
+            assert!(
+                it.any(|o| o == src),
+                "thread {tid}: eu-stack's {src} missing or out of order; theirs {theirs:?}, ours {ours:?}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 0, "eu-stack gave no source line");
 }
 
 /// `level2.constprop.0` and `pause@@GLIBC_2.2.5` are the functions
@@ -135,14 +185,14 @@ fn base_name(name: &str) -> String {
 /// Every frame eu-stack resolves inside the test program is resolved by
 /// ours too, in the same order (ours may hold more: inlined calls, frames
 /// eu-stack lost).
-fn assert_covers_eu_stack(report: &Report, eu: &[(u32, Vec<(String, String)>)], exe: &Path) {
+fn assert_covers_eu_stack(report: &Report, eu: &[(u32, Vec<EuFrame>)], exe: &Path) {
     let exe_name = exe.file_name().unwrap().to_str().unwrap();
     let exe_path = exe.to_str().unwrap();
     for (tid, frames) in eu {
         let theirs: Vec<String> = frames
             .iter()
-            .filter(|(n, m)| m == exe_name && !n.is_empty() && !n.starts_with("??"))
-            .map(|(n, _)| base_name(n))
+            .filter(|f| f.module == exe_name && !f.name.is_empty() && !f.name.starts_with("??"))
+            .map(|f| base_name(&f.name))
             .collect();
         let ours_thread = report
             .threads
@@ -256,7 +306,9 @@ fn threads_segv(flags: &[&str], name: &str) {
         let names: Vec<_> = t.frames.iter().filter_map(|f| f.function.clone()).collect();
         assert!(names.iter().any(|n| n == "idle"), "{names:?}");
     }
-    assert_covers_eu_stack(&r, &eu_stack(&core, &exe, None), &exe);
+    let eu = eu_stack(&core, &exe, None);
+    assert_covers_eu_stack(&r, &eu, &exe);
+    assert_sources_match_eu_stack(&r, &eu);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -337,7 +389,9 @@ fn crash_inside_a_signal_handler() {
         assert!(own.contains(&("inner".into(), 11)), "{own:?}");
         assert!(own.contains(&("outer".into(), 12)), "{own:?}");
         assert_eq!(r.error(), None, "{}", r.payload());
-        assert_covers_eu_stack(&r, &eu_stack(&core, &exe, None), &exe);
+        let eu = eu_stack(&core, &exe, None);
+        assert_covers_eu_stack(&r, &eu, &exe);
+        assert_sources_match_eu_stack(&r, &eu);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
@@ -366,7 +420,9 @@ fn cpp_abort_from_a_nested_call() {
     assert!(own.contains(&("shop::pay".into(), 12)), "{own:?}");
     assert!(own.contains(&("main".into(), 16)), "{own:?}");
     assert_eq!(r.error(), None, "{}", r.payload());
-    assert_covers_eu_stack(&r, &eu_stack(&core, &exe, None), &exe);
+    let eu = eu_stack(&core, &exe, None);
+    assert_covers_eu_stack(&r, &eu, &exe);
+    assert_sources_match_eu_stack(&r, &eu);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -424,7 +480,9 @@ fn stripped_binary_with_its_debug_file_under_a_build_id_path() {
         &[("level3", 5), ("level2", 6), ("main", 13)],
         &r.payload(),
     );
-    assert_covers_eu_stack(&r, &eu_stack(&core, &exe, Some(&root)), &exe);
+    let eu = eu_stack(&core, &exe, Some(&root));
+    assert_covers_eu_stack(&r, &eu, &exe);
+    assert_sources_match_eu_stack(&r, &eu);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
