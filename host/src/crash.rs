@@ -138,10 +138,30 @@ impl CrashQueue {
             let _ = tx.send((id, None));
         }
         tokio::spawn(async move {
-            while let Some((id, reply)) = rx.recv().await {
-                let records = process(&inbox, &id, &probes, &ingest).await;
-                if let Some(r) = reply {
-                    let _ = r.send(records);
+            let mut done = Recent::default();
+            loop {
+                tokio::select! {
+                    job = rx.recv() => {
+                        let Some((id, reply)) = job else { break };
+                        // Handed over already by a rescan: answer with
+                        // what that made.
+                        let records = match done.get(&id) {
+                            Some(r) if !inbox.join(&id).exists() => r,
+                            _ => process(&inbox, &id, &probes, &ingest).await,
+                        };
+                        done.put(&id, &records);
+                        if let Some(r) = reply {
+                            let _ = r.send(records);
+                        }
+                    }
+                    () = probes.crash_probe_loaded() => {
+                        // Crashes that waited for a crash probe (none was
+                        // loaded, or it was quarantined) go to it now.
+                        for id in pending(&inbox) {
+                            let records = process(&inbox, &id, &probes, &ingest).await;
+                            done.put(&id, &records);
+                        }
+                    }
                 }
             }
         });
@@ -171,6 +191,27 @@ impl CrashQueue {
     }
 }
 
+/// The records of the last few crashes handled, so an announcement that
+/// arrives after a rescan already handled its entry still gets them.
+#[derive(Default)]
+struct Recent(std::collections::VecDeque<(String, Vec<Captured>)>);
+
+impl Recent {
+    const KEEP: usize = 16;
+
+    fn get(&self, id: &str) -> Option<Vec<Captured>> {
+        self.0.iter().find(|(i, _)| i == id).map(|(_, r)| r.clone())
+    }
+
+    fn put(&mut self, id: &str, records: &[Captured]) {
+        self.0.retain(|(i, _)| i != id);
+        if self.0.len() == Self::KEEP {
+            self.0.pop_front();
+        }
+        self.0.push_back((id.to_owned(), records.to_vec()));
+    }
+}
+
 async fn process(inbox: &Path, id: &str, probes: &ProbeManager, ingest: &Ingest) -> Vec<Captured> {
     let entry = inbox.join(id);
     let meta: CrashMeta = match std::fs::read(entry.join(META_FILE))
@@ -197,7 +238,7 @@ async fn process(inbox: &Path, id: &str, probes: &ProbeManager, ingest: &Ingest)
     let (results, mut records) = probes.crash(report, &entry).await;
     if results.is_empty() {
         warn!(
-            "crash of {} (pid {}) waits in the inbox: no loaded probe handles crashes",
+            "crash of {} (pid {}) waits in the inbox until a probe that handles crashes is loaded",
             meta.process_path.as_deref().unwrap_or(&meta.process_name),
             meta.pid
         );

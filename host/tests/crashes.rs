@@ -314,6 +314,64 @@ fn a_crash_waits_in_the_inbox_while_telemd_is_down() {
     assert!(wait_until(Duration::from_secs(5), || inbox_entries(&d).is_empty()));
 }
 
+#[test]
+fn a_crash_waits_for_a_crash_probe_and_goes_to_it_once_loaded() {
+    let prog = crashed_program();
+    let mut d = configured(&prog, true, "root");
+    let wasm = d.path("probes/crash-symbolizer.wasm");
+    let held = d.path("crash-symbolizer.wasm");
+    std::fs::rename(&wasm, &held).unwrap();
+    d.spawn_with(Command::new(support::TELEMD));
+    assert!(
+        wait_until(Duration::from_secs(60), || d.socket().exists()),
+        "{}",
+        d.log()
+    );
+    let out = handle(&d, &prog, &prog.core, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || d.log().contains(
+            "waits in the inbox until a probe that handles crashes is loaded"
+        )),
+        "{}",
+        d.log()
+    );
+    assert_eq!(inbox_entries(&d).len(), 1);
+    assert!(d.spool_names().is_empty());
+    // The admin drops the crash probe in: the waiting crash goes to it.
+    std::fs::copy(&held, d.path("probes/.crash-symbolizer.tmp")).unwrap();
+    std::fs::rename(d.path("probes/.crash-symbolizer.tmp"), &wasm).unwrap();
+    // Loading includes compiling it (a debug build of telemd here).
+    assert!(
+        wait_until(Duration::from_secs(120), || d.log().lines().any(|l| l
+            .contains("loaded")
+            && l.contains("crash-symbolizer.wasm"))),
+        "{}",
+        d.log()
+    );
+    let recs = d.wait_spool(1);
+    assert_eq!(
+        class(&recs[0]),
+        ("org.clearlinux/crash/clr", "3"),
+        "{}",
+        recs[0].payload
+    );
+    assert!(
+        recs[0].payload.contains("level3() - ["),
+        "{}",
+        recs[0].payload
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || inbox_entries(&d).is_empty()),
+        "{:?}",
+        inbox_entries(&d)
+    );
+}
+
 /// Hostile cores: each ends in an error record, within the probe's
 /// deadline, and the daemon keeps serving.
 #[test]

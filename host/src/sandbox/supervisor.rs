@@ -86,6 +86,9 @@ pub struct ProbeManager {
     /// (one name per line) so the choice survives restarts.
     disabled: Mutex<HashSet<String>>,
     disabled_file: PathBuf,
+    /// Signalled when a probe granted the crash trigger starts running, so
+    /// crashes that waited in the inbox for one are handed over then.
+    crash_probe_loaded: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for ProbeManager {
@@ -129,6 +132,7 @@ impl ProbeManager {
             policies,
             slots: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            crash_probe_loaded: tokio::sync::Notify::new(),
         })
     }
 
@@ -305,6 +309,7 @@ impl ProbeManager {
             probe.grant.timeout_ms,
             probe.grant.max_records_per_hour
         );
+        let handles_crashes = probe.grant.crashes;
         let probe = Arc::new(probe);
         let state = Arc::new(Mutex::new(ProbeState::Running));
         let task = tokio::spawn(drive(self.clone(), probe.clone(), state.clone()));
@@ -317,7 +322,16 @@ impl ProbeManager {
                 seen,
             },
         );
+        if handles_crashes {
+            self.crash_probe_loaded.notify_one();
+        }
         Ok(())
+    }
+
+    /// Returns once a probe granted the crash trigger has been loaded since
+    /// the last time this returned (at most one waiter is meant).
+    pub async fn crash_probe_loaded(&self) {
+        self.crash_probe_loaded.notified().await;
     }
 
     /// Scans every `interval` until the task is dropped.

@@ -123,7 +123,8 @@ socket_timeout_ms = 1000
         cmd.arg("-f")
             .arg(&self.config_path)
             .arg("--log")
-            .arg("debug")
+            // Not cranelift's per-function statistics: they bury the log.
+            .arg("debug,cranelift_codegen=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
