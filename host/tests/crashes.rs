@@ -131,6 +131,17 @@ fn handle(d: &TestDaemon, prog: &Program, core: &Path, extra: &[&str]) -> std::p
     handle_as(d, &prog.exe, prog.pid, core, extra)
 }
 
+/// [`handle`], which must succeed (its stderr shown if not).
+fn handle_ok(d: &TestDaemon, prog: &Program, core: &Path, extra: &[&str]) -> std::process::Output {
+    let out = handle(d, prog, core, extra);
+    assert!(
+        out.status.success(),
+        "handler failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn handle_as(
     d: &TestDaemon,
     exe: &Path,
@@ -224,19 +235,13 @@ fn a_piped_core_becomes_a_symbolized_record() {
 fn third_party_crashes_send_the_short_record_and_keep_no_core() {
     let prog = crashed_program();
     let d = daemon(&prog, false);
-    let out = handle(&d, &prog, &prog.core, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    handle_ok(&d, &prog, &prog.core, &[]);
     let recs = d.wait_spool(1);
     assert_eq!(class(&recs[0]), ("org.clearlinux/crash/unknown", "2"));
     assert_eq!(recs[0].payload, "Crash from third party");
     assert!(inbox_entries(&d).is_empty(), "{:?}", inbox_entries(&d));
     // A crash loop of a filtered program is bounded too.
-    let again = handle(&d, &prog, &prog.core, &[]);
-    assert!(again.status.success());
+    let again = handle_ok(&d, &prog, &prog.core, &[]);
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("1 repeats dropped so far"),
         "{}",
@@ -275,12 +280,7 @@ fn a_crash_waits_in_the_inbox_while_telemd_is_down() {
     let prog = crashed_program();
     let mut d = daemon(&prog, true);
     d.stop();
-    let out = handle(&d, &prog, &prog.core, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = handle_ok(&d, &prog, &prog.core, &[]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("waits in the inbox"),
         "{}",
@@ -300,8 +300,7 @@ fn a_crash_waits_in_the_inbox_while_telemd_is_down() {
         std::fs::metadata(&prog.core).unwrap().len()
     );
     // A repeat of the same program within the window is dropped.
-    let again = handle(&d, &prog, &prog.core, &[]);
-    assert!(again.status.success());
+    let again = handle_ok(&d, &prog, &prog.core, &[]);
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("1 repeats dropped so far"),
         "{}",
@@ -327,12 +326,7 @@ fn a_crash_waits_for_a_crash_probe_and_goes_to_it_once_loaded() {
         "{}",
         d.log()
     );
-    let out = handle(&d, &prog, &prog.core, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    handle_ok(&d, &prog, &prog.core, &[]);
     assert!(
         wait_until(Duration::from_secs(10), || d.log().contains(
             "waits in the inbox until a probe that handles crashes is loaded"
@@ -449,8 +443,7 @@ fn hostile_cores_end_in_error_records() {
     }
     // Still serving: a native record and a good crash go through.
     support::send_raw(&d.socket(), &support::fixture("frame-record-gen.bin"));
-    let out = handle(&d, &prog, &prog.core, &[]);
-    assert!(out.status.success());
+    handle_ok(&d, &prog, &prog.core, &[]);
     let recs = d.wait_spool(cases.len() + 2);
     assert!(recs
         .iter()
@@ -528,12 +521,7 @@ fn a_root_handler_keeps_the_core_as_the_service_user() {
     let inbox = d.path("state/crash-inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     chown(&inbox, Some(uid), Some(gid)).unwrap();
-    let out = handle(&d, &prog, &prog.core, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    handle_ok(&d, &prog, &prog.core, &[]);
     let entries = inbox_entries(&d);
     assert_eq!(entries.len(), 1);
     for f in ["core", "crash.json"] {
@@ -595,12 +583,7 @@ fn a_full_inbox_drops_further_crashes() {
     let prog = crashed_program();
     let d = configured_with(&prog, true, "root", "crash_inbox_max_size = 65536\n");
     // telemd is not running: the first crash stays in the inbox.
-    let out = handle(&d, &prog, &prog.core, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    handle_ok(&d, &prog, &prog.core, &[]);
     assert_eq!(inbox_entries(&d).len(), 1);
     let other = prog.exe.with_file_name("another");
     let out = handle_as(&d, &other, prog.pid, &prog.core, &[]);

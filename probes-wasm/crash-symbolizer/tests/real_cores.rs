@@ -139,6 +139,15 @@ fn eu_stack(core: &Path, exe: &Path, debug: Option<&Path>) -> Vec<(u32, Vec<EuFr
     threads
 }
 
+/// Our thread `tid`.
+fn thread(report: &Report, tid: u32) -> &crash_symbolizer::report::ThreadTrace {
+    report
+        .threads
+        .iter()
+        .find(|t| t.tid == tid)
+        .unwrap_or_else(|| panic!("thread {tid} missing"))
+}
+
 /// Every source line eu-stack gives, in the program and in libraries whose
 /// debug files are installed (libc6-dbg), is ours too, byte for byte and in
 /// the same order: the legacy probe printed elfutils' file names.
@@ -146,11 +155,7 @@ fn assert_sources_match_eu_stack(report: &Report, eu: &[(u32, Vec<EuFrame>)]) {
     let mut compared = 0;
     for (tid, frames) in eu {
         let theirs: Vec<&str> = frames.iter().filter_map(|f| f.source.as_deref()).collect();
-        let ours_thread = report
-            .threads
-            .iter()
-            .find(|t| t.tid == *tid)
-            .unwrap_or_else(|| panic!("thread {tid} missing"));
+        let ours_thread = thread(report, *tid);
         let ours: Vec<String> = ours_thread
             .frames
             .iter()
@@ -194,11 +199,7 @@ fn assert_covers_eu_stack(report: &Report, eu: &[(u32, Vec<EuFrame>)], exe: &Pat
             .filter(|f| f.module == exe_name && !f.name.is_empty() && !f.name.starts_with("??"))
             .map(|f| base_name(&f.name))
             .collect();
-        let ours_thread = report
-            .threads
-            .iter()
-            .find(|t| t.tid == *tid)
-            .unwrap_or_else(|| panic!("thread {tid} missing"));
+        let ours_thread = thread(report, *tid);
         let ours: Vec<String> = ours_thread
             .frames
             .iter()
