@@ -314,10 +314,9 @@ fn lookup(ctx: &Ctx, addr: u64) -> Vec<SourceFrame> {
     }
     if out.iter().any(|f| f.1.is_some()) {
         if let Some(unit) = ctx.find_dwarf_and_unit(addr).skip_all_loads() {
-            let names = legacy_file_names(unit);
             for f in &mut out {
-                if let Some(legacy) = f.1.as_ref().and_then(|p| names.get(p)) {
-                    f.1 = Some(legacy.clone());
+                if let Some(legacy) = f.1.as_deref().and_then(|p| legacy_file_name(unit, p)) {
+                    f.1 = Some(legacy);
                 }
             }
         }
@@ -325,51 +324,57 @@ fn lookup(ctx: &Ctx, addr: u64) -> Vec<SourceFrame> {
     out
 }
 
-/// How the legacy probe (elfutils) names a unit's source files, keyed by
-/// how addr2line names them. They differ for a file whose directory entry
-/// is relative and not entry 0: addr2line puts the compilation directory
-/// in front (`./csu/../sysdeps/nptl/x.h`), elfutils does not
+/// How the legacy probe (elfutils) named the file addr2line calls `path`,
+/// when the two differ: for a file whose directory entry is relative and
+/// not entry 0, addr2line puts the compilation directory in front
+/// (`./csu/../sysdeps/nptl/x.h`), elfutils does not
 /// (`../sysdeps/nptl/x.h`), and the legacy payload showed the latter.
-fn legacy_file_names(unit: gimli::UnitRef<'_, Rd>) -> HashMap<String, String> {
-    let mut map = HashMap::new();
-    let (Some(comp_dir), Some(program)) = (unit.comp_dir.as_ref(), unit.line_program.as_ref())
-    else {
-        return map;
-    };
-    let Ok(comp_dir) = comp_dir.to_string_lossy() else {
-        return map;
-    };
-    let header = program.header();
-    let text = |v| {
-        unit.attr_string(v)
-            .ok()
-            .and_then(|s| s.to_string_lossy().ok().map(|s| s.into_owned()))
-    };
+/// Compares in place (no allocation per file entry): a unit's line table
+/// can list thousands of files and this runs for every frame.
+fn legacy_file_name(unit: gimli::UnitRef<'_, Rd>, path: &str) -> Option<String> {
+    let comp_dir = unit.comp_dir.as_ref()?.to_string_lossy().ok()?;
+    let rest = path.strip_prefix(comp_dir.as_ref())?;
+    let rest = after_separator(&comp_dir, rest)?;
+    let header = unit.line_program.as_ref()?.header();
     for file in header.file_names() {
         if file.directory_index() == 0 {
             continue;
         }
-        let (Some(dir), Some(name)) = (
-            file.directory(header).and_then(text),
-            text(file.path_name()),
-        ) else {
+        let Some(dir) = file
+            .directory(header)
+            .and_then(|d| unit.attr_string(d).ok())
+        else {
             continue;
         };
-        if dir.starts_with('/') || name.starts_with('/') {
+        let Ok(dir) = dir.to_string_lossy() else {
+            continue;
+        };
+        if dir.is_empty() || dir.starts_with('/') {
             continue;
         }
-        let legacy = join(&dir, &name);
-        map.insert(join(&comp_dir, &legacy), legacy);
+        let Some(tail) = rest
+            .strip_prefix(dir.as_ref())
+            .and_then(|t| after_separator(&dir, t))
+        else {
+            continue;
+        };
+        let Ok(name) = unit.attr_string(file.path_name()) else {
+            continue;
+        };
+        if name.to_string_lossy().is_ok_and(|n| n == tail) {
+            return Some(rest.to_owned());
+        }
     }
-    map
+    None
 }
 
-/// `a/b`, without doubling a trailing slash (as addr2line joins).
-fn join(a: &str, b: &str) -> String {
-    if a.is_empty() || a.ends_with('/') {
-        format!("{a}{b}")
+/// What follows `prefix` in a path joined as addr2line joins: a `/` is
+/// expected unless `prefix` ended with one.
+fn after_separator<'a>(prefix: &str, rest: &'a str) -> Option<&'a str> {
+    if prefix.ends_with('/') {
+        Some(rest)
     } else {
-        format!("{a}/{b}")
+        rest.strip_prefix('/')
     }
 }
 
