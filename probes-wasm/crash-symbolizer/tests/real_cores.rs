@@ -432,11 +432,11 @@ fn run(cmd: &str, args: &[&std::ffi::OsStr]) {
     assert!(st.success(), "{cmd} failed");
 }
 
-#[test]
-fn stripped_binary_with_its_debug_file_under_a_build_id_path() {
-    let dir = scratch("stripped");
-    let exe = compile("threads_segv.c", &["-O2", "-fomit-frame-pointer"], &dir);
-    let debug = dir.join("threads_segv.debug");
+/// Moves `exe`'s debug info into `dir/<name>.debug` and strips `exe`, as a
+/// distribution's packaging does; returns the debug file.
+fn split_debug(exe: &Path, dir: &Path) -> PathBuf {
+    let stem = exe.file_stem().unwrap().to_str().unwrap();
+    let debug = dir.join(format!("{stem}.debug"));
     run(
         "objcopy",
         &[
@@ -446,6 +446,14 @@ fn stripped_binary_with_its_debug_file_under_a_build_id_path() {
         ],
     );
     run("strip", &["--strip-all".as_ref(), exe.as_os_str()]);
+    debug
+}
+
+#[test]
+fn stripped_binary_with_its_debug_file_under_a_build_id_path() {
+    let dir = scratch("stripped");
+    let exe = compile("threads_segv.c", &["-O2", "-fomit-frame-pointer"], &dir);
+    let debug = split_debug(&exe, &dir);
     let out = Command::new("readelf")
         .arg("-n")
         .arg(&exe)
@@ -634,16 +642,7 @@ fn the_vdso_is_read_from_core_memory() {
 fn debuglink_with_crc_check() {
     let dir = scratch("debuglink");
     let exe = compile("threads_segv.c", &["-O0", "-Wl,--build-id=none"], &dir);
-    let debug = dir.join("threads_segv.debug");
-    run(
-        "objcopy",
-        &[
-            "--only-keep-debug".as_ref(),
-            exe.as_os_str(),
-            debug.as_os_str(),
-        ],
-    );
-    run("strip", &["--strip-all".as_ref(), exe.as_os_str()]);
+    let debug = split_debug(&exe, &dir);
     let link = format!("--add-gnu-debuglink={}", debug.display());
     run("objcopy", &[link.as_ref(), exe.as_os_str()]);
     let core = dump(&exe, &dir);
