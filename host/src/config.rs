@@ -133,12 +133,25 @@ pub struct Config {
     /// Repeats of one executable's crash within this many seconds are
     /// dropped (a crash loop must not flood the machine or the collector).
     pub crash_repeat_window_secs: u64,
+    /// MiB the crash handler leaves free on the inbox's filesystem: a crash
+    /// whose core would leave less is dropped with a count in the log (0:
+    /// no floor).
+    pub crash_min_free_mb: u64,
     /// The file whose presence turns the crash privacy filters off (the
     /// legacy client's `opt-in-no-privacy-filters`).
     pub no_privacy_filters_file: PathBuf,
     /// The user the crash handler drops to and owns inbox files as.
     pub service_user: String,
-    /// The admin's per-probe grants (`[probes.NAME]`).
+    /// Directories whose config files a native record's `CFG:` line may
+    /// name (the file must also be root-owned and writable by no one else).
+    pub cfg_allowed_dirs: Vec<PathBuf>,
+    /// Host ceiling on any probe's records per hour.
+    pub max_records_per_hour: u32,
+    /// Larger probe component files are not compiled.
+    pub max_component_bytes: u64,
+    /// The admin's per-probe grants (`[probes.NAME]`). The defaults approve
+    /// what the shipped probes need; a table in a config file changes only
+    /// the keys it names.
     pub probes: BTreeMap<String, crate::sandbox::grants::ProbePolicy>,
 
     /// The file these values came from, if any.
@@ -189,14 +202,31 @@ impl Default for Config {
             crash_max_core_size: 1 << 30,
             crash_inbox_max_size: 4 << 30,
             crash_repeat_window_secs: 60,
+            crash_min_free_mb: 256,
             no_privacy_filters_file: "/etc/telemetrics/opt-in-no-privacy-filters".into(),
             service_user: "telemetry".into(),
-            probes: BTreeMap::new(),
+            cfg_allowed_dirs: vec!["/etc/telemetrics".into()],
+            max_records_per_hour: crate::sandbox::grants::DEFAULT_MAX_RECORDS_PER_HOUR,
+            max_component_bytes: crate::sandbox::DEFAULT_MAX_COMPONENT_BYTES,
+            probes: shipped_probe_grants(),
             source: None,
             format: None,
             warnings: Vec::new(),
         }
     }
+}
+
+/// What the shipped probes need beyond the safe set: the crash-symbolizer
+/// reads the programs and libraries under `/usr` and their debug files,
+/// is handed crashes, and sends the crash classifications.
+fn shipped_probe_grants() -> BTreeMap<String, crate::sandbox::grants::ProbePolicy> {
+    let crash_symbolizer = crate::sandbox::grants::ProbePolicy {
+        read_paths: Some(vec!["/usr".into(), "/usr/lib/debug".into()]),
+        classifications: Some(vec!["org.clearlinux/crash/*".into()]),
+        crashes: Some(true),
+        ..Default::default()
+    };
+    BTreeMap::from([("crash-symbolizer".to_owned(), crash_symbolizer)])
 }
 
 /// The name of the effective user.
@@ -375,6 +405,7 @@ impl Config {
             "crash_repeat_window_secs" => {
                 self.crash_repeat_window_secs = v.int_in(0, 86_400)? as u64
             }
+            "crash_min_free_mb" => self.crash_min_free_mb = v.int_in(0, 1 << 30)? as u64,
             "no_privacy_filters_file" => self.no_privacy_filters_file = v.path()?,
             "service_user" => {
                 let u = v.string()?;
@@ -383,7 +414,14 @@ impl Config {
                 }
                 self.service_user = u
             }
-            "probes" => self.probes = v.probe_tables()?,
+            "cfg_allowed_dirs" => self.cfg_allowed_dirs = v.path_list()?,
+            "max_records_per_hour" => self.max_records_per_hour = v.int_in(0, 1_000_000)? as u32,
+            "max_component_bytes" => self.max_component_bytes = v.int_in(1 << 16, 1 << 30)? as u64,
+            "probes" => {
+                for (name, p) in v.probe_tables(&self.probes)? {
+                    self.probes.insert(name, p);
+                }
+            }
             _ => {
                 return Err(ConfigError::UnknownKey {
                     path: path.to_owned(),
@@ -514,6 +552,7 @@ impl Typed<'_> {
     /// `[probes.NAME]` tables, each key checked; errors name `probes.NAME.key`.
     fn probe_tables(
         &self,
+        base: &BTreeMap<String, crate::sandbox::grants::ProbePolicy>,
     ) -> Result<BTreeMap<String, crate::sandbox::grants::ProbePolicy>, ConfigError> {
         let RawValue::Toml(toml::Value::Table(t)) = &self.e.value else {
             return Err(self.bad("[probes.NAME] tables"));
@@ -523,7 +562,7 @@ impl Typed<'_> {
             let toml::Value::Table(keys) = v else {
                 return Err(self.bad(&format!("a table [probes.{name}]")));
             };
-            let mut p = crate::sandbox::grants::ProbePolicy::default();
+            let mut p = base.get(name).cloned().unwrap_or_default();
             for (k, v) in keys {
                 let sub = Entry {
                     key: format!("probes.{name}.{k}"),
@@ -892,6 +931,49 @@ record_retention_enabled=true
         assert_eq!(back.socket_mode, c.socket_mode);
         assert_eq!(back.cainfo, None);
         assert_eq!(back.probes_dirs, c.probes_dirs);
+    }
+
+    #[test]
+    fn shipped_grants_are_kept_unless_a_key_replaces_them() {
+        let c = parse("").unwrap();
+        let cs = &c.probes["crash-symbolizer"];
+        assert_eq!(cs.crashes, Some(true));
+        assert_eq!(
+            cs.classifications.as_deref(),
+            Some(&["org.clearlinux/crash/*".to_string()][..])
+        );
+        let c = parse(
+            "[probes.crash-symbolizer]
+crashes = false
+",
+        )
+        .unwrap();
+        let cs = &c.probes["crash-symbolizer"];
+        assert_eq!(cs.crashes, Some(false), "the admin's key wins");
+        assert!(cs.read_paths.is_some(), "keys not named stay as shipped");
+        let back = parse(&Config::default().to_toml()).unwrap();
+        assert_eq!(
+            back.probes,
+            Config::default().probes,
+            "the shipped default config carries them"
+        );
+    }
+
+    #[test]
+    fn security_keys_are_parsed_and_checked() {
+        let c = parse("cfg_allowed_dirs = [\"/etc/a\"]\nmax_records_per_hour = 60\nmax_component_bytes = 1048576\n").unwrap();
+        assert_eq!(c.cfg_allowed_dirs, [PathBuf::from("/etc/a")]);
+        assert_eq!(
+            (c.max_records_per_hour, c.max_component_bytes),
+            (60, 1 << 20)
+        );
+        let d = Config::default();
+        assert_eq!(d.cfg_allowed_dirs, [PathBuf::from("/etc/telemetrics")]);
+        assert_eq!(
+            (d.max_records_per_hour, d.max_component_bytes),
+            (1000, 16 << 20)
+        );
+        assert!(parse("max_component_bytes = 10\n").is_err());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::sandbox::supervisor::ProbeManager;
+use crate::sandbox::supervisor::{ProbeManager, FIRST_SCAN_WAIT};
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -157,7 +157,10 @@ async fn respond(req: Request, ctx: &ControlContext) -> Value {
     };
     match req {
         Request::Enable { probe } => done(probes.enable(&probe).await),
-        Request::Disable { probe } => done(probes.disable(&probe)),
+        Request::Disable { probe } => {
+            probes.first_scan_done(FIRST_SCAN_WAIT).await;
+            done(probes.disable(&probe))
+        }
         Request::Flush => {
             ctx.flush.notify_one();
             json!({"ok": true})
@@ -194,10 +197,11 @@ async fn respond(req: Request, ctx: &ControlContext) -> Value {
                 "spool": {"records": entries.len(), "bytes": entries.iter().map(|e| e.size).sum::<u64>(), "oldest": oldest},
                 "delivery": delivery,
                 "ingest": ctx.ingest.stats.snapshot(),
-                "probes": {"loaded": list.len(), "quarantined": quarantined, "disabled": probes.disabled()},
+                "probes": {"loaded": list.len(), "quarantined": quarantined, "disabled": probes.disabled(), "loading": !probes.first_scan_done(std::time::Duration::ZERO).await},
             })
         }
         Request::List => {
+            probes.first_scan_done(FIRST_SCAN_WAIT).await;
             json!({"ok": true, "probes": probes.list(), "compilations": probes.compilations()})
         }
         Request::Run { probe, args } => match probes.run_now(&probe, args).await {

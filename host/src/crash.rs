@@ -213,6 +213,11 @@ impl Recent {
 }
 
 async fn process(inbox: &Path, id: &str, probes: &ProbeManager, ingest: &Ingest) -> Vec<Captured> {
+    // At start-up the probes load after the sockets are bound; a crash that
+    // waited while the daemon was down goes to them once they are loaded.
+    probes
+        .first_scan_done(crate::sandbox::supervisor::FIRST_SCAN_WAIT)
+        .await;
     let entry = inbox.join(id);
     let meta: CrashMeta = match std::fs::read(entry.join(META_FILE))
         .map_err(|e| e.to_string())

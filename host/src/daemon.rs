@@ -97,7 +97,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let sandbox = crate::sandbox::Sandbox::new(&config.state_dir.join("probe-cache"))
+    let inbox = crate::crash::inbox_dir(&config.state_dir);
+    std::fs::create_dir_all(&inbox)
+        .map_err(ctx(|| format!("cannot create {}", inbox.display())))?;
+    let sandbox = crate::sandbox::Sandbox::with_options(sandbox_options(&config, &inbox))
         .map_err(|e| DaemonError::Sandbox(format!("{e:#}")))?;
     let probes = crate::sandbox::supervisor::ProbeManager::new(
         sandbox,
@@ -106,20 +109,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.probes.clone(),
         config.state_dir.join("disabled-probes"),
     );
-    // Probes load before anything else runs, so crashes left in the inbox
-    // while the daemon was down find their probe (the watcher's own first
-    // scan then finds nothing new).
-    probes.scan(false).await;
-    let crashes = crate::crash::CrashQueue::start(
-        crate::crash::inbox_dir(&config.state_dir),
-        probes.clone(),
-        ingest.clone(),
-    );
-    let watcher = tokio::spawn(
-        probes
-            .clone()
-            .watch(Duration::from_millis(config.probe_scan_interval_ms)),
-    );
+    // Crashes left in the inbox while the daemon was down wait for the
+    // probes, which load once the sockets are bound (below).
+    let crashes = crate::crash::CrashQueue::start(inbox, probes.clone(), ingest.clone());
     let control_listener = crate::control::bind(&config.control_socket).map_err(ctx(|| {
         format!("cannot listen on {}", config.control_socket.display())
     }))?;
@@ -169,6 +161,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             .map_err(ctx(|| "cannot start the delivery thread".into()))?
     };
 
+    // Probes load only now: a slow, huge or hostile component file can
+    // never keep the sockets from answering or systemd from hearing READY.
+    let watcher = tokio::spawn(
+        probes
+            .clone()
+            .watch(Duration::from_millis(config.probe_scan_interval_ms)),
+    );
     info!(
         socket = %config.socket_path.display(),
         spool = %config.spool_dir.display(),
@@ -202,6 +201,33 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         "telemd stopped"
     );
     Ok(())
+}
+
+/// The sandbox's directories and host rules from the config: the daemon's
+/// own directories are never readable by a probe.
+fn sandbox_options(config: &Config, inbox: &Path) -> crate::sandbox::SandboxOptions {
+    let cache_dir = config.state_dir.join("probe-cache");
+    let mut protected_dirs = Vec::new();
+    for d in [
+        &config.state_dir,
+        &config.spool_dir,
+        &config.journal_dir,
+        &inbox.to_path_buf(),
+    ] {
+        protected_dirs.push(d.clone());
+        if let Ok(real) = d.canonicalize() {
+            protected_dirs.push(real);
+        }
+    }
+    crate::sandbox::SandboxOptions {
+        scratch_dir: config.state_dir.join("probe-views"),
+        cache_dir,
+        rules: crate::sandbox::grants::HostRules {
+            max_records_per_hour: config.max_records_per_hour,
+            protected_dirs,
+        },
+        max_component_bytes: config.max_component_bytes,
+    }
 }
 
 /// The native socket: the one systemd passed (named `telem-0`/`native`, or

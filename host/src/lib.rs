@@ -23,3 +23,4 @@ pub mod record;
 pub mod sandbox;
 pub mod spool;
 pub mod systemd;
+pub mod untrusted;

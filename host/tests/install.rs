@@ -64,6 +64,9 @@ fn destdir_install_yields_the_packaged_tree() {
     let unit = std::fs::read_to_string(root.join("lib/systemd/system/telemd.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/telemd\n"), "{unit}");
     assert!(!unit.contains("@bindir@"));
+    for ceiling in ["\nMemoryMax=", "\nTasksMax=", "\nLimitNOFILE="] {
+        assert!(unit.contains(ceiling), "the unit sets {ceiling:?}: {unit}");
+    }
     let sysctl =
         std::fs::read_to_string(root.join("lib/sysctl.d/60-telem-crash-handler.conf")).unwrap();
     assert!(
@@ -90,6 +93,17 @@ fn destdir_install_yields_the_packaged_tree() {
     .unwrap();
     assert_eq!(c.spool_dir, Path::new("/var/spool/telemetry"));
     assert_eq!(c.socket_path, Path::new("/run/telem-0"));
+    // It approves what the shipped crash-symbolizer needs, read back from
+    // the file itself (base: an empty table, not the built-in defaults).
+    let text =
+        std::fs::read_to_string(root.join("share/defaults/telemetrics/telemd.toml")).unwrap();
+    assert!(text.contains("[probes.crash-symbolizer]"), "{text}");
+    let cs = &c.probes["crash-symbolizer"];
+    assert_eq!(cs.crashes, Some(true));
+    assert_eq!(
+        cs.classifications.as_deref(),
+        Some(&["org.clearlinux/crash/*".to_owned()][..])
+    );
 }
 
 #[test]

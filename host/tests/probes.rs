@@ -62,8 +62,18 @@ fn wait_loaded(d: &TestDaemon, n: usize) {
     );
 }
 
+/// The admin's approval of the test probes' classifications (outside their
+/// own `DOMAIN/NAME/...`, so not granted by default).
+const TEST_GRANTS: &str = "[probes.sandbox-test]\nclassifications = [\"org.example/test/*\"]\n[probes.ticker]\nclassifications = [\"org.example/test/tick\"]\n";
+
 fn probe_daemon(extra: &str) -> TestDaemon {
-    let d = TestDaemon::prepare(&format!("{HOLD}probe_scan_interval_ms = 200\n{extra}"));
+    probe_daemon_granting(extra, TEST_GRANTS)
+}
+
+fn probe_daemon_granting(extra: &str, grants: &str) -> TestDaemon {
+    let d = TestDaemon::prepare(&format!(
+        "{HOLD}probe_scan_interval_ms = 200\n{extra}\n{grants}"
+    ));
     std::fs::create_dir_all(d.path("probes")).unwrap();
     std::fs::write(d.path("opt-in"), "").unwrap();
     d
@@ -89,9 +99,15 @@ fn hello_runs_at_start_with_host_metadata() {
         r.headers.get(Header::MachineId),
         std::fs::read_to_string(d.path("state/machine_id")).unwrap()
     );
+    // The counter moves once the record is durable, just after it lands.
+    let sent = || control(&d, json!({"op": "list"}))["probes"][0]["stats"]["records_sent"].clone();
+    assert!(
+        wait_until(Duration::from_secs(5), || sent() == 1),
+        "{}",
+        sent()
+    );
     let list = control(&d, json!({"op": "list"}));
     assert_eq!(list["probes"][0]["name"], "hello");
-    assert_eq!(list["probes"][0]["stats"]["records_sent"], 1);
 }
 
 #[test]
@@ -165,19 +181,21 @@ fn restart_with_a_warm_cache_does_not_recompile() {
 
 #[test]
 fn sandbox_enforcement() {
-    let d = probe_daemon("");
-    let granted = d.path("granted");
-    std::fs::create_dir_all(&granted).unwrap();
-    std::fs::write(granted.join("ok.txt"), "secret-ok").unwrap();
-    std::fs::write(d.path("outside.txt"), "must not leak").unwrap();
-    std::os::unix::fs::symlink(d.path("outside.txt"), granted.join("link.txt")).unwrap();
-    let cfg = format!(
-        "\n[probes.sandbox-test]\nread_paths = [\"{}\"]\ntimeout_ms = 1000\nmemory_limit_mib = 16\nmax_records_per_hour = 20\n",
-        granted.display()
+    // The granted directory sits beside a file that must not leak.
+    let root = tempfile::tempdir().unwrap();
+    let granted = root.path().join("granted");
+    let outside = root.path().join("outside.txt");
+    std::fs::create_dir(&granted).unwrap();
+    let d = probe_daemon_granting(
+        "",
+        &format!(
+            "[probes.sandbox-test]\nclassifications = [\"org.example/test/*\"]\nread_paths = [\"{}\"]\ntimeout_ms = 1000\nmemory_limit_mib = 16\nmax_records_per_hour = 20\n",
+            granted.display()
+        ),
     );
-    let mut text = std::fs::read_to_string(&d.config_path).unwrap();
-    text.push_str(&cfg);
-    std::fs::write(&d.config_path, text).unwrap();
+    std::fs::write(granted.join("ok.txt"), "secret-ok").unwrap();
+    std::fs::write(&outside, "must not leak").unwrap();
+    std::os::unix::fs::symlink(&outside, granted.join("link.txt")).unwrap();
     std::fs::copy(probe_wasm("sandbox_test"), d.path("probes/t.wasm")).unwrap();
     let d = d.spawn();
     wait_loaded(&d, 1);
@@ -189,7 +207,7 @@ fn sandbox_enforcement() {
     }
     wait_payload(&d, "read: secret-ok");
     for path in [
-        d.path("outside.txt"),
+        outside.clone(),
         granted.join("../outside.txt"),
         granted.join("link.txt"),
         "/etc/hostname".into(),
@@ -276,7 +294,7 @@ fn sandbox_enforcement() {
         "{}",
         d.log()
     );
-    assert!(d.log().contains("[cut]"));
+    assert!(d.log().contains("[cut at 16 KiB]"));
 
     // Counters.
     let p = &control(&d, json!({"op": "list"}))["probes"][0];

@@ -299,10 +299,10 @@ fn probe_cmd(c: &Config, cmd: ProbeCmd, as_json: bool) -> Result<(), String> {
         ProbeCmd::Disable { name } => control(c, json!({"op": "disable", "probe": name}))?,
     };
     if resp["ok"] != true {
-        return Err(resp["error"]
-            .as_str()
-            .unwrap_or("the daemon refused the request")
-            .to_owned());
+        return Err(resp["error"].as_str().map_or_else(
+            || "the daemon refused the request".to_owned(),
+            |e| telem::untrusted::escape(e, 4096),
+        ));
     }
     let probes = resp["probes"].as_array().cloned().unwrap_or_default();
     match cmd {
@@ -339,7 +339,9 @@ fn probe_cmd(c: &Config, cmd: ProbeCmd, as_json: bool) -> Result<(), String> {
                         s["timeouts"].to_string(),
                         s["records_sent"].to_string(),
                         s["records_refused"].to_string(),
-                        s["last_error"].as_str().unwrap_or("-").to_owned(),
+                        s["last_error"]
+                            .as_str()
+                            .map_or("-".into(), |e| str_of(&e.into())),
                     ]
                 })
                 .collect();
@@ -392,6 +394,14 @@ fn probe_cmd(c: &Config, cmd: ProbeCmd, as_json: bool) -> Result<(), String> {
                 "  {:<22} {:<40} {} ms",
                 "time per call", "-", g["timeout_ms"]
             );
+            println!("  {:<22} {:<40} {}", "crashes", r["crashes"], g["crashes"]);
+            let refused = g["refused"].as_array().cloned().unwrap_or_default();
+            if !refused.is_empty() {
+                println!("  refused:");
+                for f in &refused {
+                    println!("    {}: {}", str_of(&f["item"]), str_of(&f["reason"]));
+                }
+            }
         }
         ProbeCmd::Run { name, .. } => println!("{name}: ran successfully"),
         ProbeCmd::Reload => println!("reloaded: {} probe(s) loaded", resp["probes"]),
@@ -403,8 +413,12 @@ fn probe_cmd(c: &Config, cmd: ProbeCmd, as_json: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A value for the terminal: probe-supplied strings (names, descriptions,
+/// versions, errors) have their control characters escaped, so a probe
+/// cannot drive the admin's terminal.
 fn str_of(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+    let s = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    telem::untrusted::escape(&s, 1024)
 }
 
 fn list_of(v: &Value) -> String {

@@ -12,6 +12,7 @@
 //! removed without being sent again.
 
 pub mod backoff;
+pub mod client_config;
 pub mod post;
 pub mod ratelimit;
 
@@ -32,6 +33,11 @@ use crate::config::{Config, RateLimitStrategy};
 use crate::journal::{Journal, JournalEntry, Outcome};
 use crate::record::{Header, Record};
 use crate::spool::{Spool, SpoolEntry, SpoolReadError};
+
+/// Named configs remembered (their target, or the refusal, which is then
+/// logged once); past this the memory is cleared, so a client naming many
+/// paths cannot grow it.
+const NAMED_CONFIGS_KEPT: usize = 256;
 
 /// Finished records whose unlink may lag behind the journal; far below the
 /// journal's [`crate::journal::MIN_KEPT`], so a restart always finds them
@@ -348,8 +354,8 @@ impl Delivery {
         keep_going
     }
 
-    /// The target of a record: the config its probe named (`CFG:` line) if
-    /// it can be read, as the legacy poster did, else the daemon's own.
+    /// The target of a record: the config its probe named (`CFG:` line)
+    /// when [`client_config::target_of`] allows it, else the daemon's own.
     fn target_for(&mut self, record: &Record) -> Target {
         let Some(path) = &record.config else {
             return self.default_target.clone();
@@ -365,13 +371,19 @@ impl Delivery {
         if let Some(t) = self.targets.get(path) {
             return t.clone();
         }
-        let t = match Config::load_file(Config::default(), std::path::Path::new(path)) {
-            Ok(c) => Target::from_config(&c),
+        let t = match client_config::target_of(path, &self.config.cfg_allowed_dirs) {
+            Ok(t) => t,
             Err(e) => {
-                warn!("record names config {path} which cannot be used ({e}); posting to the default server");
+                warn!(
+                    "record names config {} which is not used ({e}); posting to the daemon's server",
+                    crate::untrusted::escape(path, crate::untrusted::FIELD_CAP)
+                );
                 self.default_target.clone()
             }
         };
+        if self.targets.len() >= NAMED_CONFIGS_KEPT {
+            self.targets.clear();
+        }
         self.targets.insert(path.clone(), t.clone());
         t
     }

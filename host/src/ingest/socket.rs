@@ -144,6 +144,7 @@ async fn handle(
         }
         Ok(Err(e)) => {
             ingest.stats.invalid.fetch_add(1, Ordering::Relaxed);
+            let e = crate::untrusted::escape(&e.to_string(), crate::untrusted::FIELD_CAP);
             warn!(?uid, ?pid, "native frame rejected: {e}");
             return;
         }
@@ -154,13 +155,19 @@ async fn handle(
     let _pending = pending.acquire().await.expect("semaphore never closed");
     drop(stream);
     drop(slot);
-    let classification = record.headers.get(Header::Classification).to_owned();
+    let classification = crate::untrusted::escape(
+        record.headers.get(Header::Classification),
+        crate::untrusted::FIELD_CAP,
+    );
     match ingest.submit_native(record).await {
         Ok(id) => debug!(record_id = %id, %classification, ?uid, ?pid, "native record spooled"),
         Err(e @ IngestError::NotOptedIn(_)) => {
             info!(%classification, ?uid, ?pid, "native record refused: {e}")
         }
-        Err(e) => warn!(%classification, ?uid, ?pid, "native record refused: {e}"),
+        Err(e) => {
+            let e = crate::untrusted::escape(&e.to_string(), crate::untrusted::FIELD_CAP);
+            warn!(%classification, ?uid, ?pid, "native record refused: {e}")
+        }
     }
 }
 

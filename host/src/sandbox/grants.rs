@@ -1,39 +1,106 @@
-//! What a probe may do: its manifest's requests, narrowed or widened by
-//! the admin's `[probes.NAME]` table. An admin key, when present, replaces
-//! the manifest's value outright (that is how a grant is narrowed, or
-//! explicitly widened); an absent key grants what the probe asked for.
+//! What a probe may do. Deny by default: a manifest only *asks*; the host
+//! grants without the admin's word just a documented safe set (read-only
+//! paths under `/usr/share`, a list of `/proc` files that hold no
+//! per-process secrets, classifications `DOMAIN/NAME/*` in the probe's own
+//! name), and everything else needs the admin's `[probes.NAME]` table. An
+//! admin key, when present, replaces the manifest's request outright (that
+//! is how a grant is narrowed or approved). Some things no one can grant:
+//! relative paths, `/`, another process's `/proc` entries, and the daemon's
+//! own state, spool, journal and crash inbox. Every refusal is kept with its
+//! reason so `telemctl probe info` can say why.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// Default cap on a probe's linear memory.
+/// Default cap on a probe's memory (all of its linear memories together).
 pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 64;
 /// Default wall-time cap of one call.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Default host ceiling on any probe's records per hour
+/// (`max_records_per_hour`); a manifest or an admin table asking for more
+/// gets this.
+pub const DEFAULT_MAX_RECORDS_PER_HOUR: u32 = 1000;
+
+/// Directories a probe may read without the admin's approval: shared,
+/// world-readable data of installed packages.
+pub const SAFE_DIRS: [&str; 1] = ["/usr/share"];
+
+/// `/proc` files a probe may read without the admin's approval: machine-wide
+/// figures any local user can read, nothing about one process.
+pub const SAFE_PROC_FILES: [&str; 14] = [
+    "/proc/buddyinfo",
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/filesystems",
+    "/proc/loadavg",
+    "/proc/meminfo",
+    "/proc/mounts",
+    "/proc/partitions",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/version",
+    "/proc/vmstat",
+    "/proc/zoneinfo",
+];
+
+/// Classification domains and names only the admin can grant, whatever the
+/// probe is called: crash records are trusted by triagers as the output of
+/// the crash path.
+pub const RESERVED_CLASSIFICATIONS: [(&str, &str); 1] = [("org.clearlinux", "crash")];
 
 /// The admin's `[probes.NAME]` table; every key optional.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbePolicy {
     /// false: the probe is not loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Host paths readable by the probe (replaces the manifest's).
+    /// Host paths readable by the probe (replaces the manifest's request;
+    /// this is how a path outside the safe set is approved).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub read_paths: Option<Vec<PathBuf>>,
     /// Classification patterns it may emit (replaces the manifest's).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub classifications: Option<Vec<String>>,
-    /// Linear memory cap.
+    /// Memory cap (all linear memories of a call together).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_limit_mib: Option<u64>,
     /// Wall-time cap per call.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
-    /// Records per hour (replaces the manifest's).
+    /// Records per hour (replaces the manifest's; the host ceiling still holds).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_records_per_hour: Option<u32>,
-    /// false: the probe is not handed crashes (cores hold the crashed
-    /// process's memory) even though its manifest asks for them.
+    /// true: the probe is handed crashes (cores hold the crashed process's
+    /// memory) if its manifest asks for them. Absent or false: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub crashes: Option<bool>,
 }
 
+/// What the host decides for every probe, whatever its table says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostRules {
+    /// Ceiling on records per hour.
+    pub max_records_per_hour: u32,
+    /// The daemon's own directories (state, spool, journal, crash inbox):
+    /// never readable by a probe, nor any directory above them.
+    pub protected_dirs: Vec<PathBuf>,
+}
+
+impl HostRules {
+    /// Rules with the default ceiling and no protected directories (tests,
+    /// `telemctl crash symbolize`, which runs as the admin).
+    pub fn permissive() -> HostRules {
+        HostRules {
+            max_records_per_hour: DEFAULT_MAX_RECORDS_PER_HOUR,
+            protected_dirs: Vec::new(),
+        }
+    }
+}
+
 /// What the probe asked for in `describe`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// Paths to read.
     pub read_paths: Vec<PathBuf>,
@@ -45,41 +112,238 @@ pub struct Request {
     pub crashes: bool,
 }
 
+/// One thing asked for and not granted, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// What was asked for (`read /`, `classification */*/*`, `crashes`,
+    /// `max_records_per_hour 4294967295`).
+    pub item: String,
+    /// Why it was refused or cut.
+    pub reason: String,
+}
+
 /// The effective grant a probe runs with.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
-    /// Read-only preopens, at the same path in the guest.
+    /// Read-only paths, at the same path in the guest. A directory is
+    /// preopened whole; a file is shown alone in its directory.
     pub read_paths: Vec<PathBuf>,
     /// Classification patterns.
     pub classifications: Vec<String>,
-    /// Linear memory cap in MiB.
+    /// Memory cap in MiB, all linear memories of a call together.
     pub memory_limit_mib: u64,
-    /// Wall time per call in ms.
+    /// Wall time per call in ms, host calls included.
     pub timeout_ms: u64,
     /// Records per hour.
     pub max_records_per_hour: u32,
     /// Handed each crash, with read access to that crash's inbox entry.
     pub crashes: bool,
+    /// What was asked for and not granted, and why.
+    #[serde(default)]
+    pub refused: Vec<Refusal>,
+}
+
+/// Why a path can never be granted, if it can't.
+pub fn never_grantable(path: &Path, rules: &HostRules) -> Option<String> {
+    if !path.is_absolute() {
+        return Some("relative paths are never granted".into());
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Some("paths with . or .. are never granted".into());
+    }
+    if path == Path::new("/") {
+        return Some("/ is never granted".into());
+    }
+    if let Ok(rest) = path.strip_prefix("/proc") {
+        if rest.as_os_str().is_empty() {
+            return Some("/proc as a whole is never granted (it holds every process)".into());
+        }
+        let first = rest
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if first == "self" || first == "thread-self" || first.bytes().all(|b| b.is_ascii_digit()) {
+            return Some("per-process /proc entries are never granted".into());
+        }
+    }
+    for dir in &rules.protected_dirs {
+        if path.starts_with(dir) || dir.starts_with(path) {
+            return Some(format!(
+                "{} is (or holds) the daemon's own {} and is never granted",
+                path.display(),
+                dir.display()
+            ));
+        }
+    }
+    None
+}
+
+/// Whether `path` is in the safe set granted without the admin's approval.
+pub fn is_safe_path(path: &Path) -> bool {
+    SAFE_DIRS.iter().any(|d| path.starts_with(d)) || SAFE_PROC_FILES.iter().any(|f| path == *f)
+}
+
+/// Why `path` can't be granted, checking both the path as written and,
+/// when it exists, where its symlinks lead (a link under a safe directory
+/// must not lead into the spool). The safe `/proc` files are fixed names
+/// read by the host, so their targets (`/proc/mounts` is `self/mounts`)
+/// are not followed.
+fn path_refusal(path: &Path, rules: &HostRules) -> Option<String> {
+    if let Some(why) = never_grantable(path, rules) {
+        return Some(why);
+    }
+    if SAFE_PROC_FILES.iter().any(|f| path == *f) {
+        return None;
+    }
+    match std::fs::canonicalize(path) {
+        Ok(real) if real != path => never_grantable(&real, rules)
+            .map(|why| format!("it resolves to {}: {why}", real.display())),
+        _ => None,
+    }
+}
+
+/// Whether a classification pattern is the probe's own: `DOMAIN/NAME/*` or
+/// `DOMAIN/NAME/LEAF` with a literal domain and NAME the probe's name, and
+/// not reserved.
+pub fn is_own_classification(probe: &str, pattern: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('/').collect();
+    parts.len() == 3
+        && !parts[0].is_empty()
+        && parts[0] != "*"
+        && parts[1] == probe
+        && !parts[2].is_empty()
+        && !is_reserved(pattern)
+}
+
+/// Whether a pattern could match a reserved classification.
+pub fn is_reserved(pattern: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('/').collect();
+    parts.len() == 3
+        && RESERVED_CLASSIFICATIONS.iter().any(|(domain, name)| {
+            (parts[0] == "*" || parts[0] == *domain) && (parts[1] == "*" || parts[1] == *name)
+        })
 }
 
 impl Grant {
-    /// The grant for `request` under `policy`.
-    pub fn effective(request: &Request, policy: &ProbePolicy) -> Grant {
+    /// The grant for `probe`'s `request` under the admin's `policy` and the
+    /// host's `rules`.
+    pub fn effective(
+        probe: &str,
+        request: &Request,
+        policy: &ProbePolicy,
+        rules: &HostRules,
+    ) -> Grant {
+        let mut refused = Vec::new();
+        let mut refuse = |item: String, reason: String| refused.push(Refusal { item, reason });
+
+        let mut read_paths = Vec::new();
+        match &policy.read_paths {
+            Some(approved) => {
+                for p in approved {
+                    match path_refusal(p, rules) {
+                        Some(why) => refuse(format!("read {}", p.display()), why),
+                        None => read_paths.push(p.clone()),
+                    }
+                }
+                for p in request.read_paths.iter().filter(|p| !approved.contains(p)) {
+                    refuse(
+                        format!("read {}", p.display()),
+                        format!("not in [probes.{probe}] read_paths"),
+                    );
+                }
+            }
+            None => {
+                for p in &request.read_paths {
+                    if let Some(why) = path_refusal(p, rules) {
+                        refuse(format!("read {}", p.display()), why);
+                    } else if is_safe_path(p) {
+                        read_paths.push(p.clone());
+                    } else {
+                        refuse(
+                            format!("read {}", p.display()),
+                            format!("outside the safe set; needs [probes.{probe}] read_paths"),
+                        );
+                    }
+                }
+            }
+        }
+        read_paths.dedup();
+
+        let mut classifications = Vec::new();
+        match &policy.classifications {
+            Some(approved) => {
+                classifications.clone_from(approved);
+                for c in request
+                    .classifications
+                    .iter()
+                    .filter(|c| !approved.contains(c))
+                {
+                    refuse(
+                        format!("classification {c}"),
+                        format!("not in [probes.{probe}] classifications"),
+                    );
+                }
+            }
+            None => {
+                for c in &request.classifications {
+                    if is_own_classification(probe, c) {
+                        classifications.push(c.clone());
+                    } else if is_reserved(c) {
+                        refuse(
+                            format!("classification {c}"),
+                            format!("reserved for the crash path; only [probes.{probe}] classifications can grant it"),
+                        );
+                    } else {
+                        refuse(
+                            format!("classification {c}"),
+                            format!(
+                                "not DOMAIN/{probe}/...; needs [probes.{probe}] classifications"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+
+        let asked = policy
+            .max_records_per_hour
+            .unwrap_or(request.max_records_per_hour);
+        let max_records_per_hour = asked.min(rules.max_records_per_hour);
+        if asked > max_records_per_hour {
+            refuse(
+                format!("max_records_per_hour {asked}"),
+                format!(
+                    "cut to the host ceiling max_records_per_hour = {}",
+                    rules.max_records_per_hour
+                ),
+            );
+        }
+
+        let crashes = request.crashes && policy.crashes == Some(true);
+        if request.crashes && !crashes {
+            refuse(
+                "crashes".into(),
+                match policy.crashes {
+                    Some(false) => format!("refused by [probes.{probe}] crashes = false"),
+                    _ => format!(
+                        "cores hold other processes' memory; needs [probes.{probe}] crashes = true"
+                    ),
+                },
+            );
+        }
+
         Grant {
-            read_paths: policy
-                .read_paths
-                .clone()
-                .unwrap_or_else(|| request.read_paths.clone()),
-            classifications: policy
-                .classifications
-                .clone()
-                .unwrap_or_else(|| request.classifications.clone()),
+            read_paths,
+            classifications,
             memory_limit_mib: policy.memory_limit_mib.unwrap_or(DEFAULT_MEMORY_LIMIT_MIB),
             timeout_ms: policy.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
-            max_records_per_hour: policy
-                .max_records_per_hour
-                .unwrap_or(request.max_records_per_hour),
-            crashes: request.crashes && policy.crashes.unwrap_or(true),
+            max_records_per_hour,
+            crashes,
+            refused,
         }
     }
 
@@ -102,6 +366,13 @@ pub fn pattern_matches(pattern: &str, classification: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn rules() -> HostRules {
+        HostRules {
+            max_records_per_hour: 1000,
+            protected_dirs: vec!["/var/lib/telemetry".into(), "/var/spool/telemetry".into()],
+        }
+    }
+
     #[test]
     fn patterns() {
         assert!(pattern_matches(
@@ -121,47 +392,155 @@ mod tests {
     }
 
     #[test]
-    fn admin_keys_replace_manifest_requests() {
+    fn a_greedy_manifest_gets_only_the_safe_set() {
         let req = Request {
-            read_paths: vec!["/proc/mounts".into()],
-            classifications: vec!["a/b/*".into()],
+            read_paths: vec![
+                "/".into(),
+                "relative/dir".into(),
+                "/proc/self".into(),
+                "/proc/1/mem".into(),
+                "/proc".into(),
+                "/var".into(),
+                "/var/lib/telemetry/crash-inbox".into(),
+                "/usr/../var/spool/telemetry".into(),
+                "/etc".into(),
+                "/usr/share/zoneinfo".into(),
+                "/proc/mounts".into(),
+            ],
+            classifications: vec![
+                "*/*/*".into(),
+                "org.clearlinux/crash/clr".into(),
+                "*/greedy/*".into(),
+                "org.example/greedy/*".into(),
+                "org.example/other/*".into(),
+            ],
+            max_records_per_hour: u32::MAX,
+            crashes: true,
+        };
+        let g = Grant::effective("greedy", &req, &ProbePolicy::default(), &rules());
+        assert_eq!(
+            g.read_paths,
+            vec![
+                PathBuf::from("/usr/share/zoneinfo"),
+                PathBuf::from("/proc/mounts")
+            ]
+        );
+        assert_eq!(g.classifications, vec!["org.example/greedy/*".to_owned()]);
+        assert_eq!(g.max_records_per_hour, 1000);
+        assert!(!g.crashes);
+        let refused: Vec<&str> = g.refused.iter().map(|r| r.item.as_str()).collect();
+        assert_eq!(
+            refused,
+            [
+                "read /",
+                "read relative/dir",
+                "read /proc/self",
+                "read /proc/1/mem",
+                "read /proc",
+                "read /var",
+                "read /var/lib/telemetry/crash-inbox",
+                "read /usr/../var/spool/telemetry",
+                "read /etc",
+                "classification */*/*",
+                "classification org.clearlinux/crash/clr",
+                "classification */greedy/*",
+                "classification org.example/other/*",
+                "max_records_per_hour 4294967295",
+                "crashes",
+            ]
+        );
+        let reason = |item: &str| &g.refused.iter().find(|r| r.item == item).unwrap().reason;
+        assert!(reason("read /etc").contains("needs [probes.greedy] read_paths"));
+        assert!(reason("read /var").contains("daemon's own /var/lib/telemetry"));
+        assert!(reason("crashes").contains("crashes = true"));
+        assert!(reason("classification org.clearlinux/crash/clr").contains("reserved"));
+    }
+
+    #[test]
+    fn a_probe_named_crash_does_not_own_the_crash_classifications() {
+        assert!(!is_own_classification("crash", "org.clearlinux/crash/*"));
+        assert!(!is_own_classification("crash", "*/crash/*"));
+        assert!(is_own_classification("crash", "org.example/crash/*"));
+        assert!(is_own_classification("hello", "org.clearlinux/hello/world"));
+    }
+
+    #[test]
+    fn the_admin_approves_and_narrows_but_never_grants_the_forbidden() {
+        let req = Request {
+            read_paths: vec!["/usr".into(), "/etc/x".into()],
+            classifications: vec!["org.clearlinux/crash/*".into()],
             max_records_per_hour: 10,
             crashes: true,
         };
-        let g = Grant::effective(&req, &ProbePolicy::default());
-        assert!(g.crashes, "asked for and not refused");
-        assert_eq!(g.read_paths, req.read_paths);
-        assert_eq!(g.memory_limit_mib, 64);
-        assert_eq!(g.timeout_ms, 10_000);
-        assert_eq!(g.max_records_per_hour, 10);
-        let narrowed = ProbePolicy {
-            read_paths: Some(vec![]),
-            classifications: Some(vec!["a/b/c".into()]),
-            max_records_per_hour: Some(1),
+        let approved = ProbePolicy {
+            read_paths: Some(vec![
+                "/usr".into(),
+                "/".into(),
+                "/var/lib/telemetry/spool".into(),
+                "/proc/self/environ".into(),
+            ]),
+            classifications: Some(vec!["org.clearlinux/crash/*".into()]),
+            crashes: Some(true),
+            max_records_per_hour: Some(5000),
             memory_limit_mib: Some(16),
             timeout_ms: Some(500),
             enabled: None,
-            crashes: Some(false),
         };
-        let g = Grant::effective(&req, &narrowed);
-        assert!(!g.crashes);
+        let g = Grant::effective("crash-symbolizer", &req, &approved, &rules());
+        assert_eq!(g.read_paths, vec![PathBuf::from("/usr")]);
+        assert!(g.crashes);
+        assert!(g.allows_classification("org.clearlinux/crash/clr"));
+        assert_eq!(
+            (g.max_records_per_hour, g.memory_limit_mib, g.timeout_ms),
+            (1000, 16, 500)
+        );
+        let refused: Vec<&str> = g.refused.iter().map(|r| r.item.as_str()).collect();
+        assert_eq!(
+            refused,
+            [
+                "read /",
+                "read /var/lib/telemetry/spool",
+                "read /proc/self/environ",
+                "read /etc/x",
+                "max_records_per_hour 5000"
+            ]
+        );
+        let refused_crashes = ProbePolicy {
+            crashes: Some(false),
+            ..approved.clone()
+        };
+        assert!(!Grant::effective("c", &req, &refused_crashes, &rules()).crashes);
         let not_asked = Request {
             crashes: false,
             ..req.clone()
         };
-        let widened = ProbePolicy {
-            crashes: Some(true),
-            ..ProbePolicy::default()
-        };
         assert!(
-            !Grant::effective(&not_asked, &widened).crashes,
+            !Grant::effective("c", &not_asked, &approved, &rules()).crashes,
             "a probe without the crash trigger is never called for crashes"
         );
+    }
+
+    #[test]
+    fn a_symlink_into_a_protected_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("state");
+        std::fs::create_dir(&secret).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let rules = HostRules {
+            max_records_per_hour: 10,
+            protected_dirs: vec![secret.canonicalize().unwrap()],
+        };
+        let policy = ProbePolicy {
+            read_paths: Some(vec![link.clone()]),
+            ..ProbePolicy::default()
+        };
+        let g = Grant::effective("p", &Request::default(), &policy, &rules);
         assert!(g.read_paths.is_empty());
-        assert!(g.allows_classification("a/b/c") && !g.allows_classification("a/b/d"));
-        assert_eq!(
-            (g.max_records_per_hour, g.memory_limit_mib, g.timeout_ms),
-            (1, 16, 500)
+        assert!(
+            g.refused[0].reason.contains("resolves to"),
+            "{:?}",
+            g.refused
         );
     }
 }

@@ -1,12 +1,18 @@
 //! The WASM probe host: loads WASI preview-2 components from the probe
 //! directories and runs each, per call, in a fresh store holding only its
 //! grant: read-only preopens of granted paths, no network, no environment
-//! or arguments, closed stdin, captured and capped stdout/stderr, a memory
-//! cap and a wall-time deadline. Records go through the same ingest path as
-//! native ones.
+//! or arguments, closed stdin, captured and capped stdout/stderr, one
+//! memory budget for the whole store, capped instances, tables and host
+//! resources, and a wall-time deadline that holds inside host calls too
+//! (the epoch stops spinning guests; a host-side timeout drops a call
+//! parked in a WASI sleep or read). Records go through the same ingest path
+//! as native ones.
 
 pub mod cache;
+pub mod file_views;
 pub mod grants;
+pub mod limits;
+pub mod probe_log;
 pub mod supervisor;
 
 use std::collections::VecDeque;
@@ -18,11 +24,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use thiserror::Error;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use self::grants::{Grant, Request};
+use self::file_views::FileViews;
+use self::grants::{Grant, HostRules, Request};
+use self::limits::{StoreBudget, MAX_HOST_RESOURCES};
+use self::probe_log::{escape, Admit, LogGate, FIELD_CAP, LOG_LINE_CAP};
 use crate::ingest::{Ingest, IngestError};
 use crate::record::{random_id, Record};
 
@@ -52,8 +61,13 @@ pub const OUTPUT_CAP: usize = 16 * 1024;
 pub const DESCRIBE_TIMEOUT_MS: u64 = 2000;
 /// Memory cap of the `describe` store.
 pub const DESCRIBE_MEMORY: usize = 16 << 20;
-/// A log line from a probe is cut to this.
-pub const LOG_LINE_CAP: usize = 4096;
+/// Wall time compiling one component may take before its load fails.
+pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default of `max_component_bytes`: larger probe files are not compiled.
+pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 16 << 20;
+/// Time a call gets past its deadline to be stopped by the epoch before
+/// the host-side timeout drops it (a guest parked in a host call).
+pub const DEADLINE_GRACE: Duration = Duration::from_millis(200);
 
 /// Why a probe call failed.
 #[derive(Debug, Error)]
@@ -70,6 +84,13 @@ pub enum CallError {
     /// The sandbox could not be set up (e.g. a granted path is missing).
     #[error("sandbox setup failed: {0}")]
     Setup(String),
+}
+
+impl CallError {
+    /// Whether the call was stopped at its deadline.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, CallError::Timeout(_))
+    }
 }
 
 /// Counters and last state of one probe, for `telemctl probe list`.
@@ -111,6 +132,7 @@ pub struct LoadedProbe {
     /// Counters.
     pub stats: Mutex<ProbeStats>,
     sends: Mutex<VecDeque<Instant>>,
+    log_gate: Mutex<LogGate>,
 }
 
 impl std::fmt::Debug for LoadedProbe {
@@ -149,10 +171,34 @@ pub struct Captured {
 struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    budget: StoreBudget,
     probe: Option<Arc<LoadedProbe>>,
     sink: Option<Sink>,
     name: String,
+    /// `describe`'s own log allowance (a loaded probe uses its shared one).
+    describe_log: LogGate,
+}
+
+impl HostState {
+    fn new(
+        name: String,
+        wasi: WasiCtx,
+        memory: usize,
+        probe: Option<(Arc<LoadedProbe>, Sink)>,
+    ) -> HostState {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HOST_RESOURCES);
+        let (probe, sink) = probe.unzip();
+        HostState {
+            wasi,
+            table,
+            budget: StoreBudget::new(memory),
+            probe,
+            sink,
+            name,
+            describe_log: LogGate::default(),
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -169,15 +215,26 @@ impl telemetrics::probe::types::Host for HostState {}
 impl telemetrics::probe::log::Host for HostState {
     async fn log(&mut self, level: telemetrics::probe::log::Level, message: String) {
         use telemetrics::probe::log::Level;
-        let mut m = message;
-        if m.len() > LOG_LINE_CAP {
-            let mut cut = LOG_LINE_CAP;
-            while !m.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            m.truncate(cut);
-        }
+        let m = escape(&message, LOG_LINE_CAP);
         let probe = self.name.as_str();
+        let admit = match &self.probe {
+            Some(p) => p
+                .log_gate
+                .lock()
+                .expect("log gate lock")
+                .admit(Instant::now(), m.len()),
+            None => self.describe_log.admit(Instant::now(), m.len()),
+        };
+        match admit {
+            Admit::No => return,
+            Admit::Yes { suppressed: 0 } => {}
+            Admit::Yes { suppressed } => {
+                tracing::warn!(
+                    probe,
+                    "{suppressed} log lines of this probe suppressed (rate limit)"
+                )
+            }
+        }
         match level {
             Level::Debug => tracing::debug!(probe, "{m}"),
             Level::Info => tracing::info!(probe, "{m}"),
@@ -200,7 +257,16 @@ impl telemetrics::probe::records::Host for HostState {
             Ok(_) => st.records_sent += 1,
             Err(e) => {
                 st.records_refused += 1;
-                tracing::warn!(probe = %probe.name, "record refused: {e:?}");
+                drop(st);
+                let why = escape(&format!("{e:?}"), FIELD_CAP);
+                let admit = probe
+                    .log_gate
+                    .lock()
+                    .expect("log gate lock")
+                    .admit(Instant::now(), why.len());
+                if admit != Admit::No {
+                    tracing::warn!(probe = %probe.name, "record refused: {why}");
+                }
             }
         }
         result
@@ -213,8 +279,11 @@ async fn send_record(
     r: TelemetryRecord,
 ) -> Result<String, SendError> {
     if !probe.grant.allows_classification(&r.classification) {
-        return Err(SendError::NotGranted(r.classification));
+        return Err(SendError::NotGranted(escape(&r.classification, FIELD_CAP)));
     }
+    // Invalid records are refused before they count against the hourly
+    // budget: a probe's mistakes must not use up its allowance.
+    check_probe_record(&r).map_err(|e| SendError::Invalid(escape(&e.to_string(), FIELD_CAP)))?;
     {
         let mut sends = probe.sends.lock().expect("sends lock");
         let now = Instant::now();
@@ -243,9 +312,6 @@ async fn send_record(
             )),
         ),
         Sink::Capture(kept) => {
-            crate::record::validate_classification(&r.classification)
-                .and_then(|()| crate::record::validate_payload(r.payload.as_bytes()))
-                .map_err(|e| SendError::Invalid(e.to_string()))?;
             kept.lock().expect("capture lock").push(Captured {
                 classification: r.classification,
                 severity: r.severity,
@@ -273,11 +339,49 @@ async fn send_record(
     }
 }
 
+/// The rules of the record model a probe's record can break (the rest the
+/// host fills in).
+fn check_probe_record(r: &TelemetryRecord) -> Result<(), crate::record::RecordError> {
+    crate::record::validate_classification(&r.classification)?;
+    crate::record::validate_severity_str(&r.severity.to_string())?;
+    if let Some(id) = &r.event_id {
+        crate::record::validate_event_id(id)?;
+    }
+    crate::record::validate_payload(r.payload.as_bytes())
+}
+
+/// Where a sandbox keeps its files and which host rules it applies.
+#[derive(Clone, Debug)]
+pub struct SandboxOptions {
+    /// Compiled components.
+    pub cache_dir: PathBuf,
+    /// Per-call private directories (file grants).
+    pub scratch_dir: PathBuf,
+    /// Ceilings and never-grantable directories.
+    pub rules: HostRules,
+    /// Larger component files are refused before they are compiled.
+    pub max_component_bytes: u64,
+}
+
+impl SandboxOptions {
+    /// Options with the cache in `cache_dir`, the scratch directory beside
+    /// it, permissive host rules and the default size cap.
+    pub fn new(cache_dir: &Path) -> SandboxOptions {
+        SandboxOptions {
+            cache_dir: cache_dir.to_owned(),
+            scratch_dir: cache_dir.with_file_name("probe-views"),
+            rules: HostRules::permissive(),
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+        }
+    }
+}
+
 /// The engine, linker and compiled-component cache shared by all probes.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     cache: cache::CompileCache,
+    options: SandboxOptions,
     /// Components compiled (not loaded from the cache) since start.
     pub compilations: AtomicU64,
     _ticker: std::thread::JoinHandle<()>,
@@ -299,10 +403,30 @@ pub struct LoadError {
     pub reason: String,
 }
 
+/// Runs `fut` under a host-side timeout of `limit` plus
+/// [`DEADLINE_GRACE`]. The epoch deadline stops a guest that spins; this
+/// stops one parked in a host call (a WASI sleep, a blocking read), whose
+/// future, and with it the store, is dropped.
+async fn under_deadline<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    match tokio::time::timeout(limit + DEADLINE_GRACE, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+    }
+}
+
 impl Sandbox {
-    /// Builds the engine (epoch interruption on), the linker (WASI p2 and
-    /// the probe contract) and the cache under `cache_dir`.
+    /// A sandbox with its cache in `cache_dir` and permissive host rules
+    /// (the admin's own triage runs and benchmarks).
     pub fn new(cache_dir: &Path) -> wasmtime::Result<Sandbox> {
+        Sandbox::with_options(SandboxOptions::new(cache_dir))
+    }
+
+    /// Builds the engine (epoch interruption on), the linker (WASI p2 and
+    /// the probe contract) and the cache.
+    pub fn with_options(options: SandboxOptions) -> wasmtime::Result<Sandbox> {
         let mut cfg = wasmtime::Config::new();
         cfg.epoch_interruption(true);
         cfg.max_wasm_stack(1 << 20);
@@ -320,19 +444,28 @@ impl Sandbox {
                     std::thread::sleep(EPOCH_TICK);
                 }
             })?;
-        let cache = cache::CompileCache::new(cache_dir, &engine);
+        let cache = cache::CompileCache::new(&options.cache_dir, &engine);
+        // Views left by a daemon that was killed mid-call.
+        let _ = std::fs::remove_dir_all(&options.scratch_dir);
         Ok(Sandbox {
             engine,
             linker,
             cache,
+            options,
             compilations: AtomicU64::new(0),
             _ticker: ticker,
         })
     }
 
+    /// The largest component file this sandbox compiles.
+    pub fn max_component_bytes(&self) -> u64 {
+        self.options.max_component_bytes
+    }
+
     /// Compiles (or loads from the cache) the component in `bytes`, checks
     /// its contract version, and asks it to `describe` itself in a store
-    /// with no capabilities.
+    /// with no capabilities. Compiling runs on a blocking thread under
+    /// [`COMPILE_TIMEOUT`]; `describe` runs under its own deadline.
     pub async fn load(
         &self,
         file: &Path,
@@ -343,33 +476,44 @@ impl Sandbox {
             file: file.display().to_string(),
             reason,
         };
+        if bytes.len() as u64 > self.options.max_component_bytes {
+            return Err(err(format!(
+                "{} bytes is over max_component_bytes ({})",
+                bytes.len(),
+                self.options.max_component_bytes
+            )));
+        }
         if !bytes.starts_with(b"\0asm") {
             return Err(err("not a WebAssembly file".into()));
         }
-        let (component, hash, compiled) = self
-            .cache
-            .get_or_compile(&self.engine, bytes)
-            .map_err(|e| err(format!("{e:#}")))?;
+        let (cache, engine, owned) = (self.cache.clone(), self.engine.clone(), bytes.to_vec());
+        let compiling = tokio::task::spawn_blocking(move || cache.get_or_compile(&engine, &owned));
+        let (component, hash, compiled) =
+            match tokio::time::timeout(COMPILE_TIMEOUT, compiling).await {
+                Err(_) => {
+                    return Err(err(format!(
+                        "not compiled within {} s",
+                        COMPILE_TIMEOUT.as_secs()
+                    )))
+                }
+                Ok(Err(join)) => return Err(err(format!("compiler thread failed: {join}"))),
+                Ok(Ok(r)) => r.map_err(|e| err(format!("{e:#}")))?,
+            };
         if compiled {
             self.compilations.fetch_add(1, Ordering::Relaxed);
         }
         check_contract(&self.engine, &component).map_err(err)?;
-        let state = HostState {
-            wasi: WasiCtxBuilder::new().build(),
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(DESCRIBE_MEMORY)
-                .trap_on_grow_failure(true)
-                .build(),
-            probe: None,
-            sink: None,
-            name: file.display().to_string(),
-        };
+        let state = HostState::new(
+            file.display().to_string(),
+            WasiCtxBuilder::new().build(),
+            DESCRIBE_MEMORY,
+            None,
+        );
         let mut store = self.store(state, DESCRIBE_TIMEOUT_MS);
-        let manifest = async {
+        let manifest = under_deadline(Duration::from_millis(DESCRIBE_TIMEOUT_MS), async {
             let p = Probe::instantiate_async(&mut store, &component, &self.linker).await?;
             p.call_describe(&mut store).await
-        }
+        })
         .await
         .map_err(|e| {
             err(format!(
@@ -377,15 +521,17 @@ impl Sandbox {
                 call_error(e, DESCRIBE_TIMEOUT_MS)
             ))
         })?;
+        drop(store);
         if manifest.name.is_empty()
+            || manifest.name.len() > 64
             || !manifest
                 .name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             return Err(err(format!(
-                "manifest name {:?} is not lowercase letters, digits and '-'",
-                manifest.name
+                "manifest name {} is not 1 to 64 lowercase letters, digits and '-'",
+                escape(&format!("{:?}", manifest.name), FIELD_CAP)
             )));
         }
         let request = Request {
@@ -397,7 +543,12 @@ impl Sandbox {
                 .iter()
                 .any(|t| matches!(t, Trigger::Crash)),
         };
-        let grant = Grant::effective(&request, &policy_of(&manifest.name));
+        let grant = Grant::effective(
+            &manifest.name,
+            &request,
+            &policy_of(&manifest.name),
+            &self.options.rules,
+        );
         Ok(LoadedProbe {
             name: manifest.name.clone(),
             file: file.to_owned(),
@@ -408,12 +559,13 @@ impl Sandbox {
             component,
             stats: Mutex::new(ProbeStats::default()),
             sends: Mutex::new(VecDeque::new()),
+            log_gate: Mutex::new(LogGate::default()),
         })
     }
 
     fn store(&self, state: HostState, timeout_ms: u64) -> Store<HostState> {
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.budget);
         let start = Instant::now();
         let limit = Duration::from_millis(timeout_ms);
         store.set_epoch_deadline(1);
@@ -430,9 +582,11 @@ impl Sandbox {
     }
 
     /// Runs `handle(event)` in a fresh store holding only the probe's grant.
-    /// `extra_read` adds read-only paths for this call only (a crash's
-    /// inbox entry). A granted path that does not exist on this machine is
-    /// left out (nothing could be read there anyway).
+    /// `extra_read` adds read-only directories for this call only (a
+    /// crash's inbox entry). A granted directory is preopened whole; a
+    /// granted file is shown alone in a private copy of its directory; a
+    /// granted path that does not exist on this machine is left out
+    /// (nothing could be read there anyway).
     pub async fn run(
         &self,
         probe: &Arc<LoadedProbe>,
@@ -442,14 +596,31 @@ impl Sandbox {
     ) -> Result<(), CallError> {
         let g = &probe.grant;
         let mut b = WasiCtxBuilder::new();
+        let mut dirs: Vec<&PathBuf> = Vec::new();
+        let mut files: Vec<PathBuf> = Vec::new();
         for p in g.read_paths.iter().chain(extra_read) {
-            if !p.is_dir() {
-                tracing::debug!(probe = %probe.name, "granted path {} is not a directory here; left out", p.display());
-                continue;
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.exists() {
+                // Shown through its directory only when that directory is
+                // not granted whole already.
+                if !g.read_paths.iter().any(|d| p.parent() == Some(d.as_path())) {
+                    files.push(p.clone());
+                }
+            } else {
+                tracing::debug!(probe = %probe.name, "granted path {} does not exist here; left out", p.display());
             }
+        }
+        for p in dirs {
             let guest = p.to_string_lossy();
             b.preopened_dir(p, guest.as_ref(), FsPerms::ReadOnly)
                 .map_err(|e| CallError::Setup(format!("granted path {}: {e}", p.display())))?;
+        }
+        let views = FileViews::build(&self.options.scratch_dir, &probe.name, &files)
+            .map_err(|e| CallError::Setup(format!("file grants: {e}")))?;
+        for (dir, guest) in &views.preopens {
+            b.preopened_dir(dir, guest, FsPerms::ReadOnly)
+                .map_err(|e| CallError::Setup(format!("file grant view of {guest}: {e}")))?;
         }
         let stdout = MemoryOutputPipe::new(OUTPUT_CAP);
         let stderr = MemoryOutputPipe::new(OUTPUT_CAP);
@@ -458,33 +629,38 @@ impl Sandbox {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         b.socket_addr_check(|_, _| Box::pin(async { false }));
-        let state = HostState {
-            wasi: b.build(),
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size((g.memory_limit_mib as usize) << 20)
-                .trap_on_grow_failure(true)
-                .build(),
-            probe: Some(probe.clone()),
-            sink: Some(sink),
-            name: probe.name.clone(),
-        };
+        let state = HostState::new(
+            probe.name.clone(),
+            b.build(),
+            (g.memory_limit_mib as usize).saturating_mul(1 << 20),
+            Some((probe.clone(), sink)),
+        );
         let mut store = self.store(state, g.timeout_ms);
-        let result = async {
+        let result = under_deadline(Duration::from_millis(g.timeout_ms), async {
             let p = Probe::instantiate_async(&mut store, &probe.component, &self.linker).await?;
             p.call_handle(&mut store, &event).await
-        }
+        })
         .await;
+        drop(store);
+        drop(views);
         for (stream, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
             let bytes = pipe.contents();
             if !bytes.is_empty() {
                 let text = String::from_utf8_lossy(&bytes);
-                tracing::info!(probe = %probe.name, stream, "{}{}", text.trim_end(), if bytes.len() >= OUTPUT_CAP { " [cut]" } else { "" });
+                tracing::info!(probe = %probe.name, stream, "{}{}", escape(text.trim_end(), OUTPUT_CAP), if bytes.len() >= OUTPUT_CAP { " [cut at 16 KiB]" } else { "" });
             }
+        }
+        let suppressed = probe
+            .log_gate
+            .lock()
+            .expect("log gate lock")
+            .take_suppressed();
+        if suppressed > 0 {
+            tracing::warn!(probe = %probe.name, "{suppressed} log lines of this probe suppressed (rate limit)");
         }
         match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) => Err(CallError::Guest(msg)),
+            Ok(Err(msg)) => Err(CallError::Guest(escape(&msg, FIELD_CAP))),
             Err(e) => Err(call_error(e, g.timeout_ms)),
         }
     }
@@ -494,13 +670,26 @@ impl Sandbox {
 #[error("deadline exceeded")]
 struct DeadlineExceeded;
 
+/// The failure of a call in one line an admin can act on: the trap code or
+/// the root cause, and the wasm function it happened in.
 fn call_error(e: wasmtime::Error, timeout_ms: u64) -> CallError {
     if e.downcast_ref::<DeadlineExceeded>().is_some() {
         return CallError::Timeout(timeout_ms);
     }
-    CallError::Trap(format!("{e:#}").lines().next().unwrap_or("").to_owned())
+    let reason = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => e.root_cause().to_string(),
+    };
+    let frame = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().first())
+        .map(|f| match f.func_name() {
+            Some(name) => format!(" in {name}"),
+            None => format!(" in wasm function {}", f.func_index()),
+        })
+        .unwrap_or_default();
+    CallError::Trap(escape(&format!("{reason}{frame}"), FIELD_CAP))
 }
-
 /// Refuses components built against a contract this host does not speak.
 fn check_contract(engine: &Engine, component: &Component) -> Result<(), String> {
     let ty = component.component_type();
@@ -515,4 +704,57 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), String> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component of `instances` core instances, each with one memory of
+    /// `pages` 64 KiB pages.
+    fn many_memories(instances: usize, pages: u32) -> Vec<u8> {
+        let mut text = format!("(component\n (core module $m (memory {pages}))\n");
+        for i in 0..instances {
+            text.push_str(&format!(" (core instance $i{i} (instantiate $m))\n"));
+        }
+        text.push(')');
+        wat::parse_str(&text).unwrap()
+    }
+
+    async fn instantiate(
+        sb: &Sandbox,
+        bytes: &[u8],
+        budget: usize,
+    ) -> (wasmtime::Result<()>, usize) {
+        let component = Component::new(&sb.engine, bytes).unwrap();
+        let state = HostState::new("t".into(), WasiCtxBuilder::new().build(), budget, None);
+        let mut store = sb.store(state, 2000);
+        let r = sb
+            .linker
+            .instantiate_async(&mut store, &component)
+            .await
+            .map(|_| ());
+        (r, store.data().budget.memory_used())
+    }
+
+    #[tokio::test]
+    async fn all_memories_of_a_store_share_one_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let sb = Sandbox::new(&dir.path().join("cache")).unwrap();
+        // 60 instances of 16 MiB each under a 16 MiB budget: the second fails.
+        let (r, used) = instantiate(&sb, &many_memories(60, 256), 16 << 20).await;
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(
+            e.contains("memory budget of 16777216 bytes exceeded"),
+            "{e}"
+        );
+        assert_eq!(used, 16 << 20);
+        // Small memories: the count of memories is capped too.
+        let (r, used) = instantiate(&sb, &many_memories(60, 1), 16 << 20).await;
+        assert!(r.is_err());
+        assert_eq!(used, limits::MAX_MEMORIES * (64 << 10));
+        // Within both caps it instantiates.
+        let (r, _) = instantiate(&sb, &many_memories(2, 16), 16 << 20).await;
+        r.unwrap();
+    }
 }

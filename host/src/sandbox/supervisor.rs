@@ -22,6 +22,8 @@ pub const QUARANTINE_AFTER: u32 = 5;
 pub const RETRY_BASE: Duration = Duration::from_secs(1);
 /// Largest random delay added to an interval, so a fleet spreads out.
 pub const MAX_SPLAY: Duration = Duration::from_secs(600);
+/// How long a request naming a probe waits for the start-up scan.
+pub const FIRST_SCAN_WAIT: Duration = Duration::from_secs(30);
 
 /// Where a probe is in its life.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -89,6 +91,8 @@ pub struct ProbeManager {
     /// Signalled when a probe granted the crash trigger starts running, so
     /// crashes that waited in the inbox for one are handed over then.
     crash_probe_loaded: tokio::sync::Notify,
+    /// Turns true once the first scan (the probes present at start) is done.
+    first_scan: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for ProbeManager {
@@ -133,6 +137,7 @@ impl ProbeManager {
             slots: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             crash_probe_loaded: tokio::sync::Notify::new(),
+            first_scan: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -240,7 +245,20 @@ impl ProbeManager {
         path: &Path,
         seen: (u64, SystemTime),
     ) -> Result<(), String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cap = self.sandbox.max_component_bytes();
+        if seen.0 > cap {
+            return Err(format!(
+                "{}: {} bytes is over max_component_bytes ({cap}); not compiled",
+                path.display(),
+                seen.0
+            ));
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| {
+                std::io::Read::read_to_end(&mut std::io::Read::take(f, cap + 1), &mut bytes)
+            })
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let hash = super::cache::sha256_hex(&bytes);
         if let Some(slot) = self.slots.lock().expect("slots lock").get_mut(path) {
             if slot.probe.hash == hash {
@@ -334,9 +352,24 @@ impl ProbeManager {
         self.crash_probe_loaded.notified().await;
     }
 
-    /// Scans every `interval` until the task is dropped.
+    /// Waits (at most `limit`) until the probes present at start have been
+    /// loaded or refused, so a request naming a probe right after start
+    /// does not fail only because loading is still under way. Returns
+    /// whether the first scan is done.
+    pub async fn first_scan_done(&self, limit: Duration) -> bool {
+        let mut rx = self.first_scan.subscribe();
+        let done = tokio::time::timeout(limit, rx.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        done
+    }
+
+    /// Loads the probes present now, then scans every `interval` until the
+    /// task is dropped. The daemon runs this after its sockets are bound,
+    /// so a slow or hostile probe file never delays start-up.
     pub async fn watch(self: Arc<Self>, interval: Duration) {
         self.scan(false).await;
+        self.first_scan.send_replace(true);
         loop {
             tokio::time::sleep(interval).await;
             self.scan(true).await;
@@ -427,6 +460,7 @@ impl ProbeManager {
 
     /// Runs a probe now with `args` (the manual trigger) and returns its result.
     pub async fn run_now(&self, name: &str, args: Vec<String>) -> Result<(), String> {
+        self.first_scan_done(FIRST_SCAN_WAIT).await;
         let (probe, state) = self
             .find(name)
             .ok_or_else(|| format!("no probe named {name} is loaded"))?;
@@ -469,6 +503,7 @@ impl ProbeManager {
                     Event::Crash(report.clone()),
                     &[entry.to_owned()],
                     sink,
+                    Quarantine::Exempt,
                 )
                 .await;
             out.push((probe.name.clone(), r));
@@ -509,7 +544,8 @@ impl ProbeManager {
         extra: &[PathBuf],
     ) -> Result<(), CallError> {
         let sink = super::Sink::Spool(self.ingest.clone());
-        self.call_with(probe, state, event, extra, sink).await
+        self.call_with(probe, state, event, extra, sink, Quarantine::Counts)
+            .await
     }
 
     async fn call_with(
@@ -519,6 +555,7 @@ impl ProbeManager {
         event: Event,
         extra: &[PathBuf],
         sink: super::Sink,
+        quarantine: Quarantine,
     ) -> Result<(), CallError> {
         let result = self.sandbox.run(probe, sink, event, extra).await;
         let mut st = probe.stats.lock().expect("stats lock");
@@ -532,8 +569,12 @@ impl ProbeManager {
                     CallError::Trap(_) => st.traps += 1,
                     _ => {}
                 }
-                st.failures_in_a_row += 1;
                 st.last_error = Some(e.to_string());
+                if quarantine == Quarantine::Exempt {
+                    warn!(probe = %probe.name, "probe call failed on its input (not counted toward quarantine): {e}");
+                    return result;
+                }
+                st.failures_in_a_row += 1;
                 warn!(probe = %probe.name, failures_in_a_row = st.failures_in_a_row, "probe call failed: {e}");
                 if st.failures_in_a_row >= QUARANTINE_AFTER {
                     let why = format!("{} failures in a row, last: {e}", st.failures_in_a_row);
@@ -544,6 +585,15 @@ impl ProbeManager {
         }
         result
     }
+}
+
+/// Whether a failed call counts toward quarantine. Crash calls do not: a
+/// hostile core makes the probe fail through no fault of its own, the
+/// daemon records that crash itself, and real crashes must not then wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quarantine {
+    Counts,
+    Exempt,
 }
 
 /// Fires a probe's triggers: on start, then every interval plus a random

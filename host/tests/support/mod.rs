@@ -278,12 +278,32 @@ pub fn control(d: &TestDaemon, req: serde_json::Value) -> serde_json::Value {
             d.log()
         )
     });
+    // A deadline that regresses must fail the test, not hang the suite.
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut line = req.to_string();
     line.push('\n');
     s.write_all(line.as_bytes()).unwrap();
     let mut out = String::new();
     BufReader::new(s).read_line(&mut out).unwrap();
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad response {out:?}: {e}"))
+}
+
+/// Resident set size of a process in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// Unmounts on drop (lazily, so a test failing mid-way does not leave a

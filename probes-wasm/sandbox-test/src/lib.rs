@@ -3,7 +3,11 @@
 //! allow or stop. Not shipped.
 //!
 //! Commands: `read PATH`, `list DIR`, `connect ADDR`, `spin`, `grow MIB`,
-//! `send CLASSIFICATION`, `flood N`, `print BYTES`, `env`, `state`.
+//! `send CLASSIFICATION`, `flood N`, `print BYTES`, `env`, `state`,
+//! `sleep MS` (in a WASI host call, where the epoch cannot stop it),
+//! `hold FILE N MS` (open FILE up to N times, keep every handle, log how
+//! many opened, then sleep MS), `log N BYTES` (N log lines of BYTES each,
+//! with an embedded newline that must not start a forged line).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -97,6 +101,38 @@ impl Probe for SandboxTest {
                 "state: call {}",
                 CALLS.fetch_add(1, Ordering::Relaxed) + 1
             )),
+            "sleep" => {
+                let ms: u64 = arg(1).parse().map_err(|_| "sleep MS")?;
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                report(format!("slept {ms} ms"))
+            }
+            "hold" => {
+                let n: usize = arg(2).parse().map_err(|_| "hold FILE N MS")?;
+                let ms: u64 = arg(3).parse().map_err(|_| "hold FILE N MS")?;
+                let mut held = Vec::new();
+                let mut stopped = String::new();
+                while held.len() < n {
+                    match std::fs::File::open(arg(1)) {
+                        Ok(f) => held.push(f),
+                        Err(e) => {
+                            stopped = format!(" (stopped: {e})");
+                            break;
+                        }
+                    }
+                }
+                log::info(&format!("holding {} files{stopped}", held.len()));
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                report(format!("held {} files", held.len()))
+            }
+            "log" => {
+                let n: usize = arg(1).parse().map_err(|_| "log N BYTES")?;
+                let bytes: usize = arg(2).parse().map_err(|_| "log N BYTES")?;
+                let line = format!("x\nFORGED {}", "y".repeat(bytes.saturating_sub(9)));
+                for _ in 0..n {
+                    log::warn(&line);
+                }
+                Ok(())
+            }
             other => Err(format!("unknown command {other:?}")),
         }
     }

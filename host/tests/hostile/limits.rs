@@ -1,0 +1,104 @@
+//! Resource caps on the whole store and on host resources: memory is one
+//! budget for the call, and a probe holding files cannot exhaust the
+//! daemon's descriptors or stop it answering.
+
+use std::time::Duration;
+
+use crate::support::*;
+use crate::{daemon_with, run};
+
+#[test]
+fn the_admins_memory_grant_is_what_the_probe_gets() {
+    let d = daemon_with(
+        &["sandbox_test"],
+        "[probes.sandbox-test]\nclassifications = [\"org.example/test/*\"]\nmemory_limit_mib = 16\n",
+    );
+    // 20 MiB passes the default 64 MiB but not the 16 MiB grant.
+    let v = run(&d, "sandbox-test", &["grow", "20"]);
+    assert_eq!(v["ok"], false, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("grow failed") || e.contains("memory budget"),
+        "{e}"
+    );
+    let v = run(&d, "sandbox-test", &["grow", "4"]);
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn held_files_are_capped_and_the_sockets_answer_during_the_call() {
+    let d = TestDaemon::prepare(HOLD);
+    let data = d.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), "x").unwrap();
+    let mut text = std::fs::read_to_string(&d.config_path).unwrap();
+    text.push_str(&format!(
+        "[probes.sandbox-test]\nread_paths = [\"{}\"]\nclassifications = [\"org.example/test/*\"]\ntimeout_ms = 8000\n",
+        data.display()
+    ));
+    std::fs::write(&d.config_path, text).unwrap();
+    std::fs::create_dir_all(d.path("probes")).unwrap();
+    std::fs::copy(probe_wasm("sandbox_test"), d.path("probes/t.wasm")).unwrap();
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    let d = d.spawn();
+    crate::probe_info(&d, "sandbox-test");
+    let fds_before = fd_count(d.pid());
+    let file = data.join("f").display().to_string();
+    // 100,000 opens: the call is stopped at the cap, with a reason.
+    let v = run(&d, "sandbox-test", &["hold", &file, "100000", "0"]);
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("resource table has no free keys"),
+        "{v}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || fd_count(d.pid())
+            <= fds_before + 2),
+        "{} descriptors after the call (was {fds_before})",
+        fd_count(d.pid())
+    );
+    // Just under the cap, held for a while: the daemon has descriptors to
+    // spare and both sockets answer during the call.
+    std::thread::scope(|s| {
+        let call = s.spawn(|| run(&d, "sandbox-test", &["hold", &file, "200", "3000"]));
+        assert!(
+            wait_until(Duration::from_secs(10), || d
+                .log()
+                .contains("holding 200 files")),
+            "{}",
+            d.log()
+        );
+        let fds = fd_count(d.pid());
+        assert!(fds >= fds_before + 200, "the probe holds its files: {fds}");
+        assert!(
+            fds < fds_before + 300,
+            "{fds} descriptors open (was {fds_before})"
+        );
+        let status = control(&d, serde_json::json!({"op": "status"}));
+        assert_eq!(status["ok"], true, "{status}");
+        send_raw(
+            &d.socket(),
+            &telem::record::wire::encode_frame(&test_record("during")),
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || d
+                .spool_records()
+                .iter()
+                .any(|r| r.payload == "during")),
+            "{}",
+            d.log()
+        );
+        let v = call.join().unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+    });
+    // Everything the call held is closed again.
+    assert!(
+        wait_until(Duration::from_secs(5), || fd_count(d.pid())
+            <= fds_before + 2),
+        "{} descriptors after the call (was {fds_before})",
+        fd_count(d.pid())
+    );
+}

@@ -1,0 +1,49 @@
+//! The attacks of the security review, each run against a real `telemd`
+//! and each asserting the bound that stops it (SECURITY.md lists them).
+//! Every test here fails on a build without its limit.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cfg;
+mod deadlines;
+mod grants;
+mod limits;
+mod logs;
+
+use serde_json::json;
+use support::*;
+
+/// Starts a daemon with `wasm` components (file names under
+/// probes-wasm's target) in its probes directory and `extra` config.
+pub fn daemon_with(probes: &[&str], extra: &str) -> TestDaemon {
+    let d = TestDaemon::prepare(extra);
+    std::fs::create_dir_all(d.path("probes")).unwrap();
+    for p in probes {
+        std::fs::copy(probe_wasm(p), d.path(&format!("probes/{p}.wasm"))).unwrap();
+    }
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    d.spawn()
+}
+
+/// `telemctl probe run NAME -- ARGS` over the control socket.
+pub fn run(d: &TestDaemon, probe: &str, args: &[&str]) -> serde_json::Value {
+    control(d, json!({"op": "run", "probe": probe, "args": args}))
+}
+
+/// Payloads of the spooled records.
+pub fn payloads(d: &TestDaemon) -> Vec<String> {
+    d.spool_records().into_iter().map(|r| r.payload).collect()
+}
+
+/// The loaded probe `name` as `telemctl probe list --json` shows it.
+pub fn probe_info(d: &TestDaemon, name: &str) -> serde_json::Value {
+    let list = control(d, json!({"op": "list"}));
+    list["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not loaded: {list}\n{}", d.log()))
+}
