@@ -5,12 +5,30 @@
 //! process's credentials), drop to the service user, stream the core into a
 //! fresh inbox entry, and tell `telemd`. Parsing the core is left to the
 //! sandboxed crash-symbolizer probe.
+//!
+//! Everything it is given is hostile: the process name and path are the
+//! crashed program's choice, and the core is its memory. Nothing here may
+//! panic or exit early on what it is given; a crash that is not kept is
+//! logged, never lost silently.
+//!
+//! Concurrent crashes share the inbox's limits. Under the inbox lock, a
+//! crash whose core will be kept is admitted against what the inbox holds
+//! plus what the crashes still being copied may write: each of those holds
+//! a reservation, a `.reservation` file in its entry naming the bytes it
+//! may use and locked (`flock`) while its handler lives. The reservation is
+//! removed once the entry is complete, with the entry when the crash is
+//! lost, and by the next handler when its own went away with a handler that
+//! died (its lock is gone). So the inbox holds at most
+//! `crash_inbox_max_size` plus one core, and no crash takes the free space
+//! of its filesystem below `crash_min_free_mb`.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +38,7 @@ use serde_json::json;
 use crate::cli::crash_handler::Args;
 use crate::client::{build_local_record, send_record, NewRecord, CLIENT_TIMEOUT};
 use crate::config::Config;
-use crate::crash::{inbox_bytes, inbox_dir, CrashMeta, CORE_FILE, META_FILE};
+use crate::crash::{inbox_dir, CrashMeta, CORE_FILE, META_FILE};
 
 /// Where the flood limits keep their state, inside the inbox.
 const RECENT_FILE: &str = ".recent.json";
@@ -28,6 +46,15 @@ const RECENT_FILE: &str = ".recent.json";
 const VERBOSE_WAIT: Duration = Duration::from_secs(60);
 /// How long telemd may take to take note of a crash.
 const ANNOUNCE_WAIT: Duration = Duration::from_secs(5);
+/// The reservation of an entry being written (see the module docs).
+const RESERVATION_FILE: &str = ".reservation";
+/// Bytes an entry may hold besides its core (`crash.json`: a path of up
+/// to 4096 bytes, escaped).
+const META_RESERVE: u64 = 64 * 1024;
+/// A core smaller than this is not worth keeping: the free-space floor
+/// drops the crash rather than cut its core shorter.
+const MIN_CORE: u64 = 64 * 1024;
+const MIB: u64 = 1 << 20;
 
 /// What the privacy filters make of an executable path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +118,55 @@ pub fn credentials_changed(status: &str) -> bool {
     })
 }
 
+/// The pid a pidfd refers to, from its `/proc/self/fdinfo/FD` text: `None`
+/// when the fd is not a pidfd, 0 or less once the process is gone (reaped)
+/// or is not in our pid namespace.
+pub fn pidfd_pid(fdinfo: &str) -> Option<i64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Checks the kernel's pidfd (`%F`) against `%P`: the pid it names now,
+/// or why the process it names cannot be taken for the crashed one.
+fn pidfd_check(fd: &str, pid: Option<u32>) -> Result<u32, String> {
+    let n: u32 = fd
+        .trim()
+        .parse()
+        .map_err(|_| format!("-F {fd:?} is not a pidfd number"))?;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}"))
+        .map_err(|e| format!("pidfd {n}: {e}"))?;
+    match (pidfd_pid(&info), pid) {
+        (None, _) => Err(format!("fd {n} (-F) is not a pidfd")),
+        (Some(p), _) if p <= 0 => Err(format!("the process of pidfd {n} (-F) is gone")),
+        (Some(p), Some(want)) if p != i64::from(want) => {
+            Err(format!("pidfd {n} (-F) is pid {p}, not pid {want} (-P)"))
+        }
+        (Some(p), _) => u32::try_from(p).map_err(|_| format!("pidfd {n} (-F) is pid {p}")),
+    }
+}
+
+/// Whether this is the dump of a process that was not dumpable (its
+/// credentials changed: setuid) and was dumped for root only because
+/// `fs.suid_dumpable` = 2. `%d` (`dump_mode`) is the kernel's own value for
+/// this dump: 1 a plain dump, 2 such a dump (0 never reaches a handler, and
+/// a value not understood is taken for 2). Without it (older kernels, or a
+/// pattern without `%d`), the sysctl as read now and the process's
+/// credentials decide.
+pub fn suid_dump(dump_mode: Option<&str>, changed: bool, suid_dumpable: u32) -> bool {
+    match dump_mode.map(str::trim).filter(|d| !d.is_empty()) {
+        Some(d) => d != "1",
+        None => changed && suid_dumpable == 2,
+    }
+}
+
+/// Reads standard input to its end (a core no one will keep), so the
+/// kernel is not left writing into a pipe nobody reads.
+pub fn discard_input() {
+    let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+}
+
 /// What happened to one crash.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -103,10 +179,12 @@ pub enum Outcome {
 }
 
 #[derive(Default, Serialize, Deserialize)]
+#[serde(default)]
 struct Recent {
     last: BTreeMap<String, u64>,
     dropped_repeats: u64,
     dropped_full: u64,
+    dropped_low_space: u64,
 }
 
 fn now() -> u64 {
@@ -115,7 +193,10 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn log(msg: &str) {
+/// Logs where the handler's messages can be read: stderr (a terminal when
+/// run by hand) and syslog (the journal; the kernel gives the handler no
+/// terminal).
+pub fn log(msg: &str) {
     // stderr reaches the journal under systemd-coredump-like setups and
     // the terminal when run by hand; syslog reaches the journal always.
     eprintln!("telem-crash-handler: {msg}");
@@ -130,10 +211,14 @@ pub fn run(args: &Args, config: &Config) -> Result<Outcome, String> {
     // Never dump ourselves (a crash in the handler would re-enter it).
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    let exe = args.exe.as_deref().map(exe_from_pattern);
+    let exe = args
+        .exe
+        .as_ref()
+        .map(|e| exe_from_pattern(&e.to_string_lossy()));
     let name = args
         .process_name
-        .clone()
+        .as_ref()
+        .map(|n| n.to_string_lossy().into_owned())
         .or_else(|| {
             exe.as_deref()
                 .and_then(|e| Path::new(e).file_name())
@@ -146,57 +231,84 @@ pub fn run(args: &Args, config: &Config) -> Result<Outcome, String> {
     } else {
         Filter::Keep
     };
+    // Which process crashed: `%P`, held to the kernel's pidfd when it gave
+    // one (an empty `-F` is a kernel that has no `%F`). Its status is read
+    // while the pidfd still names it: once it is gone, its pid may be
+    // another process's.
+    let pidfd = args.pidfd.as_deref().filter(|f| !f.trim().is_empty());
+    let identified = match pidfd {
+        Some(fd) => pidfd_check(fd, args.pid).map(Some),
+        None => Ok(args.pid),
+    };
+    let pid = match identified {
+        Ok(p) => p,
+        Err(why) => return Ok(refuse(&name, &why)),
+    };
     // What only root can read, before privileges go.
-    let changed = args
-        .pid
-        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .is_some_and(|s| credentials_changed(&s));
+    let status = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok());
+    if let Some(fd) = pidfd {
+        if let Err(why) = pidfd_check(fd, pid) {
+            return Ok(refuse(&name, &why));
+        }
+    }
+    let changed = status.is_some_and(|s| credentials_changed(&s));
     let suid_dumpable = std::fs::read_to_string("/proc/sys/fs/suid_dumpable")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(0);
+    let suid = suid_dump(args.dump_mode.as_deref(), changed, suid_dumpable);
     drop_privileges(&config.service_user)?;
 
     let inbox = inbox_dir(&config.state_dir);
     std::fs::create_dir_all(&inbox)
         .map_err(|e| format!("cannot create {}: {e}", inbox.display()))?;
     let inbox_fd = open_dir(&inbox)?;
-    // fs.suid_dumpable = 2 hands us cores of setuid programs; their memory
-    // may hold another user's secrets, so none of it is kept.
+    // A process dumped only because fs.suid_dumpable = 2: its memory may
+    // hold another user's secrets, so none of it is kept.
     let short = match filter.short_record() {
         Some(s) => Some(s),
-        None if changed && suid_dumpable == 2 => Some((
+        None if suid => Some((
             "org.clearlinux/crash/unknown",
             2,
             "Crash of a privileged process (core not kept: fs.suid_dumpable = 2)",
         )),
         None => None,
     };
-    // A crash loop is bounded whether or not its core would be kept.
-    let what = exe.as_deref().unwrap_or(&name);
-    if let Some(why) = flood_check(&inbox, what, config, short.is_none())? {
-        log(&why);
-        return Ok(Outcome::Dropped(why));
-    }
-    if let Some((class, severity, text)) = short {
-        send_short(config, class, severity, text, args.verbose)?;
-        return Ok(Outcome::Filtered(class));
-    }
-
     let id = format!(
         "{}-{}-{:08x}",
         now(),
-        args.pid.unwrap_or(0),
+        pid.unwrap_or(0),
         rand::random::<u32>()
     );
-    let entry_fd = mkdir_at(&inbox_fd, &id)?;
-    let result = (|| -> Result<(), String> {
-        let core = create_at(&entry_fd, CORE_FILE)?;
+    // A crash loop is bounded whether or not its core would be kept.
+    let what = exe.as_deref().unwrap_or(&name);
+    let new_entry = short.is_none().then_some(id.as_str());
+    let reservation = match (admit(&inbox, &inbox_fd, what, config, new_entry)?, short) {
+        (Admission::Dropped(why), _) => {
+            log(&why);
+            return Ok(Outcome::Dropped(why));
+        }
+        (Admission::Keep(r), _) => r,
+        (Admission::NoCore, Some((class, severity, text))) => {
+            send_short(config, class, severity, text, args.verbose)?;
+            return Ok(Outcome::Filtered(class));
+        }
+        (Admission::NoCore, None) => return Err(format!("crash of {name} lost: no entry made")),
+    };
+
+    // Ok(false): the core would pass the free-space floor.
+    let result = (|| -> Result<bool, String> {
+        let entry_fd = &reservation.entry;
+        let core = create_at(entry_fd, CORE_FILE)?;
         let mut input: Box<dyn Read> = match &args.core_file {
             Some(p) => Box::new(File::open(p).map_err(|e| format!("{}: {e}", p.display()))?),
             None => Box::new(io::stdin().lock()),
         };
-        let (bytes, truncated) = copy_capped(&mut input, &core, config.crash_max_core_size)?;
+        let (bytes, truncated) = copy_capped(&mut input, &core, reservation.core_limit)?;
+        if truncated && reservation.core_limit < config.crash_max_core_size {
+            // Cut by the free-space floor, not by crash_max_core_size.
+            return Ok(false);
+        }
         if truncated {
             log(&format!(
                 "core of {name} cut at crash_max_core_size = {} bytes",
@@ -206,28 +318,38 @@ pub fn run(args: &Args, config: &Config) -> Result<Outcome, String> {
         let meta = CrashMeta {
             process_name: name.clone(),
             process_path: exe.clone(),
-            pid: args.pid.unwrap_or(0),
-            global_pid: args.pid,
+            pid: pid.unwrap_or(0),
+            global_pid: pid,
             signal: args.signal,
             uid: args.uid,
             time: now(),
             core_bytes: bytes,
             core_truncated: truncated,
         };
-        let text = serde_json::to_vec(&meta).expect("meta serializes");
+        let text =
+            serde_json::to_vec(&meta).map_err(|e| format!("cannot write {META_FILE}: {e}"))?;
         let tmp = format!("{META_FILE}.tmp");
-        let f = create_at(&entry_fd, &tmp)?;
+        let f = create_at(entry_fd, &tmp)?;
         (&f).write_all(&text)
             .and_then(|()| f.sync_all())
             .map_err(|e| format!("cannot write {META_FILE}: {e}"))?;
-        rename_at(&entry_fd, &tmp, META_FILE)?;
-        fsync_fd(&entry_fd)?;
+        rename_at(entry_fd, &tmp, META_FILE)?;
+        fsync_fd(entry_fd)?;
         fsync_fd(&inbox_fd)?;
-        Ok(())
+        Ok(true)
     })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(inbox.join(&id));
-        return Err(format!("crash of {name} lost: {e}"));
+    match result {
+        Ok(true) => reservation.release(),
+        Ok(false) => {
+            let _ = std::fs::remove_dir_all(inbox.join(&id));
+            let why = count_low_space_drop(&inbox, what, config)?;
+            log(&why);
+            return Ok(Outcome::Dropped(why));
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(inbox.join(&id));
+            return Err(format!("crash of {name} lost: {e}"));
+        }
     }
 
     let req = json!({"op": "crash", "id": id, "wait": args.verbose});
@@ -434,20 +556,55 @@ fn copy_capped(input: &mut dyn Read, out: &File, cap: u64) -> Result<(u64, bool)
     Ok((total, false))
 }
 
-/// The flood limits, under a lock shared by concurrent handlers: the same
-/// executable again within `crash_repeat_window_secs`, or (for a crash
-/// whose core would be kept) an inbox over `crash_inbox_max_size`. Returns
-/// why the crash is dropped, if it is.
-fn flood_check(
-    inbox: &Path,
-    exe: &str,
-    config: &Config,
-    keeps_core: bool,
-) -> Result<Option<String>, String> {
+/// A crash not kept because the process it names cannot be taken for the
+/// crashed one.
+fn refuse(name: &str, why: &str) -> Outcome {
+    let why = format!("crash of {name} not kept: {why}");
+    log(&why);
+    Outcome::Dropped(why)
+}
+
+/// What the flood limits make of a crash.
+enum Admission {
+    /// Dropped, and why.
+    Dropped(String),
+    /// Allowed, keeping no core (a short record).
+    NoCore,
+    /// Allowed, its entry made and its room reserved.
+    Keep(Reservation),
+}
+
+/// An inbox entry being written and the room reserved for it.
+struct Reservation {
+    /// The entry directory.
+    entry: OwnedFd,
+    /// The reservation file, locked while this handler lives.
+    file: File,
+    /// Bytes of core that fit: `crash_max_core_size`, or less where the
+    /// free-space floor leaves less.
+    core_limit: u64,
+}
+
+impl Reservation {
+    /// The entry is complete: from now on it counts at its real size.
+    fn release(self) {
+        if let Ok(c) = cpath(RESERVATION_FILE) {
+            // SAFETY: valid fd and C string.
+            unsafe { libc::unlinkat(self.entry.as_raw_fd(), c.as_ptr(), 0) };
+        }
+        // Unlinked first, then unlocked (closed): a handler counting the
+        // inbox never finds it unlocked while this one is still writing.
+        drop(self.file);
+    }
+}
+
+/// Holds the lock shared by concurrent handlers until dropped.
+fn lock_inbox(inbox: &Path) -> Result<File, String> {
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(inbox.join(".lock"))
         .map_err(|e| format!("cannot open the inbox lock: {e}"))?;
     // SAFETY: valid fd; the lock is released when `lock` closes.
@@ -457,11 +614,48 @@ fn flood_check(
             io::Error::last_os_error()
         ));
     }
-    let path = inbox.join(RECENT_FILE);
-    let mut recent: Recent = std::fs::read(&path)
+    Ok(lock)
+}
+
+fn read_recent(inbox: &Path) -> Recent {
+    std::fs::read(inbox.join(RECENT_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn write_recent(inbox: &Path, recent: &Recent) -> Result<(), String> {
+    let tmp = inbox.join(format!("{RECENT_FILE}.tmp"));
+    serde_json::to_vec(recent)
+        .map_err(io::Error::other)
+        .and_then(|text| std::fs::write(&tmp, text))
+        .and_then(|()| std::fs::rename(&tmp, inbox.join(RECENT_FILE)))
+        .map_err(|e| format!("cannot record the flood state: {e}"))
+}
+
+fn low_space_message(exe: &str, config: &Config, dropped: u64) -> String {
+    format!(
+        "crash of {exe} dropped: its core would leave less than crash_min_free_mb = {} MiB free on the crash inbox's filesystem ({dropped} dropped so far)",
+        config.crash_min_free_mb
+    )
+}
+
+/// The flood limits, under the lock shared by concurrent handlers: the
+/// same executable again within `crash_repeat_window_secs`; for a crash
+/// whose core would be kept (`new_entry` names its entry), an inbox at
+/// `crash_inbox_max_size` or more counting what the crashes being copied
+/// have reserved, or less room than a small core above the
+/// `crash_min_free_mb` floor. An admitted core's entry is made and its
+/// room reserved before the lock is let go.
+fn admit(
+    inbox: &Path,
+    inbox_fd: &OwnedFd,
+    exe: &str,
+    config: &Config,
+    new_entry: Option<&str>,
+) -> Result<Admission, String> {
+    let _lock = lock_inbox(inbox)?;
+    let mut recent = read_recent(inbox);
     let t = now();
     let window = config.crash_repeat_window_secs;
     recent
@@ -469,26 +663,172 @@ fn flood_check(
         .retain(|_, last| t.saturating_sub(*last) < window.max(1));
     let verdict = if recent.last.contains_key(exe) && window > 0 {
         recent.dropped_repeats += 1;
-        Some(format!(
+        Admission::Dropped(format!(
             "crash of {exe} dropped: it crashed less than {window} s ago ({} repeats dropped so far)",
             recent.dropped_repeats
         ))
-    } else if keeps_core && inbox_bytes(inbox) >= config.crash_inbox_max_size {
-        recent.dropped_full += 1;
-        Some(format!(
-            "crash of {exe} dropped: the crash inbox holds crash_inbox_max_size = {} bytes or more ({} dropped so far)",
-            config.crash_inbox_max_size, recent.dropped_full
-        ))
+    } else if let Some(id) = new_entry {
+        let usage = inbox_usage(inbox, config.crash_max_core_size + META_RESERVE);
+        // The floor (0: none) counts the room reserved and not yet written
+        // as used.
+        let room = if config.crash_min_free_mb == 0 {
+            u64::MAX
+        } else {
+            free_bytes(inbox_fd)?
+                .saturating_sub(usage.unwritten)
+                .saturating_sub(config.crash_min_free_mb.saturating_mul(MIB))
+                .saturating_sub(META_RESERVE)
+        };
+        let core_limit = room.min(config.crash_max_core_size);
+        if usage.bytes >= config.crash_inbox_max_size {
+            recent.dropped_full += 1;
+            Admission::Dropped(format!(
+                "crash of {exe} dropped: the crash inbox holds crash_inbox_max_size = {} bytes or more ({} dropped so far)",
+                config.crash_inbox_max_size, recent.dropped_full
+            ))
+        } else if core_limit < MIN_CORE.min(config.crash_max_core_size) {
+            recent.dropped_low_space += 1;
+            Admission::Dropped(low_space_message(exe, config, recent.dropped_low_space))
+        } else {
+            let r = reserve(inbox, inbox_fd, id, core_limit)?;
+            recent.last.insert(exe.to_owned(), t);
+            Admission::Keep(r)
+        }
     } else {
         recent.last.insert(exe.to_owned(), t);
-        None
+        Admission::NoCore
     };
-    let tmp = inbox.join(format!("{RECENT_FILE}.tmp"));
-    let text = serde_json::to_vec(&recent).expect("recent serializes");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("cannot record the flood state: {e}"))?;
+    if let Err(e) = write_recent(inbox, &recent) {
+        if let (Admission::Keep(_), Some(id)) = (&verdict, new_entry) {
+            let _ = std::fs::remove_dir_all(inbox.join(id));
+        }
+        return Err(e);
+    }
     Ok(verdict)
+}
+
+/// Counts (under the inbox lock) a crash dropped once its core passed
+/// what the free-space floor left it; says why.
+fn count_low_space_drop(inbox: &Path, exe: &str, config: &Config) -> Result<String, String> {
+    let _lock = lock_inbox(inbox)?;
+    let mut recent = read_recent(inbox);
+    recent.dropped_low_space += 1;
+    write_recent(inbox, &recent)?;
+    Ok(low_space_message(exe, config, recent.dropped_low_space))
+}
+
+/// Makes the entry `id` and its reservation for a core of up to
+/// `core_limit` bytes (under the inbox lock).
+fn reserve(
+    inbox: &Path,
+    inbox_fd: &OwnedFd,
+    id: &str,
+    core_limit: u64,
+) -> Result<Reservation, String> {
+    let entry = mkdir_at(inbox_fd, id)?;
+    let made = (|| {
+        let file = create_at(&entry, RESERVATION_FILE)?;
+        // SAFETY: valid fd; the lock lasts as long as `file` is open.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "cannot lock the reservation of {id}: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        (&file)
+            .write_all((core_limit + META_RESERVE).to_string().as_bytes())
+            .map_err(|e| format!("cannot reserve room for {id}: {e}"))?;
+        Ok(file)
+    })();
+    match made {
+        Ok(file) => Ok(Reservation {
+            entry,
+            file,
+            core_limit,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(inbox.join(id));
+            Err(e)
+        }
+    }
+}
+
+/// What the inbox's entries hold, counting each entry being written at
+/// its reservation when that is more (`unwritten`: by how much).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Usage {
+    bytes: u64,
+    unwritten: u64,
+}
+
+/// [`Usage`] of the inbox (under the inbox lock); a reservation that cannot
+/// be read counts as `fallback` bytes.
+fn inbox_usage(inbox: &Path, fallback: u64) -> Usage {
+    let mut usage = Usage::default();
+    let Ok(rd) = std::fs::read_dir(inbox) else {
+        return usage;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = e.path();
+        let held: u64 = std::fs::read_dir(&path)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.ok())
+            .filter(|f| f.file_name() != RESERVATION_FILE)
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .fold(0, u64::saturating_add);
+        let reserved = live_reservation(&path, fallback).unwrap_or(0);
+        usage.bytes = usage.bytes.saturating_add(held.max(reserved));
+        usage.unwritten = usage
+            .unwritten
+            .saturating_add(reserved.saturating_sub(held));
+    }
+    usage
+}
+
+/// The bytes an entry being written has reserved, if its handler is
+/// still at it; a reservation its handler left behind (it died: the lock
+/// went with it) is removed.
+fn live_reservation(entry: &Path, fallback: u64) -> Option<u64> {
+    let path = entry.join(RESERVATION_FILE);
+    // Non-blocking: someone with the service user's rights could have
+    // put a FIFO there.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .ok()?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Some(fallback);
+    }
+    // SAFETY: valid fd; a lock we get is released when `f` closes.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        let _ = std::fs::remove_file(&path);
+        return None;
+    }
+    let mut text = String::new();
+    let _ = f.take(32).read_to_string(&mut text);
+    Some(text.trim().parse().unwrap_or(fallback))
+}
+
+/// Bytes an unprivileged user may still write on the filesystem of `dir`.
+fn free_bytes(dir: &OwnedFd) -> Result<u64, String> {
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid fd, and a pointer to memory fstatvfs may fill.
+    if unsafe { libc::fstatvfs(dir.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(format!(
+            "cannot read the free space of the inbox: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fstatvfs succeeded, so it filled `st` in.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // u32 on some targets
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 #[cfg(test)]
@@ -515,6 +855,75 @@ mod tests {
         let setuid = "Name:\tpasswd\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n";
         assert!(!credentials_changed(plain));
         assert!(credentials_changed(setuid));
+    }
+
+    #[test]
+    fn pidfd_fdinfo_and_dump_mode_are_read() {
+        let live =
+            "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1063\nPid:\t4242\nNSpid:\t4242\t1\n";
+        assert_eq!(pidfd_pid(live), Some(4242));
+        assert_eq!(pidfd_pid("pos:\t0\nPid:\t-1\nNSpid:\t-1\n"), Some(-1));
+        assert_eq!(pidfd_pid("pos:\t0\nflags:\t0100002\nmnt_id:\t1\n"), None);
+        assert_eq!(pidfd_pid("NSpid:\t7\n"), None);
+        assert!(pidfd_check("-1", Some(1)).is_err());
+        assert!(pidfd_check("x", None).is_err());
+        // Standard input is a file or pipe, never a pidfd.
+        assert!(pidfd_check("0", None).is_err());
+
+        // %d decides when given; without it, the sysctl and credentials.
+        assert!(suid_dump(Some("2"), false, 0));
+        assert!(!suid_dump(Some("1"), true, 2));
+        assert!(
+            suid_dump(Some("0"), false, 0),
+            "a value not understood keeps no core"
+        );
+        assert!(suid_dump(Some(""), true, 2));
+        assert!(!suid_dump(Some(" "), false, 2));
+        assert!(suid_dump(None, true, 2));
+        assert!(!suid_dump(None, true, 1));
+    }
+
+    #[test]
+    fn reservations_count_while_their_handler_lives() {
+        let dir = std::env::temp_dir().join(format!("telem-resv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("done")).unwrap();
+        std::fs::write(dir.join("done/core"), vec![0u8; 1000]).unwrap();
+        std::fs::write(dir.join(".recent.json"), vec![b' '; 500]).unwrap();
+        let fd = open_dir(&dir).unwrap();
+        let r = reserve(&dir, &fd, "busy", 10_000).unwrap();
+        let reserved = 10_000 + META_RESERVE;
+        std::fs::write(dir.join("busy/core"), vec![0u8; 4000]).unwrap();
+        assert_eq!(
+            inbox_usage(&dir, 1),
+            Usage {
+                bytes: 1000 + reserved,
+                unwritten: reserved - 4000
+            }
+        );
+        // Complete: counted at its real size.
+        r.release();
+        assert!(!dir.join("busy").join(RESERVATION_FILE).exists());
+        assert_eq!(
+            inbox_usage(&dir, 1),
+            Usage {
+                bytes: 5000,
+                unwritten: 0
+            }
+        );
+        // Left behind by a handler that died: unlocked, so removed.
+        let r = reserve(&dir, &fd, "dead", 10_000).unwrap();
+        drop(r);
+        assert_eq!(inbox_usage(&dir, 1).bytes, 5000);
+        assert!(!dir.join("dead").join(RESERVATION_FILE).exists());
+        // Not a number: counted at the fallback.
+        let r = reserve(&dir, &fd, "odd", 10_000).unwrap();
+        r.file.set_len(0).unwrap();
+        std::os::unix::fs::FileExt::write_at(&r.file, b"lots", 0).unwrap();
+        assert_eq!(inbox_usage(&dir, 77_777).bytes, 5000 + 77_777);
+        drop(r);
+        assert!(free_bytes(&fd).unwrap() > 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

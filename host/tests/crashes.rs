@@ -6,7 +6,9 @@
 
 mod support;
 
+use std::ffi::OsStr;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -149,9 +151,26 @@ fn handle_as(
     core: &Path,
     extra: &[&str],
 ) -> std::process::Output {
+    feed(
+        spawn_handler(d, OsStr::new("crashme"), exe, pid, extra),
+        core,
+    )
+}
+
+/// Starts the handler as the kernel would (`%e %E %s %P`), its core not
+/// given yet.
+fn spawn_handler(
+    d: &TestDaemon,
+    name: &OsStr,
+    exe: &Path,
+    pid: u32,
+    extra: &[&str],
+) -> std::process::Child {
     let exe = exe.to_str().unwrap().replace('/', "!");
-    let mut child = Command::new(HANDLER)
-        .args(["-p", "crashme", "-E", &exe, "-s", "11", "-P"])
+    Command::new(HANDLER)
+        .arg("-p")
+        .arg(name)
+        .args(["-E", &exe, "-s", "11", "-P"])
         .arg(pid.to_string())
         .arg("-f")
         .arg(&d.config_path)
@@ -160,7 +179,11 @@ fn handle_as(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Pipes the core into a started handler and waits for it.
+fn feed(mut child: std::process::Child, core: &Path) -> std::process::Output {
     let bytes = std::fs::read(core).unwrap();
     let mut stdin = child.stdin.take().unwrap();
     // The handler may stop reading (a filter): a broken pipe is fine.
@@ -546,7 +569,8 @@ fn a_full_disk_loses_the_crash_cleanly() {
         return;
     }
     let prog = crashed_program();
-    let d = configured(&prog, true, "root");
+    // No floor: the disk fills up while the core is copied.
+    let d = configured_with(&prog, true, "root", "crash_min_free_mb = 0\n");
     let inbox = d.path("state/crash-inbox");
     let _guard = support::mount_small_tmpfs(&inbox, "256k");
     let out = handle(&d, &prog, &prog.core, &[]);
@@ -594,4 +618,247 @@ fn a_full_inbox_drops_further_crashes() {
         "{err}"
     );
     assert_eq!(inbox_entries(&d).len(), 1);
+}
+
+const MIB: u64 = 1 << 20;
+
+/// A stand-in for [`crashed_program`] when the core's content does not
+/// matter (telemd is not running, or the core is not kept): `bytes` of
+/// generated data, an executable path that is never run.
+fn generated_core(bytes: u64) -> Program {
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core");
+    let data: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&core, data).unwrap();
+    Program {
+        exe: dir.path().join("crashme"),
+        core,
+        pid: 4242,
+        dir,
+    }
+}
+
+/// Bytes held by the inbox's entries (what its cap limits).
+fn inbox_total(d: &TestDaemon) -> u64 {
+    let inbox = d.path("state/crash-inbox");
+    inbox_entries(d)
+        .iter()
+        .flat_map(|e| std::fs::read_dir(inbox.join(e)).unwrap())
+        .map(|f| f.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+fn meta_of(d: &TestDaemon, entry: &str) -> telem::crash::CrashMeta {
+    let p = d.path("state/crash-inbox").join(entry).join("crash.json");
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// Twenty crashes at once cannot pass the inbox cap together: each is
+/// admitted (or dropped) under the inbox lock against what the inbox holds
+/// plus what the crashes being copied may still write.
+#[test]
+fn concurrent_crashes_stay_within_the_inbox_cap() {
+    let prog = generated_core(8 * MIB);
+    let cap = 20 * MIB;
+    let d = configured_with(
+        &prog,
+        true,
+        "root",
+        &format!(
+            "crash_inbox_max_size = {cap}\ncrash_max_core_size = {}\ncrash_min_free_mb = 0\n",
+            8 * MIB
+        ),
+    );
+    // telemd is not running: whatever is kept stays in the inbox. All
+    // twenty are admitted or dropped before any of them gets its core.
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let exe = prog.exe.with_file_name(format!("crashme{i}"));
+            spawn_handler(&d, OsStr::new("crashme"), &exe, prog.pid, &[])
+        })
+        .collect();
+    let feeders: Vec<_> = children
+        .into_iter()
+        .map(|c| {
+            let core = prog.core.clone();
+            std::thread::spawn(move || feed(c, &core))
+        })
+        .collect();
+    let mut dropped = 0;
+    for f in feeders {
+        let out = f.join().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        if err.contains("crash_inbox_max_size") {
+            dropped += 1;
+        }
+    }
+    let kept = inbox_entries(&d).len();
+    let total = inbox_total(&d);
+    assert!(
+        total <= cap + 8 * MIB + 64 * 1024,
+        "{kept} crashes kept, {total} bytes in the inbox"
+    );
+    assert!(
+        kept >= 2,
+        "{kept} kept: the cap leaves room for two at least"
+    );
+    assert_eq!(kept + dropped, 20);
+    for e in inbox_entries(&d) {
+        assert_eq!(meta_of(&d, &e).core_bytes, 8 * MIB);
+    }
+}
+
+/// A crash that would leave less than `crash_min_free_mb` free on the
+/// inbox's filesystem is dropped, counted, whether that is known before
+/// its core comes or only once it passes what is left.
+#[test]
+fn crashes_leave_the_free_space_floor_free() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let prog = generated_core(8 * MIB);
+    let d = configured_with(&prog, true, "root", "crash_min_free_mb = 12\n");
+    let inbox = d.path("state/crash-inbox");
+    let _guard = support::mount_small_tmpfs(&inbox, "16m");
+    // 16 MiB free, 12 to stay free: an 8 MiB core does not fit.
+    let out = handle_as(&d, &prog.exe.with_file_name("a"), prog.pid, &prog.core, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("crash_min_free_mb = 12") && err.contains("(1 dropped so far)"),
+        "{err}"
+    );
+    assert!(inbox_entries(&d).is_empty(), "{:?}", inbox_entries(&d));
+    // A small one does.
+    let small = prog.dir.path().join("small");
+    std::fs::write(&small, vec![1u8; MIB as usize]).unwrap();
+    handle_ok(&d, &prog, &small, &[]);
+    assert_eq!(inbox_entries(&d).len(), 1);
+    // Below the floor already: dropped before the core is read.
+    std::fs::write(inbox.join(".filler"), vec![0u8; 4 * MIB as usize]).unwrap();
+    let out = handle_as(&d, &prog.exe.with_file_name("b"), prog.pid, &small, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("crash_min_free_mb = 12") && err.contains("(2 dropped so far)"),
+        "{err}"
+    );
+    assert_eq!(inbox_entries(&d).len(), 1);
+}
+
+/// `%d` = 2: the kernel dumped a process that was not dumpable (setuid)
+/// because `fs.suid_dumpable` = 2: its core is not kept.
+#[test]
+fn a_core_dumped_in_suid_mode_is_not_kept() {
+    let prog = generated_core(256 * 1024);
+    let d = daemon(&prog, true);
+    handle_ok(&d, &prog, &prog.core, &["-d", "2", "-F", ""]);
+    let recs = d.wait_spool(1);
+    assert_eq!(class(&recs[0]), ("org.clearlinux/crash/unknown", "2"));
+    assert!(
+        recs[0].payload.contains("privileged"),
+        "{}",
+        recs[0].payload
+    );
+    assert!(inbox_entries(&d).is_empty(), "{:?}", inbox_entries(&d));
+    assert!(walk(d.path("state").as_path()) < 4096);
+}
+
+/// `%F`: the pidfd must be the crashed process (`%P`), still there;
+/// otherwise no core is kept. Kernels without `%d`/`%F` expand them to
+/// nothing: as if they were not given.
+#[test]
+fn a_pidfd_of_another_process_is_refused() {
+    let prog = generated_core(256 * 1024);
+    let d = configured(&prog, true, "root");
+    let mut child = support::KillOnDrop(Command::new("sleep").arg("60").spawn().unwrap());
+    let pid = child.0.id();
+    assert_ne!(pid, prog.pid);
+    // SAFETY: pidfd_open takes a pid and flags; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0) };
+    if fd < 0 {
+        eprintln!("skipped: no pidfd_open");
+        return;
+    }
+    let fd = fd as i32;
+    // SAFETY: our own fd; the handler inherits it as the kernel's would be.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    let fds = fd.to_string();
+    let exe = |n: &str| prog.exe.with_file_name(n);
+
+    let out = handle_as(
+        &d,
+        &exe("a"),
+        prog.pid,
+        &prog.core,
+        &["-d", "1", "-F", &fds],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("pidfd"), "{err}");
+    assert!(inbox_entries(&d).is_empty(), "{:?}", inbox_entries(&d));
+
+    let out = handle_as(&d, &exe("b"), pid, &prog.core, &["-d", "1", "-F", &fds]);
+    assert!(out.status.success());
+    assert_eq!(inbox_entries(&d).len(), 1);
+    let out = handle_as(&d, &exe("c"), pid, &prog.core, &["-d", "", "-F", ""]);
+    assert!(out.status.success());
+    assert_eq!(inbox_entries(&d).len(), 2);
+
+    // Gone (reaped): the pid may be someone else's by now.
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    let out = handle_as(&d, &exe("d"), pid, &prog.core, &["-d", "1", "-F", &fds]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("pidfd"), "{err}");
+    assert_eq!(inbox_entries(&d).len(), 2);
+    // SAFETY: our own fd, closed once.
+    unsafe { libc::close(fd) };
+}
+
+/// `%e` is the crashed program's choice: a name that looks like options,
+/// or is not UTF-8, is still a name. Arguments that cannot be parsed at all
+/// are logged and the core read to its end, not left in the pipe.
+#[test]
+fn hostile_process_names_are_names() {
+    let prog = generated_core(256 * 1024);
+    let d = configured(&prog, true, "root");
+    let names: [&OsStr; 3] = [
+        OsStr::new("-x --help"),
+        OsStr::new("--version"),
+        OsStr::from_bytes(b"-\xff\n"),
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let exe = prog.exe.with_file_name(format!("crashme{i}"));
+        let out = feed(spawn_handler(&d, name, &exe, prog.pid, &[]), &prog.core);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name:?}: {err}");
+        assert_eq!(inbox_entries(&d).len(), i + 1, "{name:?}: {err}");
+    }
+    let mut got: Vec<String> = inbox_entries(&d)
+        .iter()
+        .map(|e| meta_of(&d, e).process_name)
+        .collect();
+    got.sort();
+    assert_eq!(got, ["--version", "-x --help", "-\u{fffd}\n"]);
+
+    let mut child = Command::new(HANDLER)
+        .args(["--no-such-option", "-f"])
+        .arg(&d.config_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let written = stdin.write_all(&vec![0u8; 4 * MIB as usize]);
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(written.is_ok(), "the core was left in the pipe: {err}");
+    assert!(!out.status.success());
+    assert!(err.contains("--no-such-option"), "{err}");
 }
