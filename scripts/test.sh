@@ -4,7 +4,9 @@
 # workspaces), the probe components, every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rustup target add wasm32-wasip2
+# i686: the crash-symbolizer's parsers also run on a 32-bit target natively,
+# where a size computation that wraps on wasm32 (32-bit usize) shows.
+rustup target add wasm32-wasip2 i686-unknown-linux-gnu
 # systemd-analyze verifies the installed units (host/tests/install.rs).
 command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y systemd; }
 # gcc, g++ and gdb make real core files for the crash tests; eu-stack
@@ -14,6 +16,8 @@ command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y 
 # libc's debug file, so libc frames carry file:line and the tests compare
 # those with eu-stack's too.
 dpkg -s libc6-dbg >/dev/null 2>&1 || { apt-get update && apt-get install -y libc6-dbg; }
+# gcc-multilib links the i686 test binaries.
+dpkg -s gcc-multilib >/dev/null 2>&1 || { apt-get update && apt-get install -y gcc-multilib; }
 cargo fmt --all -- --check
 (cd probe-sdk && cargo fmt -- --check)
 (cd probes-wasm && cargo fmt --all -- --check)
@@ -25,6 +29,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 (cd probes-wasm && cargo test -p crash-symbolizer --lib --tests) 2>&1 | tee -a "$log"
+(cd probes-wasm && cargo test -p crash-symbolizer --lib --target i686-unknown-linux-gnu) 2>&1 | tee -a "$log"
 # One closing line with the totals of every test binary above.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -106,10 +106,10 @@ impl<R: ReadAt> Seek for Cursor<R> {
             SeekFrom::End(d) => len + d as i128,
             SeekFrom::Current(d) => self.pos as i128 + d as i128,
         };
-        if new < 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before 0"));
-        }
-        self.pos = new as u64;
+        // Offsets come from the file's headers: a seek outside 0..2^64 is
+        // an error, not a wrapped position.
+        self.pos = u64::try_from(new)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seek outside 0..2^64"))?;
         Ok(self.pos)
     }
 }

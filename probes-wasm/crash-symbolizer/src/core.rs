@@ -2,6 +2,17 @@
 //! bounded seek-and-read of exactly the bytes asked for (a missing byte is
 //! an error, never a zero), every count and size from the file is checked
 //! against what the file can hold before anything is allocated.
+//!
+//! Every offset, size and count taken from the file is added, multiplied
+//! and converted with checked operations (`checked_add`, `try_from`), never
+//! `+` or `as`: the probe runs as wasm32, where `usize` has 32 bits, so a
+//! sum that cannot overflow in a native 64-bit test can wrap there (and a
+//! wrapped note offset made the note loop spin until the deadline). A value
+//! that does not fit is a [`CoreError`], on every target.
+//!
+//! Address lookups go through an index of the PT_LOAD segments sorted once
+//! by address, so each costs O(log n): a core may hold 65,000 segments and
+//! its analysis makes a lookup per module and per stack word.
 
 use std::fmt;
 
@@ -132,6 +143,105 @@ pub struct Core<'r, R: ReadAt + ?Sized> {
     pub machine: Machine,
     /// Program headers.
     pub phdrs: Vec<Phdr>,
+    loads: LoadIndex,
+}
+
+/// Counts the steps that address lookups and module grouping take, so
+/// tests can bound the work a hostile core causes without timing anything
+/// (a timed test is flaky on a loaded machine). Compiled to nothing
+/// outside `cfg(test)`.
+pub(crate) mod work {
+    #[cfg(test)]
+    thread_local! {
+        static STEPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// One step: one segment or module looked at.
+    #[inline(always)]
+    pub(crate) fn step() {
+        #[cfg(test)]
+        STEPS.with(|s| s.set(s.get() + 1));
+    }
+
+    /// The steps counted on this thread since the last call.
+    #[cfg(test)]
+    pub(crate) fn take() -> u64 {
+        STEPS.with(|s| s.replace(0))
+    }
+}
+
+/// A PT_LOAD segment's dumped bytes: addresses `[start, end)` are at
+/// `offset` in the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Dumped {
+    start: u64,
+    end: u64,
+    offset: u64,
+}
+
+/// The PT_LOAD segments sorted by start address, for lookups in O(log n):
+/// the linear scan this replaced made a core with tens of thousands of
+/// segments (one per mapping) take the probe past its deadline.
+#[derive(Debug)]
+struct LoadIndex {
+    /// Sorted by `start`; segments with the same start stay in program
+    /// header order.
+    segs: Vec<Dumped>,
+    /// `reach[i]`: the index in `segs[..=i]` of the segment that ends last
+    /// (the first such one on ties). Among the segments starting at or
+    /// below an address, that one holds a range from the address if any
+    /// does, so overlapping segments (never in a kernel's or gdb's core)
+    /// still cost one binary search.
+    reach: Vec<usize>,
+}
+
+impl LoadIndex {
+    /// Indexes the PT_LOAD headers; a segment whose addresses or file
+    /// offsets would run past 2^64 is an error (no real core has one, and
+    /// reading it would need wrapping arithmetic).
+    fn new(phdrs: &[Phdr]) -> Result<LoadIndex, CoreError> {
+        let mut segs = Vec::new();
+        for p in phdrs.iter().filter(|p| p.p_type == PT_LOAD) {
+            let end = p.vaddr.checked_add(p.filesz);
+            let file_end = p.offset.checked_add(p.filesz);
+            let (Some(end), Some(_)) = (end, file_end) else {
+                return Err(CoreError::Malformed(format!(
+                    "PT_LOAD of {:#x} bytes at address {:#x}, file offset {:#x}, \
+                     runs past the end of the address space",
+                    p.filesz, p.vaddr, p.offset
+                )));
+            };
+            segs.push(Dumped {
+                start: p.vaddr,
+                end,
+                offset: p.offset,
+            });
+        }
+        // Stable: program header order decides among equal starts.
+        segs.sort_by_key(|s| s.start);
+        let mut reach = Vec::with_capacity(segs.len());
+        let mut best = 0;
+        for (i, s) in segs.iter().enumerate() {
+            if s.end > segs[best].end {
+                best = i;
+            }
+            reach.push(best);
+        }
+        Ok(LoadIndex { segs, reach })
+    }
+
+    /// A segment holding every address of `[addr, end)`, if one does.
+    /// When only one does (always, for a non-empty range in the disjoint
+    /// segments of a real core) it is that one, as the scan in program
+    /// header order this replaced found.
+    fn find(&self, addr: u64, end: u64) -> Option<&Dumped> {
+        let below = self.segs.partition_point(|s| {
+            work::step();
+            s.start <= addr
+        });
+        let s = &self.segs[*self.reach.get(below.checked_sub(1)?)?];
+        (end <= s.end).then_some(s)
+    }
 }
 
 // Little-endian fields of a buffer the caller has sized (panics otherwise).
@@ -187,11 +297,16 @@ impl<'r, R: ReadAt + ?Sized> Core<'r, R> {
         if phnum > MAX_PHDRS {
             return Err(CoreError::Malformed(format!("{phnum} program headers")));
         }
-        let table_len = u64::from(phnum) * 56;
-        if phoff.checked_add(table_len).is_none_or(|end| end > r.len()) {
+        // At most 65,000 * 56 bytes: fits a 32-bit usize.
+        let table_len = usize::from(phnum) * 56;
+        let fits = u64::try_from(table_len)
+            .ok()
+            .and_then(|len| phoff.checked_add(len))
+            .is_some_and(|end| end <= r.len());
+        if !fits {
             return Err(CoreError::Truncated("program header table"));
         }
-        let mut table = vec![0u8; table_len as usize];
+        let mut table = vec![0u8; table_len];
         r.read_exact_at(phoff, &mut table)
             .map_err(|_| CoreError::Truncated("program header table"))?;
         let phdrs = table
@@ -204,29 +319,37 @@ impl<'r, R: ReadAt + ?Sized> Core<'r, R> {
                 filesz: u64_at(p, 32),
                 memsz: u64_at(p, 40),
             })
-            .collect();
-        Ok(Core { r, machine, phdrs })
+            .collect::<Vec<Phdr>>();
+        let loads = LoadIndex::new(&phdrs)?;
+        Ok(Core {
+            r,
+            machine,
+            phdrs,
+            loads,
+        })
     }
 
     /// Reads `buf.len()` bytes of process memory at `addr` from the dumped
     /// segments; fails if any byte was not dumped.
     pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), CoreError> {
-        let len = buf.len() as u64;
-        let seg = self
-            .phdrs
-            .iter()
-            .find(|p| {
-                p.p_type == PT_LOAD
-                    && addr >= p.vaddr
-                    && addr
-                        .checked_add(len)
-                        .is_some_and(|e| e <= p.vaddr + p.filesz)
-            })
-            .ok_or_else(|| {
-                CoreError::Malformed(format!("address {addr:#x} (+{len}) is not in the core"))
-            })?;
+        let not_in_core = || {
+            CoreError::Malformed(format!(
+                "address {addr:#x} (+{}) is not in the core",
+                buf.len()
+            ))
+        };
+        let end = u64::try_from(buf.len())
+            .ok()
+            .and_then(|len| addr.checked_add(len))
+            .ok_or_else(not_in_core)?;
+        let seg = self.loads.find(addr, end).ok_or_else(not_in_core)?;
+        // In range: the index checked offset + size when it was built.
+        let at = seg
+            .offset
+            .checked_add(addr - seg.start)
+            .ok_or(CoreError::Truncated("memory segment"))?;
         self.r
-            .read_exact_at(seg.offset + (addr - seg.vaddr), buf)
+            .read_exact_at(at, buf)
             .map_err(|_| CoreError::Truncated("memory segment"))
     }
 
@@ -235,24 +358,131 @@ impl<'r, R: ReadAt + ?Sized> Core<'r, R> {
         let mut total = 0u64;
         let mut notes = crate::notes::Notes::default();
         for p in self.phdrs.iter().filter(|p| p.p_type == PT_NOTE) {
-            total = total.saturating_add(p.filesz);
-            if total > MAX_NOTES_BYTES {
-                return Err(CoreError::Malformed(format!(
-                    "more than {MAX_NOTES_BYTES} bytes of notes"
-                )));
-            }
+            // Bounded before the allocation below, and so small enough
+            // for a 32-bit usize.
+            total = total
+                .checked_add(p.filesz)
+                .filter(|&t| t <= MAX_NOTES_BYTES)
+                .ok_or_else(|| {
+                    CoreError::Malformed(format!("more than {MAX_NOTES_BYTES} bytes of notes"))
+                })?;
             if p.offset
                 .checked_add(p.filesz)
                 .is_none_or(|end| end > self.r.len())
             {
                 return Err(CoreError::Truncated("note segment"));
             }
-            let mut data = vec![0u8; p.filesz as usize];
+            let size = usize::try_from(p.filesz)
+                .map_err(|_| CoreError::Malformed(format!("note segment of {} bytes", p.filesz)))?;
+            let mut data = vec![0u8; size];
             self.r
                 .read_exact_at(p.offset, &mut data)
                 .map_err(|_| CoreError::Truncated("note segment"))?;
             crate::notes::parse_into(&mut notes, &data, self.machine)?;
         }
         Ok(notes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(vaddr: u64, filesz: u64, offset: u64) -> Phdr {
+        Phdr {
+            p_type: PT_LOAD,
+            flags: 4,
+            offset,
+            vaddr,
+            filesz,
+            memsz: filesz,
+        }
+    }
+
+    /// The lookup the index replaced: the first PT_LOAD in header order
+    /// holding the whole range.
+    fn scan(phdrs: &[Phdr], addr: u64, end: u64) -> Vec<Dumped> {
+        phdrs
+            .iter()
+            .filter(|p| p.p_type == PT_LOAD && p.vaddr <= addr && end <= p.vaddr + p.filesz)
+            .map(|p| Dumped {
+                start: p.vaddr,
+                end: p.vaddr + p.filesz,
+                offset: p.offset,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lookups_find_what_a_scan_in_header_order_found() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % m
+        };
+        for round in 0..300 {
+            // Even rounds: disjoint segments, in shuffled header order, as
+            // in a real core; odd rounds: overlapping ones too.
+            let n = next(40) as usize;
+            let mut phdrs: Vec<Phdr> = Vec::new();
+            let mut at = next(64);
+            for i in 0..n {
+                // filesz may be 0 (mapped, not dumped); memsz is not.
+                let size = next(48);
+                let start = if round % 2 == 0 { at } else { next(2048) };
+                phdrs.push(load(start, size, 1000 * i as u64));
+                at = start + size.max(1) + next(3) * 16;
+            }
+            for i in (1..phdrs.len()).rev() {
+                let j = next(i as u64 + 1) as usize;
+                phdrs.swap(i, j);
+            }
+            let index = LoadIndex::new(&phdrs).unwrap();
+            for _ in 0..200 {
+                let addr = next(2100);
+                let end = addr + next(24);
+                let expected = scan(&phdrs, addr, end);
+                let got = index.find(addr, end);
+                assert_eq!(
+                    got.is_some(),
+                    !expected.is_empty(),
+                    "{addr}..{end} in {phdrs:?}"
+                );
+                if round % 2 == 0 && end > addr {
+                    assert!(expected.len() <= 1);
+                }
+                // The only segment holding it: the same bytes are read.
+                if expected.len() == 1 {
+                    assert_eq!(got, expected.first(), "{addr}..{end} in {phdrs:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_segment_past_the_top_of_the_address_space_is_refused() {
+        let bytes = crate::hostile_cores::core_with_wrapping_segment();
+        let e = Core::open(&bytes[..]).err().expect("refused");
+        assert!(matches!(e, CoreError::Malformed(_)), "{e:?}");
+        assert!(
+            e.to_string().contains("past the end of the address space"),
+            "{e}"
+        );
+        let index = LoadIndex::new(&[load(u64::MAX - 8, 8, 0)]).unwrap();
+        assert!(index.find(u64::MAX - 8, u64::MAX).is_some());
+        assert!(LoadIndex::new(&[load(u64::MAX - 8, 9, 0)]).is_err());
+        assert!(LoadIndex::new(&[load(0, 9, u64::MAX - 8)]).is_err());
+    }
+
+    #[test]
+    fn reads_at_the_top_of_the_address_space_are_errors() {
+        let bytes = crate::notes::tests::synthetic_core(62);
+        let core = Core::open(&bytes[..]).unwrap();
+        let mut buf = [0u8; 16];
+        for addr in [u64::MAX, u64::MAX - 8, u64::MAX - 15] {
+            assert!(core.read_memory(addr, &mut buf).is_err(), "{addr:#x}");
+        }
     }
 }

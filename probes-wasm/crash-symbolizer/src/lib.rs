@@ -17,3 +17,10 @@ pub use report::{analyze, CrashFacts, Options, Report};
 
 #[cfg(target_family = "wasm")]
 mod probe;
+
+/// The hostile core generators, shared with the host's end-to-end tests
+/// so both test the very same bytes (included here, not in `tests/`, so
+/// the lib tests that also run on a 32-bit target use them).
+#[cfg(test)]
+#[path = "../../../host/tests/support/hostile_cores.rs"]
+mod hostile_cores;

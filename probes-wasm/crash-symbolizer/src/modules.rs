@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
+use std::collections::hash_map::{Entry, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -134,6 +135,12 @@ fn empty_loaded(problem: String) -> Loaded {
 impl Modules {
     /// Groups the core's file mappings into modules and reads each one's
     /// build id from the dumped headers.
+    ///
+    /// One module per path, in the order paths first appear, spanning all
+    /// of the path's mappings. Modules are found by path through a hash
+    /// map, so a core with tens of thousands of mappings is grouped in
+    /// linear time (a scan of the modules so far per mapping took such a
+    /// core past the probe's deadline).
     pub fn new<R: ReadAt + ?Sized>(core: &Core<R>, notes: &Notes, lookup: Lookup) -> Modules {
         let entry = notes
             .auxv
@@ -141,26 +148,35 @@ impl Modules {
             .find(|(k, _)| *k == AT_ENTRY)
             .map(|(_, v)| *v);
         let mut list: Vec<Module> = Vec::new();
+        let mut by_path: HashMap<&str, usize> = HashMap::new();
         for m in &notes.mappings {
             if m.end <= m.start {
                 continue;
             }
-            match list.iter_mut().find(|x| x.path == m.path) {
-                Some(x) => {
+            crate::core::work::step();
+            // Where file offset 0 would be mapped: modular on purpose, like
+            // every bias (a data file can be mapped below its offset).
+            let base = m.start.wrapping_sub(m.file_offset);
+            match by_path.entry(&m.path) {
+                Entry::Occupied(i) => {
+                    let x = &mut list[*i.get()];
                     x.start = x.start.min(m.start);
                     x.end = x.end.max(m.end);
-                    x.base = x.base.min(m.start.wrapping_sub(m.file_offset));
+                    x.base = x.base.min(base);
                 }
-                None => list.push(Module {
-                    path: m.path.clone(),
-                    start: m.start,
-                    end: m.end,
-                    base: m.start.wrapping_sub(m.file_offset),
-                    is_main: false,
-                    is_vdso: false,
-                    core_build_id: None,
-                    loaded: OnceCell::new(),
-                }),
+                Entry::Vacant(v) => {
+                    v.insert(list.len());
+                    list.push(Module {
+                        path: m.path.clone(),
+                        start: m.start,
+                        end: m.end,
+                        base,
+                        is_main: false,
+                        is_vdso: false,
+                        core_build_id: None,
+                        loaded: OnceCell::new(),
+                    });
+                }
             }
         }
         for m in &mut list {
@@ -211,6 +227,7 @@ impl Modules {
         };
         let l = self.loaded(m, core);
         let a = addr.wrapping_sub(l.bias);
+        // A handful of executable sections per file: a scan is fine.
         l.exec.iter().any(|&(s, e)| s <= a && a < e)
     }
 
@@ -246,13 +263,22 @@ impl Loaded {
                 .map(|src| buf.copy_from_slice(src))
                 .is_some(),
             Code::File(f, segs) => {
-                let Some(&(addr, _, off)) = segs
-                    .iter()
-                    .find(|&&(a, size, _)| a <= svma && svma + buf.len() as u64 <= a + size)
+                // Addresses and sizes come from the file's headers: checked,
+                // so a hostile binary cannot make them wrap. (A handful of
+                // executable segments per file: a scan is fine.)
+                let Some(end) = u64::try_from(buf.len())
+                    .ok()
+                    .and_then(|len| svma.checked_add(len))
                 else {
                     return false;
                 };
-                f.read_exact_at(off + (svma - addr), buf).is_ok()
+                let Some(&(addr, _, off)) = segs.iter().find(|&&(a, size, _)| {
+                    a <= svma && a.checked_add(size).is_some_and(|e| end <= e)
+                }) else {
+                    return false;
+                };
+                off.checked_add(svma - addr)
+                    .is_some_and(|at| f.read_exact_at(at, buf).is_ok())
             }
         }
     }
@@ -261,7 +287,7 @@ impl Loaded {
     pub fn symbol(&self, svma: u64) -> Option<&(u64, u64, String)> {
         let i = self.symbols.partition_point(|s| s.0 <= svma);
         let s = self.symbols.get(i.checked_sub(1)?)?;
-        (svma < s.0 + s.1.max(1)).then_some(s)
+        (svma < s.0.saturating_add(s.1.max(1))).then_some(s)
     }
 
     /// DWARF of the module, parsed on first use.
@@ -391,7 +417,7 @@ fn describe<'data, O: Object<'data>>(f: &O, m: &Module) -> Loaded {
     let exec = f
         .sections()
         .filter(|s| s.kind() == object::SectionKind::Text)
-        .map(|s| (s.address(), s.address() + s.size()))
+        .map(|s| (s.address(), s.address().saturating_add(s.size())))
         .collect();
     Loaded {
         bias,
@@ -639,6 +665,121 @@ mod tests {
         n[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(gnu_build_id(&n), None);
         assert_eq!(gnu_build_id(&n[..5]), None);
+    }
+
+    /// The grouping `Modules::new` did before: a scan of the modules so far
+    /// for each mapping. (path, start, end, base), sorted by start.
+    fn grouped_by_scan(mappings: &[crate::notes::Mapping]) -> Vec<(String, u64, u64, u64)> {
+        let mut list: Vec<(String, u64, u64, u64)> = Vec::new();
+        for m in mappings.iter().filter(|m| m.end > m.start) {
+            let base = m.start.wrapping_sub(m.file_offset);
+            match list.iter_mut().find(|x| x.0 == m.path) {
+                Some(x) => {
+                    x.1 = x.1.min(m.start);
+                    x.2 = x.2.max(m.end);
+                    x.3 = x.3.min(base);
+                }
+                None => list.push((m.path.clone(), m.start, m.end, base)),
+            }
+        }
+        list.sort_by_key(|m| m.1);
+        list
+    }
+
+    #[test]
+    fn grouping_is_what_the_scan_it_replaced_made() {
+        let bytes = crate::notes::tests::synthetic_core(62);
+        let core = Core::open(&bytes[..]).unwrap();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % m
+        };
+        for _ in 0..200 {
+            // Few paths, many mappings in any order: empty and inverted
+            // ones, equal starts, offsets past the start.
+            let mappings: Vec<crate::notes::Mapping> = (0..next(60))
+                .map(|_| {
+                    let start = next(64) * 0x1000;
+                    let end = match next(8) {
+                        0 => start.saturating_sub(0x1000),
+                        _ => start + next(5) * 0x1000,
+                    };
+                    crate::notes::Mapping {
+                        start,
+                        end,
+                        file_offset: next(4) * 0x1000 * (1 + 100 * u64::from(next(6) == 0)),
+                        path: format!("/lib/l{}.so", next(7)),
+                    }
+                })
+                .collect();
+            let notes = Notes {
+                mappings,
+                ..Notes::default()
+            };
+            let modules = Modules::new(&core, &notes, Lookup::default());
+            let got: Vec<_> = modules
+                .list
+                .iter()
+                .map(|m| (m.path.clone(), m.start, m.end, m.base))
+                .collect();
+            assert_eq!(
+                got,
+                grouped_by_scan(&notes.mappings),
+                "{:?}",
+                notes.mappings
+            );
+        }
+    }
+
+    /// 64,000 NT_FILE entries, each with its PT_LOAD: grouping and the
+    /// segment lookups (three per module for its build id, then one per
+    /// stack word unwound) count their steps; the scans they replaced took
+    /// some n^2 / 4 (10^9) steps, past the probe's deadline.
+    #[test]
+    fn a_core_with_64000_nt_file_entries_takes_n_log_n_steps() {
+        use crate::hostile_cores as h;
+        let n = 64_000;
+        let bytes = h::core_with_nt_file_entries(n);
+        crate::core::work::take();
+        let core = Core::open(&bytes[..]).unwrap();
+        let notes = core.notes().unwrap();
+        assert_eq!(notes.mappings.len(), n);
+        let modules = Modules::new(&core, &notes, Lookup::default());
+        assert_eq!(modules.list.len(), h::library_count(n));
+        for (k, m) in modules.list.iter().enumerate() {
+            assert_eq!(m.path, h::library_path(k));
+            assert_eq!(
+                (m.start, m.end, m.base),
+                (h::library_base(k), h::library_end(k), h::library_base(k))
+            );
+            assert_eq!(
+                m.core_build_id.as_deref(),
+                Some(&h::library_build_id(k)[..]),
+                "{k}"
+            );
+            assert_eq!(m.is_main, k == 0);
+        }
+        let opts = crate::Options {
+            lookup: Lookup {
+                debug_roots: Vec::new(),
+                exe: None,
+            },
+            ..crate::Options::default()
+        };
+        let r = crate::analyze(&bytes[..], &crate::CrashFacts::default(), &opts).unwrap();
+        assert_eq!((r.pid, r.signal), (h::PID, Some(h::SIGNAL)));
+        assert_eq!(r.process, h::library_path(0));
+        assert_eq!(r.threads[0].frames[0].pc, h::crash_pc());
+        let steps = crate::core::work::take();
+        let log2 = u64::from(usize::BITS - n.leading_zeros());
+        let bound = 16 * n as u64 * log2;
+        assert!(
+            steps <= bound,
+            "{steps} steps for {n} entries, more than {bound}"
+        );
     }
 
     #[test]

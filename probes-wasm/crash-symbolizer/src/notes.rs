@@ -79,11 +79,17 @@ impl Notes {
     }
 }
 
+// Fields of a slice that may be too short: None then, and None too for an
+// offset so large that `o + 4` would not fit a usize.
 fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(o..o.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 fn u64_at(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        b.get(o..o.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 fn cstr(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
@@ -93,38 +99,69 @@ fn align4(n: usize) -> Option<usize> {
     n.checked_add(3).map(|v| v & !3)
 }
 
+/// Where the parts of one note lie in its segment.
+#[derive(Debug, PartialEq, Eq)]
+struct NoteLayout {
+    ntype: u32,
+    name: std::ops::Range<usize>,
+    desc: std::ops::Range<usize>,
+    /// Where the next note starts (past the descriptor's padding; may be
+    /// past the end of the segment).
+    next: usize,
+}
+
+/// The layout of the note at `off`, every part checked to lie inside
+/// `data`. The sizes are 32-bit fields: added to an offset in a 32-bit
+/// `usize` (wasm32) they can wrap, and a wrapped `next` that does not move
+/// past `off` made the note loop spin forever; here a sum that does not
+/// fit is an error, and `next` is always past `off`.
+fn note_layout(data: &[u8], off: usize) -> Result<NoteLayout, CoreError> {
+    let field = |at: usize| {
+        off.checked_add(at)
+            .and_then(|o| u32_at(data, o))
+            .ok_or(CoreError::Truncated("note header"))
+    };
+    let (namesz, descsz, ntype) = (field(0)?, field(4)?, field(8)?);
+    let past_end = |what: &str, size: u32| {
+        CoreError::Malformed(format!(
+            "note of type {ntype:#x} claims a {what} of {size} bytes, past the end of its segment"
+        ))
+    };
+    let inside = |start: usize, size: u32| -> Option<usize> {
+        start
+            .checked_add(usize::try_from(size).ok()?)
+            .filter(|&end| end <= data.len())
+    };
+    let name_start = off
+        .checked_add(12)
+        .ok_or(CoreError::Truncated("note header"))?;
+    let name_end = inside(name_start, namesz).ok_or_else(|| past_end("name", namesz))?;
+    let desc_start = align4(name_end)
+        .filter(|&d| d <= data.len())
+        .ok_or_else(|| past_end("name", namesz))?;
+    let desc_end = inside(desc_start, descsz).ok_or_else(|| past_end("descriptor", descsz))?;
+    // desc_end <= data.len(), far below usize::MAX: cannot fail, and at
+    // least off + 12.
+    let next = align4(desc_end).ok_or_else(|| past_end("descriptor", descsz))?;
+    Ok(NoteLayout {
+        ntype,
+        name: name_start..name_end,
+        desc: desc_start..desc_end,
+        next,
+    })
+}
+
 /// Parses the notes in one PT_NOTE segment into `out`.
 pub fn parse_into(out: &mut Notes, data: &[u8], machine: Machine) -> Result<(), CoreError> {
-    let bad = |why: String| CoreError::Malformed(why);
     let mut off = 0usize;
     while off < data.len() {
-        let (Some(namesz), Some(descsz), Some(ntype)) = (
-            u32_at(data, off),
-            u32_at(data, off + 4),
-            u32_at(data, off + 8),
-        ) else {
-            return Err(CoreError::Truncated("note header"));
-        };
-        let name_start = off + 12;
-        let desc_start = align4(name_start + namesz as usize)
-            .ok_or_else(|| bad("note name size overflows".into()))?;
-        let desc_end = desc_start
-            .checked_add(descsz as usize)
-            .filter(|&e| e <= data.len())
-            .ok_or_else(|| {
-                bad(format!(
-                    "note of type {ntype:#x} claims {descsz} bytes past the end of its segment"
-                ))
-            })?;
-        let name = data
-            .get(name_start..name_start + namesz as usize)
-            .map(cstr)
-            .unwrap_or_default();
-        let desc = &data[desc_start..desc_end];
+        let note = note_layout(data, off)?;
+        let name = cstr(&data[note.name]);
         if name == "CORE" || name == "LINUX" {
-            parse_note(out, ntype, desc, machine)?;
+            parse_note(out, note.ntype, &data[note.desc], machine)?;
         }
-        off = align4(desc_end).ok_or_else(|| bad("note size overflows".into()))?;
+        debug_assert!(note.next > off, "each note moves the offset forward");
+        off = note.next;
     }
     Ok(())
 }
@@ -184,24 +221,37 @@ fn parse_note(out: &mut Notes, ntype: u32, d: &[u8], machine: Machine) -> Result
         NT_FILE => {
             let count = u64_at(d, 0).ok_or(short("NT_FILE"))?;
             let page = u64_at(d, 8).ok_or(short("NT_FILE"))?;
+            let claims = || {
+                CoreError::Malformed(format!(
+                    "NT_FILE claims {count} entries in {} bytes",
+                    d.len()
+                ))
+            };
             // Checked before anything is allocated: each entry needs 24 bytes
             // of triple plus at least one byte of name.
             if count > MAX_FILE_ENTRIES
                 || count.saturating_mul(25).saturating_add(16) > d.len() as u64
             {
-                return Err(CoreError::Malformed(format!(
-                    "NT_FILE claims {count} entries in {} bytes",
-                    d.len()
-                )));
+                return Err(claims());
             }
-            let count = count as usize;
-            let mut names = d[16 + count * 24..].split(|&c| c == 0);
-            for i in 0..count {
-                let t = 16 + i * 24;
-                let (s, e, o) = (u64_at(d, t), u64_at(d, t + 8), u64_at(d, t + 16));
-                let (Some(start), Some(end), Some(pgoff)) = (s, e, o) else {
+            // At most MAX_FILE_ENTRIES, and its triples fit in `d`.
+            let count = usize::try_from(count).map_err(|_| claims())?;
+            let names_at = count
+                .checked_mul(24)
+                .and_then(|t| t.checked_add(16))
+                .ok_or_else(claims)?;
+            let mut names = d.get(names_at..).ok_or_else(claims)?.split(|&c| c == 0);
+            for (i, t) in d[16..names_at].chunks_exact(24).enumerate() {
+                let (start, end, pgoff) = (u64_at(t, 0), u64_at(t, 8), u64_at(t, 16));
+                let (Some(start), Some(end), Some(pgoff)) = (start, end, pgoff) else {
                     return Err(short("NT_FILE"));
                 };
+                let file_offset = pgoff.checked_mul(page).ok_or_else(|| {
+                    CoreError::Malformed(format!(
+                        "NT_FILE entry {i}: page offset {pgoff} times page size {page} \
+                         does not fit 64 bits"
+                    ))
+                })?;
                 let path = names
                     .next()
                     .map(|n| String::from_utf8_lossy(n).into_owned())
@@ -209,7 +259,7 @@ fn parse_note(out: &mut Notes, ntype: u32, d: &[u8], machine: Machine) -> Result
                 out.mappings.push(Mapping {
                     start,
                     end,
-                    file_offset: pgoff.saturating_mul(page),
+                    file_offset,
                     path,
                 });
             }
@@ -402,6 +452,58 @@ pub(crate) mod tests {
             Core::open(&b[..]).err(),
             Some(CoreError::Truncated("program header table"))
         );
+    }
+
+    /// Note sizes near 2^32: in a 32-bit build (the wasm probe; run these
+    /// tests with `--target i686-unknown-linux-gnu`) `offset + 12 + namesz`
+    /// wrapped, and with `descsz` 0 the note loop never moved on.
+    #[test]
+    fn note_sizes_near_4_gib_are_errors_on_every_target() {
+        for (namesz, descsz) in [
+            (0xFFFF_FFF4, 0),
+            (0xFFFF_FFF4, 0xFFFF_FFF0),
+            (0xFFFF_FFF4, u32::MAX),
+            (0xFFFF_FFF0, 0),
+            (u32::MAX, u32::MAX),
+            (0, 0xFFFF_FFFC),
+            (4, 0xFFFF_FFF4),
+        ] {
+            let bytes = crate::hostile_cores::core_with_note_sizes(namesz, descsz);
+            let e = Core::open(&bytes[..]).unwrap().notes().unwrap_err();
+            assert!(
+                matches!(e, CoreError::Malformed(_)),
+                "{namesz:#x}/{descsz:#x}: {e:?}"
+            );
+            assert!(
+                e.to_string().contains("past the end of its segment"),
+                "{namesz:#x}/{descsz:#x}: {e}"
+            );
+        }
+        let bytes = crate::hostile_cores::core_with_overflowing_note();
+        assert!(Core::open(&bytes[..]).unwrap().notes().is_err());
+        // Offsets whose header would end past usize::MAX.
+        let data = [0u8; 64];
+        for off in [usize::MAX, usize::MAX - 3, usize::MAX - 11] {
+            assert_eq!(
+                note_layout(&data, off),
+                Err(CoreError::Truncated("note header"))
+            );
+        }
+    }
+
+    #[test]
+    fn nt_file_offsets_past_2_pow_64_are_errors() {
+        let mut b = synthetic_core(62);
+        let file_at = b
+            .windows(24)
+            .position(|w| w[..8] == 2u64.to_le_bytes() && w[8..16] == 4096u64.to_le_bytes())
+            .unwrap();
+        // Page size 2^63, second entry at page 2.
+        b[file_at + 8..file_at + 16].copy_from_slice(&(1u64 << 63).to_le_bytes());
+        let pgoff = file_at + 16 + 24 + 16;
+        b[pgoff..pgoff + 8].copy_from_slice(&2u64.to_le_bytes());
+        let e = Core::open(&b[..]).unwrap().notes().unwrap_err();
+        assert!(e.to_string().contains("NT_FILE entry 1"), "{e}");
     }
 
     #[test]

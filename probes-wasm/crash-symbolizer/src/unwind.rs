@@ -300,7 +300,8 @@ impl<'a, R: ReadAt + ?Sized> Unwinder<'a, R> {
                 const MAP: [usize; 17] = [13, 12, 14, 11, 9, 8, 10, 15, 0, 1, 2, 3, 4, 5, 6, 7, 16];
                 let gregs = sp.checked_add(40)?;
                 for (d, &g) in MAP.iter().enumerate() {
-                    next.r[d] = Some(self.word(gregs + 8 * g as u64)?);
+                    // sp comes from the core: checked, never wrapped.
+                    next.r[d] = Some(self.word(gregs.checked_add(8 * g as u64)?)?);
                 }
                 next.pc = next.r[16]?;
             }
@@ -316,9 +317,9 @@ impl<'a, R: ReadAt + ?Sized> Unwinder<'a, R> {
                 // sigcontext (at 176) holds fault_address, x0..x30, sp, pc.
                 let sc = sp.checked_add(128 + 176 + 8)?;
                 for d in 0..32u64 {
-                    next.r[d as usize] = Some(self.word(sc + 8 * d)?);
+                    next.r[d as usize] = Some(self.word(sc.checked_add(8 * d)?)?);
                 }
-                next.pc = self.word(sc + 8 * 32)?;
+                next.pc = self.word(sc.checked_add(8 * 32)?)?;
             }
         }
         Some(next)
@@ -511,7 +512,7 @@ impl<'a, R: ReadAt + ?Sized> Unwinder<'a, R> {
         }
         let mut next = regs.clone();
         next.set(self.arch.fp, Some(saved));
-        next.set(self.arch.sp, Some(fp + 16));
+        next.set(self.arch.sp, Some(fp.checked_add(16)?));
         next.set(self.arch.ra, Some(ra));
         next.pc = ra;
         Some(next)
@@ -539,7 +540,7 @@ impl<'a, R: ReadAt + ?Sized> Unwinder<'a, R> {
             }
             let mut next = regs.clone();
             // The caller's stack starts above the return address slot.
-            next.set(self.arch.sp, Some(slot + 8));
+            next.set(self.arch.sp, Some(slot.checked_add(8)?));
             next.set(self.arch.ra, Some(v));
             next.pc = v;
             return Some(next);
