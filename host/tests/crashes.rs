@@ -4,6 +4,8 @@
 //! the repo; the filters; the daemon being down; hostile cores; and
 //! `telemctl crash symbolize`.
 
+#[path = "support/hostile_cores.rs"]
+mod hostile_cores;
 mod support;
 
 use std::ffi::OsStr;
@@ -861,4 +863,103 @@ fn hostile_process_names_are_names() {
     assert!(written.is_ok(), "the core was left in the pipe: {err}");
     assert!(!out.status.success());
     assert!(err.contains("--no-such-option"), "{err}");
+}
+
+/// The crash-symbolizer's state and counters as `telemctl probe list` shows them.
+fn symbolizer(d: &TestDaemon) -> serde_json::Value {
+    let list = support::control(d, serde_json::json!({"op": "list"}));
+    list["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "crash-symbolizer")
+        .cloned()
+        .unwrap_or_else(|| panic!("{list}"))
+}
+
+#[test]
+fn nt_file_floods_and_wrapping_notes_neither_stall_nor_quarantine_the_symbolizer() {
+    let prog = crashed_program();
+    let d = daemon(&prog, true);
+    let mut cores: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| {
+            (
+                format!("flood{i}"),
+                hostile_cores::core_with_nt_file_entries(64_000),
+            )
+        })
+        .collect();
+    cores.push(("wrap".into(), hostile_cores::core_with_overflowing_note()));
+    cores.push((
+        "segment".into(),
+        hostile_cores::core_with_wrapping_segment(),
+    ));
+    for (i, (what, bytes)) in cores.iter().enumerate() {
+        let core = prog.dir.path().join(format!("{what}.core"));
+        std::fs::write(&core, bytes).unwrap();
+        let exe = prog.exe.with_file_name(format!("crashme-{what}"));
+        let out = handle_as(&d, &exe, prog.pid, &core, &["-v"]);
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let recs = d.wait_spool(i + 1);
+        let r = recs
+            .iter()
+            .find(|r| r.payload.contains(&format!("crashme-{what}")))
+            .unwrap_or_else(|| panic!("{what}: no record: {recs:?}\n{}", d.log()));
+        assert!(
+            r.payload.contains("Error: ") || r.payload.contains("cannot unwind"),
+            "{what}: {}",
+            r.payload
+        );
+    }
+    let p = symbolizer(&d);
+    assert_eq!(p["state"]["state"], "running", "{p}");
+    assert_eq!(
+        p["stats"]["timeouts"], 0,
+        "every core was handled within its deadline: {p}"
+    );
+    // A real crash afterwards is symbolized.
+    handle_ok(&d, &prog, &prog.core, &[]);
+    let recs = d.wait_spool(cores.len() + 1);
+    assert!(
+        recs.iter()
+            .any(|r| class(r) == ("org.clearlinux/crash/clr", "3")),
+        "{recs:?}"
+    );
+}
+
+#[test]
+fn crash_calls_that_time_out_are_recorded_by_telemd_and_never_quarantine() {
+    let prog = crashed_program();
+    // 10 ms (the least a grant may say): no core is symbolized in time.
+    let d = configured(&prog, true, "root");
+    let text = std::fs::read_to_string(&d.config_path)
+        .unwrap()
+        .replace("timeout_ms = 5000", "timeout_ms = 10");
+    std::fs::write(&d.config_path, text).unwrap();
+    let d = d.spawn();
+    let n = support::QUARANTINE_AFTER + 2;
+    for i in 0..n {
+        let exe = prog.exe.with_file_name(format!("crashme-late{i}"));
+        let out = handle_as(&d, &exe, prog.pid, &prog.core, &["-v"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let recs = d.wait_spool(n);
+    assert!(
+        recs.iter()
+            .all(|r| class(r) == ("org.clearlinux/crash/error", "4")
+                && r.payload.contains("timed out after 10 ms")),
+        "{recs:?}"
+    );
+    let p = symbolizer(&d);
+    assert_eq!(p["state"]["state"], "running", "{p}");
+    assert_eq!(p["stats"]["timeouts"], n, "{p}");
+    assert_eq!(p["stats"]["failures_in_a_row"], 0, "{p}");
 }

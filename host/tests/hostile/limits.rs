@@ -102,3 +102,24 @@ fn held_files_are_capped_and_the_sockets_answer_during_the_call() {
         fd_count(d.pid())
     );
 }
+
+#[test]
+fn invalid_records_do_not_use_up_the_hourly_allowance() {
+    let d = daemon_with(
+        &["sandbox_test"],
+        "[probes.sandbox-test]\nclassifications = [\"org.example/test/*\"]\nmax_records_per_hour = 3\n",
+    );
+    // Granted by the pattern, refused by the record rules (a space).
+    for _ in 0..4 {
+        let v = run(&d, "sandbox-test", &["send", "org.example/test/bad value"]);
+        assert_eq!(v["ok"], false, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("Invalid"), "{v}");
+    }
+    let v = run(&d, "sandbox-test", &["flood", "3"]);
+    assert_eq!(v["ok"], true, "the allowance is whole: {v}");
+    let v = run(&d, "sandbox-test", &["flood", "1"]);
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("RateLimited"),
+        "and then spent: {v}"
+    );
+}

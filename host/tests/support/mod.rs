@@ -12,6 +12,9 @@ use telem::record::{spool_file, Record};
 
 pub mod collector;
 
+/// Failures in a row after which a probe is quarantined (the daemon's rule).
+pub const QUARANTINE_AFTER: usize = telem::sandbox::supervisor::QUARANTINE_AFTER as usize;
+
 pub const TELEMD: &str = env!("CARGO_BIN_EXE_telemd");
 pub const RECORD_GEN: &str = env!("CARGO_BIN_EXE_telem-record-gen");
 
