@@ -149,6 +149,8 @@ pub struct Config {
     pub max_records_per_hour: u32,
     /// Larger probe component files are not compiled.
     pub max_component_bytes: u64,
+    /// Shortest interval trigger a probe gets; shorter ones are raised.
+    pub probe_min_interval_secs: u64,
     /// The admin's per-probe grants (`[probes.NAME]`). The defaults approve
     /// what the shipped probes need; a table in a config file changes only
     /// the keys it names.
@@ -208,6 +210,7 @@ impl Default for Config {
             cfg_allowed_dirs: vec!["/etc/telemetrics".into()],
             max_records_per_hour: crate::sandbox::grants::DEFAULT_MAX_RECORDS_PER_HOUR,
             max_component_bytes: crate::sandbox::DEFAULT_MAX_COMPONENT_BYTES,
+            probe_min_interval_secs: crate::sandbox::grants::DEFAULT_MIN_INTERVAL_SECS,
             probes: shipped_probe_grants(),
             source: None,
             format: None,
@@ -417,6 +420,9 @@ impl Config {
             "cfg_allowed_dirs" => self.cfg_allowed_dirs = v.path_list()?,
             "max_records_per_hour" => self.max_records_per_hour = v.int_in(0, 1_000_000)? as u32,
             "max_component_bytes" => self.max_component_bytes = v.int_in(1 << 16, 1 << 30)? as u64,
+            "probe_min_interval_secs" => {
+                self.probe_min_interval_secs = v.int_in(1, 86_400)? as u64
+            }
             "probes" => {
                 for (name, p) in v.probe_tables(&self.probes)? {
                     self.probes.insert(name, p);
@@ -974,6 +980,9 @@ crashes = false
             (1000, 16 << 20)
         );
         assert!(parse("max_component_bytes = 10\n").is_err());
+        assert_eq!(parse("probe_min_interval_secs = 5\n").unwrap().probe_min_interval_secs, 5);
+        assert_eq!(d.probe_min_interval_secs, 60);
+        assert!(parse("probe_min_interval_secs = 0\n").is_err());
     }
 
     #[test]

@@ -244,7 +244,10 @@ async fn process(inbox: &Path, id: &str, probes: &ProbeManager, ingest: &Ingest)
     if results.is_empty() {
         warn!(
             "crash of {} (pid {}) waits in the inbox until a probe that handles crashes is loaded",
-            meta.process_path.as_deref().unwrap_or(&meta.process_name),
+            crate::untrusted::escape(
+                meta.process_path.as_deref().unwrap_or(&meta.process_name),
+                crate::untrusted::FIELD_CAP
+            ),
             meta.pid
         );
         return records;

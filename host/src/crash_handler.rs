@@ -42,6 +42,12 @@ use crate::crash::{inbox_dir, CrashMeta, CORE_FILE, META_FILE};
 
 /// Where the flood limits keep their state, inside the inbox.
 const RECENT_FILE: &str = ".recent.json";
+/// Executables the repeat filter remembers at once; the oldest are
+/// forgotten first, so crashing copies of a program under ever new names
+/// cannot grow the file every handler reads and rewrites under the lock.
+const MAX_RECENT: usize = 1024;
+/// Bytes of an executable's path kept as its key in the repeat filter.
+const RECENT_KEY_CAP: usize = 512;
 /// How long `-v` waits for telemd to make the record.
 const VERBOSE_WAIT: Duration = Duration::from_secs(60);
 /// How long telemd may take to take note of a crash.
@@ -197,6 +203,9 @@ fn now() -> u64 {
 /// run by hand) and syslog (the journal; the kernel gives the handler no
 /// terminal).
 pub fn log(msg: &str) {
+    // Messages quote kernel-supplied names (`%e`, `%E`), which may hold
+    // newlines or escapes: they must not forge lines in the journal.
+    let msg = crate::untrusted::escape(msg, 4096);
     // stderr reaches the journal under systemd-coredump-like setups and
     // the terminal when run by hand; syslog reaches the journal always.
     eprintln!("telem-crash-handler: {msg}");
@@ -617,6 +626,28 @@ fn lock_inbox(inbox: &Path) -> Result<File, String> {
     Ok(lock)
 }
 
+/// Drops the oldest entries until at most `keep` remain.
+fn forget_oldest(last: &mut BTreeMap<String, u64>, keep: usize) {
+    if last.len() <= keep {
+        return;
+    }
+    let mut by_age: Vec<(u64, String)> = last.iter().map(|(k, t)| (*t, k.clone())).collect();
+    by_age.sort();
+    for (_, k) in by_age.into_iter().take(last.len() - keep) {
+        last.remove(&k);
+    }
+}
+
+/// An executable's path as the repeat filter keys it: cut at a char
+/// boundary near [`RECENT_KEY_CAP`] bytes.
+fn recent_key(exe: &str) -> String {
+    let mut cut = exe.len().min(RECENT_KEY_CAP);
+    while !exe.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    exe[..cut].to_owned()
+}
+
 fn read_recent(inbox: &Path) -> Recent {
     std::fs::read(inbox.join(RECENT_FILE))
         .ok()
@@ -661,6 +692,8 @@ fn admit(
     recent
         .last
         .retain(|_, last| t.saturating_sub(*last) < window.max(1));
+    forget_oldest(&mut recent.last, MAX_RECENT - 1);
+    let exe = &recent_key(exe);
     let verdict = if recent.last.contains_key(exe) && window > 0 {
         recent.dropped_repeats += 1;
         Admission::Dropped(format!(
@@ -924,6 +957,16 @@ mod tests {
         drop(r);
         assert!(free_bytes(&fd).unwrap() > 0);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_repeat_filter_forgets_the_oldest_beyond_its_cap() {
+        let mut last: BTreeMap<String, u64> =
+            (0..MAX_RECENT as u64 + 10).map(|i| (format!("/usr/bin/p{i}"), i)).collect();
+        forget_oldest(&mut last, MAX_RECENT - 1);
+        assert_eq!(last.len(), MAX_RECENT - 1);
+        assert!(!last.contains_key("/usr/bin/p0") && last.contains_key("/usr/bin/p1033"));
+        assert_eq!(recent_key(&"é".repeat(400)).len(), RECENT_KEY_CAP);
     }
 
     #[test]

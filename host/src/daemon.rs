@@ -224,6 +224,7 @@ fn sandbox_options(config: &Config, inbox: &Path) -> crate::sandbox::SandboxOpti
         cache_dir,
         rules: crate::sandbox::grants::HostRules {
             max_records_per_hour: config.max_records_per_hour,
+            min_interval_secs: config.probe_min_interval_secs,
             protected_dirs,
         },
         max_component_bytes: config.max_component_bytes,

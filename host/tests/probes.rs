@@ -116,29 +116,47 @@ fn drop_in_replace_and_remove_without_restart() {
     wait_loaded(&d, 0);
     // Drop in: a half-written file first, then the whole one.
     let bytes = std::fs::read(probe_wasm("hello")).unwrap();
-    let target = d.path("probes/heartbeat.wasm");
-    std::fs::write(&target, &bytes[..bytes.len() / 3]).unwrap();
+    let hello = d.path("probes/hello.wasm");
+    std::fs::write(&hello, &bytes[..bytes.len() / 3]).unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    std::fs::write(&target, &bytes).unwrap();
+    std::fs::write(&hello, &bytes).unwrap();
     wait_payload(&d, "hello");
-    // Replace with another component: the new one is what runs.
-    std::fs::copy(probe_wasm("sandbox_test"), &target).unwrap();
+    // Replace it with another build (a custom section makes the file
+    // differ): the new one is loaded and runs its start trigger again.
+    let mut rebuilt = bytes.clone();
+    rebuilt.extend_from_slice(&[0x00, 0x03, 0x01, b'x', b'1']);
+    std::fs::write(&hello, &rebuilt).unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || control(
-            &d,
-            json!({"op": "list"})
-        )["probes"][0]["name"]
-            == "sandbox-test"),
+        wait_until(Duration::from_secs(10), || payloads(&d)
+            .iter()
+            .filter(|p| *p == "hello")
+            .count()
+            == 2),
         "{}",
         d.log()
     );
+    // A component whose name is not its file's is refused: grants go by name.
+    std::fs::copy(probe_wasm("sandbox_test"), d.path("probes/heartbeat.wasm")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            d
+            .log()
+            .contains("the component calls itself sandbox-test, but a probe's file must be named after it (sandbox-test.wasm)")
+        }),
+        "{}",
+        d.log()
+    );
+    std::fs::remove_file(d.path("probes/heartbeat.wasm")).unwrap();
+    let target = d.path("probes/sandbox-test.wasm");
+    std::fs::copy(probe_wasm("sandbox_test"), &target).unwrap();
+    wait_loaded(&d, 2);
     {
         let v = run(&d, &["state"]);
         assert_eq!(v["ok"], true, "{v}");
     }
     // Remove: it stops.
     std::fs::remove_file(&target).unwrap();
-    wait_loaded(&d, 0);
+    wait_loaded(&d, 1);
     assert!(error_of(&run(&d, &["state"])).contains("no probe named sandbox-test"));
 }
 
@@ -160,7 +178,11 @@ fn bad_files_are_reported_and_skipped() {
 #[test]
 fn restart_with_a_warm_cache_does_not_recompile() {
     let mut d = probe_daemon("");
-    std::fs::copy(probe_wasm("sandbox_test"), d.path("probes/t.wasm")).unwrap();
+    std::fs::copy(
+        probe_wasm("sandbox_test"),
+        d.path("probes/sandbox-test.wasm"),
+    )
+    .unwrap();
     d = d.spawn();
     assert!(wait_until(Duration::from_secs(10), || control(
         &d,
@@ -196,7 +218,11 @@ fn sandbox_enforcement() {
     std::fs::write(granted.join("ok.txt"), "secret-ok").unwrap();
     std::fs::write(&outside, "must not leak").unwrap();
     std::os::unix::fs::symlink(&outside, granted.join("link.txt")).unwrap();
-    std::fs::copy(probe_wasm("sandbox_test"), d.path("probes/t.wasm")).unwrap();
+    std::fs::copy(
+        probe_wasm("sandbox_test"),
+        d.path("probes/sandbox-test.wasm"),
+    )
+    .unwrap();
     let d = d.spawn();
     wait_loaded(&d, 1);
 
@@ -308,7 +334,11 @@ fn sandbox_enforcement() {
 #[test]
 fn repeated_failures_quarantine_until_reload() {
     let d = probe_daemon("");
-    std::fs::copy(probe_wasm("sandbox_test"), d.path("probes/t.wasm")).unwrap();
+    std::fs::copy(
+        probe_wasm("sandbox_test"),
+        d.path("probes/sandbox-test.wasm"),
+    )
+    .unwrap();
     let d = d.spawn();
     wait_loaded(&d, 1);
     for _ in 0..5 {
@@ -329,7 +359,8 @@ fn repeated_failures_quarantine_until_reload() {
 
 #[test]
 fn interval_trigger_fires_repeatedly_after_the_start_run() {
-    let d = probe_daemon("");
+    // The host's floor is lowered to the ticker's 1 s for the test.
+    let d = probe_daemon("probe_min_interval_secs = 1\n");
     std::fs::copy(probe_wasm("ticker"), d.path("probes/ticker.wasm")).unwrap();
     let d = d.spawn();
     let ticks = || payloads(&d).iter().filter(|p| *p == "tick").count();
@@ -358,5 +389,24 @@ fn interval_trigger_fires_repeatedly_after_the_start_run() {
         span as usize >= times.len() - 2,
         "{} ticks within {span} s",
         times.len()
+    );
+}
+
+#[test]
+fn an_interval_below_the_floor_is_raised_to_it() {
+    let d = probe_daemon("probe_min_interval_secs = 3600\n");
+    std::fs::copy(probe_wasm("ticker"), d.path("probes/ticker.wasm")).unwrap();
+    let d = d.spawn();
+    wait_payload(&d, "start");
+    let p = &control(&d, json!({"op": "list"}))["probes"][0];
+    assert_eq!(p["granted"]["interval_secs"], 3600, "{p}");
+    assert_eq!(p["requested"]["interval_secs"], 1, "{p}");
+    assert!(
+        p["granted"]["refused"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["item"] == "interval 1 s"),
+        "{p}"
     );
 }

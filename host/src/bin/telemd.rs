@@ -5,6 +5,9 @@ use clap::Parser;
 use telem::cli::telemd::Args;
 use telem::config::Config;
 
+/// Threads of the blocking pool (tokio's default is 512).
+const MAX_BLOCKING_THREADS: usize = 64;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let default_filter = if args.dev.is_some() {
@@ -29,8 +32,12 @@ fn main() -> anyhow::Result<()> {
         Some(dir) => telem::daemon::prepare_dev(dir, args.config.as_deref())?,
         None => Config::load(Config::default(), args.config.as_deref())?,
     };
+    // Blocking threads (WASI file I/O, compiling) are bounded well below the
+    // unit's TasksMax: a probe call dropped at its deadline can leave a
+    // blocking read behind, and those must queue, not pile up.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()?;
     rt.block_on(telem::daemon::run(config))?;
     Ok(())

@@ -66,6 +66,11 @@ pub fn target_of(path: &str, allowed_dirs: &[PathBuf]) -> Result<Target, CfgRefu
     {
         return Err(CfgRefusal::NotPlain);
     }
+    // Nothing outside the allowed directories is touched, not even to
+    // resolve it (a path on a hung network mount would stall delivery).
+    if !allowed_dirs.iter().any(|d| p.starts_with(d) && p != d) {
+        return Err(CfgRefusal::Outside(p.to_owned()));
+    }
     let real = p.canonicalize()?;
     let inside = allowed_dirs.iter().any(|d| {
         d.canonicalize()

@@ -8,6 +8,12 @@
 //! else, and carries a valid HMAC-SHA256 (kept beside it, `.mac`) under a
 //! key only this cache holds (`.key`, mode 0600). Anything else is
 //! recompiled from the wasm.
+//!
+//! Compiling runs in the daemon. A marker (`compiling-<sha256>`) exists
+//! while a component is being compiled; one left behind means compiling it
+//! killed the daemon (out of memory, say), and that component is refused
+//! until the admin clears the markers (`telemctl probe reload`), so a
+//! hostile file cannot crash the daemon at every start.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -55,6 +61,11 @@ enum Unusable {
     #[error("its MAC does not match")]
     Mac,
 }
+
+/// A component whose compilation never finished before.
+#[derive(Debug, thiserror::Error)]
+#[error("compiling this component stopped the daemon before (marker {0}); it is refused until `telemctl probe reload`")]
+pub struct CompileCrashed(pub PathBuf);
 
 impl CompileCache {
     /// A cache in `dir` for artefacts of `engine`.
@@ -153,7 +164,17 @@ impl CompileCache {
                 ),
             }
         }
-        let compiled = engine.precompile_component(bytes)?;
+        let marker = self.dir.join(format!("compiling-{hash}"));
+        if marker.exists() {
+            return Err(wasmtime::Error::new(CompileCrashed(marker)));
+        }
+        let _ = std::fs::create_dir_all(&self.dir);
+        let marked = std::fs::File::create(&marker).and_then(|f| f.sync_all());
+        let compiled = engine.precompile_component(bytes);
+        if marked.is_ok() {
+            let _ = std::fs::remove_file(&marker);
+        }
+        let compiled = compiled?;
         if let Some(key) = &key {
             let mac = hex(&mac_of(key, &compiled));
             let written = crate::fsutil::write_atomic(&path, &compiled, 0o600).and_then(|()| {
@@ -166,6 +187,19 @@ impl CompileCache {
         // SAFETY: these bytes were produced by `precompile_component` just above.
         let c = unsafe { Component::deserialize(engine, &compiled)? };
         Ok((c, hash, true))
+    }
+
+    /// Forgets which compilations stopped the daemon (the admin's reload):
+    /// those components are tried again.
+    pub fn clear_crash_markers(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().starts_with("compiling-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Removes artefacts of components no longer loaded (keeping the few
@@ -292,5 +326,28 @@ mod tests {
         std::fs::write(&path, b"planted").unwrap();
         let (_, _, compiled) = cache.get_or_compile(&engine, wasm).unwrap();
         assert!(compiled, "an artefact without its MAC is not trusted");
+    }
+
+    #[test]
+    fn a_compilation_that_never_finished_is_not_tried_again_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let cache = CompileCache::new(dir.path(), &engine);
+        let wasm = b"\0asm\x0d\0\x01\0";
+        // As left by a daemon killed while compiling.
+        std::fs::write(
+            dir.path().join(format!("compiling-{}", sha256_hex(wasm))),
+            "",
+        )
+        .unwrap();
+        let e = cache.get_or_compile(&engine, wasm).unwrap_err();
+        assert!(e.downcast_ref::<CompileCrashed>().is_some(), "{e}");
+        cache.clear_crash_markers();
+        let (_, _, compiled) = cache.get_or_compile(&engine, wasm).unwrap();
+        assert!(compiled);
+        assert!(!dir
+            .path()
+            .join(format!("compiling-{}", sha256_hex(wasm)))
+            .exists());
     }
 }

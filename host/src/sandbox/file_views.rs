@@ -21,19 +21,20 @@ pub struct FileViews {
 }
 
 impl FileViews {
-    /// Copies each of `files` into a view of its parent directory under a
-    /// fresh directory in `scratch`. A file that cannot be read is left out
-    /// (the probe then sees it missing), with the reason logged.
-    pub fn build(scratch: &Path, probe: &str, files: &[PathBuf]) -> io::Result<FileViews> {
+    /// Copies each of `files` into a view of its guest path's parent
+    /// directory under a fresh directory in `scratch`. A file that cannot
+    /// be read is left out (the probe then sees it missing), with the
+    /// reason logged.
+    pub fn build(scratch: &Path, probe: &str, files: &[GrantedFile]) -> io::Result<FileViews> {
         if files.is_empty() {
             return Ok(FileViews {
                 root: None,
                 preopens: Vec::new(),
             });
         }
-        let mut by_parent: BTreeMap<&Path, Vec<&Path>> = BTreeMap::new();
+        let mut by_parent: BTreeMap<&Path, Vec<&GrantedFile>> = BTreeMap::new();
         for f in files {
-            if let (Some(parent), Some(_)) = (f.parent(), f.file_name()) {
+            if let (Some(parent), Some(_)) = (f.guest.parent(), f.guest.file_name()) {
                 by_parent.entry(parent).or_default().push(f);
             }
         }
@@ -51,9 +52,9 @@ impl FileViews {
             let dir = root.join(i.to_string());
             std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
             for f in files {
-                let name = f.file_name().expect("checked above");
+                let name = f.guest.file_name().expect("checked above");
                 if let Err(e) = copy_capped(f, &dir.join(name)) {
-                    tracing::debug!(probe, "granted file {} not shown: {e}", f.display());
+                    tracing::debug!(probe, "granted file {} not shown: {e}", f.guest.display());
                 }
             }
             views
@@ -64,13 +65,27 @@ impl FileViews {
     }
 }
 
+/// One granted file: where the host reads it and where the probe sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantedFile {
+    /// The file on the host, symlinks already resolved (opened with
+    /// `O_NOFOLLOW`, so a link swapped in since is not followed), or a safe
+    /// `/proc` file by name (`/proc/mounts` is itself a link).
+    pub host: PathBuf,
+    /// Its path in the guest: the granted path.
+    pub guest: PathBuf,
+    /// Whether `host` may be a symlink (the safe `/proc` files only).
+    pub follow: bool,
+}
+
 /// Copies a regular file (never a FIFO or device: opened non-blocking and
 /// checked before reading) up to the cap.
-fn copy_capped(from: &Path, to: &Path) -> io::Result<()> {
+fn copy_capped(from: &GrantedFile, to: &Path) -> io::Result<()> {
+    let nofollow = if from.follow { 0 } else { libc::O_NOFOLLOW };
     let f = std::fs::File::options()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(from)?;
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | nofollow)
+        .open(&from.host)?;
     if !f.metadata()?.is_file() {
         return Err(io::Error::other("not a regular file"));
     }
@@ -106,7 +121,12 @@ mod tests {
         std::fs::write(etc.join("os-release"), "NAME=x\n").unwrap();
         std::fs::write(etc.join("shadow"), "secret").unwrap();
         let scratch = t.path().join("scratch");
-        let views = FileViews::build(&scratch, "p", &[etc.join("os-release")]).unwrap();
+        let file = |p: PathBuf| GrantedFile {
+            host: p.clone(),
+            guest: p,
+            follow: false,
+        };
+        let views = FileViews::build(&scratch, "p", &[file(etc.join("os-release"))]).unwrap();
         assert_eq!(views.preopens.len(), 1);
         let (dir, guest) = &views.preopens[0];
         assert_eq!(guest, &etc.to_string_lossy());
@@ -128,12 +148,20 @@ mod tests {
     }
 
     #[test]
-    fn a_fifo_is_not_read() {
+    fn a_fifo_or_a_swapped_in_symlink_is_not_read() {
         let t = tempfile::tempdir().unwrap();
         let fifo = t.path().join("fifo");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
         assert!(made.unwrap().success());
-        let views = FileViews::build(&t.path().join("s"), "p", &[fifo]).unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(t.path().join("target"), &link).unwrap();
+        std::fs::write(t.path().join("target"), "x").unwrap();
+        let files = [fifo, link].map(|p| GrantedFile {
+            host: p.clone(),
+            guest: p,
+            follow: false,
+        });
+        let views = FileViews::build(&t.path().join("s"), "p", &files).unwrap();
         let (dir, _) = &views.preopens[0];
         assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
     }

@@ -78,11 +78,16 @@ pub struct ProbePolicy {
     pub crashes: Option<bool>,
 }
 
+/// Default of `probe_min_interval_secs`: the shortest interval trigger.
+pub const DEFAULT_MIN_INTERVAL_SECS: u64 = 60;
+
 /// What the host decides for every probe, whatever its table says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostRules {
     /// Ceiling on records per hour.
     pub max_records_per_hour: u32,
+    /// Shortest interval trigger; shorter ones are raised to it.
+    pub min_interval_secs: u64,
     /// The daemon's own directories (state, spool, journal, crash inbox):
     /// never readable by a probe, nor any directory above them.
     pub protected_dirs: Vec<PathBuf>,
@@ -94,6 +99,7 @@ impl HostRules {
     pub fn permissive() -> HostRules {
         HostRules {
             max_records_per_hour: DEFAULT_MAX_RECORDS_PER_HOUR,
+            min_interval_secs: DEFAULT_MIN_INTERVAL_SECS,
             protected_dirs: Vec::new(),
         }
     }
@@ -110,6 +116,9 @@ pub struct Request {
     pub max_records_per_hour: u32,
     /// The crash trigger.
     pub crashes: bool,
+    /// The interval trigger, in seconds.
+    #[serde(default)]
+    pub interval_secs: Option<u64>,
 }
 
 /// One thing asked for and not granted, with the reason.
@@ -138,6 +147,13 @@ pub struct Grant {
     pub max_records_per_hour: u32,
     /// Handed each crash, with read access to that crash's inbox entry.
     pub crashes: bool,
+    /// The interval trigger, in seconds, at least the host's minimum.
+    #[serde(default)]
+    pub interval_secs: Option<u64>,
+    /// Whether `read_paths` are the admin's (else the safe set's, which
+    /// must still be safe once symlinks are resolved at each call).
+    #[serde(default)]
+    pub read_paths_by_admin: bool,
     /// What was asked for and not granted, and why.
     #[serde(default)]
     pub refused: Vec<Refusal>,
@@ -184,7 +200,29 @@ pub fn never_grantable(path: &Path, rules: &HostRules) -> Option<String> {
 
 /// Whether `path` is in the safe set granted without the admin's approval.
 pub fn is_safe_path(path: &Path) -> bool {
-    SAFE_DIRS.iter().any(|d| path.starts_with(d)) || SAFE_PROC_FILES.iter().any(|f| path == *f)
+    is_under_any(path, &SAFE_DIRS) || is_safe_proc_file(path)
+}
+
+fn is_under_any(path: &Path, dirs: &[&str]) -> bool {
+    dirs.iter().any(|d| path.starts_with(d))
+}
+
+/// Whether `path` is one of the safe `/proc` files (read by the host by
+/// name: `/proc/mounts` is a symlink to `self/mounts`).
+pub fn is_safe_proc_file(path: &Path) -> bool {
+    SAFE_PROC_FILES.iter().any(|f| path == *f)
+}
+
+/// Whether `path` is in the safe set and, where it exists, still is once
+/// its symlinks are resolved (`/usr/share/x` may lead to `/etc/x`).
+pub fn is_safe_after_resolving(path: &Path) -> bool {
+    is_safe_proc_file(path) || stays_under(path, &SAFE_DIRS)
+}
+
+/// Whether `path` is under one of `dirs`, before and after resolving.
+fn stays_under(path: &Path, dirs: &[&str]) -> bool {
+    is_under_any(path, dirs)
+        && std::fs::canonicalize(path).map_or(true, |real| is_under_any(&real, dirs))
 }
 
 /// Why `path` can't be granted, checking both the path as written and,
@@ -196,7 +234,7 @@ fn path_refusal(path: &Path, rules: &HostRules) -> Option<String> {
     if let Some(why) = never_grantable(path, rules) {
         return Some(why);
     }
-    if SAFE_PROC_FILES.iter().any(|f| path == *f) {
+    if is_safe_proc_file(path) {
         return None;
     }
     match std::fs::canonicalize(path) {
@@ -224,7 +262,8 @@ pub fn is_reserved(pattern: &str) -> bool {
     let parts: Vec<&str> = pattern.split('/').collect();
     parts.len() == 3
         && RESERVED_CLASSIFICATIONS.iter().any(|(domain, name)| {
-            (parts[0] == "*" || parts[0] == *domain) && (parts[1] == "*" || parts[1] == *name)
+            (parts[0] == "*" || parts[0].eq_ignore_ascii_case(domain))
+                && (parts[1] == "*" || parts[1].eq_ignore_ascii_case(name))
         })
 }
 
@@ -260,8 +299,13 @@ impl Grant {
                 for p in &request.read_paths {
                     if let Some(why) = path_refusal(p, rules) {
                         refuse(format!("read {}", p.display()), why);
-                    } else if is_safe_path(p) {
+                    } else if is_safe_after_resolving(p) {
                         read_paths.push(p.clone());
+                    } else if is_safe_path(p) {
+                        refuse(
+                            format!("read {}", p.display()),
+                            format!("it leads outside the safe set through a symlink; needs [probes.{probe}] read_paths"),
+                        );
                     } else {
                         refuse(
                             format!("read {}", p.display()),
@@ -336,13 +380,28 @@ impl Grant {
             );
         }
 
+        let interval_secs = request.interval_secs.map(|asked| {
+            if asked < rules.min_interval_secs {
+                refuse(
+                    format!("interval {asked} s"),
+                    format!(
+                        "raised to probe_min_interval_secs = {}",
+                        rules.min_interval_secs
+                    ),
+                );
+            }
+            asked.max(rules.min_interval_secs)
+        });
+
         Grant {
+            interval_secs,
             read_paths,
             classifications,
             memory_limit_mib: policy.memory_limit_mib.unwrap_or(DEFAULT_MEMORY_LIMIT_MIB),
             timeout_ms: policy.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
             max_records_per_hour,
             crashes,
+            read_paths_by_admin: policy.read_paths.is_some(),
             refused,
         }
     }
@@ -369,6 +428,7 @@ mod tests {
     fn rules() -> HostRules {
         HostRules {
             max_records_per_hour: 1000,
+            min_interval_secs: 60,
             protected_dirs: vec!["/var/lib/telemetry".into(), "/var/spool/telemetry".into()],
         }
     }
@@ -416,6 +476,7 @@ mod tests {
             ],
             max_records_per_hour: u32::MAX,
             crashes: true,
+            interval_secs: Some(1),
         };
         let g = Grant::effective("greedy", &req, &ProbePolicy::default(), &rules());
         assert_eq!(
@@ -447,8 +508,10 @@ mod tests {
                 "classification org.example/other/*",
                 "max_records_per_hour 4294967295",
                 "crashes",
+                "interval 1 s",
             ]
         );
+        assert_eq!(g.interval_secs, Some(60));
         let reason = |item: &str| &g.refused.iter().find(|r| r.item == item).unwrap().reason;
         assert!(reason("read /etc").contains("needs [probes.greedy] read_paths"));
         assert!(reason("read /var").contains("daemon's own /var/lib/telemetry"));
@@ -460,6 +523,10 @@ mod tests {
     fn a_probe_named_crash_does_not_own_the_crash_classifications() {
         assert!(!is_own_classification("crash", "org.clearlinux/crash/*"));
         assert!(!is_own_classification("crash", "*/crash/*"));
+        assert!(
+            is_reserved("ORG.CLEARLINUX/Crash/x"),
+            "case does not get around it"
+        );
         assert!(is_own_classification("crash", "org.example/crash/*"));
         assert!(is_own_classification("hello", "org.clearlinux/hello/world"));
     }
@@ -471,6 +538,7 @@ mod tests {
             classifications: vec!["org.clearlinux/crash/*".into()],
             max_records_per_hour: 10,
             crashes: true,
+            interval_secs: None,
         };
         let approved = ProbePolicy {
             read_paths: Some(vec![
@@ -521,6 +589,20 @@ mod tests {
     }
 
     #[test]
+    fn a_safe_directory_left_through_a_symlink_is_not_safe() {
+        let t = tempfile::tempdir().unwrap();
+        let share = t.path().join("share");
+        std::fs::create_dir_all(share.join("data")).unwrap();
+        std::os::unix::fs::symlink("/etc", share.join("etc-link")).unwrap();
+        let share = share.canonicalize().unwrap();
+        let dirs = [share.to_str().unwrap()];
+        assert!(stays_under(&share.join("data"), &dirs));
+        assert!(stays_under(&share.join("missing"), &dirs));
+        assert!(!stays_under(&share.join("etc-link"), &dirs));
+        assert!(!stays_under(&share.join("etc-link/passwd"), &dirs));
+    }
+
+    #[test]
     fn a_symlink_into_a_protected_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("state");
@@ -529,6 +611,7 @@ mod tests {
         std::os::unix::fs::symlink(&secret, &link).unwrap();
         let rules = HostRules {
             max_records_per_hour: 10,
+            min_interval_secs: 60,
             protected_dirs: vec![secret.canonicalize().unwrap()],
         };
         let policy = ProbePolicy {

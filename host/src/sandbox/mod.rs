@@ -13,6 +13,7 @@ pub mod file_views;
 pub mod grants;
 pub mod limits;
 pub mod probe_log;
+pub mod shape;
 pub mod supervisor;
 
 use std::collections::VecDeque;
@@ -486,6 +487,7 @@ impl Sandbox {
         if !bytes.starts_with(b"\0asm") {
             return Err(err("not a WebAssembly file".into()));
         }
+        shape::check(bytes).map_err(|e| err(format!("refused before compiling: {e}")))?;
         let (cache, engine, owned) = (self.cache.clone(), self.engine.clone(), bytes.to_vec());
         let compiling = tokio::task::spawn_blocking(move || cache.get_or_compile(&engine, &owned));
         let (component, hash, compiled) =
@@ -534,6 +536,7 @@ impl Sandbox {
                 escape(&format!("{:?}", manifest.name), FIELD_CAP)
             )));
         }
+        check_manifest_size(&manifest).map_err(err)?;
         let request = Request {
             read_paths: manifest.read_paths.iter().map(PathBuf::from).collect(),
             classifications: manifest.classifications.clone(),
@@ -542,6 +545,10 @@ impl Sandbox {
                 .triggers
                 .iter()
                 .any(|t| matches!(t, Trigger::Crash)),
+            interval_secs: manifest.triggers.iter().find_map(|t| match t {
+                Trigger::Interval(s) if *s > 0 => Some(*s),
+                _ => None,
+            }),
         };
         let grant = Grant::effective(
             &manifest.name,
@@ -581,6 +588,65 @@ impl Sandbox {
         store
     }
 
+    /// The granted paths as they are now: each resolved (symlinks
+    /// followed) and checked again, since a path checked at load may have
+    /// been swapped for a link since: never into the daemon's own
+    /// directories, and a safe-set path never out of the safe set. Returns
+    /// the (host, guest) directories to preopen and the files to show.
+    /// `extra_read` (the host's own choice, a crash's inbox entry) is taken
+    /// as it is.
+    fn resolve_grant(
+        &self,
+        probe: &LoadedProbe,
+        extra_read: &[PathBuf],
+    ) -> (Vec<(PathBuf, PathBuf)>, Vec<file_views::GrantedFile>) {
+        let g = &probe.grant;
+        let mut dirs: Vec<(PathBuf, PathBuf)> = extra_read
+            .iter()
+            .filter(|p| p.is_dir())
+            .map(|p| (p.clone(), p.clone()))
+            .collect();
+        let mut files = Vec::new();
+        for p in &g.read_paths {
+            if grants::is_safe_proc_file(p) {
+                files.push(file_views::GrantedFile {
+                    host: p.clone(),
+                    guest: p.clone(),
+                    follow: true,
+                });
+                continue;
+            }
+            let Ok(real) = p.canonicalize() else {
+                tracing::debug!(probe = %probe.name, "granted path {} does not exist here; left out", p.display());
+                continue;
+            };
+            let refusal = grants::never_grantable(&real, &self.options.rules).or_else(|| {
+                (!g.read_paths_by_admin && !grants::is_safe_path(&real))
+                    .then(|| "it now leads outside the safe set".to_owned())
+            });
+            if let Some(why) = refusal {
+                tracing::warn!(
+                    probe = %probe.name,
+                    "granted path {} left out of this call: it resolves to {}: {why}",
+                    escape(&p.display().to_string(), FIELD_CAP),
+                    escape(&real.display().to_string(), FIELD_CAP)
+                );
+                continue;
+            }
+            if real.is_dir() {
+                dirs.push((real, p.clone()));
+            } else if !g.read_paths.iter().any(|d| p.parent() == Some(d.as_path())) {
+                // Shown alone unless its directory is granted whole already.
+                files.push(file_views::GrantedFile {
+                    host: real,
+                    guest: p.clone(),
+                    follow: false,
+                });
+            }
+        }
+        (dirs, files)
+    }
+
     /// Runs `handle(event)` in a fresh store holding only the probe's grant.
     /// `extra_read` adds read-only directories for this call only (a
     /// crash's inbox entry). A granted directory is preopened whole; a
@@ -596,25 +662,10 @@ impl Sandbox {
     ) -> Result<(), CallError> {
         let g = &probe.grant;
         let mut b = WasiCtxBuilder::new();
-        let mut dirs: Vec<&PathBuf> = Vec::new();
-        let mut files: Vec<PathBuf> = Vec::new();
-        for p in g.read_paths.iter().chain(extra_read) {
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.exists() {
-                // Shown through its directory only when that directory is
-                // not granted whole already.
-                if !g.read_paths.iter().any(|d| p.parent() == Some(d.as_path())) {
-                    files.push(p.clone());
-                }
-            } else {
-                tracing::debug!(probe = %probe.name, "granted path {} does not exist here; left out", p.display());
-            }
-        }
-        for p in dirs {
-            let guest = p.to_string_lossy();
-            b.preopened_dir(p, guest.as_ref(), FsPerms::ReadOnly)
-                .map_err(|e| CallError::Setup(format!("granted path {}: {e}", p.display())))?;
+        let (dirs, files) = self.resolve_grant(probe, extra_read);
+        for (host, guest) in &dirs {
+            b.preopened_dir(host, guest.to_string_lossy().as_ref(), FsPerms::ReadOnly)
+                .map_err(|e| CallError::Setup(format!("granted path {}: {e}", guest.display())))?;
         }
         let views = FileViews::build(&self.options.scratch_dir, &probe.name, &files)
             .map_err(|e| CallError::Setup(format!("file grants: {e}")))?;
@@ -647,7 +698,24 @@ impl Sandbox {
             let bytes = pipe.contents();
             if !bytes.is_empty() {
                 let text = String::from_utf8_lossy(&bytes);
-                tracing::info!(probe = %probe.name, stream, "{}{}", escape(text.trim_end(), OUTPUT_CAP), if bytes.len() >= OUTPUT_CAP { " [cut at 16 KiB]" } else { "" });
+                let line = format!(
+                    "{}{}",
+                    escape(text.trim_end(), OUTPUT_CAP),
+                    if bytes.len() >= OUTPUT_CAP {
+                        " [cut at 16 KiB]"
+                    } else {
+                        ""
+                    }
+                );
+                // Output counts against the same allowance as `log()`.
+                let admit = probe
+                    .log_gate
+                    .lock()
+                    .expect("log gate lock")
+                    .admit(Instant::now(), line.len());
+                if admit != Admit::No {
+                    tracing::info!(probe = %probe.name, stream, "{line}");
+                }
             }
         }
         let suppressed = probe
@@ -690,6 +758,40 @@ fn call_error(e: wasmtime::Error, timeout_ms: u64) -> CallError {
         .unwrap_or_default();
     CallError::Trap(escape(&format!("{reason}{frame}"), FIELD_CAP))
 }
+/// Most read paths, classifications or triggers a manifest may list.
+pub const MAX_MANIFEST_ITEMS: usize = 64;
+/// Longest string in a manifest (a description); paths and patterns are
+/// shorter still in practice.
+pub const MAX_MANIFEST_STRING: usize = 1024;
+
+/// Refuses a manifest whose lists or strings are larger than any real
+/// probe needs: it is kept in memory and shown in logs and `telemctl`.
+fn check_manifest_size(m: &Manifest) -> Result<(), String> {
+    let lists = [
+        ("read paths", m.read_paths.len()),
+        ("classifications", m.classifications.len()),
+        ("triggers", m.triggers.len()),
+    ];
+    if let Some((what, n)) = lists.iter().find(|(_, n)| *n > MAX_MANIFEST_ITEMS) {
+        return Err(format!(
+            "the manifest lists {n} {what} (at most {MAX_MANIFEST_ITEMS})"
+        ));
+    }
+    let longest = [&m.version, &m.description]
+        .into_iter()
+        .chain(&m.read_paths)
+        .chain(&m.classifications)
+        .map(String::len)
+        .max()
+        .unwrap_or(0);
+    if longest > MAX_MANIFEST_STRING {
+        return Err(format!(
+            "the manifest has a string of {longest} bytes (at most {MAX_MANIFEST_STRING})"
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses components built against a contract this host does not speak.
 fn check_contract(engine: &Engine, component: &Component) -> Result<(), String> {
     let ty = component.component_type();

@@ -192,6 +192,10 @@ impl ProbeManager {
             .expect("pending lock")
             .retain(|p, _| files.contains_key(p));
         let mut changed = false;
+        // In a fixed order (directories as configured, then by name), so
+        // which of two same-named files wins does not change from run to run.
+        let mut files: Vec<(PathBuf, Seen)> = files.into_iter().collect();
+        files.sort_by_key(|(p, _)| (self.dirs.iter().position(|d| p.starts_with(d)), p.clone()));
         for (path, seen) in files {
             let known = self
                 .slots
@@ -275,6 +279,20 @@ impl ProbeManager {
             })
             .await
             .map_err(|e| e.to_string())?;
+        // Grants are keyed by name and the name is the probe's own claim:
+        // it must match the file the admin installed, so no component can
+        // take another's grant (the crash-symbolizer's, say) by its name.
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().replace('_', "-"));
+        if stem.as_deref() != Some(probe.name.as_str()) {
+            return Err(format!(
+                "{}: the component calls itself {}, but a probe's file must be named after it ({}.wasm); not loaded",
+                path.display(),
+                probe.name,
+                probe.name
+            ));
+        }
         let how = if self.compilations() > compiled_before {
             "compiled"
         } else {
@@ -317,15 +335,22 @@ impl ProbeManager {
         }
         info!(
             probe = %probe.name,
-            version = %probe.manifest.version,
-            "loaded {} ({how}, {} ms); grant: read {:?}, classifications {:?}, {} MiB, {} ms, {}/h",
+            version = %crate::untrusted::escape(&probe.manifest.version, crate::untrusted::FIELD_CAP),
+            "loaded {} ({how}, {} ms); grant: read {:?}, classifications {:?}, {} MiB, {} ms, {}/h, crashes {}; {} request(s) refused{}",
             path.display(),
             started.elapsed().as_millis(),
             probe.grant.read_paths,
             probe.grant.classifications,
             probe.grant.memory_limit_mib,
             probe.grant.timeout_ms,
-            probe.grant.max_records_per_hour
+            probe.grant.max_records_per_hour,
+            probe.grant.crashes,
+            probe.grant.refused.len(),
+            if probe.grant.refused.is_empty() {
+                String::new()
+            } else {
+                format!(" (telemctl probe info {})", probe.name)
+            }
         );
         let handles_crashes = probe.grant.crashes;
         let probe = Arc::new(probe);
@@ -376,8 +401,11 @@ impl ProbeManager {
         }
     }
 
-    /// Forgets every probe and loads the directories afresh (lifts quarantines).
+    /// Forgets every probe and loads the directories afresh (lifts
+    /// quarantines, and tries again components whose compilation once
+    /// stopped the daemon).
     pub async fn reload(self: &Arc<Self>) {
+        self.sandbox.cache.clear_crash_markers();
         self.slots.lock().expect("slots lock").clear();
         self.pending.lock().expect("pending lock").clear();
         self.scan(false).await;
@@ -605,10 +633,7 @@ async fn drive(mgr: Arc<ProbeManager>, probe: Arc<LoadedProbe>, state: Arc<Mutex
         .triggers
         .iter()
         .any(|t| matches!(t, Trigger::OnStart));
-    let interval = probe.manifest.triggers.iter().find_map(|t| match t {
-        Trigger::Interval(s) if *s > 0 => Some(Duration::from_secs(*s)),
-        _ => None,
-    });
+    let interval = probe.grant.interval_secs.map(Duration::from_secs);
     if on_start && !supervised(&mgr, &probe, &state, Event::Start).await {
         return;
     }

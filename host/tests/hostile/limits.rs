@@ -38,7 +38,11 @@ fn held_files_are_capped_and_the_sockets_answer_during_the_call() {
     ));
     std::fs::write(&d.config_path, text).unwrap();
     std::fs::create_dir_all(d.path("probes")).unwrap();
-    std::fs::copy(probe_wasm("sandbox_test"), d.path("probes/t.wasm")).unwrap();
+    std::fs::copy(
+        probe_wasm("sandbox_test"),
+        d.path("probes/sandbox-test.wasm"),
+    )
+    .unwrap();
     std::fs::write(d.path("opt-in"), "").unwrap();
     let d = d.spawn();
     crate::probe_info(&d, "sandbox-test");
@@ -122,4 +126,30 @@ fn invalid_records_do_not_use_up_the_hourly_allowance() {
         v["error"].as_str().unwrap_or("").contains("RateLimited"),
         "and then spent: {v}"
     );
+}
+
+#[test]
+fn a_component_too_big_to_compile_safely_is_refused_before_compiling() {
+    // One straight-line function of ~1.5 MB: Cranelift needed close to
+    // 1 GB for such a function, inside the daemon.
+    let body = "(drop (i32.const 1))".repeat(500_000);
+    let bomb = wat::parse_str(format!(
+        "(component (core module (func {body})))"
+    ))
+    .unwrap();
+    let d = TestDaemon::prepare(HOLD);
+    std::fs::create_dir_all(d.path("probes")).unwrap();
+    std::fs::write(d.path("probes/bomb.wasm"), &bomb).unwrap();
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    let d = d.spawn();
+    assert!(
+        wait_until(Duration::from_secs(20), || d
+            .log()
+            .contains("refused before compiling: a function of")),
+        "{}",
+        d.log()
+    );
+    let list = control(&d, serde_json::json!({"op": "list"}));
+    assert_eq!(list["compilations"], 0, "{list}");
+    assert!(rss_kib(d.pid()) < 200 * 1024);
 }
