@@ -16,6 +16,10 @@ command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y 
 # libc's debug file, so libc frames carry file:line and the tests compare
 # those with eu-stack's too.
 dpkg -s libc6-dbg >/dev/null 2>&1 || { apt-get update && apt-get install -y libc6-dbg; }
+# python3 and setpriv (util-linux) open connections as another uid in the
+# socket fairness tests.
+{ command -v python3 >/dev/null && command -v setpriv >/dev/null; } ||
+  { apt-get update && apt-get install -y python3 util-linux; }
 # gcc-multilib links the i686 test binaries.
 dpkg -s gcc-multilib >/dev/null 2>&1 || { apt-get update && apt-get install -y gcc-multilib; }
 cargo fmt --all -- --check

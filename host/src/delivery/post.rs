@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use thiserror::Error;
+use tracing::debug;
 
 use super::backoff::parse_retry_after;
 use crate::config::{Config, PostFormat};
@@ -17,6 +18,17 @@ use crate::record::Record;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The legacy client's whole-request timeout.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of a response body read at most. The outcome is decided by the
+/// status and `Retry-After` alone; the body is read only so that a small
+/// one leaves the connection reusable. Anything answering as the collector
+/// (a proxy, a captive portal, an attacker) may send an endless body, which
+/// must not grow the daemon's memory: past this the response is dropped
+/// with its connection.
+pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+/// Time the body may take after the head has arrived, for the same reason:
+/// a body trickling byte by byte must not hold delivery up to
+/// [`REQUEST_TIMEOUT`] per record.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a record goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -197,10 +209,57 @@ impl Poster {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        // Drain the body so the connection goes back to the pool.
-        let _ = resp.bytes().await;
+        // The status line has arrived, so the collector has decided; how
+        // the body ends does not change the outcome (a 200 whose body is
+        // cut is still a confirmation).
+        if let Err(cut) = discard_body(resp).await {
+            debug!(
+                status,
+                "collector response body not read to its end ({cut}); connection closed"
+            );
+        }
         classify(status, retry_after)
     }
+}
+
+/// Why a response body was not read to its end.
+#[derive(Debug, Error)]
+enum BodyCut {
+    /// More than [`MAX_RESPONSE_BODY`] bytes.
+    #[error("more than {MAX_RESPONSE_BODY} bytes")]
+    TooLarge,
+    /// Not complete within [`BODY_READ_TIMEOUT`].
+    #[error("not complete within {BODY_READ_TIMEOUT:?}")]
+    TooSlow,
+    /// The connection failed while reading it.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Reads and throws away at most [`MAX_RESPONSE_BODY`] bytes of `resp`'s
+/// body, chunk by chunk (never more than one chunk held), within
+/// [`BODY_READ_TIMEOUT`]; dropping an unfinished response closes its
+/// connection instead of returning it to the pool. `Ok` when the whole
+/// body was read (the connection can be reused).
+async fn discard_body(mut resp: reqwest::Response) -> Result<(), BodyCut> {
+    let read = async {
+        let mut len = 0usize;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    len = len.saturating_add(chunk.len());
+                    if len > MAX_RESPONSE_BODY {
+                        return Err(BodyCut::TooLarge);
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(BodyCut::Failed(error_chain(&e))),
+            }
+        }
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(BodyCut::TooSlow))
 }
 
 /// The failure policy by HTTP status.

@@ -6,10 +6,12 @@
 mod support;
 
 mod cfg;
+mod collector;
 mod deadlines;
 mod grants;
 mod limits;
 mod logs;
+mod socket;
 
 use serde_json::json;
 use support::*;
