@@ -420,9 +420,7 @@ impl Config {
             "cfg_allowed_dirs" => self.cfg_allowed_dirs = v.path_list()?,
             "max_records_per_hour" => self.max_records_per_hour = v.int_in(0, 1_000_000)? as u32,
             "max_component_bytes" => self.max_component_bytes = v.int_in(1 << 16, 1 << 30)? as u64,
-            "probe_min_interval_secs" => {
-                self.probe_min_interval_secs = v.int_in(1, 86_400)? as u64
-            }
+            "probe_min_interval_secs" => self.probe_min_interval_secs = v.int_in(1, 86_400)? as u64,
             "probes" => {
                 for (name, p) in v.probe_tables(&self.probes)? {
                     self.probes.insert(name, p);
@@ -980,7 +978,12 @@ crashes = false
             (1000, 16 << 20)
         );
         assert!(parse("max_component_bytes = 10\n").is_err());
-        assert_eq!(parse("probe_min_interval_secs = 5\n").unwrap().probe_min_interval_secs, 5);
+        assert_eq!(
+            parse("probe_min_interval_secs = 5\n")
+                .unwrap()
+                .probe_min_interval_secs,
+            5
+        );
         assert_eq!(d.probe_min_interval_secs, 60);
         assert!(parse("probe_min_interval_secs = 0\n").is_err());
     }

@@ -961,8 +961,9 @@ mod tests {
 
     #[test]
     fn the_repeat_filter_forgets_the_oldest_beyond_its_cap() {
-        let mut last: BTreeMap<String, u64> =
-            (0..MAX_RECENT as u64 + 10).map(|i| (format!("/usr/bin/p{i}"), i)).collect();
+        let mut last: BTreeMap<String, u64> = (0..MAX_RECENT as u64 + 10)
+            .map(|i| (format!("/usr/bin/p{i}"), i))
+            .collect();
         forget_oldest(&mut last, MAX_RECENT - 1);
         assert_eq!(last.len(), MAX_RECENT - 1);
         assert!(!last.contains_key("/usr/bin/p0") && last.contains_key("/usr/bin/p1033"));

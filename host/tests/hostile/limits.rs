@@ -133,10 +133,7 @@ fn a_component_too_big_to_compile_safely_is_refused_before_compiling() {
     // One straight-line function of ~1.5 MB: Cranelift needed close to
     // 1 GB for such a function, inside the daemon.
     let body = "(drop (i32.const 1))".repeat(500_000);
-    let bomb = wat::parse_str(format!(
-        "(component (core module (func {body})))"
-    ))
-    .unwrap();
+    let bomb = wat::parse_str(format!("(component (core module (func {body})))")).unwrap();
     let d = TestDaemon::prepare(HOLD);
     std::fs::create_dir_all(d.path("probes")).unwrap();
     std::fs::write(d.path("probes/bomb.wasm"), &bomb).unwrap();
@@ -152,4 +149,34 @@ fn a_component_too_big_to_compile_safely_is_refused_before_compiling() {
     let list = control(&d, serde_json::json!({"op": "list"}));
     assert_eq!(list["compilations"], 0, "{list}");
     assert!(rss_kib(d.pid()) < 200 * 1024);
+}
+
+#[test]
+fn a_component_over_max_component_bytes_is_not_compiled() {
+    let d = TestDaemon::prepare(&format!("{HOLD}max_component_bytes = 65536\n"));
+    std::fs::create_dir_all(d.path("probes")).unwrap();
+    std::fs::copy(
+        probe_wasm("sandbox_test"),
+        d.path("probes/sandbox-test.wasm"),
+    )
+    .unwrap();
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    let d = d.spawn();
+    let size = std::fs::metadata(d.path("probes/sandbox-test.wasm"))
+        .unwrap()
+        .len();
+    assert!(
+        size > 65536,
+        "the test needs a component over the cap: {size}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || d
+            .log()
+            .contains("is over max_component_bytes (65536); not compiled")),
+        "{}",
+        d.log()
+    );
+    let list = control(&d, serde_json::json!({"op": "list"}));
+    assert_eq!(list["compilations"], 0, "{list}");
+    assert_eq!(list["probes"].as_array().unwrap().len(), 0, "{list}");
 }

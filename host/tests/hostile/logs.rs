@@ -50,3 +50,38 @@ fn a_log_flood_is_cut_and_forges_no_line() {
         "a 60 kB classification is not logged whole"
     );
 }
+
+#[test]
+fn telemctl_prints_probe_text_with_control_characters_escaped() {
+    let d = daemon_with(
+        &["sandbox_test"],
+        "[probes.sandbox-test]\nclassifications = [\"org.example/test/*\"]\n",
+    );
+    crate::probe_info(&d, "sandbox-test");
+    // The probe's error quotes the classification it was refused, escape
+    // sequence and all.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_telemctl"))
+        .args([
+            "-f",
+            d.config_path.to_str().unwrap(),
+            "probe",
+            "run",
+            "sandbox-test",
+            "--",
+        ])
+        .args(["send", "org.evil/\x1b]0;owned\x07\x1b[2J/x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let shown = [out.stdout, out.stderr].concat();
+    assert!(
+        !shown.contains(&0x1b) && !shown.contains(&0x07),
+        "raw control bytes reached the terminal: {:?}",
+        String::from_utf8_lossy(&shown)
+    );
+    assert!(
+        String::from_utf8_lossy(&shown).contains("\\u{1b}"),
+        "{:?}",
+        String::from_utf8_lossy(&shown)
+    );
+}
