@@ -52,6 +52,7 @@ fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> DaemonError {
 
 /// Runs the daemon with `config` until a termination signal.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    raise_fd_limit();
     for w in &config.warnings {
         warn!("config: {w}");
     }
@@ -201,6 +202,30 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         "telemd stopped"
     );
     Ok(())
+}
+
+/// Raises the soft descriptor limit to the hard one, as systemd advises
+/// services that need more than the 1024 kept for select(): the native
+/// socket's open-connection budget is half of it (the unit sets
+/// `LimitNOFILE`).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct given,
+    // a valid, exclusively borrowed `rlimit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                warn!(
+                    "cannot raise the descriptor limit: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }
 
 /// The sandbox's directories and host rules from the config: the daemon's

@@ -8,12 +8,14 @@
 //! holding connections open cannot keep the others out:
 //!
 //! - The accept loop never waits on one uid. A connection is accepted
-//!   first, then admitted or closed: a uid has at most a quarter of the
-//!   open-connection budget ([`OpenCaps`]); beyond that its new connections
-//!   are closed at once (logged at most once per [`REFUSAL_LOG_INTERVAL`]).
-//!   Only when the whole budget is taken (several uids at their share) does
-//!   the loop stop accepting, and clients wait in the kernel's backlog as
-//!   they always did.
+//!   first, then admitted or closed: once half the open-connection budget
+//!   ([`OpenCaps`]) is taken, a uid over its quarter has its new
+//!   connections closed at once (logged at most once per
+//!   [`REFUSAL_LOG_INTERVAL`]); until then one uid's burst is admitted, so
+//!   a well-behaved burst is not cut short. One uid thus holds at most
+//!   about half the budget. Only when the whole budget is taken (several
+//!   uids) does the loop stop accepting, and clients wait in the kernel's
+//!   backlog as they always did.
 //! - A connection takes a serving slot only when its first bytes arrive, so
 //!   idle connections hold none. Of the `max_connections` slots a uid holds
 //!   at most its share ([`NativeSocketOptions::per_uid_slots`]); its other
@@ -86,17 +88,20 @@ pub struct OpenCaps {
     /// All uids together; at this many the accept loop waits and new
     /// clients wait in the kernel's backlog.
     pub total: usize,
-    /// One uid; its connections beyond this are closed at once.
+    /// One uid's share. Beyond it, its new connections are closed at once
+    /// once half the budget is taken ([`OpenCaps::contended`]); before
+    /// that, a burst of one uid's clients is served in turn (a refused
+    /// client that wrote its frame before the close never learns of it).
     pub per_uid: usize,
 }
 
 impl OpenCaps {
-    /// `max_connections` served plus a backlog's worth waiting, but never
-    /// more than half of `fd_limit` (the daemon's other work needs
+    /// `max_connections` served plus four backlogs' worth waiting, but
+    /// never more than half of `fd_limit` (the daemon's other work needs
     /// descriptors too: a spool write failing for want of one would lose
-    /// records); a uid gets a quarter of it.
+    /// records); a uid's share is a quarter of it.
     pub fn new(max_connections: usize, fd_limit: Option<u64>) -> OpenCaps {
-        let mut total = max_connections.saturating_add(LISTEN_BACKLOG as usize);
+        let mut total = max_connections.saturating_add(4 * LISTEN_BACKLOG as usize);
         if let Some(limit) = fd_limit {
             total = total.min(usize::try_from(limit / 2).unwrap_or(usize::MAX));
         }
@@ -105,6 +110,14 @@ impl OpenCaps {
             total,
             per_uid: total / 4,
         }
+    }
+}
+
+impl OpenCaps {
+    /// Whether the open budget is contended: `available` places are left,
+    /// fewer than half of it. Only then is a uid held to its share.
+    pub fn contended(&self, available: usize) -> bool {
+        available < self.total / 2
     }
 }
 
@@ -248,14 +261,20 @@ struct Slots<'a> {
 }
 
 impl Shared {
-    /// Admits a connection of `uid`, unless the uid has its share open.
-    fn admit(self: &Arc<Self>, uid: Option<u32>, open: OwnedSemaphorePermit) -> Option<Admission> {
+    /// Admits a connection of `uid`, unless the uid has its share open
+    /// and the budget is contended (`available` places left).
+    fn admit(
+        self: &Arc<Self>,
+        uid: Option<u32>,
+        open: OwnedSemaphorePermit,
+        available: usize,
+    ) -> Option<Admission> {
         let mut uids = self.uids.lock().expect("uid table lock");
         let u = uids.entry(uid).or_insert_with(|| UidConns {
             open: 0,
             slots: Arc::new(Semaphore::new(self.per_uid_slots)),
         });
-        if u.open >= self.caps.per_uid {
+        if u.open >= self.caps.per_uid && self.caps.contended(available) {
             return None;
         }
         u.open += 1;
@@ -382,14 +401,17 @@ pub async fn serve(
                 let cred = stream.peer_cred().ok();
                 let uid = cred.as_ref().map(|c| c.uid());
                 let pid = cred.as_ref().and_then(|c| c.pid());
-                match shared.admit(uid, place) {
+                match shared.admit(uid, place, open.available_permits()) {
                     Some(admission) => {
                         let shutdown = shutdown.clone();
                         conns.spawn(handle(stream, admission, pid, shutdown));
                     }
                     None => {
-                        // Closed before anything is read: the client sees
-                        // EPIPE or a reset, as when a legacy daemon is away.
+                        // Closed before anything is read. A client that had
+                        // written its whole frame into the socket buffer
+                        // never learns of it: this happens only to a uid
+                        // holding over its share while the budget is
+                        // contended, which no well-behaved probe does.
                         drop(stream);
                         shared.log_refusal(uid, pid);
                     }
@@ -539,12 +561,14 @@ mod tests {
         assert_eq!(o(3).per_uid_slots(), 1);
         assert_eq!(o(1).per_uid_slots(), 1);
         assert_eq!(
-            OpenCaps::new(64, Some(4096)),
+            OpenCaps::new(64, Some(16384)),
             OpenCaps {
-                total: 1088,
-                per_uid: 272
+                total: 4160,
+                per_uid: 1040
             }
         );
+        assert!(!OpenCaps::new(64, None).contended(2080));
+        assert!(OpenCaps::new(64, None).contended(2079));
         // A low descriptor limit wins: half of it for native clients.
         assert_eq!(
             OpenCaps::new(64, Some(1024)),

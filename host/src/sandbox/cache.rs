@@ -9,11 +9,15 @@
 //! key only this cache holds (`.key`, mode 0600). Anything else is
 //! recompiled from the wasm.
 //!
-//! Compiling runs in the daemon. A marker (`compiling-<sha256>`) exists
-//! while a component is being compiled; one left behind means compiling it
-//! killed the daemon (out of memory, say), and that component is refused
-//! until the admin clears the markers (`telemctl probe reload`), so a
-//! hostile file cannot crash the daemon at every start.
+//! Compiling runs in the daemon. A marker (`compiling-<sha256>`, holding
+//! the boot id) exists while a component is being compiled; one left
+//! behind in the same boot means the daemon stopped while compiling it
+//! (killed out of memory, say), and that component is refused until the
+//! admin clears the markers (`telemctl probe reload`), so a hostile file
+//! cannot crash the daemon at every restart. A marker of an earlier boot is
+//! ignored (a reboot mid-compile says nothing about the file). A compile
+//! still running, after its caller gave up at the timeout, is never started
+//! a second time.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -38,6 +42,22 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct CompileCache {
     dir: PathBuf,
     engine_hash: String,
+    /// sha256 of the components being compiled now.
+    compiling: std::sync::Arc<std::sync::Mutex<HashSet<String>>>,
+}
+
+/// Takes a component off the being-compiled set when its compile ends,
+/// whichever way.
+struct Compiling<'a>(&'a CompileCache, String);
+
+impl Drop for Compiling<'_> {
+    fn drop(&mut self) {
+        self.0
+            .compiling
+            .lock()
+            .expect("compiling lock")
+            .remove(&self.1);
+    }
 }
 
 /// sha256 of `bytes`, hex.
@@ -64,8 +84,14 @@ enum Unusable {
 
 /// A component whose compilation never finished before.
 #[derive(Debug, thiserror::Error)]
-#[error("compiling this component stopped the daemon before (marker {0}); it is refused until `telemctl probe reload`")]
+#[error("the daemon stopped while compiling this component before (marker {0}); it is refused until `telemctl probe reload`")]
 pub struct CompileCrashed(pub PathBuf);
+
+/// A component whose earlier compile is still running (its caller gave up
+/// at the timeout; the compiler cannot be stopped).
+#[derive(Debug, thiserror::Error)]
+#[error("an earlier compile of this component is still running")]
+pub struct StillCompiling;
 
 impl CompileCache {
     /// A cache in `dir` for artefacts of `engine`.
@@ -75,6 +101,7 @@ impl CompileCache {
         CompileCache {
             dir: dir.to_owned(),
             engine_hash: format!("{:016x}", h.finish()),
+            compiling: Default::default(),
         }
     }
 
@@ -164,12 +191,29 @@ impl CompileCache {
                 ),
             }
         }
+        if !self
+            .compiling
+            .lock()
+            .expect("compiling lock")
+            .insert(hash.clone())
+        {
+            return Err(wasmtime::Error::new(StillCompiling));
+        }
+        let _compiling = Compiling(self, hash.clone());
         let marker = self.dir.join(format!("compiling-{hash}"));
-        if marker.exists() {
-            return Err(wasmtime::Error::new(CompileCrashed(marker)));
+        let boot = crate::journal::boot_id();
+        match std::fs::read_to_string(&marker) {
+            Ok(b) if b.trim() == boot => {
+                return Err(wasmtime::Error::new(CompileCrashed(marker)));
+            }
+            Ok(_) => tracing::info!(
+                "compile marker {} is from an earlier boot; compiling again",
+                marker.display()
+            ),
+            Err(_) => {}
         }
         let _ = std::fs::create_dir_all(&self.dir);
-        let marked = std::fs::File::create(&marker).and_then(|f| f.sync_all());
+        let marked = crate::fsutil::write_atomic(&marker, boot.as_bytes(), 0o600);
         let compiled = engine.precompile_component(bytes);
         if marked.is_ok() {
             let _ = std::fs::remove_file(&marker);
@@ -195,9 +239,13 @@ impl CompileCache {
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return;
         };
+        let running = self.compiling.lock().expect("compiling lock").clone();
         for e in rd.filter_map(|e| e.ok()) {
-            if e.file_name().to_string_lossy().starts_with("compiling-") {
-                let _ = std::fs::remove_file(e.path());
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(hash) = name.strip_prefix("compiling-") {
+                if !running.contains(hash) {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
     }
@@ -334,20 +382,30 @@ mod tests {
         let engine = Engine::default();
         let cache = CompileCache::new(dir.path(), &engine);
         let wasm = b"\0asm\x0d\0\x01\0";
-        // As left by a daemon killed while compiling.
-        std::fs::write(
-            dir.path().join(format!("compiling-{}", sha256_hex(wasm))),
-            "",
-        )
-        .unwrap();
-        let e = cache.get_or_compile(&engine, wasm).unwrap_err();
-        assert!(e.downcast_ref::<CompileCrashed>().is_some(), "{e}");
-        cache.clear_crash_markers();
+        let marker = dir.path().join(format!("compiling-{}", sha256_hex(wasm)));
+        // As left by a daemon killed while compiling, in an earlier boot:
+        // tried again.
+        std::fs::create_dir_all(dir.path()).unwrap();
+        std::fs::write(&marker, "someotherboot").unwrap();
         let (_, _, compiled) = cache.get_or_compile(&engine, wasm).unwrap();
-        assert!(compiled);
-        assert!(!dir
-            .path()
-            .join(format!("compiling-{}", sha256_hex(wasm)))
-            .exists());
+        assert!(compiled && !marker.exists());
+        // The same component with a custom section: another file.
+        let other = b"\0asm\x0d\0\x01\0\x00\x02\x01x";
+        let marker = dir.path().join(format!("compiling-{}", sha256_hex(other)));
+        // In this boot: refused.
+        std::fs::write(&marker, crate::journal::boot_id()).unwrap();
+        let e = cache.get_or_compile(&engine, other).unwrap_err();
+        assert!(e.downcast_ref::<CompileCrashed>().is_some(), "{e}");
+        // A compile still running is not started again, nor its marker
+        // cleared.
+        cache.compiling.lock().unwrap().insert(sha256_hex(other));
+        let e = cache.get_or_compile(&engine, other).unwrap_err();
+        assert!(e.downcast_ref::<StillCompiling>().is_some(), "{e}");
+        cache.clear_crash_markers();
+        assert!(marker.exists());
+        cache.compiling.lock().unwrap().clear();
+        cache.clear_crash_markers();
+        let (_, _, compiled) = cache.get_or_compile(&engine, other).unwrap();
+        assert!(compiled && !marker.exists());
     }
 }

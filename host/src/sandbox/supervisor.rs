@@ -93,6 +93,8 @@ pub struct ProbeManager {
     crash_probe_loaded: tokio::sync::Notify,
     /// Turns true once the first scan (the probes present at start) is done.
     first_scan: tokio::sync::watch::Sender<bool>,
+    /// Held by a scan (and a reload) for its whole run.
+    scan_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ProbeManager {
@@ -138,6 +140,7 @@ impl ProbeManager {
             pending: Mutex::new(HashMap::new()),
             crash_probe_loaded: tokio::sync::Notify::new(),
             first_scan: tokio::sync::watch::Sender::new(false),
+            scan_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -172,6 +175,13 @@ impl ProbeManager {
     /// file is loaded only once it looked the same on two passes (so a
     /// half-copied file is not loaded); at start-up files load at once.
     pub async fn scan(self: &Arc<Self>, settle: bool) {
+        let _one_at_a_time = self.scan_lock.lock().await;
+        self.scan_locked(settle).await;
+    }
+
+    /// [`Self::scan`], its caller holding `scan_lock`: scans never overlap,
+    /// so a slow compile is not started twice nor taken for a crash.
+    async fn scan_locked(self: &Arc<Self>, settle: bool) {
         let files = self.wasm_files();
         // Removed files.
         let removed: Vec<PathBuf> = {
@@ -405,10 +415,11 @@ impl ProbeManager {
     /// quarantines, and tries again components whose compilation once
     /// stopped the daemon).
     pub async fn reload(self: &Arc<Self>) {
+        let _one_at_a_time = self.scan_lock.lock().await;
         self.sandbox.cache.clear_crash_markers();
         self.slots.lock().expect("slots lock").clear();
         self.pending.lock().expect("pending lock").clear();
-        self.scan(false).await;
+        self.scan_locked(false).await;
     }
 
     /// Stops a probe and keeps it off across restarts.
