@@ -53,9 +53,10 @@ fn named_configs_outside_the_rules_are_not_followed() {
         .status()
         .unwrap()
         .success());
-    let mut text = std::fs::read_to_string(&d.config_path).unwrap();
-    text.push_str(&format!("cfg_allowed_dirs = [\"{}\"]\n", allowed.display()));
-    std::fs::write(&d.config_path, text).unwrap();
+    crate::append_config(
+        &d,
+        &format!("cfg_allowed_dirs = [\"{}\"]\n", allowed.display()),
+    );
     // A record left in the spool naming the attacker's config is treated
     // the same way as one arriving on the socket.
     let mut spooled = test_record("from the spool");
@@ -95,6 +96,7 @@ fn named_configs_outside_the_rules_are_not_followed() {
         "no header from a named config is sent"
     );
     let rss = rss_kib(d.pid());
+    eprintln!("telemd RSS after CFG:/dev/zero and friends: {rss} KiB");
     assert!(
         rss < 200 * 1024,
         "telemd RSS {rss} KiB after naming /dev/zero"
@@ -131,9 +133,10 @@ fn a_trusted_named_config_is_honoured() {
         ),
     )
     .unwrap();
-    let mut text = std::fs::read_to_string(&d.config_path).unwrap();
-    text.push_str(&format!("cfg_allowed_dirs = [\"{}\"]\n", allowed.display()));
-    std::fs::write(&d.config_path, text).unwrap();
+    crate::append_config(
+        &d,
+        &format!("cfg_allowed_dirs = [\"{}\"]\n", allowed.display()),
+    );
     std::fs::write(d.path("opt-in"), "").unwrap();
     let d = d.spawn();
     send_raw(&d.socket(), &frame_naming(conf.to_str().unwrap(), "custom"));

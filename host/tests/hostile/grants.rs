@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use crate::{daemon_with, payloads, probe_info, run};
+use crate::{append_config, daemon_with, payloads, prepared_with, probe_info, run};
 
 /// Runs a greedy command and returns the result it reported (a record of
 /// its own domain; a forged record it managed to send is not the result).
@@ -128,20 +128,15 @@ fn a_greedy_manifest_gets_only_the_safe_set() {
 
 #[test]
 fn the_admin_approves_what_the_safe_set_leaves_out() {
-    let d = TestDaemon::prepare(HOLD);
+    let d = prepared_with(&["greedy"], HOLD);
     let shared = d.path("shared");
     std::fs::create_dir_all(&shared).unwrap();
     std::fs::write(shared.join("data.txt"), "approved").unwrap();
-    let mut text = std::fs::read_to_string(&d.config_path).unwrap();
-    text.push_str(&format!(
+    append_config(&d, &format!(
         "[probes.greedy]\nread_paths = [\"{}\", \"/\", \"{}\"]\nclassifications = [\"org.example/greedy/*\", \"org.example/other/*\"]\n",
         shared.display(),
         d.path("spool").display()
     ));
-    std::fs::write(&d.config_path, text).unwrap();
-    std::fs::create_dir_all(d.path("probes")).unwrap();
-    std::fs::copy(probe_wasm("greedy"), d.path("probes/greedy.wasm")).unwrap();
-    std::fs::write(d.path("opt-in"), "").unwrap();
     let d = d.spawn();
     let p = probe_info(&d, "greedy");
     assert_eq!(

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use crate::{daemon_with, run};
+use crate::{append_config, daemon_with, prepared_with, run};
 
 #[test]
 fn the_admins_memory_grant_is_what_the_probe_gets() {
@@ -27,23 +27,17 @@ fn the_admins_memory_grant_is_what_the_probe_gets() {
 
 #[test]
 fn held_files_are_capped_and_the_sockets_answer_during_the_call() {
-    let d = TestDaemon::prepare(HOLD);
+    let d = prepared_with(&["sandbox_test"], HOLD);
     let data = d.path("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("f"), "x").unwrap();
-    let mut text = std::fs::read_to_string(&d.config_path).unwrap();
-    text.push_str(&format!(
-        "[probes.sandbox-test]\nread_paths = [\"{}\"]\nclassifications = [\"org.example/test/*\"]\ntimeout_ms = 8000\n",
-        data.display()
-    ));
-    std::fs::write(&d.config_path, text).unwrap();
-    std::fs::create_dir_all(d.path("probes")).unwrap();
-    std::fs::copy(
-        probe_wasm("sandbox_test"),
-        d.path("probes/sandbox-test.wasm"),
-    )
-    .unwrap();
-    std::fs::write(d.path("opt-in"), "").unwrap();
+    append_config(
+        &d,
+        &format!(
+            "[probes.sandbox-test]\nread_paths = [\"{}\"]\nclassifications = [\"org.example/test/*\"]\ntimeout_ms = 8000\n",
+            data.display()
+        ),
+    );
     let d = d.spawn();
     crate::probe_info(&d, "sandbox-test");
     let fds_before = fd_count(d.pid());
@@ -134,10 +128,8 @@ fn a_component_too_big_to_compile_safely_is_refused_before_compiling() {
     // 1 GB for such a function, inside the daemon.
     let body = "(drop (i32.const 1))".repeat(500_000);
     let bomb = wat::parse_str(format!("(component (core module (func {body})))")).unwrap();
-    let d = TestDaemon::prepare(HOLD);
-    std::fs::create_dir_all(d.path("probes")).unwrap();
+    let d = prepared_with(&[], HOLD);
     std::fs::write(d.path("probes/bomb.wasm"), &bomb).unwrap();
-    std::fs::write(d.path("opt-in"), "").unwrap();
     let d = d.spawn();
     assert!(
         wait_until(Duration::from_secs(20), || d
@@ -153,16 +145,11 @@ fn a_component_too_big_to_compile_safely_is_refused_before_compiling() {
 
 #[test]
 fn a_component_over_max_component_bytes_is_not_compiled() {
-    let d = TestDaemon::prepare(&format!("{HOLD}max_component_bytes = 65536\n"));
-    std::fs::create_dir_all(d.path("probes")).unwrap();
-    std::fs::copy(
-        probe_wasm("sandbox_test"),
-        d.path("probes/sandbox-test.wasm"),
-    )
-    .unwrap();
-    std::fs::write(d.path("opt-in"), "").unwrap();
-    let d = d.spawn();
-    let size = std::fs::metadata(d.path("probes/sandbox-test.wasm"))
+    let d = daemon_with(
+        &["sandbox_test"],
+        &format!("{HOLD}max_component_bytes = 65536\n"),
+    );
+    let size = std::fs::metadata(d.path("probes/sandbox_test.wasm"))
         .unwrap()
         .len();
     assert!(

@@ -16,16 +16,29 @@ mod socket;
 use serde_json::json;
 use support::*;
 
-/// Starts a daemon with `wasm` components (file names under
-/// probes-wasm's target) in its probes directory and `extra` config.
+/// Starts a daemon with `probes` (file names under probes-wasm's target)
+/// in its probes directory and `extra` config.
 pub fn daemon_with(probes: &[&str], extra: &str) -> TestDaemon {
+    prepared_with(probes, extra).spawn()
+}
+
+/// [`daemon_with`], not started yet: for tests that add files or config
+/// first.
+pub fn prepared_with(probes: &[&str], extra: &str) -> TestDaemon {
     let d = TestDaemon::prepare(extra);
     std::fs::create_dir_all(d.path("probes")).unwrap();
     for p in probes {
         std::fs::copy(probe_wasm(p), d.path(&format!("probes/{p}.wasm"))).unwrap();
     }
     std::fs::write(d.path("opt-in"), "").unwrap();
-    d.spawn()
+    d
+}
+
+/// Appends `text` to a prepared daemon's config (tables go last in TOML).
+pub fn append_config(d: &TestDaemon, text: &str) {
+    let mut config = std::fs::read_to_string(&d.config_path).unwrap();
+    config.push_str(text);
+    std::fs::write(&d.config_path, config).unwrap();
 }
 
 /// `telemctl probe run NAME -- ARGS` over the control socket.
