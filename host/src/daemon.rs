@@ -50,8 +50,10 @@ fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> DaemonError {
     }
 }
 
-/// Runs the daemon with `config` until a termination signal.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+/// Runs the daemon with `config` until a termination signal. `passed` are
+/// the sockets systemd passed, taken in `main` before any thread started
+/// ([`systemd::take_listen_fds`]).
+pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), DaemonError> {
     raise_fd_limit();
     for w in &config.warnings {
         warn!("config: {w}");
@@ -131,7 +133,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         stop_rx.clone(),
     ));
     // The native socket comes last: once it accepts, everything is ready.
-    let (listener, bound_path) = native_listener(&config)?;
+    let (listener, bound_path) = native_listener(&config, passed)?;
     let opts = NativeSocketOptions {
         timeout: Duration::from_millis(config.socket_timeout_ms),
         max_connections: config.max_connections,
@@ -259,8 +261,10 @@ fn sandbox_options(config: &Config, inbox: &Path) -> crate::sandbox::SandboxOpti
 /// The native socket: the one systemd passed (named `telem-0`/`native`, or
 /// the only one), else a fresh bind at `socket_path`. Returns the path to
 /// clean up when this process bound it.
-fn native_listener(config: &Config) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
-    let mut fds = systemd::take_listen_fds();
+fn native_listener(
+    config: &Config,
+    mut fds: Vec<systemd::ListenFd>,
+) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
     let pick = fds
         .iter()
         .position(|f| f.name == "telem-0" || f.name == "native")

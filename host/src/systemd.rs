@@ -16,8 +16,14 @@ pub struct ListenFd {
     pub name: String,
 }
 
-/// Takes the sockets systemd passed to this process, if any, and clears the
-/// variables so children don't inherit them.
+/// Takes the sockets systemd passed to this process, if any. Call it once,
+/// first thing in `main`, before any thread starts: it takes ownership of
+/// descriptors 3.. and nothing else may have opened them by then.
+///
+/// The `LISTEN_*` variables are left as they are: removing them
+/// (`remove_var`) is unsound once other threads may read the environment,
+/// and the daemon starts no child process that could inherit them (a
+/// child would ignore them anyway: `LISTEN_PID` names this process).
 pub fn take_listen_fds() -> Vec<ListenFd> {
     let pid_ok = std::env::var("LISTEN_PID")
         .ok()
@@ -28,10 +34,6 @@ pub fn take_listen_fds() -> Vec<ListenFd> {
         .and_then(|n| n.parse::<i32>().ok())
         .unwrap_or(0);
     let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
-    for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        // SAFETY: called once at start-up, before any thread reads the environment.
-        unsafe { std::env::remove_var(v) };
-    }
     if !pid_ok || count <= 0 {
         return Vec::new();
     }

@@ -283,7 +283,7 @@ fn socket_mode_is_0666_by_default_and_configurable() {
 }
 
 #[test]
-fn socket_activation_uses_the_passed_listener() {
+fn socket_activation_uses_the_passed_listener_and_notifies_ready() {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let mut d = TestDaemon::start(HOLD);
@@ -316,8 +316,15 @@ fn socket_activation_uses_the_passed_listener() {
     let _ = std::fs::remove_file(d.socket());
     std::fs::write(d.path("opt-in"), "").unwrap();
     let log = std::fs::File::create(d.path("telemd.log")).unwrap();
+    // The service manager's end of sd_notify.
+    let notify_path = d.path("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     cmd.arg("-f")
         .arg(&d.config_path)
+        .env("NOTIFY_SOCKET", &notify_path)
         .stderr(log)
         .stdin(std::process::Stdio::null());
     let child = KillOnDrop(cmd.spawn().unwrap());
@@ -329,6 +336,9 @@ fn socket_activation_uses_the_passed_listener() {
         "{}",
         d.log()
     );
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 within 20 s");
+    assert_eq!(&buf[..n], b"READY=1", "{}", d.log());
     send_raw(&passed, &valid_frame("activated"));
     assert_eq!(d.wait_spool(1)[0].payload, "activated");
     assert!(!d.socket().exists(), "the configured path was not bound");

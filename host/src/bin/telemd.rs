@@ -9,6 +9,8 @@ use telem::config::Config;
 const MAX_BLOCKING_THREADS: usize = 64;
 
 fn main() -> anyhow::Result<()> {
+    // First, while this is the only thread: the sockets systemd passed.
+    let passed = telem::systemd::take_listen_fds();
     let args = Args::parse();
     let default_filter = if args.dev.is_some() {
         "info,telem=debug"
@@ -39,6 +41,6 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()?;
-    rt.block_on(telem::daemon::run(config))?;
+    rt.block_on(telem::daemon::run(config, passed))?;
     Ok(())
 }
