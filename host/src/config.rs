@@ -1,7 +1,7 @@
 //! Configuration: a TOML file whose top-level keys are the legacy
 //! `telemetrics.conf` keys plus the paths and knobs this daemon adds, or a
 //! legacy INI file (`[settings]`), read as is so an existing deployment keeps
-//! its settings (`spec/legacy-client.md` §6).
+//! its settings (`docs/legacy-protocol.md` §5).
 //!
 //! Both formats go through one typed pass, so a value means the same thing
 //! in either and every bad value is reported with its file, line, key and

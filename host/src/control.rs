@@ -1,17 +1,19 @@
-//! The control socket (`control_socket`, mode 0660): how `telemctl` (and
-//! later the crash handler) talks to a running daemon.
+//! The control socket (`control_socket`, mode 0660): how `telemctl` and
+//! the crash handler talk to a running daemon.
 //!
-//! Protocol: one JSON object per line in each direction; the client sends a
-//! request, reads one response line, and may send another.
+//! Protocol: one JSON object per line in each direction (a request line
+//! holds at most 64 KiB); the client sends a request, reads one response
+//! line, and may send another. The ops are those of [`Request`].
 //!
 //! | request | response |
 //! |---------|----------|
 //! | `{"op":"list"}` | `{"ok":true,"probes":[ProbeInfo...],"compilations":N}` |
-//! | `{"op":"run","probe":"NAME","args":["..."]}` | `{"ok":true}` or `{"ok":false,"error":"..."}` |
+//! | `{"op":"run","probe":"NAME","args":["..."]}` | `{"ok":true}` |
 //! | `{"op":"reload"}` | `{"ok":true,"probes":N}` |
 //! | `{"op":"enable","probe":"NAME"}`, `{"op":"disable","probe":"NAME"}` | `{"ok":true}` |
-//! | `{"op":"status"}` | `{"ok":true,"opted_in":..,"spool":{records,bytes,oldest},"delivery":{..},"ingest":{..},"probes":{loaded,quarantined,disabled}}` |
+//! | `{"op":"status"}` | `{"ok":true,"opted_in":..,"spool":{records,bytes,oldest},"delivery":{..},"ingest":{..},"probes":{loaded,quarantined,disabled,loading}}` |
 //! | `{"op":"flush"}` | `{"ok":true}`: delivery tries at once, backoff forgotten |
+//! | `{"op":"crash","id":"ENTRY","wait":false}` | `{"ok":true}`, or with `"wait":true` once the crash was handled: `{"ok":true,"records":[...]}` |
 //!
 //! Any failure is `{"ok":false,"error":"what went wrong"}`.
 

@@ -1,4 +1,4 @@
-//! The telemetry machine id (`spec/legacy-client.md` §5): 32 lowercase hex
+//! The telemetry machine id (`docs/legacy-protocol.md` §2.2): 32 lowercase hex
 //! in `<state_dir>/machine_id`, replaced by a fresh random one when older
 //! than three days so records from one machine can't be linked for long,
 //! unless the admin pinned one in the static override file.

@@ -1,5 +1,5 @@
 //! Host metadata: the header values that describe the machine, computed as
-//! the legacy library did (`spec/legacy-client.md` §1) so the collector sees
+//! the legacy library did (`docs/legacy-protocol.md` §2.1) so the collector sees
 //! the same facts from the new client.
 //!
 //! Every file is read relative to an injectable root, so tests use a fake

@@ -1,6 +1,6 @@
 //! The telemetry record: the 15 metadata headers of record format 4 and a
 //! payload, with the validation rules the legacy client and the collector
-//! agree on (`spec/legacy-client.md` §1).
+//! agree on (`docs/legacy-protocol.md` §2).
 //!
 //! The same model is used for every source (native socket, WASM probes,
 //! legacy spool files), so a rule is enforced in exactly one place.

@@ -1,4 +1,4 @@
-//! The staged record file (`spec/legacy-client.md` §3): optional
+//! The staged record file (`docs/legacy-protocol.md` §3): optional
 //! `CFG:<path>` line, the 15 header lines, the payload, one extra `\n`.
 //!
 //! Keeping the legacy layout means an old spool directory drains with the

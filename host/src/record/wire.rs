@@ -1,4 +1,4 @@
-//! The libtelemetry socket frame (`spec/legacy-client.md` §2), byte for byte:
+//! The libtelemetry socket frame (`docs/legacy-protocol.md` §1), byte for byte:
 //!
 //! ```text
 //! u32 total_size            counts every byte of the frame, itself included
