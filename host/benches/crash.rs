@@ -97,8 +97,11 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     rt.block_on(async {
         let sb = Sandbox::new(&dir.join("cache")).unwrap();
+        // What the shipped defaults approve, plus the programs' directory.
         let policy = ProbePolicy {
             read_paths: Some(vec!["/usr".into(), dir.clone()]),
+            classifications: Some(vec!["org.clearlinux/crash/*".into()]),
+            crashes: Some(true),
             max_records_per_hour: Some(1_000_000),
             ..Default::default()
         };
