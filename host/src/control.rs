@@ -153,9 +153,9 @@ async fn handle(stream: UnixStream, ctx: &ControlContext) -> io::Result<()> {
 
 async fn respond(req: Request, ctx: &ControlContext) -> Value {
     let probes = &ctx.probes;
-    let done = |r: Result<(), String>| match r {
+    let done = |r: Result<(), crate::sandbox::supervisor::ProbeError>| match r {
         Ok(()) => json!({"ok": true}),
-        Err(e) => json!({"ok": false, "error": e}),
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
     };
     match req {
         Request::Enable { probe } => done(probes.enable(&probe).await),
@@ -208,7 +208,7 @@ async fn respond(req: Request, ctx: &ControlContext) -> Value {
         }
         Request::Run { probe, args } => match probes.run_now(&probe, args).await {
             Ok(()) => json!({"ok": true}),
-            Err(e) => json!({"ok": false, "error": e}),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
         },
         Request::Reload => {
             probes.reload().await;

@@ -48,7 +48,7 @@ mod bindings {
 }
 
 use self::bindings::telemetrics;
-use self::bindings::Probe;
+use self::bindings::{Probe, ProbePre};
 pub use self::telemetrics::probe::types::{CrashReport, Event, Manifest, Trigger};
 use self::telemetrics::probe::types::{SendError, TelemetryRecord};
 
@@ -129,7 +129,9 @@ pub struct LoadedProbe {
     pub request: Request,
     /// What it runs with.
     pub grant: Grant,
-    component: Component,
+    /// The component linked once, at load: each call only instantiates it
+    /// in its fresh store.
+    pre: ProbePre<HostState>,
     /// Counters.
     pub stats: Mutex<ProbeStats>,
     sends: Mutex<VecDeque<Instant>>,
@@ -401,7 +403,61 @@ pub struct LoadError {
     /// The file.
     pub file: String,
     /// What was wrong.
-    pub reason: String,
+    pub reason: LoadFailure,
+}
+
+/// What was wrong with a component, with the underlying error kept.
+#[derive(Debug, Error)]
+pub enum LoadFailure {
+    /// Over `max_component_bytes`.
+    #[error("{size} bytes is over max_component_bytes ({cap})")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The cap.
+        cap: u64,
+    },
+    /// No wasm magic.
+    #[error("not a WebAssembly file")]
+    NotWasm,
+    /// Too big to compile safely ([`shape`]).
+    #[error("refused before compiling: {0}")]
+    Shape(#[source] shape::ShapeError),
+    /// Compiling ran past [`COMPILE_TIMEOUT`].
+    #[error("not compiled within {} s", .0.as_secs())]
+    CompileTimeout(Duration),
+    /// The compiler's thread panicked or was cancelled.
+    #[error("compiler thread failed: {0}")]
+    CompilerThread(#[source] tokio::task::JoinError),
+    /// Compiling (or the cache) failed.
+    #[error("{0:#}")]
+    Compile(#[source] wasmtime::Error),
+    /// Built against a contract this host does not speak.
+    #[error("built against {import}; this telemd accepts {ACCEPTED_CONTRACT}.x (rebuild the probe with a matching probe-sdk)")]
+    Contract {
+        /// The import naming the other version.
+        import: String,
+    },
+    /// Its imports do not match what the host provides.
+    #[error("cannot link: {0:#}")]
+    Link(#[source] wasmtime::Error),
+    /// `describe` failed.
+    #[error("describe failed: {0}")]
+    Describe(#[source] CallError),
+    /// The manifest's name is not usable (already escaped).
+    #[error("manifest name {0} is not 1 to 64 lowercase letters, digits and '-'")]
+    BadName(String),
+    /// The manifest is larger than any real probe needs.
+    #[error("the manifest lists {count} {what} (at most {MAX_MANIFEST_ITEMS})")]
+    ManifestList {
+        /// Which list.
+        what: &'static str,
+        /// How long it is.
+        count: usize,
+    },
+    /// A manifest string is longer than any real probe needs.
+    #[error("the manifest has a string of {0} bytes (at most {MAX_MANIFEST_STRING})")]
+    ManifestString(usize),
 }
 
 /// Runs `fut` under a host-side timeout of `limit` plus
@@ -473,33 +529,27 @@ impl Sandbox {
         bytes: &[u8],
         policy_of: impl Fn(&str) -> grants::ProbePolicy,
     ) -> Result<LoadedProbe, LoadError> {
-        let err = |reason: String| LoadError {
+        let err = |reason: LoadFailure| LoadError {
             file: file.display().to_string(),
             reason,
         };
         if bytes.len() as u64 > self.options.max_component_bytes {
-            return Err(err(format!(
-                "{} bytes is over max_component_bytes ({})",
-                bytes.len(),
-                self.options.max_component_bytes
-            )));
+            return Err(err(LoadFailure::TooLarge {
+                size: bytes.len() as u64,
+                cap: self.options.max_component_bytes,
+            }));
         }
         if !bytes.starts_with(b"\0asm") {
-            return Err(err("not a WebAssembly file".into()));
+            return Err(err(LoadFailure::NotWasm));
         }
-        shape::check(bytes).map_err(|e| err(format!("refused before compiling: {e}")))?;
+        shape::check(bytes).map_err(|e| err(LoadFailure::Shape(e)))?;
         let (cache, engine, owned) = (self.cache.clone(), self.engine.clone(), bytes.to_vec());
         let compiling = tokio::task::spawn_blocking(move || cache.get_or_compile(&engine, &owned));
         let (component, hash, compiled) =
             match tokio::time::timeout(COMPILE_TIMEOUT, compiling).await {
-                Err(_) => {
-                    return Err(err(format!(
-                        "not compiled within {} s",
-                        COMPILE_TIMEOUT.as_secs()
-                    )))
-                }
-                Ok(Err(join)) => return Err(err(format!("compiler thread failed: {join}"))),
-                Ok(Ok(r)) => r.map_err(|e| err(format!("{e:#}")))?,
+                Err(_) => return Err(err(LoadFailure::CompileTimeout(COMPILE_TIMEOUT))),
+                Ok(Err(join)) => return Err(err(LoadFailure::CompilerThread(join))),
+                Ok(Ok(r)) => r.map_err(|e| err(LoadFailure::Compile(e)))?,
             };
         if compiled {
             self.compilations.fetch_add(1, Ordering::Relaxed);
@@ -511,18 +561,18 @@ impl Sandbox {
             DESCRIBE_MEMORY,
             None,
         );
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(ProbePre::new)
+            .map_err(|e| err(LoadFailure::Link(e)))?;
         let mut store = self.store(state, DESCRIBE_TIMEOUT_MS);
         let manifest = under_deadline(Duration::from_millis(DESCRIBE_TIMEOUT_MS), async {
-            let p = Probe::instantiate_async(&mut store, &component, &self.linker).await?;
+            let p = pre.instantiate_async(&mut store).await?;
             p.call_describe(&mut store).await
         })
         .await
-        .map_err(|e| {
-            err(format!(
-                "describe failed: {}",
-                call_error(e, DESCRIBE_TIMEOUT_MS)
-            ))
-        })?;
+        .map_err(|e| err(LoadFailure::Describe(call_error(e, DESCRIBE_TIMEOUT_MS))))?;
         drop(store);
         if manifest.name.is_empty()
             || manifest.name.len() > 64
@@ -531,10 +581,10 @@ impl Sandbox {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return Err(err(format!(
-                "manifest name {} is not 1 to 64 lowercase letters, digits and '-'",
-                escape(&format!("{:?}", manifest.name), FIELD_CAP)
-            )));
+            return Err(err(LoadFailure::BadName(escape(
+                &format!("{:?}", manifest.name),
+                FIELD_CAP,
+            ))));
         }
         check_manifest_size(&manifest).map_err(err)?;
         let request = Request {
@@ -563,7 +613,7 @@ impl Sandbox {
             manifest,
             request,
             grant,
-            component,
+            pre,
             stats: Mutex::new(ProbeStats::default()),
             sends: Mutex::new(VecDeque::new()),
             log_gate: Mutex::new(LogGate::default()),
@@ -688,7 +738,7 @@ impl Sandbox {
         );
         let mut store = self.store(state, g.timeout_ms);
         let result = under_deadline(Duration::from_millis(g.timeout_ms), async {
-            let p = Probe::instantiate_async(&mut store, &probe.component, &self.linker).await?;
+            let p = probe.pre.instantiate_async(&mut store).await?;
             p.call_handle(&mut store, &event).await
         })
         .await;
@@ -766,16 +816,14 @@ pub const MAX_MANIFEST_STRING: usize = 1024;
 
 /// Refuses a manifest whose lists or strings are larger than any real
 /// probe needs: it is kept in memory and shown in logs and `telemctl`.
-fn check_manifest_size(m: &Manifest) -> Result<(), String> {
+fn check_manifest_size(m: &Manifest) -> Result<(), LoadFailure> {
     let lists = [
         ("read paths", m.read_paths.len()),
         ("classifications", m.classifications.len()),
         ("triggers", m.triggers.len()),
     ];
-    if let Some((what, n)) = lists.iter().find(|(_, n)| *n > MAX_MANIFEST_ITEMS) {
-        return Err(format!(
-            "the manifest lists {n} {what} (at most {MAX_MANIFEST_ITEMS})"
-        ));
+    if let Some(&(what, count)) = lists.iter().find(|(_, n)| *n > MAX_MANIFEST_ITEMS) {
+        return Err(LoadFailure::ManifestList { what, count });
     }
     let longest = [&m.version, &m.description]
         .into_iter()
@@ -785,23 +833,21 @@ fn check_manifest_size(m: &Manifest) -> Result<(), String> {
         .max()
         .unwrap_or(0);
     if longest > MAX_MANIFEST_STRING {
-        return Err(format!(
-            "the manifest has a string of {longest} bytes (at most {MAX_MANIFEST_STRING})"
-        ));
+        return Err(LoadFailure::ManifestString(longest));
     }
     Ok(())
 }
 
 /// Refuses components built against a contract this host does not speak.
-fn check_contract(engine: &Engine, component: &Component) -> Result<(), String> {
+fn check_contract(engine: &Engine, component: &Component) -> Result<(), LoadFailure> {
     let ty = component.component_type();
     for (name, _) in ty.imports(engine) {
         if let Some(rest) = name.strip_prefix("telemetrics:probe/") {
             let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("");
             if !version.starts_with("0.1.") && version != "0.1" {
-                return Err(format!(
-                    "built against {name}; this telemd accepts {ACCEPTED_CONTRACT}.x (rebuild the probe with a matching probe-sdk)"
-                ));
+                return Err(LoadFailure::Contract {
+                    import: name.to_owned(),
+                });
             }
         }
     }

@@ -56,6 +56,94 @@ pub struct ProbeInfo {
     pub stats: ProbeStats,
 }
 
+/// Why a probe file was not loaded, or an admin's request about a probe
+/// was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Over `max_component_bytes`, by its size on disk.
+    #[error("{}: {size} bytes is over max_component_bytes ({cap}); not compiled", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The cap.
+        cap: u64,
+    },
+    /// The sandbox refused it.
+    #[error(transparent)]
+    Load(#[from] super::LoadError),
+    /// Its name is not its file's: grants are keyed by name.
+    #[error("{}: the component calls itself {name}, but a probe's file must be named after it ({name}.wasm); not loaded", path.display())]
+    NameNotFile {
+        /// The file.
+        path: PathBuf,
+        /// The name it claims.
+        name: String,
+    },
+    /// `telemctl probe disable` turned it off.
+    #[error("{}: probe {name} is disabled (telemctl probe enable {name} turns it back on)", path.display())]
+    DisabledByAdmin {
+        /// The file.
+        path: PathBuf,
+        /// The probe.
+        name: String,
+    },
+    /// `[probes.NAME] enabled = false`.
+    #[error("{}: probe {name} is disabled by [probes.{name}] enabled = false", path.display())]
+    DisabledByConfig {
+        /// The file.
+        path: PathBuf,
+        /// The probe.
+        name: String,
+    },
+    /// Another file holds a probe of that name.
+    #[error("{}: a probe named {name} is already loaded from {}", path.display(), other.display())]
+    Duplicate {
+        /// The file.
+        path: PathBuf,
+        /// The probe.
+        name: String,
+        /// The file already loaded.
+        other: PathBuf,
+    },
+    /// No loaded probe has that name.
+    #[error("no probe named {0} is loaded")]
+    NotLoaded(String),
+    /// Enabled, but nothing by that name loaded.
+    #[error("probe {0} is enabled but no component by that name loaded (see the log)")]
+    EnabledNotLoaded(String),
+    /// Quarantined until reload.
+    #[error("probe {name} is quarantined ({why}); run `telemctl probe reload` first")]
+    Quarantined {
+        /// The probe.
+        name: String,
+        /// Why.
+        why: String,
+    },
+    /// The disabled-probes file could not be written.
+    #[error("cannot record the choice in {}: {source}", path.display())]
+    RecordChoice {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The call failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
+}
+
 /// A file's size and mtime: what tells a scan that it changed.
 type Seen = (u64, SystemTime);
 
@@ -258,21 +346,24 @@ impl ProbeManager {
         self: &Arc<Self>,
         path: &Path,
         seen: (u64, SystemTime),
-    ) -> Result<(), String> {
+    ) -> Result<(), ProbeError> {
         let cap = self.sandbox.max_component_bytes();
         if seen.0 > cap {
-            return Err(format!(
-                "{}: {} bytes is over max_component_bytes ({cap}); not compiled",
-                path.display(),
-                seen.0
-            ));
+            return Err(ProbeError::TooLarge {
+                path: path.to_owned(),
+                size: seen.0,
+                cap,
+            });
         }
         let mut bytes = Vec::new();
         std::fs::File::open(path)
             .and_then(|f| {
                 std::io::Read::read_to_end(&mut std::io::Read::take(f, cap + 1), &mut bytes)
             })
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|source| ProbeError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
         let hash = super::cache::sha256_hex(&bytes);
         if let Some(slot) = self.slots.lock().expect("slots lock").get_mut(path) {
             if slot.probe.hash == hash {
@@ -287,8 +378,7 @@ impl ProbeManager {
             .load(path, &bytes, |name| {
                 self.policies.get(name).cloned().unwrap_or_default()
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         // Grants are keyed by name and the name is the probe's own claim:
         // it must match the file the admin installed, so no component can
         // take another's grant (the crash-symbolizer's, say) by its name.
@@ -296,12 +386,10 @@ impl ProbeManager {
             .file_stem()
             .map(|s| s.to_string_lossy().replace('_', "-"));
         if stem.as_deref() != Some(probe.name.as_str()) {
-            return Err(format!(
-                "{}: the component calls itself {}, but a probe's file must be named after it ({}.wasm); not loaded",
-                path.display(),
-                probe.name,
-                probe.name
-            ));
+            return Err(ProbeError::NameNotFile {
+                path: path.to_owned(),
+                name: probe.name.clone(),
+            });
         }
         let how = if self.compilations() > compiled_before {
             "compiled"
@@ -314,20 +402,16 @@ impl ProbeManager {
             .expect("disabled lock")
             .contains(&probe.name)
         {
-            return Err(format!(
-                "{}: probe {} is disabled (telemctl probe enable {} turns it back on)",
-                path.display(),
-                probe.name,
-                probe.name
-            ));
+            return Err(ProbeError::DisabledByAdmin {
+                path: path.to_owned(),
+                name: probe.name.clone(),
+            });
         }
         if self.policies.get(&probe.name).and_then(|p| p.enabled) == Some(false) {
-            return Err(format!(
-                "{}: probe {} is disabled by [probes.{}] enabled = false",
-                path.display(),
-                probe.name,
-                probe.name
-            ));
+            return Err(ProbeError::DisabledByConfig {
+                path: path.to_owned(),
+                name: probe.name.clone(),
+            });
         }
         {
             let slots = self.slots.lock().expect("slots lock");
@@ -335,12 +419,11 @@ impl ProbeManager {
                 .iter()
                 .find(|(p, s)| s.probe.name == probe.name && p.as_path() != path)
             {
-                return Err(format!(
-                    "{}: a probe named {} is already loaded from {}",
-                    path.display(),
-                    probe.name,
-                    other.display()
-                ));
+                return Err(ProbeError::Duplicate {
+                    path: path.to_owned(),
+                    name: probe.name.clone(),
+                    other: other.clone(),
+                });
             }
         }
         info!(
@@ -423,7 +506,7 @@ impl ProbeManager {
     }
 
     /// Stops a probe and keeps it off across restarts.
-    pub fn disable(&self, name: &str) -> Result<(), String> {
+    pub fn disable(&self, name: &str) -> Result<(), ProbeError> {
         let path = {
             let slots = self.slots.lock().expect("slots lock");
             slots
@@ -432,7 +515,7 @@ impl ProbeManager {
                 .map(|(p, s)| (p.clone(), s.seen))
         };
         let Some((path, seen)) = path else {
-            return Err(format!("no probe named {name} is loaded"));
+            return Err(ProbeError::NotLoaded(name.to_owned()));
         };
         self.set_disabled(name, true)?;
         self.slots.lock().expect("slots lock").remove(&path);
@@ -445,19 +528,17 @@ impl ProbeManager {
     }
 
     /// Lets a disabled probe load again (at once).
-    pub async fn enable(self: &Arc<Self>, name: &str) -> Result<(), String> {
+    pub async fn enable(self: &Arc<Self>, name: &str) -> Result<(), ProbeError> {
         self.set_disabled(name, false)?;
         self.pending.lock().expect("pending lock").clear();
         self.scan(false).await;
         if self.find(name).is_none() {
-            return Err(format!(
-                "probe {name} is enabled but no component by that name loaded (see the log)"
-            ));
+            return Err(ProbeError::EnabledNotLoaded(name.to_owned()));
         }
         Ok(())
     }
 
-    fn set_disabled(&self, name: &str, off: bool) -> Result<(), String> {
+    fn set_disabled(&self, name: &str, off: bool) -> Result<(), ProbeError> {
         let mut d = self.disabled.lock().expect("disabled lock");
         if off {
             d.insert(name.to_owned());
@@ -467,11 +548,11 @@ impl ProbeManager {
         let mut names: Vec<&String> = d.iter().collect();
         names.sort();
         let text: String = names.iter().map(|n| format!("{n}\n")).collect();
-        crate::fsutil::write_atomic(&self.disabled_file, text.as_bytes(), 0o644).map_err(|e| {
-            format!(
-                "cannot record the choice in {}: {e}",
-                self.disabled_file.display()
-            )
+        crate::fsutil::write_atomic(&self.disabled_file, text.as_bytes(), 0o644).map_err(|source| {
+            ProbeError::RecordChoice {
+                path: self.disabled_file.clone(),
+                source,
+            }
         })
     }
 
@@ -498,19 +579,18 @@ impl ProbeManager {
     }
 
     /// Runs a probe now with `args` (the manual trigger) and returns its result.
-    pub async fn run_now(&self, name: &str, args: Vec<String>) -> Result<(), String> {
+    pub async fn run_now(&self, name: &str, args: Vec<String>) -> Result<(), ProbeError> {
         self.first_scan_done(FIRST_SCAN_WAIT).await;
         let (probe, state) = self
             .find(name)
-            .ok_or_else(|| format!("no probe named {name} is loaded"))?;
+            .ok_or_else(|| ProbeError::NotLoaded(name.to_owned()))?;
         if let ProbeState::Quarantined(why) = &*state.lock().expect("state lock") {
-            return Err(format!(
-                "probe {name} is quarantined ({why}); run `telemctl probe reload` first"
-            ));
+            return Err(ProbeError::Quarantined {
+                name: name.to_owned(),
+                why: why.clone(),
+            });
         }
-        self.call(&probe, &state, Event::Manual(args), &[])
-            .await
-            .map_err(|e| e.to_string())
+        Ok(self.call(&probe, &state, Event::Manual(args), &[]).await?)
     }
 
     /// Hands a crash to every running probe granted the crash trigger, each
