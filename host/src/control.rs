@@ -161,7 +161,7 @@ async fn respond(req: Request, ctx: &ControlContext) -> Value {
         Request::Enable { probe } => done(probes.enable(&probe).await),
         Request::Disable { probe } => {
             probes.first_scan_done(FIRST_SCAN_WAIT).await;
-            done(probes.disable(&probe))
+            done(probes.disable(&probe).await)
         }
         Request::Flush => {
             ctx.flush.notify_one();
@@ -210,10 +210,10 @@ async fn respond(req: Request, ctx: &ControlContext) -> Value {
             Ok(()) => json!({"ok": true}),
             Err(e) => json!({"ok": false, "error": e.to_string()}),
         },
-        Request::Reload => {
-            probes.reload().await;
-            json!({"ok": true, "probes": probes.list().len()})
-        }
+        Request::Reload => match probes.reload().await {
+            Ok(()) => json!({"ok": true, "probes": probes.list().len()}),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        },
     }
 }
 

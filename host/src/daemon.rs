@@ -164,13 +164,6 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
             .map_err(ctx(|| "cannot start the delivery thread".into()))?
     };
 
-    // Probes load only now: a slow, huge or hostile component file can
-    // never keep the sockets from answering or systemd from hearing READY.
-    let watcher = tokio::spawn(
-        probes
-            .clone()
-            .watch(Duration::from_millis(config.probe_scan_interval_ms)),
-    );
     info!(
         socket = %config.socket_path.display(),
         spool = %config.spool_dir.display(),
@@ -179,6 +172,13 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
         "telemd ready"
     );
     systemd::notify("READY=1");
+    // Probes load only now: a slow, huge or hostile component file can
+    // never keep the sockets from answering or systemd from hearing READY.
+    let watcher = tokio::spawn(
+        probes
+            .clone()
+            .watch(Duration::from_millis(config.probe_scan_interval_ms)),
+    );
 
     wait_for_signal().await;
     systemd::notify("STOPPING=1");

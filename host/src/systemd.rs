@@ -45,8 +45,9 @@ pub fn take_listen_fds() -> Vec<ListenFd> {
             // SAFETY: systemd passed these descriptors to this process and
             // nothing else owns them; one that is not open is skipped rather
             // than owned (closing it later would close someone else's fd).
+            // (Not logged: this runs before logging is set up; the daemon
+            // says which socket it uses.)
             if unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-                tracing::warn!("LISTEN_FDS names fd {raw}, which is not open; ignored");
                 return None;
             }
             Some(ListenFd {

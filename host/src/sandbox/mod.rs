@@ -403,6 +403,7 @@ pub struct LoadError {
     /// The file.
     pub file: String,
     /// What was wrong.
+    #[source]
     pub reason: LoadFailure,
 }
 
@@ -438,9 +439,10 @@ pub enum LoadFailure {
         /// The import naming the other version.
         import: String,
     },
-    /// Its imports do not match what the host provides.
-    #[error("cannot link: {0:#}")]
-    Link(#[source] wasmtime::Error),
+    /// Its imports do not match what the host provides (the linker's
+    /// words, escaped and cut: they quote the component's import names).
+    #[error("cannot link: {0}")]
+    Link(String),
     /// `describe` failed.
     #[error("describe failed: {0}")]
     Describe(#[source] CallError),
@@ -565,7 +567,7 @@ impl Sandbox {
             .linker
             .instantiate_pre(&component)
             .and_then(ProbePre::new)
-            .map_err(|e| err(LoadFailure::Link(e)))?;
+            .map_err(|e| err(LoadFailure::Link(escape(&format!("{e:#}"), FIELD_CAP))))?;
         let mut store = self.store(state, DESCRIBE_TIMEOUT_MS);
         let manifest = under_deadline(Duration::from_millis(DESCRIBE_TIMEOUT_MS), async {
             let p = pre.instantiate_async(&mut store).await?;

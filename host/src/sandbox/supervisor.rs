@@ -142,6 +142,10 @@ pub enum ProbeError {
     /// The call failed.
     #[error(transparent)]
     Call(#[from] CallError),
+    /// A scan (compiling, say) held the probes for longer than
+    /// [`FIRST_SCAN_WAIT`].
+    #[error("the probes are being loaded (a scan is under way); try again")]
+    Busy,
 }
 
 /// A file's size and mtime: what tells a scan that it changed.
@@ -482,6 +486,14 @@ impl ProbeManager {
         done
     }
 
+    /// The scan lock for an admin's request, waited for at most
+    /// [`FIRST_SCAN_WAIT`]: a scan stuck compiling must not hang telemctl.
+    async fn scan_lock_for_admin(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, ProbeError> {
+        tokio::time::timeout(FIRST_SCAN_WAIT, self.scan_lock.lock())
+            .await
+            .map_err(|_| ProbeError::Busy)
+    }
+
     /// Loads the probes present now, then scans every `interval` until the
     /// task is dropped. The daemon runs this after its sockets are bound,
     /// so a slow or hostile probe file never delays start-up.
@@ -497,16 +509,19 @@ impl ProbeManager {
     /// Forgets every probe and loads the directories afresh (lifts
     /// quarantines, and tries again components whose compilation once
     /// stopped the daemon).
-    pub async fn reload(self: &Arc<Self>) {
-        let _one_at_a_time = self.scan_lock.lock().await;
+    pub async fn reload(self: &Arc<Self>) -> Result<(), ProbeError> {
+        let _one_at_a_time = self.scan_lock_for_admin().await?;
         self.sandbox.cache.clear_crash_markers();
         self.slots.lock().expect("slots lock").clear();
         self.pending.lock().expect("pending lock").clear();
         self.scan_locked(false).await;
+        Ok(())
     }
 
     /// Stops a probe and keeps it off across restarts.
-    pub fn disable(&self, name: &str) -> Result<(), ProbeError> {
+    pub async fn disable(&self, name: &str) -> Result<(), ProbeError> {
+        // Not while a scan may be putting this very probe back.
+        let _one_at_a_time = self.scan_lock_for_admin().await?;
         let path = {
             let slots = self.slots.lock().expect("slots lock");
             slots
@@ -529,9 +544,10 @@ impl ProbeManager {
 
     /// Lets a disabled probe load again (at once).
     pub async fn enable(self: &Arc<Self>, name: &str) -> Result<(), ProbeError> {
+        let _one_at_a_time = self.scan_lock_for_admin().await?;
         self.set_disabled(name, false)?;
         self.pending.lock().expect("pending lock").clear();
-        self.scan(false).await;
+        self.scan_locked(false).await;
         if self.find(name).is_none() {
             return Err(ProbeError::EnabledNotLoaded(name.to_owned()));
         }
