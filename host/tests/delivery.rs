@@ -375,3 +375,61 @@ fn full_filesystem_refuses_new_records_and_keeps_delivering_old_ones() {
         d.log()
     );
 }
+
+#[test]
+fn a_down_collector_is_retried_with_growing_delays_not_at_once() {
+    let c = Collector::start(Mode::Status(503, None));
+    let d = daemon_with_spool(&c, "", &[test_record("retried")]);
+    assert!(
+        wait_until(Duration::from_secs(30), || c.requests().len() >= 4),
+        "{} tries\n{}",
+        c.requests().len(),
+        d.log()
+    );
+    let at: Vec<_> = c.requests().iter().map(|r| r.at).collect();
+    // Full jitter under caps of 1, 2 and 4 s: three delays summing to less
+    // than 100 ms happen about once in 50,000 runs; retrying without
+    // backoff takes a few milliseconds for all three.
+    let span = at[3].duration_since(at[0]);
+    assert!(
+        span >= Duration::from_millis(100),
+        "four tries within {span:?}: no backoff"
+    );
+    assert_eq!(d.spool_names().len(), 1, "the record is kept meanwhile");
+}
+
+#[test]
+fn records_journaled_before_a_restart_are_removed_without_resending() {
+    let c = Collector::start(ok());
+    let d = TestDaemon::prepare(&format!("server = \"{}\"\n", c.url()));
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    let done = test_record("already delivered");
+    let fresh = test_record("not yet delivered");
+    preload_spool(&d.path("spool"), &[done.clone(), fresh]);
+    // As a daemon killed between the journal entry and the unlink leaves it.
+    std::fs::create_dir_all(d.path("journal")).unwrap();
+    std::fs::write(
+        d.path("journal/journal"),
+        format!(
+            "preloaded00000000\t1700000000\t{}\t{}\tboot\tdelivered\tHTTP 200\n",
+            done.headers.get(Header::Classification),
+            done.headers.get(Header::EventId)
+        ),
+    )
+    .unwrap();
+    let d = d.spawn();
+    assert!(
+        wait_until(Duration::from_secs(10), || c.accepted_count() == 1
+            && d.spool_names().is_empty()),
+        "{} accepted, spool {:?}\n{}",
+        c.accepted_count(),
+        d.spool_names(),
+        d.log()
+    );
+    assert_eq!(c.accepted()[0].body, b"not yet delivered");
+    assert!(
+        d.log().contains("removing it without resending"),
+        "{}",
+        d.log()
+    );
+}
