@@ -96,6 +96,16 @@ impl Spool {
     /// a crash left behind, and starts the writer. `max_bytes` is the
     /// `spool_max_size` cap (`None`: unlimited).
     pub fn open(dir: &Path, max_bytes: Option<u64>) -> io::Result<Spool> {
+        Spool::open_with(dir, max_bytes, Arc::new(Fsync))
+    }
+
+    /// [`Spool::open`] with the syncs made through `durability` (a test
+    /// records them to prove every acknowledged record was synced first).
+    pub fn open_with(
+        dir: &Path,
+        max_bytes: Option<u64>,
+        durability: Arc<dyn Durability>,
+    ) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
         let mut used = 0;
         for e in fs::read_dir(dir)? {
@@ -116,7 +126,7 @@ impl Spool {
         let wdir = dir.to_owned();
         let writer = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer_loop(&wdir, rx))?;
+            .spawn(move || writer_loop(&wdir, rx, durability.as_ref()))?;
         Ok(Spool {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
@@ -277,7 +287,7 @@ pub fn new_record_id() -> String {
     format!("{nanos:016x}{:016x}", rand::random::<u64>())
 }
 
-fn writer_loop(dir: &Path, rx: mpsc::Receiver<Job>) {
+fn writer_loop(dir: &Path, rx: mpsc::Receiver<Job>, durability: &dyn Durability) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -286,11 +296,37 @@ fn writer_loop(dir: &Path, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit_group(dir, group);
+        commit_group(dir, group, durability);
     }
 }
 
-fn commit_group(dir: &Path, group: Vec<Job>) {
+/// The two syncs a record's durability rests on: its file's data
+/// (`fdatasync`) and, after the rename, the directory entry (`fsync` of
+/// the directory). A record is acknowledged only after both. A trait so a
+/// test can observe every call in order; [`Fsync`] is the only
+/// implementation outside tests.
+pub trait Durability: Send + Sync {
+    /// Makes the data of `file` (about to be renamed to `name`) durable.
+    fn sync_file(&self, name: &str, file: &File) -> io::Result<()>;
+    /// Makes the entries of `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real syncs.
+#[derive(Debug, Clone, Copy)]
+pub struct Fsync;
+
+impl Durability for Fsync {
+    fn sync_file(&self, _name: &str, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        crate::fsutil::sync_dir(dir)
+    }
+}
+
+fn commit_group(dir: &Path, group: Vec<Job>, durability: &dyn Durability) {
     let io_err = |source: io::Error| SpoolError::Io {
         dir: dir.to_owned(),
         source,
@@ -325,7 +361,7 @@ fn commit_group(dir: &Path, group: Vec<Job>) {
     }
     let mut synced = Vec::with_capacity(written.len());
     for (job, tmp, f) in written {
-        match f.sync_data() {
+        match durability.sync_file(&job.name, &f) {
             Ok(()) => synced.push((job, tmp)),
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
@@ -346,7 +382,7 @@ fn commit_group(dir: &Path, group: Vec<Job>) {
         }
     }
     // 4. make the names durable, then acknowledge
-    match crate::fsutil::sync_dir(dir) {
+    match durability.sync_dir(dir) {
         Ok(()) => {
             for (job, _) in renamed {
                 let _ = job.reply.send(Ok(()));
@@ -368,6 +404,57 @@ fn commit_group(dir: &Path, group: Vec<Job>) {
 mod tests {
     use super::*;
     use crate::record::tests::sample;
+
+    /// Records each sync and each acknowledgement, in order.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    impl Durability for Recorder {
+        fn sync_file(&self, name: &str, file: &File) -> io::Result<()> {
+            file.sync_data()?;
+            self.0.lock().unwrap().push(format!("file {name}"));
+            Ok(())
+        }
+
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            crate::fsutil::sync_dir(dir)?;
+            self.0.lock().unwrap().push("dir".into());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn every_acknowledged_record_was_synced_and_its_entry_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recorder::default());
+        let spool = Spool::open_with(dir.path(), None, rec.clone()).unwrap();
+        // Concurrent stores, so group commits hold several records.
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            let (spool, rec) = (spool.clone(), rec.clone());
+            tasks.push(tokio::spawn(async move {
+                let name = spool.store(&sample()).await.unwrap();
+                rec.0.lock().unwrap().push(format!("ack {name}"));
+                name
+            }));
+        }
+        let mut names = Vec::new();
+        for t in tasks {
+            names.push(t.await.unwrap());
+        }
+        let log = rec.0.lock().unwrap().clone();
+        let at = |what: &str| log.iter().position(|l| l == what);
+        for name in &names {
+            let file = at(&format!("file {name}"))
+                .unwrap_or_else(|| panic!("{name} never synced: {log:?}"));
+            let ack = at(&format!("ack {name}")).unwrap();
+            assert!(
+                log[file..ack].iter().any(|l| l == "dir"),
+                "{name} was acknowledged before its directory entry was synced: {log:?}"
+            );
+        }
+        spool.close();
+    }
 
     #[tokio::test]
     async fn stored_record_reads_back_and_lists_oldest_first() {
