@@ -41,6 +41,7 @@ use tracing::{debug, info, warn};
 use super::{Ingest, IngestError};
 use crate::record::wire::{check_total_size, parse_frame_body, FrameError};
 use crate::record::{Header, Record};
+use crate::untrusted::LogLimit;
 
 /// Listen backlog: room for bursts of short-lived probe connections while
 /// the daemon is not accepting (every open-connection place taken).
@@ -171,48 +172,6 @@ enum ConnError {
     Io(#[from] io::Error),
 }
 
-/// Lets `burst` lines through per `window` and counts the rest, so a
-/// client-driven event can be logged without a client driving the log.
-#[derive(Debug)]
-struct LogBudget {
-    burst: u32,
-    window: Duration,
-    window_start: Option<Instant>,
-    used: u32,
-    suppressed: u64,
-}
-
-impl LogBudget {
-    fn new(burst: u32, window: Duration) -> LogBudget {
-        LogBudget {
-            burst,
-            window,
-            window_start: None,
-            used: 0,
-            suppressed: 0,
-        }
-    }
-
-    /// Whether a line may be written at `now`; if so, how many were held
-    /// back since the last one written (for that line to say).
-    fn admit(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .window_start
-            .is_none_or(|s| now.duration_since(s) >= self.window)
-        {
-            self.window_start = Some(now);
-            self.used = 0;
-        }
-        if self.used < self.burst {
-            self.used += 1;
-            Some(std::mem::take(&mut self.suppressed))
-        } else {
-            self.suppressed += 1;
-            None
-        }
-    }
-}
-
 /// A uid's connections: how many are open and the slots they share.
 struct UidConns {
     open: usize,
@@ -230,8 +189,8 @@ struct Shared {
     pending: Semaphore,
     /// Keyed by uid (`None`: the peer's credentials could not be read).
     uids: Mutex<HashMap<Option<u32>, UidConns>>,
-    refusals: Mutex<LogBudget>,
-    timeouts: Mutex<LogBudget>,
+    refusals: Mutex<LogLimit>,
+    timeouts: Mutex<LogLimit>,
 }
 
 /// A connection's place among the open ones; given back when dropped.
@@ -309,7 +268,7 @@ impl Shared {
             .refusals
             .lock()
             .expect("log budget lock")
-            .admit(Instant::now())
+            .admit(Instant::now(), 0)
         else {
             return;
         };
@@ -333,7 +292,7 @@ impl Shared {
             .timeouts
             .lock()
             .expect("log budget lock")
-            .admit(Instant::now())
+            .admit(Instant::now(), 0)
         else {
             return;
         };
@@ -380,8 +339,18 @@ pub async fn serve(
         slots: Semaphore::new(opts.max_connections),
         pending: Semaphore::new(MAX_PENDING_RECORDS),
         uids: Mutex::new(HashMap::new()),
-        refusals: Mutex::new(LogBudget::new(1, REFUSAL_LOG_INTERVAL)),
-        timeouts: Mutex::new(LogBudget::new(TIMEOUT_LOG_BURST, TIMEOUT_LOG_INTERVAL)),
+        refusals: Mutex::new(LogLimit::new(
+            1,
+            usize::MAX,
+            REFUSAL_LOG_INTERVAL,
+            Instant::now(),
+        )),
+        timeouts: Mutex::new(LogLimit::new(
+            TIMEOUT_LOG_BURST,
+            usize::MAX,
+            TIMEOUT_LOG_INTERVAL,
+            Instant::now(),
+        )),
     });
     let open = Arc::new(Semaphore::new(caps.total));
     let mut conns = JoinSet::new();
@@ -578,18 +547,5 @@ mod tests {
             }
         );
         assert_eq!(OpenCaps::new(1, Some(2)).per_uid, 1);
-    }
-
-    #[test]
-    fn the_log_budget_counts_what_it_holds_back() {
-        let mut b = LogBudget::new(2, Duration::from_secs(10));
-        let t = Instant::now();
-        assert_eq!(b.admit(t), Some(0));
-        assert_eq!(b.admit(t), Some(0));
-        assert_eq!(b.admit(t), None);
-        assert_eq!(b.admit(t + Duration::from_secs(9)), None);
-        // A new window: the first line says how many were held back.
-        assert_eq!(b.admit(t + Duration::from_secs(10)), Some(2));
-        assert_eq!(b.admit(t + Duration::from_secs(10)), Some(0));
     }
 }

@@ -148,6 +148,22 @@ mod tests {
     }
 
     #[test]
+    fn a_granted_file_is_shown_up_to_the_cap() {
+        let t = tempfile::tempdir().unwrap();
+        let big = t.path().join("big");
+        std::fs::write(&big, vec![b'x'; 2 << 20]).unwrap();
+        let file = GrantedFile {
+            host: big.clone(),
+            guest: big,
+            follow: false,
+        };
+        let views = FileViews::build(&t.path().join("s"), "p", &[file]).unwrap();
+        let (dir, _) = &views.preopens[0];
+        let shown = std::fs::metadata(dir.join("big")).unwrap().len();
+        assert_eq!(shown, FILE_GRANT_CAP);
+    }
+
+    #[test]
     fn a_fifo_or_a_swapped_in_symlink_is_not_read() {
         let t = tempfile::tempdir().unwrap();
         let fifo = t.path().join("fifo");

@@ -32,7 +32,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use self::file_views::FileViews;
 use self::grants::{Grant, HostRules, Request};
 use self::limits::{StoreBudget, MAX_HOST_RESOURCES};
-use self::probe_log::{escape, Admit, LogGate, FIELD_CAP, LOG_LINE_CAP};
+use self::probe_log::{escape, probe_log_limit, LogLimit, FIELD_CAP, LOG_LINE_CAP};
 use crate::ingest::{Ingest, IngestError};
 use crate::record::{random_id, Record};
 
@@ -135,7 +135,7 @@ pub struct LoadedProbe {
     /// Counters.
     pub stats: Mutex<ProbeStats>,
     sends: Mutex<VecDeque<Instant>>,
-    log_gate: Mutex<LogGate>,
+    log_gate: Mutex<LogLimit>,
 }
 
 impl std::fmt::Debug for LoadedProbe {
@@ -179,7 +179,7 @@ struct HostState {
     sink: Option<Sink>,
     name: String,
     /// `describe`'s own log allowance (a loaded probe uses its shared one).
-    describe_log: LogGate,
+    describe_log: LogLimit,
 }
 
 impl HostState {
@@ -199,7 +199,7 @@ impl HostState {
             probe,
             sink,
             name,
-            describe_log: LogGate::default(),
+            describe_log: probe_log_limit(),
         }
     }
 }
@@ -229,9 +229,9 @@ impl telemetrics::probe::log::Host for HostState {
             None => self.describe_log.admit(Instant::now(), m.len()),
         };
         match admit {
-            Admit::No => return,
-            Admit::Yes { suppressed: 0 } => {}
-            Admit::Yes { suppressed } => {
+            None => return,
+            Some(0) => {}
+            Some(suppressed) => {
                 tracing::warn!(
                     probe,
                     "{suppressed} log lines of this probe suppressed (rate limit)"
@@ -267,7 +267,7 @@ impl telemetrics::probe::records::Host for HostState {
                     .lock()
                     .expect("log gate lock")
                     .admit(Instant::now(), why.len());
-                if admit != Admit::No {
+                if admit.is_some() {
                     tracing::warn!(probe = %probe.name, "record refused: {why}");
                 }
             }
@@ -618,7 +618,7 @@ impl Sandbox {
             pre,
             stats: Mutex::new(ProbeStats::default()),
             sends: Mutex::new(VecDeque::new()),
-            log_gate: Mutex::new(LogGate::default()),
+            log_gate: Mutex::new(probe_log_limit()),
         })
     }
 
@@ -765,7 +765,7 @@ impl Sandbox {
                     .lock()
                     .expect("log gate lock")
                     .admit(Instant::now(), line.len());
-                if admit != Admit::No {
+                if admit.is_some() {
                     tracing::info!(probe = %probe.name, stream, "{line}");
                 }
             }
@@ -885,6 +885,35 @@ mod tests {
             .await
             .map(|_| ());
         (r, store.data().budget.memory_used())
+    }
+
+    #[test]
+    fn manifests_larger_than_any_real_probe_needs_are_refused() {
+        let ok = Manifest {
+            name: "p".into(),
+            version: "1".into(),
+            description: "d".into(),
+            classifications: vec!["a/p/*".into(); MAX_MANIFEST_ITEMS],
+            triggers: vec![],
+            read_paths: vec!["/usr/share".into(); MAX_MANIFEST_ITEMS],
+            max_records_per_hour: 1,
+        };
+        check_manifest_size(&ok).unwrap();
+        let mut long_list = ok.clone();
+        long_list.read_paths.push("/usr/share".into());
+        assert!(matches!(
+            check_manifest_size(&long_list),
+            Err(LoadFailure::ManifestList {
+                what: "read paths",
+                count: 65
+            })
+        ));
+        let mut long_string = ok.clone();
+        long_string.description = "x".repeat(MAX_MANIFEST_STRING + 1);
+        assert!(matches!(
+            check_manifest_size(&long_string),
+            Err(LoadFailure::ManifestString(1025))
+        ));
     }
 
     #[tokio::test]
