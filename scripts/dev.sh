@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build -p telemetrics-host --bins
+cargo build --workspace --bins
 (cd probes-wasm && cargo build --target wasm32-wasip2 --release -p hello -p crash-symbolizer)
 dir=target/telemd-dev
 mkdir -p "$dir/probes"

@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ -z "$from" ]; then
-  cargo build --release -p telemetrics-host --bins
+  cargo build --release -p telemd -p telemctl -p telem-record-gen -p telem-crash-handler
   from=target/release
 fi
 probes=probes-wasm/target/wasm32-wasip2/release

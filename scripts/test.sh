@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # i686: the crash-symbolizer's parsers also run on a 32-bit target natively,
 # where a size computation that wraps on wasm32 (32-bit usize) shows.
 rustup target add wasm32-wasip2 i686-unknown-linux-gnu
-# systemd-analyze verifies the installed units (host/tests/install.rs).
+# systemd-analyze verifies the installed units (tests/install.rs).
 command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y systemd; }
 # gcc, g++ and gdb make real core files for the crash tests; eu-stack
 # (elfutils) is what the crash-symbolizer's backtraces are compared with.
@@ -31,6 +31,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 (cd probes-wasm && cargo build --target wasm32-wasip2 --release)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# The end-to-end tests (tests/) start the programs of the other packages;
+# Cargo builds those only for their own package's tests, so build them all.
+cargo build --workspace --bins
 cargo test --workspace 2>&1 | tee "$log"
 (cd probes-wasm && cargo test -p crash-symbolizer --lib --tests) 2>&1 | tee -a "$log"
 (cd probes-wasm && cargo test -p crash-symbolizer --lib --target i686-unknown-linux-gnu) 2>&1 | tee -a "$log"

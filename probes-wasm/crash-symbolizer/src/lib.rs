@@ -22,5 +22,5 @@ mod probe;
 /// so both test the very same bytes (included here, not in `tests/`, so
 /// the lib tests that also run on a 32-bit target use them).
 #[cfg(test)]
-#[path = "../../../host/tests/support/hostile_cores.rs"]
+#[path = "../../../tests/support/hostile_cores.rs"]
 mod hostile_cores;

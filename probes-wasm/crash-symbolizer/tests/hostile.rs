@@ -3,7 +3,7 @@
 //! never a hang or a panic. The very generators the host's end-to-end
 //! tests feed to `telem-crash-handler`.
 
-#[path = "../../../host/tests/support/hostile_cores.rs"]
+#[path = "../../../tests/support/hostile_cores.rs"]
 mod hostile_cores;
 
 use crash_symbolizer::core::Core;

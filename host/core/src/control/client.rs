@@ -1,0 +1,284 @@
+//! The blocking client of the control socket, for `telemctl`, the crash
+//! handler and the tests.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Captured, Hello, ProbeList, Request, Response, Status, MAX_REQUEST, PROTOCOL_VERSION};
+
+/// Longest reply line read (a probe list with long grants stays far below).
+const MAX_REPLY: u64 = 16 << 20;
+
+/// Why a control request got no answer, or not the one asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens at the control socket.
+    #[error("telemd is not running (nothing answers at {})", .path.display())]
+    NotRunning {
+        /// The socket.
+        path: PathBuf,
+        /// What connecting said.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket exists but this user may not use it.
+    #[error("permission denied on {}: the control socket is for root and the telemetry group", .path.display())]
+    Denied {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// The exchange broke off, or the daemon did not answer in time.
+    #[error("control socket {}: {source}", .path.display())]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The answer was not a reply of this protocol.
+    #[error("control socket {}: unreadable answer", .path.display())]
+    BadReply {
+        /// The socket.
+        path: PathBuf,
+        /// What parsing said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The daemon speaks another version of the protocol.
+    #[error("telemd speaks control protocol {theirs} ({server}) and this program {ours}: use the telemctl that came with this telemd")]
+    Version {
+        /// This program's version.
+        ours: u32,
+        /// The daemon's.
+        theirs: u32,
+        /// The daemon's program and version.
+        server: String,
+    },
+    /// The daemon predates the handshake.
+    #[error("telemd is older than this program and does not speak control protocol {PROTOCOL_VERSION}: use the telemctl that came with it ({message})")]
+    NoHandshake {
+        /// What it answered to the hello.
+        message: String,
+    },
+    /// The daemon refused the request or it failed there.
+    #[error("{0}")]
+    Daemon(String),
+    /// The daemon answered with a reply of another kind.
+    #[error("telemd answered {got} to a {asked} request")]
+    Unexpected {
+        /// The request kind.
+        asked: &'static str,
+        /// The reply kind.
+        got: &'static str,
+    },
+}
+
+/// A connection to the daemon, after the handshake.
+#[derive(Debug)]
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    server: Hello,
+}
+
+impl Client {
+    /// Connects and shakes hands. `timeout` bounds each read and write (the
+    /// crash handler must not hang on a stuck daemon); `None` waits.
+    pub fn connect(path: &Path, timeout: Option<Duration>) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| match source.kind() {
+            io::ErrorKind::PermissionDenied => ClientError::Denied {
+                path: path.to_owned(),
+            },
+            _ => ClientError::NotRunning {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+        let io_err = |source| ClientError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        stream.set_read_timeout(timeout).map_err(io_err)?;
+        stream.set_write_timeout(timeout).map_err(io_err)?;
+        let writer = stream.try_clone().map_err(io_err)?;
+        let mut client = Client {
+            path: path.to_owned(),
+            reader: BufReader::new(stream),
+            writer,
+            server: Hello {
+                version: 0,
+                server: String::new(),
+            },
+        };
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+            client: program_version(),
+        };
+        match client.exchange(&hello)? {
+            Response::Hello(h) if h.version == PROTOCOL_VERSION => client.server = h,
+            Response::Hello(h) => {
+                return Err(ClientError::Version {
+                    ours: PROTOCOL_VERSION,
+                    theirs: h.version,
+                    server: h.server,
+                })
+            }
+            Response::Error { message } => return Err(ClientError::NoHandshake { message }),
+            other => {
+                return Err(ClientError::Unexpected {
+                    asked: "hello",
+                    got: other.kind(),
+                })
+            }
+        }
+        Ok(client)
+    }
+
+    /// The daemon's program and version, from the handshake.
+    pub fn server(&self) -> &str {
+        &self.server.server
+    }
+
+    /// Sends one request and reads its reply; a [`Response::Error`] comes
+    /// back as [`ClientError::Daemon`].
+    pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        match self.exchange(req)? {
+            Response::Error { message } => Err(ClientError::Daemon(message)),
+            r => Ok(r),
+        }
+    }
+
+    /// The probes and their grants.
+    pub fn list(&mut self) -> Result<ProbeList, ClientError> {
+        match self.call(&Request::List)? {
+            Response::Probes(p) => Ok(p),
+            other => Err(unexpected(&Request::List, &other)),
+        }
+    }
+
+    /// The daemon's summary.
+    pub fn status(&mut self) -> Result<Status, ClientError> {
+        match self.call(&Request::Status)? {
+            Response::Status(s) => Ok(*s),
+            other => Err(unexpected(&Request::Status, &other)),
+        }
+    }
+
+    /// Reloads the probe directories; returns how many probes are loaded.
+    pub fn reload(&mut self) -> Result<usize, ClientError> {
+        match self.call(&Request::Reload)? {
+            Response::Reloaded { probes } => Ok(probes),
+            other => Err(unexpected(&Request::Reload, &other)),
+        }
+    }
+
+    /// Announces a crash entry; with `wait`, returns its records once the
+    /// probes handled it.
+    pub fn crash(&mut self, id: &str, wait: bool) -> Result<Vec<Captured>, ClientError> {
+        let req = Request::Crash {
+            id: id.to_owned(),
+            wait,
+        };
+        match self.call(&req)? {
+            Response::CrashHandled { records } => Ok(records),
+            Response::Done => Ok(Vec::new()),
+            other => Err(unexpected(&req, &other)),
+        }
+    }
+
+    /// Sends a request whose only answer is [`Response::Done`] (run,
+    /// enable, disable, flush).
+    pub fn act(&mut self, req: &Request) -> Result<(), ClientError> {
+        match self.call(req)? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(req, &other)),
+        }
+    }
+
+    fn exchange(&mut self, req: &Request) -> Result<Response, ClientError> {
+        let io_err = |source| ClientError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut line = serde_json::to_string(req).expect("requests serialize");
+        if line.len() > MAX_REQUEST {
+            return Err(ClientError::Io {
+                path: self.path.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("request of {} bytes is over {MAX_REQUEST}", line.len()),
+                ),
+            });
+        }
+        line.push('\n');
+        self.writer.write_all(line.as_bytes()).map_err(io_err)?;
+        let mut out = String::new();
+        let n = (&mut self.reader)
+            .take(MAX_REPLY)
+            .read_line(&mut out)
+            .map_err(io_err)?;
+        if n == 0 {
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "telemd closed the connection without answering",
+            )));
+        }
+        serde_json::from_str(&out).map_err(|source| ClientError::BadReply {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// `NAME VERSION` of the running program, for the handshake.
+fn program_version() -> String {
+    let exe = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "client".into());
+    format!("{exe} {}", env!("CARGO_PKG_VERSION"))
+}
+
+fn unexpected(req: &Request, got: &Response) -> ClientError {
+    ClientError::Unexpected {
+        asked: req.kind(),
+        got: got.kind(),
+    }
+}
+
+impl Request {
+    /// The request's name on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::List => "list",
+            Request::Run { .. } => "run",
+            Request::Reload => "reload",
+            Request::Enable { .. } => "enable",
+            Request::Disable { .. } => "disable",
+            Request::Status => "status",
+            Request::Flush => "flush",
+            Request::Crash { .. } => "crash",
+        }
+    }
+}
+
+impl Response {
+    /// The reply's name on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Hello(_) => "hello",
+            Response::Probes(_) => "probes",
+            Response::Status(_) => "status",
+            Response::Reloaded { .. } => "reloaded",
+            Response::CrashHandled { .. } => "crash_handled",
+            Response::Done => "done",
+            Response::Error { .. } => "error",
+        }
+    }
+}

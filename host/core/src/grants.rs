@@ -1,0 +1,594 @@
+//! What a probe may do. Deny by default: a manifest only *asks*; the host
+//! grants without the admin's word just a documented safe set (read-only
+//! paths under `/usr/share`, a list of `/proc` files that hold no
+//! per-process secrets, classifications `DOMAIN/NAME/*` in the probe's own
+//! name), and everything else needs the admin's `[probes.NAME]` table. An
+//! admin key, when present, replaces the manifest's request outright (that
+//! is how a grant is narrowed or approved). Some things no one can grant:
+//! relative paths, `/`, another process's `/proc` entries, and the daemon's
+//! own state, spool, journal and crash inbox. Every refusal is kept with its
+//! reason so `telemctl probe info` can say why.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::probe_policy::{
+    ProbePolicy, DEFAULT_MAX_RECORDS_PER_HOUR, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_MIN_INTERVAL_SECS,
+    DEFAULT_TIMEOUT_MS,
+};
+
+/// Directories a probe may read without the admin's approval: shared,
+/// world-readable data of installed packages.
+pub const SAFE_DIRS: [&str; 1] = ["/usr/share"];
+
+/// `/proc` files a probe may read without the admin's approval: machine-wide
+/// figures any local user can read, nothing about one process.
+pub const SAFE_PROC_FILES: [&str; 14] = [
+    "/proc/buddyinfo",
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/filesystems",
+    "/proc/loadavg",
+    "/proc/meminfo",
+    "/proc/mounts",
+    "/proc/partitions",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/version",
+    "/proc/vmstat",
+    "/proc/zoneinfo",
+];
+
+/// Classification domains and names only the admin can grant, whatever the
+/// probe is called: crash records are trusted by triagers as the output of
+/// the crash path.
+pub const RESERVED_CLASSIFICATIONS: [(&str, &str); 1] = [("org.clearlinux", "crash")];
+
+/// What the host decides for every probe, whatever its table says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostRules {
+    /// Ceiling on records per hour.
+    pub max_records_per_hour: u32,
+    /// Shortest interval trigger; shorter ones are raised to it.
+    pub min_interval_secs: u64,
+    /// The daemon's own directories (state, spool, journal, crash inbox):
+    /// never readable by a probe, nor any directory above them.
+    pub protected_dirs: Vec<PathBuf>,
+}
+
+impl HostRules {
+    /// Rules with the default ceiling and no protected directories (tests,
+    /// `telemctl crash symbolize`, which runs as the admin).
+    pub fn permissive() -> HostRules {
+        HostRules {
+            max_records_per_hour: DEFAULT_MAX_RECORDS_PER_HOUR,
+            min_interval_secs: DEFAULT_MIN_INTERVAL_SECS,
+            protected_dirs: Vec::new(),
+        }
+    }
+}
+
+/// What the probe asked for in `describe`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Paths to read.
+    pub read_paths: Vec<PathBuf>,
+    /// Classification patterns.
+    pub classifications: Vec<String>,
+    /// Records per hour.
+    pub max_records_per_hour: u32,
+    /// The crash trigger.
+    pub crashes: bool,
+    /// The interval trigger, in seconds.
+    #[serde(default)]
+    pub interval_secs: Option<u64>,
+}
+
+/// One thing asked for and not granted, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// What was asked for (`read /`, `classification */*/*`, `crashes`,
+    /// `max_records_per_hour 4294967295`).
+    pub item: String,
+    /// Why it was refused or cut.
+    pub reason: String,
+}
+
+/// The effective grant a probe runs with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Read-only paths, at the same path in the guest. A directory is
+    /// preopened whole; a file is shown alone in its directory.
+    pub read_paths: Vec<PathBuf>,
+    /// Classification patterns.
+    pub classifications: Vec<String>,
+    /// Memory cap in MiB, all linear memories of a call together.
+    pub memory_limit_mib: u64,
+    /// Wall time per call in ms, host calls included.
+    pub timeout_ms: u64,
+    /// Records per hour.
+    pub max_records_per_hour: u32,
+    /// Handed each crash, with read access to that crash's inbox entry.
+    pub crashes: bool,
+    /// The interval trigger, in seconds, at least the host's minimum.
+    #[serde(default)]
+    pub interval_secs: Option<u64>,
+    /// Whether `read_paths` are the admin's (else the safe set's, which
+    /// must still be safe once symlinks are resolved at each call).
+    #[serde(default)]
+    pub read_paths_by_admin: bool,
+    /// What was asked for and not granted, and why.
+    #[serde(default)]
+    pub refused: Vec<Refusal>,
+}
+
+/// Why a path can never be granted, if it can't.
+pub fn never_grantable(path: &Path, rules: &HostRules) -> Option<String> {
+    if !path.is_absolute() {
+        return Some("relative paths are never granted".into());
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Some("paths with . or .. are never granted".into());
+    }
+    if path == Path::new("/") {
+        return Some("/ is never granted".into());
+    }
+    if let Ok(rest) = path.strip_prefix("/proc") {
+        if rest.as_os_str().is_empty() {
+            return Some("/proc as a whole is never granted (it holds every process)".into());
+        }
+        let first = rest
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if first == "self" || first == "thread-self" || first.bytes().all(|b| b.is_ascii_digit()) {
+            return Some("per-process /proc entries are never granted".into());
+        }
+    }
+    for dir in &rules.protected_dirs {
+        if path.starts_with(dir) || dir.starts_with(path) {
+            return Some(format!(
+                "{} is (or holds) the daemon's own {} and is never granted",
+                path.display(),
+                dir.display()
+            ));
+        }
+    }
+    None
+}
+
+/// Whether `path` is in the safe set granted without the admin's approval.
+pub fn is_safe_path(path: &Path) -> bool {
+    is_under_any(path, &SAFE_DIRS) || is_safe_proc_file(path)
+}
+
+fn is_under_any(path: &Path, dirs: &[&str]) -> bool {
+    dirs.iter().any(|d| path.starts_with(d))
+}
+
+/// Whether `path` is one of the safe `/proc` files (read by the host by
+/// name: `/proc/mounts` is a symlink to `self/mounts`).
+pub fn is_safe_proc_file(path: &Path) -> bool {
+    SAFE_PROC_FILES.iter().any(|f| path == *f)
+}
+
+/// Whether `path` is in the safe set and, where it exists, still is once
+/// its symlinks are resolved (`/usr/share/x` may lead to `/etc/x`).
+pub fn is_safe_after_resolving(path: &Path) -> bool {
+    is_safe_proc_file(path) || stays_under(path, &SAFE_DIRS)
+}
+
+/// Whether `path` is under one of `dirs`, before and after resolving.
+fn stays_under(path: &Path, dirs: &[&str]) -> bool {
+    is_under_any(path, dirs)
+        && std::fs::canonicalize(path).map_or(true, |real| is_under_any(&real, dirs))
+}
+
+/// Why `path` can't be granted, checking both the path as written and,
+/// when it exists, where its symlinks lead (a link under a safe directory
+/// must not lead into the spool). The safe `/proc` files are fixed names
+/// read by the host, so their targets (`/proc/mounts` is `self/mounts`)
+/// are not followed.
+fn path_refusal(path: &Path, rules: &HostRules) -> Option<String> {
+    if let Some(why) = never_grantable(path, rules) {
+        return Some(why);
+    }
+    if is_safe_proc_file(path) {
+        return None;
+    }
+    match std::fs::canonicalize(path) {
+        Ok(real) if real != path => never_grantable(&real, rules)
+            .map(|why| format!("it resolves to {}: {why}", real.display())),
+        _ => None,
+    }
+}
+
+/// Whether a classification pattern is the probe's own: `DOMAIN/NAME/*` or
+/// `DOMAIN/NAME/LEAF` with a literal domain and NAME the probe's name, and
+/// not reserved.
+pub fn is_own_classification(probe: &str, pattern: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('/').collect();
+    parts.len() == 3
+        && !parts[0].is_empty()
+        && parts[0] != "*"
+        && parts[1] == probe
+        && !parts[2].is_empty()
+        && !is_reserved(pattern)
+}
+
+/// Whether a pattern could match a reserved classification.
+pub fn is_reserved(pattern: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('/').collect();
+    parts.len() == 3
+        && RESERVED_CLASSIFICATIONS.iter().any(|(domain, name)| {
+            (parts[0] == "*" || parts[0].eq_ignore_ascii_case(domain))
+                && (parts[1] == "*" || parts[1].eq_ignore_ascii_case(name))
+        })
+}
+
+impl Grant {
+    /// The grant for `probe`'s `request` under the admin's `policy` and the
+    /// host's `rules`.
+    pub fn effective(
+        probe: &str,
+        request: &Request,
+        policy: &ProbePolicy,
+        rules: &HostRules,
+    ) -> Grant {
+        let mut refused = Vec::new();
+        let mut refuse = |item: String, reason: String| refused.push(Refusal { item, reason });
+
+        let mut read_paths = Vec::new();
+        match &policy.read_paths {
+            Some(approved) => {
+                for p in approved {
+                    match path_refusal(p, rules) {
+                        Some(why) => refuse(format!("read {}", p.display()), why),
+                        None => read_paths.push(p.clone()),
+                    }
+                }
+                for p in request.read_paths.iter().filter(|p| !approved.contains(p)) {
+                    refuse(
+                        format!("read {}", p.display()),
+                        format!("not in [probes.{probe}] read_paths"),
+                    );
+                }
+            }
+            None => {
+                for p in &request.read_paths {
+                    if let Some(why) = path_refusal(p, rules) {
+                        refuse(format!("read {}", p.display()), why);
+                    } else if is_safe_after_resolving(p) {
+                        read_paths.push(p.clone());
+                    } else if is_safe_path(p) {
+                        refuse(
+                            format!("read {}", p.display()),
+                            format!("it leads outside the safe set through a symlink; needs [probes.{probe}] read_paths"),
+                        );
+                    } else {
+                        refuse(
+                            format!("read {}", p.display()),
+                            format!("outside the safe set; needs [probes.{probe}] read_paths"),
+                        );
+                    }
+                }
+            }
+        }
+        read_paths.dedup();
+
+        let mut classifications = Vec::new();
+        match &policy.classifications {
+            Some(approved) => {
+                classifications.clone_from(approved);
+                for c in request
+                    .classifications
+                    .iter()
+                    .filter(|c| !approved.contains(c))
+                {
+                    refuse(
+                        format!("classification {c}"),
+                        format!("not in [probes.{probe}] classifications"),
+                    );
+                }
+            }
+            None => {
+                for c in &request.classifications {
+                    if is_own_classification(probe, c) {
+                        classifications.push(c.clone());
+                    } else if is_reserved(c) {
+                        refuse(
+                            format!("classification {c}"),
+                            format!("reserved for the crash path; only [probes.{probe}] classifications can grant it"),
+                        );
+                    } else {
+                        refuse(
+                            format!("classification {c}"),
+                            format!(
+                                "not DOMAIN/{probe}/...; needs [probes.{probe}] classifications"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+
+        let asked = policy
+            .max_records_per_hour
+            .unwrap_or(request.max_records_per_hour);
+        let max_records_per_hour = asked.min(rules.max_records_per_hour);
+        if asked > max_records_per_hour {
+            refuse(
+                format!("max_records_per_hour {asked}"),
+                format!(
+                    "cut to the host ceiling max_records_per_hour = {}",
+                    rules.max_records_per_hour
+                ),
+            );
+        }
+
+        let crashes = request.crashes && policy.crashes == Some(true);
+        if request.crashes && !crashes {
+            refuse(
+                "crashes".into(),
+                match policy.crashes {
+                    Some(false) => format!("refused by [probes.{probe}] crashes = false"),
+                    _ => format!(
+                        "cores hold other processes' memory; needs [probes.{probe}] crashes = true"
+                    ),
+                },
+            );
+        }
+
+        let interval_secs = request.interval_secs.map(|asked| {
+            if asked < rules.min_interval_secs {
+                refuse(
+                    format!("interval {asked} s"),
+                    format!(
+                        "raised to probe_min_interval_secs = {}",
+                        rules.min_interval_secs
+                    ),
+                );
+            }
+            asked.max(rules.min_interval_secs)
+        });
+
+        Grant {
+            interval_secs,
+            read_paths,
+            classifications,
+            memory_limit_mib: policy.memory_limit_mib.unwrap_or(DEFAULT_MEMORY_LIMIT_MIB),
+            timeout_ms: policy.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+            max_records_per_hour,
+            crashes,
+            read_paths_by_admin: policy.read_paths.is_some(),
+            refused,
+        }
+    }
+
+    /// Whether `classification` matches one of the granted patterns.
+    pub fn allows_classification(&self, classification: &str) -> bool {
+        self.classifications
+            .iter()
+            .any(|p| pattern_matches(p, classification))
+    }
+}
+
+/// `*` matches exactly one whole part; other parts match literally.
+pub fn pattern_matches(pattern: &str, classification: &str) -> bool {
+    let p: Vec<&str> = pattern.split('/').collect();
+    let c: Vec<&str> = classification.split('/').collect();
+    p.len() == c.len() && p.iter().zip(&c).all(|(p, c)| *p == "*" || p == c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> HostRules {
+        HostRules {
+            max_records_per_hour: 1000,
+            min_interval_secs: 60,
+            protected_dirs: vec!["/var/lib/telemetry".into(), "/var/spool/telemetry".into()],
+        }
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches(
+            "org.example/disk/*",
+            "org.example/disk/usage"
+        ));
+        assert!(pattern_matches(
+            "org.example/disk/usage",
+            "org.example/disk/usage"
+        ));
+        assert!(!pattern_matches(
+            "org.example/disk/*",
+            "org.example/net/usage"
+        ));
+        assert!(!pattern_matches("org.example/*", "org.example/disk/usage"));
+        assert!(pattern_matches("*/*/*", "a/b/c"));
+    }
+
+    #[test]
+    fn a_greedy_manifest_gets_only_the_safe_set() {
+        let req = Request {
+            read_paths: vec![
+                "/".into(),
+                "relative/dir".into(),
+                "/proc/self".into(),
+                "/proc/1/mem".into(),
+                "/proc".into(),
+                "/var".into(),
+                "/var/lib/telemetry/crash-inbox".into(),
+                "/usr/../var/spool/telemetry".into(),
+                "/etc".into(),
+                "/usr/share/zoneinfo".into(),
+                "/proc/mounts".into(),
+            ],
+            classifications: vec![
+                "*/*/*".into(),
+                "org.clearlinux/crash/clr".into(),
+                "*/greedy/*".into(),
+                "org.example/greedy/*".into(),
+                "org.example/other/*".into(),
+            ],
+            max_records_per_hour: u32::MAX,
+            crashes: true,
+            interval_secs: Some(1),
+        };
+        let g = Grant::effective("greedy", &req, &ProbePolicy::default(), &rules());
+        assert_eq!(
+            g.read_paths,
+            vec![
+                PathBuf::from("/usr/share/zoneinfo"),
+                PathBuf::from("/proc/mounts")
+            ]
+        );
+        assert_eq!(g.classifications, vec!["org.example/greedy/*".to_owned()]);
+        assert_eq!(g.max_records_per_hour, 1000);
+        assert!(!g.crashes);
+        let refused: Vec<&str> = g.refused.iter().map(|r| r.item.as_str()).collect();
+        assert_eq!(
+            refused,
+            [
+                "read /",
+                "read relative/dir",
+                "read /proc/self",
+                "read /proc/1/mem",
+                "read /proc",
+                "read /var",
+                "read /var/lib/telemetry/crash-inbox",
+                "read /usr/../var/spool/telemetry",
+                "read /etc",
+                "classification */*/*",
+                "classification org.clearlinux/crash/clr",
+                "classification */greedy/*",
+                "classification org.example/other/*",
+                "max_records_per_hour 4294967295",
+                "crashes",
+                "interval 1 s",
+            ]
+        );
+        assert_eq!(g.interval_secs, Some(60));
+        let reason = |item: &str| &g.refused.iter().find(|r| r.item == item).unwrap().reason;
+        assert!(reason("read /etc").contains("needs [probes.greedy] read_paths"));
+        assert!(reason("read /var").contains("daemon's own /var/lib/telemetry"));
+        assert!(reason("crashes").contains("crashes = true"));
+        assert!(reason("classification org.clearlinux/crash/clr").contains("reserved"));
+    }
+
+    #[test]
+    fn a_probe_named_crash_does_not_own_the_crash_classifications() {
+        assert!(!is_own_classification("crash", "org.clearlinux/crash/*"));
+        assert!(!is_own_classification("crash", "*/crash/*"));
+        assert!(
+            is_reserved("ORG.CLEARLINUX/Crash/x"),
+            "case does not get around it"
+        );
+        assert!(is_own_classification("crash", "org.example/crash/*"));
+        assert!(is_own_classification("hello", "org.clearlinux/hello/world"));
+    }
+
+    #[test]
+    fn the_admin_approves_and_narrows_but_never_grants_the_forbidden() {
+        let req = Request {
+            read_paths: vec!["/usr".into(), "/etc/x".into()],
+            classifications: vec!["org.clearlinux/crash/*".into()],
+            max_records_per_hour: 10,
+            crashes: true,
+            interval_secs: None,
+        };
+        let approved = ProbePolicy {
+            read_paths: Some(vec![
+                "/usr".into(),
+                "/".into(),
+                "/var/lib/telemetry/spool".into(),
+                "/proc/self/environ".into(),
+            ]),
+            classifications: Some(vec!["org.clearlinux/crash/*".into()]),
+            crashes: Some(true),
+            max_records_per_hour: Some(5000),
+            memory_limit_mib: Some(16),
+            timeout_ms: Some(500),
+            enabled: None,
+        };
+        let g = Grant::effective("crash-symbolizer", &req, &approved, &rules());
+        assert_eq!(g.read_paths, vec![PathBuf::from("/usr")]);
+        assert!(g.crashes);
+        assert!(g.allows_classification("org.clearlinux/crash/clr"));
+        assert_eq!(
+            (g.max_records_per_hour, g.memory_limit_mib, g.timeout_ms),
+            (1000, 16, 500)
+        );
+        let refused: Vec<&str> = g.refused.iter().map(|r| r.item.as_str()).collect();
+        assert_eq!(
+            refused,
+            [
+                "read /",
+                "read /var/lib/telemetry/spool",
+                "read /proc/self/environ",
+                "read /etc/x",
+                "max_records_per_hour 5000"
+            ]
+        );
+        let refused_crashes = ProbePolicy {
+            crashes: Some(false),
+            ..approved.clone()
+        };
+        assert!(!Grant::effective("c", &req, &refused_crashes, &rules()).crashes);
+        let not_asked = Request {
+            crashes: false,
+            ..req.clone()
+        };
+        assert!(
+            !Grant::effective("c", &not_asked, &approved, &rules()).crashes,
+            "a probe without the crash trigger is never called for crashes"
+        );
+    }
+
+    #[test]
+    fn a_safe_directory_left_through_a_symlink_is_not_safe() {
+        let t = tempfile::tempdir().unwrap();
+        let share = t.path().join("share");
+        std::fs::create_dir_all(share.join("data")).unwrap();
+        std::os::unix::fs::symlink("/etc", share.join("etc-link")).unwrap();
+        let share = share.canonicalize().unwrap();
+        let dirs = [share.to_str().unwrap()];
+        assert!(stays_under(&share.join("data"), &dirs));
+        assert!(stays_under(&share.join("missing"), &dirs));
+        assert!(!stays_under(&share.join("etc-link"), &dirs));
+        assert!(!stays_under(&share.join("etc-link/passwd"), &dirs));
+    }
+
+    #[test]
+    fn a_symlink_into_a_protected_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("state");
+        std::fs::create_dir(&secret).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let rules = HostRules {
+            max_records_per_hour: 10,
+            min_interval_secs: 60,
+            protected_dirs: vec![secret.canonicalize().unwrap()],
+        };
+        let policy = ProbePolicy {
+            read_paths: Some(vec![link.clone()]),
+            ..ProbePolicy::default()
+        };
+        let g = Grant::effective("p", &Request::default(), &policy, &rules);
+        assert!(g.read_paths.is_empty());
+        assert!(
+            g.refused[0].reason.contains("resolves to"),
+            "{:?}",
+            g.refused
+        );
+    }
+}

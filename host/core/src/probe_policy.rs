@@ -1,0 +1,51 @@
+//! The admin's word on one probe (`[probes.NAME]`) and the defaults the
+//! host applies when it says nothing. Here rather than in the sandbox crate
+//! because the config file holds them: every program reads the config, and
+//! only the daemon and telemctl run probes.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Default cap on a probe's memory (all of its linear memories together).
+pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 64;
+/// Default wall-time cap of one call.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Default host ceiling on any probe's records per hour
+/// (`max_records_per_hour`); a manifest or an admin table asking for more
+/// gets this.
+pub const DEFAULT_MAX_RECORDS_PER_HOUR: u32 = 1000;
+
+/// Default of `probe_min_interval_secs`: the shortest interval trigger.
+pub const DEFAULT_MIN_INTERVAL_SECS: u64 = 60;
+
+/// Default of `max_component_bytes`: larger probe files are not compiled.
+pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 16 << 20;
+
+/// The admin's `[probes.NAME]` table; every key optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbePolicy {
+    /// false: the probe is not loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Host paths readable by the probe (replaces the manifest's request;
+    /// this is how a path outside the safe set is approved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_paths: Option<Vec<PathBuf>>,
+    /// Classification patterns it may emit (replaces the manifest's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classifications: Option<Vec<String>>,
+    /// Memory cap (all linear memories of a call together).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mib: Option<u64>,
+    /// Wall-time cap per call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Records per hour (replaces the manifest's; the host ceiling still holds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_records_per_hour: Option<u32>,
+    /// true: the probe is handed crashes (cores hold the crashed process's
+    /// memory) if its manifest asks for them. Absent or false: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crashes: Option<bool>,
+}

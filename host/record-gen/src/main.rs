@@ -1,0 +1,115 @@
+//! `telem-record-gen`: create and send a telemetry record from a script,
+//! with the legacy tool's options and messages.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::Parser;
+use telem_core::cli::record_gen::Args;
+use telem_core::config::Config;
+use telem_core::native_client::{build_local_record, send_record, NewRecord, CLIENT_TIMEOUT};
+use telem_core::record::{
+    validate_classification, validate_event_id, validate_payload, MAX_PAYLOAD_LEN,
+};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("Error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let class = args
+        .class
+        .as_deref()
+        .ok_or("Classification required. See --help.")?;
+    validate_classification(class).map_err(|e| e.to_string())?;
+    let severity = match args.severity.parse::<u8>() {
+        Ok(s @ 1..=4) => s,
+        _ => {
+            return Err(format!(
+                "Valid range for severity is 1-4 (got {:?})",
+                args.severity
+            ))
+        }
+    };
+    let payload_version: u32 = args.record_version.parse().map_err(|_| {
+        format!(
+            "Invalid record-version number {:?}. Must be an integer",
+            args.record_version
+        )
+    })?;
+    if let Some(e) = &args.event_id {
+        validate_event_id(e).map_err(|e| e.to_string())?;
+    }
+
+    let (config, cfg_path) = match &args.config_file {
+        Some(p) => {
+            let abs = p
+                .canonicalize()
+                .map_err(|e| format!("Configuration file path not valid: {}: {e}", p.display()))?;
+            let c = Config::load_file(Config::default(), &abs).map_err(|e| e.to_string())?;
+            (c, Some(abs))
+        }
+        None => (
+            Config::load(Config::default(), None).map_err(|e| e.to_string())?,
+            None,
+        ),
+    };
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| config.socket_path.clone());
+
+    let mut payload = Vec::new();
+    if let Some(p) = &args.payload {
+        payload.extend_from_slice(p.as_bytes());
+    } else if let Some(f) = &args.payload_file {
+        let file = std::fs::File::open(f)
+            .map_err(|e| format!("file {} could not be opened for reading: {e}", f.display()))?;
+        file.take(MAX_PAYLOAD_LEN as u64)
+            .read_to_end(&mut payload)
+            .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+    } else {
+        std::io::stdin()
+            .take(MAX_PAYLOAD_LEN as u64)
+            .read_to_end(&mut payload)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+    }
+    payload.truncate(MAX_PAYLOAD_LEN);
+    validate_payload(&payload).map_err(|e| e.to_string())?;
+    let payload = String::from_utf8(payload).expect("validated ASCII");
+
+    let cfg_str = cfg_path.as_ref().map(|p| p.display().to_string());
+    let record = build_local_record(
+        &NewRecord {
+            classification: class,
+            severity,
+            payload_version,
+            payload: &payload,
+            event_id: args.event_id.as_deref(),
+            config: cfg_str.as_deref(),
+        },
+        &config,
+    );
+    record.validate().map_err(|e| e.to_string())?;
+
+    if args.echo || args.no_post {
+        println!("{}{}", record.headers.to_block(), record.payload);
+    }
+    if args.no_post {
+        return Ok(());
+    }
+    if !config.opt_in_file.exists() {
+        return Err(format!(
+            "Unable to send record. Make sure to opt-in to telemetry first 'telemctl opt-in' ({} does not exist)",
+            config.opt_in_file.display()
+        ));
+    }
+    send_record(&socket, &record, CLIENT_TIMEOUT).map_err(|e| e.to_string())
+}

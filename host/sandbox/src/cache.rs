@@ -1,0 +1,411 @@
+//! Compiled components on disk, so a probe is compiled once: artefacts live
+//! in `state_dir/probe-cache/` under a name keyed by the wasm's sha256 and
+//! the engine's compatibility hash (a wasmtime upgrade or a different CPU
+//! feature set never loads a stale artefact), written atomically.
+//!
+//! An artefact is native code that is mapped and run as is, so it is
+//! loaded only if it is owned by this process's user, writable by no one
+//! else, and carries a valid HMAC-SHA256 (kept beside it, `.mac`) under a
+//! key only this cache holds (`.key`, mode 0600). Anything else is
+//! recompiled from the wasm.
+//!
+//! Compiling runs in the daemon. A marker (`compiling-<sha256>`, holding
+//! the boot id) exists while a component is being compiled; one left
+//! behind in the same boot means the daemon stopped while compiling it
+//! (killed out of memory, say), and that component is refused until the
+//! admin clears the markers (`telemctl probe reload`), so a hostile file
+//! cannot crash the daemon at every restart. A marker of an earlier boot is
+//! ignored (a reboot mid-compile says nothing about the file). A compile
+//! still running, after its caller gave up at the timeout, is never started
+//! a second time.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+/// Unreferenced artefacts kept for a quick re-add.
+const KEEP_UNUSED: usize = 8;
+/// The MAC key's file name in the cache directory.
+const KEY_FILE: &str = ".key";
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The on-disk cache of compiled components.
+#[derive(Clone, Debug)]
+pub struct CompileCache {
+    dir: PathBuf,
+    engine_hash: String,
+    /// sha256 of the components being compiled now.
+    compiling: std::sync::Arc<std::sync::Mutex<HashSet<String>>>,
+}
+
+/// Takes a component off the being-compiled set when its compile ends,
+/// whichever way.
+struct Compiling<'a>(&'a CompileCache, String);
+
+impl Drop for Compiling<'_> {
+    fn drop(&mut self) {
+        self.0
+            .compiling
+            .lock()
+            .expect("compiling lock")
+            .remove(&self.1);
+    }
+}
+
+/// sha256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a cached artefact was not used.
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("owned by uid {0}, not this process's")]
+    Owner(u32),
+    #[error("mode {0:o} lets others write it")]
+    Mode(u32),
+    #[error("its MAC does not match")]
+    Mac,
+}
+
+/// A component whose compilation never finished before.
+#[derive(Debug, thiserror::Error)]
+#[error("the daemon stopped while compiling this component before (marker {0}); it is refused until `telemctl probe reload`")]
+pub struct CompileCrashed(pub PathBuf);
+
+/// A component whose earlier compile is still running (its caller gave up
+/// at the timeout; the compiler cannot be stopped).
+#[derive(Debug, thiserror::Error)]
+#[error("an earlier compile of this component is still running")]
+pub struct StillCompiling;
+
+impl CompileCache {
+    /// A cache in `dir` for artefacts of `engine`.
+    pub fn new(dir: &Path, engine: &Engine) -> CompileCache {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        CompileCache {
+            dir: dir.to_owned(),
+            engine_hash: format!("{:016x}", h.finish()),
+            compiling: Default::default(),
+        }
+    }
+
+    fn path(&self, hash: &str) -> PathBuf {
+        self.dir.join(format!("{hash}-{}.cwasm", self.engine_hash))
+    }
+
+    /// The MAC key, made on first use.
+    fn key(&self) -> io::Result<Vec<u8>> {
+        std::fs::create_dir_all(&self.dir)?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
+        let path = self.dir.join(KEY_FILE);
+        match std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                let key: [u8; 32] = rand::random();
+                f.write_all(&key)?;
+                f.sync_all()?;
+                Ok(key.to_vec())
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let f = std::fs::File::options()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)?;
+                check_private(&f.metadata()?).map_err(|e| io::Error::other(e.to_string()))?;
+                let mut key = Vec::new();
+                f.take(64).read_to_end(&mut key)?;
+                if key.len() != 32 {
+                    return Err(io::Error::other(format!(
+                        "{} is not a 32-byte key",
+                        path.display()
+                    )));
+                }
+                Ok(key)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The component for `bytes`, from the cache when a verified artefact
+    /// is there. Returns it, its sha256, and whether it had to be compiled.
+    pub fn get_or_compile(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(Component, String, bool)> {
+        let hash = sha256_hex(bytes);
+        let path = self.path(&hash);
+        let key = match self.key() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!(
+                    "compile cache {} unusable ({e}); compiling without it",
+                    self.dir.display()
+                );
+                None
+            }
+        };
+        if let (Some(key), true) = (&key, path.exists()) {
+            match read_verified(&path, key) {
+                Ok(artefact) => {
+                    // SAFETY: the bytes are an artefact this cache wrote:
+                    // owned by this user, writable by no one else, and
+                    // authenticated by a MAC under a key only this user can
+                    // read; the file name's compatibility hash pins the
+                    // engine configuration.
+                    match unsafe { Component::deserialize(engine, &artefact) } {
+                        Ok(c) => {
+                            let _ = filetime_touch(&path);
+                            return Ok((c, hash, false));
+                        }
+                        Err(e) => tracing::warn!(
+                            "cached artefact {} unusable ({e}); recompiling",
+                            path.display()
+                        ),
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "cached artefact {} not used ({e}); recompiling",
+                    path.display()
+                ),
+            }
+        }
+        if !self
+            .compiling
+            .lock()
+            .expect("compiling lock")
+            .insert(hash.clone())
+        {
+            return Err(wasmtime::Error::new(StillCompiling));
+        }
+        let _compiling = Compiling(self, hash.clone());
+        let marker = self.dir.join(format!("compiling-{hash}"));
+        let boot = telem_core::journal::boot_id();
+        match std::fs::read_to_string(&marker) {
+            Ok(b) if b.trim() == boot => {
+                return Err(wasmtime::Error::new(CompileCrashed(marker)));
+            }
+            Ok(_) => tracing::info!(
+                "compile marker {} is from an earlier boot; compiling again",
+                marker.display()
+            ),
+            Err(_) => {}
+        }
+        let _ = std::fs::create_dir_all(&self.dir);
+        let marked = telem_core::fsutil::write_atomic(&marker, boot.as_bytes(), 0o600);
+        let compiled = engine.precompile_component(bytes);
+        if marked.is_ok() {
+            let _ = std::fs::remove_file(&marker);
+        }
+        let compiled = compiled?;
+        if let Some(key) = &key {
+            let mac = hex(&mac_of(key, &compiled));
+            let written =
+                telem_core::fsutil::write_atomic(&path, &compiled, 0o600).and_then(|()| {
+                    telem_core::fsutil::write_atomic(&mac_path(&path), mac.as_bytes(), 0o600)
+                });
+            if let Err(e) = written {
+                tracing::warn!("cannot cache the compiled probe at {}: {e}", path.display());
+            }
+        }
+        // SAFETY: these bytes were produced by `precompile_component` just above.
+        let c = unsafe { Component::deserialize(engine, &compiled)? };
+        Ok((c, hash, true))
+    }
+
+    /// Forgets which compilations stopped the daemon (the admin's reload):
+    /// those components are tried again.
+    pub fn clear_crash_markers(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let running = self.compiling.lock().expect("compiling lock").clone();
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(hash) = name.strip_prefix("compiling-") {
+                if !running.contains(hash) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
+    /// Removes artefacts of components no longer loaded (keeping the few
+    /// most recently used) and those of other engine versions.
+    pub fn prune(&self, in_use: &HashSet<String>) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut unused = Vec::new();
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".cwasm") else {
+                continue;
+            };
+            let Some((hash, engine)) = stem.split_once('-') else {
+                continue;
+            };
+            if engine != self.engine_hash {
+                remove_artefact(&e.path());
+            } else if !in_use.contains(hash) {
+                let mtime = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                unused.push((mtime, e.path()));
+            }
+        }
+        unused.sort();
+        let excess = unused.len().saturating_sub(KEEP_UNUSED);
+        for (_, p) in unused.into_iter().take(excess) {
+            remove_artefact(&p);
+        }
+    }
+}
+
+fn mac_path(artefact: &Path) -> PathBuf {
+    let mut p = artefact.as_os_str().to_owned();
+    p.push(".mac");
+    PathBuf::from(p)
+}
+
+fn remove_artefact(p: &Path) {
+    let _ = std::fs::remove_file(p);
+    let _ = std::fs::remove_file(mac_path(p));
+}
+
+fn mac_of(key: &[u8], bytes: &[u8]) -> Vec<u8> {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(bytes);
+    m.finalize().into_bytes().to_vec()
+}
+
+/// Owned by this process's user and writable by no one else.
+fn check_private(m: &std::fs::Metadata) -> Result<(), Unusable> {
+    let me = rustix::process::geteuid().as_raw();
+    if m.uid() != me {
+        return Err(Unusable::Owner(m.uid()));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(Unusable::Mode(m.mode() & 0o7777));
+    }
+    Ok(())
+}
+
+/// The artefact's bytes, read once (so what is verified is what is
+/// loaded), if owner, mode and MAC hold.
+fn read_verified(path: &Path, key: &[u8]) -> Result<Vec<u8>, Unusable> {
+    let mut f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    check_private(&f.metadata()?)?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    let stored = std::fs::read_to_string(mac_path(path))?;
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(&bytes);
+    let want = (0..stored.trim().len())
+        .step_by(2)
+        .map(|i| {
+            stored
+                .trim()
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or(Unusable::Mac)?;
+    m.verify_slice(&want).map_err(|_| Unusable::Mac)?;
+    Ok(bytes)
+}
+
+/// Marks an artefact as recently used (for pruning).
+fn filetime_touch(path: &Path) -> std::io::Result<()> {
+    let f = std::fs::File::options().append(true).open(path)?;
+    f.set_modified(std::time::SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tampered_artefact_is_recompiled_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let cache = CompileCache::new(dir.path(), &engine);
+        let wasm = b"\0asm\x0d\0\x01\0"; // the empty component
+        let (_, hash, compiled) = cache.get_or_compile(&engine, wasm).unwrap();
+        assert!(compiled);
+        let (_, _, compiled) = cache.get_or_compile(&engine, wasm).unwrap();
+        assert!(!compiled, "a verified artefact is used");
+        let path = cache.path(&hash);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, _, compiled) = cache.get_or_compile(&engine, wasm).unwrap();
+        assert!(compiled, "a flipped byte fails the MAC");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (_, _, compiled) = cache.get_or_compile(&engine, wasm).unwrap();
+        assert!(compiled, "a world-writable artefact is not trusted");
+        std::fs::remove_file(mac_path(&path)).unwrap();
+        std::fs::write(&path, b"planted").unwrap();
+        let (_, _, compiled) = cache.get_or_compile(&engine, wasm).unwrap();
+        assert!(compiled, "an artefact without its MAC is not trusted");
+    }
+
+    #[test]
+    fn a_compilation_that_never_finished_is_not_tried_again_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let cache = CompileCache::new(dir.path(), &engine);
+        let wasm = b"\0asm\x0d\0\x01\0";
+        let marker = dir.path().join(format!("compiling-{}", sha256_hex(wasm)));
+        // As left by a daemon killed while compiling, in an earlier boot:
+        // tried again.
+        std::fs::create_dir_all(dir.path()).unwrap();
+        std::fs::write(&marker, "someotherboot").unwrap();
+        let (_, _, compiled) = cache.get_or_compile(&engine, wasm).unwrap();
+        assert!(compiled && !marker.exists());
+        // The same component with a custom section: another file.
+        let other = b"\0asm\x0d\0\x01\0\x00\x02\x01x";
+        let marker = dir.path().join(format!("compiling-{}", sha256_hex(other)));
+        // In this boot: refused.
+        std::fs::write(&marker, telem_core::journal::boot_id()).unwrap();
+        let e = cache.get_or_compile(&engine, other).unwrap_err();
+        assert!(e.downcast_ref::<CompileCrashed>().is_some(), "{e}");
+        // A compile still running is not started again, nor its marker
+        // cleared.
+        cache.compiling.lock().unwrap().insert(sha256_hex(other));
+        let e = cache.get_or_compile(&engine, other).unwrap_err();
+        assert!(e.downcast_ref::<StillCompiling>().is_some(), "{e}");
+        cache.clear_crash_markers();
+        assert!(marker.exists());
+        cache.compiling.lock().unwrap().clear();
+        cache.clear_crash_markers();
+        let (_, _, compiled) = cache.get_or_compile(&engine, other).unwrap();
+        assert!(compiled && !marker.exists());
+    }
+}

@@ -1,0 +1,619 @@
+//! The engine and the per-call sandbox: compiling and loading a
+//! component, building each call's store from the probe's grant, and
+//! running a call under its deadline.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use telem_core::grants::{Grant, HostRules, Request};
+use thiserror::Error;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::bindings::{Probe, ProbePre};
+use crate::file_views::FileViews;
+use crate::host_records::Sink;
+use crate::probe::{CallError, LoadedProbe};
+use crate::probe_log::{escape, probe_log_limit, FIELD_CAP};
+use crate::store::HostState;
+use crate::{cache, file_views, grants, shape};
+use crate::{
+    Event, Manifest, ProbeStats, Trigger, ACCEPTED_CONTRACT, COMPILE_TIMEOUT, DEADLINE_GRACE,
+    DEFAULT_MAX_COMPONENT_BYTES, DESCRIBE_MEMORY, DESCRIBE_TIMEOUT_MS, EPOCH_TICK, OUTPUT_CAP,
+};
+
+/// Where a sandbox keeps its files and which host rules it applies.
+#[derive(Clone, Debug)]
+pub struct SandboxOptions {
+    /// Compiled components.
+    pub cache_dir: PathBuf,
+    /// Per-call private directories (file grants).
+    pub scratch_dir: PathBuf,
+    /// Ceilings and never-grantable directories.
+    pub rules: HostRules,
+    /// Larger component files are refused before they are compiled.
+    pub max_component_bytes: u64,
+}
+
+impl SandboxOptions {
+    /// Options with the cache in `cache_dir`, the scratch directory beside
+    /// it, permissive host rules and the default size cap.
+    pub fn new(cache_dir: &Path) -> SandboxOptions {
+        SandboxOptions {
+            cache_dir: cache_dir.to_owned(),
+            scratch_dir: cache_dir.with_file_name("probe-views"),
+            rules: HostRules::permissive(),
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+        }
+    }
+}
+
+/// The engine, linker and compiled-component cache shared by all probes.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: cache::CompileCache,
+    options: SandboxOptions,
+    /// Components compiled (not loaded from the cache) since start.
+    pub compilations: AtomicU64,
+    _ticker: std::thread::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").finish_non_exhaustive()
+    }
+}
+
+/// Why a component file could not be loaded.
+#[derive(Debug, Error)]
+#[error("{file}: {reason}")]
+pub struct LoadError {
+    /// The file.
+    pub file: String,
+    /// What was wrong.
+    #[source]
+    pub reason: LoadFailure,
+}
+
+/// What was wrong with a component, with the underlying error kept.
+#[derive(Debug, Error)]
+pub enum LoadFailure {
+    /// Over `max_component_bytes`.
+    #[error("{size} bytes is over max_component_bytes ({cap})")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The cap.
+        cap: u64,
+    },
+    /// No wasm magic.
+    #[error("not a WebAssembly file")]
+    NotWasm,
+    /// Too big to compile safely ([`shape`]).
+    #[error("refused before compiling: {0}")]
+    Shape(#[source] shape::ShapeError),
+    /// Compiling ran past [`COMPILE_TIMEOUT`].
+    #[error("not compiled within {} s", .0.as_secs())]
+    CompileTimeout(Duration),
+    /// The compiler's thread panicked or was cancelled.
+    #[error("compiler thread failed: {0}")]
+    CompilerThread(#[source] tokio::task::JoinError),
+    /// Compiling (or the cache) failed.
+    #[error("{0:#}")]
+    Compile(#[source] wasmtime::Error),
+    /// Built against a contract this host does not speak.
+    #[error("built against {import}; this telemd accepts {ACCEPTED_CONTRACT}.x (rebuild the probe with a matching probe-sdk)")]
+    Contract {
+        /// The import naming the other version.
+        import: String,
+    },
+    /// Its imports do not match what the host provides (the linker's
+    /// words, escaped and cut: they quote the component's import names).
+    #[error("cannot link: {0}")]
+    Link(String),
+    /// `describe` failed.
+    #[error("describe failed: {0}")]
+    Describe(#[source] CallError),
+    /// The manifest's name is not usable (already escaped).
+    #[error("manifest name {0} is not 1 to 64 lowercase letters, digits and '-'")]
+    BadName(String),
+    /// The manifest is larger than any real probe needs.
+    #[error("the manifest lists {count} {what} (at most {MAX_MANIFEST_ITEMS})")]
+    ManifestList {
+        /// Which list.
+        what: &'static str,
+        /// How long it is.
+        count: usize,
+    },
+    /// A manifest string is longer than any real probe needs.
+    #[error("the manifest has a string of {0} bytes (at most {MAX_MANIFEST_STRING})")]
+    ManifestString(usize),
+}
+
+/// Runs `fut` under a host-side timeout of `limit` plus
+/// [`DEADLINE_GRACE`]. The epoch deadline stops a guest that spins; this
+/// stops one parked in a host call (a WASI sleep, a blocking read), whose
+/// future, and with it the store, is dropped.
+async fn under_deadline<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    match tokio::time::timeout(limit + DEADLINE_GRACE, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+    }
+}
+
+impl Sandbox {
+    /// A sandbox with its cache in `cache_dir` and permissive host rules
+    /// (the admin's own triage runs and benchmarks).
+    pub fn new(cache_dir: &Path) -> wasmtime::Result<Sandbox> {
+        Sandbox::with_options(SandboxOptions::new(cache_dir))
+    }
+
+    /// Builds the engine (epoch interruption on), the linker (WASI p2 and
+    /// the probe contract) and the cache.
+    pub fn with_options(options: SandboxOptions) -> wasmtime::Result<Sandbox> {
+        let mut cfg = wasmtime::Config::new();
+        cfg.epoch_interruption(true);
+        cfg.max_wasm_stack(1 << 20);
+        let engine = Engine::new(&cfg)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Probe::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let weak = engine.weak();
+        let ticker = std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while let Some(e) = weak.upgrade() {
+                    e.increment_epoch();
+                    drop(e);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        let cache = cache::CompileCache::new(&options.cache_dir, &engine);
+        // Views left by a daemon that was killed mid-call.
+        let _ = std::fs::remove_dir_all(&options.scratch_dir);
+        Ok(Sandbox {
+            engine,
+            linker,
+            cache,
+            options,
+            compilations: AtomicU64::new(0),
+            _ticker: ticker,
+        })
+    }
+
+    /// The compile cache (pruned and cleared by the supervisor).
+    pub fn cache(&self) -> &cache::CompileCache {
+        &self.cache
+    }
+
+    /// The largest component file this sandbox compiles.
+    pub fn max_component_bytes(&self) -> u64 {
+        self.options.max_component_bytes
+    }
+
+    /// Compiles (or loads from the cache) the component in `bytes`, checks
+    /// its contract version, and asks it to `describe` itself in a store
+    /// with no capabilities. Compiling runs on a blocking thread under
+    /// [`COMPILE_TIMEOUT`]; `describe` runs under its own deadline.
+    pub async fn load(
+        &self,
+        file: &Path,
+        bytes: &[u8],
+        policy_of: impl Fn(&str) -> grants::ProbePolicy,
+    ) -> Result<LoadedProbe, LoadError> {
+        let err = |reason: LoadFailure| LoadError {
+            file: file.display().to_string(),
+            reason,
+        };
+        if bytes.len() as u64 > self.options.max_component_bytes {
+            return Err(err(LoadFailure::TooLarge {
+                size: bytes.len() as u64,
+                cap: self.options.max_component_bytes,
+            }));
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(err(LoadFailure::NotWasm));
+        }
+        shape::check(bytes).map_err(|e| err(LoadFailure::Shape(e)))?;
+        let (cache, engine, owned) = (self.cache.clone(), self.engine.clone(), bytes.to_vec());
+        let compiling = tokio::task::spawn_blocking(move || cache.get_or_compile(&engine, &owned));
+        let (component, hash, compiled) =
+            match tokio::time::timeout(COMPILE_TIMEOUT, compiling).await {
+                Err(_) => return Err(err(LoadFailure::CompileTimeout(COMPILE_TIMEOUT))),
+                Ok(Err(join)) => return Err(err(LoadFailure::CompilerThread(join))),
+                Ok(Ok(r)) => r.map_err(|e| err(LoadFailure::Compile(e)))?,
+            };
+        if compiled {
+            self.compilations.fetch_add(1, Ordering::Relaxed);
+        }
+        check_contract(&self.engine, &component).map_err(err)?;
+        let state = HostState::new(
+            file.display().to_string(),
+            WasiCtxBuilder::new().build(),
+            DESCRIBE_MEMORY,
+            None,
+        );
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(ProbePre::new)
+            .map_err(|e| err(LoadFailure::Link(escape(&format!("{e:#}"), FIELD_CAP))))?;
+        let mut store = self.store(state, DESCRIBE_TIMEOUT_MS);
+        let manifest = under_deadline(Duration::from_millis(DESCRIBE_TIMEOUT_MS), async {
+            let p = pre.instantiate_async(&mut store).await?;
+            p.call_describe(&mut store).await
+        })
+        .await
+        .map_err(|e| err(LoadFailure::Describe(call_error(e, DESCRIBE_TIMEOUT_MS))))?;
+        drop(store);
+        if manifest.name.is_empty()
+            || manifest.name.len() > 64
+            || !manifest
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(err(LoadFailure::BadName(escape(
+                &format!("{:?}", manifest.name),
+                FIELD_CAP,
+            ))));
+        }
+        check_manifest_size(&manifest).map_err(err)?;
+        let request = Request {
+            read_paths: manifest.read_paths.iter().map(PathBuf::from).collect(),
+            classifications: manifest.classifications.clone(),
+            max_records_per_hour: manifest.max_records_per_hour,
+            crashes: manifest
+                .triggers
+                .iter()
+                .any(|t| matches!(t, Trigger::Crash)),
+            interval_secs: manifest.triggers.iter().find_map(|t| match t {
+                Trigger::Interval(s) if *s > 0 => Some(*s),
+                _ => None,
+            }),
+        };
+        let grant = Grant::effective(
+            &manifest.name,
+            &request,
+            &policy_of(&manifest.name),
+            &self.options.rules,
+        );
+        Ok(LoadedProbe {
+            name: manifest.name.clone(),
+            file: file.to_owned(),
+            hash,
+            manifest,
+            request,
+            grant,
+            pre,
+            stats: Mutex::new(ProbeStats::default()),
+            sends: Mutex::new(VecDeque::new()),
+            log_gate: Mutex::new(probe_log_limit()),
+        })
+    }
+
+    fn store(&self, state: HostState, timeout_ms: u64) -> Store<HostState> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.budget);
+        let start = Instant::now();
+        let limit = Duration::from_millis(timeout_ms);
+        store.set_epoch_deadline(1);
+        // Yield to the runtime every tick so a spinning probe does not hold
+        // a worker thread; stop it once its wall time is spent.
+        store.epoch_deadline_callback(move |_| {
+            if start.elapsed() >= limit {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
+    /// The granted paths as they are now: each resolved (symlinks
+    /// followed) and checked again, since a path checked at load may have
+    /// been swapped for a link since: never into the daemon's own
+    /// directories, and a safe-set path never out of the safe set. Returns
+    /// the (host, guest) directories to preopen and the files to show.
+    /// `extra_read` (the host's own choice, a crash's inbox entry) is taken
+    /// as it is.
+    fn resolve_grant(
+        &self,
+        probe: &LoadedProbe,
+        extra_read: &[PathBuf],
+    ) -> (Vec<(PathBuf, PathBuf)>, Vec<file_views::GrantedFile>) {
+        let g = &probe.grant;
+        let mut dirs: Vec<(PathBuf, PathBuf)> = extra_read
+            .iter()
+            .filter(|p| p.is_dir())
+            .map(|p| (p.clone(), p.clone()))
+            .collect();
+        let mut files = Vec::new();
+        for p in &g.read_paths {
+            if grants::is_safe_proc_file(p) {
+                files.push(file_views::GrantedFile {
+                    host: p.clone(),
+                    guest: p.clone(),
+                    follow: true,
+                });
+                continue;
+            }
+            let Ok(real) = p.canonicalize() else {
+                tracing::debug!(probe = %probe.name, "granted path {} does not exist here; left out", p.display());
+                continue;
+            };
+            let refusal = grants::never_grantable(&real, &self.options.rules).or_else(|| {
+                (!g.read_paths_by_admin && !grants::is_safe_path(&real))
+                    .then(|| "it now leads outside the safe set".to_owned())
+            });
+            if let Some(why) = refusal {
+                tracing::warn!(
+                    probe = %probe.name,
+                    "granted path {} left out of this call: it resolves to {}: {why}",
+                    escape(&p.display().to_string(), FIELD_CAP),
+                    escape(&real.display().to_string(), FIELD_CAP)
+                );
+                continue;
+            }
+            if real.is_dir() {
+                dirs.push((real, p.clone()));
+            } else if !g.read_paths.iter().any(|d| p.parent() == Some(d.as_path())) {
+                // Shown alone unless its directory is granted whole already.
+                files.push(file_views::GrantedFile {
+                    host: real,
+                    guest: p.clone(),
+                    follow: false,
+                });
+            }
+        }
+        (dirs, files)
+    }
+
+    /// Runs `handle(event)` in a fresh store holding only the probe's grant.
+    /// `extra_read` adds read-only directories for this call only (a
+    /// crash's inbox entry). A granted directory is preopened whole; a
+    /// granted file is shown alone in a private copy of its directory; a
+    /// granted path that does not exist on this machine is left out
+    /// (nothing could be read there anyway).
+    pub async fn run(
+        &self,
+        probe: &Arc<LoadedProbe>,
+        sink: Sink,
+        event: Event,
+        extra_read: &[PathBuf],
+    ) -> Result<(), CallError> {
+        let g = &probe.grant;
+        let mut b = WasiCtxBuilder::new();
+        let (dirs, files) = self.resolve_grant(probe, extra_read);
+        for (host, guest) in &dirs {
+            b.preopened_dir(host, guest.to_string_lossy().as_ref(), FsPerms::ReadOnly)
+                .map_err(|e| CallError::Setup(format!("granted path {}: {e}", guest.display())))?;
+        }
+        let views = FileViews::build(&self.options.scratch_dir, &probe.name, &files)
+            .map_err(|e| CallError::Setup(format!("file grants: {e}")))?;
+        for (dir, guest) in &views.preopens {
+            b.preopened_dir(dir, guest, FsPerms::ReadOnly)
+                .map_err(|e| CallError::Setup(format!("file grant view of {guest}: {e}")))?;
+        }
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAP);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAP);
+        b.stdout(stdout.clone()).stderr(stderr.clone());
+        b.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        b.socket_addr_check(|_, _| Box::pin(async { false }));
+        let state = HostState::new(
+            probe.name.clone(),
+            b.build(),
+            (g.memory_limit_mib as usize).saturating_mul(1 << 20),
+            Some((probe.clone(), sink)),
+        );
+        let mut store = self.store(state, g.timeout_ms);
+        let result = under_deadline(Duration::from_millis(g.timeout_ms), async {
+            let p = probe.pre.instantiate_async(&mut store).await?;
+            p.call_handle(&mut store, &event).await
+        })
+        .await;
+        drop(store);
+        drop(views);
+        for (stream, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
+            let bytes = pipe.contents();
+            if !bytes.is_empty() {
+                let text = String::from_utf8_lossy(&bytes);
+                let line = format!(
+                    "{}{}",
+                    escape(text.trim_end(), OUTPUT_CAP),
+                    if bytes.len() >= OUTPUT_CAP {
+                        " [cut at 16 KiB]"
+                    } else {
+                        ""
+                    }
+                );
+                // Output counts against the same allowance as `log()`.
+                let admit = probe
+                    .log_gate
+                    .lock()
+                    .expect("log gate lock")
+                    .admit(Instant::now(), line.len());
+                if admit.is_some() {
+                    tracing::info!(probe = %probe.name, stream, "{line}");
+                }
+            }
+        }
+        let suppressed = probe
+            .log_gate
+            .lock()
+            .expect("log gate lock")
+            .take_suppressed();
+        if suppressed > 0 {
+            tracing::warn!(probe = %probe.name, "{suppressed} log lines of this probe suppressed (rate limit)");
+        }
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(CallError::Guest(escape(&msg, FIELD_CAP))),
+            Err(e) => Err(call_error(e, g.timeout_ms)),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+#[error("deadline exceeded")]
+struct DeadlineExceeded;
+
+/// The failure of a call in one line an admin can act on: the trap code or
+/// the root cause, and the wasm function it happened in.
+fn call_error(e: wasmtime::Error, timeout_ms: u64) -> CallError {
+    if e.downcast_ref::<DeadlineExceeded>().is_some() {
+        return CallError::Timeout(timeout_ms);
+    }
+    let reason = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => e.root_cause().to_string(),
+    };
+    let frame = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().first())
+        .map(|f| match f.func_name() {
+            Some(name) => format!(" in {name}"),
+            None => format!(" in wasm function {}", f.func_index()),
+        })
+        .unwrap_or_default();
+    CallError::Trap(escape(&format!("{reason}{frame}"), FIELD_CAP))
+}
+/// Most read paths, classifications or triggers a manifest may list.
+pub const MAX_MANIFEST_ITEMS: usize = 64;
+/// Longest string in a manifest (a description); paths and patterns are
+/// shorter still in practice.
+pub const MAX_MANIFEST_STRING: usize = 1024;
+
+/// Refuses a manifest whose lists or strings are larger than any real
+/// probe needs: it is kept in memory and shown in logs and `telemctl`.
+fn check_manifest_size(m: &Manifest) -> Result<(), LoadFailure> {
+    let lists = [
+        ("read paths", m.read_paths.len()),
+        ("classifications", m.classifications.len()),
+        ("triggers", m.triggers.len()),
+    ];
+    if let Some(&(what, count)) = lists.iter().find(|(_, n)| *n > MAX_MANIFEST_ITEMS) {
+        return Err(LoadFailure::ManifestList { what, count });
+    }
+    let longest = [&m.version, &m.description]
+        .into_iter()
+        .chain(&m.read_paths)
+        .chain(&m.classifications)
+        .map(String::len)
+        .max()
+        .unwrap_or(0);
+    if longest > MAX_MANIFEST_STRING {
+        return Err(LoadFailure::ManifestString(longest));
+    }
+    Ok(())
+}
+
+/// Refuses components built against a contract this host does not speak.
+fn check_contract(engine: &Engine, component: &Component) -> Result<(), LoadFailure> {
+    let ty = component.component_type();
+    for (name, _) in ty.imports(engine) {
+        if let Some(rest) = name.strip_prefix("telemetrics:probe/") {
+            let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("");
+            if !version.starts_with("0.1.") && version != "0.1" {
+                return Err(LoadFailure::Contract {
+                    import: name.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits;
+
+    /// A component of `instances` core instances, each with one memory of
+    /// `pages` 64 KiB pages.
+    fn many_memories(instances: usize, pages: u32) -> Vec<u8> {
+        let mut text = format!("(component\n (core module $m (memory {pages}))\n");
+        for i in 0..instances {
+            text.push_str(&format!(" (core instance $i{i} (instantiate $m))\n"));
+        }
+        text.push(')');
+        wat::parse_str(&text).unwrap()
+    }
+
+    async fn instantiate(
+        sb: &Sandbox,
+        bytes: &[u8],
+        budget: usize,
+    ) -> (wasmtime::Result<()>, usize) {
+        let component = Component::new(&sb.engine, bytes).unwrap();
+        let state = HostState::new("t".into(), WasiCtxBuilder::new().build(), budget, None);
+        let mut store = sb.store(state, 2000);
+        let r = sb
+            .linker
+            .instantiate_async(&mut store, &component)
+            .await
+            .map(|_| ());
+        (r, store.data().budget.memory_used())
+    }
+
+    #[test]
+    fn manifests_larger_than_any_real_probe_needs_are_refused() {
+        let ok = Manifest {
+            name: "p".into(),
+            version: "1".into(),
+            description: "d".into(),
+            classifications: vec!["a/p/*".into(); MAX_MANIFEST_ITEMS],
+            triggers: vec![],
+            read_paths: vec!["/usr/share".into(); MAX_MANIFEST_ITEMS],
+            max_records_per_hour: 1,
+        };
+        check_manifest_size(&ok).unwrap();
+        let mut long_list = ok.clone();
+        long_list.read_paths.push("/usr/share".into());
+        assert!(matches!(
+            check_manifest_size(&long_list),
+            Err(LoadFailure::ManifestList {
+                what: "read paths",
+                count: 65
+            })
+        ));
+        let mut long_string = ok.clone();
+        long_string.description = "x".repeat(MAX_MANIFEST_STRING + 1);
+        assert!(matches!(
+            check_manifest_size(&long_string),
+            Err(LoadFailure::ManifestString(1025))
+        ));
+    }
+
+    #[tokio::test]
+    async fn all_memories_of_a_store_share_one_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let sb = Sandbox::new(&dir.path().join("cache")).unwrap();
+        // 60 instances of 16 MiB each under a 16 MiB budget: the second fails.
+        let (r, used) = instantiate(&sb, &many_memories(60, 256), 16 << 20).await;
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(
+            e.contains("memory budget of 16777216 bytes exceeded"),
+            "{e}"
+        );
+        assert_eq!(used, 16 << 20);
+        // Small memories: the count of memories is capped too.
+        let (r, used) = instantiate(&sb, &many_memories(60, 1), 16 << 20).await;
+        assert!(r.is_err());
+        assert_eq!(used, limits::MAX_MEMORIES * (64 << 10));
+        // Within both caps it instantiates.
+        let (r, _) = instantiate(&sb, &many_memories(2, 16), 16 << 20).await;
+        r.unwrap();
+    }
+}

@@ -1,0 +1,158 @@
+//! `telemetrics:probe/records`: a probe's records are checked against its
+//! grant, its hourly budget and the record rules, then handed to the
+//! daemon's ingest path (or kept, for an admin's triage run).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use telem_core::control::Captured;
+use telem_core::record::{random_id, Record};
+
+use crate::bindings::telemetrics;
+use crate::bindings::telemetrics::probe::types::{SendError, TelemetryRecord};
+use crate::probe::LoadedProbe;
+use crate::probe_log::{escape, FIELD_CAP};
+use crate::store::HostState;
+
+/// The daemon's ingest path, as the sandbox sees it: validates, stamps and
+/// spools a probe's record. A trait so this crate needs no spool, and so a
+/// test or a benchmark can stand in for the daemon.
+pub trait RecordIntake: Send + Sync + std::fmt::Debug {
+    /// Takes one record; returns its id once it is stored.
+    fn submit(
+        &self,
+        record: Record,
+    ) -> Pin<Box<dyn Future<Output = Result<String, IntakeError>> + Send + '_>>;
+}
+
+/// Why the daemon did not take a probe's record.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// It breaks a rule of the record model.
+    #[error("{0}")]
+    Invalid(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The daemon refused it (not opted in, spool full, disk error).
+    #[error("{0}")]
+    Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Where a probe call's records go.
+#[derive(Clone, Debug)]
+pub enum Sink {
+    /// Validated, enriched with host metadata and spooled (the daemon).
+    Spool(Arc<dyn RecordIntake>),
+    /// Checked against the grant and kept in memory, never sent: an admin's
+    /// triage run (`telemctl crash symbolize`).
+    Capture(Arc<Mutex<Vec<Captured>>>),
+    /// Spooled, with a copy kept for the caller (the crash handler's `-v`
+    /// prints what was recorded).
+    SpoolAndCopy(Arc<dyn RecordIntake>, Arc<Mutex<Vec<Captured>>>),
+}
+
+impl telemetrics::probe::records::Host for HostState {
+    async fn send(&mut self, r: TelemetryRecord) -> Result<String, SendError> {
+        let (Some(probe), Some(sink)) = (self.probe.clone(), self.sink.clone()) else {
+            return Err(SendError::Refused(
+                "describe runs without capabilities".into(),
+            ));
+        };
+        let result = send_record(&probe, &sink, r).await;
+        let mut st = probe.stats.lock().expect("stats lock");
+        match &result {
+            Ok(_) => st.records_sent += 1,
+            Err(e) => {
+                st.records_refused += 1;
+                drop(st);
+                let why = escape(&format!("{e:?}"), FIELD_CAP);
+                let admit = probe
+                    .log_gate
+                    .lock()
+                    .expect("log gate lock")
+                    .admit(Instant::now(), why.len());
+                if admit.is_some() {
+                    tracing::warn!(probe = %probe.name, "record refused: {why}");
+                }
+            }
+        }
+        result
+    }
+}
+
+async fn send_record(
+    probe: &LoadedProbe,
+    sink: &Sink,
+    r: TelemetryRecord,
+) -> Result<String, SendError> {
+    if !probe.grant.allows_classification(&r.classification) {
+        return Err(SendError::NotGranted(escape(&r.classification, FIELD_CAP)));
+    }
+    // Invalid records are refused before they count against the hourly
+    // budget: a probe's mistakes must not use up its allowance.
+    check_probe_record(&r).map_err(|e| SendError::Invalid(escape(&e.to_string(), FIELD_CAP)))?;
+    {
+        let mut sends = probe.sends.lock().expect("sends lock");
+        let now = Instant::now();
+        while sends
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(3600))
+        {
+            sends.pop_front();
+        }
+        if sends.len() >= probe.grant.max_records_per_hour as usize {
+            return Err(SendError::RateLimited);
+        }
+        sends.push_back(now);
+    }
+    let (ingest, copy) = match sink {
+        Sink::Spool(ingest) => (ingest, None),
+        Sink::SpoolAndCopy(ingest, kept) => (
+            ingest,
+            Some((
+                kept,
+                Captured {
+                    classification: r.classification.clone(),
+                    severity: r.severity,
+                    payload: r.payload.clone(),
+                },
+            )),
+        ),
+        Sink::Capture(kept) => {
+            kept.lock().expect("capture lock").push(Captured {
+                classification: r.classification,
+                severity: r.severity,
+                payload: r.payload,
+            });
+            return Ok(random_id());
+        }
+    };
+    let record = Record::from_probe(
+        r.classification,
+        r.severity,
+        r.payload_version,
+        r.payload,
+        r.event_id,
+    );
+    match ingest.submit(record).await {
+        Ok(id) => {
+            if let Some((kept, c)) = copy {
+                kept.lock().expect("copy lock").push(c);
+            }
+            Ok(id)
+        }
+        Err(IntakeError::Invalid(e)) => Err(SendError::Invalid(e.to_string())),
+        Err(IntakeError::Refused(e)) => Err(SendError::Refused(e.to_string())),
+    }
+}
+
+/// The rules of the record model a probe's record can break (the rest the
+/// host fills in).
+fn check_probe_record(r: &TelemetryRecord) -> Result<(), telem_core::record::RecordError> {
+    telem_core::record::validate_classification(&r.classification)?;
+    telem_core::record::validate_severity_str(&r.severity.to_string())?;
+    if let Some(id) = &r.event_id {
+        telem_core::record::validate_event_id(id)?;
+    }
+    telem_core::record::validate_payload(r.payload.as_bytes())
+}

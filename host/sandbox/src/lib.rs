@@ -1,0 +1,64 @@
+//! The WASM probe host: loads WASI preview-2 components from the probe
+//! directories and runs each, per call, in a fresh store holding only its
+//! grant: read-only preopens of granted paths, no network, no environment
+//! or arguments, closed stdin, captured and capped stdout/stderr, one
+//! memory budget for the whole store, capped instances, tables and host
+//! resources, and a wall-time deadline that holds inside host calls too
+//! (the epoch stops spinning guests; a host-side timeout drops a call
+//! parked in a WASI sleep or read). Records go through the same ingest path
+//! as native ones.
+
+#![warn(missing_docs)]
+
+pub mod cache;
+mod engine;
+pub mod file_views;
+mod host_log;
+mod host_records;
+pub mod limits;
+pub mod offline;
+mod probe;
+pub mod probe_log;
+pub mod shape;
+mod store;
+
+use std::time::Duration;
+
+pub use telem_core::control::{Captured, ProbeStats};
+/// The grant rules live in the core crate (the config and `telemctl probe
+/// info` need them without an engine); re-exported where they are applied.
+pub use telem_core::grants;
+
+pub use engine::{LoadError, LoadFailure, Sandbox, SandboxOptions};
+pub use host_records::{IntakeError, RecordIntake, Sink};
+pub use probe::{CallError, LoadedProbe};
+
+/// Host-side bindings of `wit/probe.wit`.
+#[allow(missing_docs)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "probe",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+pub use self::bindings::telemetrics::probe::types::{CrashReport, Event, Manifest, Trigger};
+
+/// Contract versions this host accepts: every 0.1.x.
+pub const ACCEPTED_CONTRACT: &str = "telemetrics:probe@0.1";
+/// Epoch tick; deadlines are checked at this granularity.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Bytes of a call's stdout and of its stderr kept for the log.
+pub const OUTPUT_CAP: usize = 16 * 1024;
+/// Wall time `describe` gets: it only returns a manifest.
+pub const DESCRIBE_TIMEOUT_MS: u64 = 2000;
+/// Memory cap of the `describe` store.
+pub const DESCRIBE_MEMORY: usize = 16 << 20;
+/// Wall time compiling one component may take before its load fails.
+pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+pub use telem_core::probe_policy::DEFAULT_MAX_COMPONENT_BYTES;
+/// Time a call gets past its deadline to be stopped by the epoch before
+/// the host-side timeout drops it (a guest parked in a host call).
+pub const DEADLINE_GRACE: Duration = Duration::from_millis(200);

@@ -1,0 +1,71 @@
+//! A loaded probe and why a call of it failed.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use telem_core::control::ProbeStats;
+use telem_core::grants::{Grant, Request};
+use thiserror::Error;
+
+use crate::bindings::ProbePre;
+use crate::probe_log::LogLimit;
+use crate::store::HostState;
+use crate::Manifest;
+
+/// Why a probe call failed.
+#[derive(Debug, Error)]
+pub enum CallError {
+    /// The call ran past its deadline and was stopped.
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+    /// The guest trapped (including a memory grow past its cap).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// `handle` returned an error.
+    #[error("probe error: {0}")]
+    Guest(String),
+    /// The sandbox could not be set up (e.g. a granted path is missing).
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+}
+
+impl CallError {
+    /// Whether the call was stopped at its deadline.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, CallError::Timeout(_))
+    }
+}
+
+/// A loaded probe.
+pub struct LoadedProbe {
+    /// Manifest name.
+    pub name: String,
+    /// The component file.
+    pub file: PathBuf,
+    /// sha256 of the file, hex.
+    pub hash: String,
+    /// What `describe` returned.
+    pub manifest: Manifest,
+    /// What it asked for.
+    pub request: Request,
+    /// What it runs with.
+    pub grant: Grant,
+    /// The component linked once, at load: each call only instantiates it
+    /// in its fresh store.
+    pub(crate) pre: ProbePre<HostState>,
+    /// Counters.
+    pub stats: Mutex<ProbeStats>,
+    pub(crate) sends: Mutex<VecDeque<Instant>>,
+    pub(crate) log_gate: Mutex<LogLimit>,
+}
+
+impl std::fmt::Debug for LoadedProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedProbe")
+            .field("name", &self.name)
+            .field("file", &self.file)
+            .finish()
+    }
+}

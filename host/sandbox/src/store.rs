@@ -1,0 +1,58 @@
+//! The state of one call's store: its WASI context, resource table and
+//! memory budget, and what the host interfaces need (the probe, where its
+//! records go, its log allowance).
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::telemetrics;
+use crate::host_records::Sink;
+use crate::limits::{StoreBudget, MAX_HOST_RESOURCES};
+use crate::probe::LoadedProbe;
+use crate::probe_log::{probe_log_limit, LogLimit};
+
+pub(crate) struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) budget: StoreBudget,
+    pub(crate) probe: Option<Arc<LoadedProbe>>,
+    pub(crate) sink: Option<Sink>,
+    pub(crate) name: String,
+    /// `describe`'s own log allowance (a loaded probe uses its shared one).
+    pub(crate) describe_log: LogLimit,
+}
+
+impl HostState {
+    pub(crate) fn new(
+        name: String,
+        wasi: WasiCtx,
+        memory: usize,
+        probe: Option<(Arc<LoadedProbe>, Sink)>,
+    ) -> HostState {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HOST_RESOURCES);
+        let (probe, sink) = probe.unzip();
+        HostState {
+            wasi,
+            table,
+            budget: StoreBudget::new(memory),
+            probe,
+            sink,
+            name,
+            describe_log: probe_log_limit(),
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl telemetrics::probe::types::Host for HostState {}

@@ -1,0 +1,41 @@
+//! `telemctl config check|defaults|migrate`.
+
+use std::path::Path;
+
+use telem_core::config::{Config, ConfigFormat};
+
+pub fn check(file: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let c = super::load_config(file)?;
+    for w in &c.warnings {
+        eprintln!("warning: {w}");
+    }
+    let from = match (&c.source, c.format) {
+        (Some(p), Some(ConfigFormat::LegacyIni)) => format!("{} (legacy INI)", p.display()),
+        (Some(p), _) => p.display().to_string(),
+        (None, _) => "built-in defaults (no config file found)".into(),
+    };
+    if json {
+        super::print_json(&c);
+    } else {
+        println!("# {from}: valid. Effective values:\n{}", c.to_toml());
+    }
+    Ok(())
+}
+
+pub fn defaults() -> anyhow::Result<()> {
+    print!(
+        "# telemd defaults; copy to /etc/telemetrics/telemd.toml to change them\n{}",
+        Config::default().to_toml()
+    );
+    Ok(())
+}
+
+pub fn migrate(file: Option<&Path>) -> anyhow::Result<()> {
+    let file = file.unwrap_or(Path::new("/etc/telemetrics/telemetrics.conf"));
+    let c = Config::load_file(Config::default(), file)?;
+    for w in &c.warnings {
+        eprintln!("warning: {w}");
+    }
+    print!("# migrated from {}\n{}", file.display(), c.to_toml());
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! One module per verb group. Adding a verb: its clap variant in
+//! `telem_core::cli::telemctl`, its arm here, its function in the group's
+//! module, and (if the daemon must act) a `Request` variant and its arm in
+//! `telemd::control`.
+
+mod config;
+mod crash;
+mod journal;
+mod opt_in;
+mod probe;
+mod service;
+mod spool;
+mod status;
+
+use std::path::Path;
+
+use anyhow::Context;
+use telem_core::cli::telemctl::{Args, Cmd, ConfigCmd, SpoolCmd};
+use telem_core::config::Config;
+use telem_core::control::client::Client;
+
+/// Runs one command line.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let json = args.json;
+    let explicit = args.config.as_deref();
+    match args.cmd {
+        Cmd::GenerateDocs { dir } => crate::docs::generate(&dir)
+            .with_context(|| format!("cannot write docs under {}", dir.display())),
+        Cmd::OptIn => opt_in::opt_in(&load_config(explicit)?),
+        Cmd::OptOut => opt_in::opt_out(&load_config(explicit)?),
+        Cmd::Journal {
+            classification,
+            record_id,
+            event_id,
+            boot_id,
+            include_record,
+            verbose,
+        } => journal::show(
+            &load_config(explicit)?,
+            telem_core::journal::JournalFilter {
+                classification,
+                record_id,
+                event_id,
+                boot_id,
+            },
+            journal::Show {
+                include_record,
+                verbose,
+                json,
+            },
+        ),
+        Cmd::Probe { cmd } => probe::run(&load_config(explicit)?, cmd, json),
+        Cmd::Crash { cmd } => crash::run(&load_config(explicit)?, cmd, json),
+        Cmd::Start => service::systemctl(&["start", "telemd.socket", "telemd.service"]),
+        Cmd::Stop => service::systemctl(&["stop", "telemd.socket", "telemd.service"]),
+        Cmd::Restart => service::systemctl(&["restart", "telemd.socket", "telemd.service"]),
+        Cmd::IsActive => service::is_active(),
+        Cmd::Status => status::show(&load_config(explicit)?, json),
+        Cmd::Spool {
+            cmd: SpoolCmd::Flush,
+        } => spool::flush(&load_config(explicit)?),
+        Cmd::Spool {
+            cmd: SpoolCmd::List,
+        } => spool::list(&load_config(explicit)?, json),
+        Cmd::Config {
+            cmd: ConfigCmd::Check { file },
+        } => config::check(file.as_deref().or(explicit), json),
+        Cmd::Config {
+            cmd: ConfigCmd::Defaults,
+        } => config::defaults(),
+        Cmd::Config {
+            cmd: ConfigCmd::Migrate { file },
+        } => config::migrate(file.as_deref()),
+    }
+}
+
+fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(Config::load(Config::default(), explicit)?)
+}
+
+/// A connection to the running daemon, handshake done.
+fn connect(c: &Config) -> anyhow::Result<Client> {
+    Ok(Client::connect(&c.control_socket, None)?)
+}
+
+/// An error for a file the admin may lack the rights to change.
+fn needs_root(verb: &str, path: &Path, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        anyhow::anyhow!(
+            "{verb} needs root: cannot change {} ({e}); try `sudo telemctl {verb}`",
+            path.display()
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("{verb}: {}", path.display()))
+    }
+}
+
+/// Prints a value as pretty JSON (`--json`).
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializes"));
+}

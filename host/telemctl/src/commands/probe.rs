@@ -1,0 +1,146 @@
+//! `telemctl probe ...`: the daemon's probes, through the control socket.
+
+use telem_core::cli::telemctl::ProbeCmd;
+use telem_core::config::Config;
+use telem_core::control::{ProbeInfo, ProbeState, Request};
+
+use crate::table::{list, shown};
+
+pub fn run(c: &Config, cmd: ProbeCmd, json: bool) -> anyhow::Result<()> {
+    let mut client = super::connect(c)?;
+    match cmd {
+        ProbeCmd::List => {
+            let probes = client.list()?.probes;
+            if json {
+                super::print_json(&probes);
+            } else {
+                print_list(&probes);
+            }
+        }
+        ProbeCmd::Info { name } => {
+            let probes = client.list()?.probes;
+            let p = probes
+                .iter()
+                .find(|p| p.name == name)
+                .ok_or_else(|| anyhow::anyhow!("no probe named {} is loaded", shown(&name)))?;
+            if json {
+                super::print_json(p);
+            } else {
+                print_info(p);
+            }
+        }
+        ProbeCmd::Run { name, args } => {
+            client.act(&Request::Run {
+                probe: name.clone(),
+                args,
+            })?;
+            println!("{name}: ran successfully");
+        }
+        ProbeCmd::Reload => {
+            let n = client.reload()?;
+            println!("reloaded: {n} probe(s) loaded");
+        }
+        ProbeCmd::Enable { name } => {
+            client.act(&Request::Enable {
+                probe: name.clone(),
+            })?;
+            println!("{name}: enabled and loaded");
+        }
+        ProbeCmd::Disable { name } => {
+            client.act(&Request::Disable {
+                probe: name.clone(),
+            })?;
+            println!("{name}: disabled (stays off until `telemctl probe enable {name}`)");
+        }
+    }
+    Ok(())
+}
+
+fn state(s: &ProbeState) -> &'static str {
+    match s {
+        ProbeState::Running => "running",
+        ProbeState::Quarantined(_) => "quarantined",
+    }
+}
+
+fn print_list(probes: &[ProbeInfo]) {
+    let rows: Vec<[String; 9]> = probes
+        .iter()
+        .map(|p| {
+            let s = &p.stats;
+            [
+                shown(&p.name),
+                shown(&p.version),
+                state(&p.state).to_owned(),
+                s.runs.to_string(),
+                s.traps.to_string(),
+                s.timeouts.to_string(),
+                s.records_sent.to_string(),
+                s.records_refused.to_string(),
+                s.last_error.as_deref().map_or("-".into(), shown),
+            ]
+        })
+        .collect();
+    crate::table::print(
+        [
+            "NAME",
+            "VERSION",
+            "STATE",
+            "RUNS",
+            "TRAPS",
+            "TIMEOUTS",
+            "SENT",
+            "REFUSED",
+            "LAST ERROR",
+        ],
+        &rows,
+    );
+}
+
+fn print_info(p: &ProbeInfo) {
+    let paths = |v: &[std::path::PathBuf]| {
+        list(
+            &v.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>(),
+        )
+    };
+    println!(
+        "{} {} ({})",
+        shown(&p.name),
+        shown(&p.version),
+        shown(&p.file.display().to_string())
+    );
+    println!("  {}", shown(&p.description));
+    println!("  state: {}", state(&p.state));
+    if let ProbeState::Quarantined(why) = &p.state {
+        println!("  quarantined: {}", shown(why));
+    }
+    let (r, g) = (&p.requested, &p.granted);
+    println!("  {:<22} {:<40} granted", "", "requested");
+    println!(
+        "  {:<22} {:<40} {}",
+        "read paths",
+        paths(&r.read_paths),
+        paths(&g.read_paths)
+    );
+    println!(
+        "  {:<22} {:<40} {}",
+        "classifications",
+        list(&r.classifications),
+        list(&g.classifications)
+    );
+    println!(
+        "  {:<22} {:<40} {}",
+        "records per hour", r.max_records_per_hour, g.max_records_per_hour
+    );
+    println!("  {:<22} {:<40} {} MiB", "memory", "-", g.memory_limit_mib);
+    println!("  {:<22} {:<40} {} ms", "time per call", "-", g.timeout_ms);
+    println!("  {:<22} {:<40} {}", "crashes", r.crashes, g.crashes);
+    if !g.refused.is_empty() {
+        println!("  refused:");
+        for f in &g.refused {
+            println!("    {}: {}", shown(&f.item), shown(&f.reason));
+        }
+    }
+}

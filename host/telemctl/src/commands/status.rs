@@ -1,0 +1,77 @@
+//! `telemctl status`: opt-in, and the daemon's summary when it runs.
+
+use serde::Serialize;
+use telem_core::config::Config;
+
+use crate::table::{format_time, list, shown};
+
+/// `--json` when the daemon does not answer.
+#[derive(Serialize)]
+struct Unreachable {
+    opted_in: bool,
+    error: String,
+}
+
+pub fn show(c: &Config, json: bool) -> anyhow::Result<()> {
+    let daemon = super::connect(c).and_then(|mut client| Ok(client.status()?));
+    if json {
+        match &daemon {
+            Ok(s) => super::print_json(s),
+            Err(e) => super::print_json(&Unreachable {
+                opted_in: c.opt_in_file.exists(),
+                error: format!("{e:#}"),
+            }),
+        }
+        return Ok(());
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!(
+        "{:<16} {} ({})",
+        "opted in:",
+        yes(c.opt_in_file.exists()),
+        c.opt_in_file.display()
+    );
+    let s = match daemon {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{:<16} no: {e:#}", "daemon:");
+            return Ok(());
+        }
+    };
+    println!("{:<16} running", "daemon:");
+    let oldest = s
+        .spool
+        .oldest
+        .map_or_else(|| "-".to_owned(), |t| format_time(t) + " UTC");
+    println!(
+        "{:<16} {} record(s), {} bytes, oldest {oldest}",
+        "spool:", s.spool.records, s.spool.bytes
+    );
+    let d = &s.delivery;
+    let next = d
+        .next_try
+        .map_or_else(|| "now".to_owned(), |t| format_time(t) + " UTC");
+    println!(
+        "{:<16} last {}, next try {next}; delivered {}, rejected {}, expired {}, dropped {}",
+        "delivery:",
+        d.last_result.as_deref().map_or("none yet".into(), shown),
+        d.delivered,
+        d.rejected,
+        d.expired,
+        d.dropped
+    );
+    let i = &s.ingest;
+    println!(
+        "{:<16} accepted {}, invalid {}, not opted in {}, spool full {}, timed out {}",
+        "native/probes:", i.accepted, i.invalid, i.not_opted_in, i.spool_full, i.timed_out
+    );
+    let p = &s.probes;
+    println!(
+        "{:<16} {} loaded, {} quarantined, disabled: {}",
+        "probes:",
+        p.loaded,
+        p.quarantined,
+        list(&p.disabled)
+    );
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! `telemctl`: the admin's tool. Legacy verbs (opt-in, opt-out, journal)
+//! work as admins of the old client remember; probes and the spool are
+//! driven through the daemon's control socket (`telem_core::control`).
+//! Each verb group is one module of `commands/`; this file only parses.
+
+mod commands;
+mod docs;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use telem_core::cli::telemctl::Args;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match commands::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("telemctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The daemon side of the crash inbox: a single worker takes entries left
+//! at start and ones the handler announces over the control socket, hands
+//! each to every probe granted the crash trigger, and removes the entry
+//! afterwards.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use telem_core::crash_inbox::{
+    pending, remove_abandoned, valid_id, CrashMeta, CORE_FILE, META_FILE,
+};
+use telem_core::record::Record;
+use telem_sandbox::{Captured, CrashReport};
+
+use crate::ingest::Ingest;
+use crate::supervisor::ProbeManager;
+
+/// A queued crash and, when someone waits for it, where its records go.
+type Job = (String, Option<oneshot::Sender<Vec<Captured>>>);
+
+/// Hands crashes to the probes, one at a time.
+#[derive(Clone, Debug)]
+pub struct CrashQueue {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl CrashQueue {
+    /// Starts the worker; entries already in the inbox are queued first.
+    pub fn start(inbox: PathBuf, probes: Arc<ProbeManager>, ingest: Arc<Ingest>) -> CrashQueue {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let _ = std::fs::create_dir_all(&inbox);
+        remove_abandoned(&inbox);
+        for id in pending(&inbox) {
+            let _ = tx.send((id, None));
+        }
+        tokio::spawn(async move {
+            let mut done = Recent::default();
+            loop {
+                tokio::select! {
+                    job = rx.recv() => {
+                        let Some((id, reply)) = job else { break };
+                        // Handed over already by a rescan: answer with
+                        // what that made.
+                        let records = match done.get(&id) {
+                            Some(r) if !inbox.join(&id).exists() => r,
+                            _ => process(&inbox, &id, &probes, &ingest).await,
+                        };
+                        done.put(&id, &records);
+                        if let Some(r) = reply {
+                            let _ = r.send(records);
+                        }
+                    }
+                    () = probes.crash_probe_loaded() => {
+                        // Crashes that waited for a crash probe (none was
+                        // loaded, or it was quarantined) go to it now.
+                        for id in pending(&inbox) {
+                            let records = process(&inbox, &id, &probes, &ingest).await;
+                            done.put(&id, &records);
+                        }
+                    }
+                }
+            }
+        });
+        CrashQueue { tx }
+    }
+
+    /// Queues an entry the handler announced; the receiver, when asked
+    /// for, gets the records made from it.
+    pub fn announce(
+        &self,
+        id: &str,
+        wait: bool,
+    ) -> Result<Option<oneshot::Receiver<Vec<Captured>>>, String> {
+        if !valid_id(id) {
+            return Err(format!("bad crash id {id:?}"));
+        }
+        let (reply, rx) = if wait {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        self.tx
+            .send((id.to_owned(), reply))
+            .map_err(|_| "the crash worker stopped".to_string())?;
+        Ok(rx)
+    }
+}
+
+/// The records of the last few crashes handled, so an announcement that
+/// arrives after a rescan already handled its entry still gets them.
+#[derive(Default)]
+struct Recent(std::collections::VecDeque<(String, Vec<Captured>)>);
+
+impl Recent {
+    const KEEP: usize = 16;
+
+    fn get(&self, id: &str) -> Option<Vec<Captured>> {
+        self.0.iter().find(|(i, _)| i == id).map(|(_, r)| r.clone())
+    }
+
+    fn put(&mut self, id: &str, records: &[Captured]) {
+        self.0.retain(|(i, _)| i != id);
+        if self.0.len() == Self::KEEP {
+            self.0.pop_front();
+        }
+        self.0.push_back((id.to_owned(), records.to_vec()));
+    }
+}
+
+async fn process(inbox: &Path, id: &str, probes: &ProbeManager, ingest: &Ingest) -> Vec<Captured> {
+    // At start-up the probes load after the sockets are bound; a crash that
+    // waited while the daemon was down goes to them once they are loaded.
+    probes
+        .first_scan_done(crate::supervisor::FIRST_SCAN_WAIT)
+        .await;
+    let entry = inbox.join(id);
+    let meta: CrashMeta = match std::fs::read(entry.join(META_FILE))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(m) => m,
+        Err(e) => {
+            // Announced twice, or broken: nothing to hand over.
+            if entry.exists() {
+                warn!("crash entry {id}: unreadable {META_FILE} ({e}); removed");
+                let _ = std::fs::remove_dir_all(&entry);
+            }
+            return Vec::new();
+        }
+    };
+    let report = CrashReport {
+        core_path: entry.join(CORE_FILE).to_string_lossy().into_owned(),
+        process_name: meta.process_name.clone(),
+        process_path: meta.process_path.clone(),
+        pid: meta.pid,
+        signal: meta.signal,
+    };
+    let (results, mut records) = probes.crash(report, &entry).await;
+    if results.is_empty() {
+        warn!(
+            "crash of {} (pid {}) waits in the inbox until a probe that handles crashes is loaded",
+            telem_core::untrusted::escape(
+                meta.process_path.as_deref().unwrap_or(&meta.process_name),
+                telem_core::untrusted::FIELD_CAP
+            ),
+            meta.pid
+        );
+        return records;
+    }
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {e}")))
+        .collect();
+    if failures.len() == results.len() {
+        // No probe produced a record: keep the crash's facts at least.
+        let mut payload = format!("Error: crash symbolizer failed: {}\n", failures.join("; "));
+        payload.push_str(&format!(
+            "Process: {}\nPID: {}\n",
+            meta.process_path.as_deref().unwrap_or(&meta.process_name),
+            meta.pid
+        ));
+        if let Some(s) = meta.signal {
+            payload.push_str(&format!("Signal: {s}\n"));
+        }
+        let payload: String = payload
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' || c == '\n' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .take(8192)
+            .collect();
+        let rec = Record::from_probe("org.clearlinux/crash/error", 4, 1, payload.clone(), None);
+        match ingest.submit_probe(rec).await {
+            Ok(rid) => {
+                info!("crash {id}: every probe failed; error record {rid} kept");
+                records.push(Captured {
+                    classification: "org.clearlinux/crash/error".into(),
+                    severity: 4,
+                    payload,
+                });
+            }
+            Err(e) => warn!("crash {id}: every probe failed and the error record was refused: {e}"),
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(&entry) {
+        warn!("crash entry {}: cannot remove: {e}", entry.display());
+    }
+    records
+}

@@ -1,0 +1,341 @@
+//! Assembles `telemd` from the library parts and runs it until SIGTERM or
+//! SIGINT. The binary only parses arguments and calls [`run`].
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::UnixListener;
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+use crate::delivery::post::PosterError;
+use crate::delivery::Delivery;
+use crate::ingest::socket::{self, NativeSocketOptions};
+use crate::ingest::Ingest;
+use crate::spool::Spool;
+use crate::systemd;
+use telem_core::clock::{Clock, SystemClock};
+use telem_core::config::Config;
+use telem_core::journal::Journal;
+use telem_core::machine_id::{MachineIdCache, MachineIdStore};
+use telem_core::metadata::HostMetadata;
+
+/// Why the daemon could not start.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// A file or socket operation failed; `what` says which.
+    #[error("{what}: {source}")]
+    Io {
+        /// What the daemon was doing.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The WASM engine could not be set up.
+    #[error("cannot start the probe sandbox: {0}")]
+    Sandbox(String),
+    /// The collector client could not be set up (bad `cainfo`).
+    #[error("{0}")]
+    Poster(#[from] PosterError),
+}
+
+fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> DaemonError {
+    move |source| DaemonError::Io {
+        what: what(),
+        source,
+    }
+}
+
+/// Runs the daemon with `config` until a termination signal. `passed` are
+/// the sockets systemd passed, taken in `main` before any thread started
+/// ([`systemd::take_listen_fds`]).
+pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), DaemonError> {
+    raise_fd_limit();
+    for w in &config.warnings {
+        warn!("config: {w}");
+    }
+    for dir in [&config.spool_dir, &config.state_dir, &config.journal_dir] {
+        std::fs::create_dir_all(dir).map_err(ctx(|| format!("cannot create {}", dir.display())))?;
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metadata = HostMetadata::collect(&config.metadata_root);
+    let cap = (config.spool_max_size >= 0).then(|| config.spool_max_size as u64 * 1024);
+    let spool = Spool::open(&config.spool_dir, cap).map_err(ctx(|| {
+        format!("cannot open the spool {}", config.spool_dir.display())
+    }))?;
+    let machine_id = MachineIdCache::new(MachineIdStore::new(
+        &config.state_dir,
+        &config.static_machine_id_file,
+    ));
+    let ingest = Arc::new(Ingest::new(
+        spool.clone(),
+        machine_id,
+        metadata,
+        config.opt_in_file.clone(),
+        clock.clone(),
+    ));
+    let journal = Arc::new(
+        Journal::open(
+            &config.journal_dir,
+            config.journal_limit,
+            config.record_retention_enabled,
+        )
+        .map_err(ctx(|| {
+            format!(
+                "cannot open the journal in {}",
+                config.journal_dir.display()
+            )
+        }))?,
+    );
+    let delivery = Delivery::new(
+        config.clone(),
+        spool.clone(),
+        journal,
+        clock,
+        rand::random(),
+    )?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let inbox = telem_core::crash_inbox::inbox_dir(&config.state_dir);
+    std::fs::create_dir_all(&inbox)
+        .map_err(ctx(|| format!("cannot create {}", inbox.display())))?;
+    let sandbox = telem_sandbox::Sandbox::with_options(sandbox_options(&config, &inbox))
+        .map_err(|e| DaemonError::Sandbox(format!("{e:#}")))?;
+    let probes = crate::supervisor::ProbeManager::new(
+        sandbox,
+        ingest.clone(),
+        config.probes_dirs.clone(),
+        config.probes.clone(),
+        config.state_dir.join("disabled-probes"),
+    );
+    // Crashes left in the inbox while the daemon was down wait for the
+    // probes, which load once the sockets are bound (below).
+    let crashes = crate::crash_queue::CrashQueue::start(inbox, probes.clone(), ingest.clone());
+    let control_listener = crate::control::bind(&config.control_socket).map_err(ctx(|| {
+        format!("cannot listen on {}", config.control_socket.display())
+    }))?;
+    let flush = Arc::new(Notify::new());
+    let control_ctx = Arc::new(crate::control::ControlContext {
+        probes: probes.clone(),
+        ingest: ingest.clone(),
+        delivery: delivery.status(),
+        flush: flush.clone(),
+        opt_in_file: config.opt_in_file.clone(),
+        crashes,
+    });
+    let control = tokio::spawn(crate::control::serve(
+        control_listener,
+        control_ctx,
+        stop_rx.clone(),
+    ));
+    // The native socket comes last: once it accepts, everything is ready.
+    let (listener, bound_path) = native_listener(&config, passed)?;
+    let opts = NativeSocketOptions {
+        timeout: Duration::from_millis(config.socket_timeout_ms),
+        max_connections: config.max_connections,
+    };
+    let native = tokio::spawn(socket::serve(
+        listener,
+        ingest.clone(),
+        opts,
+        stop_rx.clone(),
+    ));
+    // Delivery gets a thread and a single-threaded runtime of its own: posts
+    // are sequential, so keeping the worker and its HTTP connection task on
+    // one thread saves a cross-thread wake-up per record, and a slow disk or
+    // collector never competes with the socket listener.
+    let delivering = {
+        let flush = flush.clone();
+        std::thread::Builder::new()
+            .name("delivery".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match rt {
+                    Ok(rt) => rt.block_on(delivery.run(stop_rx, flush)),
+                    Err(e) => warn!("cannot start the delivery runtime: {e}"),
+                }
+            })
+            .map_err(ctx(|| "cannot start the delivery thread".into()))?
+    };
+
+    info!(
+        socket = %config.socket_path.display(),
+        spool = %config.spool_dir.display(),
+        server = %config.server,
+        opted_in = config.opt_in_file.exists(),
+        "telemd ready"
+    );
+    systemd::notify_ready();
+    // Probes load only now: a slow, huge or hostile component file can
+    // never keep the sockets from answering or systemd from hearing READY.
+    let watcher = tokio::spawn(
+        probes
+            .clone()
+            .watch(Duration::from_millis(config.probe_scan_interval_ms)),
+    );
+
+    wait_for_signal().await;
+    systemd::notify_stopping();
+    info!("stopping: finishing connections in progress");
+    let _ = stop_tx.send(true);
+    let _ = native.await;
+    watcher.abort();
+    let _ = control.await;
+    let _ = std::fs::remove_file(&config.control_socket);
+    let _ = tokio::task::spawn_blocking(move || delivering.join()).await;
+    spool.close();
+    if let Some(p) = bound_path {
+        let _ = std::fs::remove_file(p);
+    }
+    let c = ingest.stats.snapshot();
+    info!(
+        accepted = c.accepted,
+        invalid = c.invalid,
+        not_opted_in = c.not_opted_in,
+        spool_full = c.spool_full,
+        spool_errors = c.spool_errors,
+        timed_out = c.timed_out,
+        "telemd stopped"
+    );
+    Ok(())
+}
+
+/// Raises the soft descriptor limit to the hard one, as systemd advises
+/// services that need more than the 1024 kept for select(): the native
+/// socket's open-connection budget is half of it (the unit sets
+/// `LimitNOFILE`).
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            warn!("cannot raise the descriptor limit: {e}");
+        }
+    }
+}
+
+/// The sandbox's directories and host rules from the config: the daemon's
+/// own directories are never readable by a probe.
+fn sandbox_options(config: &Config, inbox: &Path) -> telem_sandbox::SandboxOptions {
+    let cache_dir = config.state_dir.join("probe-cache");
+    let mut protected_dirs = Vec::new();
+    for d in [
+        &config.state_dir,
+        &config.spool_dir,
+        &config.journal_dir,
+        &inbox.to_path_buf(),
+    ] {
+        protected_dirs.push(d.clone());
+        if let Ok(real) = d.canonicalize() {
+            protected_dirs.push(real);
+        }
+    }
+    telem_sandbox::SandboxOptions {
+        scratch_dir: config.state_dir.join("probe-views"),
+        cache_dir,
+        rules: telem_core::grants::HostRules {
+            max_records_per_hour: config.max_records_per_hour,
+            min_interval_secs: config.probe_min_interval_secs,
+            protected_dirs,
+        },
+        max_component_bytes: config.max_component_bytes,
+    }
+}
+
+/// The native socket: the one systemd passed (named `telem-0`/`native`, or
+/// the only one), else a fresh bind at `socket_path`. Returns the path to
+/// clean up when this process bound it.
+fn native_listener(
+    config: &Config,
+    mut fds: Vec<systemd::ListenFd>,
+) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
+    let pick = fds
+        .iter()
+        .position(|f| f.name == "telem-0" || f.name == "native")
+        .or_else(|| (fds.len() == 1).then_some(0));
+    if let Some(i) = pick {
+        let fd = fds.swap_remove(i);
+        let std_listener = std::os::unix::net::UnixListener::from(fd.fd);
+        std_listener
+            .set_nonblocking(true)
+            .map_err(ctx(|| "passed socket".into()))?;
+        let l = UnixListener::from_std(std_listener).map_err(ctx(|| "passed socket".into()))?;
+        info!("using the native socket passed by systemd");
+        return Ok((l, None));
+    }
+    let path: &Path = &config.socket_path;
+    let l = socket::bind(path, config.socket_mode)
+        .map_err(ctx(|| format!("cannot listen on {}", path.display())))?;
+    Ok((l, Some(path.to_owned())))
+}
+
+/// Sets up the rootless developer layout under `dir` and returns its
+/// config: every path under `dir`, opted in, records delivered to a local
+/// JSON-lines file. The effective config is written to `dir/telemd.toml` so
+/// `telem-record-gen -f` and `telemctl -f` find the same socket and paths.
+pub fn prepare_dev(dir: &Path, extra: Option<&Path>) -> Result<Config, DevError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DevError(format!("cannot create {}: {e}", dir.display())))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| DevError(format!("{}: {e}", dir.display())))?;
+    let base = Config::dev(&dir);
+    let config = match extra {
+        Some(p) => Config::load_file(base, p).map_err(|e| DevError(e.to_string()))?,
+        None => base,
+    };
+    let write = |p: &Path, text: &str| {
+        telem_core::fsutil::write_atomic(p, text.as_bytes(), 0o644)
+            .map_err(|e| DevError(format!("cannot write {}: {e}", p.display())))
+    };
+    write(&config.opt_in_file, "")?;
+    let cfg_path = dir.join("telemd.toml");
+    write(
+        &cfg_path,
+        &format!(
+            "# written by telemd --dev; effective dev-mode config\n{}",
+            config.to_toml()
+        ),
+    )?;
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned));
+    let gen = bin.map_or_else(
+        || "telem-record-gen".into(),
+        |b| b.join("telem-record-gen").display().to_string(),
+    );
+    eprintln!("telemd dev mode: everything lives under {}", dir.display());
+    eprintln!("  config:    {}", cfg_path.display());
+    eprintln!("  socket:    {}", config.socket_path.display());
+    eprintln!("  spool:     {}", config.spool_dir.display());
+    eprintln!(
+        "  send one:  {gen} -f {} -c org.example/dev/test -p 'hello from dev'",
+        cfg_path.display()
+    );
+    Ok(Config {
+        source: Some(cfg_path),
+        ..config
+    })
+}
+
+/// Why dev mode could not be set up.
+#[derive(Debug, Error)]
+#[error("dev mode: {0}")]
+pub struct DevError(String);
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,203 @@
+//! The `CFG:` line of a native record: the legacy library let a probe name
+//! another config file, and the poster sent that record to the file's
+//! `server` with its `tidheader`. Any local user can send a native frame,
+//! so the name is hostile. It is honoured only for a regular file under one
+//! of `cfg_allowed_dirs` (after symlinks are resolved), owned by root and
+//! writable by no one else, read with a size cap, and never for a
+//! `file://` server. Anything else sends the record to the daemon's own
+//! server. Spool files carry the same line and get the same rule.
+
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::post::Target;
+use telem_core::config::Config;
+
+/// Bytes of a named config file read at most.
+pub const CLIENT_CONFIG_CAP: u64 = 64 * 1024;
+
+/// Why a named config is not used.
+#[derive(Debug, Error)]
+pub enum CfgRefusal {
+    /// Not absolute, or with `.`/`..` parts.
+    #[error("not a plain absolute path")]
+    NotPlain,
+    /// Outside every allowed directory once symlinks are resolved.
+    #[error("{0} is outside cfg_allowed_dirs")]
+    Outside(PathBuf),
+    /// Opening or reading it failed.
+    #[error("cannot read it: {0}")]
+    Io(#[from] std::io::Error),
+    /// A FIFO, device, directory...
+    #[error("not a regular file")]
+    NotRegular,
+    /// Not root's, or writable by others.
+    #[error("owned by uid {uid} with mode {mode:o}: must be root's and writable by no one else")]
+    Untrusted {
+        /// Owner.
+        uid: u32,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Larger than [`CLIENT_CONFIG_CAP`].
+    #[error("larger than {CLIENT_CONFIG_CAP} bytes")]
+    TooLarge,
+    /// Not a valid config.
+    #[error("{0}")]
+    Invalid(#[from] telem_core::config::ConfigError),
+    /// Its server is a local file.
+    #[error("its server is a file:// target, which a named config may not use")]
+    FileServer,
+}
+
+/// The target `path` names, if the rules above allow it.
+pub fn target_of(path: &str, allowed_dirs: &[PathBuf]) -> Result<Target, CfgRefusal> {
+    let p = Path::new(path);
+    if !p.is_absolute()
+        || p.components().any(|c| {
+            matches!(
+                c,
+                std::path::Component::ParentDir | std::path::Component::CurDir
+            )
+        })
+    {
+        return Err(CfgRefusal::NotPlain);
+    }
+    // Nothing outside the allowed directories is touched, not even to
+    // resolve it (a path on a hung network mount would stall delivery).
+    if !allowed_dirs.iter().any(|d| p.starts_with(d) && p != d) {
+        return Err(CfgRefusal::Outside(p.to_owned()));
+    }
+    let real = p.canonicalize()?;
+    let inside = allowed_dirs.iter().any(|d| {
+        d.canonicalize()
+            .is_ok_and(|d| real.starts_with(&d) && real != d)
+    });
+    if !inside {
+        return Err(CfgRefusal::Outside(real));
+    }
+    let f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&real)?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(CfgRefusal::NotRegular);
+    }
+    if m.uid() != 0 || m.mode() & 0o022 != 0 {
+        return Err(CfgRefusal::Untrusted {
+            uid: m.uid(),
+            mode: m.mode() & 0o7777,
+        });
+    }
+    let mut bytes = Vec::new();
+    f.take(CLIENT_CONFIG_CAP + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > CLIENT_CONFIG_CAP {
+        return Err(CfgRefusal::TooLarge);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let config = Config::parse_str(Config::default(), &text, &real)?;
+    match Target::from_config(&config) {
+        Target::File(_) => Err(CfgRefusal::FileServer),
+        t => Ok(t),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    #[test]
+    fn only_trusted_files_in_allowed_dirs_are_honoured() {
+        let t = tempfile::tempdir().unwrap();
+        let allowed = t.path().join("etc-telemetrics");
+        std::fs::create_dir(&allowed).unwrap();
+        let dirs = [allowed.clone()];
+        let good = allowed.join("custom.conf");
+        std::fs::write(
+            &good,
+            "[settings]\nserver=http://127.0.0.1:9/x\ntidheader=X-Telemetry-TID: abc\n",
+        )
+        .unwrap();
+        let outside = t.path().join("evil.conf");
+        std::fs::write(&outside, "[settings]\nserver=http://127.0.0.1:9/evil\n").unwrap();
+        let link = allowed.join("link.conf");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let file_server = allowed.join("file.conf");
+        std::fs::write(&file_server, "[settings]\nserver=file:///tmp/x\n").unwrap();
+        let big = allowed.join("big.conf");
+        std::fs::write(&big, vec![b'#'; 100_000]).unwrap();
+
+        let s = |p: &Path| p.to_str().unwrap().to_owned();
+        assert!(matches!(
+            target_of("relative.conf", &dirs),
+            Err(CfgRefusal::NotPlain)
+        ));
+        assert!(matches!(
+            target_of(&format!("{}/../evil.conf", allowed.display()), &dirs),
+            Err(CfgRefusal::NotPlain)
+        ));
+        assert!(matches!(
+            target_of(&s(&outside), &dirs),
+            Err(CfgRefusal::Outside(_))
+        ));
+        assert!(matches!(
+            target_of(&s(&link), &dirs),
+            Err(CfgRefusal::Outside(_))
+        ));
+        assert!(matches!(
+            target_of("/dev/zero", &dirs),
+            Err(CfgRefusal::Outside(_))
+        ));
+        assert!(matches!(
+            target_of(&s(&allowed), &dirs),
+            Err(CfgRefusal::Outside(_))
+        ));
+        if is_root() {
+            assert_eq!(
+                target_of(&s(&good), &dirs).unwrap(),
+                Target::Http {
+                    url: "http://127.0.0.1:9/x".into(),
+                    tid_name: "X-Telemetry-TID".into(),
+                    tid_value: "abc".into()
+                }
+            );
+            assert!(matches!(
+                target_of(&s(&file_server), &dirs),
+                Err(CfgRefusal::FileServer)
+            ));
+            assert!(matches!(
+                target_of(&s(&big), &dirs),
+                Err(CfgRefusal::TooLarge)
+            ));
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o666)).unwrap();
+            assert!(matches!(
+                target_of(&s(&good), &dirs),
+                Err(CfgRefusal::Untrusted { .. })
+            ));
+        } else {
+            assert!(matches!(
+                target_of(&s(&good), &dirs),
+                Err(CfgRefusal::Untrusted { .. })
+            ));
+        }
+        let fifo = allowed.join("fifo.conf");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        assert!(matches!(
+            target_of(&s(&fifo), &dirs),
+            Err(CfgRefusal::NotRegular)
+        ));
+    }
+}

@@ -1,0 +1,387 @@
+//! Posting one record to the collector, in either legacy body format, or
+//! appending it to a local JSON-lines file (`file://` servers: dev mode and
+//! air-gapped machines).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use thiserror::Error;
+use tracing::debug;
+
+use super::backoff::parse_retry_after;
+use telem_core::config::{Config, PostFormat};
+use telem_core::record::Record;
+
+/// The legacy client's connect timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The legacy client's whole-request timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of a response body read at most. The outcome is decided by the
+/// status and `Retry-After` alone; the body is read only so that a small
+/// one leaves the connection reusable. Anything answering as the collector
+/// (a proxy, a captive portal, an attacker) may send an endless body, which
+/// must not grow the daemon's memory: past this the response is dropped
+/// with its connection.
+pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+/// Time the body may take after the head has arrived, for the same reason:
+/// a body trickling byte by byte must not hold delivery up to
+/// [`REQUEST_TIMEOUT`] per record.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a record goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A collector URL, with the TID header to send.
+    Http {
+        /// `server`.
+        url: String,
+        /// Name of the `tidheader` line.
+        tid_name: String,
+        /// Its value.
+        tid_value: String,
+    },
+    /// Append JSON lines to this file.
+    File(PathBuf),
+}
+
+impl Target {
+    /// The target a config names.
+    pub fn from_config(c: &Config) -> Target {
+        if let Some(path) = c.server.strip_prefix("file://") {
+            return Target::File(PathBuf::from(path));
+        }
+        let (name, value) = c
+            .tidheader
+            .split_once(':')
+            .unwrap_or(("X-Telemetry-TID", ""));
+        Target::Http {
+            url: c.server.clone(),
+            tid_name: name.trim().to_owned(),
+            tid_value: value.trim().to_owned(),
+        }
+    }
+}
+
+/// How a post ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PostOutcome {
+    /// Confirmed (HTTP 200/201, or written to the file target).
+    Delivered(u16),
+    /// The collector will never take this record (4xx other than 408/429),
+    /// or it can't be expressed as a request at all.
+    Rejected(String),
+    /// Try again later (network error, timeout, 408, 429, 5xx, other).
+    Retry {
+        /// What went wrong.
+        reason: String,
+        /// What the collector asked for.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Why the poster could not be built.
+#[derive(Debug, Error)]
+pub enum PosterError {
+    /// `cainfo` could not be read or parsed.
+    #[error("cainfo {path}: {reason}")]
+    CaInfo {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The HTTP client could not be initialised.
+    #[error("cannot initialise the HTTP client: {0}")]
+    Client(String),
+}
+
+/// An HTTP client kept for the daemon's life, so connections are reused.
+#[derive(Debug, Clone)]
+pub struct Poster {
+    client: reqwest::Client,
+    format: PostFormat,
+}
+
+impl Poster {
+    /// Builds the client: rustls with the system roots plus `cainfo`, the
+    /// legacy timeouts, no redirects (a POST must not turn into a GET).
+    pub fn new(c: &Config) -> Result<Poster, PosterError> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("telemd/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &c.cainfo {
+            let err = |reason: String| PosterError::CaInfo {
+                path: ca.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read(ca).map_err(|e| err(e.to_string()))?;
+            for cert in
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?
+            {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        let client = b.build().map_err(|e| PosterError::Client(e.to_string()))?;
+        Ok(Poster {
+            client,
+            format: c.post_format,
+        })
+    }
+
+    /// Sends one record to `target`.
+    pub async fn post(&self, target: &Target, record: &Record) -> PostOutcome {
+        match target {
+            Target::File(path) => append_json_line(path, record),
+            Target::Http {
+                url,
+                tid_name,
+                tid_value,
+            } => self.post_http(url, tid_name, tid_value, record).await,
+        }
+    }
+
+    async fn post_http(
+        &self,
+        url: &str,
+        tid_name: &str,
+        tid_value: &str,
+        record: &Record,
+    ) -> PostOutcome {
+        let mut headers = HeaderMap::new();
+        let mut add = |name: &str, value: &str| -> Result<(), String> {
+            let n = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("bad header name {name:?}"))?;
+            let v = HeaderValue::from_str(value)
+                .map_err(|_| format!("header {name} has a value HTTP cannot carry"))?;
+            headers.append(n, v);
+            Ok(())
+        };
+        let built = (|| {
+            add(tid_name, tid_value)?;
+            match self.format {
+                PostFormat::Headers => {
+                    for (n, v) in record.headers.iter() {
+                        add(n, v)?;
+                    }
+                    add(CONTENT_TYPE.as_str(), "application/text")?;
+                    Ok(record.payload.clone().into_bytes())
+                }
+                PostFormat::Json => {
+                    add(CONTENT_TYPE.as_str(), "application/json")?;
+                    Ok(json_body(record).into_bytes())
+                }
+            }
+        })();
+        let body = match built {
+            Ok(b) => b,
+            Err(e) => return PostOutcome::Rejected(e),
+        };
+        let resp = match self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = if e.is_timeout() {
+                    "timed out".to_owned()
+                } else if e.is_connect() {
+                    format!("cannot connect: {}", error_chain(&e))
+                } else {
+                    error_chain(&e)
+                };
+                return PostOutcome::Retry {
+                    reason,
+                    retry_after: None,
+                };
+            }
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        // The status line has arrived, so the collector has decided; how
+        // the body ends does not change the outcome (a 200 whose body is
+        // cut is still a confirmation).
+        if let Err(cut) = discard_body(resp).await {
+            debug!(
+                status,
+                "collector response body not read to its end ({cut}); connection closed"
+            );
+        }
+        classify(status, retry_after)
+    }
+}
+
+/// Why a response body was not read to its end.
+#[derive(Debug, Error)]
+enum BodyCut {
+    /// More than [`MAX_RESPONSE_BODY`] bytes.
+    #[error("more than {MAX_RESPONSE_BODY} bytes")]
+    TooLarge,
+    /// Not complete within [`BODY_READ_TIMEOUT`].
+    #[error("not complete within {BODY_READ_TIMEOUT:?}")]
+    TooSlow,
+    /// The connection failed while reading it.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Reads and throws away at most [`MAX_RESPONSE_BODY`] bytes of `resp`'s
+/// body, chunk by chunk (never more than one chunk held), within
+/// [`BODY_READ_TIMEOUT`]; dropping an unfinished response closes its
+/// connection instead of returning it to the pool. `Ok` when the whole
+/// body was read (the connection can be reused).
+async fn discard_body(mut resp: reqwest::Response) -> Result<(), BodyCut> {
+    let read = async {
+        let mut len = 0usize;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    len = len.saturating_add(chunk.len());
+                    if len > MAX_RESPONSE_BODY {
+                        return Err(BodyCut::TooLarge);
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(BodyCut::Failed(error_chain(&e))),
+            }
+        }
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(BodyCut::TooSlow))
+}
+
+/// The failure policy by HTTP status.
+pub fn classify(status: u16, retry_after: Option<Duration>) -> PostOutcome {
+    match status {
+        200 | 201 => PostOutcome::Delivered(status),
+        408 | 429 => PostOutcome::Retry {
+            reason: format!("HTTP {status}"),
+            retry_after,
+        },
+        400..=499 => PostOutcome::Rejected(format!("HTTP {status}")),
+        _ => PostOutcome::Retry {
+            reason: format!("HTTP {status}"),
+            retry_after,
+        },
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// The `json` post body: a flat object of the 15 header names and
+/// `payload`, string values written whole (the legacy client cut them at
+/// the first space, a bug).
+pub fn json_body(r: &Record) -> String {
+    let q = |s: &str| serde_json::to_string(s).expect("string serializes");
+    let mut out = String::with_capacity(640 + r.payload.len());
+    out.push('{');
+    for (name, value) in r.headers.iter() {
+        out.push_str(&q(name));
+        out.push(':');
+        out.push_str(&q(value));
+        out.push(',');
+    }
+    out.push_str("\"payload\":");
+    out.push_str(&q(&r.payload));
+    out.push('}');
+    out
+}
+
+fn append_json_line(path: &PathBuf, record: &Record) -> PostOutcome {
+    let result = (|| {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let mut line = json_body(record);
+        line.push('\n');
+        f.write_all(line.as_bytes())?;
+        f.sync_data()
+    })();
+    match result {
+        Ok(()) => PostOutcome::Delivered(200),
+        Err(e) => PostOutcome::Retry {
+            reason: format!("cannot append to {}: {e}", path.display()),
+            retry_after: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use telem_core::record::sample;
+
+    #[test]
+    fn status_policy() {
+        assert_eq!(classify(200, None), PostOutcome::Delivered(200));
+        assert_eq!(classify(201, None), PostOutcome::Delivered(201));
+        assert_eq!(
+            classify(400, None),
+            PostOutcome::Rejected("HTTP 400".into())
+        );
+        assert_eq!(
+            classify(404, None),
+            PostOutcome::Rejected("HTTP 404".into())
+        );
+        for s in [408, 429, 500, 502, 503, 204, 301] {
+            assert!(
+                matches!(classify(s, None), PostOutcome::Retry { .. }),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_body_matches_the_legacy_layout_with_whole_values() {
+        let body = json_body(&sample());
+        assert!(body.starts_with(
+            "{\"record_format_version\":\"4\",\"classification\":\"org.example/test/vec\","
+        ));
+        assert!(body.contains("\"build\":\"\\\"12\\\"\""));
+        assert!(body.contains("\"cpu_model\":\"AMD EPYC\""));
+        assert!(body.ends_with("\"event_id\":\"5de9de8d5f3c6a7d445d75ba01cc3322\",\"payload\":\"hello world payload\"}"));
+    }
+
+    #[test]
+    fn targets_from_config() {
+        let c = Config {
+            server: "file:///tmp/x.jsonl".into(),
+            ..Config::default()
+        };
+        assert_eq!(Target::from_config(&c), Target::File("/tmp/x.jsonl".into()));
+        let t = Target::from_config(&Config::default());
+        assert_eq!(
+            t,
+            Target::Http {
+                url: "http://localhost/v2/collector".into(),
+                tid_name: "X-Telemetry-TID".into(),
+                tid_value: "6907c830-eed9-4ce9-81ae-76daf8d88f0f".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! `telemd`: the telemetry daemon.
+
+use anyhow::Context;
+use clap::Parser;
+use telem_core::cli::telemd::Args;
+use telem_core::config::Config;
+
+/// Threads of the blocking pool (tokio's default is 512).
+const MAX_BLOCKING_THREADS: usize = 64;
+
+fn main() -> anyhow::Result<()> {
+    // First, while this is the only thread: the sockets systemd passed.
+    let passed = telemd::systemd::take_listen_fds();
+    let args = Args::parse();
+    let default_filter = if args.dev.is_some() {
+        "info,telemd=debug,telem_sandbox=debug,telem_core=debug"
+    } else {
+        "info"
+    };
+    let filter = args
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default_filter.to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).context("bad --log filter")?,
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let passed = passed.unwrap_or_else(|e| {
+        tracing::warn!("ignoring the sockets systemd passed: {e}");
+        Vec::new()
+    });
+    let config = match &args.dev {
+        Some(dir) => telemd::daemon::prepare_dev(dir, args.config.as_deref())?,
+        None => Config::load(Config::default(), args.config.as_deref())?,
+    };
+    // Blocking threads (WASI file I/O, compiling) are bounded well below the
+    // unit's TasksMax: a probe call dropped at its deadline can leave a
+    // blocking read behind, and those must queue, not pile up.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()?;
+    rt.block_on(telemd::daemon::run(config, passed))?;
+    Ok(())
+}

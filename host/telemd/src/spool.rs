@@ -1,0 +1,541 @@
+//! The durable spool: one file per accepted record, in the legacy staged
+//! format, so the old and new daemons can drain each other's spools.
+//!
+//! A record becomes visible under its name only once it is whole and on
+//! disk: it is written under a dot-prefixed temporary name, fsynced, renamed,
+//! and the directory fsynced. Writes go through one writer thread that
+//! commits whatever records arrived meanwhile as a group: write all, start
+//! write-back of all (`sync_file_range`), fdatasync each, rename all, one
+//! directory fsync. Starting write-back for the whole group first puts every
+//! file's block allocation into one journal transaction, so the fsyncs share
+//! one commit instead of paying one each; many concurrent probes then cost a
+//! few disk flushes rather than one per record.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use tokio::sync::{oneshot, Notify};
+
+use telem_core::record::{spool_file, Record};
+
+/// Temporary files start with this; no record name does.
+const TMP_PREFIX: &str = ".tmp-";
+/// Most records committed by one group.
+const MAX_GROUP: usize = 512;
+
+/// Why a record could not be spooled. The sender is told; nothing already
+/// in the spool is touched.
+#[derive(Debug, Error)]
+pub enum SpoolError {
+    /// `spool_max_size` reached: the new record is refused, older ones stay.
+    #[error("spool is full ({used} of {max} bytes used; record needs {needed}); spool_max_size limits it")]
+    Full {
+        /// Bytes in the spool.
+        used: u64,
+        /// The cap.
+        max: u64,
+        /// The refused record's size.
+        needed: u64,
+    },
+    /// The disk refused the write (full filesystem, I/O error...).
+    #[error("cannot write the spool file in {dir}: {source}")]
+    Io {
+        /// The spool directory.
+        dir: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The spool writer has stopped (daemon shutting down).
+    #[error("the spool is closed")]
+    Closed,
+}
+
+/// A record file waiting in the spool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoolEntry {
+    /// File name, which is also the record id.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was spooled (the legacy poster's expiry clock).
+    pub mtime: SystemTime,
+}
+
+struct Job {
+    name: String,
+    bytes: Vec<u8>,
+    reply: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    used: AtomicU64,
+    max: Option<u64>,
+    stored: Notify,
+}
+
+/// Handle to the spool directory; cheap to clone.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `dir`, removes temporary files
+    /// a crash left behind, and starts the writer. `max_bytes` is the
+    /// `spool_max_size` cap (`None`: unlimited).
+    pub fn open(dir: &Path, max_bytes: Option<u64>) -> io::Result<Spool> {
+        Spool::open_with(dir, max_bytes, Arc::new(Fsync))
+    }
+
+    /// [`Spool::open`] with the syncs made through `durability` (a test
+    /// records them to prove every acknowledged record was synced first).
+    pub fn open_with(
+        dir: &Path,
+        max_bytes: Option<u64>,
+        durability: Arc<dyn Durability>,
+    ) -> io::Result<Spool> {
+        fs::create_dir_all(dir)?;
+        let mut used = 0;
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(TMP_PREFIX) {
+                let _ = fs::remove_file(e.path());
+            } else if !name.starts_with('.') {
+                if let Ok(m) = e.metadata() {
+                    if m.is_file() {
+                        used += m.len();
+                    }
+                }
+            }
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let wdir = dir.to_owned();
+        let writer = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer_loop(&wdir, rx, durability.as_ref()))?;
+        Ok(Spool {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                tx: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(writer)),
+                used: AtomicU64::new(used),
+                max: max_bytes,
+                stored: Notify::new(),
+            }),
+        })
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Bytes held by record files (as counted against the cap).
+    pub fn used_bytes(&self) -> u64 {
+        self.inner.used.load(Ordering::Relaxed)
+    }
+
+    /// Stores a record durably and returns its id once it is on disk under
+    /// its final name. Refuses it, touching nothing else, when the cap would
+    /// be exceeded or the disk fails.
+    pub async fn store(&self, record: &Record) -> Result<String, SpoolError> {
+        let bytes = spool_file::encode(record);
+        let name = new_record_id();
+        let len = bytes.len() as u64;
+        self.reserve(len)?;
+        let (reply, rx) = oneshot::channel();
+        let sent = match &*self.inner.tx.lock().expect("spool lock") {
+            Some(tx) => tx
+                .send(Job {
+                    name: name.clone(),
+                    bytes,
+                    reply,
+                })
+                .is_ok(),
+            None => false,
+        };
+        let result = if sent {
+            rx.await.unwrap_or(Err(SpoolError::Closed))
+        } else {
+            Err(SpoolError::Closed)
+        };
+        match result {
+            Ok(()) => {
+                self.inner.stored.notify_one();
+                Ok(name)
+            }
+            Err(e) => {
+                self.inner.used.fetch_sub(len, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    fn reserve(&self, len: u64) -> Result<(), SpoolError> {
+        let prev = self.inner.used.fetch_add(len, Ordering::Relaxed);
+        if let Some(max) = self.inner.max {
+            if prev + len > max {
+                self.inner.used.fetch_sub(len, Ordering::Relaxed);
+                return Err(SpoolError::Full {
+                    used: prev,
+                    max,
+                    needed: len,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until a record has been stored since the last call (the
+    /// delivery worker's wake-up).
+    pub async fn stored(&self) {
+        self.inner.stored.notified().await
+    }
+
+    /// Record files, oldest first (by spool time, then name).
+    pub fn entries(&self) -> io::Result<Vec<SpoolEntry>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.inner.dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            if !m.is_file() {
+                continue;
+            }
+            out.push(SpoolEntry {
+                name,
+                size: m.len(),
+                mtime: m.modified().unwrap_or(UNIX_EPOCH),
+            });
+        }
+        out.sort_by(|a, b| a.mtime.cmp(&b.mtime).then_with(|| a.name.cmp(&b.name)));
+        Ok(out)
+    }
+
+    /// Reads a spooled record back.
+    pub fn read(&self, name: &str) -> Result<Record, SpoolReadError> {
+        let bytes = fs::read(self.inner.dir.join(name))?;
+        Ok(spool_file::decode(&bytes)?)
+    }
+
+    /// Removes a record (after delivery or a final refusal).
+    pub fn remove(&self, entry: &SpoolEntry) -> io::Result<()> {
+        match fs::remove_file(self.inner.dir.join(&entry.name)) {
+            Ok(()) => {
+                let _ = self
+                    .inner
+                    .used
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                        Some(u.saturating_sub(entry.size))
+                    });
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops the writer after it committed every queued record.
+    pub fn close(&self) {
+        self.inner.tx.lock().expect("spool lock").take();
+        if let Some(h) = self.inner.writer.lock().expect("spool lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool").field("dir", &self.dir()).finish()
+    }
+}
+
+/// Why a spool file could not be read.
+#[derive(Debug, Error)]
+pub enum SpoolReadError {
+    /// The file could not be read.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The file is not a record.
+    #[error("malformed spool file: {0}")]
+    Format(#[from] spool_file::SpoolFileError),
+}
+
+/// A new record id: 32 hex digits that sort by creation time (nanoseconds)
+/// then by a random part, so names are unique and list in arrival order.
+pub fn new_record_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{nanos:016x}{:016x}", rand::random::<u64>())
+}
+
+fn writer_loop(dir: &Path, rx: mpsc::Receiver<Job>, durability: &dyn Durability) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        commit_group(dir, group, durability);
+    }
+}
+
+/// The two syncs a record's durability rests on: its file's data
+/// (`fdatasync`) and, after the rename, the directory entry (`fsync` of
+/// the directory). A record is acknowledged only after both. A trait so a
+/// test can observe every call in order; [`Fsync`] is the only
+/// implementation outside tests.
+pub trait Durability: Send + Sync {
+    /// Makes the data of `file` (about to be renamed to `name`) durable.
+    fn sync_file(&self, name: &str, file: &File) -> io::Result<()>;
+    /// Makes the entries of `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real syncs.
+#[derive(Debug, Clone, Copy)]
+pub struct Fsync;
+
+impl Durability for Fsync {
+    fn sync_file(&self, _name: &str, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        telem_core::fsutil::sync_dir(dir)
+    }
+}
+
+fn commit_group(dir: &Path, group: Vec<Job>, durability: &dyn Durability) {
+    let io_err = |source: io::Error| SpoolError::Io {
+        dir: dir.to_owned(),
+        source,
+    };
+    // 1. write every temp file
+    let mut written: Vec<(Job, PathBuf, File)> = Vec::with_capacity(group.len());
+    for job in group {
+        let tmp = dir.join(format!("{TMP_PREFIX}{}", job.name));
+        let res = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&job.bytes).map(|()| f));
+        match res {
+            Ok(f) => written.push((job, tmp, f)),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                let _ = job.reply.send(Err(io_err(e)));
+            }
+        }
+    }
+    // 2. make their contents durable. Start write-back of every file first,
+    // so block allocation for the whole group lands in one journal
+    // transaction and the fsyncs below share its commit rather than paying
+    // one commit each.
+    if written.len() > 1 {
+        for (_, _, f) in &written {
+            // SAFETY: plain syscall on an open descriptor; failure only loses the hint.
+            unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        }
+    }
+    let mut synced = Vec::with_capacity(written.len());
+    for (job, tmp, f) in written {
+        match durability.sync_file(&job.name, &f) {
+            Ok(()) => synced.push((job, tmp)),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                let _ = job.reply.send(Err(io_err(e)));
+            }
+        }
+    }
+    // 3. publish them under their record names
+    let mut renamed = Vec::with_capacity(synced.len());
+    for (job, tmp) in synced {
+        let dst = dir.join(&job.name);
+        match fs::rename(&tmp, &dst) {
+            Ok(()) => renamed.push((job, dst)),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                let _ = job.reply.send(Err(io_err(e)));
+            }
+        }
+    }
+    // 4. make the names durable, then acknowledge
+    match durability.sync_dir(dir) {
+        Ok(()) => {
+            for (job, _) in renamed {
+                let _ = job.reply.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            for (job, dst) in renamed {
+                let _ = fs::remove_file(&dst);
+                let _ = job.reply.send(Err(SpoolError::Io {
+                    dir: dir.to_owned(),
+                    source: io::Error::new(e.kind(), e.to_string()),
+                }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use telem_core::record::sample;
+
+    /// Records each sync and each acknowledgement, in order.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    impl Durability for Recorder {
+        fn sync_file(&self, name: &str, file: &File) -> io::Result<()> {
+            file.sync_data()?;
+            self.0.lock().unwrap().push(format!("file {name}"));
+            Ok(())
+        }
+
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            telem_core::fsutil::sync_dir(dir)?;
+            self.0.lock().unwrap().push("dir".into());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn every_acknowledged_record_was_synced_and_its_entry_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recorder::default());
+        let spool = Spool::open_with(dir.path(), None, rec.clone()).unwrap();
+        // Concurrent stores, so group commits hold several records.
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            let (spool, rec) = (spool.clone(), rec.clone());
+            tasks.push(tokio::spawn(async move {
+                let name = spool.store(&sample()).await.unwrap();
+                rec.0.lock().unwrap().push(format!("ack {name}"));
+                name
+            }));
+        }
+        let mut names = Vec::new();
+        for t in tasks {
+            names.push(t.await.unwrap());
+        }
+        let log = rec.0.lock().unwrap().clone();
+        let at = |what: &str| log.iter().position(|l| l == what);
+        for name in &names {
+            let file = at(&format!("file {name}"))
+                .unwrap_or_else(|| panic!("{name} never synced: {log:?}"));
+            let ack = at(&format!("ack {name}")).unwrap();
+            assert!(
+                log[file..ack].iter().any(|l| l == "dir"),
+                "{name} was acknowledged before its directory entry was synced: {log:?}"
+            );
+        }
+        spool.close();
+    }
+
+    #[tokio::test]
+    async fn stored_record_reads_back_and_lists_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let mut r = sample();
+            r.payload = format!("payload {i}");
+            ids.push(spool.store(&r).await.unwrap());
+        }
+        let entries = spool.entries().unwrap();
+        assert_eq!(
+            entries.iter().map(|e| e.name.clone()).collect::<Vec<_>>(),
+            ids
+        );
+        assert_eq!(spool.read(&ids[1]).unwrap().payload, "payload 1");
+        let total: u64 = entries.iter().map(|e| e.size).sum();
+        assert_eq!(spool.used_bytes(), total);
+        spool.remove(&entries[0]).unwrap();
+        assert_eq!(spool.entries().unwrap().len(), 2);
+        assert_eq!(spool.used_bytes(), total - entries[0].size);
+        spool.close();
+    }
+
+    #[tokio::test]
+    async fn leftover_temp_files_are_removed_and_never_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(".tmp-0123"), b"half a rec").unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        assert!(!dir.path().join(".tmp-0123").exists());
+        assert!(spool.entries().unwrap().is_empty());
+        assert_eq!(spool.used_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn cap_refuses_new_records_and_keeps_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = sample().byte_len() as u64;
+        let spool = Spool::open(dir.path(), Some(len * 2 + 10)).unwrap();
+        let a = spool.store(&sample()).await.unwrap();
+        let b = spool.store(&sample()).await.unwrap();
+        let e = spool.store(&sample()).await.unwrap_err();
+        assert!(matches!(e, SpoolError::Full { .. }), "{e}");
+        let names: Vec<_> = spool
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, vec![a, b]);
+    }
+
+    #[tokio::test]
+    async fn many_concurrent_stores_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let s = spool.clone();
+            tasks.push(tokio::spawn(
+                async move { s.store(&sample()).await.unwrap() },
+            ));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 200);
+        assert_eq!(spool.entries().unwrap().len(), 200);
+    }
+
+    #[test]
+    fn record_ids_are_unique_hex_and_time_ordered() {
+        let a = new_record_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_record_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(a < b);
+    }
+}

@@ -1,0 +1,751 @@
+//! Keeps the probe directories and the running probes in step: loads
+//! components as they appear, reloads them when replaced, stops them when
+//! removed, fires their triggers, and retries a failing probe with growing
+//! delays until it is quarantined.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::ingest::Ingest;
+use telem_core::control::{ProbeInfo, ProbeState};
+use telem_core::grants::ProbePolicy;
+use telem_sandbox::{CallError, Event, LoadedProbe, Sandbox, Trigger};
+
+/// Failures in a row after which a probe is quarantined until reload.
+pub const QUARANTINE_AFTER: u32 = 5;
+/// First retry delay after a failure; doubles per failure.
+pub const RETRY_BASE: Duration = Duration::from_secs(1);
+/// Largest random delay added to an interval, so a fleet spreads out.
+pub const MAX_SPLAY: Duration = Duration::from_secs(600);
+/// How long a request naming a probe waits for the start-up scan.
+pub const FIRST_SCAN_WAIT: Duration = Duration::from_secs(30);
+
+/// Why a probe file was not loaded, or an admin's request about a probe
+/// was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Over `max_component_bytes`, by its size on disk.
+    #[error("{}: {size} bytes is over max_component_bytes ({cap}); not compiled", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The cap.
+        cap: u64,
+    },
+    /// The sandbox refused it.
+    #[error(transparent)]
+    Load(#[from] telem_sandbox::LoadError),
+    /// Its name is not its file's: grants are keyed by name.
+    #[error("{}: the component calls itself {name}, but a probe's file must be named after it ({name}.wasm); not loaded", path.display())]
+    NameNotFile {
+        /// The file.
+        path: PathBuf,
+        /// The name it claims.
+        name: String,
+    },
+    /// `telemctl probe disable` turned it off.
+    #[error("{}: probe {name} is disabled (telemctl probe enable {name} turns it back on)", path.display())]
+    DisabledByAdmin {
+        /// The file.
+        path: PathBuf,
+        /// The probe.
+        name: String,
+    },
+    /// `[probes.NAME] enabled = false`.
+    #[error("{}: probe {name} is disabled by [probes.{name}] enabled = false", path.display())]
+    DisabledByConfig {
+        /// The file.
+        path: PathBuf,
+        /// The probe.
+        name: String,
+    },
+    /// Another file holds a probe of that name.
+    #[error("{}: a probe named {name} is already loaded from {}", path.display(), other.display())]
+    Duplicate {
+        /// The file.
+        path: PathBuf,
+        /// The probe.
+        name: String,
+        /// The file already loaded.
+        other: PathBuf,
+    },
+    /// No loaded probe has that name.
+    #[error("no probe named {0} is loaded")]
+    NotLoaded(String),
+    /// Enabled, but nothing by that name loaded.
+    #[error("probe {0} is enabled but no component by that name loaded (see the log)")]
+    EnabledNotLoaded(String),
+    /// Quarantined until reload.
+    #[error("probe {name} is quarantined ({why}); run `telemctl probe reload` first")]
+    Quarantined {
+        /// The probe.
+        name: String,
+        /// Why.
+        why: String,
+    },
+    /// The disabled-probes file could not be written.
+    #[error("cannot record the choice in {}: {source}", path.display())]
+    RecordChoice {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The call failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// A scan (compiling, say) held the probes for longer than
+    /// [`FIRST_SCAN_WAIT`].
+    #[error("the probes are being loaded (a scan is under way); try again")]
+    Busy,
+}
+
+/// A file's size and mtime: what tells a scan that it changed.
+type Seen = (u64, SystemTime);
+
+struct Slot {
+    probe: Arc<LoadedProbe>,
+    state: Arc<Mutex<ProbeState>>,
+    task: Option<JoinHandle<()>>,
+    seen: Seen,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// The probe manager.
+pub struct ProbeManager {
+    sandbox: Sandbox,
+    ingest: Arc<Ingest>,
+    dirs: Vec<PathBuf>,
+    policies: BTreeMap<String, ProbePolicy>,
+    slots: Mutex<HashMap<PathBuf, Slot>>,
+    /// Files seen but not loaded yet (waiting to be stable) or that failed,
+    /// with the (size, mtime) they had.
+    pending: Mutex<HashMap<PathBuf, (Seen, bool)>>,
+    /// Probes an admin disabled with `telemctl probe disable`, kept in a file
+    /// (one name per line) so the choice survives restarts.
+    disabled: Mutex<HashSet<String>>,
+    disabled_file: PathBuf,
+    /// Signalled when a probe granted the crash trigger starts running, so
+    /// crashes that waited in the inbox for one are handed over then.
+    crash_probe_loaded: tokio::sync::Notify,
+    /// Turns true once the first scan (the probes present at start) is done.
+    first_scan: tokio::sync::watch::Sender<bool>,
+    /// Held by a scan (and a reload) for its whole run.
+    scan_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for ProbeManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeManager")
+            .field("dirs", &self.dirs)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl ProbeManager {
+    /// A manager over `dirs` with the admin's `policies`.
+    pub fn new(
+        sandbox: Sandbox,
+        ingest: Arc<Ingest>,
+        dirs: Vec<PathBuf>,
+        policies: BTreeMap<String, ProbePolicy>,
+        disabled_file: PathBuf,
+    ) -> Arc<Self> {
+        let disabled = std::fs::read_to_string(&disabled_file)
+            .map(|t| {
+                t.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Arc::new(ProbeManager {
+            disabled: Mutex::new(disabled),
+            disabled_file,
+            sandbox,
+            ingest,
+            dirs,
+            policies,
+            slots: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            crash_probe_loaded: tokio::sync::Notify::new(),
+            first_scan: tokio::sync::watch::Sender::new(false),
+            scan_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Components compiled since start (cache misses).
+    pub fn compilations(&self) -> u64 {
+        self.sandbox
+            .compilations
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn wasm_files(&self) -> HashMap<PathBuf, Seen> {
+        let mut out = HashMap::new();
+        for dir in &self.dirs {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in rd.filter_map(|e| e.ok()) {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "wasm") {
+                    if let Ok(m) = std::fs::metadata(&p) {
+                        if m.is_file() {
+                            out.insert(p, (m.len(), m.modified().unwrap_or(UNIX_EPOCH)));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// One pass over the probe directories. With `settle`, a new or changed
+    /// file is loaded only once it looked the same on two passes (so a
+    /// half-copied file is not loaded); at start-up files load at once.
+    pub async fn scan(self: &Arc<Self>, settle: bool) {
+        let _one_at_a_time = self.scan_lock.lock().await;
+        self.scan_locked(settle).await;
+    }
+
+    /// [`Self::scan`], its caller holding `scan_lock`: scans never overlap,
+    /// so a slow compile is not started twice nor taken for a crash.
+    async fn scan_locked(self: &Arc<Self>, settle: bool) {
+        let files = self.wasm_files();
+        // Removed files.
+        let removed: Vec<PathBuf> = {
+            let slots = self.slots.lock().expect("slots lock");
+            slots
+                .keys()
+                .filter(|p| !files.contains_key(*p))
+                .cloned()
+                .collect()
+        };
+        for p in removed {
+            if let Some(slot) = self.slots.lock().expect("slots lock").remove(&p) {
+                info!(probe = %slot.probe.name, "probe file {} removed; probe stopped", p.display());
+            }
+        }
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .retain(|p, _| files.contains_key(p));
+        let mut changed = false;
+        // In a fixed order (directories as configured, then by name), so
+        // which of two same-named files wins does not change from run to run.
+        let mut files: Vec<(PathBuf, Seen)> = files.into_iter().collect();
+        files.sort_by_key(|(p, _)| (self.dirs.iter().position(|d| p.starts_with(d)), p.clone()));
+        for (path, seen) in files {
+            let known = self
+                .slots
+                .lock()
+                .expect("slots lock")
+                .get(&path)
+                .map(|s| s.seen);
+            if known == Some(seen) {
+                continue;
+            }
+            {
+                let mut pending = self.pending.lock().expect("pending lock");
+                match pending.get(&path) {
+                    Some((prev, failed)) if *prev == seen && *failed => continue,
+                    Some((prev, _)) if *prev == seen || !settle => {}
+                    _ if !settle => {}
+                    _ => {
+                        pending.insert(path.clone(), (seen, false));
+                        continue;
+                    }
+                }
+            }
+            changed = true;
+            match self.load_file(&path, seen).await {
+                Ok(()) => {
+                    self.pending.lock().expect("pending lock").remove(&path);
+                }
+                Err(e) => {
+                    warn!("probe not loaded: {e}");
+                    self.pending
+                        .lock()
+                        .expect("pending lock")
+                        .insert(path.clone(), (seen, true));
+                }
+            }
+        }
+        if changed {
+            let in_use: HashSet<String> = self
+                .slots
+                .lock()
+                .expect("slots lock")
+                .values()
+                .map(|s| s.probe.hash.clone())
+                .collect();
+            self.sandbox.cache().prune(&in_use);
+        }
+    }
+
+    async fn load_file(
+        self: &Arc<Self>,
+        path: &Path,
+        seen: (u64, SystemTime),
+    ) -> Result<(), ProbeError> {
+        let cap = self.sandbox.max_component_bytes();
+        if seen.0 > cap {
+            return Err(ProbeError::TooLarge {
+                path: path.to_owned(),
+                size: seen.0,
+                cap,
+            });
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| {
+                std::io::Read::read_to_end(&mut std::io::Read::take(f, cap + 1), &mut bytes)
+            })
+            .map_err(|source| ProbeError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        let hash = telem_sandbox::cache::sha256_hex(&bytes);
+        if let Some(slot) = self.slots.lock().expect("slots lock").get_mut(path) {
+            if slot.probe.hash == hash {
+                slot.seen = seen;
+                return Ok(());
+            }
+        }
+        let started = std::time::Instant::now();
+        let compiled_before = self.compilations();
+        let probe = self
+            .sandbox
+            .load(path, &bytes, |name| {
+                self.policies.get(name).cloned().unwrap_or_default()
+            })
+            .await?;
+        // Grants are keyed by name and the name is the probe's own claim:
+        // it must match the file the admin installed, so no component can
+        // take another's grant (the crash-symbolizer's, say) by its name.
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().replace('_', "-"));
+        if stem.as_deref() != Some(probe.name.as_str()) {
+            return Err(ProbeError::NameNotFile {
+                path: path.to_owned(),
+                name: probe.name.clone(),
+            });
+        }
+        let how = if self.compilations() > compiled_before {
+            "compiled"
+        } else {
+            "from cache"
+        };
+        if self
+            .disabled
+            .lock()
+            .expect("disabled lock")
+            .contains(&probe.name)
+        {
+            return Err(ProbeError::DisabledByAdmin {
+                path: path.to_owned(),
+                name: probe.name.clone(),
+            });
+        }
+        if self.policies.get(&probe.name).and_then(|p| p.enabled) == Some(false) {
+            return Err(ProbeError::DisabledByConfig {
+                path: path.to_owned(),
+                name: probe.name.clone(),
+            });
+        }
+        {
+            let slots = self.slots.lock().expect("slots lock");
+            if let Some((other, _)) = slots
+                .iter()
+                .find(|(p, s)| s.probe.name == probe.name && p.as_path() != path)
+            {
+                return Err(ProbeError::Duplicate {
+                    path: path.to_owned(),
+                    name: probe.name.clone(),
+                    other: other.clone(),
+                });
+            }
+        }
+        info!(
+            probe = %probe.name,
+            version = %telem_core::untrusted::escape(&probe.manifest.version, telem_core::untrusted::FIELD_CAP),
+            "loaded {} ({how}, {} ms); grant: read {:?}, classifications {:?}, {} MiB, {} ms, {}/h, crashes {}; {} request(s) refused{}",
+            path.display(),
+            started.elapsed().as_millis(),
+            probe.grant.read_paths,
+            probe.grant.classifications,
+            probe.grant.memory_limit_mib,
+            probe.grant.timeout_ms,
+            probe.grant.max_records_per_hour,
+            probe.grant.crashes,
+            probe.grant.refused.len(),
+            if probe.grant.refused.is_empty() {
+                String::new()
+            } else {
+                format!(" (telemctl probe info {})", probe.name)
+            }
+        );
+        let handles_crashes = probe.grant.crashes;
+        let probe = Arc::new(probe);
+        let state = Arc::new(Mutex::new(ProbeState::Running));
+        let task = tokio::spawn(drive(self.clone(), probe.clone(), state.clone()));
+        self.slots.lock().expect("slots lock").insert(
+            path.to_owned(),
+            Slot {
+                probe,
+                state,
+                task: Some(task),
+                seen,
+            },
+        );
+        if handles_crashes {
+            self.crash_probe_loaded.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Returns once a probe granted the crash trigger has been loaded since
+    /// the last time this returned (at most one waiter is meant).
+    pub async fn crash_probe_loaded(&self) {
+        self.crash_probe_loaded.notified().await;
+    }
+
+    /// Waits (at most `limit`) until the probes present at start have been
+    /// loaded or refused, so a request naming a probe right after start
+    /// does not fail only because loading is still under way. Returns
+    /// whether the first scan is done.
+    pub async fn first_scan_done(&self, limit: Duration) -> bool {
+        let mut rx = self.first_scan.subscribe();
+        let done = tokio::time::timeout(limit, rx.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        done
+    }
+
+    /// The scan lock for an admin's request, waited for at most
+    /// [`FIRST_SCAN_WAIT`]: a scan stuck compiling must not hang telemctl.
+    async fn scan_lock_for_admin(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, ProbeError> {
+        tokio::time::timeout(FIRST_SCAN_WAIT, self.scan_lock.lock())
+            .await
+            .map_err(|_| ProbeError::Busy)
+    }
+
+    /// Loads the probes present now, then scans every `interval` until the
+    /// task is dropped. The daemon runs this after its sockets are bound,
+    /// so a slow or hostile probe file never delays start-up.
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        self.scan(false).await;
+        self.first_scan.send_replace(true);
+        loop {
+            tokio::time::sleep(interval).await;
+            self.scan(true).await;
+        }
+    }
+
+    /// Forgets every probe and loads the directories afresh (lifts
+    /// quarantines, and tries again components whose compilation once
+    /// stopped the daemon).
+    pub async fn reload(self: &Arc<Self>) -> Result<(), ProbeError> {
+        let _one_at_a_time = self.scan_lock_for_admin().await?;
+        self.sandbox.cache().clear_crash_markers();
+        self.slots.lock().expect("slots lock").clear();
+        self.pending.lock().expect("pending lock").clear();
+        self.scan_locked(false).await;
+        Ok(())
+    }
+
+    /// Stops a probe and keeps it off across restarts.
+    pub async fn disable(&self, name: &str) -> Result<(), ProbeError> {
+        // Not while a scan may be putting this very probe back.
+        let _one_at_a_time = self.scan_lock_for_admin().await?;
+        let path = {
+            let slots = self.slots.lock().expect("slots lock");
+            slots
+                .iter()
+                .find(|(_, s)| s.probe.name == name)
+                .map(|(p, s)| (p.clone(), s.seen))
+        };
+        let Some((path, seen)) = path else {
+            return Err(ProbeError::NotLoaded(name.to_owned()));
+        };
+        self.set_disabled(name, true)?;
+        self.slots.lock().expect("slots lock").remove(&path);
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(path, (seen, true));
+        info!(probe = name, "probe disabled by the admin");
+        Ok(())
+    }
+
+    /// Lets a disabled probe load again (at once).
+    pub async fn enable(self: &Arc<Self>, name: &str) -> Result<(), ProbeError> {
+        let _one_at_a_time = self.scan_lock_for_admin().await?;
+        self.set_disabled(name, false)?;
+        self.pending.lock().expect("pending lock").clear();
+        self.scan_locked(false).await;
+        if self.find(name).is_none() {
+            return Err(ProbeError::EnabledNotLoaded(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn set_disabled(&self, name: &str, off: bool) -> Result<(), ProbeError> {
+        let mut d = self.disabled.lock().expect("disabled lock");
+        if off {
+            d.insert(name.to_owned());
+        } else {
+            d.remove(name);
+        }
+        let mut names: Vec<&String> = d.iter().collect();
+        names.sort();
+        let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+        telem_core::fsutil::write_atomic(&self.disabled_file, text.as_bytes(), 0o644).map_err(
+            |source| ProbeError::RecordChoice {
+                path: self.disabled_file.clone(),
+                source,
+            },
+        )
+    }
+
+    /// Names of probes the admin disabled.
+    pub fn disabled(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .disabled
+            .lock()
+            .expect("disabled lock")
+            .iter()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn find(&self, name: &str) -> Option<(Arc<LoadedProbe>, Arc<Mutex<ProbeState>>)> {
+        self.slots
+            .lock()
+            .expect("slots lock")
+            .values()
+            .find(|s| s.probe.name == name)
+            .map(|s| (s.probe.clone(), s.state.clone()))
+    }
+
+    /// Runs a probe now with `args` (the manual trigger) and returns its result.
+    pub async fn run_now(&self, name: &str, args: Vec<String>) -> Result<(), ProbeError> {
+        self.first_scan_done(FIRST_SCAN_WAIT).await;
+        let (probe, state) = self
+            .find(name)
+            .ok_or_else(|| ProbeError::NotLoaded(name.to_owned()))?;
+        if let ProbeState::Quarantined(why) = &*state.lock().expect("state lock") {
+            return Err(ProbeError::Quarantined {
+                name: name.to_owned(),
+                why: why.clone(),
+            });
+        }
+        Ok(self.call(&probe, &state, Event::Manual(args), &[]).await?)
+    }
+
+    /// Hands a crash to every running probe granted the crash trigger, each
+    /// with read access to the crash's inbox entry for that call only.
+    /// Returns each probe's name and result (empty when none handles
+    /// crashes) and the records they sent.
+    pub async fn crash(
+        &self,
+        report: telem_sandbox::CrashReport,
+        entry: &Path,
+    ) -> (
+        Vec<(String, Result<(), CallError>)>,
+        Vec<telem_sandbox::Captured>,
+    ) {
+        let copies = Arc::new(Mutex::new(Vec::new()));
+        let targets: Vec<(Arc<LoadedProbe>, Arc<Mutex<ProbeState>>)> = self
+            .slots
+            .lock()
+            .expect("slots lock")
+            .values()
+            .filter(|s| s.probe.grant.crashes)
+            .filter(|s| *s.state.lock().expect("state lock") == ProbeState::Running)
+            .map(|s| (s.probe.clone(), s.state.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (probe, state) in targets {
+            let sink = telem_sandbox::Sink::SpoolAndCopy(self.ingest.clone(), copies.clone());
+            let r = self
+                .call_with(
+                    &probe,
+                    &state,
+                    Event::Crash(report.clone()),
+                    &[entry.to_owned()],
+                    sink,
+                    Quarantine::Exempt,
+                )
+                .await;
+            out.push((probe.name.clone(), r));
+        }
+        let copies = std::mem::take(&mut *copies.lock().expect("copy lock"));
+        (out, copies)
+    }
+
+    /// Every loaded probe.
+    pub fn list(&self) -> Vec<ProbeInfo> {
+        let mut v: Vec<ProbeInfo> = self
+            .slots
+            .lock()
+            .expect("slots lock")
+            .values()
+            .map(|s| ProbeInfo {
+                name: s.probe.name.clone(),
+                version: s.probe.manifest.version.clone(),
+                description: s.probe.manifest.description.clone(),
+                file: s.probe.file.clone(),
+                state: s.state.lock().expect("state lock").clone(),
+                requested: s.probe.request.clone(),
+                granted: s.probe.grant.clone(),
+                stats: s.probe.stats.lock().expect("stats lock").clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// One supervised call: counts it, logs a failure with the probe's name,
+    /// and quarantines the probe after [`QUARANTINE_AFTER`] failures in a row.
+    async fn call(
+        &self,
+        probe: &Arc<LoadedProbe>,
+        state: &Mutex<ProbeState>,
+        event: Event,
+        extra: &[PathBuf],
+    ) -> Result<(), CallError> {
+        let sink = telem_sandbox::Sink::Spool(self.ingest.clone());
+        self.call_with(probe, state, event, extra, sink, Quarantine::Counts)
+            .await
+    }
+
+    async fn call_with(
+        &self,
+        probe: &Arc<LoadedProbe>,
+        state: &Mutex<ProbeState>,
+        event: Event,
+        extra: &[PathBuf],
+        sink: telem_sandbox::Sink,
+        quarantine: Quarantine,
+    ) -> Result<(), CallError> {
+        let result = self.sandbox.run(probe, sink, event, extra).await;
+        let mut st = probe.stats.lock().expect("stats lock");
+        st.runs += 1;
+        st.last_run = Some(unix_now());
+        match &result {
+            Ok(()) => st.failures_in_a_row = 0,
+            Err(e) => {
+                match e {
+                    CallError::Timeout(_) => st.timeouts += 1,
+                    CallError::Trap(_) => st.traps += 1,
+                    _ => {}
+                }
+                st.last_error = Some(e.to_string());
+                if quarantine == Quarantine::Exempt {
+                    warn!(probe = %probe.name, "probe call failed on its input (not counted toward quarantine): {e}");
+                    return result;
+                }
+                st.failures_in_a_row += 1;
+                warn!(probe = %probe.name, failures_in_a_row = st.failures_in_a_row, "probe call failed: {e}");
+                if st.failures_in_a_row >= QUARANTINE_AFTER {
+                    let why = format!("{} failures in a row, last: {e}", st.failures_in_a_row);
+                    warn!(probe = %probe.name, "probe quarantined until reload: {why}");
+                    *state.lock().expect("state lock") = ProbeState::Quarantined(why);
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Whether a failed call counts toward quarantine. Crash calls do not: a
+/// hostile core makes the probe fail through no fault of its own, the
+/// daemon records that crash itself, and real crashes must not then wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quarantine {
+    Counts,
+    Exempt,
+}
+
+/// Fires a probe's triggers: on start, then every interval plus a random
+/// splay. A failed call is retried with doubling delays until it succeeds
+/// or the probe is quarantined.
+async fn drive(mgr: Arc<ProbeManager>, probe: Arc<LoadedProbe>, state: Arc<Mutex<ProbeState>>) {
+    let on_start = probe
+        .manifest
+        .triggers
+        .iter()
+        .any(|t| matches!(t, Trigger::OnStart));
+    let interval = probe.grant.interval_secs.map(Duration::from_secs);
+    if on_start && !supervised(&mgr, &probe, &state, Event::Start).await {
+        return;
+    }
+    let Some(every) = interval else { return };
+    loop {
+        let splay_cap = (every / 10).min(MAX_SPLAY);
+        let splay = Duration::from_millis(rand::random_range(0..=splay_cap.as_millis() as u64));
+        tokio::time::sleep(every + splay).await;
+        if !supervised(&mgr, &probe, &state, Event::Timer).await {
+            return;
+        }
+    }
+}
+
+/// Calls until success (true) or quarantine (false).
+async fn supervised(
+    mgr: &ProbeManager,
+    probe: &Arc<LoadedProbe>,
+    state: &Mutex<ProbeState>,
+    event: Event,
+) -> bool {
+    let mut delay = RETRY_BASE;
+    loop {
+        if mgr.call(probe, state, event.clone(), &[]).await.is_ok() {
+            return true;
+        }
+        if matches!(
+            *state.lock().expect("state lock"),
+            ProbeState::Quarantined(_)
+        ) {
+            return false;
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+}

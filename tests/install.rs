@@ -1,0 +1,132 @@
+//! The install command: a DESTDIR install yields the packaged tree, and the
+//! installed systemd units pass `systemd-analyze verify`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn built_bins() -> PathBuf {
+    Path::new(support::TELEMD).parent().unwrap().to_owned()
+}
+
+fn install(destdir: Option<&Path>, prefix: &Path) {
+    support::probe_wasm("hello");
+    support::probe_wasm("crash_symbolizer");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install.sh");
+    let mut cmd = Command::new(script);
+    cmd.arg("--prefix")
+        .arg(prefix)
+        .arg("--from")
+        .arg(built_bins());
+    if let Some(d) = destdir {
+        cmd.env("DESTDIR", d);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "install failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn destdir_install_yields_the_packaged_tree() {
+    let dest = tempfile::tempdir().unwrap();
+    install(Some(dest.path()), Path::new("/usr"));
+    let root = dest.path().join("usr");
+    let expect = [
+        ("bin/telemd", 0o755),
+        ("bin/telemctl", 0o755),
+        ("bin/telem-record-gen", 0o755),
+        ("bin/telem-crash-handler", 0o755),
+        ("lib/sysctl.d/60-telem-crash-handler.conf", 0o644),
+        ("lib/telemetry/probes/crash-symbolizer.wasm", 0o644),
+        ("share/man/man8/telem-crash-handler.8", 0o644),
+        ("lib/systemd/system/telemd.service", 0o644),
+        ("lib/systemd/system/telemd.socket", 0o644),
+        ("lib/sysusers.d/telemetry.conf", 0o644),
+        ("lib/tmpfiles.d/telemetry.conf", 0o644),
+        ("lib/telemetry/probes/hello.wasm", 0o644),
+        ("share/defaults/telemetrics/telemd.toml", 0o644),
+        ("share/man/man8/telemd.8", 0o644),
+        ("share/man/man1/telemctl.1", 0o644),
+        ("share/man/man1/telem-record-gen.1", 0o644),
+        ("share/bash-completion/completions/telemctl", 0o644),
+        ("share/zsh/site-functions/_telemctl", 0o644),
+        ("share/fish/vendor_completions.d/telemctl.fish", 0o644),
+    ];
+    for (rel, mode) in expect {
+        let m = std::fs::metadata(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert_eq!(m.permissions().mode() & 0o777, mode, "{rel}");
+    }
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/telemd.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/telemd\n"), "{unit}");
+    assert!(!unit.contains("@bindir@"));
+    for ceiling in ["\nMemoryMax=", "\nTasksMax=", "\nLimitNOFILE="] {
+        assert!(unit.contains(ceiling), "the unit sets {ceiling:?}: {unit}");
+    }
+    let sysctl =
+        std::fs::read_to_string(root.join("lib/sysctl.d/60-telem-crash-handler.conf")).unwrap();
+    assert!(
+        sysctl.contains(
+            "\nkernel.core_pattern = |/usr/bin/telem-crash-handler -p %e -E %E -s %s -P %P -u %u -d %d -F %F\n"
+        ),
+        "{sysctl}"
+    );
+    let socket = std::fs::read_to_string(root.join("lib/systemd/system/telemd.socket")).unwrap();
+    assert!(socket.contains("ListenStream=/run/telem-0") && socket.contains("SocketMode=0666"));
+    let man = std::fs::read_to_string(root.join("share/man/man1/telemctl.1")).unwrap();
+    assert!(
+        man.contains("journal") && man.contains("opt\\-in"),
+        "man page lacks verbs"
+    );
+    let bash =
+        std::fs::read_to_string(root.join("share/bash-completion/completions/telemctl")).unwrap();
+    assert!(bash.contains("is-active") && bash.contains("spool"));
+    // The packaged default config is a valid config equal to the built-in defaults.
+    let c = telem_core::config::Config::load_file(
+        telem_core::config::Config::default(),
+        &root.join("share/defaults/telemetrics/telemd.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.spool_dir, Path::new("/var/spool/telemetry"));
+    assert_eq!(c.socket_path, Path::new("/run/telem-0"));
+    // It approves what the shipped crash-symbolizer needs, read back from
+    // the file itself (base: an empty table, not the built-in defaults).
+    let text =
+        std::fs::read_to_string(root.join("share/defaults/telemetrics/telemd.toml")).unwrap();
+    assert!(text.contains("[probes.crash-symbolizer]"), "{text}");
+    let cs = &c.probes["crash-symbolizer"];
+    assert_eq!(cs.crashes, Some(true));
+    assert_eq!(
+        cs.classifications.as_deref(),
+        Some(&["org.clearlinux/crash/*".to_owned()][..])
+    );
+}
+
+#[test]
+fn installed_units_pass_systemd_analyze_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("systemd-analyze is missing: the test command installs the systemd package");
+    }
+    // A real prefix (no DESTDIR) so ExecStart points at an existing binary.
+    let prefix = tempfile::tempdir().unwrap();
+    install(None, prefix.path());
+    let units = prefix.path().join("lib/systemd/system");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(units.join("telemd.service"))
+        .arg(units.join("telemd.socket"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,409 @@
+//! Shared harness for end-to-end tests: a real `telemd` process in a
+//! private directory, raw socket clients, spool inspection. A library of
+//! the test package, compiled once for every test binary.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use telem_core::control::client::{Client, ClientError};
+use telem_core::control::{ProbeList, Request, Response, Status};
+use telem_core::record::{spool_file, Record};
+
+pub mod collector;
+
+/// Failures in a row after which a probe is quarantined (the daemon's rule).
+pub const QUARANTINE_AFTER: usize = telemd::supervisor::QUARANTINE_AFTER as usize;
+
+// The programs under test. They belong to other packages of the workspace,
+// so Cargo does not hand their paths to this one (`CARGO_BIN_EXE_*` is
+// per package); `build.rs` derives them from the shared target directory.
+// The test command builds them first (`cargo build --workspace --bins`).
+pub const TELEMD: &str = env!("E2E_BIN_TELEMD");
+pub const TELEMCTL: &str = env!("E2E_BIN_TELEMCTL");
+pub const RECORD_GEN: &str = env!("E2E_BIN_TELEM_RECORD_GEN");
+pub const CRASH_HANDLER: &str = env!("E2E_BIN_TELEM_CRASH_HANDLER");
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    let p = format!("{}/fixtures/legacy/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+/// Config lines that keep every record in the spool (a burst limit of 0
+/// sends nothing), for tests that inspect the spool itself.
+pub const HOLD: &str = "record_burst_limit = 0\n";
+
+/// Kills a child process when dropped, so a failing test leaves no daemon
+/// behind holding the test runner's output pipe.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `telemd` with every path under a temp dir.
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl TestDaemon {
+    /// Writes a config (test paths plus `extra` TOML lines), opts in, starts.
+    pub fn start(extra: &str) -> TestDaemon {
+        let d = TestDaemon::prepare(extra);
+        std::fs::write(d.path("opt-in"), "").unwrap();
+        d.spawn()
+    }
+
+    /// Config written, not opted in, not started.
+    pub fn prepare(extra: &str) -> TestDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        // An `extra` server line replaces the default file target.
+        let server = if extra.lines().any(|l| l.trim_start().starts_with("server")) {
+            String::new()
+        } else {
+            format!("server = \"file://{}/collector.jsonl\"", p.display())
+        };
+        let config = format!(
+            r#"{server}
+socket_path = "{root}/telem-0"
+spool_dir = "{root}/spool"
+state_dir = "{root}/state"
+journal_dir = "{root}/journal"
+opt_in_file = "{root}/opt-in"
+static_machine_id_file = "{root}/static-machine-id"
+probes_dirs = ["{root}/probes"]
+control_socket = "{root}/control.sock"
+socket_timeout_ms = 1000
+{extra}
+"#,
+            root = p.display()
+        );
+        let config_path = p.join("telemd.toml");
+        std::fs::write(&config_path, config).unwrap();
+        TestDaemon {
+            dir,
+            config_path,
+            child: None,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("telem-0")
+    }
+
+    /// Starts the daemon (stderr to `telemd.log`) and waits for its socket.
+    pub fn spawn(mut self) -> TestDaemon {
+        self.spawn_with(Command::new(TELEMD));
+        self
+    }
+
+    pub fn spawn_with(&mut self, mut cmd: Command) {
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("telemd.log"))
+            .unwrap();
+        cmd.arg("-f")
+            .arg(&self.config_path)
+            .arg("--log")
+            // Not cranelift's per-function statistics: they bury the log.
+            .arg("debug,cranelift_codegen=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn telemd"));
+        let sock = self.socket();
+        assert!(
+            wait_until(Duration::from_secs(20), || UnixStream::connect(&sock)
+                .is_ok()
+                || self.exited()),
+            "telemd did not start; log:\n{}",
+            self.log()
+        );
+        assert!(
+            !self.exited(),
+            "telemd exited at start; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("telemd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Names of the record files in the spool (temp files excluded).
+    pub fn spool_names(&self) -> Vec<String> {
+        spool_names(&self.path("spool"))
+    }
+
+    pub fn spool_records(&self) -> Vec<Record> {
+        let dir = self.path("spool");
+        self.spool_names()
+            .into_iter()
+            .map(|n| {
+                let bytes = std::fs::read(dir.join(&n)).unwrap();
+                spool_file::decode(&bytes)
+                    .unwrap_or_else(|e| panic!("spool file {n} unreadable: {e}"))
+            })
+            .collect()
+    }
+
+    /// Waits until the spool holds exactly `n` records.
+    pub fn wait_spool(&self, n: usize) -> Vec<Record> {
+        let ok = wait_until(Duration::from_secs(10), || self.spool_names().len() >= n);
+        let recs = self.spool_records();
+        assert!(
+            ok && recs.len() == n,
+            "expected {n} spooled records, found {}; log:\n{}",
+            recs.len(),
+            self.log()
+        );
+        recs
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn spool_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Sends raw bytes in one connection and closes it.
+pub fn send_raw(socket: &Path, bytes: &[u8]) {
+    let mut s = UnixStream::connect(socket).expect("connect");
+    s.write_all(bytes).expect("write");
+}
+
+/// A valid record (from the legacy capture) with a fresh event id and `payload`.
+pub fn test_record(payload: &str) -> Record {
+    let mut r = telem_core::record::wire::parse_frame(&fixture("frame-record-gen.bin")).unwrap();
+    r.payload = payload.into();
+    r.headers.set(
+        telem_core::record::Header::EventId,
+        telem_core::record::random_id(),
+    );
+    r
+}
+
+/// Writes records straight into a spool directory, as an earlier daemon
+/// (ours or the legacy one) would have left them.
+pub fn preload_spool(dir: &Path, records: &[Record]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (i, r) in records.iter().enumerate() {
+        std::fs::write(dir.join(format!("preloaded{i:08}")), spool_file::encode(r)).unwrap();
+    }
+}
+
+/// Path of a probe component built from `probes-wasm/` (built on first use
+/// if the test command has not built it already).
+pub fn probe_wasm(name: &str) -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../probes-wasm");
+    let path = root.join(format!("target/wasm32-wasip2/release/{name}.wasm"));
+    BUILD.call_once(|| {
+        let st = Command::new("cargo")
+            .args(["build", "--quiet", "--target", "wasm32-wasip2", "--release"])
+            .current_dir(&root)
+            .status()
+            .expect("cargo build of probes-wasm");
+        assert!(st.success(), "building probes-wasm failed");
+    });
+    assert!(path.exists(), "{} missing", path.display());
+    path
+}
+
+/// How long a control request may take before the test fails: a deadline
+/// that regresses must fail the test, not hang the suite.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A control connection to the daemon, after the handshake.
+pub fn client(d: &TestDaemon) -> Client {
+    let path = d.path("control.sock");
+    Client::connect(&path, Some(CONTROL_TIMEOUT)).unwrap_or_else(|e| {
+        let ls: Vec<_> = std::fs::read_dir(d.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        panic!(
+            "control socket {}: {}\n{ls:?}\n{}",
+            path.display(),
+            error_chain(&e),
+            d.log()
+        )
+    })
+}
+
+/// One request on its own connection. `Err` is the daemon's refusal (an
+/// error reply); anything else going wrong fails the test.
+pub fn call(d: &TestDaemon, req: &Request) -> Result<Response, String> {
+    match client(d).call(req) {
+        Ok(r) => Ok(r),
+        Err(ClientError::Daemon(message)) => Err(message),
+        Err(e) => panic!(
+            "control request {}: {}\n{}",
+            req.kind(),
+            error_chain(&e),
+            d.log()
+        ),
+    }
+}
+
+/// A request whose only answer is `done` (run, enable, disable, flush);
+/// `Err` is the daemon's refusal.
+pub fn act(d: &TestDaemon, req: &Request) -> Result<(), String> {
+    match call(d, req)? {
+        Response::Done => Ok(()),
+        other => panic!(
+            "control request {}: answered {other:?}\n{}",
+            req.kind(),
+            d.log()
+        ),
+    }
+}
+
+/// `handle(manual(args))` of `probe`; `Err` is the daemon's refusal or the
+/// probe's failure, in words.
+pub fn run_probe(d: &TestDaemon, probe: &str, args: &[&str]) -> Result<(), String> {
+    act(
+        d,
+        &Request::Run {
+            probe: probe.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        },
+    )
+}
+
+/// The probes the daemon knows, with their grants and counters.
+pub fn probe_list(d: &TestDaemon) -> ProbeList {
+    match call(d, &Request::List) {
+        Ok(Response::Probes(list)) => list,
+        other => panic!("list answered {other:?}\n{}", d.log()),
+    }
+}
+
+/// The daemon's summary (`telemctl status`).
+pub fn status(d: &TestDaemon) -> Status {
+    match call(d, &Request::Status) {
+        Ok(Response::Status(s)) => *s,
+        other => panic!("status answered {other:?}\n{}", d.log()),
+    }
+}
+
+/// An error with its causes (those its message does not already quote).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}
+
+/// Resident set size of a process in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Unmounts on drop (lazily, so a test failing mid-way does not leave a
+/// busy mount behind).
+pub struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts a tmpfs of `size` (e.g. "16k") on `dir` (root only), for
+/// full-disk tests.
+pub fn mount_small_tmpfs(dir: &Path, size: &str) -> Unmount {
+    std::fs::create_dir_all(dir).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    Unmount(dir.to_owned())
+}
