@@ -89,14 +89,14 @@ fn destdir_install_yields_the_packaged_tree() {
         &root.join("share/defaults/telemetrics/telemd.toml"),
     )
     .unwrap();
-    assert_eq!(c.spool_dir, Path::new("/var/spool/telemetry"));
-    assert_eq!(c.socket_path, Path::new("/run/telem-0"));
+    assert_eq!(c.spool.spool_dir, Path::new("/var/spool/telemetry"));
+    assert_eq!(c.socket.socket_path, Path::new("/run/telem-0"));
     // It approves what the shipped crash-symbolizer needs, read back from
     // the file itself (base: an empty table, not the built-in defaults).
     let text =
         std::fs::read_to_string(root.join("share/defaults/telemetrics/telemd.toml")).unwrap();
     assert!(text.contains("[probes.crash-symbolizer]"), "{text}");
-    let cs = &c.probes["crash-symbolizer"];
+    let cs = &c.probes.probes["crash-symbolizer"];
     assert_eq!(cs.crashes, Some(true));
     assert_eq!(
         cs.classifications.as_deref(),

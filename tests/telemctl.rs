@@ -182,8 +182,8 @@ fn config_check_good_and_bad_files() {
     std::fs::write(&migrated, toml_text.as_bytes()).unwrap();
     let c = telem_core::config::Config::load_file(telem_core::config::Config::default(), &migrated)
         .unwrap();
-    assert_eq!(c.server, "http://localhost/v2/collector");
-    assert_eq!(c.spool_process_time, 120);
+    assert_eq!(c.delivery.server, "http://localhost/v2/collector");
+    assert_eq!(c.delivery.spool_process_time, 120);
 }
 
 #[test]

@@ -320,7 +320,7 @@ impl Grant {
 
         let asked = policy
             .max_records_per_hour
-            .unwrap_or(request.max_records_per_hour);
+            .map_or(request.max_records_per_hour, |n| n.get() as u32);
         let max_records_per_hour = asked.min(rules.max_records_per_hour);
         if asked > max_records_per_hour {
             refuse(
@@ -362,8 +362,10 @@ impl Grant {
             interval_secs,
             read_paths,
             classifications,
-            memory_limit_mib: policy.memory_limit_mib.unwrap_or(DEFAULT_MEMORY_LIMIT_MIB),
-            timeout_ms: policy.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+            memory_limit_mib: policy
+                .memory_limit_mib
+                .map_or(DEFAULT_MEMORY_LIMIT_MIB, |n| n.get()),
+            timeout_ms: policy.timeout_ms.map_or(DEFAULT_TIMEOUT_MS, |n| n.get()),
             max_records_per_hour,
             crashes,
             read_paths_by_admin: policy.read_paths.is_some(),
@@ -389,6 +391,7 @@ pub fn pattern_matches(pattern: &str, classification: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::values::Bounded;
 
     fn rules() -> HostRules {
         HostRules {
@@ -514,9 +517,9 @@ mod tests {
             ]),
             classifications: Some(vec!["org.clearlinux/crash/*".into()]),
             crashes: Some(true),
-            max_records_per_hour: Some(5000),
-            memory_limit_mib: Some(16),
-            timeout_ms: Some(500),
+            max_records_per_hour: Some(Bounded::new(5000)),
+            memory_limit_mib: Some(Bounded::new(16)),
+            timeout_ms: Some(Bounded::new(500)),
             enabled: None,
         };
         let g = Grant::effective("crash-symbolizer", &req, &approved, &rules());

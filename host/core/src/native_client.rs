@@ -85,11 +85,13 @@ pub enum SendError {
 /// `config` locates them (the placeholder id when there is none yet): what
 /// a native client on this machine sends.
 pub fn build_local_record(r: &NewRecord<'_>, config: &crate::config::Config) -> Record {
-    let metadata = HostMetadata::collect(&config.metadata_root);
-    let machine_id =
-        crate::machine_id::MachineIdStore::new(&config.state_dir, &config.static_machine_id_file)
-            .peek()
-            .unwrap_or_else(|| "FFFFFFFF".into());
+    let metadata = HostMetadata::collect(&config.host.metadata_root);
+    let machine_id = crate::machine_id::MachineIdStore::new(
+        &config.host.state_dir,
+        &config.host.static_machine_id_file,
+    )
+    .peek()
+    .unwrap_or_else(|| "FFFFFFFF".into());
     build_record(r, &metadata, &machine_id)
 }
 

@@ -5,7 +5,10 @@
 
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::config::values::Bounded;
 
 /// Default cap on a probe's memory (all of its linear memories together).
 pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 64;
@@ -23,7 +26,8 @@ pub const DEFAULT_MIN_INTERVAL_SECS: u64 = 60;
 pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 16 << 20;
 
 /// The admin's `[probes.NAME]` table; every key optional.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ProbePolicy {
     /// false: the probe is not loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,13 +41,13 @@ pub struct ProbePolicy {
     pub classifications: Option<Vec<String>>,
     /// Memory cap (all linear memories of a call together).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_limit_mib: Option<u64>,
+    pub memory_limit_mib: Option<Bounded<1, 4096>>,
     /// Wall-time cap per call.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
+    pub timeout_ms: Option<Bounded<10, 3_600_000>>,
     /// Records per hour (replaces the manifest's; the host ceiling still holds).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_records_per_hour: Option<u32>,
+    pub max_records_per_hour: Option<Bounded<0, 1_000_000>>,
     /// true: the probe is handed crashes (cores hold the crashed process's
     /// memory) if its manifest asks for them. Absent or false: never.
     #[serde(skip_serializing_if = "Option::is_none")]

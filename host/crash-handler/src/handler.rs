@@ -235,7 +235,7 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
                 .map(|n| n.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "???".into());
-    let filters_on = !config.no_privacy_filters_file.exists();
+    let filters_on = !config.crash.no_privacy_filters_file.exists();
     let filter = if filters_on {
         privacy_filter(exe.as_deref())
     } else {
@@ -267,9 +267,9 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(0);
     let suid = suid_dump(args.dump_mode.as_deref(), changed, suid_dumpable);
-    drop_privileges(&config.service_user)?;
+    drop_privileges(&config.crash.service_user)?;
 
-    let inbox = inbox_dir(&config.state_dir);
+    let inbox = inbox_dir(&config.host.state_dir);
     std::fs::create_dir_all(&inbox)
         .with_context(|| format!("cannot create {}", inbox.display()))?;
     let inbox_fd = open_inbox(&inbox)?;
@@ -315,14 +315,14 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
             None => Box::new(io::stdin().lock()),
         };
         let (bytes, truncated) = copy_capped(&mut input, &core, reservation.core_limit)?;
-        if truncated && reservation.core_limit < config.crash_max_core_size {
+        if truncated && reservation.core_limit < config.crash.crash_max_core_size.get() {
             // Cut by the free-space floor, not by crash_max_core_size.
             return Ok(false);
         }
         if truncated {
             log(&format!(
                 "core of {name} cut at crash_max_core_size = {} bytes",
-                config.crash_max_core_size
+                config.crash.crash_max_core_size.get()
             ));
         }
         let meta = CrashMeta {
@@ -369,7 +369,7 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
     } else {
         ANNOUNCE_WAIT
     };
-    let announced = Client::connect(&config.control_socket, Some(timeout))
+    let announced = Client::connect(&config.host.control_socket, Some(timeout))
         .and_then(|mut c| c.crash(&id, args.verbose));
     match announced {
         Ok(records) => {
@@ -406,7 +406,7 @@ fn send_short(
         },
         config,
     );
-    send_record(&config.socket_path, &record, CLIENT_TIMEOUT)
+    send_record(&config.socket.socket_path, &record, CLIENT_TIMEOUT)
         .with_context(|| format!("cannot send the {class} record"))?;
     if verbose {
         println!("{class} (severity {severity})\n{text}");
@@ -606,7 +606,7 @@ fn write_recent(inbox: &Path, recent: &Recent) -> anyhow::Result<()> {
 fn low_space_message(exe: &str, config: &Config, dropped: u64) -> String {
     format!(
         "crash of {exe} dropped: its core would leave less than crash_min_free_mb = {} MiB free on the crash inbox's filesystem ({dropped} dropped so far)",
-        config.crash_min_free_mb
+        config.crash.crash_min_free_mb.get()
     )
 }
 
@@ -627,7 +627,7 @@ fn admit(
     let _lock = lock_inbox(inbox)?;
     let mut recent = read_recent(inbox);
     let t = now();
-    let window = config.crash_repeat_window_secs;
+    let window = config.crash.crash_repeat_window_secs.get();
     recent
         .last
         .retain(|_, last| t.saturating_sub(*last) < window.max(1));
@@ -640,25 +640,25 @@ fn admit(
             recent.dropped_repeats
         ))
     } else if let Some(id) = new_entry {
-        let usage = inbox_usage(inbox, config.crash_max_core_size + META_RESERVE);
+        let usage = inbox_usage(inbox, config.crash.crash_max_core_size.get() + META_RESERVE);
         // The floor (0: none) counts the room reserved and not yet written
         // as used.
-        let room = if config.crash_min_free_mb == 0 {
+        let room = if config.crash.crash_min_free_mb.get() == 0 {
             u64::MAX
         } else {
             free_bytes(inbox_fd)?
                 .saturating_sub(usage.unwritten)
-                .saturating_sub(config.crash_min_free_mb.saturating_mul(MIB))
+                .saturating_sub(config.crash.crash_min_free_mb.get().saturating_mul(MIB))
                 .saturating_sub(META_RESERVE)
         };
-        let core_limit = room.min(config.crash_max_core_size);
-        if usage.bytes >= config.crash_inbox_max_size {
+        let core_limit = room.min(config.crash.crash_max_core_size.get());
+        if usage.bytes >= config.crash.crash_inbox_max_size.get() {
             recent.dropped_full += 1;
             Admission::Dropped(format!(
                 "crash of {exe} dropped: the crash inbox holds crash_inbox_max_size = {} bytes or more ({} dropped so far)",
-                config.crash_inbox_max_size, recent.dropped_full
+                config.crash.crash_inbox_max_size.get(), recent.dropped_full
             ))
-        } else if core_limit < MIN_CORE.min(config.crash_max_core_size) {
+        } else if core_limit < MIN_CORE.min(config.crash.crash_max_core_size.get()) {
             recent.dropped_low_space += 1;
             Admission::Dropped(low_space_message(exe, config, recent.dropped_low_space))
         } else {

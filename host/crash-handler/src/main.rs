@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let config = match Config::load(Config::default(), args.config_file.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            log(&format!("crash lost: {e}"));
+            log(&format!("crash lost: {:#}", anyhow::Error::from(e)));
             return ExitCode::FAILURE;
         }
     };

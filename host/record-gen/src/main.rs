@@ -64,7 +64,7 @@ fn run(args: Args) -> Result<(), String> {
     let socket = args
         .socket
         .clone()
-        .unwrap_or_else(|| config.socket_path.clone());
+        .unwrap_or_else(|| config.socket.socket_path.clone());
 
     let mut payload = Vec::new();
     if let Some(p) = &args.payload {
@@ -105,10 +105,10 @@ fn run(args: Args) -> Result<(), String> {
     if args.no_post {
         return Ok(());
     }
-    if !config.opt_in_file.exists() {
+    if !config.host.opt_in_file.exists() {
         return Err(format!(
             "Unable to send record. Make sure to opt-in to telemetry first 'telemctl opt-in' ({} does not exist)",
-            config.opt_in_file.display()
+            config.host.opt_in_file.display()
         ));
     }
     send_record(&socket, &record, CLIENT_TIMEOUT).map_err(|e| e.to_string())

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use telem_core::config::Config;
+use telem_core::config::ProbesConfig;
 
 use crate::{CallError, Captured, Event, LoadError, Sandbox, Sink};
 
@@ -68,7 +68,7 @@ pub struct SymbolizeRequest {
 /// filter). It reads the core, the `--exe` binary and the debug trees
 /// through read-only grants of their directories, as the invoking user.
 pub fn symbolize_offline(
-    config: &Config,
+    config: &ProbesConfig,
     req: &SymbolizeRequest,
 ) -> Result<Vec<Captured>, OfflineError> {
     let abs = |p: &Path| {

@@ -102,7 +102,7 @@ fn main() {
             read_paths: Some(vec!["/usr".into(), dir.clone()]),
             classifications: Some(vec!["org.clearlinux/crash/*".into()]),
             crashes: Some(true),
-            max_records_per_hour: Some(1_000_000),
+            max_records_per_hour: Some(telem_core::config::values::Bounded::new(1_000_000)),
             ..Default::default()
         };
         let probe = Arc::new(

@@ -105,7 +105,7 @@ fn main() {
         let hb = Arc::new(
             sb.load(Path::new("hello.wasm"), &hello, |_: &str| {
                 telem_core::grants::ProbePolicy {
-                    max_records_per_hour: Some(1_000_000),
+                    max_records_per_hour: Some(telem_core::config::values::Bounded::new(1_000_000)),
                     ..Default::default()
                 }
             })

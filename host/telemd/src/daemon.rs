@@ -58,41 +58,46 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     for w in &config.warnings {
         warn!("config: {w}");
     }
-    for dir in [&config.spool_dir, &config.state_dir, &config.journal_dir] {
+    for dir in [
+        &config.spool.spool_dir,
+        &config.host.state_dir,
+        &config.journal.journal_dir,
+    ] {
         std::fs::create_dir_all(dir).map_err(ctx(|| format!("cannot create {}", dir.display())))?;
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let metadata = HostMetadata::collect(&config.metadata_root);
-    let cap = (config.spool_max_size >= 0).then(|| config.spool_max_size as u64 * 1024);
-    let spool = Spool::open(&config.spool_dir, cap).map_err(ctx(|| {
-        format!("cannot open the spool {}", config.spool_dir.display())
+    let metadata = HostMetadata::collect(&config.host.metadata_root);
+    let cap = (config.spool.spool_max_size >= 0).then(|| config.spool.spool_max_size as u64 * 1024);
+    let spool = Spool::open(&config.spool.spool_dir, cap).map_err(ctx(|| {
+        format!("cannot open the spool {}", config.spool.spool_dir.display())
     }))?;
     let machine_id = MachineIdCache::new(MachineIdStore::new(
-        &config.state_dir,
-        &config.static_machine_id_file,
+        &config.host.state_dir,
+        &config.host.static_machine_id_file,
     ));
     let ingest = Arc::new(Ingest::new(
         spool.clone(),
         machine_id,
         metadata,
-        config.opt_in_file.clone(),
+        config.host.opt_in_file.clone(),
         clock.clone(),
     ));
     let journal = Arc::new(
         Journal::open(
-            &config.journal_dir,
-            config.journal_limit,
-            config.record_retention_enabled,
+            &config.journal.journal_dir,
+            config.journal.journal_limit.get() as usize,
+            config.delivery.record_retention_enabled,
         )
         .map_err(ctx(|| {
             format!(
                 "cannot open the journal in {}",
-                config.journal_dir.display()
+                config.journal.journal_dir.display()
             )
         }))?,
     );
     let delivery = Delivery::new(
-        config.clone(),
+        config.delivery.clone(),
+        config.source.clone(),
         spool.clone(),
         journal,
         clock,
@@ -100,7 +105,7 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     )?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let inbox = telem_core::crash_inbox::inbox_dir(&config.state_dir);
+    let inbox = telem_core::crash_inbox::inbox_dir(&config.host.state_dir);
     std::fs::create_dir_all(&inbox)
         .map_err(ctx(|| format!("cannot create {}", inbox.display())))?;
     let sandbox = telem_sandbox::Sandbox::with_options(sandbox_options(&config, &inbox))
@@ -108,23 +113,24 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     let probes = crate::supervisor::ProbeManager::new(
         sandbox,
         ingest.clone(),
-        config.probes_dirs.clone(),
-        config.probes.clone(),
-        config.state_dir.join("disabled-probes"),
+        config.probes.probes_dirs.clone(),
+        config.probes.probes.clone(),
+        config.host.state_dir.join("disabled-probes"),
     );
     // Crashes left in the inbox while the daemon was down wait for the
     // probes, which load once the sockets are bound (below).
     let crashes = crate::crash_queue::CrashQueue::start(inbox, probes.clone(), ingest.clone());
-    let control_listener = crate::control::bind(&config.control_socket).map_err(ctx(|| {
-        format!("cannot listen on {}", config.control_socket.display())
-    }))?;
+    let control_listener =
+        crate::control::bind(&config.host.control_socket).map_err(ctx(|| {
+            format!("cannot listen on {}", config.host.control_socket.display())
+        }))?;
     let flush = Arc::new(Notify::new());
     let control_ctx = Arc::new(crate::control::ControlContext {
         probes: probes.clone(),
         ingest: ingest.clone(),
         delivery: delivery.status(),
         flush: flush.clone(),
-        opt_in_file: config.opt_in_file.clone(),
+        opt_in_file: config.host.opt_in_file.clone(),
         crashes,
     });
     let control = tokio::spawn(crate::control::serve(
@@ -135,8 +141,8 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     // The native socket comes last: once it accepts, everything is ready.
     let (listener, bound_path) = native_listener(&config, passed)?;
     let opts = NativeSocketOptions {
-        timeout: Duration::from_millis(config.socket_timeout_ms),
-        max_connections: config.max_connections,
+        timeout: Duration::from_millis(config.socket.socket_timeout_ms.get()),
+        max_connections: config.socket.max_connections.get() as usize,
     };
     let native = tokio::spawn(socket::serve(
         listener,
@@ -165,20 +171,18 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     };
 
     info!(
-        socket = %config.socket_path.display(),
-        spool = %config.spool_dir.display(),
-        server = %config.server,
-        opted_in = config.opt_in_file.exists(),
+        socket = %config.socket.socket_path.display(),
+        spool = %config.spool.spool_dir.display(),
+        server = %config.delivery.server,
+        opted_in = config.host.opt_in_file.exists(),
         "telemd ready"
     );
     systemd::notify_ready();
     // Probes load only now: a slow, huge or hostile component file can
     // never keep the sockets from answering or systemd from hearing READY.
-    let watcher = tokio::spawn(
-        probes
-            .clone()
-            .watch(Duration::from_millis(config.probe_scan_interval_ms)),
-    );
+    let watcher = tokio::spawn(probes.clone().watch(Duration::from_millis(
+        config.probes.probe_scan_interval_ms.get(),
+    )));
 
     wait_for_signal().await;
     systemd::notify_stopping();
@@ -187,7 +191,7 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     let _ = native.await;
     watcher.abort();
     let _ = control.await;
-    let _ = std::fs::remove_file(&config.control_socket);
+    let _ = std::fs::remove_file(&config.host.control_socket);
     let _ = tokio::task::spawn_blocking(move || delivering.join()).await;
     spool.close();
     if let Some(p) = bound_path {
@@ -224,12 +228,12 @@ fn raise_fd_limit() {
 /// The sandbox's directories and host rules from the config: the daemon's
 /// own directories are never readable by a probe.
 fn sandbox_options(config: &Config, inbox: &Path) -> telem_sandbox::SandboxOptions {
-    let cache_dir = config.state_dir.join("probe-cache");
+    let cache_dir = config.host.state_dir.join("probe-cache");
     let mut protected_dirs = Vec::new();
     for d in [
-        &config.state_dir,
-        &config.spool_dir,
-        &config.journal_dir,
+        &config.host.state_dir,
+        &config.spool.spool_dir,
+        &config.journal.journal_dir,
         &inbox.to_path_buf(),
     ] {
         protected_dirs.push(d.clone());
@@ -238,14 +242,14 @@ fn sandbox_options(config: &Config, inbox: &Path) -> telem_sandbox::SandboxOptio
         }
     }
     telem_sandbox::SandboxOptions {
-        scratch_dir: config.state_dir.join("probe-views"),
+        scratch_dir: config.host.state_dir.join("probe-views"),
         cache_dir,
         rules: telem_core::grants::HostRules {
-            max_records_per_hour: config.max_records_per_hour,
-            min_interval_secs: config.probe_min_interval_secs,
+            max_records_per_hour: config.probes.max_records_per_hour.get() as u32,
+            min_interval_secs: config.probes.probe_min_interval_secs.get(),
             protected_dirs,
         },
-        max_component_bytes: config.max_component_bytes,
+        max_component_bytes: config.probes.max_component_bytes.get(),
     }
 }
 
@@ -270,8 +274,8 @@ fn native_listener(
         info!("using the native socket passed by systemd");
         return Ok((l, None));
     }
-    let path: &Path = &config.socket_path;
-    let l = socket::bind(path, config.socket_mode)
+    let path: &Path = &config.socket.socket_path;
+    let l = socket::bind(path, config.socket.socket_mode.bits())
         .map_err(ctx(|| format!("cannot listen on {}", path.display())))?;
     Ok((l, Some(path.to_owned())))
 }
@@ -295,7 +299,7 @@ pub fn prepare_dev(dir: &Path, extra: Option<&Path>) -> Result<Config, DevError>
         telem_core::fsutil::write_atomic(p, text.as_bytes(), 0o644)
             .map_err(|e| DevError(format!("cannot write {}: {e}", p.display())))
     };
-    write(&config.opt_in_file, "")?;
+    write(&config.host.opt_in_file, "")?;
     let cfg_path = dir.join("telemd.toml");
     write(
         &cfg_path,
@@ -313,8 +317,8 @@ pub fn prepare_dev(dir: &Path, extra: Option<&Path>) -> Result<Config, DevError>
     );
     eprintln!("telemd dev mode: everything lives under {}", dir.display());
     eprintln!("  config:    {}", cfg_path.display());
-    eprintln!("  socket:    {}", config.socket_path.display());
-    eprintln!("  spool:     {}", config.spool_dir.display());
+    eprintln!("  socket:    {}", config.socket.socket_path.display());
+    eprintln!("  spool:     {}", config.spool.spool_dir.display());
     eprintln!(
         "  send one:  {gen} -f {} -c org.example/dev/test -p 'hello from dev'",
         cfg_path.display()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use telem_core::clock::{Clock, ManualClock};
+use telem_core::config::values::{Bounded, CollectorUrl, Limit};
 use telem_core::config::{Config, RateLimitStrategy};
 use telem_core::journal::{Journal, JournalFilter, Outcome};
 use telemd::delivery::Delivery;
@@ -23,19 +24,20 @@ async fn rig(records: usize, tweak: impl FnOnce(&mut Config)) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::dev(dir.path());
     tweak(&mut cfg);
-    let spool = Spool::open(&cfg.spool_dir, None).unwrap();
+    let spool = Spool::open(&cfg.spool.spool_dir, None).unwrap();
     for i in 0..records {
         spool
             .store(&test_record(&format!("rec {i}")))
             .await
             .unwrap();
     }
-    let journal = Arc::new(Journal::open(&cfg.journal_dir, 1000, false).unwrap());
+    let journal = Arc::new(Journal::open(&cfg.journal.journal_dir, 1000, false).unwrap());
     // Start mid-minute so window arithmetic is not at a boundary.
     let now = SystemTime::now();
     let clock = Arc::new(ManualClock::new(now));
     let delivery = Delivery::new(
-        cfg,
+        cfg.delivery,
+        None,
         spool.clone(),
         journal.clone(),
         clock.clone() as Arc<dyn Clock>,
@@ -74,9 +76,9 @@ fn delivered_lines(r: &Rig) -> usize {
 #[tokio::test]
 async fn record_burst_with_spool_strategy_waits_for_the_window() {
     let mut r = rig(8, |c| {
-        c.record_burst_limit = 3;
-        c.record_window_length = 1;
-        c.rate_limit_strategy = RateLimitStrategy::Spool;
+        c.delivery.record_burst_limit = Limit::at(3);
+        c.delivery.record_window_length = Bounded::new(1);
+        c.delivery.rate_limit_strategy = RateLimitStrategy::Spool;
     })
     .await;
     let rep = run(&mut r).await;
@@ -102,9 +104,9 @@ async fn record_burst_with_spool_strategy_waits_for_the_window() {
 #[tokio::test]
 async fn drop_strategy_removes_and_journals_over_limit_records() {
     let mut r = rig(6, |c| {
-        c.record_burst_limit = 2;
-        c.record_window_length = 0;
-        c.rate_limit_strategy = RateLimitStrategy::Drop;
+        c.delivery.record_burst_limit = Limit::at(2);
+        c.delivery.record_window_length = Bounded::new(0);
+        c.delivery.rate_limit_strategy = RateLimitStrategy::Drop;
     })
     .await;
     let rep = run(&mut r).await;
@@ -118,9 +120,9 @@ async fn drop_strategy_removes_and_journals_over_limit_records() {
 async fn byte_burst_counts_each_records_real_size() {
     let size = test_record("rec 0").byte_len() as i64;
     let mut r = rig(5, |c| {
-        c.record_burst_limit = -1;
-        c.byte_burst_limit = size * 2 + size / 2;
-        c.byte_window_length = 0;
+        c.delivery.record_burst_limit = Limit::OFF;
+        c.delivery.byte_burst_limit = Limit::at((size * 2 + size / 2) as u64);
+        c.delivery.byte_window_length = Bounded::new(0);
     })
     .await;
     assert_eq!(
@@ -137,8 +139,8 @@ async fn byte_burst_counts_each_records_real_size() {
 #[tokio::test]
 async fn disabled_rate_limit_sends_everything() {
     let mut r = rig(30, |c| {
-        c.rate_limit_enabled = false;
-        c.record_burst_limit = 1;
+        c.delivery.rate_limit_enabled = false;
+        c.delivery.record_burst_limit = Limit::at(1);
     })
     .await;
     assert_eq!(run(&mut r).await.delivered, 30);
@@ -147,8 +149,8 @@ async fn disabled_rate_limit_sends_everything() {
 #[tokio::test]
 async fn records_older_than_record_expiry_are_expired_and_journaled() {
     let mut r = rig(3, |c| {
-        c.record_expiry = 10;
-        c.server = "http://127.0.0.1:9/unreachable".into();
+        c.delivery.record_expiry = 10;
+        c.delivery.server = CollectorUrl::new("http://127.0.0.1:9/unreachable");
     })
     .await;
     // Nine minutes later they are still worth trying (and fail: port 9).
@@ -172,8 +174,8 @@ async fn records_older_than_record_expiry_are_expired_and_journaled() {
 #[tokio::test]
 async fn expiry_minus_one_keeps_records_forever() {
     let mut r = rig(1, |c| {
-        c.record_expiry = -1;
-        c.server = "http://127.0.0.1:9/unreachable".into();
+        c.delivery.record_expiry = -1;
+        c.delivery.server = CollectorUrl::new("http://127.0.0.1:9/unreachable");
     })
     .await;
     r.clock.advance(Duration::from_secs(365 * 24 * 3600));

@@ -24,8 +24,8 @@ pub fn check(file: Option<&Path>, json: bool) -> anyhow::Result<()> {
 
 pub fn defaults() -> anyhow::Result<()> {
     print!(
-        "# telemd defaults; copy to /etc/telemetrics/telemd.toml to change them\n{}",
-        Config::default().to_toml()
+        "# telemd defaults, each key under what it means; copy to\n# /etc/telemetrics/telemd.toml and keep the keys to change.\n{}",
+        telem_core::config::reference::commented_defaults()
     );
     Ok(())
 }

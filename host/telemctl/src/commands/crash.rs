@@ -18,7 +18,7 @@ pub fn run(c: &Config, cmd: CrashCmd, json: bool) -> anyhow::Result<()> {
         debug_roots: debug_root,
         probe,
     };
-    let records = symbolize_offline(c, &req)?;
+    let records = symbolize_offline(&c.probes, &req)?;
     if json {
         super::print_json(&records);
     } else {

@@ -15,8 +15,17 @@ pub struct Show {
 }
 
 pub fn show(c: &Config, filter: JournalFilter, how: Show) -> anyhow::Result<()> {
-    let entries = query_dir(&c.journal_dir, c.journal_limit, &filter)
-        .with_context(|| format!("cannot read the journal in {}", c.journal_dir.display()))?;
+    let entries = query_dir(
+        &c.journal.journal_dir,
+        c.journal.journal_limit.get() as usize,
+        &filter,
+    )
+    .with_context(|| {
+        format!(
+            "cannot read the journal in {}",
+            c.journal.journal_dir.display()
+        )
+    })?;
     if how.json {
         super::print_json(&entries);
         return Ok(());
@@ -50,7 +59,7 @@ pub fn show(c: &Config, filter: JournalFilter, how: Show) -> anyhow::Result<()> 
     for (row, e) in rows.iter().zip(&entries) {
         println!("{}", align(row, &widths));
         if how.include_record {
-            match retained_payload(&c.journal_dir, &e.record_id) {
+            match retained_payload(&c.journal.journal_dir, &e.record_id) {
                 Some(p) => println!("{p}"),
                 None => println!("(payload not kept)"),
             }

@@ -80,7 +80,7 @@ fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
 
 /// A connection to the running daemon, handshake done.
 fn connect(c: &Config) -> anyhow::Result<Client> {
-    Ok(Client::connect(&c.control_socket, None)?)
+    Ok(Client::connect(&c.host.control_socket, None)?)
 }
 
 /// An error for a file the admin may lack the rights to change.

@@ -57,8 +57,8 @@ struct Spooled {
 
 /// Lists the spool directory itself (the daemon need not run).
 pub fn list(c: &Config, json: bool) -> anyhow::Result<()> {
-    let rd = std::fs::read_dir(&c.spool_dir)
-        .with_context(|| format!("cannot read the spool {}", c.spool_dir.display()))?;
+    let rd = std::fs::read_dir(&c.spool.spool_dir)
+        .with_context(|| format!("cannot read the spool {}", c.spool.spool_dir.display()))?;
     let mut rows = Vec::new();
     for e in rd.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();

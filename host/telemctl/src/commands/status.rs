@@ -18,7 +18,7 @@ pub fn show(c: &Config, json: bool) -> anyhow::Result<()> {
         match &daemon {
             Ok(s) => super::print_json(s),
             Err(e) => super::print_json(&Unreachable {
-                opted_in: c.opt_in_file.exists(),
+                opted_in: c.host.opt_in_file.exists(),
                 error: format!("{e:#}"),
             }),
         }
@@ -28,8 +28,8 @@ pub fn show(c: &Config, json: bool) -> anyhow::Result<()> {
     println!(
         "{:<16} {} ({})",
         "opted in:",
-        yes(c.opt_in_file.exists()),
-        c.opt_in_file.display()
+        yes(c.host.opt_in_file.exists()),
+        c.host.opt_in_file.display()
     );
     let s = match daemon {
         Ok(s) => s,

@@ -100,7 +100,7 @@ pub fn target_of(path: &str, allowed_dirs: &[PathBuf]) -> Result<Target, CfgRefu
     }
     let text = String::from_utf8_lossy(&bytes);
     let config = Config::parse_str(Config::default(), &text, &real)?;
-    match Target::from_config(&config) {
+    match Target::from_config(&config.delivery) {
         Target::File(_) => Err(CfgRefusal::FileServer),
         t => Ok(t),
     }

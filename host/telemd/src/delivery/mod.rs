@@ -17,6 +17,7 @@ pub mod post;
 pub mod ratelimit;
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,7 +30,7 @@ use self::post::{PostOutcome, Poster, PosterError, Target};
 use self::ratelimit::{RateLimiter, Verdict};
 use crate::spool::{Spool, SpoolEntry, SpoolReadError};
 use telem_core::clock::Clock;
-use telem_core::config::{Config, RateLimitStrategy};
+use telem_core::config::{DeliveryConfig, RateLimitStrategy};
 pub use telem_core::control::DeliveryStatus;
 use telem_core::journal::{Journal, JournalEntry, Outcome};
 use telem_core::record::{Header, Record};
@@ -130,7 +131,8 @@ pub struct RunReport {
 pub struct Delivery {
     spool: Spool,
     journal: Arc<Journal>,
-    config: Config,
+    config: DeliveryConfig,
+    own_file: Option<PathBuf>,
     default_target: Target,
     poster: Poster,
     limiter: RateLimiter,
@@ -148,10 +150,12 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 impl Delivery {
-    /// A worker for `config`'s collector over `spool`. `seed` seeds the
-    /// backoff jitter.
+    /// A worker for `config`'s collector over `spool`. `own_file` is the
+    /// daemon's config file (a record naming it goes to the daemon's own
+    /// target). `seed` seeds the backoff jitter.
     pub fn new(
-        config: Config,
+        config: DeliveryConfig,
+        own_file: Option<PathBuf>,
         spool: Spool,
         journal: Arc<Journal>,
         clock: Arc<dyn Clock>,
@@ -177,6 +181,7 @@ impl Delivery {
             spool,
             journal,
             config,
+            own_file,
             clock,
         })
     }
@@ -338,8 +343,7 @@ impl Delivery {
             return self.default_target.clone();
         };
         if self
-            .config
-            .source
+            .own_file
             .as_deref()
             .is_some_and(|s| s.as_os_str() == path.as_str())
         {

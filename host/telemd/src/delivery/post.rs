@@ -11,7 +11,7 @@ use thiserror::Error;
 use tracing::debug;
 
 use super::backoff::parse_retry_after;
-use telem_core::config::{Config, PostFormat};
+use telem_core::config::{DeliveryConfig, PostFormat};
 use telem_core::record::Record;
 
 /// The legacy client's connect timeout.
@@ -48,7 +48,7 @@ pub enum Target {
 
 impl Target {
     /// The target a config names.
-    pub fn from_config(c: &Config) -> Target {
+    pub fn from_config(c: &DeliveryConfig) -> Target {
         if let Some(path) = c.server.strip_prefix("file://") {
             return Target::File(PathBuf::from(path));
         }
@@ -57,7 +57,7 @@ impl Target {
             .split_once(':')
             .unwrap_or(("X-Telemetry-TID", ""));
         Target::Http {
-            url: c.server.clone(),
+            url: c.server.to_string(),
             tid_name: name.trim().to_owned(),
             tid_value: value.trim().to_owned(),
         }
@@ -107,7 +107,7 @@ pub struct Poster {
 impl Poster {
     /// Builds the client: rustls with the system roots plus `cainfo`, the
     /// legacy timeouts, no redirects (a POST must not turn into a GET).
-    pub fn new(c: &Config) -> Result<Poster, PosterError> {
+    pub fn new(c: &DeliveryConfig) -> Result<Poster, PosterError> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
@@ -334,6 +334,7 @@ fn append_json_line(path: &PathBuf, record: &Record) -> PostOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use telem_core::config::values::CollectorUrl;
     use telem_core::record::sample;
 
     #[test]
@@ -369,12 +370,12 @@ mod tests {
 
     #[test]
     fn targets_from_config() {
-        let c = Config {
-            server: "file:///tmp/x.jsonl".into(),
-            ..Config::default()
+        let c = DeliveryConfig {
+            server: CollectorUrl::new("file:///tmp/x.jsonl"),
+            ..DeliveryConfig::default()
         };
         assert_eq!(Target::from_config(&c), Target::File("/tmp/x.jsonl".into()));
-        let t = Target::from_config(&Config::default());
+        let t = Target::from_config(&DeliveryConfig::default());
         assert_eq!(
             t,
             Target::Http {

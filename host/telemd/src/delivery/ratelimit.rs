@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use telem_core::config::Config;
+use telem_core::config::DeliveryConfig;
 
 /// Whether a record may be sent now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,16 +44,15 @@ fn minute(t: SystemTime) -> u64 {
 
 impl RateLimiter {
     /// The limits of `config` (none at all when `rate_limit_enabled` is false).
-    pub fn from_config(c: &Config) -> Self {
-        let limit = |max: i64, window: u32| {
-            (c.rate_limit_enabled && max >= 0).then_some(Limit {
-                max: max as u64,
-                window: window as u64,
-            })
+    pub fn from_config(c: &DeliveryConfig) -> Self {
+        let limit = |max: telem_core::config::values::Limit, window: u64| {
+            max.get()
+                .filter(|_| c.rate_limit_enabled)
+                .map(|max| Limit { max, window })
         };
         RateLimiter {
-            records: limit(c.record_burst_limit, c.record_window_length),
-            bytes: limit(c.byte_burst_limit, c.byte_window_length),
+            records: limit(c.record_burst_limit, c.record_window_length.get()),
+            bytes: limit(c.byte_burst_limit, c.byte_window_length.get()),
             buckets: VecDeque::new(),
         }
     }
@@ -124,14 +123,16 @@ impl RateLimiter {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use telem_core::config::values::{Bounded, Limit};
 
-    fn cfg(records: i64, rwin: u32, bytes: i64, bwin: u32) -> Config {
-        Config {
-            record_burst_limit: records,
-            record_window_length: rwin,
-            byte_burst_limit: bytes,
-            byte_window_length: bwin,
-            ..Config::default()
+    fn cfg(records: i64, rwin: u64, bytes: i64, bwin: u64) -> DeliveryConfig {
+        let limit = |n: i64| u64::try_from(n).map_or(Limit::OFF, Limit::at);
+        DeliveryConfig {
+            record_burst_limit: limit(records),
+            record_window_length: Bounded::new(rwin),
+            byte_burst_limit: limit(bytes),
+            byte_window_length: Bounded::new(bwin),
+            ..DeliveryConfig::default()
         }
     }
 

@@ -1,0 +1,286 @@
+//! The keys, one struct per subsystem, each key written once with what it
+//! means (the doc comments are the key reference: `telemctl config
+//! defaults` prints them and the README's table is checked against them).
+//! The file stays flat: the structs are flattened into [`super::Config`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::values::{optional_path, Bounded, CollectorUrl, FileMode, HeaderLine, Limit, UserName};
+use super::{non_empty, PostFormat, RateLimitStrategy, DEFAULT_TIDHEADER};
+use crate::probe_policy::ProbePolicy;
+
+/// Posting records to the collector, the rate limits and the journal of
+/// what was sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryConfig {
+    /// The collector: an `http://` or `https://` URL, or `file://PATH` to
+    /// append records to a local JSON-lines file.
+    pub server: CollectorUrl,
+    /// CA bundle for TLS to the collector; empty: the system roots.
+    #[serde(with = "optional_path")]
+    #[schemars(with = "String")]
+    pub cainfo: Option<PathBuf>,
+    /// Header line sent with every post (`Name: value`); the public
+    /// collector checks this TID.
+    pub tidheader: HeaderLine,
+    /// Minutes a spooled record lives before it is removed unsent; -1:
+    /// forever (negative values are read as -1, as the legacy client did).
+    pub record_expiry: i64,
+    /// Seconds between spool runs; values outside 120..300 are clamped with
+    /// a warning, as the legacy client did.
+    pub spool_process_time: u64,
+    /// Whether the rate limits (`record_burst_limit`, `byte_burst_limit`)
+    /// apply.
+    pub rate_limit_enabled: bool,
+    /// Records posted per record window; -1: no limit.
+    pub record_burst_limit: Limit,
+    /// Minutes of the record window.
+    pub record_window_length: Bounded<0, 59>,
+    /// Bytes posted per byte window; -1: no limit.
+    pub byte_burst_limit: Limit,
+    /// Minutes of the byte window.
+    pub byte_window_length: Bounded<0, 59>,
+    /// What happens to records over a limit: `spool` (they wait for a later
+    /// window) or `drop` (removed, journaled as dropped).
+    pub rate_limit_strategy: RateLimitStrategy,
+    /// false: records are journaled and kept local, never posted.
+    pub record_server_delivery_enabled: bool,
+    /// Keep a copy of each journaled record's payload
+    /// (`telemctl journal --include-record`).
+    pub record_retention_enabled: bool,
+    /// Body format of a post: `headers` (headers as HTTP headers, the
+    /// payload as body: what the public collector validates) or `json`.
+    pub post_format: PostFormat,
+    /// Directories a native record's `CFG:` config file may be in (it must
+    /// also be root-owned and writable by no one else); other records go
+    /// to `server`.
+    #[serde(deserialize_with = "non_empty::paths")]
+    pub cfg_allowed_dirs: Vec<PathBuf>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            server: CollectorUrl::new("http://localhost/v2/collector"),
+            cainfo: None,
+            tidheader: HeaderLine::new(DEFAULT_TIDHEADER),
+            record_expiry: 1200,
+            spool_process_time: 120,
+            rate_limit_enabled: true,
+            record_burst_limit: Limit::at(1000),
+            record_window_length: Bounded::new(15),
+            byte_burst_limit: Limit::OFF,
+            byte_window_length: Bounded::new(20),
+            rate_limit_strategy: RateLimitStrategy::Spool,
+            record_server_delivery_enabled: true,
+            record_retention_enabled: false,
+            post_format: PostFormat::Headers,
+            cfg_allowed_dirs: vec!["/etc/telemetrics".into()],
+        }
+    }
+}
+
+/// Where accepted records wait for delivery.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SpoolConfig {
+    /// The spool directory (the legacy staged format).
+    #[serde(deserialize_with = "non_empty::path")]
+    pub spool_dir: PathBuf,
+    /// KiB the spool may hold; new records are refused beyond it; -1: no
+    /// limit (negative values are read as -1).
+    pub spool_max_size: i64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            spool_dir: "/var/spool/telemetry".into(),
+            spool_max_size: 5120,
+        }
+    }
+}
+
+/// The journal of what happened to each record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JournalConfig {
+    /// The delivery journal and retained payloads.
+    #[serde(deserialize_with = "non_empty::path")]
+    pub journal_dir: PathBuf,
+    /// Journal entries kept.
+    pub journal_limit: Bounded<1, 1_000_000>,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            journal_dir: "/var/log/telemetry".into(),
+            journal_limit: Bounded::new(100),
+        }
+    }
+}
+
+/// The legacy socket native probes send records to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SocketConfig {
+    /// The socket (systemd's socket unit passes it instead when it runs
+    /// the daemon).
+    #[serde(deserialize_with = "non_empty::path")]
+    pub socket_path: PathBuf,
+    /// Permission bits of the socket.
+    pub socket_mode: FileMode,
+    /// Milliseconds a native client has to deliver its whole frame.
+    pub socket_timeout_ms: Bounded<100, 600_000>,
+    /// Native clients being read at once, a quarter of them at most for
+    /// one uid (a connection takes a slot when its first byte arrives);
+    /// more wait. The daemon keeps `max_connections` + 4096 connections
+    /// open (at most half its descriptor limit, whose soft value it raises
+    /// to the hard one); once half of those are taken, a uid holding over
+    /// a quarter has its new connections closed at once; beyond the total,
+    /// clients wait in the backlog.
+    pub max_connections: Bounded<1, 65_536>,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig {
+            socket_path: "/run/telem-0".into(),
+            socket_mode: FileMode::new(0o666),
+            socket_timeout_ms: Bounded::new(10_000),
+            max_connections: Bounded::new(64),
+        }
+    }
+}
+
+/// The daemon's own files and what identifies the machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HostConfig {
+    /// Machine id, compiled-probe cache, crash inbox, probe state.
+    #[serde(deserialize_with = "non_empty::path")]
+    pub state_dir: PathBuf,
+    /// Nothing is accepted or sent unless this file exists
+    /// (`telemctl opt-in` creates it).
+    #[serde(deserialize_with = "non_empty::path")]
+    pub opt_in_file: PathBuf,
+    /// If it exists, its first line (32 characters at most) is the machine
+    /// id, instead of one that rotates every three days.
+    #[serde(deserialize_with = "non_empty::path")]
+    pub static_machine_id_file: PathBuf,
+    /// The control socket (telemctl, the crash handler).
+    #[serde(deserialize_with = "non_empty::path")]
+    pub control_socket: PathBuf,
+    /// Root of the filesystem host metadata is read from (tests use a fake
+    /// one).
+    #[serde(deserialize_with = "non_empty::path")]
+    pub metadata_root: PathBuf,
+    /// Exit when idle; socket activation brings the daemon back.
+    pub daemon_recycling_enabled: bool,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            state_dir: "/var/lib/telemetry".into(),
+            opt_in_file: "/etc/telemetrics/opt-in".into(),
+            static_machine_id_file: "/etc/telemetrics/opt-in-static-machine-id".into(),
+            control_socket: "/run/telemd/control".into(),
+            metadata_root: "/".into(),
+            daemon_recycling_enabled: true,
+        }
+    }
+}
+
+/// The crash handler: what it keeps, and the limits on crash floods.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CrashConfig {
+    /// Bytes of a core kept; the rest is cut and the cut logged (the notes
+    /// and first mappings come first, so a cut core still names the crash).
+    pub crash_max_core_size: Bounded<65_536, { i64::MAX as u64 }>,
+    /// Crashes arriving while the crash inbox holds this many bytes are
+    /// dropped, with a count in the log.
+    pub crash_inbox_max_size: Bounded<65_536, { i64::MAX as u64 }>,
+    /// A crash of the same executable within this many seconds of the last
+    /// is dropped, with a count in the log.
+    pub crash_repeat_window_secs: Bounded<0, 86_400>,
+    /// MiB the crash handler leaves free on the inbox's filesystem: a crash
+    /// whose core would leave less is dropped, with a count in the log (0:
+    /// no floor).
+    pub crash_min_free_mb: Bounded<0, { 1 << 30 }>,
+    /// If this file exists, the crash privacy filters are off (the legacy
+    /// `opt-in-no-privacy-filters`).
+    #[serde(deserialize_with = "non_empty::path")]
+    pub no_privacy_filters_file: PathBuf,
+    /// The user the crash handler drops to before keeping anything.
+    pub service_user: UserName,
+}
+
+impl Default for CrashConfig {
+    fn default() -> Self {
+        CrashConfig {
+            crash_max_core_size: Bounded::new(1 << 30),
+            crash_inbox_max_size: Bounded::new(4 << 30),
+            crash_repeat_window_secs: Bounded::new(60),
+            crash_min_free_mb: Bounded::new(256),
+            no_privacy_filters_file: "/etc/telemetrics/opt-in-no-privacy-filters".into(),
+            service_user: UserName::new("telemetry"),
+        }
+    }
+}
+
+/// The WASM probes: where they are found and the host's ceilings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProbesConfig {
+    /// Directories scanned for `.wasm` probes.
+    #[serde(deserialize_with = "non_empty::paths")]
+    pub probes_dirs: Vec<PathBuf>,
+    /// Milliseconds between scans of the probe directories for added,
+    /// replaced or removed components.
+    pub probe_scan_interval_ms: Bounded<100, 3_600_000>,
+    /// Host ceiling on any probe's records per hour.
+    pub max_records_per_hour: Bounded<0, 1_000_000>,
+    /// Larger probe component files are not compiled.
+    pub max_component_bytes: Bounded<65_536, { 1 << 30 }>,
+    /// Shortest interval trigger, in seconds; a probe asking for less gets
+    /// this.
+    pub probe_min_interval_secs: Bounded<1, 86_400>,
+    /// The admin's word on each probe (`[probes.NAME]` tables: `enabled`,
+    /// `read_paths`, `classifications`, `memory_limit_mib`, `timeout_ms`,
+    /// `max_records_per_hour`, `crashes`). The defaults approve what the
+    /// shipped probes need; a table in a file changes only the keys it
+    /// names.
+    pub probes: BTreeMap<String, ProbePolicy>,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        ProbesConfig {
+            probes_dirs: vec![
+                "/usr/lib/telemetry/probes".into(),
+                "/etc/telemetrics/probes".into(),
+            ],
+            probe_scan_interval_ms: Bounded::new(2000),
+            max_records_per_hour: Bounded::new(
+                crate::probe_policy::DEFAULT_MAX_RECORDS_PER_HOUR as u64,
+            ),
+            max_component_bytes: Bounded::new(crate::probe_policy::DEFAULT_MAX_COMPONENT_BYTES),
+            probe_min_interval_secs: Bounded::new(crate::probe_policy::DEFAULT_MIN_INTERVAL_SECS),
+            probes: shipped_probe_grants(),
+        }
+    }
+}
+
+/// What the shipped probes need beyond the safe set: the crash-symbolizer
+/// reads the programs and libraries under `/usr` and their debug files,
+/// is handed crashes, and sends the crash classifications.
+fn shipped_probe_grants() -> BTreeMap<String, ProbePolicy> {
+    let crash_symbolizer = ProbePolicy {
+        read_paths: Some(vec!["/usr".into(), "/usr/lib/debug".into()]),
+        classifications: Some(vec!["org.clearlinux/crash/*".into()]),
+        crashes: Some(true),
+        ..Default::default()
+    };
+    BTreeMap::from([("crash-symbolizer".to_owned(), crash_symbolizer)])
+}
