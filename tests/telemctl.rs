@@ -262,3 +262,46 @@ fn systemd_verbs_say_plainly_when_systemd_is_absent() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("systemd is not running"), "{err}");
 }
+
+/// The daemon holds every connection to the handshake: a client of
+/// another protocol version, or one that skips the hello, gets one line
+/// saying so and nothing else.
+#[test]
+fn control_requests_before_a_matching_hello_are_refused() {
+    use std::io::{BufRead, BufReader, Write};
+    use telem_core::control::{Request, Response, PROTOCOL_VERSION};
+    let d = TestDaemon::start(HOLD);
+    let ask = |lines: &[String]| -> Vec<Response> {
+        let s = std::os::unix::net::UnixStream::connect(d.path("control.sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        lines
+            .iter()
+            .map(|l| {
+                (&s).write_all(format!("{l}\n").as_bytes()).unwrap();
+                let mut out = String::new();
+                r.read_line(&mut out).unwrap();
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out:?}: {e}"))
+            })
+            .collect()
+    };
+    let line = |r: &Request| serde_json::to_string(r).unwrap();
+    let hello = |version| Request::Hello {
+        version,
+        client: "test".into(),
+    };
+
+    let skipped = ask(&[line(&Request::Status)]);
+    assert!(
+        matches!(&skipped[0], Response::Error { message } if message.contains("hello") && !message.contains('\n')),
+        "{skipped:?}"
+    );
+    let other = ask(&[line(&hello(PROTOCOL_VERSION + 1)), line(&Request::Status)]);
+    assert!(
+        matches!(&other[0], Response::Hello(h) if h.version == PROTOCOL_VERSION),
+        "{other:?}"
+    );
+    assert!(matches!(&other[1], Response::Error { .. }), "{other:?}");
+    let matching = ask(&[line(&hello(PROTOCOL_VERSION)), line(&Request::Status)]);
+    assert!(matches!(&matching[1], Response::Status(_)), "{matching:?}");
+}

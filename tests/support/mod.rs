@@ -303,8 +303,8 @@ pub fn call(d: &TestDaemon, req: &Request) -> Result<Response, String> {
         Ok(r) => Ok(r),
         Err(ClientError::Daemon(message)) => Err(message),
         Err(e) => panic!(
-            "control request {}: {}\n{}",
-            req.kind(),
+            "control request {:?}: {}\n{}",
+            req,
             error_chain(&e),
             d.log()
         ),
@@ -316,11 +316,7 @@ pub fn call(d: &TestDaemon, req: &Request) -> Result<Response, String> {
 pub fn act(d: &TestDaemon, req: &Request) -> Result<(), String> {
     match call(d, req)? {
         Response::Done => Ok(()),
-        other => panic!(
-            "control request {}: answered {other:?}\n{}",
-            req.kind(),
-            d.log()
-        ),
+        other => panic!("control request {:?}: answered {other:?}\n{}", req, d.log()),
     }
 }
 

@@ -70,9 +70,9 @@ pub enum ClientError {
     #[error("telemd answered {got} to a {asked} request")]
     Unexpected {
         /// The request kind.
-        asked: &'static str,
+        asked: String,
         /// The reply kind.
-        got: &'static str,
+        got: String,
     },
 }
 
@@ -118,7 +118,16 @@ impl Client {
             version: PROTOCOL_VERSION,
             client: program_version(),
         };
-        match client.exchange(&hello)? {
+        let answer = match client.exchange(&hello) {
+            // A daemon from before the handshake answers in its own shape.
+            Err(ClientError::BadReply { .. }) => {
+                return Err(ClientError::NoHandshake {
+                    message: "it answered the hello in a shape this program does not know".into(),
+                })
+            }
+            other => other?,
+        };
+        match answer {
             Response::Hello(h) if h.version == PROTOCOL_VERSION => client.server = h,
             Response::Hello(h) => {
                 return Err(ClientError::Version {
@@ -128,12 +137,7 @@ impl Client {
                 })
             }
             Response::Error { message } => return Err(ClientError::NoHandshake { message }),
-            other => {
-                return Err(ClientError::Unexpected {
-                    asked: "hello",
-                    got: other.kind(),
-                })
-            }
+            other => return Err(unexpected(&hello, &other)),
         }
         Ok(client)
     }
@@ -246,39 +250,128 @@ fn program_version() -> String {
 
 fn unexpected(req: &Request, got: &Response) -> ClientError {
     ClientError::Unexpected {
-        asked: req.kind(),
-        got: got.kind(),
+        asked: wire_tag(req, "op"),
+        got: wire_tag(got, "reply"),
     }
 }
 
-impl Request {
-    /// The request's name on the wire.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Request::Hello { .. } => "hello",
-            Request::List => "list",
-            Request::Run { .. } => "run",
-            Request::Reload => "reload",
-            Request::Enable { .. } => "enable",
-            Request::Disable { .. } => "disable",
-            Request::Status => "status",
-            Request::Flush => "flush",
-            Request::Crash { .. } => "crash",
-        }
+/// The name a request or reply has on the wire (its serde tag), so a new
+/// variant needs no list of names kept beside it.
+fn wire_tag<T: serde::Serialize>(v: &T, tag: &str) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::Object(m)) => m
+            .get(tag)
+            .and_then(|t| t.as_str())
+            .unwrap_or("?")
+            .to_owned(),
+        _ => "?".to_owned(),
     }
 }
 
-impl Response {
-    /// The reply's name on the wire.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Response::Hello(_) => "hello",
-            Response::Probes(_) => "probes",
-            Response::Status(_) => "status",
-            Response::Reloaded { .. } => "reloaded",
-            Response::CrashHandled { .. } => "crash_handled",
-            Response::Done => "done",
-            Response::Error { .. } => "error",
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// A one-connection daemon that answers the hello with `reply`.
+    fn fake_daemon(
+        reply: &'static str,
+    ) -> (tempfile::TempDir, PathBuf, std::thread::JoinHandle<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            (&s).write_all(reply.as_bytes()).unwrap();
+            line
+        });
+        (dir, path, server)
+    }
+
+    #[test]
+    fn a_daemon_of_another_protocol_version_is_named_in_one_line() {
+        let (_dir, path, server) =
+            fake_daemon("{\"reply\":\"hello\",\"version\":2,\"server\":\"telemd 9.0.0\"}\n");
+        let e = Client::connect(&path, Some(Duration::from_secs(10))).unwrap_err();
+        let hello: Request = serde_json::from_str(&server.join().unwrap()).unwrap();
+        assert!(
+            matches!(hello, Request::Hello { version, .. } if version == PROTOCOL_VERSION),
+            "{hello:?}"
+        );
+        assert!(matches!(e, ClientError::Version { theirs: 2, .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            !text.contains('\n') && text.contains("telemd 9.0.0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_daemon_without_the_handshake_is_named_too() {
+        let (_dir, path, _server) =
+            fake_daemon("{\"ok\":false,\"error\":\"bad request: unknown variant `hello`\"}\n");
+        let e = Client::connect(&path, Some(Duration::from_secs(10))).unwrap_err();
+        assert!(matches!(e, ClientError::NoHandshake { .. }), "{e:?}");
+        assert!(e.to_string().contains("older"), "{e}");
+        let (_dir, path, _server) =
+            fake_daemon("{\"reply\":\"error\",\"message\":\"unknown op\"}\n");
+        let e = Client::connect(&path, Some(Duration::from_secs(10))).unwrap_err();
+        assert!(matches!(e, ClientError::NoHandshake { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn every_request_and_reply_survives_the_wire() {
+        let reqs = [
+            Request::Hello {
+                version: PROTOCOL_VERSION,
+                client: "t".into(),
+            },
+            Request::List,
+            Request::Run {
+                probe: "p".into(),
+                args: vec!["a".into()],
+            },
+            Request::Reload,
+            Request::Enable { probe: "p".into() },
+            Request::Disable { probe: "p".into() },
+            Request::Status,
+            Request::Flush,
+            Request::Crash {
+                id: "1-2-3".into(),
+                wait: true,
+            },
+        ];
+        for r in reqs {
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r, "{text}");
         }
+        let reps = [
+            Response::Done,
+            Response::Reloaded { probes: 3 },
+            Response::Error {
+                message: "m".into(),
+            },
+            Response::CrashHandled {
+                records: vec![Captured {
+                    classification: "a/b/c".into(),
+                    severity: 2,
+                    payload: "x".into(),
+                }],
+            },
+        ];
+        for r in reps {
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Response>(&text).unwrap(),
+                r,
+                "{text}"
+            );
+        }
+        assert_eq!(wire_tag(&Request::Status, "op"), "status");
+        assert_eq!(wire_tag(&Response::Done, "reply"), "done");
     }
 }
