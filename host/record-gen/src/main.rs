@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::process::ExitCode;
 
+use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use telem_core::cli::record_gen::Args;
 use telem_core::config::Config;
@@ -17,49 +18,43 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
-            eprintln!("Error: {msg}");
+            eprintln!("Error: {msg:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(args: Args) -> anyhow::Result<()> {
     let class = args
         .class
         .as_deref()
-        .ok_or("Classification required. See --help.")?;
-    validate_classification(class).map_err(|e| e.to_string())?;
+        .ok_or_else(|| anyhow!("Classification required. See --help."))?;
+    validate_classification(class)?;
     let severity = match args.severity.parse::<u8>() {
         Ok(s @ 1..=4) => s,
         _ => {
-            return Err(format!(
-                "Valid range for severity is 1-4 (got {:?})",
-                args.severity
-            ))
+            bail!("Valid range for severity is 1-4 (got {:?})", args.severity)
         }
     };
     let payload_version: u32 = args.record_version.parse().map_err(|_| {
-        format!(
+        anyhow!(
             "Invalid record-version number {:?}. Must be an integer",
             args.record_version
         )
     })?;
     if let Some(e) = &args.event_id {
-        validate_event_id(e).map_err(|e| e.to_string())?;
+        validate_event_id(e)?;
     }
 
     let (config, cfg_path) = match &args.config_file {
         Some(p) => {
             let abs = p
                 .canonicalize()
-                .map_err(|e| format!("Configuration file path not valid: {}: {e}", p.display()))?;
-            let c = Config::load_file(Config::default(), &abs).map_err(|e| e.to_string())?;
+                .with_context(|| format!("Configuration file path not valid: {}", p.display()))?;
+            let c = Config::load_file(Config::default(), &abs)?;
             (c, Some(abs))
         }
-        None => (
-            Config::load(Config::default(), None).map_err(|e| e.to_string())?,
-            None,
-        ),
+        None => (Config::load(Config::default(), None)?, None),
     };
     let socket = args
         .socket
@@ -71,18 +66,18 @@ fn run(args: Args) -> Result<(), String> {
         payload.extend_from_slice(p.as_bytes());
     } else if let Some(f) = &args.payload_file {
         let file = std::fs::File::open(f)
-            .map_err(|e| format!("file {} could not be opened for reading: {e}", f.display()))?;
+            .with_context(|| format!("file {} could not be opened for reading", f.display()))?;
         file.take(MAX_PAYLOAD_LEN as u64)
             .read_to_end(&mut payload)
-            .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            .with_context(|| format!("cannot read {}", f.display()))?;
     } else {
         std::io::stdin()
             .take(MAX_PAYLOAD_LEN as u64)
             .read_to_end(&mut payload)
-            .map_err(|e| format!("cannot read standard input: {e}"))?;
+            .context("cannot read standard input")?;
     }
     payload.truncate(MAX_PAYLOAD_LEN);
-    validate_payload(&payload).map_err(|e| e.to_string())?;
+    validate_payload(&payload)?;
     let payload = String::from_utf8(payload).expect("validated ASCII");
 
     let cfg_str = cfg_path.as_ref().map(|p| p.display().to_string());
@@ -97,7 +92,7 @@ fn run(args: Args) -> Result<(), String> {
         },
         &config,
     );
-    record.validate().map_err(|e| e.to_string())?;
+    record.validate()?;
 
     if args.echo || args.no_post {
         println!("{}{}", record.headers.to_block(), record.payload);
@@ -106,10 +101,10 @@ fn run(args: Args) -> Result<(), String> {
         return Ok(());
     }
     if !config.host.opt_in_file.exists() {
-        return Err(format!(
+        bail!(
             "Unable to send record. Make sure to opt-in to telemetry first 'telemctl opt-in' ({} does not exist)",
             config.host.opt_in_file.display()
-        ));
+        );
     }
-    send_record(&socket, &record, CLIENT_TIMEOUT).map_err(|e| e.to_string())
+    Ok(send_record(&socket, &record, CLIENT_TIMEOUT)?)
 }

@@ -30,6 +30,9 @@ pub use telem_core::control::{Captured, ProbeStats};
 pub use telem_core::grants;
 
 pub use engine::{LoadError, LoadFailure, Sandbox, SandboxOptions};
+
+/// Why the engine could not be set up (wasmtime's error, kept whole).
+pub type EngineError = wasmtime::Error;
 pub use host_records::{IntakeError, RecordIntake, Sink};
 pub use probe::{CallError, LoadedProbe};
 

@@ -36,8 +36,8 @@ pub enum DaemonError {
         source: io::Error,
     },
     /// The WASM engine could not be set up.
-    #[error("cannot start the probe sandbox: {0}")]
-    Sandbox(String),
+    #[error("cannot start the probe sandbox")]
+    Sandbox(#[source] telem_sandbox::EngineError),
     /// The collector client could not be set up (bad `cainfo`).
     #[error("{0}")]
     Poster(#[from] PosterError),
@@ -109,7 +109,7 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     std::fs::create_dir_all(&inbox)
         .map_err(ctx(|| format!("cannot create {}", inbox.display())))?;
     let sandbox = telem_sandbox::Sandbox::with_options(sandbox_options(&config, &inbox))
-        .map_err(|e| DaemonError::Sandbox(format!("{e:#}")))?;
+        .map_err(DaemonError::Sandbox)?;
     let probes = crate::supervisor::ProbeManager::new(
         sandbox,
         ingest.clone(),
@@ -285,19 +285,24 @@ fn native_listener(
 /// JSON-lines file. The effective config is written to `dir/telemd.toml` so
 /// `telem-record-gen -f` and `telemctl -f` find the same socket and paths.
 pub fn prepare_dev(dir: &Path, extra: Option<&Path>) -> Result<Config, DevError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| DevError(format!("cannot create {}: {e}", dir.display())))?;
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| DevError(format!("{}: {e}", dir.display())))?;
+    let dir_error = |source| DevError::Dir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(dir_error)?;
+    let dir = dir.canonicalize().map_err(dir_error)?;
     let base = Config::dev(&dir);
     let config = match extra {
-        Some(p) => Config::load_file(base, p).map_err(|e| DevError(e.to_string()))?,
+        Some(p) => Config::load_file(base, p)?,
         None => base,
     };
     let write = |p: &Path, text: &str| {
-        telem_core::fsutil::write_atomic(p, text.as_bytes(), 0o644)
-            .map_err(|e| DevError(format!("cannot write {}: {e}", p.display())))
+        telem_core::fsutil::write_atomic(p, text.as_bytes(), 0o644).map_err(|source| {
+            DevError::Write {
+                path: p.to_owned(),
+                source,
+            }
+        })
     };
     write(&config.host.opt_in_file, "")?;
     let cfg_path = dir.join("telemd.toml");
@@ -331,8 +336,29 @@ pub fn prepare_dev(dir: &Path, extra: Option<&Path>) -> Result<Config, DevError>
 
 /// Why dev mode could not be set up.
 #[derive(Debug, Error)]
-#[error("dev mode: {0}")]
-pub struct DevError(String);
+pub enum DevError {
+    /// The dev directory could not be made or resolved.
+    #[error("dev mode: cannot use the directory {}", path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The extra config given with `-f` is not valid.
+    #[error("dev mode: the config given with -f")]
+    Config(#[from] telem_core::config::ConfigError),
+    /// A file of the layout could not be written.
+    #[error("dev mode: cannot write {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};

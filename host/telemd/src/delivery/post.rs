@@ -85,16 +85,17 @@ pub enum PostOutcome {
 #[derive(Debug, Error)]
 pub enum PosterError {
     /// `cainfo` could not be read or parsed.
-    #[error("cainfo {path}: {reason}")]
+    #[error("cainfo {}", path.display())]
     CaInfo {
         /// The file.
-        path: String,
+        path: PathBuf,
         /// What was wrong.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The HTTP client could not be initialised.
-    #[error("cannot initialise the HTTP client: {0}")]
-    Client(String),
+    #[error("cannot initialise the HTTP client")]
+    Client(#[source] reqwest::Error),
 }
 
 /// An HTTP client kept for the daemon's life, so connections are reused.
@@ -114,18 +115,16 @@ impl Poster {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("telemd/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &c.cainfo {
-            let err = |reason: String| PosterError::CaInfo {
-                path: ca.display().to_string(),
-                reason,
+            let err = |source: Box<dyn std::error::Error + Send + Sync>| PosterError::CaInfo {
+                path: ca.clone(),
+                source,
             };
-            let pem = std::fs::read(ca).map_err(|e| err(e.to_string()))?;
-            for cert in
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?
-            {
+            let pem = std::fs::read(ca).map_err(|e| err(e.into()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.into()))? {
                 b = b.add_root_certificate(cert);
             }
         }
-        let client = b.build().map_err(|e| PosterError::Client(e.to_string()))?;
+        let client = b.build().map_err(PosterError::Client)?;
         Ok(Poster {
             client,
             format: c.post_format,
