@@ -2,13 +2,16 @@
 //! another config file, and the poster sent that record to the file's
 //! `server` with its `tidheader`. Any local user can send a native frame,
 //! so the name is hostile. It is honoured only for a regular file under one
-//! of `cfg_allowed_dirs` (after symlinks are resolved), owned by root and
+//! of `cfg_allowed_dirs` (opened beneath it with cap-std, so no symlink
+//! leads out), owned by root and
 //! writable by no one else, read with a size cap, and never for a
 //! `file://` server. Anything else sends the record to the daemon's own
 //! server. Spool files carry the same line and get the same rule.
 
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
+
+use cap_std::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -25,7 +28,8 @@ pub enum CfgRefusal {
     /// Not absolute, or with `.`/`..` parts.
     #[error("not a plain absolute path")]
     NotPlain,
-    /// Outside every allowed directory once symlinks are resolved.
+    /// Outside every allowed directory, as written or once its symlinks
+    /// are followed.
     #[error("{0} is outside cfg_allowed_dirs")]
     Outside(PathBuf),
     /// Opening or reading it failed.
@@ -68,21 +72,29 @@ pub fn target_of(path: &str, allowed_dirs: &[PathBuf]) -> Result<Target, CfgRefu
     }
     // Nothing outside the allowed directories is touched, not even to
     // resolve it (a path on a hung network mount would stall delivery).
-    if !allowed_dirs.iter().any(|d| p.starts_with(d) && p != d) {
+    let Some((dir, rel)) = allowed_dirs.iter().find_map(|d| {
+        p.strip_prefix(d)
+            .ok()
+            .filter(|rel| !rel.as_os_str().is_empty())
+            .map(|rel| (d, rel))
+    }) else {
         return Err(CfgRefusal::Outside(p.to_owned()));
-    }
-    let real = p.canonicalize()?;
-    let inside = allowed_dirs.iter().any(|d| {
-        d.canonicalize()
-            .is_ok_and(|d| real.starts_with(&d) && real != d)
-    });
-    if !inside {
-        return Err(CfgRefusal::Outside(real));
-    }
-    let f = std::fs::File::options()
+    };
+    // Opened beneath the allowed directory (cap-std): a symlink or a
+    // rename that would lead out of it fails instead of being followed.
+    let dir = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())?;
+    let mut options = cap_std::fs::OpenOptions::new();
+    options
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(&real)?;
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    let f = match dir.open_with(rel, &options) {
+        Ok(f) => f.into_std(),
+        // cap-std's answer to a path that leads outside.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(CfgRefusal::Outside(p.to_owned()))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let m = f.metadata()?;
     if !m.is_file() {
         return Err(CfgRefusal::NotRegular);
@@ -99,7 +111,7 @@ pub fn target_of(path: &str, allowed_dirs: &[PathBuf]) -> Result<Target, CfgRefu
         return Err(CfgRefusal::TooLarge);
     }
     let text = String::from_utf8_lossy(&bytes);
-    let config = Config::parse_str(Config::default(), &text, &real)?;
+    let config = Config::parse_str(Config::default(), &text, p)?;
     match Target::from_config(&config.delivery) {
         Target::File(_) => Err(CfgRefusal::FileServer),
         t => Ok(t),
