@@ -29,6 +29,14 @@ cargo clippy --workspace --all-targets -- -D warnings
 (cd probes-wasm && cargo clippy --target wasm32-wasip2 --release -- -D warnings)
 (cd probes-wasm && cargo clippy -p crash-symbolizer --all-targets -- -D warnings)
 (cd probes-wasm && cargo build --target wasm32-wasip2 --release)
+# The programs that link the core crate alone stay small: the crash handler
+# runs as root for every crash (tests/dependency_tree.rs checks what they
+# link; this checks what that weighs).
+cargo build --release -p telem-crash-handler -p telem-record-gen
+for b in telem-crash-handler telem-record-gen; do
+  size=$(stat -c %s "target/release/$b")
+  [ "$size" -lt 3000000 ] || { echo "target/release/$b is $size bytes, over 3 MB" >&2; exit 1; }
+done
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # The end-to-end tests (tests/) start the programs of the other packages;
