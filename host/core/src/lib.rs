@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod crash_inbox;
+pub mod error_text;
 pub mod fsutil;
 pub mod grants;
 pub mod journal;

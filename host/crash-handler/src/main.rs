@@ -20,7 +20,10 @@ fn main() -> ExitCode {
     let config = match Config::load(Config::default(), args.config_file.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            log(&format!("crash lost: {:#}", anyhow::Error::from(e)));
+            log(&format!(
+                "crash lost: {}",
+                telem_core::error_text::one_line(telem_core::error_text::chain(&e))
+            ));
             return ExitCode::FAILURE;
         }
     };
@@ -33,7 +36,7 @@ fn main() -> ExitCode {
         }
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            log(&format!("{e:#}"));
+            log(&telem_core::error_text::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }

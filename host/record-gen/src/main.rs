@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
-            eprintln!("Error: {msg:#}");
+            eprintln!("Error: {}", telem_core::error_text::one_line(msg.chain()));
             ExitCode::FAILURE
         }
     }

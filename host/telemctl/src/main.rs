@@ -17,7 +17,9 @@ fn main() -> ExitCode {
     match commands::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("telemctl: {e:#}");
+            // Daemon and probe text may be quoted: escaped for the terminal.
+            let text = telem_core::error_text::one_line(e.chain());
+            eprintln!("telemctl: {}", telem_core::untrusted::escape(&text, 4096));
             ExitCode::FAILURE
         }
     }

@@ -8,7 +8,17 @@ use telem_core::config::Config;
 /// Threads of the blocking pool (tokio's default is 512).
 const MAX_BLOCKING_THREADS: usize = 64;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("telemd: {}", telem_core::error_text::one_line(e.chain()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     // First, while this is the only thread: the sockets systemd passed.
     let passed = telemd::systemd::take_listen_fds();
     let args = Args::parse();
