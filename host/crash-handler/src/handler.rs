@@ -26,7 +26,6 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -293,7 +292,7 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
     // A crash loop is bounded whether or not its core would be kept.
     let what = exe.as_deref().unwrap_or(&name);
     let new_entry = short.is_none().then_some(id.as_str());
-    let reservation = match (admit(&inbox, &inbox_fd, what, config, new_entry)?, short) {
+    let reservation = match (admit(&inbox_fd, what, config, new_entry)?, short) {
         (Admission::Dropped(why), _) => {
             log(&why);
             return Ok(Outcome::Dropped(why));
@@ -353,13 +352,13 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
     match result {
         Ok(true) => reservation.release(),
         Ok(false) => {
-            let _ = std::fs::remove_dir_all(inbox.join(&id));
-            let why = count_low_space_drop(&inbox, what, config)?;
+            let _ = inbox_fd.remove_dir_all(&id);
+            let why = count_low_space_drop(&inbox_fd, what, config)?;
             log(&why);
             return Ok(Outcome::Dropped(why));
         }
         Err(e) => {
-            let _ = std::fs::remove_dir_all(inbox.join(&id));
+            let _ = inbox_fd.remove_dir_all(&id);
             return Err(e.context(format!("crash of {name} lost")));
         }
     }
@@ -383,7 +382,10 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
             }
         }
         Err(e @ ClientError::Daemon(_)) => log(&format!("telemd refused crash {id}: {e}")),
-        Err(e) => log(&format!("crash {id} waits in the inbox: {e}")),
+        Err(e) => log(&format!(
+            "crash {id} waits in the inbox: {}",
+            telem_core::error_text::one_line(telem_core::error_text::chain(&e))
+        )),
     }
     Ok(Outcome::Queued(id))
 }
@@ -457,9 +459,16 @@ fn make_entry(inbox: &Dir, name: &str) -> anyhow::Result<Dir> {
     inbox
         .create_dir_with(name, &builder)
         .with_context(|| format!("cannot create inbox entry {name}"))?;
-    inbox
-        .open_dir(name)
-        .with_context(|| format!("cannot open inbox entry {name}"))
+    // One component (an id the handler made), never through a symlink.
+    use rustix::fs::Mode;
+    let fd = rustix::fs::openat(
+        inbox,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("cannot open inbox entry {name}"))?;
+    Ok(Dir::from_std_file(File::from(fd)))
 }
 
 /// Makes a directory's entries durable. cap-std holds directories as
@@ -552,14 +561,13 @@ impl Reservation {
 }
 
 /// Holds the lock shared by concurrent handlers until dropped.
-fn lock_inbox(inbox: &Path) -> anyhow::Result<File> {
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
-        .open(inbox.join(".lock"))
-        .context("cannot open the inbox lock")?;
+fn lock_inbox(inbox: &Dir) -> anyhow::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).write(true);
+    let lock = inbox
+        .open_with(".lock", &options)
+        .context("cannot open the inbox lock")?
+        .into_std();
     // Released when `lock` closes.
     flock(&lock, FlockOperation::LockExclusive).context("cannot lock the inbox")?;
     Ok(lock)
@@ -587,19 +595,20 @@ fn recent_key(exe: &str) -> String {
     exe[..cut].to_owned()
 }
 
-fn read_recent(inbox: &Path) -> Recent {
-    std::fs::read(inbox.join(RECENT_FILE))
+fn read_recent(inbox: &Dir) -> Recent {
+    inbox
+        .read(RECENT_FILE)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
 }
 
-fn write_recent(inbox: &Path, recent: &Recent) -> anyhow::Result<()> {
-    let tmp = inbox.join(format!("{RECENT_FILE}.tmp"));
+fn write_recent(inbox: &Dir, recent: &Recent) -> anyhow::Result<()> {
+    let tmp = format!("{RECENT_FILE}.tmp");
     serde_json::to_vec(recent)
         .map_err(io::Error::other)
-        .and_then(|text| std::fs::write(&tmp, text))
-        .and_then(|()| std::fs::rename(&tmp, inbox.join(RECENT_FILE)))
+        .and_then(|text| inbox.write(&tmp, text))
+        .and_then(|()| inbox.rename(&tmp, inbox, RECENT_FILE))
         .context("cannot record the flood state")
 }
 
@@ -618,8 +627,7 @@ fn low_space_message(exe: &str, config: &Config, dropped: u64) -> String {
 /// `crash_min_free_mb` floor. An admitted core's entry is made and its
 /// room reserved before the lock is let go.
 fn admit(
-    inbox: &Path,
-    inbox_fd: &Dir,
+    inbox: &Dir,
     exe: &str,
     config: &Config,
     new_entry: Option<&str>,
@@ -646,7 +654,7 @@ fn admit(
         let room = if config.crash.crash_min_free_mb.get() == 0 {
             u64::MAX
         } else {
-            free_bytes(inbox_fd)?
+            free_bytes(inbox)?
                 .saturating_sub(usage.unwritten)
                 .saturating_sub(config.crash.crash_min_free_mb.get().saturating_mul(MIB))
                 .saturating_sub(META_RESERVE)
@@ -662,7 +670,7 @@ fn admit(
             recent.dropped_low_space += 1;
             Admission::Dropped(low_space_message(exe, config, recent.dropped_low_space))
         } else {
-            let r = reserve(inbox, inbox_fd, id, core_limit)?;
+            let r = reserve(inbox, id, core_limit)?;
             recent.last.insert(exe.to_owned(), t);
             Admission::Keep(r)
         }
@@ -672,7 +680,7 @@ fn admit(
     };
     if let Err(e) = write_recent(inbox, &recent) {
         if let (Admission::Keep(_), Some(id)) = (&verdict, new_entry) {
-            let _ = std::fs::remove_dir_all(inbox.join(id));
+            let _ = inbox.remove_dir_all(id);
         }
         return Err(e);
     }
@@ -681,7 +689,7 @@ fn admit(
 
 /// Counts (under the inbox lock) a crash dropped once its core passed
 /// what the free-space floor left it; says why.
-fn count_low_space_drop(inbox: &Path, exe: &str, config: &Config) -> anyhow::Result<String> {
+fn count_low_space_drop(inbox: &Dir, exe: &str, config: &Config) -> anyhow::Result<String> {
     let _lock = lock_inbox(inbox)?;
     let mut recent = read_recent(inbox);
     recent.dropped_low_space += 1;
@@ -691,8 +699,8 @@ fn count_low_space_drop(inbox: &Path, exe: &str, config: &Config) -> anyhow::Res
 
 /// Makes the entry `id` and its reservation for a core of up to
 /// `core_limit` bytes (under the inbox lock).
-fn reserve(inbox: &Path, inbox_fd: &Dir, id: &str, core_limit: u64) -> anyhow::Result<Reservation> {
-    let entry = make_entry(inbox_fd, id)?;
+fn reserve(inbox: &Dir, id: &str, core_limit: u64) -> anyhow::Result<Reservation> {
+    let entry = make_entry(inbox, id)?;
     let made = (|| {
         let file = create_in(&entry, RESERVATION_FILE)?;
         // The lock lasts as long as `file` is open.
@@ -710,7 +718,7 @@ fn reserve(inbox: &Path, inbox_fd: &Dir, id: &str, core_limit: u64) -> anyhow::R
             core_limit,
         }),
         Err(e) => {
-            let _ = std::fs::remove_dir_all(inbox.join(id));
+            let _ = inbox.remove_dir_all(id);
             Err(e)
         }
     }
@@ -726,17 +734,18 @@ struct Usage {
 
 /// [`Usage`] of the inbox (under the inbox lock); a reservation that cannot
 /// be read counts as `fallback` bytes.
-fn inbox_usage(inbox: &Path, fallback: u64) -> Usage {
+fn inbox_usage(inbox: &Dir, fallback: u64) -> Usage {
     let mut usage = Usage::default();
-    let Ok(rd) = std::fs::read_dir(inbox) else {
+    let Ok(entries) = inbox.entries() else {
         return usage;
     };
-    for e in rd.filter_map(|e| e.ok()) {
+    for e in entries.filter_map(|e| e.ok()) {
         if !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        let path = e.path();
-        let held: u64 = std::fs::read_dir(&path)
+        let Ok(entry) = e.open_dir() else { continue };
+        let held: u64 = entry
+            .entries()
             .into_iter()
             .flatten()
             .filter_map(|f| f.ok())
@@ -744,7 +753,7 @@ fn inbox_usage(inbox: &Path, fallback: u64) -> Usage {
             .filter_map(|f| f.metadata().ok())
             .map(|m| m.len())
             .fold(0, u64::saturating_add);
-        let reserved = live_reservation(&path, fallback).unwrap_or(0);
+        let reserved = live_reservation(&entry, fallback).unwrap_or(0);
         usage.bytes = usage.bytes.saturating_add(held.max(reserved));
         usage.unwritten = usage
             .unwritten
@@ -756,21 +765,20 @@ fn inbox_usage(inbox: &Path, fallback: u64) -> Usage {
 /// The bytes an entry being written has reserved, if its handler is
 /// still at it; a reservation its handler left behind (it died: the lock
 /// went with it) is removed.
-fn live_reservation(entry: &Path, fallback: u64) -> Option<u64> {
-    let path = entry.join(RESERVATION_FILE);
+fn live_reservation(entry: &Dir, fallback: u64) -> Option<u64> {
     // Non-blocking: someone with the service user's rights could have
     // put a FIFO there.
-    let f = std::fs::OpenOptions::new()
+    let mut options = OpenOptions::new();
+    options
         .read(true)
-        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
-        .open(&path)
-        .ok()?;
+        .custom_flags(OFlags::NONBLOCK.bits() as i32);
+    let f = entry.open_with(RESERVATION_FILE, &options).ok()?.into_std();
     if !f.metadata().is_ok_and(|m| m.is_file()) {
         return Some(fallback);
     }
     // A lock we get is released when `f` closes.
     if flock(&f, FlockOperation::NonBlockingLockShared).is_ok() {
-        let _ = std::fs::remove_file(&path);
+        let _ = entry.remove_file(RESERVATION_FILE);
         return None;
     }
     let mut text = String::new();
@@ -844,11 +852,11 @@ mod tests {
         std::fs::write(dir.join("done/core"), vec![0u8; 1000]).unwrap();
         std::fs::write(dir.join(".recent.json"), vec![b' '; 500]).unwrap();
         let fd = open_inbox(&dir).unwrap();
-        let r = reserve(&dir, &fd, "busy", 10_000).unwrap();
+        let r = reserve(&fd, "busy", 10_000).unwrap();
         let reserved = 10_000 + META_RESERVE;
         std::fs::write(dir.join("busy/core"), vec![0u8; 4000]).unwrap();
         assert_eq!(
-            inbox_usage(&dir, 1),
+            inbox_usage(&fd, 1),
             Usage {
                 bytes: 1000 + reserved,
                 unwritten: reserved - 4000
@@ -858,22 +866,22 @@ mod tests {
         r.release();
         assert!(!dir.join("busy").join(RESERVATION_FILE).exists());
         assert_eq!(
-            inbox_usage(&dir, 1),
+            inbox_usage(&fd, 1),
             Usage {
                 bytes: 5000,
                 unwritten: 0
             }
         );
         // Left behind by a handler that died: unlocked, so removed.
-        let r = reserve(&dir, &fd, "dead", 10_000).unwrap();
+        let r = reserve(&fd, "dead", 10_000).unwrap();
         drop(r);
-        assert_eq!(inbox_usage(&dir, 1).bytes, 5000);
+        assert_eq!(inbox_usage(&fd, 1).bytes, 5000);
         assert!(!dir.join("dead").join(RESERVATION_FILE).exists());
         // Not a number: counted at the fallback.
-        let r = reserve(&dir, &fd, "odd", 10_000).unwrap();
+        let r = reserve(&fd, "odd", 10_000).unwrap();
         r.file.set_len(0).unwrap();
         std::os::unix::fs::FileExt::write_at(&r.file, b"lots", 0).unwrap();
-        assert_eq!(inbox_usage(&dir, 77_777).bytes, 5000 + 77_777);
+        assert_eq!(inbox_usage(&fd, 77_777).bytes, 5000 + 77_777);
         drop(r);
         assert!(free_bytes(&fd).unwrap() > 0);
         std::fs::remove_dir_all(&dir).unwrap();
