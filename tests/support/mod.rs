@@ -59,6 +59,55 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Stops the suite when the programs under test are older than the sources
+/// they are built from: these tests run the binaries of other packages,
+/// which `cargo test -p telem-e2e-tests` does not rebuild.
+pub fn programs_are_fresh() {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(|| {
+        let host = Path::new(env!("CARGO_MANIFEST_DIR")).join("../host");
+        let newest = newest_source(&host);
+        for program in [TELEMD, TELEMCTL, RECORD_GEN, CRASH_HANDLER] {
+            let built = std::fs::metadata(program).and_then(|m| m.modified());
+            match built {
+                Ok(t) if t >= newest => {}
+                Ok(_) => panic!(
+                    "{program} is older than the sources under host/; run `cargo build --workspace --bins` first (scripts/test.sh does)"
+                ),
+                Err(e) => panic!(
+                    "{program}: {e}; run `cargo build --workspace --bins` first (scripts/test.sh does)"
+                ),
+            }
+        }
+    });
+}
+
+/// The latest modification time of a `.rs` or `Cargo.toml` under `dir`,
+/// tests and benches left out.
+fn newest_source(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                // Not what the programs are built from.
+                if p.file_name()
+                    .is_some_and(|n| n != "target" && n != "tests" && n != "benches")
+                {
+                    stack.push(p);
+                }
+            } else if p.extension().is_some_and(|x| x == "rs")
+                || p.file_name().is_some_and(|n| n == "Cargo.toml")
+            {
+                newest = newest.max(m.modified().unwrap_or(newest));
+            }
+        }
+    }
+    newest
+}
+
 /// A `telemd` with every path under a temp dir.
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
@@ -76,6 +125,7 @@ impl TestDaemon {
 
     /// Config written, not opted in, not started.
     pub fn prepare(extra: &str) -> TestDaemon {
+        programs_are_fresh();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         // An `extra` server line replaces the default file target.

@@ -34,10 +34,18 @@ pub struct ProbePolicy {
     pub enabled: Option<bool>,
     /// Host paths readable by the probe (replaces the manifest's request;
     /// this is how a path outside the safe set is approved).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::config::non_empty::opt_paths"
+    )]
     pub read_paths: Option<Vec<PathBuf>>,
     /// Classification patterns it may emit (replaces the manifest's).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::config::non_empty::opt_strings"
+    )]
     pub classifications: Option<Vec<String>>,
     /// Memory cap (all linear memories of a call together).
     #[serde(skip_serializing_if = "Option::is_none")]

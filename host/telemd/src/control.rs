@@ -140,7 +140,9 @@ async fn respond(req: Request, ctx: &ControlContext) -> Response {
             Response::Done
         }
         Request::Crash { id, wait } => match ctx.crashes.announce(&id, wait) {
-            Err(e) => Response::Error { message: e },
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
             Ok(None) => Response::Done,
             Ok(Some(rx)) => match rx.await {
                 Ok(records) => Response::CrashHandled { records },

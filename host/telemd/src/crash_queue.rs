@@ -73,9 +73,9 @@ impl CrashQueue {
         &self,
         id: &str,
         wait: bool,
-    ) -> Result<Option<oneshot::Receiver<Vec<Captured>>>, String> {
+    ) -> Result<Option<oneshot::Receiver<Vec<Captured>>>, AnnounceError> {
         if !valid_id(id) {
-            return Err(format!("bad crash id {id:?}"));
+            return Err(AnnounceError::BadId(telem_core::untrusted::escape(id, 128)));
         }
         let (reply, rx) = if wait {
             let (t, r) = oneshot::channel();
@@ -85,9 +85,20 @@ impl CrashQueue {
         };
         self.tx
             .send((id.to_owned(), reply))
-            .map_err(|_| "the crash worker stopped".to_string())?;
+            .map_err(|_| AnnounceError::Stopped)?;
         Ok(rx)
     }
+}
+
+/// Why an announced crash was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    /// Not an id the handler makes (letters, digits, `-`).
+    #[error("bad crash id {0:?}")]
+    BadId(String),
+    /// The daemon is shutting down.
+    #[error("the crash worker stopped")]
+    Stopped,
 }
 
 /// The records of the last few crashes handled, so an announcement that

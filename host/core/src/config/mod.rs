@@ -40,15 +40,14 @@ pub const DEFAULT_TIDHEADER: &str = "X-Telemetry-TID: 6907c830-eed9-4ce9-81ae-76
 /// Legacy bounds of `spool_process_time` (seconds).
 pub const SPOOL_PROCESS_TIME_RANGE: (i64, i64) = (120, 300);
 
-/// What to do with records over the rate limit.
+/// What to do with records over the rate limit (any case in the file, as
+/// the legacy client read it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RateLimitStrategy {
     /// Keep them in the spool for a later window.
-    #[serde(alias = "SPOOL", alias = "Spool")]
     Spool,
     /// Remove them (journaled as dropped).
-    #[serde(alias = "DROP", alias = "Drop")]
     Drop,
 }
 
@@ -191,7 +190,7 @@ impl Config {
                     key: e.key,
                 });
             }
-            legacy_clamp(&mut e, path, &mut warnings);
+            legacy_normalize(&mut e, path, &mut warnings);
             if e.key == "probes" {
                 merge_probe_tables(&mut table, &e, path)?;
             } else {
@@ -275,8 +274,12 @@ fn merge_probe_tables(table: &mut toml::Table, e: &Entry, path: &Path) -> Result
     Ok(())
 }
 
-/// What the legacy client clamped, clamped the same way.
-fn legacy_clamp(e: &mut Entry, path: &Path, warnings: &mut Vec<String>) {
+/// What the legacy client clamped, clamped the same way; what it read in
+/// any case, lowered.
+fn legacy_normalize(e: &mut Entry, path: &Path, warnings: &mut Vec<String>) {
+    if let ("rate_limit_strategy", toml::Value::String(s)) = (e.key.as_str(), &mut e.value) {
+        *s = s.to_ascii_lowercase();
+    }
     let toml::Value::Integer(n) = e.value else {
         return;
     };
@@ -313,11 +316,14 @@ fn value_error(
     // serde says "invalid value: integer `75`, expected an integer in
     // 0..59"; the value is shown already, the rest is what is accepted.
     let msg = err.message();
-    let expected = msg
-        .rsplit_once("expected ")
-        .map_or(msg, |(_, x)| x)
-        .replace("a boolean", "true or false");
-    value_error_text(path, e, key, value, &expected)
+    let expected = msg.rsplit_once("expected ").map_or(msg, |(_, x)| x);
+    let expected = match expected.trim_end_matches('.') {
+        "a boolean" => "true or false",
+        "u64" | "u32" | "usize" => "a non-negative integer",
+        "i64" | "i32" => "an integer",
+        other => other,
+    };
+    value_error_text(path, e, key, value, expected)
 }
 
 fn value_error_text(
@@ -393,11 +399,27 @@ pub(crate) mod non_empty {
 
     /// A list of paths.
     pub fn paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+        let v = strings(d)?;
+        Ok(v.into_iter().map(PathBuf::from).collect())
+    }
+
+    /// A list of non-empty strings.
+    pub fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         let v = Vec::<String>::deserialize(d)?;
         if v.iter().any(String::is_empty) {
-            return Err(D::Error::custom("expected a list of non-empty paths"));
+            return Err(D::Error::custom("expected a list without empty items"));
         }
-        Ok(v.into_iter().map(PathBuf::from).collect())
+        Ok(v)
+    }
+
+    /// An optional list of paths (`[probes.NAME]` keys).
+    pub fn opt_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<PathBuf>>, D::Error> {
+        paths(d).map(Some)
+    }
+
+    /// An optional list of non-empty strings.
+    pub fn opt_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+        strings(d).map(Some)
     }
 }
 
@@ -741,5 +763,30 @@ crashes = false
             assert!(p.starts_with("/tmp/dev"), "{}", p.display());
         }
         assert!(c.delivery.server.starts_with("file:///tmp/dev/"));
+    }
+
+    #[test]
+    fn review_findings_hold() {
+        // Any case, as the legacy client read it.
+        let c = parse("rate_limit_strategy = \"dRoP\"\n").unwrap();
+        assert_eq!(c.delivery.rate_limit_strategy, RateLimitStrategy::Drop);
+        // Plain integer keys say so in words.
+        let e = parse("spool_process_time = \"soon\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("expected a non-negative integer"),
+            "{e}"
+        );
+        // Empty items in a probe's lists are refused.
+        let e = parse("[probes.disk]\nread_paths = [\"\"]\n").unwrap_err();
+        assert!(e.to_string().contains("probes.disk.read_paths"), "{e}");
+        let e = parse("[probes.disk]\nclassifications = [\"\"]\n").unwrap_err();
+        assert!(e.to_string().contains("probes.disk.classifications"), "{e}");
+        // And an I/O error keeps its cause.
+        let e = Config::load_file(Config::default(), Path::new("/nonexistent/x.toml")).unwrap_err();
+        let text = crate::error_text::one_line(crate::error_text::chain(&e));
+        assert!(
+            text.contains("cannot read config") && text.contains("No such file"),
+            "{text}"
+        );
     }
 }

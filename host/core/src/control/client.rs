@@ -231,6 +231,14 @@ impl Client {
                 "telemd closed the connection without answering",
             )));
         }
+        if !out.ends_with('\n') {
+            // Cut at MAX_REPLY: the rest of the line would be read as the
+            // next reply, so this connection is done.
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a reply longer than {MAX_REPLY} bytes"),
+            )));
+        }
         serde_json::from_str(&out).map_err(|source| ClientError::BadReply {
             path: self.path.clone(),
             source,

@@ -446,7 +446,8 @@ pub enum RecordError {
 
 /// A complete, valid record with every header filled, as the legacy
 /// client would have sent it: a starting point for tests of code that
-/// handles records.
+/// handles records (not part of the API programs use).
+#[doc(hidden)]
 pub fn sample() -> Record {
     let values = [
         "4",

@@ -15,7 +15,19 @@ pub fn check(file: Option<&Path>, json: bool) -> anyhow::Result<()> {
         (None, _) => "built-in defaults (no config file found)".into(),
     };
     if json {
-        super::print_json(&c);
+        /// The effective values and where they came from.
+        #[derive(serde::Serialize)]
+        struct Checked<'a> {
+            source: Option<&'a Path>,
+            format: Option<ConfigFormat>,
+            #[serde(flatten)]
+            config: &'a Config,
+        }
+        super::print_json(&Checked {
+            source: c.source.as_deref(),
+            format: c.format,
+            config: &c,
+        });
     } else {
         println!("# {from}: valid. Effective values:\n{}", c.to_toml());
     }

@@ -1,7 +1,8 @@
-//! One module per verb group. Adding a verb: its clap variant in
-//! `telem_core::cli::telemctl`, its arm here, its function in the group's
-//! module, and (if the daemon must act) a `Request` variant and its arm in
-//! `telemd::control`.
+//! One module per verb group. Adding a verb to a group: its clap variant in
+//! `telem_core::cli::telemctl`, its arm in the group's module, and (if the
+//! daemon must act) a `Request` variant and its arm in `telemd::control`
+//! (ARCHITECTURE.md shows one). A new group, or a verb outside any, adds
+//! its arm here.
 
 mod config;
 mod crash;

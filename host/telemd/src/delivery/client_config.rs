@@ -89,8 +89,11 @@ pub fn target_of(path: &str, allowed_dirs: &[PathBuf]) -> Result<Target, CfgRefu
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
     let f = match dir.open_with(rel, &options) {
         Ok(f) => f.into_std(),
-        // cap-std's answer to a path that leads outside.
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+        // cap-std's answer to a path that leads outside (a real EACCES
+        // carries its OS error number).
+        Err(e)
+            if e.kind() == std::io::ErrorKind::PermissionDenied && e.raw_os_error().is_none() =>
+        {
             return Err(CfgRefusal::Outside(p.to_owned()))
         }
         Err(e) => return Err(e.into()),
