@@ -42,9 +42,13 @@ trap 'rm -f "$log"' EXIT
 # The end-to-end tests (tests/) start the programs of the other packages;
 # Cargo builds those only for their own package's tests, so build them all.
 cargo build --workspace --bins
-cargo test --workspace 2>&1 | tee "$log"
+# Tests that need root are #[ignore]d with the reason; as root they run,
+# otherwise the closing line counts them as ignored.
+as_root=()
+[ "$(id -u)" = 0 ] && as_root=(-- --include-ignored)
+cargo test --workspace "${as_root[@]}" 2>&1 | tee "$log"
 (cd probes-wasm && cargo test -p crash-symbolizer --lib --tests) 2>&1 | tee -a "$log"
 (cd probes-wasm && cargo test -p crash-symbolizer --lib --target i686-unknown-linux-gnu) 2>&1 | tee -a "$log"
 # One closing line with the totals of every test binary above.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1); if ($(i) ~ /^ignored/) g += $(i-1) } }
+     END { printf "tests: %d passed, %d failed, %d ignored (not run: see their #[ignore] reason)\n", p, f, g }' "$log"

@@ -449,7 +449,7 @@ fn hostile_cores_end_in_error_records() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(10),
             "{what}: took {:?}",
             started.elapsed()
         );
@@ -520,19 +520,12 @@ fn telemctl_crash_symbolize_prints_the_payload_without_sending() {
     assert!(stdout.contains("Error: not an ELF file"), "{stdout}");
 }
 
-fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// As root (how the kernel runs it), the handler drops to the service user
 /// before it keeps anything: the core belongs to that user, mode 0600.
 #[test]
+#[ignore = "needs root: the handler drops privileges"]
 fn a_root_handler_keeps_the_core_as_the_service_user() {
-    if !is_root() {
-        eprintln!("skipped: dropping privileges needs root");
-        return;
-    }
+    support::assert_root("the handler drops privileges");
     let prog = crashed_program();
     let d = configured(&prog, true, "nobody");
     // SAFETY: valid C string; the entry is read at once.
@@ -565,11 +558,9 @@ fn a_root_handler_keeps_the_core_as_the_service_user() {
 /// A full disk loses this crash, cleanly: an error naming the cause, no
 /// partial entry left behind.
 #[test]
+#[ignore = "needs root: mounts a small tmpfs"]
 fn a_full_disk_loses_the_crash_cleanly() {
-    if !is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
+    support::assert_root("mounts a small tmpfs");
     let prog = crashed_program();
     // No floor: the disk fills up while the core is copied.
     let d = configured_with(&prog, true, "root", "crash_min_free_mb = 0\n");
@@ -715,11 +706,9 @@ fn concurrent_crashes_stay_within_the_inbox_cap() {
 /// inbox's filesystem is dropped, counted, whether that is known before
 /// its core comes or only once it passes what is left.
 #[test]
+#[ignore = "needs root: mounts a small tmpfs"]
 fn crashes_leave_the_free_space_floor_free() {
-    if !is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
+    support::assert_root("mounts a small tmpfs");
     let prog = generated_core(8 * MIB);
     let d = configured_with(&prog, true, "root", "crash_min_free_mb = 12\n");
     let inbox = d.path("state/crash-inbox");
@@ -780,10 +769,8 @@ fn a_pidfd_of_another_process_is_refused() {
     assert_ne!(pid, prog.pid);
     // SAFETY: pidfd_open takes a pid and flags; the result is checked.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0) };
-    if fd < 0 {
-        eprintln!("skipped: no pidfd_open");
-        return;
-    }
+    // Linux 5.3 and later; the handler's -F (%F) needs it as much.
+    assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
     let fd = fd as i32;
     // SAFETY: our own fd; the handler inherits it as the kernel's would be.
     assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);

@@ -335,11 +335,9 @@ fn spool_cap_refuses_new_records_and_keeps_old_ones() {
 }
 
 #[test]
+#[ignore = "needs root: mounts a small tmpfs"]
 fn full_filesystem_refuses_new_records_and_keeps_delivering_old_ones() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
+    support::assert_root("mounts a small tmpfs");
     let c = Collector::start(Mode::Drop);
     let d = TestDaemon::prepare(&format!("server = \"{}\"", c.url()));
     let spool = d.path("spool");
@@ -448,4 +446,52 @@ fn records_journaled_before_a_restart_are_removed_without_resending() {
         "{}",
         d.log()
     );
+}
+
+/// A collector that takes the request and never answers is given up on at
+/// the request timeout (10 s), not before and not never: the attempt counts
+/// as a failure, the record stays spooled, and the next attempt waits for
+/// the backoff.
+#[test]
+fn a_collector_that_never_answers_is_given_up_on_at_the_request_timeout() {
+    let c = Collector::start(Mode::Stall(Duration::from_secs(300)));
+    let d = daemon_for(&c, "");
+    telem_core::native_client::send_record(
+        &d.socket(),
+        &test_record("stalled"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || !c.requests().is_empty()),
+        "{}",
+        d.log()
+    );
+    let asked = c.requests()[0].at;
+    // Ten times the timeout for a slow machine; without one it never ends.
+    assert!(
+        wait_until(Duration::from_secs(100), || status(&d)
+            .delivery
+            .failures_in_a_row
+            >= 1),
+        "{}",
+        d.log()
+    );
+    let gave_up = asked.elapsed();
+    let timeout = telemd::delivery::post::REQUEST_TIMEOUT;
+    assert!(
+        gave_up + Duration::from_millis(500) >= timeout,
+        "gave up after {gave_up:?}, before the {timeout:?} timeout"
+    );
+    let s = status(&d);
+    assert!(
+        s.delivery
+            .last_result
+            .as_deref()
+            .is_some_and(|r| r.contains("timed out") || r.contains("timeout")),
+        "{:?}",
+        s.delivery
+    );
+    assert_eq!(s.spool.records, 1, "the record stays until delivered");
+    assert_eq!(c.requests().len(), 1, "no retry before the backoff");
 }

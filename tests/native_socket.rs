@@ -213,7 +213,7 @@ fn silent_and_slow_clients_time_out_without_blocking_others() {
     );
     // Silent clients were dropped at the 1 s timeout, in batches of 8 slots.
     assert!(
-        start.elapsed() < Duration::from_secs(8),
+        start.elapsed() < Duration::from_secs(30),
         "took {:?}",
         start.elapsed()
     );

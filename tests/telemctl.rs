@@ -305,3 +305,32 @@ fn control_requests_before_a_matching_hello_are_refused() {
     let matching = ask(&[line(&hello(PROTOCOL_VERSION)), line(&Request::Status)]);
     assert!(matches!(&matching[1], Response::Status(_)), "{matching:?}");
 }
+
+/// `telemctl opt-out` takes effect on a running daemon at once: a record
+/// sent while opted out is refused (a record sent after opting back in
+/// lands, so the refused one had its chance to land first), and nothing
+/// already spooled is lost.
+#[test]
+fn opt_out_refuses_records_at_once_and_opt_in_takes_them_again() {
+    let mut d = TestDaemon::start(HOLD);
+    let send = |p: &str| {
+        telem_core::native_client::send_record(&d.socket(), &test_record(p), Duration::from_secs(2))
+            .unwrap()
+    };
+    send("before");
+    d.wait_spool(1);
+    assert!(ok(&d, &["opt-out"]).contains("disabled"));
+    send("while opted out");
+    assert!(
+        wait_until(Duration::from_secs(10), || d.log().contains("not opted in")),
+        "{}",
+        d.log()
+    );
+    assert!(ok(&d, &["opt-in"]).contains("enabled"));
+    send("after");
+    let mut payloads: Vec<String> = d.wait_spool(2).into_iter().map(|r| r.payload).collect();
+    payloads.sort();
+    assert_eq!(payloads, ["after", "before"]);
+    assert_eq!(status(&d).ingest.not_opted_in, 1);
+    d.stop();
+}

@@ -27,9 +27,6 @@ fn open_budget() -> usize {
 /// The attacker's uid and gid.
 const NOBODY: u32 = 65534;
 
-/// Set to skip the tests that need a second uid when not running as root.
-const SKIP_VAR: &str = "TELEM_SKIP_ROOT_TESTS";
-
 /// Opens `count` connections to the socket `argv[1]`, sends `argv[3]` on
 /// each (nothing when empty), prints `open N`, and holds them until stdin
 /// closes. A full backlog (EAGAIN) is retried for 10 s, then given up.
@@ -63,23 +60,6 @@ while len(held) < count:
 print("open", len(held), flush=True)
 sys.stdin.read()
 "#;
-
-/// Whether this process can act as a second uid; without root the test
-/// fails unless [`SKIP_VAR`] says to skip it, so it never passes unrun.
-fn second_uid_available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os(SKIP_VAR).is_some() {
-        eprintln!("skipped ({SKIP_VAR} is set): connecting as a second uid needs root");
-        return false;
-    }
-    panic!(
-        "this test connects as uid {NOBODY} through setpriv and needs root; \
-         run it as root or set {SKIP_VAR}=1 to skip it knowingly"
-    );
-}
 
 /// A daemon that keeps records in its spool, gives clients 30 s (so the
 /// attacker's connections stay put for the whole test), and whose socket
@@ -194,10 +174,9 @@ fn attacker_was_held_to_its_share(d: &TestDaemon, opened: usize) {
 }
 
 #[test]
+#[ignore = "needs root: connects as a second uid through setpriv"]
 fn idle_connections_of_one_uid_do_not_starve_another() {
-    if !second_uid_available() {
-        return;
-    }
+    support::assert_root("connects as a second uid through setpriv");
     let d = daemon();
     let (_attacker, opened) = attack(&d, "");
     victim_is_served(&d, "served despite idle connections");
@@ -205,10 +184,9 @@ fn idle_connections_of_one_uid_do_not_starve_another() {
 }
 
 #[test]
+#[ignore = "needs root: connects as a second uid through setpriv"]
 fn slow_connections_of_one_uid_hold_only_its_share_of_the_slots() {
-    if !second_uid_available() {
-        return;
-    }
+    support::assert_root("connects as a second uid through setpriv");
     let d = daemon();
     // One byte of the frame size each: every admitted connection wants a
     // serving slot and would keep it for the 30 s timeout.

@@ -59,6 +59,17 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// For tests marked `#[ignore = "needs root: ..."]`: the test command runs
+/// them (`--include-ignored`) when it runs as root, and the closing totals
+/// count them as ignored otherwise. Run without root anyway, such a test
+/// fails here instead of passing unrun.
+pub fn assert_root(why: &str) {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root ({why}); it is #[ignore]d for that reason"
+    );
+}
+
 /// Stops the suite when the programs under test are older than the sources
 /// they are built from: these tests run the binaries of other packages,
 /// which `cargo test -p telem-e2e-tests` does not rebuild.
