@@ -594,4 +594,112 @@ mod tests {
             g.refused
         );
     }
+
+    // Found by scripts/mutants.sh (docs/mutants.md): each test below pins
+    // down a rule a mutant changed with every other test still passing.
+
+    #[test]
+    fn the_permissive_rules_are_the_defaults() {
+        let r = HostRules::permissive();
+        assert_eq!(r.max_records_per_hour, DEFAULT_MAX_RECORDS_PER_HOUR);
+        assert_eq!(r.min_interval_secs, DEFAULT_MIN_INTERVAL_SECS);
+        assert!(r.protected_dirs.is_empty());
+    }
+
+    #[test]
+    fn every_kind_of_per_process_proc_entry_is_never_grantable() {
+        for p in [
+            "/proc/self/environ",
+            "/proc/thread-self/maps",
+            "/proc/1234/mem",
+        ] {
+            assert!(never_grantable(Path::new(p), &rules()).is_some(), "{p}");
+        }
+        assert!(never_grantable(Path::new("/proc/meminfo"), &rules()).is_none());
+    }
+
+    #[test]
+    fn the_safe_set_is_exactly_usr_share_and_the_listed_proc_files() {
+        assert!(is_safe_path(Path::new("/usr/share/zoneinfo")));
+        assert!(is_safe_path(Path::new("/proc/meminfo")));
+        assert!(!is_safe_path(Path::new("/etc/passwd")));
+        assert!(!is_safe_path(Path::new("/proc/self/environ")));
+    }
+
+    fn asking(max_records_per_hour: u32, crashes: bool, interval_secs: Option<u64>) -> Request {
+        Request {
+            read_paths: vec![],
+            classifications: vec![],
+            max_records_per_hour,
+            crashes,
+            interval_secs,
+        }
+    }
+
+    #[test]
+    fn limits_at_the_host_ceiling_or_floor_are_not_refusals() {
+        let g = Grant::effective(
+            "p",
+            &asking(1000, false, Some(60)),
+            &ProbePolicy::default(),
+            &rules(),
+        );
+        assert_eq!(g.max_records_per_hour, 1000);
+        assert_eq!(g.interval_secs, Some(60));
+        assert!(g.refused.is_empty(), "{:?}", g.refused);
+        let g = Grant::effective(
+            "p",
+            &asking(1001, false, Some(59)),
+            &ProbePolicy::default(),
+            &rules(),
+        );
+        assert_eq!(g.max_records_per_hour, 1000);
+        assert_eq!(g.interval_secs, Some(60));
+        assert_eq!(g.refused.len(), 2, "{:?}", g.refused);
+    }
+
+    #[test]
+    fn a_crash_trigger_the_admin_refused_says_so() {
+        let refused = ProbePolicy {
+            crashes: Some(false),
+            ..Default::default()
+        };
+        let g = Grant::effective("p", &asking(10, true, None), &refused, &rules());
+        assert!(!g.crashes);
+        assert!(
+            g.refused[0]
+                .reason
+                .contains("refused by [probes.p] crashes = false"),
+            "{:?}",
+            g.refused
+        );
+        let g = Grant::effective(
+            "p",
+            &asking(10, true, None),
+            &ProbePolicy::default(),
+            &rules(),
+        );
+        assert!(
+            g.refused[0]
+                .reason
+                .contains("needs [probes.p] crashes = true"),
+            "{:?}",
+            g.refused
+        );
+    }
+
+    #[test]
+    fn a_grant_allows_only_its_patterns() {
+        let g = Grant::effective(
+            "disk",
+            &Request {
+                classifications: vec!["org.example/disk/*".into()],
+                ..asking(10, false, None)
+            },
+            &ProbePolicy::default(),
+            &rules(),
+        );
+        assert!(g.allows_classification("org.example/disk/usage"));
+        assert!(!g.allows_classification("org.example/net/usage"));
+    }
 }

@@ -913,4 +913,31 @@ mod tests {
         assert_eq!(std::fs::metadata(dir.join("c")).unwrap().len(), 1000);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    // Found by scripts/mutants.sh (docs/mutants.md).
+
+    #[test]
+    fn filtered_crashes_send_the_legacy_short_records() {
+        assert_eq!(Filter::Keep.short_record(), None);
+        assert_eq!(
+            Filter::ThirdParty.short_record(),
+            Some(("org.clearlinux/crash/unknown", 2, "Crash from third party"))
+        );
+        assert_eq!(
+            Filter::PackageBuild.short_record(),
+            Some((
+                "org.clearlinux/crash/clr-build",
+                2,
+                "Crash from Clear package build"
+            ))
+        );
+    }
+
+    #[test]
+    fn the_repeat_key_is_cut_back_to_a_char_boundary() {
+        // 512 falls inside a two-byte character here.
+        let exe = format!("a{}", "é".repeat(400));
+        assert_eq!(recent_key(&exe).len(), RECENT_KEY_CAP - 1);
+    }
+
 }

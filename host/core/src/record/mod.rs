@@ -636,4 +636,41 @@ mod tests {
             Err(RecordError::TrailingHeaderData { .. })
         ));
     }
+
+    // Found by scripts/mutants.sh (docs/mutants.md).
+
+    #[test]
+    fn byte_len_is_the_spool_file_size() {
+        let r = sample();
+        assert_eq!(r.byte_len(), spool_file::encode(&r).len());
+    }
+
+    #[test]
+    fn numbers_are_plain_unsigned_decimals() {
+        for bad in ["", "+12", "12a"] {
+            let mut r = sample();
+            r.headers.set(Header::CreationTimestamp, bad);
+            let e = r.validate().unwrap_err().to_string();
+            assert!(e.contains("not an unsigned decimal number"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn header_values_may_be_exactly_the_limit() {
+        assert!(
+            validate_header_value(Header::BoardName, &"x".repeat(MAX_HEADER_VALUE_LEN)).is_ok()
+        );
+        assert!(
+            validate_header_value(Header::BoardName, &"x".repeat(MAX_HEADER_VALUE_LEN + 1))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_bad_header_line_is_quoted_in_the_error() {
+        let e = Headers::parse_block(b"no colon here\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no colon here"), "{e}");
+    }
 }

@@ -256,4 +256,49 @@ mod tests {
         );
         assert_eq!(parse_frame_body(b"ab"), Err(FrameError::NoHeaderSize));
     }
+
+    // Found by scripts/mutants.sh (docs/mutants.md).
+
+    #[test]
+    fn the_legacy_size_limits_are_exact() {
+        assert_eq!(MAX_HEADER_BLOCK, 15 * 80);
+        // 2·4 + 4 + PATH_MAX + 8192 + 15·80, the legacy daemon's bound.
+        assert_eq!(MAX_FRAME_SIZE, 13_500);
+        assert_eq!(check_total_size(13_501), Err(FrameError::TooLarge(13_501)));
+    }
+
+    #[test]
+    fn cfg_paths_are_absolute_bounded_and_plain() {
+        let body = |cfg: &[u8]| {
+            let mut b = b"CFG:".to_vec();
+            b.extend_from_slice(cfg);
+            b.push(0);
+            b.extend_from_slice(&encode_frame(&sample())[4..]);
+            parse_frame_body(&b)
+        };
+        assert_eq!(body(b"").unwrap_err(), FrameError::CfgInvalid);
+        assert_eq!(body(b"etc/x.conf").unwrap_err(), FrameError::CfgInvalid);
+        assert_eq!(body(b"/etc/a\x01b").unwrap_err(), FrameError::CfgInvalid);
+        let longest = format!("/{}", "x".repeat(PATH_MAX - 1));
+        assert_eq!(
+            body(longest.as_bytes()).unwrap().config.as_deref(),
+            Some(longest.as_str())
+        );
+        let over = format!("/{}", "x".repeat(PATH_MAX));
+        assert_eq!(body(over.as_bytes()).unwrap_err(), FrameError::CfgInvalid);
+    }
+
+    #[test]
+    fn the_shortest_frames_fail_with_their_own_errors() {
+        assert_eq!(parse_frame(&[1, 2, 3]), Err(FrameError::TooSmall(3)));
+        assert!(matches!(
+            parse_frame(&5u32.to_ne_bytes()),
+            Err(FrameError::HeaderSizeMismatch { .. })
+        ));
+        assert!(matches!(
+            parse_frame_body(&[0, 0, 0, 0]),
+            Err(FrameError::HeaderSizeMismatch { .. })
+        ));
+        assert_eq!(parse_frame_body(&[0, 0, 0]), Err(FrameError::NoHeaderSize));
+    }
 }
