@@ -77,13 +77,24 @@ pub fn programs_are_fresh() {
     static CHECKED: std::sync::Once = std::sync::Once::new();
     CHECKED.call_once(|| {
         let host = Path::new(env!("CARGO_MANIFEST_DIR")).join("../host");
-        let newest = newest_source(&host);
-        for program in [TELEMD, TELEMCTL, RECORD_GEN, CRASH_HANDLER] {
+        // Each program and the crates it is built from.
+        let programs: [(&str, &[&str]); 4] = [
+            (TELEMD, &["telemd", "sandbox", "core"]),
+            (TELEMCTL, &["telemctl", "sandbox", "core"]),
+            (RECORD_GEN, &["record-gen", "core"]),
+            (CRASH_HANDLER, &["crash-handler", "core"]),
+        ];
+        for (program, crates) in programs {
+            let newest = crates
+                .iter()
+                .map(|c| newest_source(&host.join(c)))
+                .max()
+                .expect("crates listed");
             let built = std::fs::metadata(program).and_then(|m| m.modified());
             match built {
                 Ok(t) if t >= newest => {}
                 Ok(_) => panic!(
-                    "{program} is older than the sources under host/; run `cargo build --workspace --bins` first (scripts/test.sh does)"
+                    "{program} is older than its sources under host/; run `cargo build --workspace --bins` first (scripts/test.sh does)"
                 ),
                 Err(e) => panic!(
                     "{program}: {e}; run `cargo build --workspace --bins` first (scripts/test.sh does)"

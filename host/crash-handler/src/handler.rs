@@ -939,5 +939,4 @@ mod tests {
         let exe = format!("a{}", "é".repeat(400));
         assert_eq!(recent_key(&exe).len(), RECENT_KEY_CAP - 1);
     }
-
 }
