@@ -116,4 +116,17 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
     }
+
+    // Found by scripts/mutants.sh (docs/mutants.md).
+    #[test]
+    fn failures_are_counted_until_a_success() {
+        let mut b = Backoff::new(1);
+        assert_eq!(b.failures(), 0);
+        for n in 1..=3 {
+            b.fail(None);
+            assert_eq!(b.failures(), n);
+        }
+        b.reset();
+        assert_eq!(b.failures(), 0);
+    }
 }

@@ -195,4 +195,41 @@ mod tests {
         }
         assert!(rl.buckets.len() <= 61);
     }
+
+    // Found by scripts/mutants.sh (docs/mutants.md).
+
+    #[test]
+    fn one_bucket_per_minute_and_nothing_older_than_an_hour_is_kept() {
+        let mut rl = RateLimiter::from_config(&cfg(1000, 15, -1, 0));
+        for s in 0..3 {
+            rl.record(at(0, s), 10);
+        }
+        assert_eq!(rl.buckets.len(), 1, "records of one minute share a bucket");
+        rl.record(at(200, 0), 10);
+        assert_eq!(rl.buckets.len(), 1, "a bucket 200 minutes old is gone");
+    }
+
+    #[test]
+    fn a_record_as_large_as_the_byte_limit_waits_for_the_window_to_empty() {
+        // 100 bytes per 5 minutes; 1 byte already sent in minute 0.
+        let mut rl = RateLimiter::from_config(&cfg(-1, 0, 100, 5));
+        rl.record(at(0, 0), 1);
+        match rl.check(at(0, 30), 100) {
+            Verdict::Exceeded { retry_at_minute } => {
+                assert_eq!(retry_at_minute, minute(at(0, 0)) + 6)
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_record_larger_than_the_byte_limit_is_retried_the_next_minute() {
+        let rl = RateLimiter::from_config(&cfg(-1, 0, 100, 5));
+        match rl.check(at(7, 10), 101) {
+            Verdict::Exceeded { retry_at_minute } => {
+                assert_eq!(retry_at_minute, minute(at(7, 0)) + 1)
+            }
+            v => panic!("{v:?}"),
+        }
+    }
 }
