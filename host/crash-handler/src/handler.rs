@@ -43,6 +43,8 @@ use telem_core::untrusted::escape;
 
 /// Where the flood limits keep their state, inside the inbox.
 const RECENT_FILE: &str = ".recent.json";
+/// Largest flood state read (1024 keys of at most 512 bytes, and counts).
+const RECENT_FILE_CAP: u64 = 1 << 20;
 /// Executables the repeat filter remembers at once; the oldest are
 /// forgotten first, so crashing copies of a program under ever new names
 /// cannot grow the file every handler reads and rewrites under the lock.
@@ -471,6 +473,28 @@ fn make_entry(inbox: &Dir, name: &str) -> anyhow::Result<Dir> {
     Ok(Dir::from_std_file(File::from(fd)))
 }
 
+/// Opens the regular file `name` directly in `dir` (one component): never
+/// through a symlink, never blocking on a FIFO or device someone with the
+/// service user's rights planted there; anything but a regular file is
+/// refused.
+fn open_plain(dir: &Dir, name: &str, flags: OFlags) -> io::Result<File> {
+    use rustix::fs::Mode;
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        flags | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let f = File::from(fd);
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name} is not a regular file"),
+        ));
+    }
+    Ok(f)
+}
+
 /// Makes a directory's entries durable. cap-std holds directories as
 /// `O_PATH` descriptors, which cannot be synced, so the directory itself
 /// is opened (as `.`, relative to the descriptor: no path lookup) for it.
@@ -562,12 +586,8 @@ impl Reservation {
 
 /// Holds the lock shared by concurrent handlers until dropped.
 fn lock_inbox(inbox: &Dir) -> anyhow::Result<File> {
-    let mut options = OpenOptions::new();
-    options.create(true).write(true);
-    let lock = inbox
-        .open_with(".lock", &options)
-        .context("cannot open the inbox lock")?
-        .into_std();
+    let lock = open_plain(inbox, ".lock", OFlags::WRONLY | OFlags::CREATE)
+        .context("cannot open the inbox lock")?;
     // Released when `lock` closes.
     flock(&lock, FlockOperation::LockExclusive).context("cannot lock the inbox")?;
     Ok(lock)
@@ -596,10 +616,11 @@ fn recent_key(exe: &str) -> String {
 }
 
 fn read_recent(inbox: &Dir) -> Recent {
-    inbox
-        .read(RECENT_FILE)
+    let mut text = Vec::new();
+    open_plain(inbox, RECENT_FILE, OFlags::RDONLY)
+        .and_then(|f| (&f).take(RECENT_FILE_CAP).read_to_end(&mut text))
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+        .and_then(|_| serde_json::from_slice(&text).ok())
         .unwrap_or_default()
 }
 
@@ -607,7 +628,10 @@ fn write_recent(inbox: &Dir, recent: &Recent) -> anyhow::Result<()> {
     let tmp = format!("{RECENT_FILE}.tmp");
     serde_json::to_vec(recent)
         .map_err(io::Error::other)
-        .and_then(|text| inbox.write(&tmp, text))
+        .and_then(|text| {
+            open_plain(inbox, &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC)
+                .and_then(|f| (&f).write_all(&text))
+        })
         .and_then(|()| inbox.rename(&tmp, inbox, RECENT_FILE))
         .context("cannot record the flood state")
 }
@@ -766,16 +790,13 @@ fn inbox_usage(inbox: &Dir, fallback: u64) -> Usage {
 /// still at it; a reservation its handler left behind (it died: the lock
 /// went with it) is removed.
 fn live_reservation(entry: &Dir, fallback: u64) -> Option<u64> {
-    // Non-blocking: someone with the service user's rights could have
-    // put a FIFO there.
-    let mut options = OpenOptions::new();
-    options
-        .read(true)
-        .custom_flags(OFlags::NONBLOCK.bits() as i32);
-    let f = entry.open_with(RESERVATION_FILE, &options).ok()?.into_std();
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        return Some(fallback);
-    }
+    // Someone with the service user's rights could have put a FIFO or a
+    // symlink there: counted at the fallback, neither waited on nor followed.
+    let f = match open_plain(entry, RESERVATION_FILE, OFlags::RDONLY) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(_) => return Some(fallback),
+    };
     // A lock we get is released when `f` closes.
     if flock(&f, FlockOperation::NonBlockingLockShared).is_ok() {
         let _ = entry.remove_file(RESERVATION_FILE);
@@ -938,5 +959,32 @@ mod tests {
         // 512 falls inside a two-byte character here.
         let exe = format!("a{}", "é".repeat(400));
         assert_eq!(recent_key(&exe).len(), RECENT_KEY_CAP - 1);
+    }
+
+    #[test]
+    fn planted_fifos_and_symlinks_are_neither_waited_on_nor_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = open_inbox(dir.path()).unwrap();
+        // A FIFO as the flood state: read as empty at once, not waited on.
+        assert!(std::process::Command::new("mkfifo")
+            .arg(dir.path().join(RECENT_FILE))
+            .status()
+            .unwrap()
+            .success());
+        assert_eq!(read_recent(&inbox).last.len(), 0);
+        // A symlink as the lock or the temp file: refused, its target untouched.
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join(".lock")).unwrap();
+        assert!(lock_inbox(&inbox).is_err());
+        std::fs::remove_file(dir.path().join(RECENT_FILE)).unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join(format!("{RECENT_FILE}.tmp"))).unwrap();
+        assert!(write_recent(&inbox, &Recent::default()).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        // A symlinked reservation counts at the fallback.
+        std::fs::create_dir(dir.path().join("e")).unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("e").join(RESERVATION_FILE)).unwrap();
+        let entry = inbox.open_dir("e").unwrap();
+        assert_eq!(live_reservation(&entry, 99), Some(99));
     }
 }
