@@ -23,10 +23,17 @@ run() {
   # below; anything else (the unmutated tree fails) stops here.
   local status=0
   cargo mutants --no-shuffle --output "target/mutants/$part" "$@" || status=$?
-  [ "$status" -eq 0 ] || [ "$status" -eq 2 ] || [ "$status" -eq 3 ]
+  [ "$status" -eq 0 ] || [ "$status" -eq 2 ] || [ "$status" -eq 3 ] || exit "$status"
 }
 
 part=${1:-all}
+case "$part" in
+  core | handler | telemd | all) ;;
+  *)
+    echo "usage: $0 [core|handler|telemd|all]" >&2
+    exit 64
+    ;;
+esac
 if [ "$part" = core ] || [ "$part" = all ]; then
   run core -p telem-core \
     -f host/core/src/record/mod.rs -f host/core/src/record/wire.rs \
@@ -43,7 +50,9 @@ if [ "$part" = telemd ] || [ "$part" = all ]; then
 fi
 for d in target/mutants/*/mutants.out; do
   [ -d "$d" ] || continue
-  printf '%s: caught %s, missed %s, unviable %s, timeout %s\n' "$(basename "$(dirname "$d")")" \
+  name=$(basename "$(dirname "$d")")
+  [ "$part" = all ] || [ "$part" = "$name" ] || continue
+  printf '%s: caught %s, missed %s, unviable %s, timeout %s\n' "$name" \
     "$(wc -l < "$d/caught.txt")" "$(wc -l < "$d/missed.txt")" \
     "$(wc -l < "$d/unviable.txt")" "$(wc -l < "$d/timeout.txt")"
 done

@@ -46,9 +46,13 @@ cargo build --workspace --bins
 # otherwise the closing line counts them as ignored.
 as_root=()
 [ "$(id -u)" = 0 ] && as_root=(-- --include-ignored)
-cargo test --workspace "${as_root[@]}" 2>&1 | tee "$log"
-(cd probes-wasm && cargo test -p crash-symbolizer --lib --tests) 2>&1 | tee -a "$log"
-(cd probes-wasm && cargo test -p crash-symbolizer --lib --target i686-unknown-linux-gnu) 2>&1 | tee -a "$log"
+# Every test run goes on when one fails, so the closing line counts them all;
+# the script then fails.
+status=0
+cargo test --workspace --no-fail-fast "${as_root[@]}" 2>&1 | tee "$log" || status=1
+(cd probes-wasm && cargo test -p crash-symbolizer --lib --tests) 2>&1 | tee -a "$log" || status=1
+(cd probes-wasm && cargo test -p crash-symbolizer --lib --target i686-unknown-linux-gnu) 2>&1 | tee -a "$log" || status=1
 # One closing line with the totals of every test binary above.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1); if ($(i) ~ /^ignored/) g += $(i-1) } }
      END { printf "tests: %d passed, %d failed, %d ignored (not run: see their #[ignore] reason)\n", p, f, g }' "$log"
+exit "$status"

@@ -87,7 +87,7 @@ pub fn programs_are_fresh() {
         for (program, crates) in programs {
             let newest = crates
                 .iter()
-                .map(|c| newest_source(&host.join(c)))
+                .map(|c| newest_source(&host.join(c).join("src")))
                 .max()
                 .expect("crates listed");
             let built = std::fs::metadata(program).and_then(|m| m.modified());
@@ -104,8 +104,8 @@ pub fn programs_are_fresh() {
     });
 }
 
-/// The latest modification time of a `.rs` or `Cargo.toml` under `dir`,
-/// tests and benches left out.
+/// The latest modification time of a `.rs` file under `dir` (a crate's
+/// `src/`: what Cargo relinks the program for when it changes).
 fn newest_source(dir: &Path) -> std::time::SystemTime {
     let mut newest = std::time::SystemTime::UNIX_EPOCH;
     let mut stack = vec![dir.to_owned()];
@@ -120,9 +120,7 @@ fn newest_source(dir: &Path) -> std::time::SystemTime {
                 {
                     stack.push(p);
                 }
-            } else if p.extension().is_some_and(|x| x == "rs")
-                || p.file_name().is_some_and(|n| n == "Cargo.toml")
-            {
+            } else if p.extension().is_some_and(|x| x == "rs") {
                 newest = newest.max(m.modified().unwrap_or(newest));
             }
         }

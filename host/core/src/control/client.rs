@@ -232,12 +232,15 @@ impl Client {
             )));
         }
         if !out.ends_with('\n') {
-            // Cut at MAX_REPLY: the rest of the line would be read as the
-            // next reply, so this connection is done.
-            return Err(io_err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("a reply longer than {MAX_REPLY} bytes"),
-            )));
+            // Cut short: by the daemon going away, or at MAX_REPLY (then the
+            // rest of the line would be read as the next reply). Either way
+            // this connection is done.
+            let why = if n as u64 >= MAX_REPLY {
+                format!("a reply longer than {MAX_REPLY} bytes")
+            } else {
+                "telemd closed the connection in the middle of its reply".to_owned()
+            };
+            return Err(io_err(io::Error::new(io::ErrorKind::InvalidData, why)));
         }
         serde_json::from_str(&out).map_err(|source| ClientError::BadReply {
             path: self.path.clone(),

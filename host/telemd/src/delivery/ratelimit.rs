@@ -232,4 +232,14 @@ mod tests {
             v => panic!("{v:?}"),
         }
     }
+
+    #[test]
+    fn a_clock_stepped_back_still_sees_the_whole_window() {
+        // One record per 59 minutes. Records at minutes 0 and 60, then the
+        // wall clock steps back to minute 59: minute 0 is inside its window.
+        let mut rl = RateLimiter::from_config(&cfg(1, 59, -1, 0));
+        rl.record(at(0, 0), 1);
+        rl.record(at(60, 0), 1);
+        assert!(matches!(rl.check(at(59, 0), 1), Verdict::Exceeded { .. }));
+    }
 }
