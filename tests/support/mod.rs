@@ -360,7 +360,7 @@ pub fn client(d: &TestDaemon) -> Client {
         panic!(
             "control socket {}: {}\n{ls:?}\n{}",
             path.display(),
-            error_chain(&e),
+            telem_core::error_text::one_line(telem_core::error_text::chain(&e)),
             d.log()
         )
     })
@@ -375,7 +375,7 @@ pub fn call(d: &TestDaemon, req: &Request) -> Result<Response, String> {
         Err(e) => panic!(
             "control request {:?}: {}\n{}",
             req,
-            error_chain(&e),
+            telem_core::error_text::one_line(telem_core::error_text::chain(&e)),
             d.log()
         ),
     }
@@ -416,21 +416,6 @@ pub fn status(d: &TestDaemon) -> Status {
         Ok(Response::Status(s)) => *s,
         other => panic!("status answered {other:?}\n{}", d.log()),
     }
-}
-
-/// An error with its causes (those its message does not already quote).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cause = c.source();
-    }
-    s
 }
 
 /// Resident set size of a process in KiB (`VmRSS`).

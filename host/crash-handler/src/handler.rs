@@ -987,4 +987,19 @@ mod tests {
         let entry = inbox.open_dir("e").unwrap();
         assert_eq!(live_reservation(&entry, 99), Some(99));
     }
+
+    #[test]
+    fn the_flood_state_is_read_up_to_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = open_inbox(dir.path()).unwrap();
+        // Valid JSON, but padded past RECENT_FILE_CAP: not read whole, so
+        // taken as no state rather than read without bound.
+        let mut text = b"{\"dropped_repeats\": 7".to_vec();
+        text.resize(RECENT_FILE_CAP as usize * 2, b' ');
+        text.push(b'}');
+        std::fs::write(dir.path().join(RECENT_FILE), &text).unwrap();
+        assert_eq!(read_recent(&inbox).dropped_repeats, 0);
+        std::fs::write(dir.path().join(RECENT_FILE), b"{\"dropped_repeats\": 7}").unwrap();
+        assert_eq!(read_recent(&inbox).dropped_repeats, 7);
+    }
 }

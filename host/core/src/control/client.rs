@@ -385,4 +385,35 @@ mod tests {
         assert_eq!(wire_tag(&Request::Status, "op"), "status");
         assert_eq!(wire_tag(&Response::Done, "reply"), "done");
     }
+
+    #[test]
+    fn a_reply_over_the_cap_ends_the_exchange() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(&s);
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            (&s).write_all(b"{\"reply\":\"hello\",\"version\":1,\"server\":\"t\"}\n")
+                .unwrap();
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            // One line longer than MAX_REPLY, never ended.
+            let chunk = vec![b' '; 1 << 20];
+            for _ in 0..=(MAX_REPLY >> 20) {
+                if (&s).write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut c = Client::connect(&path, Some(Duration::from_secs(30))).unwrap();
+        let e = c.call(&Request::Status).unwrap_err();
+        assert!(e.to_string().contains("control socket"), "{e}");
+        let cause = std::error::Error::source(&e).unwrap().to_string();
+        assert!(cause.contains("longer than"), "{cause}");
+        drop(c);
+        server.join().unwrap();
+    }
 }
