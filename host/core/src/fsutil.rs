@@ -1,4 +1,6 @@
-//! Small durable-file helpers shared by the spool, machine id and caches.
+//! Small durable-file helpers shared by the spool, the journal, the
+//! machine id and caches, and the [`Durability`] seam through which the
+//! spool and the journal make their commits durable.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -42,4 +44,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// Makes a directory's entries (creations, renames, removals) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// The syncs a commit rests on: a file's data (`fdatasync`) and a
+/// directory's entries (`fsync` of the directory). The spool acknowledges
+/// a record only after both; the journal returns from an append only after
+/// the first. A trait so a test can observe every call, in order, with
+/// the state of the files at that moment; [`Fsync`] is the only
+/// implementation outside tests.
+pub trait Durability: Send + Sync {
+    /// Makes the data of `file` durable; `name` says which file it is (a
+    /// spool record's name, or `journal`).
+    fn sync_file(&self, name: &str, file: &File) -> io::Result<()>;
+    /// Makes the entries of `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real syncs.
+#[derive(Debug, Clone, Copy)]
+pub struct Fsync;
+
+impl Durability for Fsync {
+    fn sync_file(&self, _name: &str, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        sync_dir(dir)
+    }
 }

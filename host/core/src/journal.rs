@@ -7,15 +7,22 @@
 //! rewrite it per record. With retention on, each entry's payload is kept
 //! in `records/<record_id>` and pruned with it.
 //!
+//! An entry is the delivery engine's commit point: the engine calls
+//! [`Journal::sync`] before it removes the records whose entries it
+//! appended, so after a power cut a record is still spooled or journaled
+//! as final, never neither (one sync covers a batch of entries).
+//!
 //! Line format (tab-separated; no field contains a tab):
 //! `record_id  unix_time  classification  event_id  boot_id  outcome  detail`
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{Durability, Fsync};
 
 /// Entries kept on compaction even when `journal_limit` is smaller: the
 /// delivery engine relies on recent final outcomes being on record across
@@ -145,6 +152,7 @@ pub struct Journal {
     limit: usize,
     retention: bool,
     state: Mutex<State>,
+    durability: Arc<dyn Durability>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -167,6 +175,17 @@ impl Journal {
     /// Opens (creating) the journal in `dir`, keeping `limit` entries;
     /// `retention` keeps payload copies.
     pub fn open(dir: &Path, limit: usize, retention: bool) -> io::Result<Journal> {
+        Journal::open_with(dir, limit, retention, Arc::new(Fsync))
+    }
+
+    /// [`Journal::open`] with the syncs made through `durability` (a test
+    /// records them to prove an entry is synced before its record goes).
+    pub fn open_with(
+        dir: &Path,
+        limit: usize,
+        retention: bool,
+        durability: Arc<dyn Durability>,
+    ) -> io::Result<Journal> {
         fs::create_dir_all(dir)?;
         if retention {
             fs::create_dir_all(dir.join("records"))?;
@@ -193,6 +212,7 @@ impl Journal {
             limit: limit.max(1),
             retention,
             state: Mutex::new(State { file, lines }),
+            durability,
         })
     }
 
@@ -201,7 +221,8 @@ impl Journal {
         self.dir.join("journal")
     }
 
-    /// Appends an entry (and the payload copy, with retention on).
+    /// Appends an entry (and the payload copy, with retention on). The
+    /// entry reaches the disk at the next [`Journal::sync`] or compaction.
     pub fn append(&self, entry: &JournalEntry, payload: Option<&str>) -> io::Result<()> {
         if self.retention {
             if let Some(p) = payload {
@@ -215,6 +236,12 @@ impl Journal {
             self.compact(&mut st)?;
         }
         Ok(())
+    }
+
+    /// Makes every entry appended so far durable.
+    pub fn sync(&self) -> io::Result<()> {
+        let st = self.state.lock().expect("journal lock");
+        self.durability.sync_file("journal", &st.file)
     }
 
     /// Rewrites the file with the latest `limit` entries and removes the

@@ -43,6 +43,13 @@ impl MachineIdStore {
         }
         let id = random_id();
         write_atomic(&self.path, id.as_bytes(), 0o644)?;
+        // The id's age is its file's mtime: dated by the caller's clock,
+        // so one clock decides both when an id was made and when it is
+        // too old (they differ only under an injected clock).
+        std::fs::File::options()
+            .write(true)
+            .open(&self.path)?
+            .set_modified(now)?;
         Ok(id)
     }
 

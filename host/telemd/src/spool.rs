@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::{oneshot, Notify};
 
+pub use telem_core::fsutil::{Durability, Fsync};
 use telem_core::record::{spool_file, Record};
 
 /// Temporary files start with this; no record name does.
@@ -297,32 +298,6 @@ fn writer_loop(dir: &Path, rx: mpsc::Receiver<Job>, durability: &dyn Durability)
             }
         }
         commit_group(dir, group, durability);
-    }
-}
-
-/// The two syncs a record's durability rests on: its file's data
-/// (`fdatasync`) and, after the rename, the directory entry (`fsync` of
-/// the directory). A record is acknowledged only after both. A trait so a
-/// test can observe every call in order; [`Fsync`] is the only
-/// implementation outside tests.
-pub trait Durability: Send + Sync {
-    /// Makes the data of `file` (about to be renamed to `name`) durable.
-    fn sync_file(&self, name: &str, file: &File) -> io::Result<()>;
-    /// Makes the entries of `dir` durable.
-    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-}
-
-/// The real syncs.
-#[derive(Debug, Clone, Copy)]
-pub struct Fsync;
-
-impl Durability for Fsync {
-    fn sync_file(&self, _name: &str, file: &File) -> io::Result<()> {
-        file.sync_data()
-    }
-
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        telem_core::fsutil::sync_dir(dir)
     }
 }
 

@@ -131,15 +131,17 @@ impl Poster {
         })
     }
 
-    /// Sends one record to `target`.
-    pub async fn post(&self, target: &Target, record: &Record) -> PostOutcome {
+    /// Sends one record to `target`. `now` is the delivery clock's time, from
+    /// which a `Retry-After` given as an HTTP date is counted (the same
+    /// clock then schedules the retry).
+    pub async fn post(&self, target: &Target, record: &Record, now: SystemTime) -> PostOutcome {
         match target {
             Target::File(path) => append_json_line(path, record),
             Target::Http {
                 url,
                 tid_name,
                 tid_value,
-            } => self.post_http(url, tid_name, tid_value, record).await,
+            } => self.post_http(url, tid_name, tid_value, record, now).await,
         }
     }
 
@@ -149,6 +151,7 @@ impl Poster {
         tid_name: &str,
         tid_value: &str,
         record: &Record,
+        now: SystemTime,
     ) -> PostOutcome {
         let mut headers = HeaderMap::new();
         let mut add = |name: &str, value: &str| -> Result<(), String> {
@@ -207,7 +210,7 @@ impl Poster {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            .and_then(|v| parse_retry_after(v, now));
         // The status line has arrived, so the collector has decided; how
         // the body ends does not change the outcome (a 200 whose body is
         // cut is still a confirmation).
