@@ -152,7 +152,13 @@ fn collector_down_then_up_delivers_every_record_exactly_once() {
         gap <= telemd::delivery::backoff::INITIAL_DELAY + Duration::from_millis(300),
         "first retry after {gap:?}"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // A further failed try (within the 2 s cap) later...
+    assert!(
+        wait_until(Duration::from_secs(60), || c.requests().len() >= 3),
+        "{}",
+        d.log()
+    );
+    // ...nothing is lost.
     assert_eq!(
         d.spool_names().len(),
         20,

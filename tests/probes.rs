@@ -104,13 +104,26 @@ fn hello_runs_at_start_with_host_metadata() {
 fn drop_in_replace_and_remove_without_restart() {
     let d = probe_daemon("").spawn();
     wait_loaded(&d, 0);
-    // Drop in: a half-written file first, then the whole one.
+    // Drop in, written slowly: a tenth every 100 ms, so at least four
+    // scans (every 200 ms) see it half-written and growing. A file is
+    // loaded only once two scans in a row saw it unchanged, so no scan
+    // tries the partial one.
     let bytes = std::fs::read(probe_wasm("hello")).unwrap();
     let hello = d.path("probes/hello.wasm");
-    std::fs::write(&hello, &bytes[..bytes.len() / 3]).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    std::fs::write(&hello, &bytes).unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&hello).unwrap();
+        for chunk in bytes.chunks(bytes.len() / 10 + 1) {
+            f.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     wait_payload(&d, "hello");
+    assert!(
+        !d.log().contains("probe not loaded"),
+        "a partial file was loaded:\n{}",
+        d.log()
+    );
     // Replace it with another build (a custom section makes the file
     // differ): the new one is loaded and runs its start trigger again.
     let mut rebuilt = bytes.clone();
@@ -360,6 +373,46 @@ fn repeated_failures_quarantine_until_reload() {
         let v = run(&d, &["state"]);
         assert!(v.is_ok(), "{v:?}");
     }
+}
+
+/// Quarantine reached by the daemon's own triggers, with no admin call: the
+/// ticker's start run fails every time (the admin granted it no records),
+/// is retried after 1, 2, 4 and 8 s, and the fifth failure quarantines it.
+#[test]
+fn a_probe_failing_its_triggered_runs_is_quarantined_after_paced_retries() {
+    let d = probe_daemon_granting(
+        "",
+        "[probes.ticker]\nclassifications = [\"org.example/test/tick\"]\nmax_records_per_hour = 0\n",
+    );
+    std::fs::copy(probe_wasm("ticker"), d.path("probes/ticker.wasm")).unwrap();
+    let started = Instant::now();
+    let d = d.spawn();
+    let quarantined = || {
+        probe_list(&d)
+            .probes
+            .first()
+            .is_some_and(|p| matches!(p.state, ProbeState::Quarantined(_)))
+    };
+    assert!(
+        wait_until(Duration::from_secs(150), quarantined),
+        "{:?}\n{}",
+        probe_list(&d).probes,
+        d.log()
+    );
+    let took = started.elapsed();
+    let p = probe_list(&d).probes[0].clone();
+    assert_eq!(p.stats.runs as usize, support::QUARANTINE_AFTER, "{p:?}");
+    assert_eq!(p.stats.records_refused as usize, support::QUARANTINE_AFTER);
+    assert_eq!(
+        p.stats.failures_in_a_row as usize,
+        support::QUARANTINE_AFTER
+    );
+    assert!(
+        took >= Duration::from_secs(1 + 2 + 4 + 8),
+        "quarantined {took:?} after start: the retries were not paced"
+    );
+    assert!(d.spool_names().is_empty());
+    assert!(error_of(&run_probe(&d, "ticker", &[])).contains("quarantined"));
 }
 
 #[test]
