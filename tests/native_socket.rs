@@ -347,6 +347,26 @@ fn socket_activation_uses_the_passed_listener_and_notifies_ready() {
     drop(child);
 }
 
+/// A service manager may listen on an abstract socket (`NOTIFY_SOCKET=@name`,
+/// as systemd does in containers): readiness reaches it too.
+#[test]
+fn readiness_reaches_an_abstract_notify_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("telemd-e2e-notify-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let manager = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut d = TestDaemon::prepare(HOLD);
+    let mut cmd = std::process::Command::new(support::TELEMD);
+    cmd.env("NOTIFY_SOCKET", format!("@{name}"));
+    d.spawn_with(cmd);
+    let mut buf = [0u8; 256];
+    let n = manager.recv(&mut buf).expect("READY=1 within 20 s");
+    assert_eq!(&buf[..n], b"READY=1\n", "{}", d.log());
+}
+
 #[test]
 fn record_gen_sends_records_the_daemon_accepts() {
     let d = TestDaemon::start(HOLD);

@@ -18,6 +18,9 @@ pub enum Mode {
     Drop,
     /// Read the request, then answer nothing for this long.
     Stall(Duration),
+    /// Answer 200 to the first this many requests, then stall every later
+    /// one (a test can kill the client with exactly one post in flight).
+    OkThenStall(usize),
 }
 
 /// One request as received.
@@ -172,7 +175,14 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let mode = state.lock().unwrap().mode.clone();
+        let mode = {
+            let st = state.lock().unwrap();
+            match &st.mode {
+                Mode::OkThenStall(n) if st.requests.len() < *n => Mode::Status(200, None),
+                Mode::OkThenStall(_) => Mode::Stall(Duration::from_secs(600)),
+                m => m.clone(),
+            }
+        };
         let answered = match &mode {
             Mode::Status(code, _) => *code,
             _ => 0,
@@ -200,6 +210,7 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
                 std::thread::sleep(d);
                 return;
             }
+            Mode::OkThenStall(_) => unreachable!("resolved above"),
         }
     }
 }
