@@ -236,16 +236,69 @@ fn a_piped_core_becomes_a_symbolized_record() {
         "{}",
         r.payload
     );
-    assert!(
-        r.payload.contains(&format!(
-            "\n#0 level3() - [{exe}] - {}:5\n#1 level2() - [{exe}]",
-            prog.dir.path().join("crashme.c").display()
-        )),
+    let threads = payload_threads(&r.payload);
+    let src = prog.dir.path().join("crashme.c");
+    let crashing = &threads[0].1;
+    assert_eq!(
+        crashing[..2],
+        [
+            Frame {
+                function: "level3".into(),
+                module: exe.into(),
+                source: Some(format!("{}:5", src.display())),
+            },
+            Frame {
+                function: "level2".into(),
+                module: exe.into(),
+                source: Some(format!("{}:6", src.display())),
+            },
+        ],
         "{}",
         r.payload
     );
-    assert!(r.payload.contains("main() - ["), "{}", r.payload);
-    assert!(r.payload.contains("pause() - [libc.so.6]"), "{}", r.payload);
+    // The idle thread waits in libc's pause().
+    assert!(
+        threads[1..].iter().any(|(_, fs)| fs
+            .iter()
+            .any(|f| f.function == "pause" && f.module == "libc.so.6")),
+        "{}",
+        r.payload
+    );
+    // The component's payload, as the collector gets it, against eu-stack
+    // on the same core: each thread's frames in the program, and each
+    // thread's source lines, the same and in the same order.
+    let in_program = |fs: &[Frame]| -> Vec<String> {
+        fs.iter()
+            .filter(|f| f.module == exe || f.module == "crashme")
+            .map(|f| f.function.clone())
+            .collect()
+    };
+    let sources =
+        |fs: &[Frame]| -> Vec<String> { fs.iter().filter_map(|f| f.source.clone()).collect() };
+    assert_eq!(
+        in_program(crashing),
+        ["level3", "level2", "main", "_start"],
+        "{}",
+        r.payload
+    );
+    let (mut ours, mut theirs) = (threads.clone(), eu_stack(&prog));
+    ours.sort_by_key(|t| t.0);
+    theirs.sort_by_key(|t| t.0);
+    assert_eq!(
+        ours.iter().map(|t| t.0).collect::<Vec<_>>(),
+        theirs.iter().map(|t| t.0).collect::<Vec<_>>(),
+        "threads\n{}",
+        r.payload
+    );
+    for ((tid, ours), (_, theirs)) in ours.iter().zip(&theirs) {
+        assert_eq!(
+            in_program(ours),
+            in_program(theirs),
+            "TID {tid}\n{}",
+            r.payload
+        );
+        assert_eq!(sources(ours), sources(theirs), "TID {tid}\n{}", r.payload);
+    }
     // -v printed the payload once the record existed.
     assert!(stdout.contains(&r.payload), "{stdout}");
     // The entry (core included) is gone once handled.
@@ -254,6 +307,84 @@ fn a_piped_core_becomes_a_symbolized_record() {
         "{:?}",
         inbox_entries(&d)
     );
+}
+
+/// One frame of a backtrace: function, module, `file:line`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Frame {
+    function: String,
+    module: String,
+    source: Option<String>,
+}
+
+/// The threads of a crash record's payload: `Backtrace (TID n):` then lines
+/// `#k function() - [module] - file:line (found by ...)`.
+fn payload_threads(payload: &str) -> Vec<(u32, Vec<Frame>)> {
+    let mut threads: Vec<(u32, Vec<Frame>)> = Vec::new();
+    for line in payload.lines() {
+        if let Some(tid) = line
+            .strip_prefix("Backtrace (TID ")
+            .and_then(|l| l.strip_suffix("):"))
+        {
+            threads.push((tid.parse().unwrap(), Vec::new()));
+            continue;
+        }
+        let Some((_, frame)) = line.strip_prefix('#').and_then(|l| l.split_once(' ')) else {
+            continue;
+        };
+        let (function, rest) = frame.split_once(" - [").expect(line);
+        let (module, rest) = rest.split_once(']').expect(line);
+        let rest = rest.split(" (found by ").next().unwrap();
+        threads.last_mut().expect(line).1.push(Frame {
+            function: function.trim_end_matches("()").to_owned(),
+            module: module.to_owned(),
+            source: rest.strip_prefix(" - ").map(str::to_owned),
+        });
+    }
+    threads
+}
+
+/// eu-stack (elfutils) on the program's core, inlined frames expanded and
+/// with source lines (`file:line`, the column dropped), as the payload has
+/// them.
+fn eu_stack(prog: &Program) -> Vec<(u32, Vec<Frame>)> {
+    let out = Command::new("eu-stack")
+        .args(["-m", "-s", "-i", "-n", "64"])
+        .arg(format!("--core={}", prog.core.display()))
+        .arg(format!("--executable={}", prog.exe.display()))
+        .output()
+        .expect("eu-stack (elfutils; the test command installs it)");
+    let mut threads: Vec<(u32, Vec<Frame>)> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(tid) = line.strip_prefix("TID ") {
+            threads.push((tid.trim_end_matches(':').parse().unwrap(), Vec::new()));
+        } else if let Some(frame) = line.strip_prefix('#') {
+            // "#0  0x0000555555555178 level3 - crashme"
+            let words: Vec<&str> = frame.split_whitespace().skip(2).collect();
+            let dash = words.iter().position(|w| *w == "-").unwrap_or(words.len());
+            let function = words[..dash].join(" ");
+            threads.last_mut().expect(line).1.push(Frame {
+                function: function.split('@').next().unwrap().to_owned(),
+                module: words.get(dash + 1..).unwrap_or_default().join(" "),
+                source: None,
+            });
+        } else if let Some(src) = line.strip_prefix("    ") {
+            // "    /tmp/x/crashme.c:5:31": the column goes; "clone3.S:81"
+            // has none.
+            let fields: Vec<&str> = src.rsplitn(3, ':').collect();
+            let source = match fields[..] {
+                [col, line, file] if col.parse::<u32>().is_ok() && line.parse::<u32>().is_ok() => {
+                    format!("{file}:{line}")
+                }
+                _ => src.to_owned(),
+            };
+            if let Some(f) = threads.last_mut().and_then(|t| t.1.last_mut()) {
+                f.source = Some(source);
+            }
+        }
+    }
+    assert!(!threads.is_empty(), "eu-stack printed no thread: {out:?}");
+    threads
 }
 
 #[test]

@@ -148,9 +148,10 @@ fn thread(report: &Report, tid: u32) -> &crash_symbolizer::report::ThreadTrace {
         .unwrap_or_else(|| panic!("thread {tid} missing"))
 }
 
-/// Every source line eu-stack gives, in the program and in libraries whose
-/// debug files are installed (libc6-dbg), is ours too, byte for byte and in
-/// the same order: the legacy probe printed elfutils' file names.
+/// The source lines of every thread, in the program and in libraries whose
+/// debug files are installed (libc6-dbg), are eu-stack's, byte for byte,
+/// in the same order, none missing and none added: the legacy probe
+/// printed elfutils' file names.
 fn assert_sources_match_eu_stack(report: &Report, eu: &[(u32, Vec<EuFrame>)]) {
     let mut compared = 0;
     for (tid, frames) in eu {
@@ -161,14 +162,11 @@ fn assert_sources_match_eu_stack(report: &Report, eu: &[(u32, Vec<EuFrame>)]) {
             .iter()
             .filter_map(|f| Some(format!("{}:{}", f.file.as_deref()?, f.line?)))
             .collect();
-        let mut it = ours.iter();
-        for src in &theirs {
-            assert!(
-                it.any(|o| o == src),
-                "thread {tid}: eu-stack's {src} missing or out of order; theirs {theirs:?}, ours {ours:?}"
-            );
-            compared += 1;
-        }
+        assert_eq!(
+            ours, theirs,
+            "thread {tid}: source lines, ours then eu-stack's"
+        );
+        compared += theirs.len();
     }
     assert!(compared > 0, "eu-stack gave no source line");
 }
@@ -187,12 +185,13 @@ fn base_name(name: &str) -> String {
     s
 }
 
-/// Every frame eu-stack resolves inside the test program is resolved by
-/// ours too, in the same order (ours may hold more: inlined calls, frames
-/// eu-stack lost).
-fn assert_covers_eu_stack(report: &Report, eu: &[(u32, Vec<EuFrame>)], exe: &Path) {
+/// The frames of every thread inside the test program are the ones
+/// eu-stack resolves there (inlined calls expanded on both sides), the
+/// same functions in the same order, none missing and none added.
+fn assert_frames_match_eu_stack(report: &Report, eu: &[(u32, Vec<EuFrame>)], exe: &Path) {
     let exe_name = exe.file_name().unwrap().to_str().unwrap();
     let exe_path = exe.to_str().unwrap();
+    let mut compared = 0;
     for (tid, frames) in eu {
         let theirs: Vec<String> = frames
             .iter()
@@ -206,15 +205,15 @@ fn assert_covers_eu_stack(report: &Report, eu: &[(u32, Vec<EuFrame>)], exe: &Pat
             .filter(|f| f.module.as_deref() == Some(exe_path))
             .filter_map(|f| f.function.as_deref().map(base_name))
             .collect();
-        let mut it = ours.iter();
-        for name in &theirs {
-            assert!(
-                it.any(|o| o == name),
-                "thread {tid}: eu-stack resolves {name} in the program, in order {theirs:?}; ours: {ours:?}\n{}",
-                report.payload()
-            );
-        }
+        assert_eq!(
+            ours,
+            theirs,
+            "thread {tid}: the program's frames, ours then eu-stack's\n{}",
+            report.payload()
+        );
+        compared += theirs.len();
     }
+    assert!(compared > 0, "eu-stack resolved no frame in the program");
 }
 
 fn crashing_names(r: &Report) -> Vec<String> {
@@ -308,7 +307,7 @@ fn threads_segv(flags: &[&str], name: &str) {
         assert!(names.iter().any(|n| n == "idle"), "{names:?}");
     }
     let eu = eu_stack(&core, &exe, None);
-    assert_covers_eu_stack(&r, &eu, &exe);
+    assert_frames_match_eu_stack(&r, &eu, &exe);
     assert_sources_match_eu_stack(&r, &eu);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -340,7 +339,7 @@ fn recursion(flags: &[&str], name: &str) {
         .iter()
         .all(|f| *f == ("descend".to_string(), 12)));
     assert_eq!(r.error(), None);
-    assert_covers_eu_stack(&r, &eu_stack(&core, &exe, None)[..1], &exe);
+    assert_frames_match_eu_stack(&r, &eu_stack(&core, &exe, None)[..1], &exe);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -391,7 +390,7 @@ fn crash_inside_a_signal_handler() {
         assert!(own.contains(&("outer".into(), 12)), "{own:?}");
         assert_eq!(r.error(), None, "{}", r.payload());
         let eu = eu_stack(&core, &exe, None);
-        assert_covers_eu_stack(&r, &eu, &exe);
+        assert_frames_match_eu_stack(&r, &eu, &exe);
         assert_sources_match_eu_stack(&r, &eu);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -422,7 +421,7 @@ fn cpp_abort_from_a_nested_call() {
     assert!(own.contains(&("main".into(), 16)), "{own:?}");
     assert_eq!(r.error(), None, "{}", r.payload());
     let eu = eu_stack(&core, &exe, None);
-    assert_covers_eu_stack(&r, &eu, &exe);
+    assert_frames_match_eu_stack(&r, &eu, &exe);
     assert_sources_match_eu_stack(&r, &eu);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -490,7 +489,7 @@ fn stripped_binary_with_its_debug_file_under_a_build_id_path() {
         &r.payload(),
     );
     let eu = eu_stack(&core, &exe, Some(&root));
-    assert_covers_eu_stack(&r, &eu, &exe);
+    assert_frames_match_eu_stack(&r, &eu, &exe);
     assert_sources_match_eu_stack(&r, &eu);
     std::fs::remove_dir_all(&dir).unwrap();
 }
