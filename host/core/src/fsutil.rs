@@ -48,10 +48,10 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// The syncs a commit rests on: a file's data (`fdatasync`) and a
 /// directory's entries (`fsync` of the directory). The spool acknowledges
-/// a record only after both; the journal returns from an append only after
-/// the first. A trait so a test can observe every call, in order, with
-/// the state of the files at that moment; [`Fsync`] is the only
-/// implementation outside tests.
+/// a record only after both; the journal's file is synced before the
+/// records its entries finished leave the spool. A trait so a test can
+/// observe every call, in order, with the state of the files at that
+/// moment; [`Fsync`] is the only implementation outside tests.
 pub trait Durability: Send + Sync {
     /// Makes the data of `file` durable; `name` says which file it is (a
     /// spool record's name, or `journal`).
