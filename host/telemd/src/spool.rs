@@ -428,6 +428,9 @@ mod tests {
                 "{name} was acknowledged before its directory entry was synced: {log:?}"
             );
         }
+        // Group commit: concurrent records share directory syncs.
+        let dir_syncs = log.iter().filter(|l| *l == "dir").count();
+        assert!(dir_syncs < 40, "{dir_syncs} directory syncs for 40 records");
         spool.close();
     }
 
@@ -481,6 +484,73 @@ mod tests {
             .map(|e| e.name)
             .collect();
         assert_eq!(names, vec![a, b]);
+    }
+
+    /// The cap counts what an earlier run left (every record file, no
+    /// hidden file); a record that exactly fills it fits, one more does
+    /// not, and a refusal reserves nothing.
+    #[tokio::test]
+    async fn the_cap_counts_records_left_by_an_earlier_run_and_is_inclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Spool::open(dir.path(), None).unwrap();
+        first.store(&sample()).await.unwrap();
+        first.store(&sample()).await.unwrap();
+        first.close();
+        let len = spool_file::encode(&sample()).len() as u64;
+        fs::write(dir.path().join(".hidden"), vec![0; 5000]).unwrap();
+        let spool = Spool::open(dir.path(), Some(len * 3)).unwrap();
+        assert_eq!(spool.used_bytes(), len * 2);
+        spool.store(&sample()).await.unwrap();
+        assert_eq!(spool.used_bytes(), len * 3);
+        let e = spool.store(&sample()).await.unwrap_err();
+        assert!(matches!(e, SpoolError::Full { .. }), "{e}");
+        assert_eq!(spool.used_bytes(), len * 3);
+    }
+
+    #[tokio::test]
+    async fn a_store_wakes_the_delivery_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        let waiter = {
+            let s = spool.clone();
+            tokio::spawn(async move { s.stored().await })
+        };
+        spool.store(&sample()).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(60), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+    }
+
+    /// Removing twice is fine (the remover and a restart may race); a name
+    /// that cannot be removed is an error.
+    #[tokio::test]
+    async fn remove_is_idempotent_and_reports_real_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        spool.store(&sample()).await.unwrap();
+        let entry = spool.entries().unwrap().remove(0);
+        spool.remove(&entry).unwrap();
+        assert_eq!(spool.used_bytes(), 0);
+        spool.remove(&entry).unwrap();
+        fs::create_dir(dir.path().join("adir")).unwrap();
+        fs::write(dir.path().join("adir/x"), b"x").unwrap();
+        let not_a_file = SpoolEntry {
+            name: "adir".into(),
+            ..entry
+        };
+        assert!(spool.remove(&not_a_file).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_closed_spool_refuses_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        spool.close();
+        let e = spool.store(&sample()).await.unwrap_err();
+        assert!(matches!(e, SpoolError::Closed), "{e}");
+        assert_eq!(spool.used_bytes(), 0);
+        assert!(format!("{spool:?}").contains(&dir.path().display().to_string()));
     }
 
     #[tokio::test]

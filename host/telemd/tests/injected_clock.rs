@@ -358,19 +358,27 @@ async fn every_record_is_journaled_durably_before_it_leaves_the_spool() {
 struct StatusServer {
     url: String,
     requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     retry_after: Arc<Mutex<Option<String>>>,
 }
 
 impl StatusServer {
     fn start(status: u16) -> StatusServer {
+        StatusServer::with_body(status, 0)
+    }
+
+    /// Answers with a body of `body_len` bytes.
+    fn with_body(status: u16, body_len: usize) -> StatusServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v2/collector", listener.local_addr().unwrap());
         let requests = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let retry_after = Arc::new(Mutex::new(None::<String>));
-        let (n, ra) = (requests.clone(), retry_after.clone());
+        let (n, ra, conns) = (requests.clone(), retry_after.clone(), connections.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
+                conns.fetch_add(1, Ordering::SeqCst);
                 let (n, ra) = (n.clone(), ra.clone());
                 std::thread::spawn(move || {
                     let mut w = conn.try_clone().unwrap();
@@ -403,9 +411,12 @@ impl StatusServer {
                             .as_ref()
                             .map(|v| format!("Retry-After: {v}\r\n"))
                             .unwrap_or_default();
-                        let resp =
-                            format!("HTTP/1.1 {status} Status\r\n{extra}Content-Length: 0\r\n\r\n");
-                        if w.write_all(resp.as_bytes()).is_err() {
+                        let mut resp = format!(
+                            "HTTP/1.1 {status} Status\r\n{extra}Content-Length: {body_len}\r\n\r\n"
+                        )
+                        .into_bytes();
+                        resp.resize(resp.len() + body_len, b'x');
+                        if w.write_all(&resp).is_err() {
                             return;
                         }
                     }
@@ -415,6 +426,7 @@ impl StatusServer {
         StatusServer {
             url,
             requests,
+            connections,
             retry_after,
         }
     }
@@ -422,6 +434,47 @@ impl StatusServer {
     fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+}
+
+/// A response body up to the cap (64 KiB) is read to its end, so the
+/// connection serves the next record; a longer one is cut where it passes
+/// the cap and its connection closed (`tests/hostile/collector.rs` sends
+/// endless ones).
+#[tokio::test]
+async fn a_response_body_up_to_the_cap_keeps_the_connection() {
+    use telemd::delivery::post::MAX_RESPONSE_BODY;
+    for (body, connections) in [(MAX_RESPONSE_BODY, 1), (MAX_RESPONSE_BODY * 4, 3)] {
+        let server = StatusServer::with_body(200, body);
+        let mut r = rig(3, |c| c.delivery.server = CollectorUrl::new(&server.url)).await;
+        assert_eq!(run(&mut r).await.delivered, 3, "body of {body} bytes");
+        assert_eq!(
+            server.connections.load(Ordering::SeqCst),
+            connections,
+            "body of {body} bytes"
+        );
+    }
+}
+
+/// A collector that refuses the connection is a failure to retry, and the
+/// status says why in the words of the error's whole chain.
+#[tokio::test]
+async fn a_refused_connection_is_retried_and_the_status_says_why() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut r = rig(1, |c| {
+        c.delivery.server = CollectorUrl::new(&format!("http://127.0.0.1:{port}/v2/collector"))
+    })
+    .await;
+    assert!(run(&mut r).await.blocked_for.is_some());
+    let st = r.delivery.status().lock().unwrap().clone();
+    let said = st.last_result.unwrap_or_default();
+    assert!(
+        said.starts_with("failed (cannot connect: ") && said.contains("Connection refused"),
+        "{said}"
+    );
 }
 
 /// Against a collector that answers 503 for an hour, the tries are paced by
