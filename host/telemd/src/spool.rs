@@ -515,6 +515,12 @@ mod tests {
             let s = spool.clone();
             tokio::spawn(async move { s.stored().await })
         };
+        // One runtime thread: after these yields the waiter has run up to
+        // its wait, and must still be waiting.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "woken with nothing stored");
         spool.store(&sample()).await.unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(60), waiter)
             .await
