@@ -434,6 +434,33 @@ mod tests {
         spool.close();
     }
 
+    /// A burst larger than two groups is committed in groups of at most
+    /// `MAX_GROUP` records (one directory sync each).
+    #[tokio::test]
+    async fn a_burst_is_committed_in_bounded_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Arc::new(Recorder::default());
+        let spool = Spool::open_with(dir.path(), None, rec.clone()).unwrap();
+        let tasks: Vec<_> = (0..MAX_GROUP * 2 + 50)
+            .map(|_| {
+                let spool = spool.clone();
+                tokio::spawn(async move { spool.store(&sample()).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let log = rec.0.lock().unwrap().clone();
+        let groups: Vec<usize> = log
+            .split(|l| l == "dir")
+            .map(|g| g.iter().filter(|l| l.starts_with("file ")).count())
+            .filter(|&n| n > 0)
+            .collect();
+        assert!(groups.iter().all(|&n| n <= MAX_GROUP), "{groups:?}");
+        assert_eq!(groups.iter().sum::<usize>(), MAX_GROUP * 2 + 50);
+        spool.close();
+    }
+
     #[tokio::test]
     async fn stored_record_reads_back_and_lists_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
