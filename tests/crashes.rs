@@ -4,6 +4,8 @@
 //! the repo; the filters; the daemon being down; hostile cores; and
 //! `telemctl crash symbolize`.
 
+#[path = "support/eu_stack.rs"]
+mod eu_stack;
 #[path = "support/hostile_cores.rs"]
 mod hostile_cores;
 
@@ -344,47 +346,23 @@ fn payload_threads(payload: &str) -> Vec<(u32, Vec<Frame>)> {
     threads
 }
 
-/// eu-stack (elfutils) on the program's core, inlined frames expanded and
-/// with source lines (`file:line`, the column dropped), as the payload has
-/// them.
+/// eu-stack (elfutils) on the program's core, as [`Frame`]s (versioned
+/// symbol names cut at `@`).
 fn eu_stack(prog: &Program) -> Vec<(u32, Vec<Frame>)> {
-    let out = Command::new("eu-stack")
-        .args(["-m", "-s", "-i", "-n", "64"])
-        .arg(format!("--core={}", prog.core.display()))
-        .arg(format!("--executable={}", prog.exe.display()))
-        .output()
-        .expect("eu-stack (elfutils; the test command installs it)");
-    let mut threads: Vec<(u32, Vec<Frame>)> = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(tid) = line.strip_prefix("TID ") {
-            threads.push((tid.trim_end_matches(':').parse().unwrap(), Vec::new()));
-        } else if let Some(frame) = line.strip_prefix('#') {
-            // "#0  0x0000555555555178 level3 - crashme"
-            let words: Vec<&str> = frame.split_whitespace().skip(2).collect();
-            let dash = words.iter().position(|w| *w == "-").unwrap_or(words.len());
-            let function = words[..dash].join(" ");
-            threads.last_mut().expect(line).1.push(Frame {
-                function: function.split('@').next().unwrap().to_owned(),
-                module: words.get(dash + 1..).unwrap_or_default().join(" "),
-                source: None,
-            });
-        } else if let Some(src) = line.strip_prefix("    ") {
-            // "    /tmp/x/crashme.c:5:31": the column goes; "clone3.S:81"
-            // has none.
-            let fields: Vec<&str> = src.rsplitn(3, ':').collect();
-            let source = match fields[..] {
-                [col, line, file] if col.parse::<u32>().is_ok() && line.parse::<u32>().is_ok() => {
-                    format!("{file}:{line}")
-                }
-                _ => src.to_owned(),
-            };
-            if let Some(f) = threads.last_mut().and_then(|t| t.1.last_mut()) {
-                f.source = Some(source);
-            }
-        }
-    }
-    assert!(!threads.is_empty(), "eu-stack printed no thread: {out:?}");
-    threads
+    eu_stack::eu_stack(&prog.core, &prog.exe, None)
+        .into_iter()
+        .map(|(tid, frames)| {
+            let frames = frames
+                .into_iter()
+                .map(|f| Frame {
+                    function: f.name.split('@').next().unwrap_or_default().to_owned(),
+                    module: f.module,
+                    source: f.source,
+                })
+                .collect();
+            (tid, frames)
+        })
+        .collect()
 }
 
 #[test]

@@ -21,6 +21,8 @@ pub enum Mode {
     /// Answer 200 to the first this many requests, then stall every later
     /// one (a test can kill the client with exactly one post in flight).
     OkThenStall(usize),
+    /// Answer 200 with a body of this many bytes.
+    Body(usize),
 }
 
 /// One request as received.
@@ -185,6 +187,7 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
         };
         let answered = match &mode {
             Mode::Status(code, _) => *code,
+            Mode::Body(_) => 200,
             _ => 0,
         };
         state.lock().unwrap().requests.push(Request {
@@ -202,6 +205,14 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
                     .unwrap_or_default();
                 let resp = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n{ra}\r\n");
                 if out.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Mode::Body(len) => {
+                let mut resp =
+                    format!("HTTP/1.1 200 X\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+                resp.resize(resp.len() + len, b'x');
+                if out.write_all(&resp).is_err() {
                     return;
                 }
             }

@@ -5,10 +5,11 @@
 //! crash-symbolizer library can be fed, built to hit one defect a security
 //! review found.
 //!
-//! Std-only and standalone on purpose: the host's end-to-end tests
-//! (`mod hostile_cores;` in `support/mod.rs`) and the crash-symbolizer's
-//! tests (`#[path = "../../../host/tests/support/hostile_cores.rs"]`)
-//! include this very file, so both test the same bytes.
+//! Std-only and standalone on purpose: the end-to-end crash tests
+//! (`#[path = "support/hostile_cores.rs"]` in `tests/crashes.rs`) and the
+//! crash-symbolizer's tests (`#[path =
+//! "../../../tests/support/hostile_cores.rs"]`) include this very file,
+//! so both test the same bytes.
 //!
 //! The process in every core: one thread ([`PID`], stopped by [`SIGNAL`]
 //! in the code of library 0, which holds the entry point and so is the

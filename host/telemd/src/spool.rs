@@ -24,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::{oneshot, Notify};
 
-pub use telem_core::fsutil::{Durability, Fsync};
+use telem_core::fsutil::{Durability, Fsync};
 use telem_core::record::{spool_file, Record};
 
 /// Temporary files start with this; no record name does.

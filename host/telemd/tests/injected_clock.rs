@@ -3,15 +3,18 @@
 //! with an injected clock so no test sleeps; and the journal commit point,
 //! observed through injected syncs.
 
+#[path = "../../../tests/support/collector.rs"]
+mod collector;
+
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use collector::{Collector, Mode};
 use telem_core::clock::{Clock, ManualClock};
 use telem_core::config::values::{Bounded, CollectorUrl, Limit};
 use telem_core::config::{Config, RateLimitStrategy};
@@ -353,89 +356,6 @@ async fn every_record_is_journaled_durably_before_it_leaves_the_spool() {
     );
 }
 
-/// A collector on a real socket that answers every request with one status
-/// and an optional `Retry-After`, and counts requests.
-struct StatusServer {
-    url: String,
-    requests: Arc<AtomicUsize>,
-    connections: Arc<AtomicUsize>,
-    retry_after: Arc<Mutex<Option<String>>>,
-}
-
-impl StatusServer {
-    fn start(status: u16) -> StatusServer {
-        StatusServer::with_body(status, 0)
-    }
-
-    /// Answers with a body of `body_len` bytes.
-    fn with_body(status: u16, body_len: usize) -> StatusServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/v2/collector", listener.local_addr().unwrap());
-        let requests = Arc::new(AtomicUsize::new(0));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let retry_after = Arc::new(Mutex::new(None::<String>));
-        let (n, ra, conns) = (requests.clone(), retry_after.clone(), connections.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                conns.fetch_add(1, Ordering::SeqCst);
-                let (n, ra) = (n.clone(), ra.clone());
-                std::thread::spawn(move || {
-                    let mut w = conn.try_clone().unwrap();
-                    let mut r = BufReader::new(conn);
-                    loop {
-                        let mut len = 0usize;
-                        loop {
-                            let mut line = String::new();
-                            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            let line = line.trim_end();
-                            if line.is_empty() {
-                                break;
-                            }
-                            if let Some((k, v)) = line.split_once(':') {
-                                if k.eq_ignore_ascii_case("content-length") {
-                                    len = v.trim().parse().unwrap();
-                                }
-                            }
-                        }
-                        let mut body = vec![0; len];
-                        if r.read_exact(&mut body).is_err() {
-                            return;
-                        }
-                        n.fetch_add(1, Ordering::SeqCst);
-                        let extra = ra
-                            .lock()
-                            .unwrap()
-                            .as_ref()
-                            .map(|v| format!("Retry-After: {v}\r\n"))
-                            .unwrap_or_default();
-                        let mut resp = format!(
-                            "HTTP/1.1 {status} Status\r\n{extra}Content-Length: {body_len}\r\n\r\n"
-                        )
-                        .into_bytes();
-                        resp.resize(resp.len() + body_len, b'x');
-                        if w.write_all(&resp).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        StatusServer {
-            url,
-            requests,
-            connections,
-            retry_after,
-        }
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-}
-
 /// A response body up to the cap (64 KiB) is read to its end, so the
 /// connection serves the next record; a longer one is cut where it passes
 /// the cap and its connection closed (`tests/hostile/collector.rs` sends
@@ -444,14 +364,10 @@ impl StatusServer {
 async fn a_response_body_up_to_the_cap_keeps_the_connection() {
     use telemd::delivery::post::MAX_RESPONSE_BODY;
     for (body, connections) in [(MAX_RESPONSE_BODY, 1), (MAX_RESPONSE_BODY * 4, 3)] {
-        let server = StatusServer::with_body(200, body);
-        let mut r = rig(3, |c| c.delivery.server = CollectorUrl::new(&server.url)).await;
+        let server = Collector::start(Mode::Body(body));
+        let mut r = rig(3, |c| c.delivery.server = CollectorUrl::new(&server.url())).await;
         assert_eq!(run(&mut r).await.delivered, 3, "body of {body} bytes");
-        assert_eq!(
-            server.connections.load(Ordering::SeqCst),
-            connections,
-            "body of {body} bytes"
-        );
+        assert_eq!(server.connections(), connections, "body of {body} bytes");
     }
 }
 
@@ -483,8 +399,8 @@ async fn a_refused_connection_is_retried_and_the_status_says_why() {
 /// jitter averages half the doubling cap: about 30 tries).
 #[tokio::test]
 async fn a_down_collector_is_tried_at_a_bounded_pace_for_an_hour() {
-    let server = StatusServer::start(503);
-    let mut r = rig(1, |c| c.delivery.server = CollectorUrl::new(&server.url)).await;
+    let server = Collector::start(Mode::Status(503, None));
+    let mut r = rig(1, |c| c.delivery.server = CollectorUrl::new(&server.url())).await;
     let hour = Duration::from_secs(3600);
     let step = Duration::from_millis(100);
     let mut elapsed = Duration::ZERO;
@@ -493,7 +409,7 @@ async fn a_down_collector_is_tried_at_a_bounded_pace_for_an_hour() {
         r.clock.advance(step);
         elapsed += step;
     }
-    let tries = server.requests();
+    let tries = server.requests().len();
     let at_least = (hour.as_secs_f64() / (MAX_DELAY + step).as_secs_f64()) as usize + 1;
     assert!(
         (at_least..=100).contains(&tries),
@@ -512,25 +428,33 @@ async fn a_down_collector_is_tried_at_a_bounded_pace_for_an_hour() {
 #[tokio::test]
 async fn retry_after_as_seconds_or_an_http_date_sets_the_next_try() {
     for date_form in [false, true] {
-        let server = StatusServer::start(503);
-        let mut r = rig(1, |c| c.delivery.server = CollectorUrl::new(&server.url)).await;
+        let server = Collector::start(Mode::Status(503, None));
+        let mut r = rig(1, |c| c.delivery.server = CollectorUrl::new(&server.url())).await;
         let wait = Duration::from_secs(600);
         let value = if date_form {
             httpdate::fmt_http_date(r.clock.now() + wait)
         } else {
             wait.as_secs().to_string()
         };
-        *server.retry_after.lock().unwrap() = Some(value.clone());
+        server.set_mode(Mode::Status(503, Some(value.clone())));
         let rep = r.delivery.run_once(None).await;
         assert_eq!(rep.blocked_for, Some(wait), "Retry-After: {value}");
-        assert_eq!(server.requests(), 1);
+        assert_eq!(server.requests().len(), 1);
         r.clock.advance(wait - Duration::from_secs(1));
         let rep = r.delivery.run_once(None).await;
         assert_eq!(rep.blocked_for, Some(Duration::from_secs(1)), "{value}");
-        assert_eq!(server.requests(), 1, "tried before Retry-After: {value}");
+        assert_eq!(
+            server.requests().len(),
+            1,
+            "tried before Retry-After: {value}"
+        );
         r.clock.advance(Duration::from_secs(1));
         r.delivery.run_once(None).await;
-        assert_eq!(server.requests(), 2, "not tried at Retry-After: {value}");
+        assert_eq!(
+            server.requests().len(),
+            2,
+            "not tried at Retry-After: {value}"
+        );
     }
 }
 

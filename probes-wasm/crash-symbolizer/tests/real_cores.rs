@@ -4,6 +4,9 @@
 //! backtraces must resolve at least every frame of the test program that
 //! `eu-stack --core` (elfutils) resolves, in the same order.
 
+#[path = "../../../tests/support/eu_stack.rs"]
+mod eu_stack;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -12,6 +15,7 @@ use crash_symbolizer::modules::Lookup;
 use crash_symbolizer::report::{Report, TRUNCATED_LINE};
 use crash_symbolizer::unwind::How;
 use crash_symbolizer::{analyze, CrashFacts, Options};
+use eu_stack::{eu_stack, EuFrame};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -79,64 +83,6 @@ fn symbolize(core: &Path, lookup: Lookup) -> Report {
         },
     )
     .unwrap_or_else(|e| panic!("{}: {e}", core.display()))
-}
-
-/// One frame as eu-stack prints it.
-struct EuFrame {
-    name: String,
-    module: String,
-    /// `file:line` (its column dropped), when eu-stack found one.
-    source: Option<String>,
-}
-
-/// eu-stack's frames per thread, inlined calls expanded (`-i`) and with
-/// their source lines (`-s`), as ours are.
-fn eu_stack(core: &Path, exe: &Path, debug: Option<&Path>) -> Vec<(u32, Vec<EuFrame>)> {
-    let mut cmd = Command::new("eu-stack");
-    // The same 64-frame window as ours.
-    cmd.args(["-m", "-s", "-i", "-n", "64"])
-        .arg(format!("--core={}", core.display()))
-        .arg(format!("--executable={}", exe.display()));
-    if let Some(d) = debug {
-        cmd.arg(format!("--debuginfo-path={}", d.display()));
-    }
-    let out = cmd
-        .output()
-        .expect("eu-stack (elfutils; the test command installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut threads: Vec<(u32, Vec<EuFrame>)> = Vec::new();
-    for line in text.lines() {
-        if let Some(tid) = line.strip_prefix("TID ") {
-            threads.push((tid.trim_end_matches(':').parse().unwrap(), Vec::new()));
-        } else if line.starts_with('#') {
-            // "#0  0x0000555555555178 level3 - tseg"
-            let mut parts = line.split_whitespace().skip(2);
-            let rest: Vec<&str> = parts.by_ref().collect();
-            let (name, module) = match rest.iter().position(|w| *w == "-") {
-                Some(i) => (rest[..i].join(" "), rest[i + 1..].join(" ")),
-                None => (rest.join(" "), String::new()),
-            };
-            let frames = &mut threads.last_mut().expect("TID line first").1;
-            frames.push(EuFrame {
-                name,
-                module,
-                source: None,
-            });
-        } else if let Some(src) = line.strip_prefix("    ") {
-            // "    ../sysdeps/nptl/libc_start_call_main.h:58:16"
-            let mut it = src.rsplitn(3, ':');
-            let fields: Vec<&str> = it.by_ref().collect();
-            let source = match fields[..] {
-                [col, line, file] if col.parse::<u32>().is_ok() => format!("{file}:{line}"),
-                _ => src.to_owned(),
-            };
-            if let Some(f) = threads.last_mut().and_then(|t| t.1.last_mut()) {
-                f.source = Some(source);
-            }
-        }
-    }
-    assert!(!threads.is_empty(), "eu-stack printed no thread: {text}");
-    threads
 }
 
 /// Our thread `tid`.

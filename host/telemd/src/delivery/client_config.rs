@@ -129,18 +129,25 @@ mod tests {
         rustix::process::geteuid().is_root()
     }
 
-    #[test]
-    fn only_trusted_files_in_allowed_dirs_are_honoured() {
+    /// A temporary allowed directory holding `custom.conf`, which names a
+    /// server and a TID header.
+    fn allowed_dir_with_a_config() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let t = tempfile::tempdir().unwrap();
         let allowed = t.path().join("etc-telemetrics");
         std::fs::create_dir(&allowed).unwrap();
-        let dirs = [allowed.clone()];
         let good = allowed.join("custom.conf");
         std::fs::write(
             &good,
             "[settings]\nserver=http://127.0.0.1:9/x\ntidheader=X-Telemetry-TID: abc\n",
         )
         .unwrap();
+        (t, allowed, good)
+    }
+
+    #[test]
+    fn only_trusted_files_in_allowed_dirs_are_honoured() {
+        let (t, allowed, good) = allowed_dir_with_a_config();
+        let dirs = [allowed.clone()];
         let outside = t.path().join("evil.conf");
         std::fs::write(&outside, "[settings]\nserver=http://127.0.0.1:9/evil\n").unwrap();
         let link = allowed.join("link.conf");
@@ -195,16 +202,8 @@ mod tests {
     #[ignore = "needs root: only root-owned files are honoured"]
     fn root_owned_files_are_honoured_unless_they_name_a_file_or_are_too_big_or_writable() {
         assert!(is_root(), "needs root; #[ignore]d for that reason");
-        let t = tempfile::tempdir().unwrap();
-        let allowed = t.path().join("etc-telemetrics");
-        std::fs::create_dir(&allowed).unwrap();
+        let (_t, allowed, good) = allowed_dir_with_a_config();
         let dirs = [allowed.clone()];
-        let good = allowed.join("custom.conf");
-        std::fs::write(
-            &good,
-            "[settings]\nserver=http://127.0.0.1:9/x\ntidheader=X-Telemetry-TID: abc\n",
-        )
-        .unwrap();
         let file_server = allowed.join("file.conf");
         std::fs::write(&file_server, "[settings]\nserver=file:///tmp/x\n").unwrap();
         let big = allowed.join("big.conf");
