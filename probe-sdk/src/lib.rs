@@ -19,6 +19,7 @@
 //!             triggers: vec![Trigger::OnStart, Trigger::Interval(24 * 3600)],
 //!             read_paths: vec!["/proc/mounts".into()],
 //!             max_records_per_hour: 2,
+//!             sources: vec![],
 //!         }
 //!     }
 //!
@@ -54,12 +55,53 @@ pub mod bindings {
 
 use bindings::telemetrics::probe::records;
 pub use bindings::telemetrics::probe::types::{
-    CrashReport, Event, Manifest, SendError, TelemetryRecord, Trigger,
+    BatchLimits, CrashReport, Event, FileNotice, FilesSource, KernelLogBatch, KernelLogLine,
+    Manifest, SendError, Source, TelemetryRecord, Trigger,
 };
 
 /// What a probe implements: `describe` says what it is and needs, `handle`
-/// does the work for one event. Both run in a fresh sandbox per call, so a
-/// probe keeps no state between calls.
+/// does the work for one event. Both run in a fresh sandbox per call, so
+/// memory does not carry over between calls: what must, goes in [`state`].
+///
+/// A probe that asks for event sources is handed what is new in them:
+///
+/// ```no_run
+/// use telemetrics_probe_sdk::{export_probe, BatchLimits, Event, Manifest, Probe, Record, Source};
+///
+/// struct Segfaults;
+///
+/// impl Probe for Segfaults {
+///     fn describe() -> Manifest {
+///         Manifest {
+///             name: "segfaults".into(),
+///             version: "1.0.0".into(),
+///             description: "Counts segfault lines in the kernel log".into(),
+///             classifications: vec!["org.example/segfaults/*".into()],
+///             triggers: vec![],
+///             read_paths: vec![],
+///             max_records_per_hour: 10,
+///             // The admin grants it with `kernel_log = true`.
+///             sources: vec![Source::KernelLog(BatchLimits { max_items: 0, max_bytes: 0 })],
+///         }
+///     }
+///
+///     fn handle(event: Event) -> Result<(), String> {
+///         let Event::KernelLog(batch) = event else { return Ok(()) };
+///         let n = batch.lines.iter().filter(|l| l.text.contains("segfault at")).count();
+///         if n > 0 {
+///             // Held until `handle` returns Ok; dropped (and the batch
+///             // handed again) if it fails.
+///             Record::new("org.example/segfaults/count")
+///                 .payload(format!("{n}"))
+///                 .send()
+///                 .map_err(|e| e.to_string())?;
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// export_probe!(Segfaults);
+/// ```
 pub use bindings::Guest as Probe;
 
 /// Exports a type implementing [`Probe`] as the component's entry points.
@@ -139,5 +181,50 @@ pub mod log {
     /// The probe failed at something.
     pub fn error(msg: &str) {
         log(Level::Error, msg)
+    }
+}
+
+/// The probe's private key-value store, kept by the host across calls and
+/// restarts and seen by no other probe. Writes take effect together when
+/// `handle` returns `Ok` and are dropped when it fails, so what is stored
+/// always matches what was reported. The host enforces a quota
+/// (`state_quota_mib`, 16 MiB by default; each key costs 64 bytes more
+/// than its key and value); `telemctl probe reset NAME` clears it.
+///
+/// ```no_run
+/// use telemetrics_probe_sdk::state;
+///
+/// # fn f() -> Result<(), String> {
+/// let runs = state::get("runs")
+///     .and_then(|v| v.try_into().ok())
+///     .map_or(0, u64::from_le_bytes);
+/// state::set("runs", &(runs + 1).to_le_bytes()).map_err(|e| e.to_string())?;
+/// # Ok(())
+/// # }
+/// ```
+pub mod state {
+    use crate::bindings::telemetrics::probe::state as host;
+    pub use crate::bindings::telemetrics::probe::state::StateError;
+
+    /// The value under `key`, as this call sees it (its own writes
+    /// included).
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        host::get(key)
+    }
+
+    /// Stores `value` under `key`; refused past the quota or for a key
+    /// that is not 1 to 256 bytes.
+    pub fn set(key: &str, value: &[u8]) -> Result<(), StateError> {
+        host::set(key, value)
+    }
+
+    /// Removes `key`.
+    pub fn delete(key: &str) -> Result<(), StateError> {
+        host::delete(key)
+    }
+
+    /// Every key, in byte order.
+    pub fn keys() -> Vec<String> {
+        host::keys()
     }
 }

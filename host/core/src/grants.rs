@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::probe_policy::{
     ProbePolicy, DEFAULT_MAX_RECORDS_PER_HOUR, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_MIN_INTERVAL_SECS,
-    DEFAULT_TIMEOUT_MS,
+    DEFAULT_STATE_QUOTA_MIB, DEFAULT_TIMEOUT_MS,
 };
 
 /// Directories a probe may read without the admin's approval: shared,
@@ -84,6 +84,23 @@ pub struct Request {
     /// The interval trigger, in seconds.
     #[serde(default)]
     pub interval_secs: Option<u64>,
+    /// The kernel log source.
+    #[serde(default)]
+    pub kernel_log: bool,
+    /// `files` sources: directories to watch and which files. Each
+    /// directory is also asked for as a read path (that is how it is
+    /// granted).
+    #[serde(default)]
+    pub files: Vec<FilesWatch>,
+}
+
+/// One `files` source: a directory and the pattern of the files in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesWatch {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The files' paths relative to it (`*`, `?`).
+    pub pattern: String,
 }
 
 /// One thing asked for and not granted, with the reason.
@@ -119,6 +136,16 @@ pub struct Grant {
     /// must still be safe once symlinks are resolved at each call).
     #[serde(default)]
     pub read_paths_by_admin: bool,
+    /// Handed the kernel log.
+    #[serde(default)]
+    pub kernel_log: bool,
+    /// `files` sources granted: those whose directory is a granted read
+    /// path.
+    #[serde(default)]
+    pub files: Vec<FilesWatch>,
+    /// Bytes of private state the probe may keep.
+    #[serde(default)]
+    pub state_quota_bytes: u64,
     /// What was asked for and not granted, and why.
     #[serde(default)]
     pub refused: Vec<Refusal>,
@@ -345,6 +372,32 @@ impl Grant {
             );
         }
 
+        let kernel_log = request.kernel_log && policy.kernel_log == Some(true);
+        if request.kernel_log && !kernel_log {
+            refuse(
+                "kernel log".into(),
+                match policy.kernel_log {
+                    Some(false) => format!("refused by [probes.{probe}] kernel_log = false"),
+                    _ => format!(
+                        "the kernel log holds kernel addresses and every driver's messages; needs [probes.{probe}] kernel_log = true"
+                    ),
+                },
+            );
+        }
+        let mut files = Vec::new();
+        for w in &request.files {
+            if read_paths.contains(&w.dir) {
+                files.push(w.clone());
+            } else {
+                refuse(
+                    format!("files {} {}", w.dir.display(), w.pattern),
+                    format!(
+                        "its directory is not a granted read path ([probes.{probe}] read_paths)"
+                    ),
+                );
+            }
+        }
+
         let interval_secs = request.interval_secs.map(|asked| {
             if asked < rules.min_interval_secs {
                 refuse(
@@ -369,6 +422,12 @@ impl Grant {
             max_records_per_hour,
             crashes,
             read_paths_by_admin: policy.read_paths.is_some(),
+            kernel_log,
+            files,
+            state_quota_bytes: policy
+                .state_quota_mib
+                .map_or(DEFAULT_STATE_QUOTA_MIB, |n| n.get())
+                << 20,
             refused,
         }
     }
@@ -445,6 +504,7 @@ mod tests {
             max_records_per_hour: u32::MAX,
             crashes: true,
             interval_secs: Some(1),
+            ..Default::default()
         };
         let g = Grant::effective("greedy", &req, &ProbePolicy::default(), &rules());
         assert_eq!(
@@ -507,6 +567,7 @@ mod tests {
             max_records_per_hour: 10,
             crashes: true,
             interval_secs: None,
+            ..Default::default()
         };
         let approved = ProbePolicy {
             read_paths: Some(vec![
@@ -521,6 +582,8 @@ mod tests {
             memory_limit_mib: Some(Bounded::new(16)),
             timeout_ms: Some(Bounded::new(500)),
             enabled: None,
+            kernel_log: None,
+            state_quota_mib: None,
         };
         let g = Grant::effective("crash-symbolizer", &req, &approved, &rules());
         assert_eq!(g.read_paths, vec![PathBuf::from("/usr")]);
@@ -633,6 +696,7 @@ mod tests {
             max_records_per_hour,
             crashes,
             interval_secs,
+            ..Default::default()
         }
     }
 
@@ -701,5 +765,68 @@ mod tests {
         );
         assert!(g.allows_classification("org.example/disk/usage"));
         assert!(!g.allows_classification("org.example/net/usage"));
+    }
+
+    #[test]
+    fn sources_are_granted_only_by_the_admin() {
+        let req = Request {
+            read_paths: vec!["/var/lib/systemd/pstore".into()],
+            kernel_log: true,
+            files: vec![FilesWatch {
+                dir: "/var/lib/systemd/pstore".into(),
+                pattern: "*/dmesg.txt".into(),
+            }],
+            ..asking(10, false, None)
+        };
+        // Nothing said: neither source.
+        let g = Grant::effective("k", &req, &ProbePolicy::default(), &rules());
+        assert!(!g.kernel_log);
+        assert!(g.files.is_empty());
+        assert!(g
+            .refused
+            .iter()
+            .any(|r| r.item == "kernel log"
+                && r.reason.contains("needs [probes.k] kernel_log = true")));
+        assert!(g
+            .refused
+            .iter()
+            .any(|r| r.item.starts_with("files /var/lib/systemd/pstore")));
+        // Approved: both.
+        let approved = ProbePolicy {
+            kernel_log: Some(true),
+            read_paths: Some(vec!["/var/lib/systemd/pstore".into()]),
+            state_quota_mib: Some(Bounded::new(2)),
+            ..Default::default()
+        };
+        let g = Grant::effective("k", &req, &approved, &rules());
+        assert!(g.kernel_log);
+        assert_eq!(g.files, req.files);
+        assert_eq!(g.state_quota_bytes, 2 << 20);
+        assert!(g.refused.is_empty(), "{:?}", g.refused);
+        // Refused by name.
+        let refused = ProbePolicy {
+            kernel_log: Some(false),
+            ..approved
+        };
+        let g = Grant::effective("k", &req, &refused, &rules());
+        assert!(!g.kernel_log);
+        assert!(g
+            .refused
+            .iter()
+            .any(|r| r.reason == "refused by [probes.k] kernel_log = false"));
+        // A probe that did not ask is never handed the log.
+        let g = Grant::effective("k", &asking(1, false, None), &approved_log(), &rules());
+        assert!(!g.kernel_log);
+        assert_eq!(
+            Grant::effective("k", &req, &ProbePolicy::default(), &rules()).state_quota_bytes,
+            DEFAULT_STATE_QUOTA_MIB << 20
+        );
+    }
+
+    fn approved_log() -> ProbePolicy {
+        ProbePolicy {
+            kernel_log: Some(true),
+            ..Default::default()
+        }
     }
 }

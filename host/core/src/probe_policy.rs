@@ -19,6 +19,10 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 /// gets this.
 pub const DEFAULT_MAX_RECORDS_PER_HOUR: u32 = 1000;
 
+/// Default of `state_quota_mib`: a probe's private state (keys and values
+/// together).
+pub const DEFAULT_STATE_QUOTA_MIB: u64 = 16;
+
 /// Default of `probe_min_interval_secs`: the shortest interval trigger.
 pub const DEFAULT_MIN_INTERVAL_SECS: u64 = 60;
 
@@ -60,4 +64,12 @@ pub struct ProbePolicy {
     /// memory) if its manifest asks for them. Absent or false: never.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crashes: Option<bool>,
+    /// true: the probe is handed the kernel log (`/dev/kmsg`) if its
+    /// manifest asks for it. Absent or false: never (the log holds kernel
+    /// addresses and every driver's messages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_log: Option<bool>,
+    /// MiB of private state the probe may keep (keys and values together).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_quota_mib: Option<Bounded<0, 1024>>,
 }

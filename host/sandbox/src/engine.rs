@@ -15,16 +15,18 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use crate::bindings::{Probe, ProbePre};
+use crate::bindings::{current, event_v0_1, v0_1, ProbePre};
 use crate::file_views::FileViews;
 use crate::host_records::Sink;
 use crate::probe::{CallError, LoadedProbe};
 use crate::probe_log::{escape, probe_log_limit, FIELD_CAP};
+use crate::state_store::StateStore;
 use crate::store::HostState;
 use crate::{cache, file_views, grants, shape};
 use crate::{
-    Event, Manifest, ProbeStats, Trigger, ACCEPTED_CONTRACT, COMPILE_TIMEOUT, DEADLINE_GRACE,
-    DEFAULT_MAX_COMPONENT_BYTES, DESCRIBE_MEMORY, DESCRIBE_TIMEOUT_MS, EPOCH_TICK, OUTPUT_CAP,
+    Event, Manifest, ProbeStats, Source, Trigger, ACCEPTED_CONTRACT, ACCEPTED_MINORS,
+    COMPILE_TIMEOUT, DEADLINE_GRACE, DEFAULT_MAX_COMPONENT_BYTES, DESCRIBE_MEMORY,
+    DESCRIBE_TIMEOUT_MS, EPOCH_TICK, OUTPUT_CAP,
 };
 
 /// Where a sandbox keeps its files and which host rules it applies.
@@ -34,6 +36,8 @@ pub struct SandboxOptions {
     pub cache_dir: PathBuf,
     /// Per-call private directories (file grants).
     pub scratch_dir: PathBuf,
+    /// Probes' private state, one file per probe.
+    pub state_dir: PathBuf,
     /// Ceilings and never-grantable directories.
     pub rules: HostRules,
     /// Larger component files are refused before they are compiled.
@@ -47,6 +51,7 @@ impl SandboxOptions {
         SandboxOptions {
             cache_dir: cache_dir.to_owned(),
             scratch_dir: cache_dir.with_file_name("probe-views"),
+            state_dir: cache_dir.with_file_name("probe-state"),
             rules: HostRules::permissive(),
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
         }
@@ -108,7 +113,7 @@ pub enum LoadFailure {
     #[error("{0:#}")]
     Compile(#[source] wasmtime::Error),
     /// Built against a contract this host does not speak.
-    #[error("built against {import}; this telemd accepts {ACCEPTED_CONTRACT}.x (rebuild the probe with a matching probe-sdk)")]
+    #[error("built against {import}; this telemd accepts {ACCEPTED_CONTRACT} (rebuild the probe with a matching probe-sdk)")]
     Contract {
         /// The import naming the other version.
         import: String,
@@ -166,7 +171,8 @@ impl Sandbox {
         let engine = Engine::new(&cfg)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        Probe::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        current::Probe::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        v0_1::Probe::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         let weak = engine.weak();
         let ticker = std::thread::Builder::new()
             .name("epoch-ticker".into())
@@ -242,15 +248,32 @@ impl Sandbox {
             DESCRIBE_MEMORY,
             None,
         );
-        let pre = self
+        let link_error =
+            |e: wasmtime::Error| err(LoadFailure::Link(escape(&format!("{e:#}"), FIELD_CAP)));
+        let linked = self
             .linker
             .instantiate_pre(&component)
-            .and_then(ProbePre::new)
-            .map_err(|e| err(LoadFailure::Link(escape(&format!("{e:#}"), FIELD_CAP))))?;
+            .map_err(link_error)?;
+        // The export types say which contract it was built against.
+        let pre = match current::ProbePre::new(linked.clone()) {
+            Ok(p) => ProbePre::Current(p),
+            Err(e) => match v0_1::ProbePre::new(linked) {
+                Ok(p) => ProbePre::V0_1(p),
+                Err(_) => return Err(link_error(e)),
+            },
+        };
         let mut store = self.store(state, DESCRIBE_TIMEOUT_MS);
         let manifest = under_deadline(Duration::from_millis(DESCRIBE_TIMEOUT_MS), async {
-            let p = pre.instantiate_async(&mut store).await?;
-            p.call_describe(&mut store).await
+            match &pre {
+                ProbePre::Current(pre) => {
+                    let p = pre.instantiate_async(&mut store).await?;
+                    p.call_describe(&mut store).await
+                }
+                ProbePre::V0_1(pre) => {
+                    let p = pre.instantiate_async(&mut store).await?;
+                    p.call_describe(&mut store).await.map(Manifest::from)
+                }
+            }
         })
         .await
         .map_err(|e| err(LoadFailure::Describe(call_error(e, DESCRIBE_TIMEOUT_MS))))?;
@@ -268,8 +291,30 @@ impl Sandbox {
             ))));
         }
         check_manifest_size(&manifest).map_err(err)?;
+        let files: Vec<grants::FilesWatch> = manifest
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                Source::Files(f) => Some(grants::FilesWatch {
+                    dir: PathBuf::from(&f.dir),
+                    pattern: f.pattern.clone(),
+                }),
+                Source::KernelLog(_) => None,
+            })
+            .collect();
+        let mut read_paths: Vec<PathBuf> = manifest.read_paths.iter().map(PathBuf::from).collect();
+        for w in &files {
+            if !read_paths.contains(&w.dir) {
+                read_paths.push(w.dir.clone());
+            }
+        }
         let request = Request {
-            read_paths: manifest.read_paths.iter().map(PathBuf::from).collect(),
+            read_paths,
+            kernel_log: manifest
+                .sources
+                .iter()
+                .any(|s| matches!(s, Source::KernelLog(_))),
+            files,
             classifications: manifest.classifications.clone(),
             max_records_per_hour: manifest.max_records_per_hour,
             crashes: manifest
@@ -288,6 +333,8 @@ impl Sandbox {
             &self.options.rules,
         );
         Ok(LoadedProbe {
+            state: Mutex::new(StateStore::new(&self.options.state_dir, &manifest.name)),
+            call_lock: tokio::sync::Mutex::new(()),
             name: manifest.name.clone(),
             file: file.to_owned(),
             hash,
@@ -391,6 +438,7 @@ impl Sandbox {
         event: Event,
         extra_read: &[PathBuf],
     ) -> Result<(), CallError> {
+        let _one_call_at_a_time = probe.call_lock.lock().await;
         let g = &probe.grant;
         let mut b = WasiCtxBuilder::new();
         let (dirs, files) = self.resolve_grant(probe, extra_read);
@@ -411,6 +459,10 @@ impl Sandbox {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         b.socket_addr_check(|_, _| Box::pin(async { false }));
+        let staged = match &sink {
+            Sink::Staged(intake, held) => Some((intake.clone(), held.clone())),
+            _ => None,
+        };
         let state = HostState::new(
             probe.name.clone(),
             b.build(),
@@ -419,10 +471,22 @@ impl Sandbox {
         );
         let mut store = self.store(state, g.timeout_ms);
         let result = under_deadline(Duration::from_millis(g.timeout_ms), async {
-            let p = probe.pre.instantiate_async(&mut store).await?;
-            p.call_handle(&mut store, &event).await
+            match &probe.pre {
+                ProbePre::Current(pre) => {
+                    let p = pre.instantiate_async(&mut store).await?;
+                    p.call_handle(&mut store, &event).await
+                }
+                ProbePre::V0_1(pre) => {
+                    let Some(event) = event_v0_1(&event) else {
+                        return Ok(Err("this event is not in contract 0.1".to_owned()));
+                    };
+                    let p = pre.instantiate_async(&mut store).await?;
+                    p.call_handle(&mut store, &event).await
+                }
+            }
         })
         .await;
+        let state_writes = store.data_mut().state.take();
         drop(store);
         drop(views);
         for (stream, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
@@ -458,7 +522,25 @@ impl Sandbox {
             tracing::warn!(probe = %probe.name, "{suppressed} log lines of this probe suppressed (rate limit)");
         }
         match result {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                // Records first, then state: a crash in between reports a
+                // batch twice rather than not at all.
+                if let Some((intake, held)) = staged {
+                    let held = std::mem::take(&mut *held.lock().expect("staged lock"));
+                    crate::host_records::store_staged(probe, &*intake, held).await;
+                }
+                if let Some(txn) = state_writes {
+                    let committed = probe
+                        .state
+                        .lock()
+                        .expect("state lock")
+                        .commit(txn.changes, g.state_quota_bytes);
+                    if let Err(e) = committed {
+                        tracing::error!(probe = %probe.name, "probe state not saved: {e}");
+                    }
+                }
+                Ok(())
+            }
             Ok(Err(msg)) => Err(CallError::Guest(escape(&msg, FIELD_CAP))),
             Err(e) => Err(call_error(e, g.timeout_ms)),
         }
@@ -502,6 +584,7 @@ fn check_manifest_size(m: &Manifest) -> Result<(), LoadFailure> {
         ("read paths", m.read_paths.len()),
         ("classifications", m.classifications.len()),
         ("triggers", m.triggers.len()),
+        ("sources", m.sources.len()),
     ];
     if let Some(&(what, count)) = lists.iter().find(|(_, n)| *n > MAX_MANIFEST_ITEMS) {
         return Err(LoadFailure::ManifestList { what, count });
@@ -510,6 +593,10 @@ fn check_manifest_size(m: &Manifest) -> Result<(), LoadFailure> {
         .into_iter()
         .chain(&m.read_paths)
         .chain(&m.classifications)
+        .chain(m.sources.iter().flat_map(|s| match s {
+            Source::Files(f) => vec![&f.dir, &f.pattern],
+            Source::KernelLog(_) => vec![],
+        }))
         .map(String::len)
         .max()
         .unwrap_or(0);
@@ -525,7 +612,10 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), LoadFail
     for (name, _) in ty.imports(engine) {
         if let Some(rest) = name.strip_prefix("telemetrics:probe/") {
             let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("");
-            if !version.starts_with("0.1.") && version != "0.1" {
+            let accepted = ACCEPTED_MINORS
+                .iter()
+                .any(|m| version == *m || version.starts_with(&format!("{m}.")));
+            if !accepted {
                 return Err(LoadFailure::Contract {
                     import: name.to_owned(),
                 });
@@ -577,6 +667,7 @@ mod tests {
             triggers: vec![],
             read_paths: vec!["/usr/share".into(); MAX_MANIFEST_ITEMS],
             max_records_per_hour: 1,
+            sources: vec![],
         };
         check_manifest_size(&ok).unwrap();
         let mut long_list = ok.clone();

@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use crate::bindings::telemetrics;
+use crate::bindings::current::telemetrics;
+use crate::bindings::v0_1;
 use crate::probe_log::{escape, LOG_LINE_CAP};
 use crate::store::HostState;
 
@@ -36,5 +37,19 @@ impl telemetrics::probe::log::Host for HostState {
             Level::Warn => tracing::warn!(probe, "{m}"),
             Level::Error => tracing::error!(probe, "{m}"),
         }
+    }
+}
+
+impl v0_1::telemetrics::probe::log::Host for HostState {
+    async fn log(&mut self, level: v0_1::telemetrics::probe::log::Level, message: String) {
+        use telemetrics::probe::log::{Host, Level};
+        use v0_1::telemetrics::probe::log::Level as Old;
+        let level = match level {
+            Old::Debug => Level::Debug,
+            Old::Info => Level::Info,
+            Old::Warn => Level::Warn,
+            Old::Error => Level::Error,
+        };
+        Host::log(self, level, message).await
     }
 }

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use telem_core::control::Captured;
 use telem_core::record::{random_id, Record};
 
-use crate::bindings::telemetrics;
-use crate::bindings::telemetrics::probe::types::{SendError, TelemetryRecord};
+use crate::bindings::current::telemetrics;
+use crate::bindings::current::telemetrics::probe::types::{SendError, TelemetryRecord};
+use crate::bindings::v0_1;
 use crate::probe::LoadedProbe;
 use crate::probe_log::{escape, FIELD_CAP};
 use crate::store::HostState;
@@ -49,7 +50,14 @@ pub enum Sink {
     /// Spooled, with a copy kept for the caller (the crash handler's `-v`
     /// prints what was recorded).
     SpoolAndCopy(Arc<dyn RecordIntake>, Arc<Mutex<Vec<Captured>>>),
+    /// Checked, then held until the call returns: spooled if it returned
+    /// `ok`, dropped if it failed (a source batch, handed again after a
+    /// failure, is reported once).
+    Staged(Arc<dyn RecordIntake>, Arc<Mutex<Vec<Record>>>),
 }
+
+/// Most records one source batch may hold until its call returns.
+pub const MAX_STAGED_RECORDS: usize = 256;
 
 impl telemetrics::probe::records::Host for HostState {
     async fn send(&mut self, r: TelemetryRecord) -> Result<String, SendError> {
@@ -118,6 +126,27 @@ async fn send_record(
                 },
             )),
         ),
+        Sink::Staged(_, held) => {
+            let mut held = held.lock().expect("staged lock");
+            if held.len() >= MAX_STAGED_RECORDS {
+                return Err(SendError::Refused(format!(
+                    "at most {MAX_STAGED_RECORDS} records per batch"
+                )));
+            }
+            let record = Record::from_probe(
+                r.classification,
+                r.severity,
+                r.payload_version,
+                r.payload,
+                r.event_id,
+            );
+            let id = record
+                .headers
+                .get(telem_core::record::Header::EventId)
+                .to_owned();
+            held.push(record);
+            return Ok(id);
+        }
         Sink::Capture(kept) => {
             kept.lock().expect("capture lock").push(Captured {
                 classification: r.classification,
@@ -146,6 +175,17 @@ async fn send_record(
     }
 }
 
+impl v0_1::telemetrics::probe::records::Host for HostState {
+    async fn send(
+        &mut self,
+        r: v0_1::telemetrics::probe::types::TelemetryRecord,
+    ) -> Result<String, v0_1::telemetrics::probe::types::SendError> {
+        telemetrics::probe::records::Host::send(self, r.into())
+            .await
+            .map_err(Into::into)
+    }
+}
+
 /// The rules of the record model a probe's record can break (the rest the
 /// host fills in).
 fn check_probe_record(r: &TelemetryRecord) -> Result<(), telem_core::record::RecordError> {
@@ -155,4 +195,22 @@ fn check_probe_record(r: &TelemetryRecord) -> Result<(), telem_core::record::Rec
         telem_core::record::validate_event_id(id)?;
     }
     telem_core::record::validate_payload(r.payload.as_bytes())
+}
+
+/// Spools the records a source batch held, once its call returned `ok`. A
+/// refusal now (not opted in, spool full) is logged and counted: the probe
+/// was told the record was taken and the batch is not handed again.
+pub(crate) async fn store_staged(
+    probe: &LoadedProbe,
+    intake: &dyn RecordIntake,
+    held: Vec<Record>,
+) {
+    for record in held {
+        if let Err(e) = intake.submit(record).await {
+            probe.stats.lock().expect("stats lock").records_refused += 1;
+            tracing::warn!(probe = %probe.name, "record of a handled batch refused: {e}");
+        } else {
+            probe.stats.lock().expect("stats lock").records_sent += 1;
+        }
+    }
 }

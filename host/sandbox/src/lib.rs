@@ -10,16 +10,19 @@
 
 #![warn(missing_docs)]
 
+mod bindings;
 pub mod cache;
 mod engine;
 pub mod file_views;
 mod host_log;
 mod host_records;
+mod host_state;
 pub mod limits;
 pub mod offline;
 mod probe;
 pub mod probe_log;
 pub mod shape;
+pub mod state_store;
 mod store;
 
 use std::time::Duration;
@@ -36,21 +39,15 @@ pub type EngineError = wasmtime::Error;
 pub use host_records::{IntakeError, RecordIntake, Sink};
 pub use probe::{CallError, LoadedProbe};
 
-/// Host-side bindings of `wit/probe.wit`.
-#[allow(missing_docs)]
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "probe",
-        imports: { default: async },
-        exports: { default: async },
-    });
-}
+pub use self::bindings::current::telemetrics::probe::types::{
+    BatchLimits, CrashReport, Event, FileNotice, FilesSource, KernelLogBatch, KernelLogLine,
+    Manifest, Source, Trigger,
+};
 
-pub use self::bindings::telemetrics::probe::types::{CrashReport, Event, Manifest, Trigger};
-
-/// Contract versions this host accepts: every 0.1.x.
-pub const ACCEPTED_CONTRACT: &str = "telemetrics:probe@0.1";
+/// Contract versions this host accepts, in words for errors.
+pub const ACCEPTED_CONTRACT: &str = "telemetrics:probe@0.2.x and @0.1.x";
+/// The contract's minor versions this host accepts (`0.N.x`).
+pub const ACCEPTED_MINORS: [&str; 2] = ["0.1", "0.2"];
 /// Epoch tick; deadlines are checked at this granularity.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Bytes of a call's stdout and of its stderr kept for the log.

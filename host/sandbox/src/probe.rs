@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::bindings::ProbePre;
 use crate::probe_log::LogLimit;
-use crate::store::HostState;
+use crate::state_store::StateStore;
 use crate::Manifest;
 
 /// Why a probe call failed.
@@ -54,7 +54,12 @@ pub struct LoadedProbe {
     pub grant: Grant,
     /// The component linked once, at load: each call only instantiates it
     /// in its fresh store.
-    pub(crate) pre: ProbePre<HostState>,
+    pub(crate) pre: ProbePre,
+    /// Its private state, committed by calls that succeeded.
+    pub state: Mutex<StateStore>,
+    /// Held for the whole of each call: calls of one probe never overlap,
+    /// so one call's state writes never interleave with another's.
+    pub call_lock: tokio::sync::Mutex<()>,
     /// Counters.
     pub stats: Mutex<ProbeStats>,
     pub(crate) sends: Mutex<VecDeque<Instant>>,

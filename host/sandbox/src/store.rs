@@ -7,8 +7,9 @@ use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::telemetrics;
+use crate::bindings::{current, v0_1};
 use crate::host_records::Sink;
+use crate::host_state::StateTxn;
 use crate::limits::{StoreBudget, MAX_HOST_RESOURCES};
 use crate::probe::LoadedProbe;
 use crate::probe_log::{probe_log_limit, LogLimit};
@@ -22,6 +23,8 @@ pub(crate) struct HostState {
     pub(crate) name: String,
     /// `describe`'s own log allowance (a loaded probe uses its shared one).
     pub(crate) describe_log: LogLimit,
+    /// This call's state writes, kept until it returns.
+    pub(crate) state: Option<StateTxn>,
 }
 
 impl HostState {
@@ -42,6 +45,7 @@ impl HostState {
             sink,
             name,
             describe_log: probe_log_limit(),
+            state: None,
         }
     }
 }
@@ -55,4 +59,5 @@ impl WasiView for HostState {
     }
 }
 
-impl telemetrics::probe::types::Host for HostState {}
+impl current::telemetrics::probe::types::Host for HostState {}
+impl v0_1::telemetrics::probe::types::Host for HostState {}

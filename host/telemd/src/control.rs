@@ -135,6 +135,7 @@ async fn respond(req: Request, ctx: &ControlContext) -> Response {
             probes.first_scan_done(FIRST_SCAN_WAIT).await;
             outcome(probes.disable(&probe).await)
         }
+        Request::Reset { probe } => outcome(probes.reset(&probe).await),
         Request::Flush => {
             ctx.flush.notify_one();
             Response::Done

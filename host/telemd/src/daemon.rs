@@ -116,6 +116,12 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
         config.probes.probes_dirs.clone(),
         config.probes.probes.clone(),
         config.host.state_dir.join("disabled-probes"),
+        crate::sources::SourceOptions {
+            kernel_log_path: config.probes.kernel_log_path.clone(),
+            boot_id_path: "/proc/sys/kernel/random/boot_id".into(),
+            cursor_dir: config.host.state_dir.join("probe-state"),
+            files_scan_interval: Duration::from_millis(config.probes.probe_scan_interval_ms.get()),
+        },
     );
     // Crashes left in the inbox while the daemon was down wait for the
     // probes, which load once the sockets are bound (below).
@@ -243,6 +249,7 @@ fn sandbox_options(config: &Config, inbox: &Path) -> telem_sandbox::SandboxOptio
     }
     telem_sandbox::SandboxOptions {
         scratch_dir: config.host.state_dir.join("probe-views"),
+        state_dir: config.host.state_dir.join("probe-state"),
         cache_dir,
         rules: telem_core::grants::HostRules {
             max_records_per_hour: config.probes.max_records_per_hour.get() as u32,

@@ -12,9 +12,10 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::ingest::Ingest;
+use crate::sources::{CursorFile, SourceOptions};
 use telem_core::control::{ProbeInfo, ProbeState};
 use telem_core::grants::ProbePolicy;
-use telem_sandbox::{CallError, Event, LoadedProbe, Sandbox, Trigger};
+use telem_sandbox::{CallError, Event, LoadedProbe, Sandbox, Source, Trigger};
 
 /// Failures in a row after which a probe is quarantined until reload.
 pub const QUARANTINE_AFTER: u32 = 5;
@@ -99,6 +100,15 @@ pub enum ProbeError {
         /// Why.
         why: String,
     },
+    /// Its private state could not be cleared.
+    #[error("cannot clear the state of probe {name}: {source}")]
+    Reset {
+        /// The probe.
+        name: String,
+        /// Why.
+        #[source]
+        source: telem_sandbox::state_store::StateError,
+    },
     /// The disabled-probes file could not be written.
     #[error("cannot record the choice in {}: {source}", path.display())]
     RecordChoice {
@@ -123,6 +133,7 @@ type Seen = (u64, SystemTime);
 struct Slot {
     probe: Arc<LoadedProbe>,
     state: Arc<Mutex<ProbeState>>,
+    cursors: Arc<CursorFile>,
     task: Option<JoinHandle<()>>,
     seen: Seen,
 }
@@ -156,6 +167,8 @@ pub struct ProbeManager {
     first_scan: tokio::sync::watch::Sender<bool>,
     /// Held by a scan (and a reload) for its whole run.
     scan_lock: tokio::sync::Mutex<()>,
+    /// Where the event sources are and their cursors are kept.
+    sources: SourceOptions,
 }
 
 impl std::fmt::Debug for ProbeManager {
@@ -180,6 +193,7 @@ impl ProbeManager {
         dirs: Vec<PathBuf>,
         policies: BTreeMap<String, ProbePolicy>,
         disabled_file: PathBuf,
+        sources: SourceOptions,
     ) -> Arc<Self> {
         let disabled = std::fs::read_to_string(&disabled_file)
             .map(|t| {
@@ -202,7 +216,13 @@ impl ProbeManager {
             crash_probe_loaded: tokio::sync::Notify::new(),
             first_scan: tokio::sync::watch::Sender::new(false),
             scan_lock: tokio::sync::Mutex::new(()),
+            sources,
         })
+    }
+
+    /// Where the event sources are.
+    pub fn source_options(&self) -> &SourceOptions {
+        &self.sources
     }
 
     /// Components compiled since start (cache misses).
@@ -421,12 +441,19 @@ impl ProbeManager {
         let handles_crashes = probe.grant.crashes;
         let probe = Arc::new(probe);
         let state = Arc::new(Mutex::new(ProbeState::Running));
-        let task = tokio::spawn(drive(self.clone(), probe.clone(), state.clone()));
+        let cursors = Arc::new(CursorFile::load(&self.sources.cursor_dir, &probe.name));
+        let task = tokio::spawn(drive(
+            self.clone(),
+            probe.clone(),
+            state.clone(),
+            cursors.clone(),
+        ));
         self.slots.lock().expect("slots lock").insert(
             path.to_owned(),
             Slot {
                 probe,
                 state,
+                cursors,
                 task: Some(task),
                 seen,
             },
@@ -554,6 +581,28 @@ impl ProbeManager {
         v
     }
 
+    /// Clears a probe's private state (`telemctl probe reset`). Its
+    /// source cursors stay: what it reported stays reported.
+    pub async fn reset(&self, name: &str) -> Result<(), ProbeError> {
+        self.first_scan_done(FIRST_SCAN_WAIT).await;
+        let (probe, _) = self
+            .find(name)
+            .ok_or_else(|| ProbeError::NotLoaded(name.to_owned()))?;
+        // Not under a call: its writes would land on the cleared state.
+        let _no_call = probe.call_lock.lock().await;
+        probe
+            .state
+            .lock()
+            .expect("state lock")
+            .clear()
+            .map_err(|source| ProbeError::Reset {
+                name: name.to_owned(),
+                source,
+            })?;
+        info!(probe = name, "probe state cleared by the admin");
+        Ok(())
+    }
+
     fn find(&self, name: &str) -> Option<(Arc<LoadedProbe>, Arc<Mutex<ProbeState>>)> {
         self.slots
             .lock()
@@ -626,15 +675,25 @@ impl ProbeManager {
             .lock()
             .expect("slots lock")
             .values()
-            .map(|s| ProbeInfo {
-                name: s.probe.name.clone(),
-                version: s.probe.manifest.version.clone(),
-                description: s.probe.manifest.description.clone(),
-                file: s.probe.file.clone(),
-                state: s.state.lock().expect("state lock").clone(),
-                requested: s.probe.request.clone(),
-                granted: s.probe.grant.clone(),
-                stats: s.probe.stats.lock().expect("stats lock").clone(),
+            .map(|s| {
+                let quota = s.probe.grant.state_quota_bytes;
+                let (state_bytes, state_keys) = {
+                    let mut st = s.probe.state.lock().expect("state lock");
+                    (st.bytes(quota), st.keys(quota).len())
+                };
+                ProbeInfo {
+                    state_bytes,
+                    state_keys,
+                    sources: s.cursors.describe(&s.probe),
+                    name: s.probe.name.clone(),
+                    version: s.probe.manifest.version.clone(),
+                    description: s.probe.manifest.description.clone(),
+                    file: s.probe.file.clone(),
+                    state: s.state.lock().expect("state lock").clone(),
+                    requested: s.probe.request.clone(),
+                    granted: s.probe.grant.clone(),
+                    stats: s.probe.stats.lock().expect("stats lock").clone(),
+                }
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -653,6 +712,36 @@ impl ProbeManager {
         let sink = telem_sandbox::Sink::Spool(self.ingest.clone());
         self.call_with(probe, state, event, extra, sink, Quarantine::Counts)
             .await
+    }
+
+    /// Hands a source batch to the probe until it takes it (true) or is
+    /// quarantined (false). Its records are held until the call returns
+    /// `ok`, so a failed try reports nothing and the next try starts clean.
+    pub(crate) async fn deliver_batch(
+        &self,
+        probe: &Arc<LoadedProbe>,
+        state: &Mutex<ProbeState>,
+        event: Event,
+    ) -> bool {
+        let mut delay = RETRY_BASE;
+        loop {
+            if matches!(
+                *state.lock().expect("state lock"),
+                ProbeState::Quarantined(_)
+            ) {
+                return false;
+            }
+            let held = Arc::new(Mutex::new(Vec::new()));
+            let sink = telem_sandbox::Sink::Staged(self.ingest.clone(), held);
+            let r = self
+                .call_with(probe, state, event.clone(), &[], sink, Quarantine::Counts)
+                .await;
+            if r.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
     }
 
     async fn call_with(
@@ -703,10 +792,58 @@ enum Quarantine {
     Exempt,
 }
 
+/// Runs a probe's triggers and event sources side by side until the probe
+/// is stopped (its slot dropped: every part with it).
+async fn drive(
+    mgr: Arc<ProbeManager>,
+    probe: Arc<LoadedProbe>,
+    state: Arc<Mutex<ProbeState>>,
+    cursors: Arc<CursorFile>,
+) {
+    let mut parts = tokio::task::JoinSet::new();
+    parts.spawn(drive_triggers(mgr.clone(), probe.clone(), state.clone()));
+    for source in &probe.manifest.sources {
+        match source {
+            Source::KernelLog(limits) if probe.grant.kernel_log => {
+                parts.spawn(crate::sources::drive_kernel_log(
+                    mgr.clone(),
+                    probe.clone(),
+                    state.clone(),
+                    cursors.clone(),
+                    *limits,
+                ));
+            }
+            Source::Files(f) => {
+                let granted = probe
+                    .grant
+                    .files
+                    .iter()
+                    .find(|w| w.dir == Path::new(&f.dir) && w.pattern == f.pattern);
+                if let Some(w) = granted {
+                    parts.spawn(crate::sources::drive_files(
+                        mgr.clone(),
+                        probe.clone(),
+                        state.clone(),
+                        cursors.clone(),
+                        w.clone(),
+                        f.limits,
+                    ));
+                }
+            }
+            Source::KernelLog(_) => {}
+        }
+    }
+    while parts.join_next().await.is_some() {}
+}
+
 /// Fires a probe's triggers: on start, then every interval plus a random
 /// splay. A failed call is retried with doubling delays until it succeeds
 /// or the probe is quarantined.
-async fn drive(mgr: Arc<ProbeManager>, probe: Arc<LoadedProbe>, state: Arc<Mutex<ProbeState>>) {
+async fn drive_triggers(
+    mgr: Arc<ProbeManager>,
+    probe: Arc<LoadedProbe>,
+    state: Arc<Mutex<ProbeState>>,
+) {
     let on_start = probe
         .manifest
         .triggers

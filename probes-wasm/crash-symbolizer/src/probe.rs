@@ -62,6 +62,7 @@ impl Probe for CrashSymbolizer {
             triggers: vec![Trigger::Crash, Trigger::Manual],
             read_paths: vec!["/usr".into(), "/usr/lib/debug".into()],
             max_records_per_hour: 120,
+            sources: vec![],
         }
     }
 
@@ -100,7 +101,7 @@ impl Probe for CrashSymbolizer {
                 }
                 report(&core, CrashFacts::default(), lookup)
             }
-            Event::Start | Event::Timer => Ok(()),
+            Event::Start | Event::Timer | Event::KernelLog(_) | Event::Files(_) => Ok(()),
         }
     }
 }

@@ -21,6 +21,7 @@ impl Probe for Hello {
             ],
             read_paths: vec![],
             max_records_per_hour: 4,
+            sources: vec![],
         }
     }
 

@@ -35,6 +35,7 @@ impl Probe for SandboxTest {
             triggers: vec![Trigger::Manual],
             read_paths: vec![],
             max_records_per_hour: 50,
+            sources: vec![],
         }
     }
 

@@ -18,6 +18,7 @@ impl Probe for SlowDescribe {
             triggers: vec![],
             read_paths: vec![],
             max_records_per_hour: 0,
+            sources: vec![],
         }
     }
 

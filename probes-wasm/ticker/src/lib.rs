@@ -15,6 +15,7 @@ impl Probe for Ticker {
             triggers: vec![Trigger::OnStart, Trigger::Interval(1)],
             read_paths: vec![],
             max_records_per_hour: 1000,
+            sources: vec![],
         }
     }
 

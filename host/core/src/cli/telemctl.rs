@@ -120,6 +120,12 @@ pub enum ProbeCmd {
         /// Probe name.
         name: String,
     },
+    /// Clear a probe's private state (what it reported stays reported:
+    /// its places in the kernel log and watched directories are kept).
+    Reset {
+        /// Probe name.
+        name: String,
+    },
 }
 
 /// `telemctl crash` verbs.

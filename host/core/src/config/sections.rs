@@ -246,9 +246,13 @@ pub struct ProbesConfig {
     /// Shortest interval trigger, in seconds; a probe asking for less gets
     /// this.
     pub probe_min_interval_secs: Bounded<1, 86_400>,
+    /// The kernel log probes granted `kernel_log` are handed: `/dev/kmsg`,
+    /// or a file or FIFO in its record format (containers, tests).
+    #[serde(deserialize_with = "non_empty::path")]
+    pub kernel_log_path: PathBuf,
     /// The admin's word on each probe (`[probes.NAME]` tables: `enabled`,
     /// `read_paths`, `classifications`, `memory_limit_mib`, `timeout_ms`,
-    /// `max_records_per_hour`, `crashes`). The defaults approve what the
+    /// `max_records_per_hour`, `crashes`, `kernel_log`, `state_quota_mib`). The defaults approve what the
     /// shipped probes need; a table in a file changes only the keys it
     /// names.
     pub probes: BTreeMap<String, ProbePolicy>,
@@ -267,6 +271,7 @@ impl Default for ProbesConfig {
             ),
             max_component_bytes: Bounded::new(crate::probe_policy::DEFAULT_MAX_COMPONENT_BYTES),
             probe_min_interval_secs: Bounded::new(crate::probe_policy::DEFAULT_MIN_INTERVAL_SECS),
+            kernel_log_path: "/dev/kmsg".into(),
             probes: shipped_probe_grants(),
         }
     }
@@ -274,7 +279,11 @@ impl Default for ProbesConfig {
 
 /// What the shipped probes need beyond the safe set: the crash-symbolizer
 /// reads the programs and libraries under `/usr` and their debug files,
-/// is handed crashes, and sends the crash classifications.
+/// is handed crashes, and sends the crash classifications; kernel-oops is
+/// handed the kernel log and sends the legacy kernel and BERT
+/// classifications; pstore is told of the oops logs systemd-pstore
+/// archived (or the kernel left in `/sys/fs/pstore`) and sends the kernel
+/// classifications too.
 fn shipped_probe_grants() -> BTreeMap<String, ProbePolicy> {
     let crash_symbolizer = ProbePolicy {
         read_paths: Some(vec!["/usr".into(), "/usr/lib/debug".into()]),
@@ -282,5 +291,29 @@ fn shipped_probe_grants() -> BTreeMap<String, ProbePolicy> {
         crashes: Some(true),
         ..Default::default()
     };
-    BTreeMap::from([("crash-symbolizer".to_owned(), crash_symbolizer)])
+    let kernel_oops = ProbePolicy {
+        classifications: Some(vec![
+            "org.clearlinux/kernel/*".into(),
+            "org.clearlinux/bert/*".into(),
+            "org.clearlinux/kernel-oops/*".into(),
+        ]),
+        kernel_log: Some(true),
+        ..Default::default()
+    };
+    let pstore = ProbePolicy {
+        read_paths: Some(vec![
+            "/var/lib/systemd/pstore".into(),
+            "/sys/fs/pstore".into(),
+        ]),
+        classifications: Some(vec![
+            "org.clearlinux/kernel/*".into(),
+            "org.clearlinux/pstore/*".into(),
+        ]),
+        ..Default::default()
+    };
+    BTreeMap::from([
+        ("crash-symbolizer".to_owned(), crash_symbolizer),
+        ("kernel-oops".to_owned(), kernel_oops),
+        ("pstore".to_owned(), pstore),
+    ])
 }

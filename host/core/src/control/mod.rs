@@ -61,6 +61,11 @@ pub enum Request {
         /// Its name.
         probe: String,
     },
+    /// Clear a probe's private state (its source cursors stay).
+    Reset {
+        /// Its name.
+        probe: String,
+    },
     /// Opt-in, spool, delivery, ingest and probe summary.
     Status,
     /// Try delivery at once, forgetting any backoff.
@@ -141,6 +146,25 @@ pub struct ProbeInfo {
     pub granted: Grant,
     /// Counters and last error.
     pub stats: ProbeStats,
+    /// Bytes of private state it keeps (keys, values and overhead; the
+    /// quota is `granted.state_quota_bytes`).
+    #[serde(default)]
+    pub state_bytes: u64,
+    /// Keys of private state it keeps.
+    #[serde(default)]
+    pub state_keys: usize,
+    /// Its event sources and where it is in each.
+    #[serde(default)]
+    pub sources: Vec<SourceInfo>,
+}
+
+/// One event source of a probe and its position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// `kernel-log`, or `files DIR PATTERN`.
+    pub source: String,
+    /// How far the probe got, in words.
+    pub position: String,
 }
 
 /// Where a probe is in its life.
@@ -172,6 +196,10 @@ pub struct ProbeStats {
     pub last_error: Option<String>,
     /// Failures in a row (reset by a success).
     pub failures_in_a_row: u32,
+    /// Source items the probe never saw (kernel log records lost in the
+    /// ring or malformed).
+    #[serde(default)]
+    pub source_skipped: u64,
 }
 
 /// `telemctl status`.

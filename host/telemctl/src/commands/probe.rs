@@ -52,6 +52,12 @@ pub fn run(c: &Config, cmd: ProbeCmd, json: bool) -> anyhow::Result<()> {
             })?;
             println!("{name}: disabled (stays off until `telemctl probe enable {name}`)");
         }
+        ProbeCmd::Reset { name } => {
+            client.act(&Request::Reset {
+                probe: name.clone(),
+            })?;
+            println!("{name}: private state cleared");
+        }
     }
     Ok(())
 }
@@ -137,6 +143,33 @@ fn print_info(p: &ProbeInfo) {
     println!("  {:<22} {:<40} {} MiB", "memory", "-", g.memory_limit_mib);
     println!("  {:<22} {:<40} {} ms", "time per call", "-", g.timeout_ms);
     println!("  {:<22} {:<40} {}", "crashes", r.crashes, g.crashes);
+    println!(
+        "  {:<22} {:<40} {}",
+        "kernel log", r.kernel_log, g.kernel_log
+    );
+    let watches = |v: &[telem_core::grants::FilesWatch]| {
+        list(
+            &v.iter()
+                .map(|w| format!("{} {}", w.dir.display(), w.pattern))
+                .collect::<Vec<_>>(),
+        )
+    };
+    println!(
+        "  {:<22} {:<40} {}",
+        "files",
+        watches(&r.files),
+        watches(&g.files)
+    );
+    println!(
+        "  {:<22} {:<40} {} of {} bytes, {} key(s)",
+        "state", "-", p.state_bytes, g.state_quota_bytes, p.state_keys
+    );
+    for s in &p.sources {
+        println!("  source {}: {}", shown(&s.source), shown(&s.position));
+    }
+    if p.stats.source_skipped > 0 {
+        println!("  source items skipped: {}", p.stats.source_skipped);
+    }
     if !g.refused.is_empty() {
         println!("  refused:");
         for f in &g.refused {

@@ -1,0 +1,325 @@
+//! Event sources the host reads on a probe's behalf (contract 0.2): the
+//! kernel log and new files in a directory. The host reads, batches and
+//! hands them to the probe; the probe never opens them. A source's
+//! position (its cursor) moves only after the probe's `handle` returned
+//! `ok` and the records it sent were spooled, so a restart neither reports
+//! a batch twice nor skips one, and a failing probe gets the same batch
+//! again until it succeeds or is quarantined (the cursor then waits for a
+//! reload).
+
+pub mod files;
+pub mod kmsg;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use telem_core::control::{ProbeState, SourceInfo};
+use telem_core::grants::FilesWatch;
+use telem_sandbox::{BatchLimits, Event, FileNotice, KernelLogBatch, LoadedProbe};
+
+use crate::supervisor::ProbeManager;
+
+/// Host cap on lines or files per call, whatever the manifest asks.
+pub const MAX_BATCH_ITEMS: u32 = 1024;
+/// Host cap on bytes of kernel log text per call.
+pub const MAX_BATCH_BYTES: u32 = 256 << 10;
+/// Lines per call when the manifest says 0.
+pub const DEFAULT_BATCH_ITEMS: u32 = 256;
+/// Bytes per call when the manifest says 0.
+pub const DEFAULT_BATCH_BYTES: u32 = 64 << 10;
+/// How often a missing source is tried again.
+pub const SOURCE_RETRY: Duration = Duration::from_secs(5);
+
+/// Where the sources are and where their cursors are kept.
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    /// The kernel log (`/dev/kmsg`, or a file or FIFO in its format).
+    pub kernel_log_path: PathBuf,
+    /// This boot's id.
+    pub boot_id_path: PathBuf,
+    /// One cursor file per probe.
+    pub cursor_dir: PathBuf,
+    /// How often `files` directories are scanned.
+    pub files_scan_interval: Duration,
+}
+
+/// A probe's positions in its sources, kept across restarts in
+/// `<cursor_dir>/<probe>.sources.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cursors {
+    /// The last kernel log record handled, and its boot.
+    #[serde(default)]
+    pub kernel_log: Option<KernelLogCursor>,
+    /// Per watched directory, the files the probe was told of.
+    #[serde(default)]
+    pub files: BTreeMap<PathBuf, BTreeSet<files::Found>>,
+}
+
+/// The last kernel log record a probe handled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelLogCursor {
+    /// The boot it belongs to: a cursor of another boot means nothing.
+    pub boot_id: String,
+    /// Its sequence number.
+    pub seq: u64,
+}
+
+/// A probe's cursors and the file they live in.
+#[derive(Debug)]
+pub struct CursorFile {
+    path: PathBuf,
+    /// The cursors as last saved.
+    pub cursors: Mutex<Cursors>,
+}
+
+impl CursorFile {
+    /// The cursors of `probe` (empty when none were saved or the file is
+    /// damaged: then the sources start over, which the log says).
+    pub fn load(dir: &Path, probe: &str) -> CursorFile {
+        let path = dir.join(format!("{probe}.sources.json"));
+        let cursors = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(
+                    probe,
+                    "source cursors {} are unreadable ({e}); starting over",
+                    path.display()
+                );
+                Cursors::default()
+            }),
+            Err(_) => Cursors::default(),
+        };
+        CursorFile {
+            path,
+            cursors: Mutex::new(cursors),
+        }
+    }
+
+    /// Changes the cursors and saves them (write, fsync, rename). On error
+    /// the saved cursors stay as they were, and so do those in memory.
+    pub fn update(&self, change: impl FnOnce(&mut Cursors)) -> std::io::Result<()> {
+        let mut c = self.cursors.lock().expect("cursor lock");
+        let mut next = c.clone();
+        change(&mut next);
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let bytes = serde_json::to_vec(&next).map_err(std::io::Error::other)?;
+        telem_core::fsutil::write_atomic(&self.path, &bytes, 0o600)?;
+        *c = next;
+        Ok(())
+    }
+
+    /// What `telemctl probe info` shows of them.
+    pub fn describe(&self, probe: &LoadedProbe) -> Vec<SourceInfo> {
+        let c = self.cursors.lock().expect("cursor lock");
+        let mut out = Vec::new();
+        if probe.grant.kernel_log {
+            out.push(SourceInfo {
+                source: "kernel-log".into(),
+                position: match &c.kernel_log {
+                    Some(k) => format!("handled up to record {} of boot {}", k.seq, k.boot_id),
+                    None => "nothing handled yet".into(),
+                },
+            });
+        }
+        for w in &probe.grant.files {
+            let told = c.files.get(&w.dir).map_or(0, BTreeSet::len);
+            out.push(SourceInfo {
+                source: format!("files {} {}", w.dir.display(), w.pattern),
+                position: format!("{told} file(s) handled and still there"),
+            });
+        }
+        out
+    }
+}
+
+/// The limits of one batch: the manifest's, within the host's caps.
+pub fn batch_limits(asked: &BatchLimits) -> (usize, usize) {
+    let items = match asked.max_items {
+        0 => DEFAULT_BATCH_ITEMS,
+        n => n.min(MAX_BATCH_ITEMS),
+    };
+    let bytes = match asked.max_bytes {
+        0 => DEFAULT_BATCH_BYTES,
+        n => n.min(MAX_BATCH_BYTES),
+    };
+    (items as usize, bytes as usize)
+}
+
+fn boot_id(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Hands the kernel log to `probe`, batch by batch, from its cursor.
+/// Returns when the probe is quarantined (the cursor stays where it was)
+/// or its task is dropped.
+pub async fn drive_kernel_log(
+    mgr: Arc<ProbeManager>,
+    probe: Arc<LoadedProbe>,
+    state: Arc<Mutex<ProbeState>>,
+    cursors: Arc<CursorFile>,
+    limits: BatchLimits,
+) {
+    let opts = mgr.source_options().clone();
+    let boot = boot_id(&opts.boot_id_path);
+    let after = cursors
+        .cursors
+        .lock()
+        .expect("cursor lock")
+        .kernel_log
+        .as_ref()
+        .filter(|k| k.boot_id == boot)
+        .map(|k| k.seq);
+    let (max_items, max_bytes) = batch_limits(&limits);
+    // The reader blocks once this many lines wait: it holds no more, and
+    // the kernel's ring (or the FIFO's writer) waits, or loses lines,
+    // which the next batch counts.
+    let (tx, mut rx) = mpsc::channel::<kmsg::Item>(max_items);
+    let path = opts.kernel_log_path.clone();
+    let name = probe.name.clone();
+    std::thread::Builder::new()
+        .name(format!("kmsg-{name}"))
+        .spawn(move || {
+            let alive = {
+                let tx = tx.clone();
+                move || !tx.is_closed()
+            };
+            kmsg::follow(
+                path,
+                after,
+                SOURCE_RETRY,
+                |item| tx.blocking_send(item).is_ok(),
+                alive,
+            );
+        })
+        .expect("spawn kernel log reader");
+    let mut pending: Option<kmsg::Item> = None;
+    loop {
+        let first = match pending.take() {
+            Some(item) => item,
+            None => match rx.recv().await {
+                Some(item) => item,
+                None => return,
+            },
+        };
+        let mut batch = KernelLogBatch {
+            boot_id: boot.clone(),
+            skipped: 0,
+            lines: Vec::new(),
+        };
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                kmsg::Item::Skipped(n) => batch.skipped += n,
+                kmsg::Item::Line(line) => {
+                    if !batch.lines.is_empty()
+                        && (batch.lines.len() >= max_items || bytes + line.text.len() > max_bytes)
+                    {
+                        pending = Some(kmsg::Item::Line(line));
+                        break;
+                    }
+                    bytes += line.text.len();
+                    batch.lines.push(line);
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        let last = batch.lines.last().map(|l| l.seq);
+        if batch.skipped > 0 {
+            probe.stats.lock().expect("stats lock").source_skipped += batch.skipped;
+            tracing::warn!(probe = %probe.name, "{} kernel log record(s) skipped before this batch (lost in the ring or malformed)", batch.skipped);
+        }
+        if batch.lines.is_empty() && batch.skipped == 0 {
+            continue;
+        }
+        if !mgr
+            .deliver_batch(&probe, &state, Event::KernelLog(batch))
+            .await
+        {
+            return;
+        }
+        if let Some(seq) = last {
+            let saved = cursors.update(|c| {
+                c.kernel_log = Some(KernelLogCursor {
+                    boot_id: boot.clone(),
+                    seq,
+                })
+            });
+            if let Err(e) = saved {
+                tracing::error!(probe = %probe.name, "kernel log cursor not saved: {e}; a restart hands this batch again");
+            }
+        }
+    }
+}
+
+/// Tells `probe` of new files in `watch.dir`, scan by scan.
+pub async fn drive_files(
+    mgr: Arc<ProbeManager>,
+    probe: Arc<LoadedProbe>,
+    state: Arc<Mutex<ProbeState>>,
+    cursors: Arc<CursorFile>,
+    watch: FilesWatch,
+    limits: BatchLimits,
+) {
+    let interval = mgr.source_options().files_scan_interval;
+    let told = cursors
+        .cursors
+        .lock()
+        .expect("cursor lock")
+        .files
+        .get(&watch.dir)
+        .cloned()
+        .unwrap_or_default();
+    let mut w = files::Watch::new(told);
+    let (max_items, _) = batch_limits(&limits);
+    let mut said = false;
+    loop {
+        let (dir, pattern) = (watch.dir.clone(), watch.pattern.clone());
+        let scan = tokio::task::spawn_blocking(move || files::scan(&dir, &pattern)).await;
+        match scan {
+            Ok(Ok(found)) => {
+                said = false;
+                let fresh = w.new_files(found, SystemTime::now());
+                for chunk in fresh.chunks(max_items) {
+                    let notices = chunk
+                        .iter()
+                        .map(|f| FileNotice {
+                            path: watch.dir.join(&f.path).display().to_string(),
+                            size: f.size,
+                            modified: f.modified,
+                        })
+                        .collect();
+                    let event = Event::Files((watch.dir.display().to_string(), notices));
+                    if !mgr.deliver_batch(&probe, &state, event).await {
+                        return;
+                    }
+                    w.told.extend(chunk.iter().cloned());
+                    let saved = cursors.update(|c| {
+                        c.files.insert(watch.dir.clone(), w.told.clone());
+                    });
+                    if let Err(e) = saved {
+                        tracing::error!(probe = %probe.name, "files cursor not saved: {e}; a restart tells of these files again");
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                if !said {
+                    tracing::warn!(probe = %probe.name, "cannot scan {} ({e}); trying again every scan", watch.dir.display());
+                    said = true;
+                }
+            }
+            Err(e) => {
+                tracing::error!(probe = %probe.name, "scan of {} failed: {e}", watch.dir.display())
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
