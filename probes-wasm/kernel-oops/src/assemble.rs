@@ -1,0 +1,399 @@
+//! Assembling reports from kernel log lines: a start line (see
+//! [`crate::patterns`]) opens a report, the lines that belong to it are
+//! kept, and it ends at the kernel's end marker, when its call trace is
+//! over and an unrelated line follows, at a new report, at a quiet gap, at
+//! [`MAX_LINES`], or, for a log that went quiet, at the next timer tick.
+//!
+//! Where the legacy parser stopped: it ended a call trace at any line
+//! shorter than 8 bytes (` <TASK>`, ` <IRQ>`, so today's traces had no
+//! frames), read only `Call Trace:` (not arm64's `Call trace:`), lost the
+//! report that followed a `WARNING:` inside another, and never reported a
+//! panic (its end marker is not `[ end trace`). Here markers are skipped,
+//! both spellings start a trace, a new start closes the open report and
+//! opens its own, and `---[ end Kernel panic` ends one.
+
+use crate::patterns::{self, Pattern};
+
+/// Most lines kept of one report (the legacy cap was 100; today's reports
+/// with two contexts and a repeated register dump run longer).
+pub const MAX_LINES: usize = 200;
+/// Lines that do not belong in a row after which a report without a call
+/// trace is taken to be over.
+pub const MAX_STRAY: u32 = 20;
+/// Kernel time (µs) between two lines after which the open report is over.
+pub const QUIET_GAP_USEC: u64 = 5_000_000;
+
+/// What a kept line is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A line of a call trace (a frame or a context marker).
+    Trace,
+    /// Any other line of the report.
+    Other,
+}
+
+/// A finished report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// What it is.
+    pub pattern: &'static Pattern,
+    /// Its lines, the start line first.
+    pub lines: Vec<(Kind, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Open {
+    pattern: usize,
+    lines: Vec<(Kind, String)>,
+    in_trace: bool,
+    trace_over: bool,
+    stray: u32,
+    last_usec: u64,
+    idle_ticks: u32,
+}
+
+/// The assembler's state between lines (and, encoded, between calls).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Assembler {
+    open: Option<Open>,
+}
+
+fn pattern_index(p: &'static Pattern) -> usize {
+    patterns::PATTERNS
+        .iter()
+        .position(|q| std::ptr::eq(q, p))
+        .expect("a pattern of the table")
+}
+
+/// Starts of a call trace: x86 and most others, and arm64.
+fn is_trace_start(line: &str) -> bool {
+    line.starts_with("Call Trace:") || line.starts_with("Call trace:")
+}
+
+/// A context marker inside a trace (` <TASK>`, ` </IRQ>`, ...).
+pub fn is_marker(line: &str) -> bool {
+    let t = line.trim();
+    t.starts_with('<') && t.ends_with('>') && !t.contains(' ') && t.len() <= 12
+}
+
+/// A frame of a call trace: indented, not a marker.
+pub fn is_frame(line: &str) -> bool {
+    line.starts_with([' ', '\t']) && !line.trim().is_empty() && !is_marker(line)
+}
+
+/// `NAME: hexdigits` at the start (a register dump line: `RSP: 0018:...`,
+/// `FS:  0000...`, `x29: ffff...`, `x9 : ffff...`, `sp : ffff...`).
+pub fn is_register_line(line: &str) -> bool {
+    let Some((name, rest)) = line.split_once(':') else {
+        return false;
+    };
+    let name = name.trim_end();
+    !name.is_empty()
+        && name.len() <= 8
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && rest.trim_start().len() >= 4
+        && rest
+            .trim_start()
+            .bytes()
+            .take(4)
+            .all(|b| b.is_ascii_hexdigit())
+}
+
+/// Lines of a report outside its trace, besides register dumps.
+const BODY_PREFIXES: &[&str] = &[
+    "Modules linked in:",
+    "CPU:",
+    "PID:",
+    "Hardware name:",
+    "Workqueue:",
+    "RIP:",
+    "EIP:",
+    "Code:",
+    "Oops:",
+    "Internal error:",
+    "invalid opcode:",
+    "#PF:",
+    "PGD ",
+    "pc :",
+    "lr :",
+    "Mem abort info:",
+    "Data abort info:",
+    "user pgtable:",
+    "irq event stamp:",
+    "hardirqs last",
+    "softirqs last",
+    "Tainted:",
+    "Stack:",
+    "in_atomic():",
+    "preempt_count:",
+    "RCU nest depth:",
+    "Preemption disabled at:",
+    "task:",
+    "Kernel Offset:",
+    "---[ end",
+];
+
+/// Lines that may follow a finished trace and still belong to the report.
+const TRAILER_PREFIXES: &[&str] = &[
+    "Modules linked in:",
+    "CR2:",
+    "Kernel Offset:",
+    "---[ end",
+    "Dumping ftrace buffer:",
+    "note:",
+];
+
+fn belongs(line: &str) -> bool {
+    line.starts_with([' ', '\t', '['])
+        || is_register_line(line)
+        || BODY_PREFIXES.iter().any(|p| line.starts_with(p))
+}
+
+fn is_end_marker(line: &str) -> bool {
+    line.contains("---[ end trace") || line.starts_with("---[ end Kernel panic")
+}
+
+impl Assembler {
+    /// Whether a report is open (waiting for more lines).
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Takes one line logged at `usec` (kernel time); finished reports go
+    /// to `out`.
+    pub fn push(&mut self, usec: u64, line: &str, out: &mut Vec<Report>) {
+        if let Some(open) = &self.open {
+            if usec.saturating_sub(open.last_usec) > QUIET_GAP_USEC {
+                self.finish(out);
+            }
+        }
+        let Some(open) = self.open.as_mut() else {
+            self.start(usec, line, out);
+            return;
+        };
+        open.last_usec = usec;
+        open.idle_ticks = 0;
+        let pattern = &patterns::PATTERNS[open.pattern];
+        if patterns::is_bert(pattern) {
+            if line.contains("[Hardware Error]:") {
+                open.lines.push((Kind::Other, line.to_owned()));
+                self.cap(out);
+            } else {
+                self.finish(out);
+                self.start(usec, line, out);
+            }
+            return;
+        }
+        if is_end_marker(line) {
+            self.finish(out);
+            return;
+        }
+        if let Some(next) = patterns::start_of(line) {
+            // A warning's message line is followed by the WARNING that
+            // carries its trace (`NETDEV WATCHDOG: ...` then `WARNING: CPU:
+            // ...`), a corruption report by the BUG it triggers: one
+            // report, under the first line.
+            // So is a stack overflow's first line (`BUG: stack guard page
+            // was hit`) followed by the double fault that reports it.
+            let prelude = !open.in_trace && !open.trace_over && open.lines.len() <= 3;
+            let absorbs = prelude
+                && !line.starts_with("Kernel panic")
+                && !std::ptr::eq(pattern, next)
+                && (pattern.severity < 4
+                    || (open.lines.len() == 1 && pattern.classification == next.classification));
+            if !absorbs {
+                self.finish(out);
+                self.start(usec, line, out);
+                return;
+            }
+            open.lines.push((Kind::Other, line.to_owned()));
+            return;
+        }
+        if is_trace_start(line) {
+            open.in_trace = true;
+            open.trace_over = false;
+            open.lines.push((Kind::Other, line.to_owned()));
+        } else if open.in_trace {
+            if is_frame(line) || is_marker(line) {
+                open.lines.push((Kind::Trace, line.to_owned()));
+            } else if is_register_line(line)
+                || line.starts_with("RIP:")
+                || line.starts_with("Code:")
+            {
+                // The registers of an interrupted context, inside the trace.
+                open.lines.push((Kind::Other, line.to_owned()));
+            } else {
+                open.in_trace = false;
+                open.trace_over = true;
+                return self.after_trace(usec, line, out);
+            }
+        } else if open.trace_over {
+            return self.after_trace(usec, line, out);
+        } else if belongs(line) {
+            open.stray = 0;
+            open.lines.push((Kind::Other, line.to_owned()));
+        } else {
+            open.stray += 1;
+            if open.stray >= MAX_STRAY {
+                self.finish(out);
+                return;
+            }
+        }
+        self.cap(out);
+    }
+
+    fn after_trace(&mut self, usec: u64, line: &str, out: &mut Vec<Report>) {
+        let open = self.open.as_mut().expect("open report");
+        let modules_tail = line.starts_with(' ')
+            && open
+                .lines
+                .last()
+                .is_some_and(|(_, l)| l.starts_with("Modules linked in:") || l.starts_with(' '))
+            && !line.contains("+0x");
+        if TRAILER_PREFIXES.iter().any(|p| line.starts_with(p)) || modules_tail {
+            open.lines.push((Kind::Other, line.to_owned()));
+            self.cap(out);
+        } else if is_trace_start(line) {
+            open.in_trace = true;
+            open.trace_over = false;
+            open.lines.push((Kind::Other, line.to_owned()));
+        } else {
+            self.finish(out);
+            self.start(usec, line, out);
+        }
+    }
+
+    fn start(&mut self, usec: u64, line: &str, out: &mut Vec<Report>) {
+        let Some(p) = patterns::start_of(line) else {
+            return;
+        };
+        self.open = Some(Open {
+            pattern: pattern_index(p),
+            lines: vec![(Kind::Other, line.to_owned())],
+            in_trace: false,
+            trace_over: false,
+            stray: 0,
+            last_usec: usec,
+            idle_ticks: 0,
+        });
+        if p.single_line {
+            self.finish(out);
+        }
+    }
+
+    fn cap(&mut self, out: &mut Vec<Report>) {
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.lines.len() >= MAX_LINES)
+        {
+            self.finish(out);
+        }
+    }
+
+    /// Ends the open report, if any.
+    pub fn finish(&mut self, out: &mut Vec<Report>) {
+        if let Some(open) = self.open.take() {
+            out.push(Report {
+                pattern: &patterns::PATTERNS[open.pattern],
+                lines: open.lines,
+            });
+        }
+    }
+
+    /// A timer tick: a report that saw no line since the previous tick is
+    /// taken to be over (a log that went quiet after it).
+    pub fn tick(&mut self, out: &mut Vec<Report>) {
+        if let Some(open) = self.open.as_mut() {
+            open.idle_ticks += 1;
+            if open.idle_ticks >= 2 {
+                self.finish(out);
+            }
+        }
+    }
+
+    /// The state as bytes, to keep between calls.
+    pub fn encode(&self) -> Vec<u8> {
+        let Some(o) = &self.open else {
+            return Vec::new();
+        };
+        let mut s = format!(
+            "1 {} {} {} {} {} {}\n",
+            o.pattern, o.in_trace as u8, o.trace_over as u8, o.stray, o.last_usec, o.idle_ticks
+        );
+        for (kind, line) in &o.lines {
+            s.push(if *kind == Kind::Trace { 'T' } else { 'O' });
+            s.push_str(line);
+            s.push('\n');
+        }
+        s.into_bytes()
+    }
+
+    /// The state [`Self::encode`] made; anything else is an empty state
+    /// (a damaged state loses at most the one open report).
+    pub fn decode(bytes: &[u8]) -> Assembler {
+        Self::try_decode(bytes).unwrap_or_default()
+    }
+
+    fn try_decode(bytes: &[u8]) -> Option<Assembler> {
+        if bytes.is_empty() {
+            return Some(Assembler::default());
+        }
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut lines = text.lines();
+        let head: Vec<u64> = lines
+            .next()?
+            .split(' ')
+            .map(|n| n.parse().ok())
+            .collect::<Option<_>>()?;
+        let [1, pattern, in_trace, trace_over, stray, last_usec, idle_ticks] = head[..] else {
+            return None;
+        };
+        if pattern as usize >= patterns::PATTERNS.len() {
+            return None;
+        }
+        let kept = lines
+            .map(|l| match l.split_at_checked(1)? {
+                ("T", rest) => Some((Kind::Trace, rest.to_owned())),
+                ("O", rest) => Some((Kind::Other, rest.to_owned())),
+                _ => None,
+            })
+            .take(MAX_LINES)
+            .collect::<Option<Vec<_>>>()?;
+        Some(Assembler {
+            open: Some(Open {
+                pattern: pattern as usize,
+                lines: kept,
+                in_trace: in_trace == 1,
+                trace_over: trace_over == 1,
+                stray: stray as u32,
+                last_usec,
+                idle_ticks: idle_ticks as u32,
+            }),
+        })
+    }
+}
+
+/// Removes what the kernel puts before a message in a dump (pstore) or a
+/// `dmesg` copy: `<N>` and `[ seconds.micros]` and one space after them.
+/// Only a bracket group that is a timestamp is removed, so
+/// `[Hardware Error]:` stays.
+pub fn strip_prefix(line: &str) -> &str {
+    let mut rest = line;
+    if let Some(r) = rest.strip_prefix('<') {
+        if let Some((level, r)) = r.split_once('>') {
+            if !level.is_empty() && level.len() <= 3 && level.bytes().all(|b| b.is_ascii_digit()) {
+                rest = r;
+            }
+        }
+    }
+    if let Some(r) = rest.strip_prefix('[') {
+        if let Some((ts, r)) = r.split_once(']') {
+            let t = ts.trim();
+            if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                rest = r.strip_prefix(' ').unwrap_or(r);
+            }
+        }
+    }
+    rest
+}

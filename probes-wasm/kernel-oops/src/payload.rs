@@ -1,0 +1,253 @@
+//! The record of a report, in the legacy klogscanner's payload layout:
+//!
+//! ```text
+//! Crash Report:
+//! Reason: <the report's first line>
+//! Kernel Version : <version>        (when a CPU/PID line names it)
+//! Tainted : <taint flags>           (idem)
+//! Modules : <modules>               (when `Modules linked in:` lists any)
+//! Backtrace :                       (when the trace has frames)
+//! Register <NAME>: Zero|Non-zero    (RIP, pc, lr: the symbol)
+//! #<N> <function> - [<module>]
+//! ```
+//!
+//! BERT reports carry their `[Hardware Error]:` lines as they are. The
+//! payload stays within the record limit (8192 bytes): frames that do not
+//! fit are left out, whole.
+
+use crate::assemble::{is_frame, is_register_line, Kind, Report};
+
+/// Most payload bytes of a record.
+pub const MAX_PAYLOAD: usize = 8192;
+
+/// Registers whose value is shown as zero or not (never the value: it may
+/// hold an address or data).
+const REGISTERS: &[&str] = &[
+    "RSP", "EFLAGS", "RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "R08", "R09", "R10", "R11",
+    "R12", "R13", "R14", "R15", "FS", "GS", "knlGS", "CS", "DS", "ES", "CR0", "CR2", "CR3", "CR4",
+    "DR0", "DR1", "DR2", "DR3", "DR6", "DR7", "PKRU", "sp", "pstate",
+];
+
+/// The kernel version and taint of a `CPU: ... Comm: x Tainted: G W 6.6.0 #1`
+/// line (or `... Not tainted 6.6.0 #1 ...`).
+pub fn version_and_taint(line: &str) -> (Option<String>, Option<String>) {
+    // The version is the word before ` #<digit>`, to the end of the line.
+    let hash = line
+        .match_indices(" #")
+        .find(|(i, _)| line[i + 2..].starts_with(|c: char| c.is_ascii_digit()))
+        .map(|(i, _)| i);
+    let version_start = hash.and_then(|h| line[..h].rfind(char::is_whitespace).map(|s| s + 1));
+    let version = version_start.map(|s| line[s..].trim_end().to_owned());
+    let end = version_start.unwrap_or(line.len());
+    let taint = if line[..end].contains(" Not tainted") || line[..end].ends_with("Not tainted ") {
+        Some("Not tainted".to_owned())
+    } else {
+        line[..end]
+            .find("Tainted: ")
+            .map(|i| line[i + "Tainted: ".len()..end].trim().to_owned())
+            .filter(|t| !t.is_empty())
+    };
+    (version, taint)
+}
+
+/// `#N function - [module]` of one trace line, if it is a frame.
+pub fn frame(line: &str) -> Option<(String, String)> {
+    if !is_frame(line) {
+        return None;
+    }
+    let mut t = line.trim();
+    let unreliable = t.starts_with("? ");
+    if unreliable {
+        t = t[2..].trim_start();
+    }
+    // Old kernels: ` [<ffffffff81234567>] func+0x1/0x2`.
+    if t.starts_with("[<") {
+        t = t.split_once(char::is_whitespace)?.1.trim_start();
+        if let Some(rest) = t.strip_prefix("? ") {
+            t = rest;
+        }
+    }
+    let func_end = t.find(['+', ' ', '\t']).unwrap_or(t.len());
+    let func = &t[..func_end];
+    if func.is_empty() || func.starts_with('<') {
+        return None;
+    }
+    let module = t
+        .rsplit_once('[')
+        .map(|(_, m)| m.trim_end().trim_end_matches(']'))
+        .filter(|m| {
+            t.trim_end().ends_with(']')
+                && !m.is_empty()
+                && *m != "inline"
+                && m.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+        .unwrap_or("kernel");
+    let func = if unreliable {
+        format!("? {func}")
+    } else {
+        func.to_owned()
+    };
+    Some((func, module.to_owned()))
+}
+
+/// The registers of one dump line, as `(name, shown value)`.
+fn registers(line: &str, out: &mut Vec<(String, String)>) {
+    for sym in ["RIP:", "pc :", "lr :"] {
+        if let Some(rest) = line.strip_prefix(sym) {
+            // `RIP: 0010:func+0x1b5/0x3fb`, `pc : func+0x2a0/0x2e4 file:line`
+            let rest = rest.trim_start();
+            let rest = rest
+                .split_once(':')
+                .filter(|(seg, _)| seg.len() == 4 && seg.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map_or(rest, |(_, r)| r);
+            let sym_text = rest.split_whitespace().next().unwrap_or("");
+            let name = sym.trim_end_matches(':').trim().to_owned();
+            let shown = if sym_text.contains('+')
+                || sym_text
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphabetic() || c == '_')
+            {
+                sym_text.to_owned()
+            } else {
+                zero_or_not(sym_text)
+            };
+            out.push((name.to_uppercase(), shown));
+            return;
+        }
+    }
+    // `NAME: value` pairs, `RSP: 0018:ffff...` (segment:offset: the offset),
+    // `FS:  0000...(0000)`, `x9 : ffff...`.
+    let mut rest = line;
+    while let Some((name, after)) = rest.split_once(':') {
+        let name = name.trim();
+        let after = after.trim_start();
+        let value_end = after.find(char::is_whitespace).unwrap_or(after.len());
+        let mut value = &after[..value_end];
+        if let Some((_, off)) = value.split_once(':') {
+            value = off;
+        }
+        let value = value.split('(').next().unwrap_or("");
+        let known = REGISTERS.contains(&name)
+            || (name.starts_with('x')
+                && name.len() <= 3
+                && name[1..].bytes().all(|b| b.is_ascii_digit()));
+        if !known || value.is_empty() || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return;
+        }
+        out.push((name.to_owned(), zero_or_not(value)));
+        rest = &after[value_end..];
+    }
+}
+
+fn zero_or_not(hex: &str) -> String {
+    if hex.bytes().all(|b| b == b'0') {
+        "Zero".into()
+    } else {
+        "Non-zero".into()
+    }
+}
+
+/// The payload of a report.
+pub fn payload(report: &Report) -> String {
+    let mut out = String::from("Crash Report:\n");
+    push_line(&mut out, &format!("Reason: {}", report.lines[0].1));
+    if crate::patterns::is_bert(report.pattern) {
+        for (_, l) in &report.lines[1..] {
+            push_line(&mut out, l);
+        }
+        return out;
+    }
+    let mut version = None;
+    let mut taint = None;
+    let mut modules: Option<String> = None;
+    let mut regs: Vec<(String, String)> = Vec::new();
+    let mut frames = Vec::new();
+    let mut in_modules = false;
+    for (kind, l) in &report.lines[1..] {
+        if *kind == Kind::Trace {
+            in_modules = false;
+            frames.extend(frame(l));
+            continue;
+        }
+        if let Some(m) = l.strip_prefix("Modules linked in:") {
+            if modules.is_none() {
+                modules = Some(m.trim().to_owned());
+                in_modules = true;
+            }
+            continue;
+        }
+        if in_modules && l.starts_with(' ') {
+            let m = modules.get_or_insert_with(String::new);
+            m.push(' ');
+            m.push_str(l.trim());
+            continue;
+        }
+        in_modules = false;
+        if (l.starts_with("CPU: ") || l.starts_with("PID: ")) && version.is_none() {
+            (version, taint) = version_and_taint(l);
+        } else if l.starts_with("RIP:")
+            || l.starts_with("pc :")
+            || l.starts_with("lr :")
+            || is_register_line(l)
+        {
+            let mut found = Vec::new();
+            registers(l, &mut found);
+            for (name, v) in found {
+                if !regs.iter().any(|(n, _)| *n == name) {
+                    regs.push((name, v));
+                }
+            }
+        }
+    }
+    if let Some(v) = version {
+        push_line(&mut out, &format!("Kernel Version : {v}"));
+    }
+    if let Some(t) = taint {
+        push_line(&mut out, &format!("Tainted : {t}"));
+    }
+    if let Some(m) = modules.filter(|m| !m.is_empty()) {
+        push_line(&mut out, &format!("Modules : {m}"));
+    }
+    if !frames.is_empty() {
+        push_line(&mut out, "Backtrace :");
+    }
+    for (name, v) in regs {
+        push_line(&mut out, &format!("Register {name}: {v}"));
+    }
+    for (i, (func, module)) in frames.iter().enumerate() {
+        push_line(&mut out, &format!("#{} {func} - [{module}]", i + 1));
+    }
+    out
+}
+
+/// Appends `line` and a newline if it fits in [`MAX_PAYLOAD`]; a line
+/// that does not fit is left out whole (a long `Modules` line is cut).
+fn push_line(out: &mut String, line: &str) {
+    // The record format takes printable ASCII only: anything else (a
+    // non-ASCII hostname, a replaced byte) becomes `?`.
+    let line: String = line
+        .chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let line = line.as_str();
+    let room = MAX_PAYLOAD.saturating_sub(out.len() + 1);
+    if line.len() <= room {
+        out.push_str(line);
+        out.push('\n');
+    } else if line.starts_with("Modules : ") && room > 16 {
+        let mut cut = room;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.push_str(&line[..cut]);
+        out.push('\n');
+    }
+}

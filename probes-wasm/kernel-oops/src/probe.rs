@@ -1,0 +1,121 @@
+//! The component: the kernel log handed by the host, the assembler's open
+//! report, the repeat counts and the count of skipped lines kept in the
+//! probe's state between calls (written only if the call succeeds, with
+//! the records: a batch handed again after a failure starts from the same
+//! state).
+
+use telemetrics_probe_sdk::{
+    export_probe, log, state, BatchLimits, Event, Manifest, Probe, Record, Source, Trigger,
+};
+
+use crate::assemble::Assembler;
+use crate::repeats::Repeats;
+use crate::Outgoing;
+
+const OPEN: &str = "open-report";
+const REPEATS: &str = "repeats";
+const SKIPPED: &str = "skipped";
+
+struct KernelOops;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn send(o: &Outgoing) -> Result<(), String> {
+    Record::new(o.classification.clone())
+        .severity(o.severity)
+        .payload(o.payload.clone())
+        .send()
+        .map(|_| ())
+        .map_err(|e| format!("record {} not taken: {e}", o.classification))
+}
+
+fn save(key: &str, bytes: &[u8]) -> Result<(), String> {
+    if bytes.is_empty() {
+        state::delete(key)
+    } else {
+        state::set(key, bytes)
+    }
+    .map_err(|e| format!("state {key}: {e}"))
+}
+
+fn skipped_so_far() -> u64 {
+    state::get(SKIPPED)
+        .and_then(|v| v.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+impl Probe for KernelOops {
+    fn describe() -> Manifest {
+        Manifest {
+            name: "kernel-oops".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description:
+                "Kernel oopses, warnings, BUGs, panics and BERT reports from the kernel log".into(),
+            classifications: vec![
+                "org.clearlinux/kernel/*".into(),
+                "org.clearlinux/bert/*".into(),
+                "org.clearlinux/kernel-oops/*".into(),
+            ],
+            // The tick ends a report the log went quiet after and sends the
+            // counts of repeats and skipped lines.
+            triggers: vec![Trigger::Interval(60)],
+            read_paths: vec![],
+            max_records_per_hour: 120,
+            sources: vec![Source::KernelLog(BatchLimits {
+                max_items: 512,
+                max_bytes: 128 << 10,
+            })],
+        }
+    }
+
+    fn handle(event: Event) -> Result<(), String> {
+        let mut asm = Assembler::decode(&state::get(OPEN).unwrap_or_default());
+        let mut repeats = Repeats::decode(&state::get(REPEATS).unwrap_or_default());
+        let mut reports = Vec::new();
+        let now = now_secs();
+        let mut out = Vec::new();
+        match event {
+            Event::KernelLog(batch) => {
+                for line in &batch.lines {
+                    asm.push(line.usec, &line.text, &mut reports);
+                }
+                if batch.skipped > 0 {
+                    let total = skipped_so_far().saturating_add(batch.skipped);
+                    save(SKIPPED, &total.to_le_bytes())?;
+                }
+            }
+            Event::Timer => {
+                asm.tick(&mut reports);
+                out.extend(repeats.expire(now).iter().map(Repeats::summary));
+                let skipped = skipped_so_far();
+                if skipped > 0 {
+                    out.push(Outgoing {
+                        classification: "org.clearlinux/kernel-oops/skipped".into(),
+                        severity: 2,
+                        payload: format!(
+                            "Kernel log records lost before they were read (overwritten in the kernel's ring or malformed): {skipped}\n"
+                        ),
+                    });
+                    save(SKIPPED, &[])?;
+                }
+            }
+            Event::Start | Event::Manual(_) | Event::Crash(_) | Event::Files(_) => {}
+        }
+        out.extend(crate::records_of(reports, &mut repeats, now));
+        for o in &out {
+            send(o)?;
+        }
+        if !out.is_empty() {
+            log::info(&format!("{} record(s) sent", out.len()));
+        }
+        save(OPEN, &asm.encode())?;
+        save(REPEATS, &repeats.encode())?;
+        Ok(())
+    }
+}
+
+export_probe!(KernelOops);

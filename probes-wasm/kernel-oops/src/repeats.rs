@@ -1,0 +1,150 @@
+//! Repeats: a report whose classification and first line (numbers aside)
+//! match one sent within the last [`WINDOW_SECS`] is counted, not sent; the
+//! count goes out in one record once the window is over. A warning that
+//! fires on every packet thus costs one record an hour, not the probe's
+//! whole hourly budget.
+
+/// How long a report's repeats are counted before they are reported.
+pub const WINDOW_SECS: u64 = 3600;
+/// Most reports whose repeats are tracked; the oldest is forgotten first.
+pub const MAX_TRACKED: usize = 256;
+
+/// One report sent, and how often it came again since.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// When it was sent (seconds since the epoch).
+    pub since: u64,
+    /// Repeats since.
+    pub count: u64,
+    /// Its classification.
+    pub classification: String,
+    /// Its first line.
+    pub reason: String,
+}
+
+/// Reports sent within the window.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Repeats {
+    /// Oldest first.
+    pub seen: Vec<Seen>,
+}
+
+/// The first line with every run of digits made one `N`: the same warning
+/// on another CPU, pid or address is the same warning.
+pub fn signature(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    let mut in_digits = false;
+    for c in reason.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push('N');
+            }
+            in_digits = true;
+        } else {
+            in_digits = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Repeats {
+    /// Whether this report repeats one sent within the window (then it is
+    /// counted); if not, it is remembered as sent now.
+    pub fn count(&mut self, classification: &str, reason: &str, now: u64) -> bool {
+        let sig = signature(reason);
+        if let Some(s) = self.seen.iter_mut().find(|s| {
+            s.classification == classification
+                && signature(&s.reason) == sig
+                && now.saturating_sub(s.since) < WINDOW_SECS
+        }) {
+            s.count += 1;
+            return true;
+        }
+        if self.seen.len() >= MAX_TRACKED {
+            self.seen.remove(0);
+        }
+        self.seen.push(Seen {
+            since: now,
+            count: 0,
+            classification: classification.to_owned(),
+            reason: reason.to_owned(),
+        });
+        false
+    }
+
+    /// Ends the windows that are over at `now`: the reports that came
+    /// again, with their counts (the rest are forgotten).
+    pub fn expire(&mut self, now: u64) -> Vec<Seen> {
+        let (over, open): (Vec<Seen>, Vec<Seen>) = std::mem::take(&mut self.seen)
+            .into_iter()
+            .partition(|s| now.saturating_sub(s.since) >= WINDOW_SECS);
+        self.seen = open;
+        over.into_iter().filter(|s| s.count > 0).collect()
+    }
+
+    /// The record that reports a window's repeats.
+    pub fn summary(s: &Seen) -> crate::Outgoing {
+        let severity = crate::patterns::PATTERNS
+            .iter()
+            .find(|p| p.classification == s.classification)
+            .map_or(2, |p| p.severity);
+        let mut payload = String::from("Crash Report:\n");
+        let reason: String = s
+            .reason
+            .chars()
+            .map(|c| {
+                if c == ' ' || c.is_ascii_graphic() {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .take(4096)
+            .collect();
+        payload.push_str(&format!("Reason: {reason}\n"));
+        payload.push_str(&format!(
+            "Repeated : {} more time(s) within {} s of the first report\n",
+            s.count, WINDOW_SECS
+        ));
+        crate::Outgoing {
+            classification: s.classification.clone(),
+            severity,
+            payload,
+        }
+    }
+
+    /// As bytes, to keep between calls: one line per report, tab-separated.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut s = String::new();
+        for r in &self.seen {
+            s.push_str(&format!(
+                "{}\t{}\t{}\t{}\n",
+                r.since,
+                r.count,
+                r.classification,
+                r.reason.replace(['\t', '\n'], " ")
+            ));
+        }
+        s.into_bytes()
+    }
+
+    /// What [`Self::encode`] made; damaged lines are dropped.
+    pub fn decode(bytes: &[u8]) -> Repeats {
+        let text = String::from_utf8_lossy(bytes);
+        let seen = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(4, '\t');
+                Some(Seen {
+                    since: f.next()?.parse().ok()?,
+                    count: f.next()?.parse().ok()?,
+                    classification: f.next()?.to_owned(),
+                    reason: f.next()?.to_owned(),
+                })
+            })
+            .take(MAX_TRACKED)
+            .collect();
+        Repeats { seen }
+    }
+}
