@@ -371,21 +371,43 @@ impl Sandbox {
     /// been swapped for a link since: never into the daemon's own
     /// directories, and a safe-set path never out of the safe set. Returns
     /// the (host, guest) directories to preopen and the files to show.
-    /// `extra_read` (the host's own choice, a crash's inbox entry) is taken
-    /// as it is.
+    /// `extra_read` (the host's own choice: a crash's inbox entry, a
+    /// `files` source's directory) is a (host, guest) pair; one shown
+    /// under another name (a source directory under `sources_root`) is
+    /// checked like a grant, one at its own path is the host's own and
+    /// taken as it is. A granted path that an extra directory shows under
+    /// the same name is left to the extra one.
     fn resolve_grant(
         &self,
         probe: &LoadedProbe,
-        extra_read: &[PathBuf],
+        extra_read: &[(PathBuf, PathBuf)],
     ) -> (Vec<(PathBuf, PathBuf)>, Vec<file_views::GrantedFile>) {
         let g = &probe.grant;
-        let mut dirs: Vec<(PathBuf, PathBuf)> = extra_read
-            .iter()
-            .filter(|p| p.is_dir())
-            .map(|p| (p.clone(), p.clone()))
-            .collect();
+        let mut dirs: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for (host, guest) in extra_read {
+            if host == guest {
+                if host.is_dir() {
+                    dirs.push((host.clone(), guest.clone()));
+                }
+                continue;
+            }
+            let Ok(real) = host.canonicalize() else {
+                continue;
+            };
+            if let Some(why) = grants::never_grantable(&real, &self.options.rules) {
+                tracing::warn!(probe = %probe.name, "source directory {} left out: {why}", escape(&real.display().to_string(), FIELD_CAP));
+                continue;
+            }
+            if real.is_dir() {
+                dirs.push((real, guest.clone()));
+            }
+        }
         let mut files = Vec::new();
-        for p in &g.read_paths {
+        for p in g
+            .read_paths
+            .iter()
+            .filter(|p| !extra_read.iter().any(|(_, guest)| guest == *p))
+        {
             if grants::is_safe_proc_file(p) {
                 files.push(file_views::GrantedFile {
                     host: p.clone(),
@@ -436,7 +458,7 @@ impl Sandbox {
         probe: &Arc<LoadedProbe>,
         sink: Sink,
         event: Event,
-        extra_read: &[PathBuf],
+        extra_read: &[(PathBuf, PathBuf)],
     ) -> Result<(), CallError> {
         let _one_call_at_a_time = probe.call_lock.lock().await;
         let g = &probe.grant;

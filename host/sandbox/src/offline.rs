@@ -132,7 +132,10 @@ pub fn symbolize_offline(
                 &probe,
                 Sink::Capture(kept.clone()),
                 Event::Manual(args),
-                &extra,
+                &extra
+                    .iter()
+                    .map(|d| (d.clone(), d.clone()))
+                    .collect::<Vec<_>>(),
             )
             .await
             .map_err(|source| OfflineError::Call {

@@ -120,6 +120,7 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
             kernel_log_path: config.probes.kernel_log_path.clone(),
             boot_id_path: "/proc/sys/kernel/random/boot_id".into(),
             cursor_dir: config.host.state_dir.join("probe-state"),
+            sources_root: config.probes.sources_root.clone(),
             files_scan_interval: Duration::from_millis(config.probes.probe_scan_interval_ms.get()),
         },
     );

@@ -657,7 +657,7 @@ impl ProbeManager {
                     &probe,
                     &state,
                     Event::Crash(report.clone()),
-                    &[entry.to_owned()],
+                    &[(entry.to_owned(), entry.to_owned())],
                     sink,
                     Quarantine::Exempt,
                 )
@@ -707,7 +707,7 @@ impl ProbeManager {
         probe: &Arc<LoadedProbe>,
         state: &Mutex<ProbeState>,
         event: Event,
-        extra: &[PathBuf],
+        extra: &[(PathBuf, PathBuf)],
     ) -> Result<(), CallError> {
         let sink = telem_sandbox::Sink::Spool(self.ingest.clone());
         self.call_with(probe, state, event, extra, sink, Quarantine::Counts)
@@ -722,6 +722,7 @@ impl ProbeManager {
         probe: &Arc<LoadedProbe>,
         state: &Mutex<ProbeState>,
         event: Event,
+        extra: &[(PathBuf, PathBuf)],
     ) -> bool {
         let mut delay = RETRY_BASE;
         loop {
@@ -734,7 +735,7 @@ impl ProbeManager {
             let held = Arc::new(Mutex::new(Vec::new()));
             let sink = telem_sandbox::Sink::Staged(self.ingest.clone(), held);
             let r = self
-                .call_with(probe, state, event.clone(), &[], sink, Quarantine::Counts)
+                .call_with(probe, state, event.clone(), extra, sink, Quarantine::Counts)
                 .await;
             if r.is_ok() {
                 return true;
@@ -749,7 +750,7 @@ impl ProbeManager {
         probe: &Arc<LoadedProbe>,
         state: &Mutex<ProbeState>,
         event: Event,
-        extra: &[PathBuf],
+        extra: &[(PathBuf, PathBuf)],
         sink: telem_sandbox::Sink,
         quarantine: Quarantine,
     ) -> Result<(), CallError> {

@@ -250,6 +250,11 @@ pub struct ProbesConfig {
     /// or a file or FIFO in its record format (containers, tests).
     #[serde(deserialize_with = "non_empty::path")]
     pub kernel_log_path: PathBuf,
+    /// Where the directories of probes' `files` sources are found: `/`, or
+    /// the host's tree mounted elsewhere (a container). A probe still sees
+    /// them at the path its manifest names.
+    #[serde(deserialize_with = "non_empty::path")]
+    pub sources_root: PathBuf,
     /// The admin's word on each probe (`[probes.NAME]` tables: `enabled`,
     /// `read_paths`, `classifications`, `memory_limit_mib`, `timeout_ms`,
     /// `max_records_per_hour`, `crashes`, `kernel_log`, `state_quota_mib`). The defaults approve what the
@@ -272,6 +277,7 @@ impl Default for ProbesConfig {
             max_component_bytes: Bounded::new(crate::probe_policy::DEFAULT_MAX_COMPONENT_BYTES),
             probe_min_interval_secs: Bounded::new(crate::probe_policy::DEFAULT_MIN_INTERVAL_SECS),
             kernel_log_path: "/dev/kmsg".into(),
+            sources_root: "/".into(),
             probes: shipped_probe_grants(),
         }
     }

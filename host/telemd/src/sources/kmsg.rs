@@ -115,7 +115,12 @@ impl Parser {
             return; // a continuation line (KEY=value) or padding
         }
         let Some(record) = parse_record(line) else {
+            // Not a record: lost, and taken to have used one sequence
+            // number (a gap after it is not counted twice).
             out.push(Item::Skipped(1));
+            if let Some(e) = self.expect.as_mut() {
+                *e += 1;
+            }
             return;
         };
         if self.after.is_some_and(|a| record.seq <= a) {

@@ -44,6 +44,10 @@ pub struct SourceOptions {
     pub boot_id_path: PathBuf,
     /// One cursor file per probe.
     pub cursor_dir: PathBuf,
+    /// Where `files` sources' directories are found on this host: `/`, or
+    /// the host's tree mounted elsewhere (a container, a test). The probe
+    /// sees them at the path its manifest names.
+    pub sources_root: PathBuf,
     /// How often `files` directories are scanned.
     pub files_scan_interval: Duration,
 }
@@ -55,9 +59,9 @@ pub struct Cursors {
     /// The last kernel log record handled, and its boot.
     #[serde(default)]
     pub kernel_log: Option<KernelLogCursor>,
-    /// Per watched directory, the files the probe was told of.
+    /// Per `files` source (`DIR PATTERN`), the files the probe was told of.
     #[serde(default)]
-    pub files: BTreeMap<PathBuf, BTreeSet<files::Found>>,
+    pub files: BTreeMap<String, BTreeSet<files::Found>>,
 }
 
 /// The last kernel log record a probe handled.
@@ -128,7 +132,7 @@ impl CursorFile {
             });
         }
         for w in &probe.grant.files {
-            let told = c.files.get(&w.dir).map_or(0, BTreeSet::len);
+            let told = c.files.get(&watch_key(w)).map_or(0, BTreeSet::len);
             out.push(SourceInfo {
                 source: format!("files {} {}", w.dir.display(), w.pattern),
                 position: format!("{told} file(s) handled and still there"),
@@ -136,6 +140,16 @@ impl CursorFile {
         }
         out
     }
+}
+
+/// The key of a `files` source's cursor.
+pub fn watch_key(w: &FilesWatch) -> String {
+    format!("{} {}", w.dir.display(), w.pattern)
+}
+
+/// Where a source directory named `dir` by a manifest is on this host.
+pub fn on_host(root: &Path, dir: &Path) -> PathBuf {
+    root.join(dir.strip_prefix("/").unwrap_or(dir))
 }
 
 /// The limits of one batch: the manifest's, within the host's caps.
@@ -241,7 +255,7 @@ pub async fn drive_kernel_log(
             continue;
         }
         if !mgr
-            .deliver_batch(&probe, &state, Event::KernelLog(batch))
+            .deliver_batch(&probe, &state, Event::KernelLog(batch), &[])
             .await
         {
             return;
@@ -270,19 +284,22 @@ pub async fn drive_files(
     limits: BatchLimits,
 ) {
     let interval = mgr.source_options().files_scan_interval;
+    let key = watch_key(&watch);
+    let host_dir = on_host(&mgr.source_options().sources_root, &watch.dir);
+    let extra = [(host_dir.clone(), watch.dir.clone())];
     let told = cursors
         .cursors
         .lock()
         .expect("cursor lock")
         .files
-        .get(&watch.dir)
+        .get(&key)
         .cloned()
         .unwrap_or_default();
     let mut w = files::Watch::new(told);
     let (max_items, _) = batch_limits(&limits);
     let mut said = false;
     loop {
-        let (dir, pattern) = (watch.dir.clone(), watch.pattern.clone());
+        let (dir, pattern) = (host_dir.clone(), watch.pattern.clone());
         let scan = tokio::task::spawn_blocking(move || files::scan(&dir, &pattern)).await;
         match scan {
             Ok(Ok(found)) => {
@@ -298,12 +315,12 @@ pub async fn drive_files(
                         })
                         .collect();
                     let event = Event::Files((watch.dir.display().to_string(), notices));
-                    if !mgr.deliver_batch(&probe, &state, event).await {
+                    if !mgr.deliver_batch(&probe, &state, event, &extra).await {
                         return;
                     }
                     w.told.extend(chunk.iter().cloned());
                     let saved = cursors.update(|c| {
-                        c.files.insert(watch.dir.clone(), w.told.clone());
+                        c.files.insert(key.clone(), w.told.clone());
                     });
                     if let Err(e) = saved {
                         tracing::error!(probe = %probe.name, "files cursor not saved: {e}; a restart tells of these files again");
@@ -312,7 +329,7 @@ pub async fn drive_files(
             }
             Ok(Err(e)) => {
                 if !said {
-                    tracing::warn!(probe = %probe.name, "cannot scan {} ({e}); trying again every scan", watch.dir.display());
+                    tracing::warn!(probe = %probe.name, "cannot scan {} ({e}); trying again every scan", host_dir.display());
                     said = true;
                 }
             }
