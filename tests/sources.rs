@@ -521,3 +521,118 @@ fn kernel_oops_counts_repeats_of_a_warning_instead_of_sending_them() {
     // The counts live in the probe's state until their window closes.
     assert!(info(&d, "kernel-oops").state_keys >= 1);
 }
+
+/// A real report's lines as the kernel writes them into a pstore dump:
+/// `<4>[  100.000100] text`, split into parts of at most `part_size` bytes
+/// (the kernel uses its backend's record size, 1 KiB for EFI), part 1
+/// holding the newest lines, each part headed `Panic#1 PartN`. Returns the
+/// parts, part 1 first.
+fn pstore_parts(fixture_name: &str, reason: &str, part_size: usize) -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kernel-log");
+    let text = std::fs::read_to_string(dir.join(fixture_name)).unwrap();
+    let lines: Vec<String> = body(&text)
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("<4>[  100.{:06}] {l}\n", i * 100))
+        .collect();
+    let mut chunks: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    for l in lines.iter().rev() {
+        if cur.len() + l.len() > part_size && !cur.is_empty() {
+            chunks.push(std::mem::take(&mut cur));
+        }
+        cur.insert_str(0, l);
+    }
+    chunks.push(cur);
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| format!("{reason}#1 Part{}\n{c}", i + 1))
+        .collect()
+}
+
+fn expected_of(fixture_name: &str) -> Vec<(String, String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kernel-log");
+    expected(&std::fs::read_to_string(dir.join(fixture_name).with_extension("expected")).unwrap())
+}
+
+#[test]
+fn pstore_reports_each_dump_once_whichever_layout_and_across_restarts() {
+    let (d, _k) = sources_daemon("");
+    std::fs::copy(probe_wasm("pstore"), d.path("probes/pstore.wasm")).unwrap();
+    let root = d.path("root");
+    // systemd-pstore 253+: EFI parts under <seconds>/<count>/ and the
+    // dmesg.txt it joined, oldest part first, headers kept.
+    let panic = pstore_parts("09-kernel-panic-vfs-root.txt", "Panic", 512);
+    assert!(panic.len() >= 2, "a multi-part dump");
+    let archive = root.join("var/lib/systemd/pstore/1682630623/014");
+    std::fs::create_dir_all(&archive).unwrap();
+    let mut joined = String::new();
+    for (i, part) in panic.iter().enumerate().rev() {
+        let name = format!("dmesg-efi_pstore-1682630623{:02}014", i + 1);
+        std::fs::write(archive.join(name), part).unwrap();
+        joined.push_str(part);
+    }
+    std::fs::write(archive.join("dmesg.txt"), &joined).unwrap();
+    // ramoops, moved flat by systemd-pstore; it keeps part 1 only, of its
+    // zone's size.
+    let ramoops = pstore_parts("04-null-deref-new.txt", "Oops", usize::MAX);
+    assert_eq!(ramoops.len(), 1);
+    std::fs::write(
+        root.join("var/lib/systemd/pstore/dmesg-ramoops-0"),
+        &ramoops[0],
+    )
+    .unwrap();
+    // No systemd-pstore run yet for this one: the kernel's own files; and
+    // the panic above again, as the kernel still shows it (Unlink=no).
+    let kernel = root.join("sys/fs/pstore");
+    std::fs::create_dir_all(&kernel).unwrap();
+    for (i, part) in pstore_parts("12-stack-guard-page-overflow.txt", "Oops", 1024)
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(
+            kernel.join(format!("dmesg-efi-1666922861{:02}001", i + 1)),
+            part,
+        )
+        .unwrap();
+    }
+    for (i, part) in panic.iter().enumerate() {
+        std::fs::write(
+            kernel.join(format!("dmesg-efi-1682630623{:02}014", i + 1)),
+            part,
+        )
+        .unwrap();
+    }
+    let mut want = expected_of("09-kernel-panic-vfs-root.txt");
+    want.extend(expected_of("04-null-deref-new.txt"));
+    want.extend(expected_of("12-stack-guard-page-overflow.txt"));
+    want.sort();
+    let got = |d: &TestDaemon| {
+        let mut v: Vec<(String, String, String)> = d
+            .spool_records()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.headers.get(Header::Classification).to_owned(),
+                    r.headers.get(Header::Severity).to_owned(),
+                    r.payload,
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut d = d.spawn();
+    let ok = wait_until(Duration::from_secs(20), || got(&d).len() >= want.len());
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(ok, "{:#?}\n{}", got(&d), d.log());
+    assert_eq!(got(&d), want);
+    d.stop();
+    let d = d.spawn();
+    assert!(wait_until(Duration::from_secs(10), || !info(&d, "pstore")
+        .sources
+        .is_empty()));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(got(&d), want, "reported again after a restart");
+}

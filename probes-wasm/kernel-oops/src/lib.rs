@@ -1,48 +1,122 @@
-//! The logic of the kernel-oops probe (the legacy klogscanner), as a plain
-//! library that builds for `wasm32-wasip2` (the probe) and natively (its
-//! tests): reports assembled from kernel log lines ([`assemble`]), what
-//! starts one ([`patterns`]), their records ([`payload`]) and the counting
-//! of repeats ([`repeats`]). The host hands the lines; nothing here opens
-//! a file.
-#![warn(missing_docs)]
+//! The kernel-oops probe (the legacy klogscanner) as a component: the
+//! parsing is the `kernel-report` crate's. The kernel log is handed by the host, the assembler's open
+//! report, the repeat counts and the count of skipped lines kept in the
+//! probe's state between calls (written only if the call succeeds, with
+//! the records: a batch handed again after a failure starts from the same
+//! state).
 
-pub mod assemble;
-pub mod patterns;
-pub mod payload;
-pub mod repeats;
+use telemetrics_probe_sdk::{
+    export_probe, log, state, BatchLimits, Event, Manifest, Probe, Record, Source, Trigger,
+};
 
-#[cfg(target_family = "wasm")]
-mod probe;
+use kernel_report::assemble::Assembler;
+use kernel_report::repeats::Repeats;
+use kernel_report::Outgoing;
 
-/// A record to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outgoing {
-    /// Classification.
-    pub classification: String,
-    /// Severity, 1 to 4.
-    pub severity: u8,
-    /// Payload (legacy layout).
-    pub payload: String,
+const OPEN: &str = "open-report";
+const REPEATS: &str = "repeats";
+const SKIPPED: &str = "skipped";
+
+struct KernelOops;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-/// Turns finished reports into records, counting repeats of one already
-/// sent within [`repeats::WINDOW_SECS`] instead of sending them again.
-pub fn records_of(
-    reports: Vec<assemble::Report>,
-    seen: &mut repeats::Repeats,
-    now_secs: u64,
-) -> Vec<Outgoing> {
-    let mut out = Vec::new();
-    for r in reports {
-        let p = r.pattern;
-        if seen.count(p.classification, &r.lines[0].1, now_secs) {
-            continue;
-        }
-        out.push(Outgoing {
-            classification: p.classification.to_owned(),
-            severity: p.severity,
-            payload: payload::payload(&r),
-        });
+fn send(o: &Outgoing) -> Result<(), String> {
+    Record::new(o.classification.clone())
+        .severity(o.severity)
+        .payload(o.payload.clone())
+        .send()
+        .map(|_| ())
+        .map_err(|e| format!("record {} not taken: {e}", o.classification))
+}
+
+fn save(key: &str, bytes: &[u8]) -> Result<(), String> {
+    if bytes.is_empty() {
+        state::delete(key)
+    } else {
+        state::set(key, bytes)
     }
-    out
+    .map_err(|e| format!("state {key}: {e}"))
 }
+
+fn skipped_so_far() -> u64 {
+    state::get(SKIPPED)
+        .and_then(|v| v.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+impl Probe for KernelOops {
+    fn describe() -> Manifest {
+        Manifest {
+            name: "kernel-oops".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description:
+                "Kernel oopses, warnings, BUGs, panics and BERT reports from the kernel log".into(),
+            classifications: vec![
+                "org.clearlinux/kernel/*".into(),
+                "org.clearlinux/bert/*".into(),
+                "org.clearlinux/kernel-oops/*".into(),
+            ],
+            // The tick ends a report the log went quiet after and sends the
+            // counts of repeats and skipped lines.
+            triggers: vec![Trigger::Interval(60)],
+            read_paths: vec![],
+            max_records_per_hour: 120,
+            sources: vec![Source::KernelLog(BatchLimits {
+                max_items: 512,
+                max_bytes: 128 << 10,
+            })],
+        }
+    }
+
+    fn handle(event: Event) -> Result<(), String> {
+        let mut asm = Assembler::decode(&state::get(OPEN).unwrap_or_default());
+        let mut repeats = Repeats::decode(&state::get(REPEATS).unwrap_or_default());
+        let mut reports = Vec::new();
+        let now = now_secs();
+        let mut out = Vec::new();
+        match event {
+            Event::KernelLog(batch) => {
+                for line in &batch.lines {
+                    asm.push(line.usec, &line.text, &mut reports);
+                }
+                if batch.skipped > 0 {
+                    let total = skipped_so_far().saturating_add(batch.skipped);
+                    save(SKIPPED, &total.to_le_bytes())?;
+                }
+            }
+            Event::Timer => {
+                asm.tick(&mut reports);
+                out.extend(repeats.expire(now).iter().map(Repeats::summary));
+                let skipped = skipped_so_far();
+                if skipped > 0 {
+                    out.push(Outgoing {
+                        classification: "org.clearlinux/kernel-oops/skipped".into(),
+                        severity: 2,
+                        payload: format!(
+                            "Kernel log records lost before they were read (overwritten in the kernel's ring or malformed): {skipped}\n"
+                        ),
+                    });
+                    save(SKIPPED, &[])?;
+                }
+            }
+            Event::Start | Event::Manual(_) | Event::Crash(_) | Event::Files(_) => {}
+        }
+        out.extend(kernel_report::records_of(reports, &mut repeats, now));
+        for o in &out {
+            send(o)?;
+        }
+        if !out.is_empty() {
+            log::info(&format!("{} record(s) sent", out.len()));
+        }
+        save(OPEN, &asm.encode())?;
+        save(REPEATS, &repeats.encode())?;
+        Ok(())
+    }
+}
+
+export_probe!(KernelOops);

@@ -4,13 +4,13 @@
 //! classification, severity and every payload line. Lines are fed as the
 //! host hands them, with the kernel time growing by 1 ms per line.
 //!
-//! `BLESS=1 cargo test -p kernel-oops --test real_reports` writes the
+//! `BLESS=1 cargo test -p kernel-report --test real_reports` writes the
 //! `.expected` files from the current code; read the diff before keeping it.
 
 use std::path::{Path, PathBuf};
 
-use kernel_oops::assemble::Assembler;
-use kernel_oops::repeats::Repeats;
+use kernel_report::assemble::Assembler;
+use kernel_report::repeats::Repeats;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/kernel-log")
@@ -36,7 +36,7 @@ fn render(text: &str) -> String {
     asm.finish(&mut reports);
     let mut repeats = Repeats::default();
     let mut out = String::new();
-    for r in kernel_oops::records_of(reports, &mut repeats, 0) {
+    for r in kernel_report::records_of(reports, &mut repeats, 0) {
         out.push_str(&format!(
             "=== {} {}\n{}",
             r.classification, r.severity, r.payload
