@@ -24,8 +24,10 @@ if [ -z "$from" ]; then
   from=target/release
 fi
 probes=probes-wasm/target/wasm32-wasip2/release
-{ [ -f "$probes/hello.wasm" ] && [ -f "$probes/crash_symbolizer.wasm" ]; } ||
-  (cd probes-wasm && cargo build --target wasm32-wasip2 --release -p hello -p crash-symbolizer)
+shipped="hello crash_symbolizer kernel_oops pstore"
+for p in $shipped; do [ -f "$probes/$p.wasm" ] || missing=1; done
+[ -z "${missing:-}" ] ||
+  (cd probes-wasm && cargo build --target wasm32-wasip2 --release -p hello -p crash-symbolizer -p kernel-oops -p pstore)
 
 root="${DESTDIR:-}"
 bindir="$prefix/bin"
@@ -39,8 +41,9 @@ for u in telemd.service telemd.socket; do
 done
 install -Dm644 systemd/telemetry.sysusers.conf "$root$prefix/lib/sysusers.d/telemetry.conf"
 install -Dm644 systemd/telemetry.tmpfiles.conf "$root$prefix/lib/tmpfiles.d/telemetry.conf"
-install -Dm644 "$probes/hello.wasm" "$root$prefix/lib/telemetry/probes/hello.wasm"
-install -Dm644 "$probes/crash_symbolizer.wasm" "$root$prefix/lib/telemetry/probes/crash-symbolizer.wasm"
+for p in $shipped; do
+  install -Dm644 "$probes/$p.wasm" "$root$prefix/lib/telemetry/probes/$(echo "$p" | tr _ -).wasm"
+done
 install -d "$root$prefix/lib/sysctl.d"
 sed "s|@bindir@|$bindir|g" systemd/60-telem-crash-handler.conf.in > "$root$prefix/lib/sysctl.d/60-telem-crash-handler.conf"
 chmod 644 "$root$prefix/lib/sysctl.d/60-telem-crash-handler.conf"

@@ -27,7 +27,7 @@ cargo fmt --all -- --check
 (cd probes-wasm && cargo fmt --all -- --check)
 cargo clippy --workspace --all-targets -- -D warnings
 (cd probes-wasm && cargo clippy --target wasm32-wasip2 --release -- -D warnings)
-(cd probes-wasm && cargo clippy -p crash-symbolizer --all-targets -- -D warnings)
+(cd probes-wasm && cargo clippy -p crash-symbolizer -p kernel-report -p pstore --all-targets -- -D warnings)
 (cd probes-wasm && cargo build --target wasm32-wasip2 --release)
 # The programs that link the core crate alone stay small: the crash handler
 # runs as root for every crash (tests/dependency_tree.rs checks what they
@@ -51,6 +51,9 @@ as_root=()
 status=0
 cargo test --workspace --no-fail-fast "${as_root[@]}" 2>&1 | tee "$log" || status=1
 (cd probes-wasm && cargo test -p crash-symbolizer --lib --tests) 2>&1 | tee -a "$log" || status=1
+# The kernel report parser and the pstore probe's logic, natively: every
+# real report in tests/fixtures/kernel-log against its expected records.
+(cd probes-wasm && cargo test -p kernel-report -p pstore) 2>&1 | tee -a "$log" || status=1
 (cd probes-wasm && cargo test -p crash-symbolizer --lib --target i686-unknown-linux-gnu) 2>&1 | tee -a "$log" || status=1
 # One closing line with the totals of every test binary above.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1); if ($(i) ~ /^ignored/) g += $(i-1) } }

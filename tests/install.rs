@@ -47,6 +47,8 @@ fn destdir_install_yields_the_packaged_tree() {
         ("lib/sysusers.d/telemetry.conf", 0o644),
         ("lib/tmpfiles.d/telemetry.conf", 0o644),
         ("lib/telemetry/probes/hello.wasm", 0o644),
+        ("lib/telemetry/probes/kernel-oops.wasm", 0o644),
+        ("lib/telemetry/probes/pstore.wasm", 0o644),
         ("share/defaults/telemetrics/telemd.toml", 0o644),
         ("share/man/man8/telemd.8", 0o644),
         ("share/man/man1/telemctl.1", 0o644),
@@ -64,6 +66,17 @@ fn destdir_install_yields_the_packaged_tree() {
     assert!(!unit.contains("@bindir@"));
     for ceiling in ["\nMemoryMax=", "\nTasksMax=", "\nLimitNOFILE="] {
         assert!(unit.contains(ceiling), "the unit sets {ceiling:?}: {unit}");
+    }
+    // What the kernel log source needs, and only that: /dev/kmsg bound in
+    // and allowed read-only, CAP_SYSLOG as the one capability.
+    for line in [
+        "\nBindReadOnlyPaths=-/dev/kmsg\n",
+        "\nDeviceAllow=/dev/kmsg r\n",
+        "\nAmbientCapabilities=CAP_SYSLOG\n",
+        "\nCapabilityBoundingSet=CAP_SYSLOG\n",
+        "\nPrivateDevices=yes\n",
+    ] {
+        assert!(unit.contains(line), "the unit has {line:?}: {unit}");
     }
     let sysctl =
         std::fs::read_to_string(root.join("lib/sysctl.d/60-telem-crash-handler.conf")).unwrap();
@@ -129,4 +142,29 @@ fn installed_units_pass_systemd_analyze_verify() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_installed_unit_is_exposed_no_more_than_1_7() {
+    let dest = tempfile::tempdir().unwrap();
+    install(Some(dest.path()), Path::new("/usr"));
+    let unit = dest.path().join("usr/lib/systemd/system/telemd.service");
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let level: f64 = text
+        .lines()
+        .find_map(|l| l.split("exposure level for telemd.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(level <= 1.7, "exposure {level} is above 1.7:\n{text}");
 }
