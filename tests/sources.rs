@@ -251,7 +251,9 @@ fn a_kernel_log_source_that_vanishes_is_waited_for_and_followed_again() {
 #[test]
 fn state_survives_restarts_holds_its_quota_and_is_cleared_by_reset() {
     let (d, mut k) = echo_daemon("state_quota_mib = 1\n");
-    k.lines(["count", "fill 512", "fill 2048"]);
+    // `count` last: however the reader splits them into batches, it
+    // counts all three.
+    k.lines(["fill 512", "fill 2048", "count"]);
     let mut d = d.spawn();
     wait_payloads(
         &d,

@@ -397,3 +397,168 @@ pub fn strip_prefix(line: &str) -> &str {
     }
     rest
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WARN: [&str; 7] = [
+        "WARNING: CPU: 1 PID: 42 at drivers/foo/foo.c:99 foo_probe+0x1c/0x30 [foo]",
+        "CPU: 1 PID: 42 Comm: insmod Not tainted 6.1.0 #1",
+        "Call Trace:",
+        " <TASK>",
+        " do_one_initcall+0x4e/0x190",
+        " </TASK>",
+        "---[ end trace 0000000000000000 ]---",
+    ];
+
+    fn feed(asm: &mut Assembler, lines: &[&str], out: &mut Vec<Report>) {
+        for (i, l) in lines.iter().enumerate() {
+            asm.push(1_000_000 + i as u64, l, out);
+        }
+    }
+
+    #[test]
+    fn a_report_split_across_calls_is_the_report_read_in_one() {
+        let mut whole = Vec::new();
+        feed(&mut Assembler::default(), &WARN, &mut whole);
+        for cut in 1..WARN.len() {
+            let mut out = Vec::new();
+            let mut a = Assembler::default();
+            feed(&mut a, &WARN[..cut], &mut out);
+            let mut b = Assembler::decode(&a.encode());
+            assert_eq!(a, b, "cut at {cut}");
+            feed(&mut b, &WARN[cut..], &mut out);
+            assert_eq!(out, whole, "cut at {cut}");
+        }
+        assert_eq!(whole.len(), 1);
+        assert_eq!(
+            whole[0]
+                .lines
+                .iter()
+                .filter(|(k, _)| *k == Kind::Trace)
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_report_the_log_went_quiet_after_ends_at_the_second_tick() {
+        let mut a = Assembler::default();
+        let mut out = Vec::new();
+        feed(&mut a, &WARN[..5], &mut out);
+        a.tick(&mut out);
+        assert!(out.is_empty() && a.is_open());
+        a.tick(&mut out);
+        assert_eq!(out.len(), 1);
+        assert!(!a.is_open());
+    }
+
+    #[test]
+    fn reports_end_at_the_line_cap_at_strays_and_at_a_quiet_gap() {
+        let mut out = Vec::new();
+        let mut a = Assembler::default();
+        a.push(0, "Call Trace:", &mut out);
+        assert!(!a.is_open(), "a trace alone starts nothing");
+        a.push(0, "BUG: soft lockup - CPU#0 stuck for 22s!", &mut out);
+        for i in 0..MAX_LINES * 2 {
+            a.push(
+                i as u64,
+                "RAX: 0000000000000000 RBX: 0000000000000001",
+                &mut out,
+            );
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].lines.len(), MAX_LINES);
+        out.clear();
+        a.push(0, "BUG: scheduling while atomic: x/1/0x2", &mut out);
+        for _ in 0..MAX_STRAY {
+            a.push(1, "usb 1-1: new high-speed USB device", &mut out);
+        }
+        assert_eq!(out.len(), 1, "{MAX_STRAY} unrelated lines in a row end it");
+        assert_eq!(out[0].lines.len(), 1);
+        out.clear();
+        a.push(0, "BUG: scheduling while atomic: x/1/0x2", &mut out);
+        a.push(
+            QUIET_GAP_USEC + 1,
+            "CPU: 0 PID: 1 Comm: x Not tainted 6.1.0 #1",
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "a line after a quiet gap is not part of it");
+        assert!(!a.is_open());
+    }
+
+    #[test]
+    fn one_line_reports_and_bert_blocks() {
+        let mut out = Vec::new();
+        let mut a = Assembler::default();
+        a.push(
+            0,
+            "ACPI Error: AE_NOT_FOUND, While resolving a named reference",
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert!(!a.is_open());
+        a.push(0, "BERT: Error records from previous boot:", &mut out);
+        a.push(0, "[Hardware Error]: event severity: fatal", &mut out);
+        a.push(
+            0,
+            "BUG: unable to handle page fault for address: 0",
+            &mut out,
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].lines.len(), 2);
+        assert!(
+            a.is_open(),
+            "the line that ended the BERT block starts its own report"
+        );
+    }
+
+    #[test]
+    fn the_netdev_watchdog_line_of_later_6x_kernels_is_a_warning() {
+        // `netdev_crit(dev, "NETDEV WATCHDOG: CPU: %d: transmit queue %u
+        // timed out %u ms\n", ...)`: the device comes first, no stack.
+        let line = "r8169 0000:03:00.0 enp3s0: NETDEV WATCHDOG: CPU: 1: transmit queue 0 timed out 5812 ms";
+        let mut out = Vec::new();
+        let mut a = Assembler::default();
+        a.push(0, line, &mut out);
+        a.push(
+            QUIET_GAP_USEC + 1,
+            "r8169 0000:03:00.0 enp3s0: Link is Up",
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].pattern.classification,
+            "org.clearlinux/kernel/warning"
+        );
+        assert_eq!(out[0].lines, vec![(Kind::Other, line.to_owned())]);
+    }
+
+    #[test]
+    fn damaged_state_is_an_empty_state() {
+        for bad in [
+            &b"2 0 0 0 0 0 0\n"[..],
+            b"1 9999 0 0 0 0 0\n",
+            b"1 0 0\n",
+            b"\xff",
+            b"1 0 0 0 0 0 0\nXline\n",
+        ] {
+            assert_eq!(Assembler::decode(bad), Assembler::default(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prefixes_of_dumps_go_and_bracketed_words_stay() {
+        assert_eq!(strip_prefix("<4>[  100.000100] text"), "text");
+        assert_eq!(
+            strip_prefix("<4>[  100.000100]  frame+0x1/0x2"),
+            " frame+0x1/0x2"
+        );
+        assert_eq!(
+            strip_prefix("[Hardware Error]: event"),
+            "[Hardware Error]: event"
+        );
+        assert_eq!(strip_prefix("<12345>x"), "<12345>x");
+    }
+}

@@ -11,7 +11,6 @@ pub mod patterns;
 pub mod payload;
 pub mod repeats;
 
-
 /// A record to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outgoing {

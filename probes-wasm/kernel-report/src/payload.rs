@@ -251,3 +251,81 @@ fn push_line(out: &mut String, line: &str) {
         out.push('\n');
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assemble::Assembler;
+
+    fn report(lines: &[&str]) -> Report {
+        let mut a = Assembler::default();
+        let mut out = Vec::new();
+        for l in lines {
+            a.push(0, l, &mut out);
+        }
+        a.finish(&mut out);
+        out.remove(0)
+    }
+
+    #[test]
+    fn versions_and_taints_of_each_kernel_generation() {
+        let cases = [
+            ("CPU: 1 PID: 42 Comm: insmod Tainted: G           O    4.14.0-clear #1", "4.14.0-clear #1", "G           O"),
+            ("CPU: 3 PID: 1 Comm: swapper/0 Not tainted 6.6.31-o4 #1", "6.6.31-o4 #1", "Not tainted"),
+            ("CPU: 2 PID: 0 Comm: swapper/2 Not tainted 6.4.0-1-amd64 #1  Debian 6.4.4-2", "6.4.0-1-amd64 #1  Debian 6.4.4-2", "Not tainted"),
+            ("CPU: 0 UID: 0 PID: 1 Comm: init Tainted: G        W          6.14.0 #1 PREEMPT(voluptuous)", "6.14.0 #1 PREEMPT(voluptuous)", "G        W"),
+        ];
+        for (line, v, t) in cases {
+            assert_eq!(
+                version_and_taint(line),
+                (Some(v.into()), Some(t.into())),
+                "{line}"
+            );
+        }
+        assert_eq!(version_and_taint("CPU: 0 PID: 1 Comm: x"), (None, None));
+    }
+
+    #[test]
+    fn frames_of_every_form() {
+        assert_eq!(
+            frame(" do_one_initcall+0x4e/0x190"),
+            Some(("do_one_initcall".into(), "kernel".into()))
+        );
+        assert_eq!(
+            frame(" ? foo_probe+0x1c/0x30 [foo]"),
+            Some(("? foo_probe".into(), "foo".into()))
+        );
+        assert_eq!(
+            frame(" [<ffffffff810a1234>] warn_slowpath+0x12/0x34"),
+            Some(("warn_slowpath".into(), "kernel".into()))
+        );
+        assert_eq!(
+            frame(" spin_lock include/linux/spinlock.h:351 [inline]"),
+            Some(("spin_lock".into(), "kernel".into()))
+        );
+        assert_eq!(frame(" <TASK>"), None);
+        assert_eq!(frame("not indented+0x1/0x2"), None);
+    }
+
+    #[test]
+    fn the_payload_stays_printable_and_within_the_record_limit() {
+        let mut lines = vec![
+            "WARNING: CPU: 0 PID: 1 at f.c:1 f+0x1/0x2 — naïve".to_owned(),
+            "Call Trace:".to_owned(),
+        ];
+        lines.extend((0..150).map(|i| {
+            format!(
+                " a_rather_long_function_name_number_{i:04}_of_the_trace+0x10/0x20 [some_module]"
+            )
+        }));
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let p = payload(&report(&refs));
+        assert!(p.len() <= MAX_PAYLOAD, "{} bytes", p.len());
+        assert!(p.bytes().all(|b| b == b'\n' || (0x20..0x7f).contains(&b)));
+        assert!(
+            p.contains("Reason: WARNING: CPU: 0 PID: 1 at f.c:1 f+0x1/0x2 ? na?ve\n"),
+            "{p}"
+        );
+        assert!(p.ends_with(" - [some_module]\n"), "whole frames only");
+    }
+}

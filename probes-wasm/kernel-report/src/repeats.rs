@@ -148,3 +148,54 @@ impl Repeats {
         Repeats { seen }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: &str = "org.clearlinux/kernel/warning";
+
+    #[test]
+    fn the_same_warning_on_another_cpu_is_counted_until_its_window_ends() {
+        let mut r = Repeats::default();
+        let a = "WARNING: CPU: 0 PID: 10 at net/core/dev.c:3244 skb_warn_bad_offload+0x7a/0x110";
+        let b = "WARNING: CPU: 3 PID: 77 at net/core/dev.c:3244 skb_warn_bad_offload+0x7a/0x110";
+        assert!(!r.count(W, a, 1000), "the first is sent");
+        assert!(r.count(W, b, 1001));
+        assert!(r.count(W, a, 1000 + WINDOW_SECS - 1));
+        assert!(!r.count(W, "WARNING: CPU: 0 PID: 1 at other.c:1 f+0x1/0x2", 1002));
+        assert!(
+            !r.count("org.clearlinux/kernel/bug", a, 1002),
+            "another classification"
+        );
+        assert!(r.expire(1000 + WINDOW_SECS - 1).is_empty());
+        let over = r.expire(1000 + WINDOW_SECS);
+        assert_eq!(over.len(), 1);
+        assert_eq!(over[0].count, 2);
+        let s = Repeats::summary(&over[0]);
+        assert_eq!((s.classification.as_str(), s.severity), (W, 2));
+        assert!(
+            s.payload
+                .ends_with("Repeated : 2 more time(s) within 3600 s of the first report\n"),
+            "{}",
+            s.payload
+        );
+        // After the window, it is sent again.
+        assert!(!r.count(W, a, 1000 + WINDOW_SECS + 1));
+    }
+
+    #[test]
+    fn tracking_is_bounded_and_survives_encoding() {
+        let mut r = Repeats::default();
+        for i in 0..MAX_TRACKED + 10 {
+            let reason = format!("WARNING: at {}", "x".repeat(i % 7 + 1) + &"y".repeat(i / 7));
+            r.count(W, &reason, 5);
+        }
+        assert_eq!(r.seen.len(), MAX_TRACKED);
+        r.seen[0].reason.push_str("\twith a tab");
+        let back = Repeats::decode(&r.encode());
+        assert_eq!(back.seen.len(), MAX_TRACKED);
+        assert_eq!(back.seen[1], r.seen[1]);
+        assert!(Repeats::decode(b"garbage\n1\t2\n").seen.is_empty());
+    }
+}

@@ -98,7 +98,10 @@ pub fn join_parts(mut parts: Vec<(u32, String)>) -> String {
 
 /// The kernel time of a `[ 12.345678]` prefix, in µs.
 fn timestamp_usec(line: &str) -> Option<u64> {
-    let line = line.strip_prefix('<').and_then(|l| l.split_once('>')).map_or(line, |(_, r)| r);
+    let line = line
+        .strip_prefix('<')
+        .and_then(|l| l.split_once('>'))
+        .map_or(line, |(_, r)| r);
     let ts = line.strip_prefix('[')?.split_once(']')?.0.trim();
     let (s, us) = ts.split_once('.')?;
     Some(s.parse::<u64>().ok()? * 1_000_000 + us.parse::<u64>().ok()?)
@@ -129,7 +132,10 @@ pub fn records(text: &str) -> Vec<Outgoing> {
 /// from a new one. Not a defence against anyone: the kernel wrote it.
 pub fn digest(text: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for line in text.lines().filter(|l| !is_part_header(l) && !(l.starts_with("dmesg-") && l.ends_with(':'))) {
+    for line in text
+        .lines()
+        .filter(|l| !is_part_header(l) && !(l.starts_with("dmesg-") && l.ends_with(':')))
+    {
         for b in line.bytes().chain(std::iter::once(b'\n')) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -145,11 +151,20 @@ mod tests {
     #[test]
     fn names_of_the_kernels_dumps() {
         let (k, part) = parse_name("dmesg-efi-166692286102001").unwrap();
-        assert_eq!((k.backend.as_str(), k.dump.as_str(), part), ("efi", "1666922861-1", 2));
+        assert_eq!(
+            (k.backend.as_str(), k.dump.as_str(), part),
+            ("efi", "1666922861-1", 2)
+        );
         let (k, part) = parse_name("dmesg-efi_pstore-168263062301014").unwrap();
-        assert_eq!((k.backend.as_str(), k.dump.as_str(), part), ("efi_pstore", "1682630623-14", 1));
+        assert_eq!(
+            (k.backend.as_str(), k.dump.as_str(), part),
+            ("efi_pstore", "1682630623-14", 1)
+        );
         let (k, part) = parse_name("dmesg-ramoops-0").unwrap();
-        assert_eq!((k.backend.as_str(), k.dump.as_str(), part), ("ramoops", "0", 1));
+        assert_eq!(
+            (k.backend.as_str(), k.dump.as_str(), part),
+            ("ramoops", "0", 1)
+        );
         assert_eq!(parse_name("dmesg-ramoops-0.enc.z"), None);
         assert_eq!(parse_name("console-ramoops-0"), None);
         assert_eq!(parse_name("dmesg-efi-"), None);
@@ -166,8 +181,10 @@ mod tests {
 
     #[test]
     fn parts_join_oldest_text_first() {
-        let joined = join_parts(vec![(1, "Panic#1 Part1\nnew\n".into()), (2, "Panic#1 Part2\nold".into())]);
+        let joined = join_parts(vec![
+            (1, "Panic#1 Part1\nnew\n".into()),
+            (2, "Panic#1 Part2\nold".into()),
+        ]);
         assert_eq!(joined, "Panic#1 Part2\nold\nPanic#1 Part1\nnew\n");
     }
 }
-

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use telemetrics_probe_sdk::{
-    export_probe, log, state, BatchLimits, Event, FileNotice, FilesSource, Manifest, Probe,
-    Record, Source,
+    export_probe, log, state, BatchLimits, Event, FileNotice, FilesSource, Manifest, Probe, Record,
+    Source,
 };
 
 use crate::{digest, join_parts, parse_name, records, DumpKey};
@@ -62,7 +62,10 @@ fn dumps(dir: &str, notices: &[FileNotice]) -> Vec<(String, String)> {
     }
     for (key, parent) in keys {
         let Ok(entries) = std::fs::read_dir(&parent) else {
-            log::warn(&format!("{parent}: cannot list the parts of dump {}", key.dump));
+            log::warn(&format!(
+                "{parent}: cannot list the parts of dump {}",
+                key.dump
+            ));
             continue;
         };
         let mut parts = Vec::new();
@@ -78,7 +81,10 @@ fn dumps(dir: &str, notices: &[FileNotice]) -> Vec<(String, String)> {
             }
         }
         if !parts.is_empty() {
-            out.push((format!("{parent}/dmesg-{}-{}", key.backend, key.dump), join_parts(parts)));
+            out.push((
+                format!("{parent}/dmesg-{}-{}", key.backend, key.dump),
+                join_parts(parts),
+            ));
         }
     }
     out
