@@ -558,35 +558,62 @@ fn expected_of(fixture_name: &str) -> Vec<(String, String, String)> {
     expected(&std::fs::read_to_string(dir.join(fixture_name).with_extension("expected")).unwrap())
 }
 
+/// A real dump pasted as its parts (`tests/fixtures/pstore/`): (part
+/// number, text with its `Panic#1 PartN` header).
+fn real_dump_parts(fixture_name: &str) -> Vec<(u32, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pstore");
+    let text = std::fs::read_to_string(dir.join(fixture_name)).unwrap();
+    let mut out: Vec<(u32, String)> = Vec::new();
+    for l in body(&text) {
+        if let Some(n) = l.split_once("#1 Part").and_then(|(_, n)| n.parse().ok()) {
+            out.push((n, String::new()));
+        }
+        let part = &mut out.last_mut().unwrap().1;
+        part.push_str(l);
+        part.push('\n');
+    }
+    out
+}
+
+fn pstore_expected(fixture_name: &str) -> Vec<(String, String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pstore");
+    expected(&std::fs::read_to_string(dir.join(fixture_name).with_extension("expected")).unwrap())
+}
+
 #[test]
 fn pstore_reports_each_dump_once_whichever_layout_and_across_restarts() {
     let (d, _k) = sources_daemon("");
     std::fs::copy(probe_wasm("pstore"), d.path("probes/pstore.wasm")).unwrap();
     let root = d.path("root");
-    // systemd-pstore 253+: EFI parts under <seconds>/<count>/ and the
-    // dmesg.txt it joined, oldest part first, headers kept.
-    let panic = pstore_parts("09-kernel-panic-vfs-root.txt", "Panic", 512);
-    assert!(panic.len() >= 2, "a multi-part dump");
-    let archive = root.join("var/lib/systemd/pstore/1682630623/014");
+    // systemd-pstore 253+: a real 18-part EFI panic dump under
+    // <seconds>/<count>/, with the dmesg.txt it joins, oldest part first,
+    // headers kept.
+    let panic = real_dump_parts("01-efi-ath11k-panic-multipart.txt");
+    assert_eq!(panic.len(), 18);
+    let archive = root.join("var/lib/systemd/pstore/1674425560/001");
     std::fs::create_dir_all(&archive).unwrap();
     let mut joined = String::new();
-    for (i, part) in panic.iter().enumerate().rev() {
-        let name = format!("dmesg-efi_pstore-1682630623{:02}014", i + 1);
-        std::fs::write(archive.join(name), part).unwrap();
+    for (n, part) in panic.iter().rev() {
+        std::fs::write(
+            archive.join(format!("dmesg-efi_pstore-1674425560{n:02}001")),
+            part,
+        )
+        .unwrap();
         joined.push_str(part);
     }
     std::fs::write(archive.join("dmesg.txt"), &joined).unwrap();
-    // ramoops, moved flat by systemd-pstore; it keeps part 1 only, of its
-    // zone's size.
-    let ramoops = pstore_parts("04-null-deref-new.txt", "Oops", usize::MAX);
+    // A real ramoops dump, moved flat by systemd-pstore.
+    let ramoops = real_dump_parts("02-ramoops-kernelsu-oops-single.txt");
     assert_eq!(ramoops.len(), 1);
     std::fs::write(
         root.join("var/lib/systemd/pstore/dmesg-ramoops-0"),
-        &ramoops[0],
+        &ramoops[0].1,
     )
     .unwrap();
-    // No systemd-pstore run yet for this one: the kernel's own files; and
-    // the panic above again, as the kernel still shows it (Unlink=no).
+    // No systemd-pstore run yet for this one: the kernel's own files, a
+    // real stack overflow split as the kernel splits a dump; and the panic
+    // above again, as the kernel still shows it (systemd-pstore's
+    // Unlink=no): one dump, one report.
     let kernel = root.join("sys/fs/pstore");
     std::fs::create_dir_all(&kernel).unwrap();
     for (i, part) in pstore_parts("12-stack-guard-page-overflow.txt", "Oops", 1024)
@@ -599,15 +626,15 @@ fn pstore_reports_each_dump_once_whichever_layout_and_across_restarts() {
         )
         .unwrap();
     }
-    for (i, part) in panic.iter().enumerate() {
+    for (n, part) in &panic {
         std::fs::write(
-            kernel.join(format!("dmesg-efi-1682630623{:02}014", i + 1)),
+            kernel.join(format!("dmesg-efi_pstore-1674425560{n:02}001")),
             part,
         )
         .unwrap();
     }
-    let mut want = expected_of("09-kernel-panic-vfs-root.txt");
-    want.extend(expected_of("04-null-deref-new.txt"));
+    let mut want = pstore_expected("01-efi-ath11k-panic-multipart.txt");
+    want.extend(pstore_expected("02-ramoops-kernelsu-oops-single.txt"));
     want.extend(expected_of("12-stack-guard-page-overflow.txt"));
     want.sort();
     let got = |d: &TestDaemon| {

@@ -188,7 +188,7 @@ impl Assembler {
             self.finish(out);
             return;
         }
-        if let Some(next) = patterns::start_of(line) {
+        if let Some(next) = patterns::start_of(line).filter(|p| !p.only_when_idle) {
             // A warning's message line is followed by the WARNING that
             // carries its trace (`NETDEV WATCHDOG: ...` then `WARNING: CPU:
             // ...`), a corruption report by the BUG it triggers: one
@@ -375,8 +375,9 @@ impl Assembler {
 }
 
 /// Removes what the kernel puts before a message in a dump (pstore) or a
-/// `dmesg` copy: `<N>` and `[ seconds.micros]` and one space after them.
-/// Only a bracket group that is a timestamp is removed, so
+/// `dmesg` copy: `<N>`, `[ seconds.micros]`, the caller id of kernels
+/// built with `CONFIG_PRINTK_CALLER` (`[    C2]`, `[  T123]`) and one
+/// space after them. Only bracket groups of those forms are removed, so
 /// `[Hardware Error]:` stays.
 pub fn strip_prefix(line: &str) -> &str {
     let mut rest = line;
@@ -391,7 +392,17 @@ pub fn strip_prefix(line: &str) -> &str {
         if let Some((ts, r)) = r.split_once(']') {
             let t = ts.trim();
             if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-                rest = r.strip_prefix(' ').unwrap_or(r);
+                rest = r;
+                if let Some((caller, r)) = rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+                    let c = caller.trim();
+                    if c.len() >= 2
+                        && (c.starts_with('C') || c.starts_with('T'))
+                        && c[1..].bytes().all(|b| b.is_ascii_digit())
+                    {
+                        rest = r;
+                    }
+                }
+                rest = rest.strip_prefix(' ').unwrap_or(rest);
             }
         }
     }
@@ -560,5 +571,17 @@ mod tests {
             "[Hardware Error]: event"
         );
         assert_eq!(strip_prefix("<12345>x"), "<12345>x");
+        assert_eq!(
+            strip_prefix("<4>[  105.480943][    C2] RSP: 0018"),
+            "RSP: 0018"
+        );
+        assert_eq!(
+            strip_prefix("<4>[  105.480943][  T412]  frame+0x1/0x2"),
+            " frame+0x1/0x2"
+        );
+        assert_eq!(
+            strip_prefix("<4>[  105.480943][Hardware Error]: x"),
+            "[Hardware Error]: x"
+        );
     }
 }

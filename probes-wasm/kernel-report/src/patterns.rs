@@ -27,6 +27,10 @@ pub struct Pattern {
     pub single_line: bool,
     /// Whether the legacy parser knew it.
     pub legacy: bool,
+    /// Whether it starts a report only when none is open (arm64's
+    /// `Internal error: Oops: ...` line follows `Unable to handle kernel
+    /// ...` inside one report, and heads one of its own otherwise).
+    pub only_when_idle: bool,
 }
 
 const WARNING: &str = "org.clearlinux/kernel/warning";
@@ -42,6 +46,7 @@ const fn p(start: Match, classification: &'static str, severity: u8, legacy: boo
         severity,
         single_line: false,
         legacy,
+        only_when_idle: false,
     }
 }
 
@@ -85,6 +90,16 @@ pub static PATTERNS: &[Pattern] = &[
     // arm64 and other architectures: `Unable to handle kernel NULL pointer
     // dereference at virtual address ...`.
     p(Prefix("Unable to handle kernel "), BUG, 4, false),
+    // arm64 and others: `Internal error: undefined instruction: 0 [#1]`
+    // (a BUG() or an undefined instruction).
+    Pattern {
+        start: Prefix("Internal error: "),
+        classification: BUG,
+        severity: 4,
+        single_line: false,
+        legacy: false,
+        only_when_idle: true,
+    },
     p(Prefix("do_IRQ: stack overflow:"), STACKOVERFLOW, 4, true),
     p(Prefix("RTNL: assertion failed"), WARNING, 2, true),
     p(
@@ -104,6 +119,7 @@ pub static PATTERNS: &[Pattern] = &[
         severity: 2,
         single_line: true,
         legacy: true,
+        only_when_idle: false,
     },
     p(Prefix("Kernel panic - not syncing:"), PANIC, 4, true),
     p(

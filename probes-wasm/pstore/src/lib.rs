@@ -83,9 +83,15 @@ pub fn is_part_header(line: &str) -> bool {
         && part.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// A line the dump's storage added, not the kernel log: a part's header, or
+/// the `<file>:` line older systemd-pstore put before each part.
+fn is_separator(line: &str) -> bool {
+    is_part_header(line) || (line.starts_with("dmesg-") && line.ends_with(':'))
+}
+
 /// Joins a dump's parts oldest text first (the highest part first).
 pub fn join_parts(mut parts: Vec<(u32, String)>) -> String {
-    parts.sort_by(|a, b| b.0.cmp(&a.0));
+    parts.sort_by_key(|p| std::cmp::Reverse(p.0));
     let mut out = String::new();
     for (_, text) in parts {
         out.push_str(&text);
@@ -117,7 +123,7 @@ pub fn records(text: &str) -> Vec<Outgoing> {
     let mut reports = Vec::new();
     let mut usec = 0u64;
     for line in text.lines() {
-        if is_part_header(line) || (line.starts_with("dmesg-") && line.ends_with(':')) {
+        if is_separator(line) {
             continue;
         }
         usec = timestamp_usec(line).unwrap_or(usec + 1000).max(usec);
@@ -132,10 +138,7 @@ pub fn records(text: &str) -> Vec<Outgoing> {
 /// from a new one. Not a defence against anyone: the kernel wrote it.
 pub fn digest(text: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for line in text
-        .lines()
-        .filter(|l| !is_part_header(l) && !(l.starts_with("dmesg-") && l.ends_with(':')))
-    {
+    for line in text.lines().filter(|l| !is_separator(l)) {
         for b in line.bytes().chain(std::iter::once(b'\n')) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
