@@ -422,7 +422,7 @@ impl ProbeManager {
         info!(
             probe = %probe.name,
             version = %telem_core::untrusted::escape(&probe.manifest.version, telem_core::untrusted::FIELD_CAP),
-            "loaded {} ({how}, {} ms); grant: read {:?}, classifications {:?}, {} MiB, {} ms, {}/h, crashes {}; {} request(s) refused{}",
+            "loaded {} ({how}, {} ms); grant: read {:?}, classifications {:?}, {} MiB, {} ms, {}/h, crashes {}, kernel log {}, {} files source(s), state {} KiB; {} request(s) refused{}",
             path.display(),
             started.elapsed().as_millis(),
             probe.grant.read_paths,
@@ -431,6 +431,9 @@ impl ProbeManager {
             probe.grant.timeout_ms,
             probe.grant.max_records_per_hour,
             probe.grant.crashes,
+            probe.grant.kernel_log,
+            probe.grant.files.len(),
+            probe.grant.state_quota_bytes >> 10,
             probe.grant.refused.len(),
             if probe.grant.refused.is_empty() {
                 String::new()

@@ -142,6 +142,10 @@ impl Config {
         let user = current_user().unwrap_or_else(|| "telemetry".into());
         c.crash.service_user = values::UserName::new(&user);
         c.probes.probes_dirs = vec![dir.join("probes")];
+        // The kernel log and pstore of a dev setup are files under `dir`
+        // (reading the real /dev/kmsg takes CAP_SYSLOG on most systems).
+        c.probes.kernel_log_path = dir.join("kmsg");
+        c.probes.sources_root = dir.join("sources");
         c.host.control_socket = dir.join("control.sock");
         c
     }

@@ -329,7 +329,13 @@ pub async fn drive_files(
             }
             Ok(Err(e)) => {
                 if !said {
-                    tracing::warn!(probe = %probe.name, "cannot scan {} ({e}); trying again every scan", host_dir.display());
+                    // No such directory is the common case (no pstore on
+                    // this machine): worth a line, not a warning.
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        tracing::info!(probe = %probe.name, "{} does not exist (yet); looking again every scan", host_dir.display());
+                    } else {
+                        tracing::warn!(probe = %probe.name, "cannot scan {} ({e}); trying again every scan", host_dir.display());
+                    }
                     said = true;
                 }
             }
