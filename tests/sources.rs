@@ -270,6 +270,28 @@ fn state_survives_restarts_holds_its_quota_and_is_cleared_by_reset() {
         "{}",
         i.state_bytes
     );
+    let shown = std::process::Command::new(TELEMCTL)
+        .args([
+            "-f",
+            d.config_path.to_str().unwrap(),
+            "probe",
+            "info",
+            "source-echo",
+        ])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    for line in [
+        format!("of 1048576 bytes, {} key(s)", i.state_keys),
+        "source kernel-log: handled up to record 2 of boot".to_owned(),
+        "source files /var/lib/telemd-test/drop *.txt: 0 file(s) handled".to_owned(),
+    ] {
+        assert!(shown.contains(&line), "{line:?} not in:\n{shown}");
+    }
+    assert!(
+        shown.contains(&format!("{} of 1048576 bytes", i.state_bytes)),
+        "{shown}"
+    );
     let on_disk = std::fs::metadata(d.path("state/probe-state/source-echo.kv"))
         .unwrap()
         .len();
@@ -371,6 +393,26 @@ fn each_file_is_told_once_across_restarts_and_one_removed_before_its_read_is_rep
     assert!(payloads(&d).contains(&"file f.txt: slow".to_string()));
     assert!(payloads(&d).contains(&"file g.txt: gee".to_string()));
     assert_eq!(info(&d, "source-echo").stats.failures_in_a_row, 0);
+}
+
+#[test]
+fn a_files_source_swapped_for_a_link_into_the_daemons_state_shows_nothing() {
+    let (d, _k) = echo_daemon("");
+    let drop = d.path("root/var/lib/telemd-test/drop");
+    std::fs::remove_dir(&drop).unwrap();
+    std::fs::create_dir_all(d.path("state")).unwrap();
+    std::fs::write(d.path("state/secret.txt"), "the daemon's").unwrap();
+    std::os::unix::fs::symlink(d.path("state"), &drop).unwrap();
+    let d = d.spawn();
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .log()
+            .contains("not scanned: it resolves to")),
+        "{}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(payloads(&d).is_empty(), "{:?}", payloads(&d));
 }
 
 #[test]

@@ -58,6 +58,31 @@ impl SandboxOptions {
     }
 }
 
+/// A directory shown to one call beyond the probe's grant.
+#[derive(Clone, Debug)]
+pub struct ExtraDir {
+    /// Where it is on this host.
+    pub host: PathBuf,
+    /// Where the probe sees it.
+    pub guest: PathBuf,
+    /// The daemon's own directory (a crash's inbox entry, inside its
+    /// protected state), shown as it is. Anything else (a `files`
+    /// source's directory) is resolved and checked like a grant at every
+    /// call.
+    pub host_owned: bool,
+}
+
+impl ExtraDir {
+    /// The daemon's own directory, at its own path.
+    pub fn host_owned(dir: &Path) -> ExtraDir {
+        ExtraDir {
+            host: dir.to_owned(),
+            guest: dir.to_owned(),
+            host_owned: true,
+        }
+    }
+}
+
 /// The engine, linker and compiled-component cache shared by all probes.
 pub struct Sandbox {
     engine: Engine,
@@ -199,6 +224,12 @@ impl Sandbox {
     /// The compile cache (pruned and cleared by the supervisor).
     pub fn cache(&self) -> &cache::CompileCache {
         &self.cache
+    }
+
+    /// The host's rules (the daemon's own directories, never shown to a
+    /// probe: the event sources check their directories against them).
+    pub fn host_rules(&self) -> &HostRules {
+        &self.options.rules
     }
 
     /// The largest component file this sandbox compiles.
@@ -371,42 +402,47 @@ impl Sandbox {
     /// been swapped for a link since: never into the daemon's own
     /// directories, and a safe-set path never out of the safe set. Returns
     /// the (host, guest) directories to preopen and the files to show.
-    /// `extra_read` (the host's own choice: a crash's inbox entry, a
-    /// `files` source's directory) is a (host, guest) pair; one shown
-    /// under another name (a source directory under `sources_root`) is
-    /// checked like a grant, one at its own path is the host's own and
-    /// taken as it is. A granted path that an extra directory shows under
-    /// the same name is left to the extra one.
+    /// `extra_read` (the host's choice: a crash's inbox entry, a `files`
+    /// source's directory): the daemon's own directories are shown as
+    /// they are; any other is resolved and checked like a grant (never
+    /// into the daemon's directories), whatever name it is shown under. A
+    /// granted path that an extra directory shows under the same name is
+    /// left to the extra one.
     fn resolve_grant(
         &self,
         probe: &LoadedProbe,
-        extra_read: &[(PathBuf, PathBuf)],
+        extra_read: &[ExtraDir],
     ) -> (Vec<(PathBuf, PathBuf)>, Vec<file_views::GrantedFile>) {
         let g = &probe.grant;
         let mut dirs: Vec<(PathBuf, PathBuf)> = Vec::new();
-        for (host, guest) in extra_read {
-            if host == guest {
-                if host.is_dir() {
-                    dirs.push((host.clone(), guest.clone()));
+        for extra in extra_read {
+            if extra.host_owned {
+                if extra.host.is_dir() {
+                    dirs.push((extra.host.clone(), extra.guest.clone()));
                 }
                 continue;
             }
-            let Ok(real) = host.canonicalize() else {
+            let Ok(real) = extra.host.canonicalize() else {
                 continue;
             };
             if let Some(why) = grants::never_grantable(&real, &self.options.rules) {
-                tracing::warn!(probe = %probe.name, "source directory {} left out: {why}", escape(&real.display().to_string(), FIELD_CAP));
+                tracing::warn!(
+                    probe = %probe.name,
+                    "source directory {} left out of this call: it resolves to {}: {why}",
+                    escape(&extra.host.display().to_string(), FIELD_CAP),
+                    escape(&real.display().to_string(), FIELD_CAP)
+                );
                 continue;
             }
             if real.is_dir() {
-                dirs.push((real, guest.clone()));
+                dirs.push((real, extra.guest.clone()));
             }
         }
         let mut files = Vec::new();
         for p in g
             .read_paths
             .iter()
-            .filter(|p| !extra_read.iter().any(|(_, guest)| guest == *p))
+            .filter(|p| !extra_read.iter().any(|e| e.guest == **p))
         {
             if grants::is_safe_proc_file(p) {
                 files.push(file_views::GrantedFile {
@@ -458,7 +494,7 @@ impl Sandbox {
         probe: &Arc<LoadedProbe>,
         sink: Sink,
         event: Event,
-        extra_read: &[(PathBuf, PathBuf)],
+        extra_read: &[ExtraDir],
     ) -> Result<(), CallError> {
         let _one_call_at_a_time = probe.call_lock.lock().await;
         let g = &probe.grant;

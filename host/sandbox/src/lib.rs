@@ -32,7 +32,7 @@ pub use telem_core::control::{Captured, ProbeStats};
 /// info` need them without an engine); re-exported where they are applied.
 pub use telem_core::grants;
 
-pub use engine::{LoadError, LoadFailure, Sandbox, SandboxOptions};
+pub use engine::{ExtraDir, LoadError, LoadFailure, Sandbox, SandboxOptions};
 
 /// Why the engine could not be set up (wasmtime's error, kept whole).
 pub type EngineError = wasmtime::Error;

@@ -134,7 +134,7 @@ pub fn symbolize_offline(
                 Event::Manual(args),
                 &extra
                     .iter()
-                    .map(|d| (d.clone(), d.clone()))
+                    .map(|d| crate::ExtraDir::host_owned(d))
                     .collect::<Vec<_>>(),
             )
             .await

@@ -15,7 +15,7 @@ use crate::ingest::Ingest;
 use crate::sources::{CursorFile, SourceOptions};
 use telem_core::control::{ProbeInfo, ProbeState};
 use telem_core::grants::ProbePolicy;
-use telem_sandbox::{CallError, Event, LoadedProbe, Sandbox, Source, Trigger};
+use telem_sandbox::{CallError, Event, ExtraDir, LoadedProbe, Sandbox, Source, Trigger};
 
 /// Failures in a row after which a probe is quarantined until reload.
 pub const QUARANTINE_AFTER: u32 = 5;
@@ -223,6 +223,16 @@ impl ProbeManager {
     /// Where the event sources are.
     pub fn source_options(&self) -> &SourceOptions {
         &self.sources
+    }
+
+    /// Why a source directory may not be read now, if it may not: it
+    /// resolves into the daemon's own directories (a symlink swapped in
+    /// since the grant was checked). Checked before every scan, so not
+    /// even a file name is shown.
+    pub fn source_dir_refusal(&self, dir: &Path) -> Option<String> {
+        let real = dir.canonicalize().ok()?;
+        telem_core::grants::never_grantable(&real, self.sandbox.host_rules())
+            .map(|why| format!("it resolves to {}: {why}", real.display()))
     }
 
     /// Components compiled since start (cache misses).
@@ -660,7 +670,7 @@ impl ProbeManager {
                     &probe,
                     &state,
                     Event::Crash(report.clone()),
-                    &[(entry.to_owned(), entry.to_owned())],
+                    &[ExtraDir::host_owned(entry)],
                     sink,
                     Quarantine::Exempt,
                 )
@@ -710,7 +720,7 @@ impl ProbeManager {
         probe: &Arc<LoadedProbe>,
         state: &Mutex<ProbeState>,
         event: Event,
-        extra: &[(PathBuf, PathBuf)],
+        extra: &[ExtraDir],
     ) -> Result<(), CallError> {
         let sink = telem_sandbox::Sink::Spool(self.ingest.clone());
         self.call_with(probe, state, event, extra, sink, Quarantine::Counts)
@@ -725,7 +735,7 @@ impl ProbeManager {
         probe: &Arc<LoadedProbe>,
         state: &Mutex<ProbeState>,
         event: Event,
-        extra: &[(PathBuf, PathBuf)],
+        extra: &[ExtraDir],
     ) -> bool {
         let mut delay = RETRY_BASE;
         loop {
@@ -753,7 +763,7 @@ impl ProbeManager {
         probe: &Arc<LoadedProbe>,
         state: &Mutex<ProbeState>,
         event: Event,
-        extra: &[(PathBuf, PathBuf)],
+        extra: &[ExtraDir],
         sink: telem_sandbox::Sink,
         quarantine: Quarantine,
     ) -> Result<(), CallError> {

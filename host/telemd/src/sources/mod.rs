@@ -286,7 +286,11 @@ pub async fn drive_files(
     let interval = mgr.source_options().files_scan_interval;
     let key = watch_key(&watch);
     let host_dir = on_host(&mgr.source_options().sources_root, &watch.dir);
-    let extra = [(host_dir.clone(), watch.dir.clone())];
+    let extra = [telem_sandbox::ExtraDir {
+        host: host_dir.clone(),
+        guest: watch.dir.clone(),
+        host_owned: false,
+    }];
     let told = cursors
         .cursors
         .lock()
@@ -298,7 +302,17 @@ pub async fn drive_files(
     let mut w = files::Watch::new(told);
     let (max_items, _) = batch_limits(&limits);
     let mut said = false;
+    let mut refused = false;
     loop {
+        if let Some(why) = mgr.source_dir_refusal(&host_dir) {
+            if !refused {
+                tracing::warn!(probe = %probe.name, "files source {} not scanned: {why}", host_dir.display());
+                refused = true;
+            }
+            tokio::time::sleep(interval).await;
+            continue;
+        }
+        refused = false;
         let (dir, pattern) = (host_dir.clone(), watch.pattern.clone());
         let scan = tokio::task::spawn_blocking(move || files::scan(&dir, &pattern)).await;
         match scan {
