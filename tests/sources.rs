@@ -707,3 +707,33 @@ fn pstore_reports_each_dump_once_whichever_layout_and_across_restarts() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(got(&d), want, "reported again after a restart");
 }
+
+#[test]
+fn kernel_oops_over_its_hourly_budget_drops_records_but_keeps_reading() {
+    let (d, mut k) = sources_daemon("[probes.kernel-oops]\nmax_records_per_hour = 2\n");
+    std::fs::copy(probe_wasm("kernel_oops"), d.path("probes/kernel-oops.wasm")).unwrap();
+    let d = d.spawn();
+    for name in ["alpha", "beta", "gamma", "delta", "epsilon"] {
+        k.lines([
+            format!("WARNING: CPU: 0 PID: 1 at drivers/x/x.c:1 {name}_probe+0x1/0x2").as_str(),
+            "---[ end trace 0000000000000000 ]---",
+        ]);
+    }
+    k.pause(10);
+    k.lines(["telemd-test: end"]);
+    let last = k.seq - 1;
+    assert!(
+        wait_until(Duration::from_secs(20), || kernel_log_position(
+            &d,
+            "kernel-oops"
+        )
+        .starts_with(&format!("handled up to record {last} "))),
+        "{}\n{}",
+        kernel_log_position(&d, "kernel-oops"),
+        d.log()
+    );
+    let i = info(&d, "kernel-oops");
+    assert_eq!(i.state, ProbeState::Running);
+    assert_eq!(d.spool_records().len(), 2);
+    assert_eq!(i.stats.records_refused, 3, "{:?}", i.stats);
+}

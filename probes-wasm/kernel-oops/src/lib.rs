@@ -25,13 +25,17 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn send(o: &Outgoing) -> Result<(), String> {
-    Record::new(o.classification.clone())
+/// Sends a record. A refusal (over the hourly budget, most likely) is
+/// logged and the batch goes on: failing it would hand the same batch
+/// back until the probe is quarantined, and the kernel log would stop.
+fn send(o: &Outgoing) {
+    let sent = Record::new(o.classification.clone())
         .severity(o.severity)
         .payload(o.payload.clone())
-        .send()
-        .map(|_| ())
-        .map_err(|e| format!("record {} not taken: {e}", o.classification))
+        .send();
+    if let Err(e) = sent {
+        log::warn(&format!("record {} not taken: {e}", o.classification));
+    }
 }
 
 fn save(key: &str, bytes: &[u8]) -> Result<(), String> {
@@ -108,7 +112,7 @@ impl Probe for KernelOops {
         }
         out.extend(kernel_report::records_of(reports, &mut repeats, now));
         for o in &out {
-            send(o)?;
+            send(o);
         }
         if !out.is_empty() {
             log::info(&format!("{} record(s) sent", out.len()));
