@@ -588,13 +588,24 @@ impl Sandbox {
                     crate::host_records::store_staged(probe, &*intake, held).await;
                 }
                 if let Some(txn) = state_writes {
-                    let committed = probe
-                        .state
-                        .lock()
-                        .expect("state lock")
-                        .commit(txn.changes, g.state_quota_bytes);
-                    if let Err(e) = committed {
-                        tracing::error!(probe = %probe.name, "probe state not saved: {e}");
+                    // Written and fsynced on a blocking thread, not a
+                    // runtime worker.
+                    let (p, quota) = (probe.clone(), g.state_quota_bytes);
+                    let committed = tokio::task::spawn_blocking(move || {
+                        p.state
+                            .lock()
+                            .expect("state lock")
+                            .commit(txn.changes, quota)
+                    })
+                    .await;
+                    match committed {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(probe = %probe.name, "probe state not saved: {e}")
+                        }
+                        Err(e) => {
+                            tracing::error!(probe = %probe.name, "probe state not saved: {e}")
+                        }
                     }
                 }
                 Ok(())

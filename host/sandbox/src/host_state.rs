@@ -46,7 +46,7 @@ impl HostState {
             changes: StateChanges::default(),
             projected: probe.state.lock().expect("state lock").bytes(quota),
         });
-        let projected = txn.projected - old + new;
+        let projected = txn.projected.saturating_sub(old) + new;
         if new > old && projected > quota {
             return Err(StateError::QuotaExceeded(quota));
         }

@@ -142,6 +142,17 @@ impl CursorFile {
     }
 }
 
+/// Saves a change of the cursors on a blocking thread (it fsyncs).
+async fn save(
+    cursors: &Arc<CursorFile>,
+    change: impl FnOnce(&mut Cursors) + Send + 'static,
+) -> std::io::Result<()> {
+    let cursors = cursors.clone();
+    tokio::task::spawn_blocking(move || cursors.update(change))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 /// The key of a `files` source's cursor.
 pub fn watch_key(w: &FilesWatch) -> String {
     format!("{} {}", w.dir.display(), w.pattern)
@@ -261,12 +272,11 @@ pub async fn drive_kernel_log(
             return;
         }
         if let Some(seq) = last {
-            let saved = cursors.update(|c| {
-                c.kernel_log = Some(KernelLogCursor {
-                    boot_id: boot.clone(),
-                    seq,
-                })
-            });
+            let next = KernelLogCursor {
+                boot_id: boot.clone(),
+                seq,
+            };
+            let saved = save(&cursors, move |c| c.kernel_log = Some(next)).await;
             if let Err(e) = saved {
                 tracing::error!(probe = %probe.name, "kernel log cursor not saved: {e}; a restart hands this batch again");
             }
@@ -333,9 +343,11 @@ pub async fn drive_files(
                         return;
                     }
                     w.told.extend(chunk.iter().cloned());
-                    let saved = cursors.update(|c| {
-                        c.files.insert(key.clone(), w.told.clone());
-                    });
+                    let (k, told) = (key.clone(), w.told.clone());
+                    let saved = save(&cursors, move |c| {
+                        c.files.insert(k, told);
+                    })
+                    .await;
                     if let Err(e) = saved {
                         tracing::error!(probe = %probe.name, "files cursor not saved: {e}; a restart tells of these files again");
                     }
@@ -358,5 +370,54 @@ pub async fn drive_files(
             }
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_limits_are_the_manifests_within_the_hosts_caps() {
+        let l = |max_items, max_bytes| BatchLimits {
+            max_items,
+            max_bytes,
+        };
+        assert_eq!(
+            batch_limits(&l(0, 0)),
+            (DEFAULT_BATCH_ITEMS as usize, DEFAULT_BATCH_BYTES as usize)
+        );
+        assert_eq!(batch_limits(&l(4, 100)), (4, 100));
+        assert_eq!(
+            batch_limits(&l(u32::MAX, u32::MAX)),
+            (MAX_BATCH_ITEMS as usize, MAX_BATCH_BYTES as usize)
+        );
+    }
+
+    #[test]
+    fn cursors_survive_a_new_file_and_a_damaged_one_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = CursorFile::load(dir.path(), "p");
+        c.update(|c| {
+            c.kernel_log = Some(KernelLogCursor {
+                boot_id: "b".into(),
+                seq: 41,
+            })
+        })
+        .unwrap();
+        let again = CursorFile::load(dir.path(), "p");
+        assert_eq!(
+            again.cursors.lock().unwrap().kernel_log,
+            Some(KernelLogCursor {
+                boot_id: "b".into(),
+                seq: 41
+            })
+        );
+        std::fs::write(dir.path().join("p.sources.json"), b"{not json").unwrap();
+        let damaged = CursorFile::load(dir.path(), "p");
+        assert_eq!(*damaged.cursors.lock().unwrap(), Cursors::default());
+        // A failed save changes nothing in memory.
+        let blocked = CursorFile::load(&dir.path().join("p.sources.json").join("x"), "p");
+        assert!(blocked.update(|c| c.kernel_log = None).is_err());
     }
 }
