@@ -75,6 +75,8 @@ fn destdir_install_yields_the_packaged_tree() {
         "\nAmbientCapabilities=CAP_SYSLOG\n",
         "\nCapabilityBoundingSet=CAP_SYSLOG\n",
         "\nPrivateDevices=yes\n",
+        "\nInaccessiblePaths=-/proc/kmsg\n",
+        "\nSystemCallFilter=~syslog\n",
     ] {
         assert!(unit.contains(line), "the unit has {line:?}: {unit}");
     }

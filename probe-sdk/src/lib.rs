@@ -186,8 +186,8 @@ pub mod log {
 
 /// The probe's private key-value store, kept by the host across calls and
 /// restarts and seen by no other probe. Writes take effect together when
-/// `handle` returns `Ok` and are dropped when it fails, so what is stored
-/// always matches what was reported. The host enforces a quota
+/// `handle` returns `Ok` and are dropped when it fails (for a source
+/// event, with the batch's records). The host enforces a quota
 /// (`state_quota_mib`, 16 MiB by default; each key costs 64 bytes more
 /// than its key and value); `telemctl probe reset NAME` clears it.
 ///

@@ -94,6 +94,30 @@ pub struct Request {
     pub files: Vec<FilesWatch>,
 }
 
+/// Most parts (`/`-separated) a `files` pattern has: a dump two levels
+/// down (`*/*/dmesg.txt`) is the deepest a shipped probe needs.
+pub const MAX_PATTERN_PARTS: usize = 3;
+
+/// Why a manifest's `files` pattern is refused, if it is: empty, over 255
+/// bytes, more than [`MAX_PATTERN_PARTS`] parts, or an empty, `.` or `..`
+/// part.
+pub fn files_pattern_refusal(pattern: &str) -> Option<&'static str> {
+    if pattern.is_empty() || pattern.len() > 255 {
+        return Some("a files pattern is 1 to 255 bytes");
+    }
+    let parts: Vec<&str> = pattern.split('/').collect();
+    if parts.len() > MAX_PATTERN_PARTS {
+        return Some("a files pattern has at most 3 parts (a/b/c)");
+    }
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return Some("a files pattern's parts are not empty, . or ..");
+    }
+    None
+}
+
 /// One `files` source: a directory and the pattern of the files in it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilesWatch {

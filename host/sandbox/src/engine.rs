@@ -2,7 +2,7 @@
 //! component, building each call's store from the probe's grant, and
 //! running a call under its deadline.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,6 +58,13 @@ impl SandboxOptions {
     }
 }
 
+/// What one probe name keeps across loads of its component.
+#[derive(Clone)]
+struct PerName {
+    state: Arc<Mutex<StateStore>>,
+    call_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
 /// A directory shown to one call beyond the probe's grant.
 #[derive(Clone, Debug)]
 pub struct ExtraDir {
@@ -91,6 +98,8 @@ pub struct Sandbox {
     options: SandboxOptions,
     /// Components compiled (not loaded from the cache) since start.
     pub compilations: AtomicU64,
+    /// Per probe name, its state and its call lock, kept across reloads.
+    per_name: Mutex<HashMap<String, PerName>>,
     _ticker: std::thread::JoinHandle<()>,
 }
 
@@ -164,6 +173,10 @@ pub enum LoadFailure {
     /// A manifest string is longer than any real probe needs.
     #[error("the manifest has a string of {0} bytes (at most {MAX_MANIFEST_STRING})")]
     ManifestString(usize),
+    /// Its sources are not usable: a second kernel log, a `files` source
+    /// named twice, a pattern the host refuses.
+    #[error("the manifest's sources: {0}")]
+    ManifestSources(String),
 }
 
 /// Runs `fut` under a host-side timeout of `limit` plus
@@ -217,6 +230,7 @@ impl Sandbox {
             cache,
             options,
             compilations: AtomicU64::new(0),
+            per_name: Mutex::new(HashMap::new()),
             _ticker: ticker,
         })
     }
@@ -363,9 +377,22 @@ impl Sandbox {
             &policy_of(&manifest.name),
             &self.options.rules,
         );
+        let shared = self
+            .per_name
+            .lock()
+            .expect("per-name lock")
+            .entry(manifest.name.clone())
+            .or_insert_with(|| PerName {
+                state: Arc::new(Mutex::new(StateStore::new(
+                    &self.options.state_dir,
+                    &manifest.name,
+                ))),
+                call_lock: Arc::new(tokio::sync::Mutex::new(())),
+            })
+            .clone();
         Ok(LoadedProbe {
-            state: Mutex::new(StateStore::new(&self.options.state_dir, &manifest.name)),
-            call_lock: tokio::sync::Mutex::new(()),
+            state: shared.state,
+            call_lock: shared.call_lock,
             name: manifest.name.clone(),
             file: file.to_owned(),
             hash,
@@ -579,40 +606,52 @@ impl Sandbox {
         if suppressed > 0 {
             tracing::warn!(probe = %probe.name, "{suppressed} log lines of this probe suppressed (rate limit)");
         }
-        match result {
-            Ok(Ok(())) => {
-                // Records first, then state: a crash in between reports a
-                // batch twice rather than not at all.
-                if let Some((intake, held)) = staged {
-                    let held = std::mem::take(&mut *held.lock().expect("staged lock"));
-                    crate::host_records::store_staged(probe, &*intake, held).await;
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(msg)) => Some(CallError::Guest(escape(&msg, FIELD_CAP))),
+            Err(e) => Some(call_error(e, g.timeout_ms)),
+        };
+        if let Some(e) = failure {
+            // The batch's held records are dropped with it: they give back
+            // what they took of the hourly budget, so the batch handed
+            // again is not refused for its own earlier tries.
+            if let Some((_, held)) = staged {
+                let n = held.lock().expect("staged lock").len();
+                let mut sends = probe.sends.lock().expect("sends lock");
+                for _ in 0..n {
+                    sends.pop_back();
                 }
-                if let Some(txn) = state_writes {
-                    // Written and fsynced on a blocking thread, not a
-                    // runtime worker.
-                    let (p, quota) = (probe.clone(), g.state_quota_bytes);
-                    let committed = tokio::task::spawn_blocking(move || {
-                        p.state
-                            .lock()
-                            .expect("state lock")
-                            .commit(txn.changes, quota)
-                    })
-                    .await;
-                    match committed {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::error!(probe = %probe.name, "probe state not saved: {e}")
-                        }
-                        Err(e) => {
-                            tracing::error!(probe = %probe.name, "probe state not saved: {e}")
-                        }
-                    }
-                }
-                Ok(())
             }
-            Ok(Err(msg)) => Err(CallError::Guest(escape(&msg, FIELD_CAP))),
-            Err(e) => Err(call_error(e, g.timeout_ms)),
+            return Err(e);
         }
+        // Records first, then state: a crash in between reports a
+        // batch twice rather than not at all.
+        if let Some((intake, held)) = staged {
+            let held = std::mem::take(&mut *held.lock().expect("staged lock"));
+            crate::host_records::store_staged(probe, &*intake, held).await;
+        }
+        if let Some(txn) = state_writes {
+            // Written and fsynced on a blocking thread, not a
+            // runtime worker.
+            let (p, quota) = (probe.clone(), g.state_quota_bytes);
+            let committed = tokio::task::spawn_blocking(move || {
+                p.state
+                    .lock()
+                    .expect("state lock")
+                    .commit(txn.changes, quota)
+            })
+            .await;
+            match committed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(probe = %probe.name, "probe state not saved: {e}")
+                }
+                Err(e) => {
+                    tracing::error!(probe = %probe.name, "probe state not saved: {e}")
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -671,6 +710,35 @@ fn check_manifest_size(m: &Manifest) -> Result<(), LoadFailure> {
         .unwrap_or(0);
     if longest > MAX_MANIFEST_STRING {
         return Err(LoadFailure::ManifestString(longest));
+    }
+    check_sources(&m.sources)
+}
+
+/// One kernel log source at most (two would read the log twice and share
+/// one cursor), each `files` source once, each pattern one the host takes.
+fn check_sources(sources: &[Source]) -> Result<(), LoadFailure> {
+    let refuse = |why: String| Err(LoadFailure::ManifestSources(why));
+    let logs = sources
+        .iter()
+        .filter(|s| matches!(s, Source::KernelLog(_)))
+        .count();
+    if logs > 1 {
+        return refuse(format!("{logs} kernel-log sources (at most one)"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in sources {
+        if let Source::Files(f) = s {
+            if let Some(why) = grants::files_pattern_refusal(&f.pattern) {
+                return refuse(format!("{}: {why}", escape(&f.pattern, FIELD_CAP)));
+            }
+            if !seen.insert((&f.dir, &f.pattern)) {
+                return refuse(format!(
+                    "files {} {} named twice",
+                    escape(&f.dir, FIELD_CAP),
+                    escape(&f.pattern, FIELD_CAP)
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -748,6 +816,42 @@ mod tests {
                 count: 65
             })
         ));
+        let kmsg = || {
+            Source::KernelLog(crate::BatchLimits {
+                max_items: 0,
+                max_bytes: 0,
+            })
+        };
+        let files = |p: &str| {
+            Source::Files(crate::FilesSource {
+                dir: "/var/x".into(),
+                pattern: p.into(),
+                limits: crate::BatchLimits {
+                    max_items: 0,
+                    max_bytes: 0,
+                },
+            })
+        };
+        let with = |sources: Vec<Source>| Manifest {
+            sources,
+            ..ok.clone()
+        };
+        check_manifest_size(&with(vec![kmsg(), files("a/*"), files("*")])).unwrap();
+        for bad in [
+            vec![kmsg(), kmsg()],
+            vec![files("*"), files("*")],
+            vec![files("a/b/c/d")],
+            vec![files("../*")],
+            vec![files("")],
+        ] {
+            assert!(
+                matches!(
+                    check_manifest_size(&with(bad.clone())),
+                    Err(LoadFailure::ManifestSources(_))
+                ),
+                "{bad:?}"
+            );
+        }
         let mut long_string = ok.clone();
         long_string.description = "x".repeat(MAX_MANIFEST_STRING + 1);
         assert!(matches!(

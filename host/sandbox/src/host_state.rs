@@ -5,6 +5,7 @@
 //! the call.
 
 use crate::bindings::current::telemetrics::probe::state::{self, StateError};
+use crate::probe::LoadedProbe;
 use crate::state_store::{entry_cost, StateChanges, MAX_KEY_BYTES};
 use crate::store::HostState;
 
@@ -16,22 +17,20 @@ pub(crate) struct StateTxn {
 }
 
 impl HostState {
-    /// Cost of `key`'s entry as this call sees it.
-    fn current_cost(&self, key: &str) -> u64 {
-        let (Some(probe), Some(txn)) = (&self.probe, &self.state) else {
-            return 0;
-        };
-        match txn.changes.writes.get(key) {
-            Some(Some(v)) => entry_cost(key, v),
-            Some(None) => 0,
-            None => probe
-                .state
-                .lock()
-                .expect("state lock")
-                .cost_of(key, probe.grant.state_quota_bytes),
-        }
+    /// Cost of `key`'s committed entry (0 if absent).
+    fn committed_cost(probe: &LoadedProbe, key: &str) -> u64 {
+        probe
+            .state
+            .lock()
+            .expect("state lock")
+            .cost_of(key, probe.grant.state_quota_bytes)
     }
 
+    /// Records a write, checking the quota against the state as it would
+    /// be after this call. Every pending entry is paid for: a value by its
+    /// cost, a removal by the committed entry it removes (a removal of a
+    /// key the committed state lacks is dropped, not kept), so what a call
+    /// holds in host memory is bounded by the quota.
     fn write(&mut self, key: String, value: Option<Vec<u8>>) -> Result<(), StateError> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(StateError::InvalidKey);
@@ -40,18 +39,27 @@ impl HostState {
             return Err(StateError::Unavailable);
         };
         let quota = probe.grant.state_quota_bytes;
-        let old = self.current_cost(&key);
-        let new = value.as_ref().map_or(0, |v| entry_cost(&key, v));
+        let committed = Self::committed_cost(&probe, &key);
         let txn = self.state.get_or_insert_with(|| StateTxn {
             changes: StateChanges::default(),
             projected: probe.state.lock().expect("state lock").bytes(quota),
         });
+        let old = match txn.changes.writes.get(&key) {
+            Some(Some(v)) => entry_cost(&key, v),
+            Some(None) => 0,
+            None => committed,
+        };
+        let new = value.as_ref().map_or(0, |v| entry_cost(&key, v));
         let projected = txn.projected.saturating_sub(old) + new;
         if new > old && projected > quota {
             return Err(StateError::QuotaExceeded(quota));
         }
         txn.projected = projected;
-        txn.changes.writes.insert(key, value);
+        if value.is_none() && committed == 0 {
+            txn.changes.writes.remove(&key);
+        } else {
+            txn.changes.writes.insert(key, value);
+        }
         Ok(())
     }
 }

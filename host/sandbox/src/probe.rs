@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use telem_core::control::ProbeStats;
@@ -55,11 +55,15 @@ pub struct LoadedProbe {
     /// The component linked once, at load: each call only instantiates it
     /// in its fresh store.
     pub(crate) pre: ProbePre,
-    /// Its private state, committed by calls that succeeded.
-    pub state: Mutex<StateStore>,
-    /// Held for the whole of each call: calls of one probe never overlap,
-    /// so one call's state writes never interleave with another's.
-    pub call_lock: tokio::sync::Mutex<()>,
+    /// Its private state, committed by calls that succeeded. One per
+    /// probe name for the sandbox's life, shared by every load of it, so
+    /// a call of a replaced component still running cannot overwrite
+    /// what the new one wrote.
+    pub state: Arc<Mutex<StateStore>>,
+    /// Held for the whole of each call: calls of one probe (by name,
+    /// across reloads) never overlap, so one call's state writes never
+    /// interleave with another's.
+    pub call_lock: Arc<tokio::sync::Mutex<()>>,
     /// Counters.
     pub stats: Mutex<ProbeStats>,
     pub(crate) sends: Mutex<VecDeque<Instant>>,

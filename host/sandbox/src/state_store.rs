@@ -115,6 +115,16 @@ impl StateStore {
         self.bytes
     }
 
+    /// How many keys are committed.
+    pub fn len(&mut self, cap: u64) -> usize {
+        self.loaded(cap).len()
+    }
+
+    /// Whether no key is committed.
+    pub fn is_empty(&mut self, cap: u64) -> bool {
+        self.loaded(cap).is_empty()
+    }
+
     /// Committed keys.
     pub fn keys(&mut self, cap: u64) -> Vec<String> {
         self.loaded(cap).keys().cloned().collect()

@@ -21,6 +21,8 @@ use telem_sandbox::{CallError, Event, ExtraDir, LoadedProbe, Sandbox, Source, Tr
 pub const QUARANTINE_AFTER: u32 = 5;
 /// First retry delay after a failure; doubles per failure.
 pub const RETRY_BASE: Duration = Duration::from_secs(1);
+/// Longest delay between two tries of one source batch.
+pub const MAX_BATCH_RETRY: Duration = Duration::from_secs(300);
 /// Largest random delay added to an interval, so a fleet spreads out.
 pub const MAX_SPLAY: Duration = Duration::from_secs(600);
 /// How long a request naming a probe waits for the start-up scan.
@@ -127,6 +129,9 @@ pub enum ProbeError {
     Busy,
 }
 
+/// What `list` takes of a slot before it reads each probe's state.
+type SlotParts = (Arc<LoadedProbe>, Arc<Mutex<ProbeState>>, Arc<CursorFile>);
+
 /// A file's size and mtime: what tells a scan that it changed.
 type Seen = (u64, SystemTime);
 
@@ -169,6 +174,9 @@ pub struct ProbeManager {
     scan_lock: tokio::sync::Mutex<()>,
     /// Where the event sources are and their cursors are kept.
     sources: SourceOptions,
+    /// Each probe name's cursor file, kept across reloads: a replaced
+    /// probe's last save cannot then undo its successor's.
+    cursor_files: Mutex<HashMap<String, Arc<CursorFile>>>,
 }
 
 impl std::fmt::Debug for ProbeManager {
@@ -217,6 +225,7 @@ impl ProbeManager {
             first_scan: tokio::sync::watch::Sender::new(false),
             scan_lock: tokio::sync::Mutex::new(()),
             sources,
+            cursor_files: Mutex::new(HashMap::new()),
         })
     }
 
@@ -225,14 +234,35 @@ impl ProbeManager {
         &self.sources
     }
 
-    /// Why a source directory may not be read now, if it may not: it
-    /// resolves into the daemon's own directories (a symlink swapped in
-    /// since the grant was checked). Checked before every scan, so not
-    /// even a file name is shown.
-    pub fn source_dir_refusal(&self, dir: &Path) -> Option<String> {
+    /// Why a probe's source directory may not be read now, if it may
+    /// not: checked like a granted path, before every scan (so not even a
+    /// file name is shown): never into the daemon's own directories, and,
+    /// when the safe set granted it (no admin's `read_paths`), still in
+    /// the safe set once resolved, relative to `sources_root`.
+    pub fn source_dir_refusal(&self, probe: &LoadedProbe, dir: &Path) -> Option<String> {
         let real = dir.canonicalize().ok()?;
-        telem_core::grants::never_grantable(&real, self.sandbox.host_rules())
-            .map(|why| format!("it resolves to {}: {why}", real.display()))
+        if let Some(why) = telem_core::grants::never_grantable(&real, self.sandbox.host_rules()) {
+            return Some(format!("it resolves to {}: {why}", real.display()));
+        }
+        if probe.grant.read_paths_by_admin {
+            return None;
+        }
+        let root = self
+            .sources
+            .sources_root
+            .canonicalize()
+            .unwrap_or_else(|_| self.sources.sources_root.clone());
+        let logical = real
+            .strip_prefix(&root)
+            .map(|rest| Path::new("/").join(rest))
+            .ok();
+        match logical {
+            Some(l) if telem_core::grants::is_safe_path(&l) => None,
+            _ => Some(format!(
+                "it resolves to {}, outside the safe set it was granted from",
+                real.display()
+            )),
+        }
     }
 
     /// Components compiled since start (cache misses).
@@ -454,7 +484,13 @@ impl ProbeManager {
         let handles_crashes = probe.grant.crashes;
         let probe = Arc::new(probe);
         let state = Arc::new(Mutex::new(ProbeState::Running));
-        let cursors = Arc::new(CursorFile::load(&self.sources.cursor_dir, &probe.name));
+        let cursors = self
+            .cursor_files
+            .lock()
+            .expect("cursor files lock")
+            .entry(probe.name.clone())
+            .or_insert_with(|| Arc::new(CursorFile::load(&self.sources.cursor_dir, &probe.name)))
+            .clone();
         let task = tokio::spawn(drive(
             self.clone(),
             probe.clone(),
@@ -683,29 +719,35 @@ impl ProbeManager {
 
     /// Every loaded probe.
     pub fn list(&self) -> Vec<ProbeInfo> {
-        let mut v: Vec<ProbeInfo> = self
+        // Taken out first: a probe's state lock may be held by a commit
+        // (an fsync), and the slots must not wait for it.
+        let slots: Vec<SlotParts> = self
             .slots
             .lock()
             .expect("slots lock")
             .values()
-            .map(|s| {
-                let quota = s.probe.grant.state_quota_bytes;
+            .map(|s| (s.probe.clone(), s.state.clone(), s.cursors.clone()))
+            .collect();
+        let mut v: Vec<ProbeInfo> = slots
+            .into_iter()
+            .map(|(probe, state, cursors)| {
+                let quota = probe.grant.state_quota_bytes;
                 let (state_bytes, state_keys) = {
-                    let mut st = s.probe.state.lock().expect("state lock");
-                    (st.bytes(quota), st.keys(quota).len())
+                    let mut st = probe.state.lock().expect("state lock");
+                    (st.bytes(quota), st.len(quota))
                 };
                 ProbeInfo {
                     state_bytes,
                     state_keys,
-                    sources: s.cursors.describe(&s.probe),
-                    name: s.probe.name.clone(),
-                    version: s.probe.manifest.version.clone(),
-                    description: s.probe.manifest.description.clone(),
-                    file: s.probe.file.clone(),
-                    state: s.state.lock().expect("state lock").clone(),
-                    requested: s.probe.request.clone(),
-                    granted: s.probe.grant.clone(),
-                    stats: s.probe.stats.lock().expect("stats lock").clone(),
+                    sources: cursors.describe(&probe),
+                    name: probe.name.clone(),
+                    version: probe.manifest.version.clone(),
+                    description: probe.manifest.description.clone(),
+                    file: probe.file.clone(),
+                    state: state.lock().expect("state lock").clone(),
+                    requested: probe.request.clone(),
+                    granted: probe.grant.clone(),
+                    stats: probe.stats.lock().expect("stats lock").clone(),
                 }
             })
             .collect();
@@ -738,6 +780,10 @@ impl ProbeManager {
         extra: &[ExtraDir],
     ) -> bool {
         let mut delay = RETRY_BASE;
+        // This batch's own failures: a probe whose timer calls succeed in
+        // between (which reset its count) is quarantined all the same when
+        // one batch keeps failing, so its source does not stall unseen.
+        let mut failures = 0;
         loop {
             if matches!(
                 *state.lock().expect("state lock"),
@@ -750,11 +796,21 @@ impl ProbeManager {
             let r = self
                 .call_with(probe, state, event.clone(), extra, sink, Quarantine::Counts)
                 .await;
-            if r.is_ok() {
-                return true;
+            let Err(e) = r else { return true };
+            failures += 1;
+            if failures >= QUARANTINE_AFTER {
+                if !matches!(
+                    *state.lock().expect("state lock"),
+                    ProbeState::Quarantined(_)
+                ) {
+                    let why = format!("the same source batch failed {failures} times, last: {e}");
+                    warn!(probe = %probe.name, "probe quarantined until reload: {why}");
+                    *state.lock().expect("state lock") = ProbeState::Quarantined(why);
+                }
+                return false;
             }
             tokio::time::sleep(delay).await;
-            delay *= 2;
+            delay = (delay * 2).min(MAX_BATCH_RETRY);
         }
     }
 

@@ -85,7 +85,10 @@ impl Probe for KernelOops {
         let mut out = Vec::new();
         match event {
             Event::KernelLog(batch) => {
-                for line in &batch.lines {
+                // The kernel's own lines only: what user space writes to
+                // /dev/kmsg carries another facility and cannot forge a
+                // report.
+                for line in batch.lines.iter().filter(|l| l.facility == 0) {
                     asm.push(line.usec, &line.text, &mut reports);
                 }
                 if batch.skipped > 0 {

@@ -36,7 +36,13 @@ pub fn version_and_taint(line: &str) -> (Option<String>, Option<String>) {
         .match_indices(" #")
         .find(|(i, _)| line[i + 2..].starts_with(|c: char| c.is_ascii_digit()))
         .map(|(i, _)| i);
-    let version_start = hash.and_then(|h| line[..h].rfind(char::is_whitespace).map(|s| s + 1));
+    let version_start = hash.and_then(|h| {
+        line[..h]
+            .char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace())
+            .map(|(i, c)| i + c.len_utf8())
+    });
     let version = version_start.map(|s| line[s..].trim_end().to_owned());
     let end = version_start.unwrap_or(line.len());
     let taint = if line[..end].contains(" Not tainted") || line[..end].ends_with("Not tainted ") {
@@ -283,6 +289,11 @@ mod tests {
             );
         }
         assert_eq!(version_and_taint("CPU: 0 PID: 1 Comm: x"), (None, None));
+        // Whitespace of more than one byte (a process name is any bytes).
+        assert_eq!(
+            version_and_taint("CPU: 0 PID: 1 Comm: a\u{3000}6.1.0 #1"),
+            (Some("6.1.0 #1".into()), None)
+        );
     }
 
     #[test]

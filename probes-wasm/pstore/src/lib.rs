@@ -110,7 +110,10 @@ fn timestamp_usec(line: &str) -> Option<u64> {
         .map_or(line, |(_, r)| r);
     let ts = line.strip_prefix('[')?.split_once(']')?.0.trim();
     let (s, us) = ts.split_once('.')?;
-    Some(s.parse::<u64>().ok()? * 1_000_000 + us.parse::<u64>().ok()?)
+    s.parse::<u64>()
+        .ok()?
+        .checked_mul(1_000_000)?
+        .checked_add(us.parse().ok()?)
 }
 
 /// The records of a dump's text (parts joined, or systemd's `dmesg.txt`):

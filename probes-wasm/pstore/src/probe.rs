@@ -42,6 +42,12 @@ fn seen() -> Vec<u64> {
         .collect()
 }
 
+/// A dump's text: bytes that are not UTF-8 (a task name may be any bytes)
+/// are replaced, not a reason to skip the dump.
+fn read_text(path: &str) -> std::io::Result<String> {
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
 /// The dumps these notices belong to: `dmesg.txt` files as they are, the
 /// kernel's part files joined with their siblings (read from the
 /// directory, which the call may read).
@@ -51,7 +57,7 @@ fn dumps(dir: &str, notices: &[FileNotice]) -> Vec<(String, String)> {
     for n in notices {
         let name = n.path.rsplit('/').next().unwrap_or("");
         if name == "dmesg.txt" {
-            match std::fs::read_to_string(&n.path) {
+            match read_text(&n.path) {
                 Ok(text) => out.push((n.path.clone(), text)),
                 Err(e) => log::warn(&format!("{}: {e}", n.path)),
             }
@@ -73,9 +79,12 @@ fn dumps(dir: &str, notices: &[FileNotice]) -> Vec<(String, String)> {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some((k, part)) = parse_name(&name) {
                 if k == key {
-                    // A part removed since the notice is simply missing.
-                    if let Ok(text) = std::fs::read_to_string(e.path()) {
-                        parts.push((part, text));
+                    // A part removed since the notice is missing, one this
+                    // user may not read (an archived part of mode 0600)
+                    // too: the rest of the dump is still reported.
+                    match read_text(&e.path().to_string_lossy()) {
+                        Ok(text) => parts.push((part, text)),
+                        Err(err) => log::warn(&format!("{parent}/{name}: {err}")),
                     }
                 }
             }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// Most directory entries one scan looks at.
 pub const MAX_ENTRIES: usize = 10_000;
 /// Deepest match: `a/b/c` relative to the directory.
-pub const MAX_DEPTH: usize = 3;
+pub const MAX_DEPTH: usize = telem_core::grants::MAX_PATTERN_PARTS;
 /// A file younger than this, and changed since the last scan, may still be
 /// being written: it is noticed on a later scan.
 pub const SETTLE: Duration = Duration::from_secs(2);
@@ -30,29 +30,61 @@ pub struct Found {
 }
 
 /// Whether `name` matches `pattern`: `*` is any run of characters but
-/// `/`, `?` one character but `/`, anything else itself.
+/// `/`, `?` one character but `/`, anything else itself. Part by part
+/// (split at `/`), each in time linear in its pattern times its name:
+/// a pattern of many `*` costs no more than that (the probe chooses it).
 pub fn matches(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => {
-                go(&p[1..], n) || (n.first().is_some_and(|&c| c != b'/') && go(p, &n[1..]))
-            }
-            (Some(b'?'), Some(&c)) if c != b'/' => go(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
-            _ => false,
+    let (p, n): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), name.split('/').collect());
+    p.len() == n.len()
+        && p.iter()
+            .zip(&n)
+            .all(|(p, n)| part_matches(p.as_bytes(), n.as_bytes()))
+}
+
+/// The usual wildcard match with one backtrack point: on a mismatch the
+/// last `*` takes one more byte.
+fn part_matches(p: &[u8], n: &[u8]) -> bool {
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
         }
     }
-    go(pattern.as_bytes(), name.as_bytes())
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+pub use telem_core::grants::files_pattern_refusal as pattern_refusal;
+
+/// What one scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The matching regular files, oldest first.
+    pub found: Vec<Found>,
+    /// Whether every entry was looked at ([`MAX_ENTRIES`] not reached).
+    pub complete: bool,
 }
 
 /// The regular files under `dir` whose relative path matches `pattern`.
-pub fn scan(dir: &Path, pattern: &str) -> std::io::Result<Vec<Found>> {
-    let mut out = Vec::new();
+pub fn scan(dir: &Path, pattern: &str) -> std::io::Result<Scan> {
+    let mut found = Vec::new();
     let mut budget = MAX_ENTRIES;
-    walk(dir, "", pattern, 1, &mut budget, &mut out)?;
-    out.sort();
-    Ok(out)
+    walk(dir, "", pattern, 1, &mut budget, &mut found)?;
+    found.sort();
+    Ok(Scan {
+        found,
+        complete: budget > 0,
+    })
 }
 
 fn walk(
@@ -119,11 +151,15 @@ impl Watch {
     }
 
     /// Takes a scan: forgets files that are gone (a new file of the same
-    /// name is new) and returns the settled ones not told yet, oldest first.
-    pub fn new_files(&mut self, scan: Vec<Found>, now: SystemTime) -> Vec<Found> {
+    /// name is new; only after a complete scan, since a cut one does not
+    /// see them all) and returns the settled ones not told yet, oldest
+    /// first.
+    pub fn new_files(&mut self, scan: Scan, now: SystemTime) -> Vec<Found> {
         let now = secs(now);
-        let seen: BTreeSet<Found> = scan.into_iter().collect();
-        self.told.retain(|f| seen.contains(f));
+        let seen: BTreeSet<Found> = scan.found.into_iter().collect();
+        if scan.complete {
+            self.told.retain(|f| seen.contains(f));
+        }
         let fresh = seen
             .iter()
             .filter(|f| !self.told.contains(*f))
@@ -140,6 +176,19 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pattern_of_many_stars_costs_linear_time() {
+        // With backtracking at every `*` this call would not return.
+        let p = format!("{}X", "*".repeat(250));
+        assert!(!matches(&p, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"));
+        assert!(matches(&p, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaX"));
+        assert!(pattern_refusal("").is_some());
+        assert!(pattern_refusal("a/b/c/d").is_some());
+        assert!(pattern_refusal("../x").is_some());
+        assert!(pattern_refusal("a//b").is_some());
+        assert_eq!(pattern_refusal("*/*/dmesg.txt"), None);
+    }
 
     #[test]
     fn patterns() {
@@ -160,12 +209,14 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", d.path().join("dmesg-ramoops-1")).unwrap();
         let got: Vec<String> = scan(d.path(), "dmesg-ramoops-*")
             .unwrap()
+            .found
             .into_iter()
             .map(|f| f.path)
             .collect();
         assert_eq!(got, ["dmesg-ramoops-0"]);
         let got: Vec<String> = scan(d.path(), "*/*/dmesg.txt")
             .unwrap()
+            .found
             .into_iter()
             .map(|f| f.path)
             .collect();
@@ -181,22 +232,35 @@ mod tests {
         };
         let now = UNIX_EPOCH + Duration::from_secs(1000);
         let mut w = Watch::default();
+        let full = |found: Vec<Found>| Scan {
+            found,
+            complete: true,
+        };
         // An old file is settled at once; a new one waits for a second scan.
         assert_eq!(
-            w.new_files(vec![f("a", 10), f("b", 1000)], now),
+            w.new_files(full(vec![f("a", 10), f("b", 1000)]), now),
             vec![f("a", 10)]
         );
         w.told.insert(f("a", 10));
         assert_eq!(
-            w.new_files(vec![f("a", 10), f("b", 1000)], now),
+            w.new_files(full(vec![f("a", 10), f("b", 1000)]), now),
             vec![f("b", 1000)]
         );
         w.told.insert(f("b", 1000));
-        assert!(w.new_files(vec![f("a", 10), f("b", 1000)], now).is_empty());
+        assert!(w
+            .new_files(full(vec![f("a", 10), f("b", 1000)]), now)
+            .is_empty());
         // Removed, then a new file of the same name: told again.
-        assert!(w.new_files(vec![f("b", 1000)], now).is_empty());
+        // A cut scan that misses `a` does not forget it.
+        let cut = Scan {
+            found: vec![f("b", 1000)],
+            complete: false,
+        };
+        assert!(w.new_files(cut, now).is_empty());
+        assert!(w.told.contains(&f("a", 10)));
+        assert!(w.new_files(full(vec![f("b", 1000)]), now).is_empty());
         assert_eq!(
-            w.new_files(vec![f("a", 20), f("b", 1000)], now),
+            w.new_files(full(vec![f("a", 20), f("b", 1000)]), now),
             vec![f("a", 20)]
         );
     }

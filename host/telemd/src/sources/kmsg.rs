@@ -41,14 +41,20 @@ pub fn parse_record(line: &[u8]) -> Option<KernelLogLine> {
     let pri: u32 = fields.next()?.parse().ok()?;
     let seq: u64 = fields.next()?.parse().ok()?;
     let usec: u64 = fields.next()?.parse().ok()?;
-    let text = &line[semi + 1..];
-    let text = &text[..text.len().min(TEXT_CAP)];
+    let mut text = String::from_utf8_lossy(&line[semi + 1..]).into_owned();
+    if text.len() > TEXT_CAP {
+        let mut cut = TEXT_CAP;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
     Some(KernelLogLine {
         seq,
         usec,
         level: (pri & 7) as u8,
         facility: ((pri >> 3) & 0xff) as u8,
-        text: String::from_utf8_lossy(text).into_owned(),
+        text,
     })
 }
 
@@ -119,7 +125,7 @@ impl Parser {
             // number (a gap after it is not counted twice).
             out.push(Item::Skipped(1));
             if let Some(e) = self.expect.as_mut() {
-                *e += 1;
+                *e = e.saturating_add(1);
             }
             return;
         };
@@ -131,7 +137,10 @@ impl Parser {
                 out.push(Item::Skipped(record.seq - expect));
             }
         }
-        self.expect = Some(record.seq + 1);
+        self.expect = Some(record.seq.saturating_add(1));
+        // Handed on: after a reopen (the file replaced, the device read
+        // again from its oldest record) it is not handed on twice.
+        self.after = Some(record.seq);
         out.push(Item::Line(record));
     }
 }
@@ -357,6 +366,14 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(first.text.len(), TEXT_CAP);
+        // Bytes replaced by U+FFFD (three bytes each) are cut after the
+        // replacement: the text stays within the cap.
+        let mut bad = b"4,0,1,-;".to_vec();
+        bad.extend(std::iter::repeat_n(0xffu8, TEXT_CAP));
+        let Some(l) = parse_record(&bad) else {
+            panic!()
+        };
+        assert!(l.text.len() <= TEXT_CAP, "{}", l.text.len());
         assert_eq!(out[1], Item::Skipped(1));
         let Item::Line(bin) = &out[2] else {
             panic!("{out:?}")

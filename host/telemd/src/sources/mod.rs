@@ -243,7 +243,7 @@ pub async fn drive_kernel_log(
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
-                kmsg::Item::Skipped(n) => batch.skipped += n,
+                kmsg::Item::Skipped(n) => batch.skipped = batch.skipped.saturating_add(n),
                 kmsg::Item::Line(line) => {
                     if !batch.lines.is_empty()
                         && (batch.lines.len() >= max_items || bytes + line.text.len() > max_bytes)
@@ -259,7 +259,9 @@ pub async fn drive_kernel_log(
         }
         let last = batch.lines.last().map(|l| l.seq);
         if batch.skipped > 0 {
-            probe.stats.lock().expect("stats lock").source_skipped += batch.skipped;
+            let mut st = probe.stats.lock().expect("stats lock");
+            st.source_skipped = st.source_skipped.saturating_add(batch.skipped);
+            drop(st);
             tracing::warn!(probe = %probe.name, "{} kernel log record(s) skipped before this batch (lost in the ring or malformed)", batch.skipped);
         }
         if batch.lines.is_empty() && batch.skipped == 0 {
@@ -276,7 +278,18 @@ pub async fn drive_kernel_log(
                 boot_id: boot.clone(),
                 seq,
             };
-            let saved = save(&cursors, move |c| c.kernel_log = Some(next)).await;
+            // Forward only (a replaced probe's late save must not undo its
+            // successor's).
+            let saved = save(&cursors, move |c| {
+                let behind = c
+                    .kernel_log
+                    .as_ref()
+                    .is_some_and(|k| k.boot_id == next.boot_id && k.seq >= next.seq);
+                if !behind {
+                    c.kernel_log = Some(next);
+                }
+            })
+            .await;
             if let Err(e) = saved {
                 tracing::error!(probe = %probe.name, "kernel log cursor not saved: {e}; a restart hands this batch again");
             }
@@ -313,8 +326,9 @@ pub async fn drive_files(
     let (max_items, _) = batch_limits(&limits);
     let mut said = false;
     let mut refused = false;
+    let mut said_cut = false;
     loop {
-        if let Some(why) = mgr.source_dir_refusal(&host_dir) {
+        if let Some(why) = mgr.source_dir_refusal(&probe, &host_dir) {
             if !refused {
                 tracing::warn!(probe = %probe.name, "files source {} not scanned: {why}", host_dir.display());
                 refused = true;
@@ -326,9 +340,13 @@ pub async fn drive_files(
         let (dir, pattern) = (host_dir.clone(), watch.pattern.clone());
         let scan = tokio::task::spawn_blocking(move || files::scan(&dir, &pattern)).await;
         match scan {
-            Ok(Ok(found)) => {
+            Ok(Ok(scan)) => {
                 said = false;
-                let fresh = w.new_files(found, SystemTime::now());
+                if !scan.complete && !said_cut {
+                    tracing::warn!(probe = %probe.name, "{} holds over {} entries; scans look at that many only", host_dir.display(), files::MAX_ENTRIES);
+                    said_cut = true;
+                }
+                let fresh = w.new_files(scan, SystemTime::now());
                 for chunk in fresh.chunks(max_items) {
                     let notices = chunk
                         .iter()
