@@ -208,7 +208,16 @@ pub(crate) async fn store_staged(
     for record in held {
         if let Err(e) = intake.submit(record).await {
             probe.stats.lock().expect("stats lock").records_refused += 1;
-            tracing::warn!(probe = %probe.name, "record of a handled batch refused: {e}");
+            // Within the probe's log allowance, like any refusal.
+            let why = escape(&e.to_string(), FIELD_CAP);
+            let admit = probe
+                .log_gate
+                .lock()
+                .expect("log gate lock")
+                .admit(Instant::now(), why.len());
+            if admit.is_some() {
+                tracing::warn!(probe = %probe.name, "record of a handled batch refused: {why}");
+            }
         } else {
             probe.stats.lock().expect("stats lock").records_sent += 1;
         }

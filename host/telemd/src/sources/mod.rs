@@ -209,7 +209,7 @@ pub async fn drive_kernel_log(
     let (tx, mut rx) = mpsc::channel::<kmsg::Item>(max_items);
     let path = opts.kernel_log_path.clone();
     let name = probe.name.clone();
-    std::thread::Builder::new()
+    let reader = std::thread::Builder::new()
         .name(format!("kmsg-{name}"))
         .spawn(move || {
             let alive = {
@@ -223,9 +223,15 @@ pub async fn drive_kernel_log(
                 |item| tx.blocking_send(item).is_ok(),
                 alive,
             );
-        })
-        .expect("spawn kernel log reader");
+        });
+    if let Err(e) = reader {
+        tracing::error!(probe = %probe.name, "no kernel log reader (cannot start a thread: {e}); the source stays off until the probe is reloaded");
+        return;
+    }
     let mut pending: Option<kmsg::Item> = None;
+    // One warning a minute at most about skipped lines: a flood of them
+    // must not flood the daemon's log too (the count is in `probe info`).
+    let mut last_warned: Option<std::time::Instant> = None;
     loop {
         let first = match pending.take() {
             Some(item) => item,
@@ -262,7 +268,10 @@ pub async fn drive_kernel_log(
             let mut st = probe.stats.lock().expect("stats lock");
             st.source_skipped = st.source_skipped.saturating_add(batch.skipped);
             drop(st);
-            tracing::warn!(probe = %probe.name, "{} kernel log record(s) skipped before this batch (lost in the ring or malformed)", batch.skipped);
+            if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                last_warned = Some(std::time::Instant::now());
+                tracing::warn!(probe = %probe.name, "{} kernel log record(s) skipped before this batch (lost in the ring or malformed; telemctl probe info counts them all)", batch.skipped);
+            }
         }
         if batch.lines.is_empty() && batch.skipped == 0 {
             continue;
