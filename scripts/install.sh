@@ -24,10 +24,10 @@ if [ -z "$from" ]; then
   from=target/release
 fi
 probes=probes-wasm/target/wasm32-wasip2/release
-shipped="hello crash_symbolizer kernel_oops pstore"
+shipped="hello crash_symbolizer kernel_oops pstore journal_errors"
 for p in $shipped; do [ -f "$probes/$p.wasm" ] || missing=1; done
 [ -z "${missing:-}" ] ||
-  (cd probes-wasm && cargo build --target wasm32-wasip2 --release -p hello -p crash-symbolizer -p kernel-oops -p pstore)
+  (cd probes-wasm && cargo build --target wasm32-wasip2 --release -p hello -p crash-symbolizer -p kernel-oops -p pstore -p journal-errors)
 
 root="${DESTDIR:-}"
 bindir="$prefix/bin"

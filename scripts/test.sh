@@ -20,6 +20,9 @@ dpkg -s libc6-dbg >/dev/null 2>&1 || { apt-get update && apt-get install -y libc
 # socket fairness tests.
 { command -v python3 >/dev/null && command -v setpriv >/dev/null; } ||
   { apt-get update && apt-get install -y python3 util-linux; }
+# systemd-journal-remote turns the journal tests' export-format entries
+# into real journal files (tests/journal.rs).
+[ -x /lib/systemd/systemd-journal-remote ] || { apt-get update && apt-get install -y systemd-journal-remote; }
 # gcc-multilib links the i686 test binaries.
 dpkg -s gcc-multilib >/dev/null 2>&1 || { apt-get update && apt-get install -y gcc-multilib; }
 cargo fmt --all -- --check
@@ -27,7 +30,7 @@ cargo fmt --all -- --check
 (cd probes-wasm && cargo fmt --all -- --check)
 cargo clippy --workspace --all-targets -- -D warnings
 (cd probes-wasm && cargo clippy --target wasm32-wasip2 --release -- -D warnings)
-(cd probes-wasm && cargo clippy -p crash-symbolizer -p kernel-report -p pstore --all-targets -- -D warnings)
+(cd probes-wasm && cargo clippy -p crash-symbolizer -p kernel-report -p pstore -p journal-errors --all-targets -- -D warnings)
 (cd probes-wasm && cargo build --target wasm32-wasip2 --release)
 # The programs that link the core crate alone stay small: the crash handler
 # runs as root for every crash (tests/dependency_tree.rs checks what they
@@ -53,7 +56,7 @@ cargo test --workspace --no-fail-fast "${as_root[@]}" 2>&1 | tee "$log" || statu
 (cd probes-wasm && cargo test -p crash-symbolizer --lib --tests) 2>&1 | tee -a "$log" || status=1
 # The kernel report parser and the pstore probe's logic, natively: every
 # real report in tests/fixtures/kernel-log against its expected records.
-(cd probes-wasm && cargo test -p kernel-report -p pstore) 2>&1 | tee -a "$log" || status=1
+(cd probes-wasm && cargo test -p kernel-report -p pstore -p journal-errors) 2>&1 | tee -a "$log" || status=1
 (cd probes-wasm && cargo test -p crash-symbolizer --lib --target i686-unknown-linux-gnu) 2>&1 | tee -a "$log" || status=1
 # One closing line with the totals of every test binary above.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1); if ($(i) ~ /^ignored/) g += $(i-1) } }

@@ -49,6 +49,7 @@ fn destdir_install_yields_the_packaged_tree() {
         ("lib/telemetry/probes/hello.wasm", 0o644),
         ("lib/telemetry/probes/kernel-oops.wasm", 0o644),
         ("lib/telemetry/probes/pstore.wasm", 0o644),
+        ("lib/telemetry/probes/journal-errors.wasm", 0o644),
         ("share/defaults/telemetrics/telemd.toml", 0o644),
         ("share/man/man8/telemd.8", 0o644),
         ("share/man/man1/telemctl.1", 0o644),
@@ -77,6 +78,7 @@ fn destdir_install_yields_the_packaged_tree() {
         "\nPrivateDevices=yes\n",
         "\nInaccessiblePaths=-/proc/kmsg\n",
         "\nSystemCallFilter=~syslog\n",
+        "\nSupplementaryGroups=systemd-journal\n",
     ] {
         assert!(unit.contains(line), "the unit has {line:?}: {unit}");
     }

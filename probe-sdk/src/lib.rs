@@ -55,8 +55,8 @@ pub mod bindings {
 
 use bindings::telemetrics::probe::records;
 pub use bindings::telemetrics::probe::types::{
-    BatchLimits, CrashReport, Event, FileNotice, FilesSource, KernelLogBatch, KernelLogLine,
-    Manifest, SendError, Source, TelemetryRecord, Trigger,
+    BatchLimits, CrashReport, Event, FileNotice, FilesSource, JournalEntry, JournalSource,
+    KernelLogBatch, KernelLogLine, Manifest, SendError, Source, TelemetryRecord, Trigger,
 };
 
 /// What a probe implements: `describe` says what it is and needs, `handle`

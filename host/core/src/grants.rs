@@ -92,6 +92,9 @@ pub struct Request {
     /// granted).
     #[serde(default)]
     pub files: Vec<FilesWatch>,
+    /// The journal source, with the fields it wants.
+    #[serde(default)]
+    pub journal: Option<Vec<String>>,
 }
 
 /// Most parts (`/`-separated) a `files` pattern has: a dump two levels
@@ -170,6 +173,9 @@ pub struct Grant {
     /// Bytes of private state the probe may keep.
     #[serde(default)]
     pub state_quota_bytes: u64,
+    /// Handed journal entries, with these fields only (`None`: not at all).
+    #[serde(default)]
+    pub journal: Option<Vec<String>>,
     /// What was asked for and not granted, and why.
     #[serde(default)]
     pub refused: Vec<Refusal>,
@@ -408,6 +414,39 @@ impl Grant {
                 },
             );
         }
+        let journal = match (&request.journal, policy.journal) {
+            (Some(asked), Some(true)) => Some(match &policy.journal_fields {
+                Some(allowed) => {
+                    for f in asked.iter().filter(|f| !allowed.contains(f)) {
+                        refuse(
+                            format!("journal field {f}"),
+                            format!("not in [probes.{probe}] journal_fields"),
+                        );
+                    }
+                    asked
+                        .iter()
+                        .filter(|f| allowed.contains(f))
+                        .cloned()
+                        .collect()
+                }
+                None => asked.clone(),
+            }),
+            (Some(_), Some(false)) => {
+                refuse(
+                    "journal".into(),
+                    format!("refused by [probes.{probe}] journal = false"),
+                );
+                None
+            }
+            (Some(_), None) => {
+                refuse(
+                    "journal".into(),
+                    format!("the journal holds every service's messages; needs [probes.{probe}] journal = true"),
+                );
+                None
+            }
+            (None, _) => None,
+        };
         let mut files = Vec::new();
         for w in &request.files {
             if read_paths.contains(&w.dir) {
@@ -448,6 +487,7 @@ impl Grant {
             read_paths_by_admin: policy.read_paths.is_some(),
             kernel_log,
             files,
+            journal,
             state_quota_bytes: policy
                 .state_quota_mib
                 .map_or(DEFAULT_STATE_QUOTA_MIB, |n| n.get())
@@ -608,6 +648,8 @@ mod tests {
             enabled: None,
             kernel_log: None,
             state_quota_mib: None,
+            journal: None,
+            journal_fields: None,
         };
         let g = Grant::effective("crash-symbolizer", &req, &approved, &rules());
         assert_eq!(g.read_paths, vec![PathBuf::from("/usr")]);
@@ -852,5 +894,39 @@ mod tests {
             kernel_log: Some(true),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_journal_is_granted_only_by_the_admin_and_narrowed_by_its_fields() {
+        let req = Request {
+            journal: Some(vec![
+                "MESSAGE".into(),
+                "_SYSTEMD_UNIT".into(),
+                "_CMDLINE".into(),
+            ]),
+            ..asking(10, false, None)
+        };
+        let g = Grant::effective("j", &req, &ProbePolicy::default(), &rules());
+        assert_eq!(g.journal, None);
+        assert!(g.refused.iter().any(|r| r.item == "journal"));
+        let approved = ProbePolicy {
+            journal: Some(true),
+            journal_fields: Some(vec!["MESSAGE".into(), "_SYSTEMD_UNIT".into()]),
+            ..Default::default()
+        };
+        let g = Grant::effective("j", &req, &approved, &rules());
+        assert_eq!(
+            g.journal,
+            Some(vec!["MESSAGE".into(), "_SYSTEMD_UNIT".into()])
+        );
+        assert!(g.refused.iter().any(|r| r.item == "journal field _CMDLINE"));
+        let refused = ProbePolicy {
+            journal: Some(false),
+            ..approved
+        };
+        assert_eq!(
+            Grant::effective("j", &req, &refused, &rules()).journal,
+            None
+        );
     }
 }

@@ -69,6 +69,17 @@ pub struct ProbePolicy {
     /// addresses and every driver's messages).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_log: Option<bool>,
+    /// true: the probe is handed the journal entries its manifest asks for.
+    /// Absent or false: never (the journal holds every service's messages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal: Option<bool>,
+    /// The journal fields it may see (narrows the manifest's list).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::config::non_empty::opt_strings"
+    )]
+    pub journal_fields: Option<Vec<String>>,
     /// MiB of private state the probe may keep (keys and values together).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_quota_mib: Option<Bounded<0, 1024>>,

@@ -103,6 +103,6 @@ pub(crate) fn event_v0_1(e: &now::Event) -> Option<old::Event> {
             pid: c.pid,
             signal: c.signal,
         }),
-        now::Event::KernelLog(_) | now::Event::Files(_) => return None,
+        now::Event::KernelLog(_) | now::Event::Files(_) | now::Event::Journal(_) => return None,
     })
 }

@@ -344,7 +344,7 @@ impl Sandbox {
                     dir: PathBuf::from(&f.dir),
                     pattern: f.pattern.clone(),
                 }),
-                Source::KernelLog(_) => None,
+                Source::KernelLog(_) | Source::Journal(_) => None,
             })
             .collect();
         let mut read_paths: Vec<PathBuf> = manifest.read_paths.iter().map(PathBuf::from).collect();
@@ -360,6 +360,10 @@ impl Sandbox {
                 .iter()
                 .any(|s| matches!(s, Source::KernelLog(_))),
             files,
+            journal: manifest.sources.iter().find_map(|s| match s {
+                Source::Journal(j) => Some(j.fields.clone()),
+                _ => None,
+            }),
             classifications: manifest.classifications.clone(),
             max_records_per_hour: manifest.max_records_per_hour,
             crashes: manifest
@@ -701,9 +705,18 @@ fn check_manifest_size(m: &Manifest) -> Result<(), LoadFailure> {
         .into_iter()
         .chain(&m.read_paths)
         .chain(&m.classifications)
-        .chain(m.sources.iter().flat_map(|s| match s {
-            Source::Files(f) => vec![&f.dir, &f.pattern],
-            Source::KernelLog(_) => vec![],
+        .chain(m.sources.iter().flat_map(|s| {
+            match s {
+                Source::Files(f) => vec![&f.dir, &f.pattern],
+                Source::Journal(j) => j
+                    .matches
+                    .iter()
+                    .chain(&j.privacy_gated)
+                    .flatten()
+                    .chain(&j.fields)
+                    .collect(),
+                Source::KernelLog(_) => vec![],
+            }
         }))
         .map(String::len)
         .max()
@@ -712,6 +725,16 @@ fn check_manifest_size(m: &Manifest) -> Result<(), LoadFailure> {
         return Err(LoadFailure::ManifestString(longest));
     }
     check_sources(&m.sources)
+}
+
+/// A journal field name: upper-case letters, digits and `_`, not starting
+/// with a digit, at most 64 bytes (journald's own rule).
+fn is_journal_field(f: &str) -> bool {
+    !f.is_empty()
+        && f.len() <= 64
+        && !f.starts_with(|c: char| c.is_ascii_digit())
+        && f.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// One kernel log source at most (two would read the log twice and share
@@ -724,6 +747,43 @@ fn check_sources(sources: &[Source]) -> Result<(), LoadFailure> {
         .count();
     if logs > 1 {
         return refuse(format!("{logs} kernel-log sources (at most one)"));
+    }
+    let journals: Vec<&crate::JournalSource> = sources
+        .iter()
+        .filter_map(|s| match s {
+            Source::Journal(j) => Some(j),
+            _ => None,
+        })
+        .collect();
+    if journals.len() > 1 {
+        return refuse(format!("{} journal sources (at most one)", journals.len()));
+    }
+    for j in journals {
+        let terms = j.matches.iter().chain(&j.privacy_gated).flatten();
+        let count = terms.clone().count() + j.fields.len();
+        if count > MAX_MANIFEST_ITEMS {
+            return refuse(format!(
+                "the journal source names {count} terms and fields (at most {MAX_MANIFEST_ITEMS})"
+            ));
+        }
+        for t in terms {
+            let field = t.split_once('=').map(|(f, _)| f);
+            if !field.is_some_and(is_journal_field) {
+                return refuse(format!(
+                    "journal match {}: not FIELD=value",
+                    escape(t, FIELD_CAP)
+                ));
+            }
+        }
+        if j.matches.iter().chain(&j.privacy_gated).any(Vec::is_empty) {
+            return refuse("an empty journal match group (it would match every entry)".into());
+        }
+        if let Some(f) = j.fields.iter().find(|f| !is_journal_field(f)) {
+            return refuse(format!(
+                "journal field {}: not a field name",
+                escape(f, FIELD_CAP)
+            ));
+        }
     }
     let mut seen = std::collections::HashSet::new();
     for s in sources {

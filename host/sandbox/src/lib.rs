@@ -40,8 +40,8 @@ pub use host_records::{IntakeError, RecordIntake, Sink};
 pub use probe::{CallError, LoadedProbe};
 
 pub use self::bindings::current::telemetrics::probe::types::{
-    BatchLimits, CrashReport, Event, FileNotice, FilesSource, KernelLogBatch, KernelLogLine,
-    Manifest, Source, Trigger,
+    BatchLimits, CrashReport, Event, FileNotice, FilesSource, JournalEntry, JournalSource,
+    KernelLogBatch, KernelLogLine, Manifest, Source, Trigger,
 };
 
 /// Contract versions this host accepts, in words for errors.

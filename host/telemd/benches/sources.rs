@@ -157,6 +157,8 @@ fn main() {
             cursor_dir: root.join("probe-state"),
             sources_root: "/".into(),
             files_scan_interval: Duration::from_secs(60),
+            journal_dir: None,
+            no_privacy_filters_file: root.join("no-privacy-filters"),
         },
     );
     rt.spawn(mgr.clone().watch(Duration::from_secs(60)));

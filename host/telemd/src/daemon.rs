@@ -121,6 +121,9 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
             boot_id_path: "/proc/sys/kernel/random/boot_id".into(),
             cursor_dir: config.host.state_dir.join("probe-state"),
             sources_root: config.probes.sources_root.clone(),
+            journal_dir: (!config.probes.journal_source_dir.as_os_str().is_empty())
+                .then(|| config.probes.journal_source_dir.clone()),
+            no_privacy_filters_file: config.crash.no_privacy_filters_file.clone(),
             files_scan_interval: Duration::from_millis(config.probes.probe_scan_interval_ms.get()),
         },
     );

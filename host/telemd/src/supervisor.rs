@@ -900,7 +900,16 @@ async fn drive(
                     ));
                 }
             }
-            Source::KernelLog(_) => {}
+            Source::Journal(j) if probe.grant.journal.is_some() => {
+                parts.spawn(crate::sources::drive_journal(
+                    mgr.clone(),
+                    probe.clone(),
+                    state.clone(),
+                    cursors.clone(),
+                    j.clone(),
+                ));
+            }
+            Source::KernelLog(_) | Source::Journal(_) => {}
         }
     }
     while parts.join_next().await.is_some() {}

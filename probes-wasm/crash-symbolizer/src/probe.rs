@@ -101,7 +101,11 @@ impl Probe for CrashSymbolizer {
                 }
                 report(&core, CrashFacts::default(), lookup)
             }
-            Event::Start | Event::Timer | Event::KernelLog(_) | Event::Files(_) => Ok(()),
+            Event::Start
+            | Event::Timer
+            | Event::KernelLog(_)
+            | Event::Files(_)
+            | Event::Journal(_) => Ok(()),
         }
     }
 }

@@ -111,7 +111,11 @@ impl Probe for KernelOops {
                     save(SKIPPED, &[])?;
                 }
             }
-            Event::Start | Event::Manual(_) | Event::Crash(_) | Event::Files(_) => {}
+            Event::Start
+            | Event::Manual(_)
+            | Event::Crash(_)
+            | Event::Files(_)
+            | Event::Journal(_) => {}
         }
         out.extend(kernel_report::records_of(reports, &mut repeats, now));
         for o in &out {

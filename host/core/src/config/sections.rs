@@ -255,9 +255,14 @@ pub struct ProbesConfig {
     /// them at the path its manifest names.
     #[serde(deserialize_with = "non_empty::path")]
     pub sources_root: PathBuf,
+    /// Where the journal source reads: a directory of journal files, or
+    /// empty for the system journal (`/var/log/journal` and
+    /// `/run/log/journal`).
+    pub journal_source_dir: PathBuf,
     /// The admin's word on each probe (`[probes.NAME]` tables: `enabled`,
     /// `read_paths`, `classifications`, `memory_limit_mib`, `timeout_ms`,
-    /// `max_records_per_hour`, `crashes`, `kernel_log`, `state_quota_mib`). The defaults approve what the
+    /// `max_records_per_hour`, `crashes`, `kernel_log`, `journal`,
+    /// `journal_fields`, `state_quota_mib`). The defaults approve what the
     /// shipped probes need; a table in a file changes only the keys it
     /// names.
     pub probes: BTreeMap<String, ProbePolicy>,
@@ -278,6 +283,7 @@ impl Default for ProbesConfig {
             probe_min_interval_secs: Bounded::new(crate::probe_policy::DEFAULT_MIN_INTERVAL_SECS),
             kernel_log_path: "/dev/kmsg".into(),
             sources_root: "/".into(),
+            journal_source_dir: PathBuf::new(),
             probes: shipped_probe_grants(),
         }
     }
@@ -289,7 +295,8 @@ impl Default for ProbesConfig {
 /// handed the kernel log and sends the legacy kernel and BERT
 /// classifications; pstore is told of the oops logs systemd-pstore
 /// archived (or the kernel left in `/sys/fs/pstore`) and sends the kernel
-/// classifications too.
+/// classifications too; journal-errors is handed the journal and sends
+/// `org.clearlinux/journal/*`.
 fn shipped_probe_grants() -> BTreeMap<String, ProbePolicy> {
     let crash_symbolizer = ProbePolicy {
         read_paths: Some(vec!["/usr".into(), "/usr/lib/debug".into()]),
@@ -317,8 +324,17 @@ fn shipped_probe_grants() -> BTreeMap<String, ProbePolicy> {
         ]),
         ..Default::default()
     };
+    let journal_errors = ProbePolicy {
+        classifications: Some(vec![
+            "org.clearlinux/journal/*".into(),
+            "org.clearlinux/journal-errors/*".into(),
+        ]),
+        journal: Some(true),
+        ..Default::default()
+    };
     BTreeMap::from([
         ("crash-symbolizer".to_owned(), crash_symbolizer),
+        ("journal-errors".to_owned(), journal_errors),
         ("kernel-oops".to_owned(), kernel_oops),
         ("pstore".to_owned(), pstore),
     ])

@@ -8,6 +8,7 @@
 //! reload).
 
 pub mod files;
+pub mod journal;
 pub mod kmsg;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,6 +51,11 @@ pub struct SourceOptions {
     pub sources_root: PathBuf,
     /// How often `files` directories are scanned.
     pub files_scan_interval: Duration,
+    /// The journal source's directory (`None`: the system journal).
+    pub journal_dir: Option<PathBuf>,
+    /// The admin's privacy opt-out: a journal source's privacy-gated
+    /// matches apply only while it exists.
+    pub no_privacy_filters_file: PathBuf,
 }
 
 /// A probe's positions in its sources, kept across restarts in
@@ -62,6 +68,9 @@ pub struct Cursors {
     /// Per `files` source (`DIR PATTERN`), the files the probe was told of.
     #[serde(default)]
     pub files: BTreeMap<String, BTreeSet<files::Found>>,
+    /// The journal cursor of the last entry handled.
+    #[serde(default)]
+    pub journal: Option<String>,
 }
 
 /// The last kernel log record a probe handled.
@@ -127,6 +136,15 @@ impl CursorFile {
                 source: "kernel-log".into(),
                 position: match &c.kernel_log {
                     Some(k) => format!("handled up to record {} of boot {}", k.seq, k.boot_id),
+                    None => "nothing handled yet".into(),
+                },
+            });
+        }
+        if probe.grant.journal.is_some() {
+            out.push(SourceInfo {
+                source: "journal".into(),
+                position: match &c.journal {
+                    Some(_) => "handled up to a saved cursor".into(),
                     None => "nothing handled yet".into(),
                 },
             });
@@ -397,6 +415,143 @@ pub async fn drive_files(
             }
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// Hands journal entries to `probe`, batch by batch, from its cursor:
+/// journalctl runs as a child, started again (after the last entry
+/// handled) when it stops; a journal that cannot be read is logged once
+/// and tried again every [`SOURCE_RETRY`].
+pub async fn drive_journal(
+    mgr: Arc<ProbeManager>,
+    probe: Arc<LoadedProbe>,
+    state: Arc<Mutex<ProbeState>>,
+    cursors: Arc<CursorFile>,
+    source: telem_sandbox::JournalSource,
+) {
+    let opts = mgr.source_options().clone();
+    let Some(fields) = probe.grant.journal.clone() else {
+        return;
+    };
+    let (max_items, max_bytes) = batch_limits(&source.limits);
+    let mut said: Option<String> = None;
+    let mut last_warned: Option<std::time::Instant> = None;
+    loop {
+        let mut groups = source.matches.clone();
+        if opts.no_privacy_filters_file.exists() {
+            groups.extend(source.privacy_gated.iter().cloned());
+        }
+        let query = journal::Query {
+            dir: opts.journal_dir.clone(),
+            groups,
+            // The journal writes the id without its dashes.
+            boot_id: source
+                .this_boot
+                .then(|| boot_id(&opts.boot_id_path).replace('-', "")),
+            fields: fields.clone(),
+        };
+        let cursor = cursors.cursors.lock().expect("cursor lock").journal.clone();
+        let problem = opts.journal_dir.as_deref().and_then(journal::dir_problem);
+        let child = match problem {
+            Some(p) => Err(p),
+            None => journal::command(&query, cursor.as_deref())
+                .spawn()
+                .map_err(|e| format!("cannot run journalctl: {e}")),
+        };
+        let mut child = match child {
+            Ok(c) => journal::ChildGuard(c),
+            Err(why) => {
+                if said.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(probe = %probe.name, "journal source: {why}; trying again every {} s", SOURCE_RETRY.as_secs());
+                    said = Some(why);
+                }
+                tokio::time::sleep(SOURCE_RETRY).await;
+                continue;
+            }
+        };
+        let Some(out) = child.0.stdout.take() else {
+            return;
+        };
+        // Entries may be up to 64 KiB each: the queue holds 128 at most.
+        let (tx, mut rx) = mpsc::channel::<journal::Item>(max_items.min(128));
+        let reader_fields = fields.clone();
+        let reader = std::thread::Builder::new()
+            .name(format!("journal-{}", probe.name))
+            .spawn(move || {
+                journal::read_entries(out, &reader_fields, |item| tx.blocking_send(item).is_ok())
+            });
+        if let Err(e) = reader {
+            tracing::error!(probe = %probe.name, "no journal reader (cannot start a thread: {e}); the source stays off until the probe is reloaded");
+            return;
+        }
+        let mut pending: Option<journal::Item> = None;
+        loop {
+            let first = match pending.take() {
+                Some(item) => item,
+                None => match rx.recv().await {
+                    Some(item) => item,
+                    None => break,
+                },
+            };
+            let mut entries = Vec::new();
+            let mut last_cursor = None;
+            let (mut bytes, mut skipped) = (0usize, 0u64);
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                match item {
+                    journal::Item::Skipped(n) => skipped = skipped.saturating_add(n),
+                    journal::Item::Entry(cursor, entry) => {
+                        let size: usize = entry.fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+                        if !entries.is_empty()
+                            && (entries.len() >= max_items || bytes + size > max_bytes)
+                        {
+                            pending = Some(journal::Item::Entry(cursor, entry));
+                            break;
+                        }
+                        bytes += size;
+                        entries.push(entry);
+                        last_cursor = Some(cursor);
+                    }
+                }
+                next = rx.try_recv().ok();
+            }
+            if skipped > 0 {
+                let mut st = probe.stats.lock().expect("stats lock");
+                st.source_skipped = st.source_skipped.saturating_add(skipped);
+                drop(st);
+                if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    last_warned = Some(std::time::Instant::now());
+                    tracing::warn!(probe = %probe.name, "{skipped} journal entries could not be read (over 4 MiB, or not journalctl's JSON)");
+                }
+            }
+            if entries.is_empty() {
+                continue;
+            }
+            if !mgr
+                .deliver_batch(&probe, &state, Event::Journal(entries), &[])
+                .await
+            {
+                return;
+            }
+            if let Some(c) = last_cursor {
+                let saved = save(&cursors, move |cs| cs.journal = Some(c)).await;
+                if let Err(e) = saved {
+                    tracing::error!(probe = %probe.name, "journal cursor not saved: {e}; a restart hands this batch again");
+                }
+            }
+        }
+        // journalctl stopped (with --follow it does not on its own).
+        let status = child.0.wait();
+        let why = format!(
+            "journalctl stopped ({}): {}",
+            status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+            telem_core::untrusted::escape(&journal::stderr_head(&mut child.0), 256)
+        );
+        if said.as_deref() != Some(why.as_str()) {
+            tracing::warn!(probe = %probe.name, "journal source: {why}; starting it again every {} s", SOURCE_RETRY.as_secs());
+            said = Some(why);
+        }
+        tokio::time::sleep(SOURCE_RETRY).await;
     }
 }
 

@@ -1,0 +1,297 @@
+//! The journal source: `journalctl` as a child (`-o json --all --follow`,
+//! the probe's matches, `--after-cursor` from the probe's cursor), its
+//! output read line by line with a cap, each entry cut to the granted
+//! fields. journalctl rather than libsystemd's sd-journal: no C library
+//! linked into the daemon, no unsafe FFI, and the journal files (the
+//! least trusted input here) are parsed in a separate process that can
+//! crash or be killed without taking the daemon along; the JSON it
+//! writes is parsed by serde.
+//!
+//! journalctl's `--follow` reads the journal's last boot only (this
+//! version's rule): a source with `this-boot` wants exactly that; one
+//! without it sees the current boot too, not earlier ones.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use telem_sandbox::JournalEntry;
+
+/// Longest output line kept (an entry with every field): an entry over it
+/// is skipped and counted. journald keeps fields under 64 KiB by default;
+/// native clients may send more.
+pub const LINE_CAP: usize = 4 << 20;
+/// Longest field value handed to a probe; the rest is cut.
+pub const VALUE_CAP: usize = 16 << 10;
+/// Most bytes of field values one entry carries; later fields are left
+/// out (so the reader's queue of entries is bounded in bytes too).
+pub const ENTRY_CAP: usize = 64 << 10;
+
+/// What the reader hands on.
+#[derive(Debug, PartialEq)]
+pub enum Item {
+    /// An entry and its cursor.
+    Entry(String, JournalEntry),
+    /// Entries that could not be read (too long, not JSON).
+    Skipped(u64),
+}
+
+/// What to read.
+#[derive(Clone, Debug)]
+pub struct Query {
+    /// A directory of journal files, or `None` for the system journal.
+    pub dir: Option<PathBuf>,
+    /// Match groups (ORed), each a list of `FIELD=value` terms.
+    pub groups: Vec<Vec<String>>,
+    /// `_BOOT_ID=` added to every group, if any.
+    pub boot_id: Option<String>,
+    /// Fields handed on.
+    pub fields: Vec<String>,
+}
+
+/// The journalctl command line for `query`, after `cursor`.
+pub fn command(query: &Query, cursor: Option<&str>) -> Command {
+    let mut c = Command::new("journalctl");
+    c.args([
+        "--output=json",
+        "--all",
+        "--follow",
+        "--lines=all",
+        "--no-pager",
+        "--quiet",
+    ]);
+    if let Some(d) = &query.dir {
+        c.arg(format!("--directory={}", d.display()));
+    }
+    if let Some(cur) = cursor {
+        c.arg(format!("--after-cursor={cur}"));
+    }
+    let mut fields = query.fields.clone();
+    fields.sort();
+    fields.dedup();
+    c.arg(format!("--output-fields={}", fields.join(",")));
+    for (i, g) in query.groups.iter().enumerate() {
+        if i > 0 {
+            c.arg("+");
+        }
+        c.args(g);
+        if let Some(b) = &query.boot_id {
+            c.arg(format!("_BOOT_ID={b}"));
+        }
+    }
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// A field value of journalctl's JSON: a string, a byte array (binary),
+/// or a list of either (a field set more than once: the first is kept).
+fn value_text(v: &serde_json::Value) -> Option<String> {
+    let text = match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) if items.iter().all(|i| i.is_u64()) => {
+            let bytes: Vec<u8> = items
+                .iter()
+                .filter_map(|i| i.as_u64())
+                .map(|b| b as u8)
+                .collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        serde_json::Value::Array(items) => return items.first().and_then(value_text),
+        _ => return None,
+    };
+    let mut text = text;
+    if text.len() > VALUE_CAP {
+        let mut cut = VALUE_CAP;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    Some(text)
+}
+
+/// One line of journalctl's output as an entry with the granted fields.
+pub fn parse_line(line: &[u8], fields: &[String]) -> Option<(String, JournalEntry)> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line).ok()?;
+    let cursor = map.get("__CURSOR")?.as_str()?.to_owned();
+    let realtime_usec = map
+        .get("__REALTIME_TIMESTAMP")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut total = 0;
+    let fields = fields
+        .iter()
+        .filter_map(|f| map.get(f).and_then(value_text).map(|v| (f.clone(), v)))
+        .take_while(|(_, v)| {
+            total += v.len();
+            total <= ENTRY_CAP
+        })
+        .collect();
+    Some((
+        cursor,
+        JournalEntry {
+            realtime_usec,
+            fields,
+        },
+    ))
+}
+
+/// Kills the child when dropped (the probe stopped).
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads `out` (journalctl's stdout) line by line, handing on entries,
+/// until it ends or `send` returns false. Lines over [`LINE_CAP`] are
+/// read through and counted, never held.
+pub fn read_entries(mut out: impl Read, fields: &[String], mut send: impl FnMut(Item) -> bool) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut line: Vec<u8> = Vec::new();
+    let mut overlong = false;
+    loop {
+        let n = match out.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let mut rest = &buf[..n];
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            let part = &rest[..nl];
+            rest = &rest[nl + 1..];
+            let item = if overlong || line.len() + part.len() > LINE_CAP {
+                Item::Skipped(1)
+            } else {
+                line.extend_from_slice(part);
+                match parse_line(&line, fields) {
+                    Some((cursor, entry)) => Item::Entry(cursor, entry),
+                    None => Item::Skipped(1),
+                }
+            };
+            line.clear();
+            overlong = false;
+            if !send(item) {
+                return;
+            }
+        }
+        if line.len() + rest.len() > LINE_CAP {
+            overlong = true;
+            line.clear();
+        } else if !overlong {
+            line.extend_from_slice(rest);
+        }
+    }
+}
+
+/// The first bytes of journalctl's stderr, for the log line that says why
+/// it stopped.
+pub fn stderr_head(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(err) = child.stderr.take() {
+        let _ = err.take(2048).read_to_string(&mut s);
+    }
+    s.lines().next().unwrap_or("").to_owned()
+}
+
+/// Whether `dir` can be read as a journal directory (a clear log line
+/// when not, before journalctl says less clearly).
+pub fn dir_problem(dir: &Path) -> Option<String> {
+    match std::fs::read_dir(dir) {
+        Ok(_) => None,
+        Err(e) => Some(format!("{}: {e}", dir.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn entries_keep_only_granted_fields_and_binary_is_replaced() {
+        let line = br#"{"__CURSOR":"s=1;i=2","__REALTIME_TIMESTAMP":"1700000000000000","MESSAGE":[98,105,110,0,255],"_CMDLINE":"secret","UNIT":["a.service","b.service"]}"#;
+        let (cursor, e) = parse_line(line, &f(&["MESSAGE", "UNIT", "EXIT_CODE"])).unwrap();
+        assert_eq!(cursor, "s=1;i=2");
+        assert_eq!(e.realtime_usec, 1_700_000_000_000_000);
+        assert_eq!(
+            e.fields,
+            vec![
+                ("MESSAGE".to_owned(), "bin\u{0}\u{fffd}".to_owned()),
+                ("UNIT".to_owned(), "a.service".to_owned())
+            ]
+        );
+        assert!(parse_line(b"{\"MESSAGE\":\"no cursor\"}", &f(&["MESSAGE"])).is_none());
+        assert!(parse_line(b"not json", &f(&["MESSAGE"])).is_none());
+    }
+
+    #[test]
+    fn long_values_are_cut_and_longer_lines_skipped_unheld() {
+        let big = "x".repeat(1 << 20);
+        let line = format!("{{\"__CURSOR\":\"c\",\"MESSAGE\":\"{big}\"}}\n");
+        let mut out = Vec::new();
+        read_entries(line.as_bytes(), &f(&["MESSAGE"]), |i| {
+            out.push(i);
+            true
+        });
+        let Item::Entry(_, e) = &out[0] else { panic!() };
+        assert_eq!(e.fields[0].1.len(), VALUE_CAP);
+        let huge = format!(
+            "{{\"__CURSOR\":\"c\",\"MESSAGE\":\"{}\"}}\n{{\"__CURSOR\":\"d\"}}\n",
+            "y".repeat(LINE_CAP)
+        );
+        let mut out = Vec::new();
+        read_entries(huge.as_bytes(), &f(&["MESSAGE"]), |i| {
+            out.push(i);
+            true
+        });
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0], Item::Skipped(1));
+        assert!(matches!(&out[1], Item::Entry(c, _) if c == "d"));
+    }
+
+    #[test]
+    fn matches_become_journalctl_terms_with_the_boot_in_every_group() {
+        let q = Query {
+            dir: Some("/j".into()),
+            groups: vec![
+                vec!["EXIT_CODE=exited".into()],
+                vec!["PRIORITY=0".into(), "PRIORITY=1".into()],
+            ],
+            boot_id: Some("b".into()),
+            fields: f(&["MESSAGE", "UNIT"]),
+        };
+        let c = command(&q, Some("s=1"));
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let tail: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .skip_while(|a| !a.starts_with("--output-fields"))
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                "--output-fields=MESSAGE,UNIT",
+                "EXIT_CODE=exited",
+                "_BOOT_ID=b",
+                "+",
+                "PRIORITY=0",
+                "PRIORITY=1",
+                "_BOOT_ID=b"
+            ]
+        );
+        assert!(args.contains(&"--directory=/j".to_owned()));
+        assert!(args.contains(&"--after-cursor=s=1".to_owned()));
+    }
+}

@@ -1,0 +1,106 @@
+//! The component: entries handed by the host's journal source, the flood
+//! windows kept in the probe's state between calls (written with the
+//! batch's records, so a batch handed again starts from the same counts).
+
+use telemetrics_probe_sdk::{
+    export_probe, log, state, BatchLimits, Event, JournalSource, Manifest, Probe, Record, Source,
+    Trigger,
+};
+
+use crate::{Floods, Outgoing, CLASSIFICATION, SEVERITY};
+
+const FLOODS: &str = "floods";
+/// The journal time last seen, for the timer to close windows by.
+const CLOCK: &str = "clock";
+
+struct JournalErrors;
+
+fn send(o: &Outgoing) {
+    // A refusal (over the hourly budget) is logged, not a failure of the
+    // batch, which would be handed back until the probe is quarantined.
+    if let Err(e) = Record::new(CLASSIFICATION)
+        .severity(SEVERITY)
+        .payload(o.payload.clone())
+        .send()
+    {
+        log::warn(&format!("record not taken: {e}"));
+    }
+}
+
+impl Probe for JournalErrors {
+    fn describe() -> Manifest {
+        Manifest {
+            name: "journal-errors".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Services that failed, from the systemd journal of this boot".into(),
+            classifications: vec![CLASSIFICATION.into()],
+            triggers: vec![Trigger::Interval(600)],
+            read_paths: vec![],
+            max_records_per_hour: 120,
+            sources: vec![Source::Journal(JournalSource {
+                matches: vec![vec!["EXIT_CODE=exited".into()]],
+                privacy_gated: vec![vec![
+                    "PRIORITY=0".into(),
+                    "PRIORITY=1".into(),
+                    "PRIORITY=2".into(),
+                    "PRIORITY=3".into(),
+                ]],
+                this_boot: true,
+                fields: vec![
+                    "MESSAGE".into(),
+                    "UNIT".into(),
+                    "_SYSTEMD_UNIT".into(),
+                    "SYSLOG_IDENTIFIER".into(),
+                    "PRIORITY".into(),
+                    "EXIT_CODE".into(),
+                    "EXIT_STATUS".into(),
+                ],
+                limits: BatchLimits {
+                    max_items: 256,
+                    max_bytes: 0,
+                },
+            })],
+        }
+    }
+
+    fn handle(event: Event) -> Result<(), String> {
+        let mut floods = Floods::decode(&state::get(FLOODS).unwrap_or_default());
+        let mut clock = state::get(CLOCK)
+            .and_then(|v| v.try_into().ok())
+            .map_or(0, u64::from_le_bytes);
+        let mut out = Vec::new();
+        match event {
+            Event::Journal(entries) => {
+                for e in &entries {
+                    clock = clock.max(e.realtime_usec);
+                    floods.entry(&e.fields, e.realtime_usec.max(clock), &mut out);
+                }
+            }
+            // The journal may go quiet after a flood: its windows close by
+            // the journal time last seen plus the time since.
+            Event::Timer => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64);
+                floods.expire(now.max(clock), &mut out);
+            }
+            _ => {}
+        }
+        for o in &out {
+            send(o);
+        }
+        let encoded = floods.encode();
+        let saved = if encoded.is_empty() {
+            state::delete(FLOODS)
+        } else {
+            state::set(FLOODS, &encoded)
+        }
+        .and_then(|()| state::set(CLOCK, &clock.to_le_bytes()));
+        if let Err(e) = saved {
+            log::warn(&format!("flood counts not kept: {e}"));
+        }
+        Ok(())
+    }
+}
+
+export_probe!(JournalErrors);
