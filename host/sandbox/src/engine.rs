@@ -896,7 +896,44 @@ mod tests {
             sources,
             ..ok.clone()
         };
-        check_manifest_size(&with(vec![kmsg(), files("a/*"), files("*")])).unwrap();
+        let journal = |matches: Vec<Vec<&str>>, fields: Vec<&str>| {
+            Source::Journal(crate::JournalSource {
+                matches: matches
+                    .into_iter()
+                    .map(|g| g.into_iter().map(String::from).collect())
+                    .collect(),
+                privacy_gated: vec![],
+                this_boot: true,
+                fields: fields.into_iter().map(String::from).collect(),
+                limits: crate::BatchLimits {
+                    max_items: 0,
+                    max_bytes: 0,
+                },
+            })
+        };
+        let good_journal = || journal(vec![vec!["EXIT_CODE=exited"]], vec!["MESSAGE"]);
+        check_manifest_size(&with(vec![
+            kmsg(),
+            files("a/*"),
+            files("*"),
+            good_journal(),
+        ]))
+        .unwrap();
+        for bad in [
+            vec![good_journal(), good_journal()],
+            vec![journal(vec![vec![]], vec!["MESSAGE"])],
+            vec![journal(vec![vec!["exit_code=exited"]], vec!["MESSAGE"])],
+            vec![journal(vec![vec!["NO_EQUALS"]], vec!["MESSAGE"])],
+            vec![journal(vec![vec!["A=b"]], vec!["message"])],
+        ] {
+            assert!(
+                matches!(
+                    check_manifest_size(&with(bad.clone())),
+                    Err(LoadFailure::ManifestSources(_))
+                ),
+                "{bad:?}"
+            );
+        }
         for bad in [
             vec![kmsg(), kmsg()],
             vec![files("*"), files("*")],
