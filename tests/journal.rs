@@ -58,6 +58,7 @@ fn failed(boot: &str, usec: u64, unit: &str) -> Vec<u8> {
             ("EXIT_STATUS", b"1"),
             ("PRIORITY", b"5"),
             ("SYSLOG_IDENTIFIER", b"systemd"),
+            ("_PID", b"1"),
         ],
     )
 }
@@ -160,6 +161,20 @@ fn failed_units_of_this_boot_are_reported_and_nothing_else() {
                 T0 + 2,
                 "3",
                 "an error, reported only without privacy filters",
+            ),
+            // Any process may log EXIT_CODE and UNIT: only systemd's count.
+            entry(
+                &boot,
+                T0 + 3,
+                &[
+                    (
+                        "MESSAGE",
+                        b"sshd.service: Main process exited, code=exited, status=1/FAILURE",
+                    ),
+                    ("UNIT", b"sshd.service"),
+                    ("EXIT_CODE", b"exited"),
+                    ("_PID", b"4242"),
+                ],
             ),
         ],
     );
@@ -297,6 +312,7 @@ fn hostile_entries_a_damaged_file_and_a_missing_directory() {
                     ("MESSAGE", huge.as_bytes()),
                     ("UNIT", b"huge.service"),
                     ("EXIT_CODE", b"exited"),
+                    ("_PID", b"1"),
                 ],
             ),
             entry(
@@ -306,6 +322,7 @@ fn hostile_entries_a_damaged_file_and_a_missing_directory() {
                     ("MESSAGE", b"bin\x00\xff\xfeary exit"),
                     ("UNIT", b"bin.service"),
                     ("EXIT_CODE", b"exited"),
+                    ("_PID", b"1"),
                 ],
             ),
         ],

@@ -775,8 +775,10 @@ fn check_sources(sources: &[Source]) -> Result<(), LoadFailure> {
                 ));
             }
         }
-        if j.matches.iter().chain(&j.privacy_gated).any(Vec::is_empty) {
-            return refuse("an empty journal match group (it would match every entry)".into());
+        if j.matches.is_empty() || j.matches.iter().chain(&j.privacy_gated).any(Vec::is_empty) {
+            return refuse(
+                "a journal source without matches, or an empty match group (it would match every entry)".into(),
+            );
         }
         if let Some(f) = j.fields.iter().find(|f| !is_journal_field(f)) {
             return refuse(format!(
@@ -922,6 +924,7 @@ mod tests {
         for bad in [
             vec![good_journal(), good_journal()],
             vec![journal(vec![vec![]], vec!["MESSAGE"])],
+            vec![journal(vec![], vec!["MESSAGE"])],
             vec![journal(vec![vec!["exit_code=exited"]], vec!["MESSAGE"])],
             vec![journal(vec![vec!["NO_EQUALS"]], vec!["MESSAGE"])],
             vec![journal(vec![vec!["A=b"]], vec!["message"])],

@@ -45,7 +45,7 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 
 fn failed(boot: &str, usec: u64, unit: &str) -> String {
     format!(
-        "__REALTIME_TIMESTAMP={usec}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID={boot}\n_MACHINE_ID=2222222222222222222222222222222b\n_HOSTNAME=bench\nMESSAGE={unit}: Main process exited, code=exited, status=1/FAILURE\nUNIT={unit}\nEXIT_CODE=exited\nPRIORITY=5\n\n",
+        "__REALTIME_TIMESTAMP={usec}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID={boot}\n_MACHINE_ID=2222222222222222222222222222222b\n_HOSTNAME=bench\nMESSAGE={unit}: Main process exited, code=exited, status=1/FAILURE\nUNIT={unit}\nEXIT_CODE=exited\n_PID=1\nPRIORITY=5\n\n",
         usec % 1_000_000_000
     )
 }

@@ -200,6 +200,8 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     let _ = stop_tx.send(true);
     let _ = native.await;
     watcher.abort();
+    // Source batches in flight finish with their cursors; no other starts.
+    let _quiet = probes.quiesce(Duration::from_secs(15)).await;
     let _ = control.await;
     let _ = std::fs::remove_file(&config.host.control_socket);
     let _ = tokio::task::spawn_blocking(move || delivering.join()).await;

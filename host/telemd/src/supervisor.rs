@@ -234,6 +234,31 @@ impl ProbeManager {
         &self.sources
     }
 
+    /// Lets every source batch in flight finish (records spooled, cursor
+    /// saved) and starts no other, waiting at most `limit`; the daemon
+    /// calls it when it stops and holds what it returns until it exits.
+    pub async fn quiesce(&self, limit: Duration) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let locks: Vec<Arc<tokio::sync::Mutex<()>>> = self
+            .cursor_files
+            .lock()
+            .expect("cursor files lock")
+            .values()
+            .map(|c| c.commit.clone())
+            .collect();
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut held = Vec::new();
+        for lock in locks {
+            match tokio::time::timeout_at(deadline, lock.lock_owned()).await {
+                Ok(guard) => held.push(guard),
+                Err(_) => {
+                    warn!("a probe's source batch did not finish within {} s; stopping anyway (a restart hands it again)", limit.as_secs());
+                    break;
+                }
+            }
+        }
+        held
+    }
+
     /// Why a probe's source directory may not be read now, if it may
     /// not: checked like a granted path, before every scan (so not even a
     /// file name is shown): never into the daemon's own directories, and,

@@ -3,7 +3,8 @@
 //!
 //! The legacy probe followed the journal of the current boot for entries
 //! with `EXIT_CODE=exited` (a service's main process exited with an
-//! error) and, only with the privacy filters off, `PRIORITY=0..3`, and
+//! error; here also `_PID=1`, which journald sets: only systemd's own
+//! messages, since any process can write `EXIT_CODE`) and, only with the privacy filters off, `PRIORITY=0..3`, and
 //! sent each one's `MESSAGE` as an `org.clearlinux/journal/error` record
 //! of severity 2. This one does the same (the host applies the matches,
 //! the privacy gate and the boot) and adds what it lacked: the unit's name
@@ -55,12 +56,19 @@ pub struct Floods {
     pub windows: Vec<Window>,
 }
 
-/// The entry's unit: `UNIT` (systemd's messages about a unit), else
-/// `_SYSTEMD_UNIT` (the unit that logged), else `SYSLOG_IDENTIFIER`.
+/// The entry's unit: `UNIT` when systemd (`_PID=1`) logged it about a
+/// unit; else `_SYSTEMD_UNIT` (the unit that logged, which journald sets,
+/// not the sender); else `SYSLOG_IDENTIFIER`. Any process can set `UNIT`:
+/// it is trusted from systemd only, so no one can spread a flood over
+/// made-up units or report under another's name.
 pub fn unit_of(fields: &[(String, String)]) -> String {
-    ["UNIT", "_SYSTEMD_UNIT", "SYSLOG_IDENTIFIER"]
-        .iter()
-        .find_map(|k| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone()))
+    let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
+    let from_systemd = get("_PID").as_deref() == Some("1");
+    from_systemd
+        .then(|| get("UNIT"))
+        .flatten()
+        .or_else(|| get("_SYSTEMD_UNIT"))
+        .or_else(|| get("SYSLOG_IDENTIFIER"))
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -182,7 +190,11 @@ mod tests {
     use super::*;
 
     fn e(unit: &str, msg: &str) -> Vec<(String, String)> {
-        vec![("MESSAGE".into(), msg.into()), ("UNIT".into(), unit.into())]
+        vec![
+            ("MESSAGE".into(), msg.into()),
+            ("UNIT".into(), unit.into()),
+            ("_PID".into(), "1".into()),
+        ]
     }
 
     #[test]
@@ -226,6 +238,13 @@ mod tests {
         assert!(p.ends_with("\nUnit: a?unit\n"));
         assert!(p.bytes().all(|b| b == b'\n' || (0x20..0x7f).contains(&b)));
         assert_eq!(unit_of(&[("_SYSTEMD_UNIT".into(), "u".into())]), "u");
+        // `UNIT` from anyone but systemd is not believed.
+        let forged = [
+            ("UNIT".to_owned(), "sshd.service".to_owned()),
+            ("_PID".to_owned(), "4242".to_owned()),
+            ("_SYSTEMD_UNIT".to_owned(), "user@1000.service".to_owned()),
+        ];
+        assert_eq!(unit_of(&forged), "user@1000.service");
         assert_eq!(unit_of(&[]), "unknown");
     }
 }

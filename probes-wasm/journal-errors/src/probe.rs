@@ -10,8 +10,6 @@ use telemetrics_probe_sdk::{
 use crate::{Floods, Outgoing, CLASSIFICATION, SEVERITY};
 
 const FLOODS: &str = "floods";
-/// The journal time last seen, for the timer to close windows by.
-const CLOCK: &str = "clock";
 
 struct JournalErrors;
 
@@ -38,7 +36,9 @@ impl Probe for JournalErrors {
             read_paths: vec![],
             max_records_per_hour: 120,
             sources: vec![Source::Journal(JournalSource {
-                matches: vec![vec!["EXIT_CODE=exited".into()]],
+                // systemd's own (`_PID=1`, set by journald): anyone can
+                // log `EXIT_CODE=exited`.
+                matches: vec![vec!["EXIT_CODE=exited".into(), "_PID=1".into()]],
                 privacy_gated: vec![vec![
                     "PRIORITY=0".into(),
                     "PRIORITY=1".into(),
@@ -48,6 +48,7 @@ impl Probe for JournalErrors {
                 this_boot: true,
                 fields: vec![
                     "MESSAGE".into(),
+                    "_PID".into(),
                     "UNIT".into(),
                     "_SYSTEMD_UNIT".into(),
                     "SYSLOG_IDENTIFIER".into(),
@@ -65,24 +66,20 @@ impl Probe for JournalErrors {
 
     fn handle(event: Event) -> Result<(), String> {
         let mut floods = Floods::decode(&state::get(FLOODS).unwrap_or_default());
-        let mut clock = state::get(CLOCK)
-            .and_then(|v| v.try_into().ok())
-            .map_or(0, u64::from_le_bytes);
         let mut out = Vec::new();
         match event {
             Event::Journal(entries) => {
                 for e in &entries {
-                    clock = clock.max(e.realtime_usec);
-                    floods.entry(&e.fields, e.realtime_usec.max(clock), &mut out);
+                    floods.entry(&e.fields, e.realtime_usec, &mut out);
                 }
             }
             // The journal may go quiet after a flood: its windows close by
-            // the journal time last seen plus the time since.
+            // the wall clock then.
             Event::Timer => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_micros() as u64);
-                floods.expire(now.max(clock), &mut out);
+                floods.expire(now, &mut out);
             }
             _ => {}
         }
@@ -94,8 +91,7 @@ impl Probe for JournalErrors {
             state::delete(FLOODS)
         } else {
             state::set(FLOODS, &encoded)
-        }
-        .and_then(|()| state::set(CLOCK, &clock.to_le_bytes()));
+        };
         if let Err(e) = saved {
             log::warn(&format!("flood counts not kept: {e}"));
         }

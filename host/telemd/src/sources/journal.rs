@@ -52,6 +52,13 @@ pub struct Query {
 /// The journalctl command line for `query`, after `cursor`.
 pub fn command(query: &Query, cursor: Option<&str>) -> Command {
     let mut c = Command::new("journalctl");
+    // Its own environment: no colours or debug output in what is parsed,
+    // whatever the daemon was started with.
+    c.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("SYSTEMD_COLORS", "0")
+        .env("SYSTEMD_LOG_LEVEL", "warning")
+        .env("LC_ALL", "C.UTF-8");
     c.args([
         "--output=json",
         "--all",
@@ -158,8 +165,10 @@ pub fn read_entries(mut out: impl Read, fields: &[String], mut send: impl FnMut(
     let mut overlong = false;
     loop {
         let n = match out.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
         };
         let mut rest = &buf[..n];
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
@@ -189,14 +198,32 @@ pub fn read_entries(mut out: impl Read, fields: &[String], mut send: impl FnMut(
     }
 }
 
-/// The first bytes of journalctl's stderr, for the log line that says why
-/// it stopped.
-pub fn stderr_head(child: &mut Child) -> String {
-    let mut s = String::new();
-    if let Some(err) = child.stderr.take() {
-        let _ = err.take(2048).read_to_string(&mut s);
+/// Drains journalctl's stderr for as long as it runs (a full pipe would
+/// stop it: it warns once per damaged file), keeping its first line for
+/// the log line that says why it stopped.
+pub fn drain_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let first = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    if let Some(mut err) = child.stderr.take() {
+        let keep = first.clone();
+        let _ = std::thread::Builder::new()
+            .name("journalctl-stderr".into())
+            .spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut head: Vec<u8> = Vec::new();
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if head.len() < 2048 {
+                        head.extend_from_slice(&buf[..n.min(2048 - head.len())]);
+                        let text = String::from_utf8_lossy(&head);
+                        *keep.lock().expect("stderr lock") =
+                            text.lines().next().unwrap_or("").to_owned();
+                    }
+                }
+            });
     }
-    s.lines().next().unwrap_or("").to_owned()
+    first
 }
 
 /// Whether `dir` can be read as a journal directory (a clear log line

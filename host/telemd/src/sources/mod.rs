@@ -88,6 +88,10 @@ pub struct CursorFile {
     path: PathBuf,
     /// The cursors as last saved.
     pub cursors: Mutex<Cursors>,
+    /// Held by a source from handing a batch over until its cursor is
+    /// saved; the daemon takes it when it stops, so a clean stop never
+    /// falls between a batch's records and its cursor.
+    pub commit: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl CursorFile {
@@ -109,6 +113,7 @@ impl CursorFile {
         CursorFile {
             path,
             cursors: Mutex::new(cursors),
+            commit: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -294,6 +299,7 @@ pub async fn drive_kernel_log(
         if batch.lines.is_empty() && batch.skipped == 0 {
             continue;
         }
+        let _commit = cursors.commit.lock().await;
         if !mgr
             .deliver_batch(&probe, &state, Event::KernelLog(batch), &[])
             .await
@@ -384,6 +390,7 @@ pub async fn drive_files(
                         })
                         .collect();
                     let event = Event::Files((watch.dir.display().to_string(), notices));
+                    let _commit = cursors.commit.lock().await;
                     if !mgr.deliver_batch(&probe, &state, event, &extra).await {
                         return;
                     }
@@ -436,10 +443,19 @@ pub async fn drive_journal(
     let (max_items, max_bytes) = batch_limits(&source.limits);
     let mut said: Option<String> = None;
     let mut last_warned: Option<std::time::Instant> = None;
+    let mut quick_failures = 0;
+    // The last cursor delivered in this run (a failed save does not make a
+    // restarted journalctl hand the batch again).
+    let mut delivered: Option<String> = None;
     loop {
         let mut groups = source.matches.clone();
-        if opts.no_privacy_filters_file.exists() {
+        let gated = opts.no_privacy_filters_file.exists();
+        if gated {
             groups.extend(source.privacy_gated.iter().cloned());
+        }
+        if groups.is_empty() {
+            // Refused at load; never read the whole journal.
+            return;
         }
         let query = journal::Query {
             dir: opts.journal_dir.clone(),
@@ -450,7 +466,9 @@ pub async fn drive_journal(
                 .then(|| boot_id(&opts.boot_id_path).replace('-', "")),
             fields: fields.clone(),
         };
-        let cursor = cursors.cursors.lock().expect("cursor lock").journal.clone();
+        let cursor = delivered
+            .clone()
+            .or_else(|| cursors.cursors.lock().expect("cursor lock").journal.clone());
         let problem = opts.journal_dir.as_deref().and_then(journal::dir_problem);
         let child = match problem {
             Some(p) => Err(p),
@@ -472,6 +490,8 @@ pub async fn drive_journal(
         let Some(out) = child.0.stdout.take() else {
             return;
         };
+        let stderr_first = journal::drain_stderr(&mut child.0);
+        let started = std::time::Instant::now();
         // Entries may be up to 64 KiB each: the queue holds 128 at most.
         let (tx, mut rx) = mpsc::channel::<journal::Item>(max_items.min(128));
         let reader_fields = fields.clone();
@@ -485,13 +505,31 @@ pub async fn drive_journal(
             return;
         }
         let mut pending: Option<journal::Item> = None;
+        let mut gate_check = tokio::time::interval(SOURCE_RETRY);
+        let mut gate_changed = false;
         loop {
             let first = match pending.take() {
                 Some(item) => item,
-                None => match rx.recv().await {
-                    Some(item) => item,
-                    None => break,
-                },
+                None => {
+                    let next = tokio::select! {
+                        item = rx.recv() => item,
+                        _ = gate_check.tick() => {
+                            // The admin turned the privacy filters on or
+                            // off: journalctl starts again with the
+                            // matches that now apply.
+                            if opts.no_privacy_filters_file.exists() != gated {
+                                tracing::info!(probe = %probe.name, "privacy filters changed; journal matches follow");
+                                gate_changed = true;
+                                break;
+                            }
+                            continue;
+                        }
+                    };
+                    match next {
+                        Some(item) => item,
+                        None => break,
+                    }
+                }
             };
             let mut entries = Vec::new();
             let mut last_cursor = None;
@@ -527,25 +565,48 @@ pub async fn drive_journal(
             if entries.is_empty() {
                 continue;
             }
+            let _commit = cursors.commit.lock().await;
             if !mgr
                 .deliver_batch(&probe, &state, Event::Journal(entries), &[])
                 .await
             {
                 return;
             }
+            said = None;
             if let Some(c) = last_cursor {
+                delivered = Some(c.clone());
                 let saved = save(&cursors, move |cs| cs.journal = Some(c)).await;
                 if let Err(e) = saved {
                     tracing::error!(probe = %probe.name, "journal cursor not saved: {e}; a restart hands this batch again");
                 }
             }
         }
-        // journalctl stopped (with --follow it does not on its own).
+        // journalctl stopped (with --follow it does not on its own), or is
+        // stopped here (the privacy gate changed, its output ended).
+        let _ = child.0.kill();
         let status = child.0.wait();
+        if gate_changed {
+            continue;
+        }
+        let first_line = stderr_first.lock().expect("stderr lock").clone();
+        // A cursor journalctl refuses (its file vacuumed and damaged, say)
+        // would stop it at every start: after a second quick failure with
+        // it, the source reads its matches from the start instead (a
+        // repeat of what was reported beats a source stuck for good).
+        if cursor.is_some() && started.elapsed() < SOURCE_RETRY {
+            quick_failures += 1;
+            if quick_failures >= 2 {
+                tracing::warn!(probe = %probe.name, "journalctl stopped twice at once with the saved cursor ({}); reading from the start of the journal's matches", telem_core::untrusted::escape(&first_line, 256));
+                let _ = save(&cursors, |cs| cs.journal = None).await;
+                quick_failures = 0;
+            }
+        } else {
+            quick_failures = 0;
+        }
         let why = format!(
             "journalctl stopped ({}): {}",
             status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-            telem_core::untrusted::escape(&journal::stderr_head(&mut child.0), 256)
+            telem_core::untrusted::escape(&first_line, 256)
         );
         if said.as_deref() != Some(why.as_str()) {
             tracing::warn!(probe = %probe.name, "journal source: {why}; starting it again every {} s", SOURCE_RETRY.as_secs());
