@@ -73,15 +73,7 @@ impl telemetrics::probe::records::Host for HostState {
             Err(e) => {
                 st.records_refused += 1;
                 drop(st);
-                let why = escape(&format!("{e:?}"), FIELD_CAP);
-                let admit = probe
-                    .log_gate
-                    .lock()
-                    .expect("log gate lock")
-                    .admit(Instant::now(), why.len());
-                if admit.is_some() {
-                    tracing::warn!(probe = %probe.name, "record refused: {why}");
-                }
+                log_refusal(&probe, "record refused", &format!("{e:?}"));
             }
         }
         result
@@ -197,6 +189,20 @@ fn check_probe_record(r: &TelemetryRecord) -> Result<(), telem_core::record::Rec
     telem_core::record::validate_payload(r.payload.as_bytes())
 }
 
+/// Logs why a record was refused, escaped and within the probe's log
+/// allowance (a probe must not flood the daemon's log with refusals).
+fn log_refusal(probe: &LoadedProbe, what: &str, why: &str) {
+    let why = escape(why, FIELD_CAP);
+    let admit = probe
+        .log_gate
+        .lock()
+        .expect("log gate lock")
+        .admit(Instant::now(), why.len());
+    if admit.is_some() {
+        tracing::warn!(probe = %probe.name, "{what}: {why}");
+    }
+}
+
 /// Spools the records a source batch held, once its call returned `ok`. A
 /// refusal now (not opted in, spool full) is logged and counted: the probe
 /// was told the record was taken and the batch is not handed again.
@@ -208,16 +214,7 @@ pub(crate) async fn store_staged(
     for record in held {
         if let Err(e) = intake.submit(record).await {
             probe.stats.lock().expect("stats lock").records_refused += 1;
-            // Within the probe's log allowance, like any refusal.
-            let why = escape(&e.to_string(), FIELD_CAP);
-            let admit = probe
-                .log_gate
-                .lock()
-                .expect("log gate lock")
-                .admit(Instant::now(), why.len());
-            if admit.is_some() {
-                tracing::warn!(probe = %probe.name, "record of a handled batch refused: {why}");
-            }
+            log_refusal(probe, "record of a handled batch refused", &e.to_string());
         } else {
             probe.stats.lock().expect("stats lock").records_sent += 1;
         }

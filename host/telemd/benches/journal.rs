@@ -24,24 +24,13 @@ use telem_sandbox::Sandbox;
 use telemd::ingest::Ingest;
 use telemd::sources::SourceOptions;
 use telemd::spool::Spool;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{pct, rss_kib, spooled};
 use telemd::supervisor::ProbeManager;
 
 const REMOTE: &str = "/lib/systemd/systemd-journal-remote";
-
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")
-                .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap())
-        })
-        .unwrap()
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() - 1) as f64 * p) as usize]
-}
 
 fn failed(boot: &str, usec: u64, unit: &str) -> String {
     format!(
@@ -66,16 +55,6 @@ fn journal_file(dir: &Path, name: &str, entries: &str) -> Instant {
     let t = Instant::now();
     std::fs::rename(&tmp, dir.join(format!("{name}.journal"))).unwrap();
     t
-}
-
-fn spooled(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 fn main() {

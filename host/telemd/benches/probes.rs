@@ -18,6 +18,10 @@ use telem_core::machine_id::{MachineIdCache, MachineIdStore};
 use telem_core::metadata::HostMetadata;
 use telem_sandbox::{Event, Sandbox, Sink};
 use telemd::ingest::Ingest;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{pct, rss_kib};
 use telemd::spool::Spool;
 
 fn wasm(name: &str) -> Vec<u8> {
@@ -26,21 +30,6 @@ fn wasm(name: &str) -> Vec<u8> {
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e} (build probes-wasm first)"))
-}
-
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")
-                .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap())
-        })
-        .unwrap()
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() - 1) as f64 * p) as usize]
 }
 
 fn us(d: Duration) -> String {

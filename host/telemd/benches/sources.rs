@@ -25,22 +25,11 @@ use telem_sandbox::Sandbox;
 use telemd::ingest::Ingest;
 use telemd::sources::SourceOptions;
 use telemd::spool::Spool;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{pct, rss_kib, spooled};
 use telemd::supervisor::ProbeManager;
-
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")
-                .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap())
-        })
-        .unwrap()
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() - 1) as f64 * p) as usize]
-}
 
 /// A name of letters only for `n`: the probe counts repeats of a report
 /// whose first line differs only in numbers.
@@ -85,16 +74,6 @@ fn warning(name: &str) -> Vec<String> {
         " </TASK>".into(),
         "---[ end trace 0000000000000000 ]---".into(),
     ]
-}
-
-fn spooled(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 fn main() {
