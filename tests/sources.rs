@@ -462,6 +462,24 @@ fn body(text: &str) -> Vec<&str> {
     lines.collect()
 }
 
+/// The spooled records as (classification, severity, payload), sorted:
+/// what an `.expected` file lists.
+fn spooled_records(d: &TestDaemon) -> Vec<(String, String, String)> {
+    let mut v: Vec<(String, String, String)> = d
+        .spool_records()
+        .into_iter()
+        .map(|r| {
+            (
+                r.headers.get(Header::Classification).to_owned(),
+                r.headers.get(Header::Severity).to_owned(),
+                r.payload,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Records of an `.expected` file: (classification, severity, payload).
 fn expected(text: &str) -> Vec<(String, String, String)> {
     let mut out: Vec<(String, String, String)> = Vec::new();
@@ -510,18 +528,7 @@ fn kernel_oops_turns_each_real_report_into_exactly_its_expected_record() {
             d.log()
         );
         all.extend(want);
-        let mut got: Vec<(String, String, String)> = d
-            .spool_records()
-            .into_iter()
-            .map(|r| {
-                (
-                    r.headers.get(Header::Classification).to_owned(),
-                    r.headers.get(Header::Severity).to_owned(),
-                    r.payload,
-                )
-            })
-            .collect();
-        got.sort();
+        let got = spooled_records(&d);
         let mut want_all = all.clone();
         want_all.sort();
         assert_eq!(got, want_all, "after {}", path.display());
@@ -697,21 +704,7 @@ fn pstore_reports_each_dump_once_whichever_layout_and_across_restarts() {
     want.extend(pstore_expected("02-ramoops-kernelsu-oops-single.txt"));
     want.extend(expected_of("12-stack-guard-page-overflow.txt"));
     want.sort();
-    let got = |d: &TestDaemon| {
-        let mut v: Vec<(String, String, String)> = d
-            .spool_records()
-            .into_iter()
-            .map(|r| {
-                (
-                    r.headers.get(Header::Classification).to_owned(),
-                    r.headers.get(Header::Severity).to_owned(),
-                    r.payload,
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    };
+    let got = spooled_records;
     let mut d = d.spawn();
     let ok = wait_until(Duration::from_secs(20), || got(&d).len() >= want.len());
     std::thread::sleep(Duration::from_millis(1000));

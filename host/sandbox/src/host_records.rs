@@ -105,49 +105,7 @@ async fn send_record(
         }
         sends.push_back(now);
     }
-    let (ingest, copy) = match sink {
-        Sink::Spool(ingest) => (ingest, None),
-        Sink::SpoolAndCopy(ingest, kept) => (
-            ingest,
-            Some((
-                kept,
-                Captured {
-                    classification: r.classification.clone(),
-                    severity: r.severity,
-                    payload: r.payload.clone(),
-                },
-            )),
-        ),
-        Sink::Staged(_, held) => {
-            let mut held = held.lock().expect("staged lock");
-            if held.len() >= MAX_STAGED_RECORDS {
-                return Err(SendError::Refused(format!(
-                    "at most {MAX_STAGED_RECORDS} records per batch"
-                )));
-            }
-            let record = Record::from_probe(
-                r.classification,
-                r.severity,
-                r.payload_version,
-                r.payload,
-                r.event_id,
-            );
-            let id = record
-                .headers
-                .get(telem_core::record::Header::EventId)
-                .to_owned();
-            held.push(record);
-            return Ok(id);
-        }
-        Sink::Capture(kept) => {
-            kept.lock().expect("capture lock").push(Captured {
-                classification: r.classification,
-                severity: r.severity,
-                payload: r.payload,
-            });
-            return Ok(random_id());
-        }
-    };
+    let severity = r.severity;
     let record = Record::from_probe(
         r.classification,
         r.severity,
@@ -155,6 +113,36 @@ async fn send_record(
         r.payload,
         r.event_id,
     );
+    let captured = |record: &Record| Captured {
+        classification: record
+            .headers
+            .get(telem_core::record::Header::Classification)
+            .to_owned(),
+        severity,
+        payload: record.payload.clone(),
+    };
+    let (ingest, copy) = match sink {
+        Sink::Spool(ingest) => (ingest, None),
+        Sink::SpoolAndCopy(ingest, kept) => (ingest, Some((kept, captured(&record)))),
+        Sink::Capture(kept) => {
+            kept.lock().expect("capture lock").push(captured(&record));
+            return Ok(random_id());
+        }
+        Sink::Staged(_, held) => {
+            let mut held = held.lock().expect("staged lock");
+            if held.len() >= MAX_STAGED_RECORDS {
+                return Err(SendError::Refused(format!(
+                    "at most {MAX_STAGED_RECORDS} records per batch"
+                )));
+            }
+            let id = record
+                .headers
+                .get(telem_core::record::Header::EventId)
+                .to_owned();
+            held.push(record);
+            return Ok(id);
+        }
+    };
     match ingest.submit(record).await {
         Ok(id) => {
             if let Some((kept, c)) = copy {

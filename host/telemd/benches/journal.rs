@@ -11,24 +11,16 @@
 //! Needs the components built and systemd-journal-remote installed. Run:
 //! `cargo bench -p telemd --bench journal`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use telem_core::clock::SystemClock;
-use telem_core::machine_id::{MachineIdCache, MachineIdStore};
-use telem_core::metadata::HostMetadata;
-use telem_sandbox::Sandbox;
-use telemd::ingest::Ingest;
 use telemd::sources::SourceOptions;
-use telemd::spool::Spool;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{pct, rss_kib, spooled};
-use telemd::supervisor::ProbeManager;
+use support::{pct, probe_manager, rss_kib, spooled};
 
 const REMOTE: &str = "/lib/systemd/systemd-journal-remote";
 
@@ -87,28 +79,10 @@ fn main() {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let spool = Spool::open(&spool_dir, None).unwrap();
-    let ingest = Arc::new(Ingest::new(
-        spool,
-        MachineIdCache::new(MachineIdStore::new(&root, &root.join("static-id"))),
-        HostMetadata::collect(Path::new("/")),
-        root.join("opt-in"),
-        Arc::new(SystemClock),
-    ));
-    let mut options = telem_sandbox::SandboxOptions::new(&root.join("cache"));
-    options.rules.max_records_per_hour = 1_000_000;
-    let sandbox = Sandbox::with_options(options).unwrap();
-    let mut policies = BTreeMap::new();
-    let mut p = telem_core::config::Config::default().probes.probes["journal-errors"].clone();
-    p.max_records_per_hour = Some(telem_core::config::values::Bounded::new(1_000_000));
-    policies.insert("journal-errors".to_owned(), p);
     let cursor_dir = root.join("probe-state");
-    let mgr = ProbeManager::new(
-        sandbox,
-        ingest,
-        vec![root.join("probes")],
-        policies,
-        root.join("disabled"),
+    let mgr = probe_manager(
+        &root,
+        "journal-errors",
         SourceOptions {
             kernel_log_path: root.join("no-kmsg"),
             boot_id_path: "/proc/sys/kernel/random/boot_id".into(),

@@ -11,24 +11,17 @@
 //! Needs the components built: `(cd probes-wasm && cargo build --target
 //! wasm32-wasip2 --release)`. Run: `cargo bench -p telemd --bench sources`.
 
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use telem_core::clock::SystemClock;
-use telem_core::machine_id::{MachineIdCache, MachineIdStore};
-use telem_core::metadata::HostMetadata;
-use telem_sandbox::Sandbox;
-use telemd::ingest::Ingest;
 use telemd::sources::SourceOptions;
-use telemd::spool::Spool;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{pct, rss_kib, spooled};
+use support::{pct, probe_manager, rss_kib, spooled};
 use telemd::supervisor::ProbeManager;
 
 /// A name of letters only for `n`: the probe counts repeats of a report
@@ -109,27 +102,9 @@ fn main() {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let spool = Spool::open(&spool_dir, None).unwrap();
-    let ingest = Arc::new(Ingest::new(
-        spool,
-        MachineIdCache::new(MachineIdStore::new(&root, &root.join("static-id"))),
-        HostMetadata::collect(Path::new("/")),
-        root.join("opt-in"),
-        Arc::new(SystemClock),
-    ));
-    let mut options = telem_sandbox::SandboxOptions::new(&root.join("cache"));
-    options.rules.max_records_per_hour = 1_000_000;
-    let sandbox = Sandbox::with_options(options).unwrap();
-    let mut policies = BTreeMap::new();
-    let mut p = telem_core::config::Config::default().probes.probes["kernel-oops"].clone();
-    p.max_records_per_hour = Some(telem_core::config::values::Bounded::new(1_000_000));
-    policies.insert("kernel-oops".to_owned(), p);
-    let mgr = ProbeManager::new(
-        sandbox,
-        ingest,
-        vec![root.join("probes")],
-        policies,
-        root.join("disabled"),
+    let mgr = probe_manager(
+        &root,
+        "kernel-oops",
         SourceOptions {
             kernel_log_path: kmsg_path,
             boot_id_path: "/proc/sys/kernel/random/boot_id".into(),

@@ -34,3 +34,40 @@ pub fn spooled(dir: &Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// The daemon's probe path in this process, as the source benches run it:
+/// spool, ingest, sandbox and supervisor under `root` (which holds
+/// `probes/` and `opt-in`), with the shipped grant of `probe` but its
+/// records per hour raised so the bench measures the path, not the cap.
+/// Call inside the runtime.
+pub fn probe_manager(
+    root: &Path,
+    probe: &str,
+    sources: telemd::sources::SourceOptions,
+) -> std::sync::Arc<telemd::supervisor::ProbeManager> {
+    use std::sync::Arc;
+    let spool = telemd::spool::Spool::open(&root.join("spool"), None).unwrap();
+    let ingest = Arc::new(telemd::ingest::Ingest::new(
+        spool,
+        telem_core::machine_id::MachineIdCache::new(telem_core::machine_id::MachineIdStore::new(
+            root,
+            &root.join("static-id"),
+        )),
+        telem_core::metadata::HostMetadata::collect(Path::new("/")),
+        root.join("opt-in"),
+        Arc::new(telem_core::clock::SystemClock),
+    ));
+    let mut options = telem_sandbox::SandboxOptions::new(&root.join("cache"));
+    options.rules.max_records_per_hour = 1_000_000;
+    let sandbox = telem_sandbox::Sandbox::with_options(options).unwrap();
+    let mut policy = telem_core::config::Config::default().probes.probes[probe].clone();
+    policy.max_records_per_hour = Some(telem_core::config::values::Bounded::new(1_000_000));
+    telemd::supervisor::ProbeManager::new(
+        sandbox,
+        ingest,
+        vec![root.join("probes")],
+        std::collections::BTreeMap::from([(probe.to_owned(), policy)]),
+        root.join("disabled"),
+        sources,
+    )
+}
