@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
 # Installs telemd the way packagers expect:
 #
-#   scripts/install.sh [--prefix /usr] [--from DIR]      # DESTDIR=... honoured
+#   scripts/install.sh [--prefix /usr] [--libdir DIR] [--from DIR]  # DESTDIR=... honoured
 #
 # --prefix  where it will live (default /usr); units get @bindir@ filled in
+# --libdir  where libtelemetry.so.4 goes (default PREFIX/lib; Debian:
+#           PREFIX/lib/x86_64-linux-gnu, Fedora: PREFIX/lib64)
 # --from    directory with already built telemd, telemctl, telem-record-gen,
-#           telem-crash-handler
+#           telem-crash-handler, libtelemetry.so
 #           (default: cargo build --release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=/usr
+libdir=""
 from=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix=$2; shift 2 ;;
+    --libdir) libdir=$2; shift 2 ;;
     --from) from=$2; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 if [ -z "$from" ]; then
-  cargo build --release -p telemd -p telemctl -p telem-record-gen -p telem-crash-handler
+  cargo build --release -p telemd -p telemctl -p telem-record-gen -p telem-crash-handler -p libtelemetry
   from=target/release
 fi
 probes=probes-wasm/target/wasm32-wasip2/release
@@ -31,8 +35,23 @@ for p in $shipped; do [ -f "$probes/$p.wasm" ] || missing=1; done
 
 root="${DESTDIR:-}"
 bindir="$prefix/bin"
+libdir="${libdir:-$prefix/lib}"
+includedir="$prefix/include"
 for b in telemd telemctl telem-record-gen telem-crash-handler; do
   install -Dm755 "$from/$b" "$root$bindir/$b"
+done
+# libtelemetry: the file named by its full version (libtool's 4:1:0, as the
+# seed's was), the SONAME link programs load, the dev link they link with.
+install -Dm755 "$from/libtelemetry.so" "$root$libdir/libtelemetry.so.4.0.1"
+ln -sfn libtelemetry.so.4.0.1 "$root$libdir/libtelemetry.so.4"
+ln -sfn libtelemetry.so.4 "$root$libdir/libtelemetry.so"
+install -Dm644 host/libtelemetry/include/telemetry.h "$root$includedir/telemetry.h"
+install -d "$root$libdir/pkgconfig"
+sed -e "s|@prefix@|$prefix|g" -e "s|@libdir@|$libdir|g" -e "s|@includedir@|$includedir|g" \
+  host/libtelemetry/libtelemetry.pc.in > "$root$libdir/pkgconfig/libtelemetry.pc"
+chmod 644 "$root$libdir/pkgconfig/libtelemetry.pc"
+for page in host/libtelemetry/man/*.3; do
+  install -Dm644 "$page" "$root$prefix/share/man/man3/$(basename "$page")"
 done
 for u in telemd.service telemd.socket; do
   install -d "$root$prefix/lib/systemd/system"

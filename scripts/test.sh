@@ -23,6 +23,10 @@ dpkg -s libc6-dbg >/dev/null 2>&1 || { apt-get update && apt-get install -y libc
 # systemd-journal-remote turns the journal tests' export-format entries
 # into real journal files (tests/journal.rs).
 [ -x /lib/systemd/systemd-journal-remote ] || { apt-get update && apt-get install -y systemd-journal-remote; }
+# pkg-config gives the C test programs their flags for the installed
+# libtelemetry; valgrind watches the library under random calls.
+{ command -v pkg-config >/dev/null && command -v valgrind >/dev/null; } ||
+  { apt-get update && apt-get install -y pkg-config valgrind; }
 # gcc-multilib links the i686 test binaries.
 dpkg -s gcc-multilib >/dev/null 2>&1 || { apt-get update && apt-get install -y gcc-multilib; }
 cargo fmt --all -- --check
@@ -42,9 +46,10 @@ for b in telem-crash-handler telem-record-gen; do
 done
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-# The end-to-end tests (tests/) start the programs of the other packages;
-# Cargo builds those only for their own package's tests, so build them all.
-cargo build --workspace --bins
+# The end-to-end tests (tests/) start the programs of the other packages
+# and link C programs against libtelemetry.so; Cargo builds those only for
+# their own package's tests, so build them all.
+cargo build --workspace --bins --lib
 # Tests that need root are #[ignore]d with the reason; as root they run,
 # otherwise the closing line counts them as ignored.
 as_root=()

@@ -19,6 +19,7 @@ fn main() {
         ("E2E_BIN_TELEMCTL", "telemctl"),
         ("E2E_BIN_TELEM_RECORD_GEN", "telem-record-gen"),
         ("E2E_BIN_TELEM_CRASH_HANDLER", "telem-crash-handler"),
+        ("E2E_LIB_TELEMETRY", "libtelemetry.so"),
     ] {
         println!("cargo:rustc-env={var}={}", profile_dir.join(bin).display());
     }

@@ -26,6 +26,7 @@ pub const TELEMD: &str = env!("E2E_BIN_TELEMD");
 pub const TELEMCTL: &str = env!("E2E_BIN_TELEMCTL");
 pub const RECORD_GEN: &str = env!("E2E_BIN_TELEM_RECORD_GEN");
 pub const CRASH_HANDLER: &str = env!("E2E_BIN_TELEM_CRASH_HANDLER");
+pub const LIBTELEMETRY: &str = env!("E2E_LIB_TELEMETRY");
 
 pub fn fixture(name: &str) -> Vec<u8> {
     let p = format!("{}/fixtures/legacy/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -78,11 +79,12 @@ pub fn programs_are_fresh() {
     CHECKED.call_once(|| {
         let host = Path::new(env!("CARGO_MANIFEST_DIR")).join("../host");
         // Each program and the crates it is built from.
-        let programs: [(&str, &[&str]); 4] = [
+        let programs: [(&str, &[&str]); 5] = [
             (TELEMD, &["telemd", "sandbox", "core"]),
             (TELEMCTL, &["telemctl", "sandbox", "core"]),
             (RECORD_GEN, &["record-gen", "core"]),
             (CRASH_HANDLER, &["crash-handler", "core"]),
+            (LIBTELEMETRY, &["libtelemetry", "core"]),
         ];
         for (program, crates) in programs {
             let newest = crates
@@ -94,10 +96,10 @@ pub fn programs_are_fresh() {
             match built {
                 Ok(t) if t >= newest => {}
                 Ok(_) => panic!(
-                    "{program} is older than its sources under host/; run `cargo build --workspace --bins` first (scripts/test.sh does)"
+                    "{program} is older than its sources under host/; run `cargo build --workspace --bins --lib` first (scripts/test.sh does)"
                 ),
                 Err(e) => panic!(
-                    "{program}: {e}; run `cargo build --workspace --bins` first (scripts/test.sh does)"
+                    "{program}: {e}; run `cargo build --workspace --bins --lib` first (scripts/test.sh does)"
                 ),
             }
         }

@@ -8,7 +8,7 @@
 //! (`-- --records N` to change the per-run count).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,12 @@ use std::time::{Duration, Instant};
 use telem_core::record::wire::{encode_frame, parse_frame};
 use telem_core::record::Header;
 
-const TELEMD: &str = env!("CARGO_BIN_EXE_telemd");
+mod support;
+use support::{spooled, start_telemd as start_with, Daemon};
+
+fn start(root: &Path) -> Daemon {
+    start_with(root, "", true)
+}
 
 fn frame_template() -> telem_core::record::Record {
     let p = format!(
@@ -35,68 +40,6 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
                 .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
         })
         .unwrap_or(0)
-}
-
-fn count_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-struct Daemon {
-    child: Child,
-    root: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(root: &Path) -> Daemon {
-    start_with(root, "", true)
-}
-
-fn start_with(root: &Path, extra: &str, fresh: bool) -> Daemon {
-    if fresh {
-        let _ = std::fs::remove_dir_all(root);
-    }
-    std::fs::create_dir_all(root).unwrap();
-    let r = root.display();
-    let cfg = format!(
-        "server = \"file://{r}/out.jsonl\"\nsocket_path = \"{r}/telem-0\"\nspool_dir = \"{r}/spool\"\n\
-         state_dir = \"{r}/state\"\njournal_dir = \"{r}/journal\"\nopt_in_file = \"{r}/opt-in\"\n\
-         control_socket = \"{r}/control.sock\"\nspool_max_size = -1\n# hold records in the spool: this measures ingest only\nrecord_burst_limit = 0\n{extra}"
-    );
-    std::fs::write(root.join("telemd.toml"), cfg).unwrap();
-    std::fs::write(root.join("opt-in"), "").unwrap();
-    let child = Command::new(TELEMD)
-        .arg("-f")
-        .arg(root.join("telemd.toml"))
-        .arg("--log")
-        .arg("warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn telemd");
-    let sock = root.join("telem-0");
-    let t = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "telemd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Daemon {
-        child,
-        root: root.to_owned(),
-    }
 }
 
 /// Frames a bench client may have sent that are not yet in the spool.
@@ -146,7 +89,7 @@ fn run(root: &Path, clients: usize, records: usize) -> RunResult {
         let (stored, done, spool) = (stored.clone(), done.clone(), spool.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                stored.store(count_files(&spool) as u64, Ordering::Relaxed);
+                stored.store(spooled(&spool) as u64, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(2));
             }
         })
@@ -177,10 +120,10 @@ fn run(root: &Path, clients: usize, records: usize) -> RunResult {
     }
     let sent_after = start.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut n = count_files(&spool);
+    let mut n = spooled(&spool);
     while n < total && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
-        n = count_files(&spool);
+        n = spooled(&spool);
     }
     let secs = start.elapsed().as_secs_f64();
     eprintln!(

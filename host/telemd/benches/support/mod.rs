@@ -4,8 +4,11 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TELEMD: &str = env!("CARGO_BIN_EXE_telemd");
 
 /// This process's resident set, KiB.
 pub fn rss_kib() -> u64 {
@@ -70,4 +73,56 @@ pub fn probe_manager(
         root.join("disabled"),
         sources,
     )
+}
+
+/// A `telemd` started by a bench, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub root: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the release `telemd` with every path under `root`, opted in,
+/// delivery held (records stay in the spool), plus `extra` config lines;
+/// waits for its socket. `fresh` empties `root` first.
+pub fn start_telemd(root: &Path, extra: &str, fresh: bool) -> Daemon {
+    if fresh {
+        let _ = std::fs::remove_dir_all(root);
+    }
+    std::fs::create_dir_all(root).unwrap();
+    let r = root.display();
+    let cfg = format!(
+        "server = \"file://{r}/out.jsonl\"\nsocket_path = \"{r}/telem-0\"\nspool_dir = \"{r}/spool\"\n\
+         state_dir = \"{r}/state\"\njournal_dir = \"{r}/journal\"\nopt_in_file = \"{r}/opt-in\"\n\
+         control_socket = \"{r}/control.sock\"\nspool_max_size = -1\n# hold records in the spool: this measures ingest only\nrecord_burst_limit = 0\n{extra}"
+    );
+    std::fs::write(root.join("telemd.toml"), cfg).unwrap();
+    std::fs::write(root.join("opt-in"), "").unwrap();
+    let child = Command::new(TELEMD)
+        .arg("-f")
+        .arg(root.join("telemd.toml"))
+        .arg("--log")
+        .arg("warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn telemd");
+    let sock = root.join("telem-0");
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "telemd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon {
+        child,
+        root: root.to_owned(),
+    }
 }
