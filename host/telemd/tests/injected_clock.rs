@@ -176,7 +176,7 @@ async fn disabled_rate_limit_sends_everything() {
 #[tokio::test]
 async fn records_older_than_record_expiry_are_expired_and_journaled() {
     let mut r = rig(3, |c| {
-        c.delivery.record_expiry = 10;
+        c.delivery.record_expiry = Limit::at(10);
         c.delivery.server = CollectorUrl::new("http://127.0.0.1:9/unreachable");
     })
     .await;
@@ -201,7 +201,7 @@ async fn records_older_than_record_expiry_are_expired_and_journaled() {
 #[tokio::test]
 async fn expiry_minus_one_keeps_records_forever() {
     let mut r = rig(1, |c| {
-        c.delivery.record_expiry = -1;
+        c.delivery.record_expiry = Limit::OFF;
         c.delivery.server = CollectorUrl::new("http://127.0.0.1:9/unreachable");
     })
     .await;
@@ -228,7 +228,7 @@ async fn the_machine_id_on_sent_records_changes_after_three_days() {
     use telem_core::machine_id::{MachineIdCache, MachineIdStore, MACHINE_ID_MAX_AGE};
     use telemd::ingest::Ingest;
     // No expiry: a spool file's age is its real mtime, three injected days off.
-    let mut r = rig(0, |c| c.delivery.record_expiry = -1).await;
+    let mut r = rig(0, |c| c.delivery.record_expiry = Limit::OFF).await;
     let host = &r.cfg.host;
     std::fs::write(&host.opt_in_file, "").unwrap();
     let ingest = Ingest::new(

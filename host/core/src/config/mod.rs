@@ -37,9 +37,6 @@ pub const DEFAULT_CONFIG_PATHS: [&str; 4] = [
 /// The legacy default `tidheader`: the public collector checks this TID.
 pub const DEFAULT_TIDHEADER: &str = "X-Telemetry-TID: 6907c830-eed9-4ce9-81ae-76daf8d88f0f";
 
-/// Legacy bounds of `spool_process_time` (seconds).
-pub const SPOOL_PROCESS_TIME_RANGE: (i64, i64) = (120, 300);
-
 /// What to do with records over the rate limit (any case in the file, as
 /// the legacy client read it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -287,23 +284,33 @@ fn legacy_normalize(e: &mut Entry, path: &Path, warnings: &mut Vec<String>) {
     let toml::Value::Integer(n) = e.value else {
         return;
     };
+    let mut warn = |c: i64, why: &str| {
+        warnings.push(format!(
+            "{}:{}: {} = {n} {why}; using {c}, as the legacy client did",
+            path.display(),
+            e.line,
+            e.key
+        ))
+    };
     let clamped = match e.key.as_str() {
         "spool_process_time" => {
-            let (lo, hi) = SPOOL_PROCESS_TIME_RANGE;
+            let (lo, hi) = (
+                sections::SpoolProcessTime::MIN as i64,
+                sections::SpoolProcessTime::MAX as i64,
+            );
             let c = n.clamp(lo, hi);
             if c != n {
-                warnings.push(format!(
-                    "{}:{}: spool_process_time = {n} is outside {lo}..{hi}; using {c}, as the legacy client did",
-                    path.display(),
-                    e.line
-                ));
+                warn(c, &format!("is outside {lo}..{hi}"));
             }
             c
         }
-        // Minutes, kept as seconds later: the cap keeps that in range.
-        "record_expiry" if n < 0 => -1,
+        "record_expiry" | "spool_max_size" if n < -1 => {
+            warn(-1, "is negative (-1: no limit)");
+            -1
+        }
+        // Minutes and KiB, kept as seconds and bytes later: the caps keep
+        // those in range.
         "record_expiry" => n.min(i64::MAX / 60),
-        "spool_max_size" if n < 0 => -1,
         "spool_max_size" => n.min(i64::MAX / 1024),
         _ => return,
     };
@@ -575,9 +582,20 @@ record_retention_enabled = true
         assert_eq!(c.delivery.spool_process_time, 120);
         assert_eq!(c.delivery.record_expiry, -1);
         assert_eq!(c.spool.spool_max_size, -1);
-        assert_eq!(c.warnings.len(), 1);
+        // Each clamp is said, with its line and key.
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
         assert!(
             c.warnings[0].contains(":1:") && c.warnings[0].contains("120..300"),
+            "{:?}",
+            c.warnings
+        );
+        assert!(
+            c.warnings[1].contains(":2: record_expiry = -7"),
+            "{:?}",
+            c.warnings
+        );
+        assert!(
+            c.warnings[2].contains(":3: spool_max_size = -3"),
             "{:?}",
             c.warnings
         );
@@ -774,10 +792,10 @@ crashes = false
         // Any case, as the legacy client read it.
         let c = parse("rate_limit_strategy = \"dRoP\"\n").unwrap();
         assert_eq!(c.delivery.rate_limit_strategy, RateLimitStrategy::Drop);
-        // Plain integer keys say so in words.
+        // Integer keys say so in words, with their range.
         let e = parse("spool_process_time = \"soon\"\n").unwrap_err();
         assert!(
-            e.to_string().contains("expected a non-negative integer"),
+            e.to_string().contains("expected an integer in 120..300"),
             "{e}"
         );
         // Empty items in a probe's lists are refused.

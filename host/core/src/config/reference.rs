@@ -9,6 +9,7 @@ use super::sections::{
     CrashConfig, DeliveryConfig, HostConfig, JournalConfig, ProbesConfig, SocketConfig, SpoolConfig,
 };
 use super::Config;
+use crate::probe_policy::ProbePolicy;
 
 /// One key as documented.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,16 +54,7 @@ fn section_keys(schema: &Schema, defaults: &toml::Table) -> Vec<KeyDoc> {
                 .get("description")
                 .and_then(|d| d.as_str())
                 .unwrap_or_else(|| panic!("config key {key} has no doc comment"));
-            let target = p
-                .get("$ref")
-                .and_then(|r| r.as_str())
-                .and_then(|r| r.strip_prefix("#/$defs/"))
-                .and_then(|name| schema.get("$defs")?.get(name))
-                .unwrap_or(p);
-            let range = match (target.get("minimum"), target.get("maximum")) {
-                (Some(lo), Some(hi)) => Some(format!("{lo}..{hi}")),
-                _ => None,
-            };
+            let range = range_of(schema, p);
             let default = match defaults.get(key) {
                 Some(toml::Value::Table(_)) => "(tables)".to_owned(),
                 Some(v) => v.to_string(),
@@ -73,6 +65,52 @@ fn section_keys(schema: &Schema, defaults: &toml::Table) -> Vec<KeyDoc> {
                 doc: doc.split_whitespace().collect::<Vec<_>>().join(" "),
                 range,
                 default,
+            }
+        })
+        .collect()
+}
+
+/// The accepted range of a property, from its type's schema (also when
+/// the type is optional: `anyOf` the type and null).
+fn range_of(schema: &Schema, p: &serde_json::Value) -> Option<String> {
+    let resolve = |v: &serde_json::Value| -> Option<serde_json::Value> {
+        let target = match v
+            .get("$ref")
+            .and_then(|r| r.as_str())
+            .and_then(|r| r.strip_prefix("#/$defs/"))
+        {
+            Some(name) => schema.get("$defs")?.get(name)?,
+            None => v,
+        };
+        match (target.get("minimum"), target.get("maximum")) {
+            (Some(lo), Some(hi)) => Some(format!("{lo}..{hi}").into()),
+            _ => None,
+        }
+    };
+    let found = resolve(p).or_else(|| p.get("anyOf")?.as_array()?.iter().find_map(resolve))?;
+    found.as_str().map(str::to_owned)
+}
+
+/// The keys of a `[probes.NAME]` table, as `probes.NAME.KEY`. Every one is
+/// optional: absent, the probe's manifest and the host's defaults decide.
+pub fn probe_table_keys() -> Vec<KeyDoc> {
+    let schema = schemars::schema_for!(ProbePolicy);
+    let props = schema
+        .get("properties")
+        .and_then(|p| p.as_object())
+        .expect("a struct's schema has properties");
+    props
+        .iter()
+        .map(|(key, p)| {
+            let doc = p
+                .get("description")
+                .and_then(|d| d.as_str())
+                .unwrap_or_else(|| panic!("probe table key {key} has no doc comment"));
+            KeyDoc {
+                key: format!("probes.NAME.{key}"),
+                doc: doc.split_whitespace().collect::<Vec<_>>().join(" "),
+                range: range_of(&schema, p),
+                default: "(unset)".to_owned(),
             }
         })
         .collect()
@@ -92,6 +130,15 @@ pub fn markdown_table() -> String {
                 k.doc.replace('|', "\\|")
             ));
         }
+    }
+    for k in probe_table_keys() {
+        let range = k.range.map(|r| format!(" ({r})")).unwrap_or_default();
+        out.push_str(&format!(
+            "| probe table | `{}` | {} | {}{range} |\n",
+            k.key,
+            k.default,
+            k.doc.replace('|', "\\|")
+        ));
     }
     out
 }
@@ -128,6 +175,15 @@ pub fn commented_defaults() -> String {
         out.push('\n');
         for line in wrap(&doc, 76) {
             out.push_str(&format!("# {line}\n"));
+        }
+        for k in probe_table_keys() {
+            let key = k.key.trim_start_matches("probes.NAME.");
+            let range = k.range.map(|r| format!(" Range: {r}.")).unwrap_or_default();
+            let text = format!("{key}: {}{range}", k.doc);
+            for (i, line) in wrap(&text, 74).into_iter().enumerate() {
+                let indent = if i == 0 { "" } else { "  " };
+                out.push_str(&format!("#   {indent}{line}\n"));
+            }
         }
         let mut t = toml::Table::new();
         t.insert("probes".into(), probes.clone());

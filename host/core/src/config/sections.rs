@@ -1,6 +1,8 @@
-//! The keys, one struct per subsystem, each key written once with what it
-//! means (the doc comments are the key reference: `telemctl config
-//! defaults` prints them and the README's table is checked against them).
+//! The keys, one struct per subsystem, each key written once: its doc
+//! comment (what it means), its type (what it accepts) and its
+//! `#[default]` side by side. The doc comments are the key reference:
+//! `telemctl config defaults` prints them and the README's table is
+//! checked against them.
 //! The file stays flat: the structs are flattened into [`super::Config`].
 
 use std::collections::BTreeMap;
@@ -8,131 +10,119 @@ use std::path::PathBuf;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use smart_default::SmartDefault;
 
 use super::values::{optional_path, Bounded, CollectorUrl, FileMode, HeaderLine, Limit, UserName};
 use super::{non_empty, PostFormat, RateLimitStrategy, DEFAULT_TIDHEADER};
 use crate::probe_policy::ProbePolicy;
 
+/// `spool_process_time`: the legacy client's bounds, which it clamped to
+/// (and so does this one, in the file reader).
+pub type SpoolProcessTime = Bounded<120, 300>;
+
 /// Posting records to the collector, the rate limits and the journal of
 /// what was sent.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
 pub struct DeliveryConfig {
     /// The collector: an `http://` or `https://` URL, or `file://PATH` to
     /// append records to a local JSON-lines file.
+    #[default(CollectorUrl::new("http://localhost/v2/collector"))]
     pub server: CollectorUrl,
     /// CA bundle for TLS to the collector; empty: the system roots.
     #[serde(with = "optional_path")]
     #[schemars(with = "String")]
+    #[default(None)]
     pub cainfo: Option<PathBuf>,
     /// Header line sent with every post (`Name: value`); the public
     /// collector checks this TID.
+    #[default(HeaderLine::new(DEFAULT_TIDHEADER))]
     pub tidheader: HeaderLine,
     /// Minutes a spooled record lives before it is removed unsent; -1:
-    /// forever (negative values are read as -1, as the legacy client did).
-    pub record_expiry: i64,
-    /// Seconds between spool runs; values outside 120..300 are clamped with
-    /// a warning, as the legacy client did.
-    pub spool_process_time: u64,
+    /// forever (other negative values are read as -1 with a warning, as
+    /// the legacy client read them).
+    #[default(Limit::at(1200))]
+    pub record_expiry: Limit,
+    /// Seconds between spool runs; values outside the range are clamped
+    /// into it with a warning, as the legacy client did.
+    #[default(Bounded::new(120))]
+    pub spool_process_time: SpoolProcessTime,
     /// Whether the rate limits (`record_burst_limit`, `byte_burst_limit`)
     /// apply.
+    #[default(true)]
     pub rate_limit_enabled: bool,
     /// Records posted per record window; -1: no limit.
+    #[default(Limit::at(1000))]
     pub record_burst_limit: Limit,
     /// Minutes of the record window.
+    #[default(Bounded::new(15))]
     pub record_window_length: Bounded<0, 59>,
     /// Bytes posted per byte window; -1: no limit.
+    #[default(Limit::OFF)]
     pub byte_burst_limit: Limit,
     /// Minutes of the byte window.
+    #[default(Bounded::new(20))]
     pub byte_window_length: Bounded<0, 59>,
     /// What happens to records over a limit: `spool` (they wait for a later
     /// window) or `drop` (removed, journaled as dropped).
+    #[default(RateLimitStrategy::Spool)]
     pub rate_limit_strategy: RateLimitStrategy,
     /// false: records are journaled and kept local, never posted.
+    #[default(true)]
     pub record_server_delivery_enabled: bool,
     /// Keep a copy of each journaled record's payload
     /// (`telemctl journal --include-record`).
+    #[default(false)]
     pub record_retention_enabled: bool,
     /// Body format of a post: `headers` (headers as HTTP headers, the
     /// payload as body: what the public collector validates) or `json`.
+    #[default(PostFormat::Headers)]
     pub post_format: PostFormat,
     /// Directories a native record's `CFG:` config file may be in (it must
     /// also be root-owned and writable by no one else); other records go
     /// to `server`.
     #[serde(deserialize_with = "non_empty::paths")]
+    #[default(vec!["/etc/telemetrics".into()])]
     pub cfg_allowed_dirs: Vec<PathBuf>,
 }
 
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        DeliveryConfig {
-            server: CollectorUrl::new("http://localhost/v2/collector"),
-            cainfo: None,
-            tidheader: HeaderLine::new(DEFAULT_TIDHEADER),
-            record_expiry: 1200,
-            spool_process_time: 120,
-            rate_limit_enabled: true,
-            record_burst_limit: Limit::at(1000),
-            record_window_length: Bounded::new(15),
-            byte_burst_limit: Limit::OFF,
-            byte_window_length: Bounded::new(20),
-            rate_limit_strategy: RateLimitStrategy::Spool,
-            record_server_delivery_enabled: true,
-            record_retention_enabled: false,
-            post_format: PostFormat::Headers,
-            cfg_allowed_dirs: vec!["/etc/telemetrics".into()],
-        }
-    }
-}
-
 /// Where accepted records wait for delivery.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
 pub struct SpoolConfig {
     /// The spool directory (the legacy staged format).
     #[serde(deserialize_with = "non_empty::path")]
+    #[default("/var/spool/telemetry".into())]
     pub spool_dir: PathBuf,
     /// KiB the spool may hold; new records are refused beyond it; -1: no
-    /// limit (negative values are read as -1).
-    pub spool_max_size: i64,
-}
-
-impl Default for SpoolConfig {
-    fn default() -> Self {
-        SpoolConfig {
-            spool_dir: "/var/spool/telemetry".into(),
-            spool_max_size: 5120,
-        }
-    }
+    /// limit (other negative values are read as -1 with a warning).
+    #[default(Limit::at(5120))]
+    pub spool_max_size: Limit,
 }
 
 /// The journal of what happened to each record.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
 pub struct JournalConfig {
     /// The delivery journal and retained payloads.
     #[serde(deserialize_with = "non_empty::path")]
+    #[default("/var/log/telemetry".into())]
     pub journal_dir: PathBuf,
     /// Journal entries kept.
+    #[default(Bounded::new(100))]
     pub journal_limit: Bounded<1, 1_000_000>,
 }
 
-impl Default for JournalConfig {
-    fn default() -> Self {
-        JournalConfig {
-            journal_dir: "/var/log/telemetry".into(),
-            journal_limit: Bounded::new(100),
-        }
-    }
-}
-
 /// The legacy socket native probes send records to.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
 pub struct SocketConfig {
     /// The socket (systemd's socket unit passes it instead when it runs
     /// the daemon).
     #[serde(deserialize_with = "non_empty::path")]
+    #[default("/run/telem-0".into())]
     pub socket_path: PathBuf,
     /// Permission bits of the socket.
+    #[default(FileMode::new(0o666))]
     pub socket_mode: FileMode,
     /// Milliseconds a native client has to deliver its whole frame.
+    #[default(Bounded::new(10_000))]
     pub socket_timeout_ms: Bounded<100, 600_000>,
     /// Native clients being read at once, a quarter of them at most for
     /// one uid (a connection takes a slot when its first byte arrives);
@@ -141,152 +131,113 @@ pub struct SocketConfig {
     /// to the hard one); once half of those are taken, a uid holding over
     /// a quarter has its new connections closed at once; beyond the total,
     /// clients wait in the backlog.
+    #[default(Bounded::new(64))]
     pub max_connections: Bounded<1, 65_536>,
 }
 
-impl Default for SocketConfig {
-    fn default() -> Self {
-        SocketConfig {
-            socket_path: "/run/telem-0".into(),
-            socket_mode: FileMode::new(0o666),
-            socket_timeout_ms: Bounded::new(10_000),
-            max_connections: Bounded::new(64),
-        }
-    }
-}
-
 /// The daemon's own files and what identifies the machine.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
 pub struct HostConfig {
     /// Machine id, compiled-probe cache, crash inbox, probe state.
     #[serde(deserialize_with = "non_empty::path")]
+    #[default("/var/lib/telemetry".into())]
     pub state_dir: PathBuf,
     /// Nothing is accepted or sent unless this file exists
     /// (`telemctl opt-in` creates it).
     #[serde(deserialize_with = "non_empty::path")]
+    #[default("/etc/telemetrics/opt-in".into())]
     pub opt_in_file: PathBuf,
     /// If it exists, its first line (32 characters at most) is the machine
     /// id, instead of one that rotates every three days.
     #[serde(deserialize_with = "non_empty::path")]
+    #[default("/etc/telemetrics/opt-in-static-machine-id".into())]
     pub static_machine_id_file: PathBuf,
     /// The control socket (telemctl, the crash handler).
     #[serde(deserialize_with = "non_empty::path")]
+    #[default("/run/telemd/control".into())]
     pub control_socket: PathBuf,
     /// Root of the filesystem host metadata is read from (tests use a fake
     /// one).
     #[serde(deserialize_with = "non_empty::path")]
+    #[default("/".into())]
     pub metadata_root: PathBuf,
     /// Exit when idle; socket activation brings the daemon back.
+    #[default(true)]
     pub daemon_recycling_enabled: bool,
 }
 
-impl Default for HostConfig {
-    fn default() -> Self {
-        HostConfig {
-            state_dir: "/var/lib/telemetry".into(),
-            opt_in_file: "/etc/telemetrics/opt-in".into(),
-            static_machine_id_file: "/etc/telemetrics/opt-in-static-machine-id".into(),
-            control_socket: "/run/telemd/control".into(),
-            metadata_root: "/".into(),
-            daemon_recycling_enabled: true,
-        }
-    }
-}
-
 /// The crash handler: what it keeps, and the limits on crash floods.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
 pub struct CrashConfig {
     /// Bytes of a core kept; the rest is cut and the cut logged (the notes
     /// and first mappings come first, so a cut core still names the crash).
+    #[default(Bounded::new(1 << 30))]
     pub crash_max_core_size: Bounded<65_536, { i64::MAX as u64 }>,
     /// Crashes arriving while the crash inbox holds this many bytes are
     /// dropped, with a count in the log.
+    #[default(Bounded::new(4 << 30))]
     pub crash_inbox_max_size: Bounded<65_536, { i64::MAX as u64 }>,
     /// A crash of the same executable within this many seconds of the last
     /// is dropped, with a count in the log.
+    #[default(Bounded::new(60))]
     pub crash_repeat_window_secs: Bounded<0, 86_400>,
     /// MiB the crash handler leaves free on the inbox's filesystem: a crash
     /// whose core would leave less is dropped, with a count in the log (0:
     /// no floor).
+    #[default(Bounded::new(256))]
     pub crash_min_free_mb: Bounded<0, { 1 << 30 }>,
     /// If this file exists, the crash privacy filters are off (the legacy
     /// `opt-in-no-privacy-filters`).
     #[serde(deserialize_with = "non_empty::path")]
+    #[default("/etc/telemetrics/opt-in-no-privacy-filters".into())]
     pub no_privacy_filters_file: PathBuf,
     /// The user the crash handler drops to before keeping anything.
+    #[default(UserName::new("telemetry"))]
     pub service_user: UserName,
 }
 
-impl Default for CrashConfig {
-    fn default() -> Self {
-        CrashConfig {
-            crash_max_core_size: Bounded::new(1 << 30),
-            crash_inbox_max_size: Bounded::new(4 << 30),
-            crash_repeat_window_secs: Bounded::new(60),
-            crash_min_free_mb: Bounded::new(256),
-            no_privacy_filters_file: "/etc/telemetrics/opt-in-no-privacy-filters".into(),
-            service_user: UserName::new("telemetry"),
-        }
-    }
-}
-
 /// The WASM probes: where they are found and the host's ceilings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
 pub struct ProbesConfig {
     /// Directories scanned for `.wasm` probes.
     #[serde(deserialize_with = "non_empty::paths")]
+    #[default(vec!["/usr/lib/telemetry/probes".into(), "/etc/telemetrics/probes".into()])]
     pub probes_dirs: Vec<PathBuf>,
     /// Milliseconds between scans of the probe directories for added,
     /// replaced or removed components.
+    #[default(Bounded::new(2000))]
     pub probe_scan_interval_ms: Bounded<100, 3_600_000>,
     /// Host ceiling on any probe's records per hour.
+    #[default(Bounded::new( crate::probe_policy::DEFAULT_MAX_RECORDS_PER_HOUR as u64, ))]
     pub max_records_per_hour: Bounded<0, 1_000_000>,
     /// Larger probe component files are not compiled.
+    #[default(Bounded::new(crate::probe_policy::DEFAULT_MAX_COMPONENT_BYTES))]
     pub max_component_bytes: Bounded<65_536, { 1 << 30 }>,
     /// Shortest interval trigger, in seconds; a probe asking for less gets
     /// this.
+    #[default(Bounded::new(crate::probe_policy::DEFAULT_MIN_INTERVAL_SECS))]
     pub probe_min_interval_secs: Bounded<1, 86_400>,
     /// The kernel log probes granted `kernel_log` are handed: `/dev/kmsg`,
     /// or a file or FIFO in its record format (containers, tests).
     #[serde(deserialize_with = "non_empty::path")]
+    #[default("/dev/kmsg".into())]
     pub kernel_log_path: PathBuf,
     /// Where the directories of probes' `files` sources are found: `/`, or
     /// the host's tree mounted elsewhere (a container). A probe still sees
     /// them at the path its manifest names.
     #[serde(deserialize_with = "non_empty::path")]
+    #[default("/".into())]
     pub sources_root: PathBuf,
     /// Where the journal source reads: a directory of journal files, or
     /// empty for the system journal (`/var/log/journal` and
     /// `/run/log/journal`).
+    #[default(PathBuf::new())]
     pub journal_source_dir: PathBuf,
-    /// The admin's word on each probe (`[probes.NAME]` tables: `enabled`,
-    /// `read_paths`, `classifications`, `memory_limit_mib`, `timeout_ms`,
-    /// `max_records_per_hour`, `crashes`, `kernel_log`, `journal`,
-    /// `journal_fields`, `state_quota_mib`). The defaults approve what the
-    /// shipped probes need; a table in a file changes only the keys it
-    /// names.
+    /// The admin's word on each probe: `[probes.NAME]` tables, whose keys
+    /// follow. The defaults approve what the shipped probes need; a table
+    /// in a file changes only the keys it names.
+    #[default(shipped_probe_grants())]
     pub probes: BTreeMap<String, ProbePolicy>,
-}
-
-impl Default for ProbesConfig {
-    fn default() -> Self {
-        ProbesConfig {
-            probes_dirs: vec![
-                "/usr/lib/telemetry/probes".into(),
-                "/etc/telemetrics/probes".into(),
-            ],
-            probe_scan_interval_ms: Bounded::new(2000),
-            max_records_per_hour: Bounded::new(
-                crate::probe_policy::DEFAULT_MAX_RECORDS_PER_HOUR as u64,
-            ),
-            max_component_bytes: Bounded::new(crate::probe_policy::DEFAULT_MAX_COMPONENT_BYTES),
-            probe_min_interval_secs: Bounded::new(crate::probe_policy::DEFAULT_MIN_INTERVAL_SECS),
-            kernel_log_path: "/dev/kmsg".into(),
-            sources_root: "/".into(),
-            journal_source_dir: PathBuf::new(),
-            probes: shipped_probe_grants(),
-        }
-    }
 }
 
 /// What the shipped probes need beyond the safe set: the crash-symbolizer

@@ -24,6 +24,11 @@ impl<const LO: u64, const HI: u64> Bounded<LO, HI> {
     pub const fn get(self) -> u64 {
         self.0
     }
+
+    /// The smallest value accepted.
+    pub const MIN: u64 = LO;
+    /// The largest value accepted.
+    pub const MAX: u64 = HI;
 }
 
 impl<const LO: u64, const HI: u64> PartialEq<u64> for Bounded<LO, HI> {

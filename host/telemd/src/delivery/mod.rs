@@ -242,7 +242,8 @@ impl Delivery {
             Ok(e) => e,
             Err(e) => {
                 warn!("cannot list the spool {}: {e}", self.spool.dir().display());
-                report.blocked_for = Some(Duration::from_secs(self.config.spool_process_time));
+                report.blocked_for =
+                    Some(Duration::from_secs(self.config.spool_process_time.get()));
                 return report;
             }
         };
@@ -279,9 +280,9 @@ impl Delivery {
                 return true;
             }
         };
-        if self.config.record_expiry >= 0 {
+        if let Some(minutes) = self.config.record_expiry.get() {
             let age = now.duration_since(entry.mtime).unwrap_or_default();
-            if age > Duration::from_secs(self.config.record_expiry as u64 * 60) {
+            if age > Duration::from_secs(minutes.saturating_mul(60)) {
                 self.finish(
                     entry,
                     &record,
@@ -445,7 +446,7 @@ impl Delivery {
     /// (unless blocked), every `spool_process_time`, when a backoff or rate
     /// window ends, and on `flush`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, flush: Arc<Notify>) {
-        let period = Duration::from_secs(self.config.spool_process_time);
+        let period = Duration::from_secs(self.config.spool_process_time.get());
         let spool = self.spool.clone();
         loop {
             let report = self.run_once(Some(&shutdown)).await;
