@@ -73,3 +73,102 @@ impl Durability for Fsync {
         sync_dir(dir)
     }
 }
+
+/// Files another user can write, read by someone with more rights: root's
+/// `telemctl` reads the spool and the journal the service user owns. Each
+/// file is an entry of a directory opened once (`cap_std`), opened without
+/// following a symlink in its place and without blocking on a FIFO or a
+/// device, taken only if it is a regular file, and read up to a cap.
+pub mod beneath {
+    use std::io::{self, Read};
+    use std::path::Path;
+
+    use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _};
+
+    /// Opens the directory at `path` (an admin-configured path: symlinks in
+    /// it are the admin's own).
+    pub fn open_dir(path: &Path) -> io::Result<Dir> {
+        Dir::open_ambient_dir(path, cap_std::ambient_authority())
+    }
+
+    /// Opens the subdirectory `name` of `dir`, refusing a symlink there.
+    pub fn open_subdir(dir: &Dir, name: &str) -> io::Result<Dir> {
+        check_name(name)?;
+        let mut o = OpenOptions::new();
+        o.read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NOCTTY);
+        Ok(Dir::from_std_file(dir.open_with(name, &o)?.into_std()))
+    }
+
+    /// Opens the regular file `name` of `dir` for reading.
+    pub fn open_file(dir: &Dir, name: &str) -> io::Result<std::fs::File> {
+        check_name(name)?;
+        let mut o = OpenOptions::new();
+        o.read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY);
+        let f = dir.open_with(name, &o)?.into_std();
+        if !f.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name} is not a regular file"),
+            ));
+        }
+        Ok(f)
+    }
+
+    /// Reads the regular file `name` of `dir`; longer than `cap` bytes is
+    /// an error, not a cut (a file that long is not what it should be).
+    pub fn read_file(dir: &Dir, name: &str, cap: u64) -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        open_file(dir, name)?
+            .take(cap + 1)
+            .read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > cap {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{name} is longer than {cap} bytes"),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// One path component: no separator, not `.` or `..`, not empty.
+    fn check_name(name: &str) -> io::Result<()> {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?} is not a file name"),
+            ));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn only_regular_files_by_their_own_name_within_the_cap_are_read() {
+            let t = tempfile::tempdir().unwrap();
+            std::fs::write(t.path().join("rec"), "payload").unwrap();
+            std::fs::write(t.path().join("secret"), "root's").unwrap();
+            std::os::unix::fs::symlink(t.path().join("secret"), t.path().join("link")).unwrap();
+            rustix::fs::mkfifoat(rustix::fs::CWD, t.path().join("fifo"), 0o600.into()).unwrap();
+            std::fs::create_dir(t.path().join("sub")).unwrap();
+            std::os::unix::fs::symlink(t.path(), t.path().join("sublink")).unwrap();
+            let d = open_dir(t.path()).unwrap();
+            assert_eq!(read_file(&d, "rec", 7).unwrap(), b"payload");
+            assert!(read_file(&d, "rec", 6).is_err(), "over the cap");
+            assert!(
+                read_file(&d, "link", 100).is_err(),
+                "a symlink in its place"
+            );
+            // A FIFO with no writer would block a plain open for ever.
+            assert!(read_file(&d, "fifo", 100).is_err(), "a FIFO");
+            assert!(read_file(&d, "sub", 100).is_err(), "a directory");
+            assert!(read_file(&d, "../rec", 100).is_err(), "not one component");
+            assert!(open_subdir(&d, "sub").is_ok());
+            assert!(open_subdir(&d, "sublink").is_err(), "a symlinked directory");
+        }
+    }
+}

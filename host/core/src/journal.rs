@@ -16,7 +16,7 @@
 //! `record_id  unix_time  classification  event_id  boot_id  outcome  detail`
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -247,7 +247,7 @@ impl Journal {
     /// Rewrites the file with the latest `limit` entries and removes the
     /// payload copies of the others.
     fn compact(&self, st: &mut State) -> io::Result<()> {
-        let all = read_entries(&self.path())?;
+        let all = read_entries(File::open(self.path())?)?;
         let cut = all.len().saturating_sub(self.limit.max(MIN_KEPT));
         let (old, keep) = all.split_at(cut);
         let text: String = keep.iter().map(JournalEntry::to_line).collect();
@@ -268,7 +268,7 @@ impl Journal {
 
     /// Ids of the records the journal file holds a final outcome for.
     pub fn recent_ids(&self) -> io::Result<std::collections::HashSet<String>> {
-        Ok(read_entries(&self.path())?
+        Ok(read_entries(File::open(self.path())?)?
             .into_iter()
             .map(|e| e.record_id)
             .collect())
@@ -280,14 +280,25 @@ impl Journal {
     }
 }
 
-/// Reads the journal in `dir` without opening it for writing (telemctl).
+/// Most bytes of the journal file `telemctl` reads: a million entries of
+/// a few hundred bytes (the largest `journal_limit`).
+pub const QUERY_READ_CAP: u64 = 512 << 20;
+
+/// Most bytes of a retained payload read back (a payload is at most 8 KiB).
+const RETAINED_READ_CAP: u64 = 64 << 10;
+
+/// Reads the journal in `dir` without opening it for writing (telemctl,
+/// often as root, in a directory the service user owns: see
+/// [`crate::fsutil::beneath`]).
 pub fn query_dir(
     dir: &Path,
     limit: usize,
     filter: &JournalFilter,
 ) -> io::Result<Vec<JournalEntry>> {
-    let all = match read_entries(&dir.join("journal")) {
-        Ok(v) => v,
+    let opened = crate::fsutil::beneath::open_dir(dir)
+        .and_then(|d| crate::fsutil::beneath::open_file(&d, "journal"));
+    let all = match opened {
+        Ok(f) => read_entries(f)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
     };
@@ -299,18 +310,21 @@ pub fn query_dir(
         .collect())
 }
 
-/// The kept payload of a journaled record, if retention kept it.
+/// The kept payload of a journaled record, if retention kept it (read as
+/// [`query_dir`] reads the journal).
 pub fn retained_payload(dir: &Path, record_id: &str) -> Option<String> {
-    if record_id.contains('/') || record_id.starts_with('.') {
+    if record_id.starts_with('.') {
         return None;
     }
-    fs::read_to_string(dir.join("records").join(record_id)).ok()
+    use crate::fsutil::beneath;
+    let records = beneath::open_subdir(&beneath::open_dir(dir).ok()?, "records").ok()?;
+    let bytes = beneath::read_file(&records, record_id, RETAINED_READ_CAP).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
-fn read_entries(path: &Path) -> io::Result<Vec<JournalEntry>> {
-    let f = File::open(path)?;
+fn read_entries(f: File) -> io::Result<Vec<JournalEntry>> {
     let mut out = Vec::new();
-    for line in BufReader::new(f).lines() {
+    for line in BufReader::new(f.take(QUERY_READ_CAP)).lines() {
         // A line cut by a crash mid-append is skipped, not fatal.
         if let Some(e) = JournalEntry::parse(&line?) {
             out.push(e);

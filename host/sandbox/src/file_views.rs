@@ -78,14 +78,39 @@ pub struct GrantedFile {
     pub follow: bool,
 }
 
+/// Opens a granted file for reading without blocking on a FIFO or device.
+/// Unless it is one of the safe `/proc` files, no component of its
+/// resolved path may be a symlink (`openat2` with `RESOLVE_NO_SYMLINKS`):
+/// a directory on the way swapped for a link since the grant was resolved
+/// is refused, not followed. Kernels before 5.6 lack `openat2`; there only
+/// the last component is checked (`O_NOFOLLOW`).
+fn open_granted(from: &GrantedFile) -> io::Result<std::fs::File> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags, CWD};
+    if !from.follow {
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        match openat2(
+            CWD,
+            &from.host,
+            flags,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS,
+        ) {
+            Ok(fd) => return Ok(std::fs::File::from(fd)),
+            Err(rustix::io::Errno::NOSYS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let nofollow = if from.follow { 0 } else { libc::O_NOFOLLOW };
+    std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | nofollow)
+        .open(&from.host)
+}
+
 /// Copies a regular file (never a FIFO or device: opened non-blocking and
 /// checked before reading) up to the cap.
 fn copy_capped(from: &GrantedFile, to: &Path) -> io::Result<()> {
-    let nofollow = if from.follow { 0 } else { libc::O_NOFOLLOW };
-    let f = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | nofollow)
-        .open(&from.host)?;
+    let f = open_granted(from)?;
     if !f.metadata()?.is_file() {
         return Err(io::Error::other("not a regular file"));
     }
@@ -112,6 +137,24 @@ impl Drop for FileViews {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_granted_file_behind_a_swapped_directory_link_is_not_read() {
+        let t = tempfile::tempdir().unwrap();
+        let secret = t.path().join("secret");
+        std::fs::create_dir(&secret).unwrap();
+        std::fs::write(secret.join("os-release"), "root's").unwrap();
+        // The grant was resolved to real/os-release; then `real` became a
+        // link to the secret directory.
+        std::os::unix::fs::symlink(&secret, t.path().join("real")).unwrap();
+        let f = GrantedFile {
+            host: t.path().join("real/os-release"),
+            guest: "/etc/os-release".into(),
+            follow: false,
+        };
+        let err = open_granted(&f).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+    }
 
     #[test]
     fn a_view_holds_only_the_granted_files() {

@@ -5,15 +5,25 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use telem_core::cli::telemctl::SpoolCmd;
 use telem_core::config::Config;
 use telem_core::control::Request;
+use telem_core::fsutil::beneath;
 use telem_core::record::{spool_file, Header};
 
 use crate::table::{shown, utc};
 
 /// Asks for delivery now and follows the spool until it is empty, showing
 /// progress on a terminal; fails when delivery fails.
-pub fn flush(c: &Config) -> anyhow::Result<()> {
+/// Runs a spool verb.
+pub fn run(c: &Config, cmd: SpoolCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        SpoolCmd::Flush => flush(c),
+        SpoolCmd::List => list(c, json),
+    }
+}
+
+fn flush(c: &Config) -> anyhow::Result<()> {
     let mut client = super::connect(c)?;
     client.act(&Request::Flush)?;
     let tty = std::io::stdout().is_terminal();
@@ -55,25 +65,34 @@ struct Spooled {
     classification: String,
 }
 
-/// Lists the spool directory itself (the daemon need not run).
-pub fn list(c: &Config, json: bool) -> anyhow::Result<()> {
-    let rd = std::fs::read_dir(&c.spool.spool_dir)
-        .with_context(|| format!("cannot read the spool {}", c.spool.spool_dir.display()))?;
+/// Most bytes of a spool file read (a record is at most a frame).
+const SPOOL_FILE_READ_CAP: u64 = 64 << 10;
+
+/// Lists the spool directory itself (the daemon need not run). Often as
+/// root, in a directory the service user owns: entries are read beneath
+/// it, never through a symlink, FIFO or device (`fsutil::beneath`).
+fn list(c: &Config, json: bool) -> anyhow::Result<()> {
+    let unreadable = || format!("cannot read the spool {}", c.spool.spool_dir.display());
+    let dir = beneath::open_dir(&c.spool.spool_dir).with_context(unreadable)?;
     let mut rows = Vec::new();
-    for e in rd.filter_map(|e| e.ok()) {
+    for e in dir
+        .entries()
+        .with_context(unreadable)?
+        .filter_map(|e| e.ok())
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
             continue;
         }
         let Ok(m) = e.metadata() else { continue };
-        let class = std::fs::read(e.path())
+        let class = beneath::read_file(&dir, &name, SPOOL_FILE_READ_CAP)
             .ok()
             .and_then(|b| spool_file::decode(&b).ok())
             .map_or_else(
                 || "(unreadable)".to_owned(),
                 |r| r.headers.get(Header::Classification).to_owned(),
             );
-        let mtime = m.modified().unwrap_or(UNIX_EPOCH);
+        let mtime = m.modified().map_or(UNIX_EPOCH, |t| t.into_std());
         rows.push((mtime, name, m.len(), class));
     }
     rows.sort();

@@ -1,14 +1,17 @@
 //! The `files` source: which files in a watched directory match the
 //! probe's pattern, and which of them the probe has not been told of.
-//! Symlinks are never followed and at most [`MAX_ENTRIES`] entries are
-//! looked at per scan, so a hostile directory costs bounded time and
-//! memory.
+//! Symlinks are never followed (each subdirectory is opened beneath its
+//! parent's descriptor, refusing a symlink swapped in for it since it was
+//! listed) and at most [`MAX_ENTRIES`] entries are looked at per scan, so a
+//! hostile directory costs bounded time and memory.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
+use telem_core::fsutil::beneath;
 
 /// Most directory entries one scan looks at.
 pub const MAX_ENTRIES: usize = 10_000;
@@ -79,7 +82,8 @@ pub struct Scan {
 pub fn scan(dir: &Path, pattern: &str) -> std::io::Result<Scan> {
     let mut found = Vec::new();
     let mut budget = MAX_ENTRIES;
-    walk(dir, "", pattern, 1, &mut budget, &mut found)?;
+    let dir = beneath::open_dir(dir)?;
+    walk(&dir, "", pattern, 1, &mut budget, &mut found)?;
     found.sort();
     Ok(Scan {
         found,
@@ -88,14 +92,14 @@ pub fn scan(dir: &Path, pattern: &str) -> std::io::Result<Scan> {
 }
 
 fn walk(
-    dir: &Path,
+    dir: &Dir,
     prefix: &str,
     pattern: &str,
     depth: usize,
     budget: &mut usize,
     out: &mut Vec<Found>,
 ) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
+    for entry in dir.entries()? {
         if *budget == 0 {
             return Ok(());
         }
@@ -105,21 +109,17 @@ fn walk(
             continue;
         };
         let rel = format!("{prefix}{name}");
+        // The entry itself, a symlink not followed.
         let Ok(meta) = entry.metadata() else { continue };
         if meta.is_dir() {
             if depth < MAX_DEPTH && pattern.matches('/').count() >= depth {
-                let _ = walk(
-                    &entry.path(),
-                    &format!("{rel}/"),
-                    pattern,
-                    depth + 1,
-                    budget,
-                    out,
-                );
+                if let Ok(sub) = beneath::open_subdir(dir, &name) {
+                    let _ = walk(&sub, &format!("{rel}/"), pattern, depth + 1, budget, out);
+                }
             }
         } else if meta.is_file() && matches(pattern, &rel) {
             out.push(Found {
-                modified: secs(meta.modified().unwrap_or(UNIX_EPOCH)),
+                modified: secs(meta.modified().map_or(UNIX_EPOCH, |t| t.into_std())),
                 path: rel,
                 size: meta.len(),
             });
@@ -221,6 +221,9 @@ mod tests {
             .map(|f| f.path)
             .collect();
         assert_eq!(got, ["1682630623/014/dmesg.txt"]);
+        // A symlinked directory is not entered.
+        std::os::unix::fs::symlink("/etc", d.path().join("etc")).unwrap();
+        assert!(scan(d.path(), "*/passwd").unwrap().found.is_empty());
     }
 
     #[test]
