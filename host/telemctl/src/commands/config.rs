@@ -2,9 +2,19 @@
 
 use std::path::Path;
 
+use telem_core::cli::telemctl::ConfigCmd;
 use telem_core::config::{Config, ConfigFormat};
 
-pub fn check(file: Option<&Path>, json: bool) -> anyhow::Result<()> {
+/// Runs a config verb; `explicit` is telemctl's own `-f`.
+pub fn run(explicit: Option<&Path>, cmd: ConfigCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        ConfigCmd::Check { file } => check(file.as_deref().or(explicit), json),
+        ConfigCmd::Defaults => defaults(),
+        ConfigCmd::Migrate { file } => migrate(file.as_deref()),
+    }
+}
+
+fn check(file: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let c = super::load_config(file)?;
     for w in &c.warnings {
         eprintln!("warning: {w}");
@@ -34,7 +44,7 @@ pub fn check(file: Option<&Path>, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn defaults() -> anyhow::Result<()> {
+fn defaults() -> anyhow::Result<()> {
     print!(
         "# telemd defaults, each key under what it means; copy to\n# /etc/telemetrics/telemd.toml and keep the keys to change.\n{}",
         telem_core::config::reference::commented_defaults()
@@ -42,7 +52,7 @@ pub fn defaults() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn migrate(file: Option<&Path>) -> anyhow::Result<()> {
+fn migrate(file: Option<&Path>) -> anyhow::Result<()> {
     let file = file.unwrap_or(Path::new("/etc/telemetrics/telemetrics.conf"));
     let c = Config::load_file(Config::default(), file)?;
     for w in &c.warnings {

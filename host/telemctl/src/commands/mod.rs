@@ -16,7 +16,7 @@ mod status;
 use std::path::Path;
 
 use anyhow::Context;
-use telem_core::cli::telemctl::{Args, Cmd, ConfigCmd, SpoolCmd};
+use telem_core::cli::telemctl::{Args, Cmd};
 use telem_core::config::Config;
 use telem_core::control::client::Client;
 
@@ -57,21 +57,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Restart => service::systemctl(&["restart", "telemd.socket", "telemd.service"]),
         Cmd::IsActive => service::is_active(),
         Cmd::Status => status::show(&load_config(explicit)?, json),
-        Cmd::Spool {
-            cmd: SpoolCmd::Flush,
-        } => spool::flush(&load_config(explicit)?),
-        Cmd::Spool {
-            cmd: SpoolCmd::List,
-        } => spool::list(&load_config(explicit)?, json),
-        Cmd::Config {
-            cmd: ConfigCmd::Check { file },
-        } => config::check(file.as_deref().or(explicit), json),
-        Cmd::Config {
-            cmd: ConfigCmd::Defaults,
-        } => config::defaults(),
-        Cmd::Config {
-            cmd: ConfigCmd::Migrate { file },
-        } => config::migrate(file.as_deref()),
+        Cmd::Spool { cmd } => spool::run(&load_config(explicit)?, cmd, json),
+        // The config group reads files named on its own command line, not
+        // (only) the config in effect.
+        Cmd::Config { cmd } => config::run(explicit, cmd, json),
     }
 }
 
