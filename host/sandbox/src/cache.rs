@@ -132,7 +132,7 @@ impl CompileCache {
                     .read(true)
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&path)?;
-                check_private(&f.metadata()?).map_err(|e| io::Error::other(e.to_string()))?;
+                check_private(&f.metadata()?).map_err(io::Error::other)?;
                 let mut key = Vec::new();
                 f.take(64).read_to_end(&mut key)?;
                 if key.len() != 32 {

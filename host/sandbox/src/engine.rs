@@ -533,13 +533,24 @@ impl Sandbox {
         let (dirs, files) = self.resolve_grant(probe, extra_read);
         for (host, guest) in &dirs {
             b.preopened_dir(host, guest.to_string_lossy().as_ref(), FsPerms::ReadOnly)
-                .map_err(|e| CallError::Setup(format!("granted path {}: {e}", guest.display())))?;
+                .map_err(|source| CallError::Setup {
+                    what: format!("granted path {}", guest.display()),
+                    source,
+                })?;
         }
-        let views = FileViews::build(&self.options.scratch_dir, &probe.name, &files)
-            .map_err(|e| CallError::Setup(format!("file grants: {e}")))?;
+        let views =
+            FileViews::build(&self.options.scratch_dir, &probe.name, &files).map_err(|e| {
+                CallError::Setup {
+                    what: "file grants".into(),
+                    source: e.into(),
+                }
+            })?;
         for (dir, guest) in &views.preopens {
             b.preopened_dir(dir, guest, FsPerms::ReadOnly)
-                .map_err(|e| CallError::Setup(format!("file grant view of {guest}: {e}")))?;
+                .map_err(|source| CallError::Setup {
+                    what: format!("file grant view of {guest}"),
+                    source,
+                })?;
         }
         let stdout = MemoryOutputPipe::new(OUTPUT_CAP);
         let stderr = MemoryOutputPipe::new(OUTPUT_CAP);
@@ -822,6 +833,45 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), LoadFail
         }
     }
     Ok(())
+}
+
+/// What linking a probe once at load saves each call: `n` new stores and
+/// instantiations of `wasm` linked at every call (as before `InstancePre`)
+/// and `n` from its pre-linked form (as calls are now), interleaved so
+/// both see the same machine. Built only with the `bench` feature (the
+/// probes benchmark).
+#[cfg(feature = "bench")]
+impl Sandbox {
+    #[doc(hidden)]
+    pub async fn instantiation_costs(
+        &self,
+        wasm: &[u8],
+        n: usize,
+    ) -> wasmtime::Result<(Vec<Duration>, Vec<Duration>)> {
+        let component = Component::new(&self.engine, wasm)?;
+        let pre = self.linker.instantiate_pre(&component)?;
+        let (mut linked, mut prelinked) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..2 * n {
+            let t = Instant::now();
+            let state = HostState::new(
+                "bench".into(),
+                WasiCtxBuilder::new().build(),
+                64 << 20,
+                None,
+            );
+            let mut store = self.store(state, 10_000);
+            if i % 2 == 0 {
+                self.linker
+                    .instantiate_async(&mut store, &component)
+                    .await?;
+                linked.push(t.elapsed());
+            } else {
+                pre.instantiate_async(&mut store).await?;
+                prelinked.push(t.elapsed());
+            }
+        }
+        Ok((linked, prelinked))
+    }
 }
 
 #[cfg(test)]

@@ -33,8 +33,9 @@ pub trait RecordIntake: Send + Sync + std::fmt::Debug {
 pub enum IntakeError {
     /// It breaks a rule of the record model.
     #[error("{0}")]
-    Invalid(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The daemon refused it (not opted in, spool full, disk error).
+    Invalid(#[source] telem_core::record::RecordError),
+    /// The daemon refused it (not opted in, spool full, disk error). Boxed:
+    /// the daemon's own error type is not the sandbox's to name.
     #[error("{0}")]
     Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

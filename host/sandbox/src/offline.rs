@@ -33,8 +33,8 @@ pub enum OfflineError {
     #[error("cannot start a runtime")]
     Runtime(#[source] std::io::Error),
     /// The engine could not be set up.
-    #[error("cannot set up the sandbox: {0:#}")]
-    Engine(wasmtime::Error),
+    #[error("cannot set up the sandbox")]
+    Engine(#[source] wasmtime::Error),
     /// The component did not load.
     #[error(transparent)]
     Load(#[from] LoadError),

@@ -27,8 +27,14 @@ pub enum CallError {
     #[error("probe error: {0}")]
     Guest(String),
     /// The sandbox could not be set up (e.g. a granted path is missing).
-    #[error("sandbox setup failed: {0}")]
-    Setup(String),
+    #[error("sandbox setup failed: {what}: {source:#}")]
+    Setup {
+        /// What was being set up.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: wasmtime::Error,
+    },
 }
 
 impl CallError {

@@ -84,14 +84,23 @@ pub enum PostOutcome {
 /// Why the poster could not be built.
 #[derive(Debug, Error)]
 pub enum PosterError {
-    /// `cainfo` could not be read or parsed.
-    #[error("cainfo {}", path.display())]
-    CaInfo {
+    /// `cainfo` could not be read.
+    #[error("cannot read cainfo {}", path.display())]
+    CaInfoRead {
         /// The file.
         path: PathBuf,
-        /// What was wrong.
+        /// The OS error.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: std::io::Error,
+    },
+    /// `cainfo` holds no usable PEM certificates.
+    #[error("cainfo {} is not a PEM certificate bundle", path.display())]
+    CaInfoParse {
+        /// The file.
+        path: PathBuf,
+        /// What the TLS library said.
+        #[source]
+        source: reqwest::Error,
     },
     /// The HTTP client could not be initialised.
     #[error("cannot initialise the HTTP client")]
@@ -115,12 +124,17 @@ impl Poster {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("telemd/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &c.cainfo {
-            let err = |source: Box<dyn std::error::Error + Send + Sync>| PosterError::CaInfo {
+            let pem = std::fs::read(ca).map_err(|source| PosterError::CaInfoRead {
                 path: ca.clone(),
                 source,
-            };
-            let pem = std::fs::read(ca).map_err(|e| err(e.into()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.into()))? {
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                PosterError::CaInfoParse {
+                    path: ca.clone(),
+                    source,
+                }
+            })?;
+            for cert in certs {
                 b = b.add_root_certificate(cert);
             }
         }

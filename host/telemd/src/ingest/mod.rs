@@ -201,7 +201,7 @@ impl telem_sandbox::RecordIntake for Ingest {
     > {
         Box::pin(async move {
             self.submit_probe(record).await.map_err(|e| match e {
-                IngestError::Invalid(e) => telem_sandbox::IntakeError::Invalid(Box::new(e)),
+                IngestError::Invalid(e) => telem_sandbox::IntakeError::Invalid(e),
                 e => telem_sandbox::IntakeError::Refused(Box::new(e)),
             })
         })
