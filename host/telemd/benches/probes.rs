@@ -4,6 +4,8 @@
 //!   no-op command: the sandbox's own overhead, p50/p99;
 //! - the `hello` heartbeat end to end (call + record spooled, fsync
 //!   included), p50/p99;
+//! - new store + instantiate, linked at each call vs pre-linked at load
+//!   (`InstancePre`), interleaved in one run;
 //! - RSS per loaded probe.
 //!
 //! Needs the components built: `(cd probes-wasm && cargo build --target
@@ -137,6 +139,23 @@ fn main() {
             us(pct(&mut e2e, 0.5)),
             us(pct(&mut e2e, 0.99))
         );
+        println!();
+
+        // What InstancePre saves, in one run: the same component linked at
+        // every instantiation (before) and pre-linked once (now).
+        let (mut linked, mut prelinked) = sb.instantiation_costs(&test, n).await.unwrap();
+        println!("| new store + instantiate (sandbox-test) | n | p50 | p99 |");
+        println!("|---|---:|---:|---:|");
+        for (what, v) in [
+            ("linked at each call", &mut linked),
+            ("pre-linked at load (InstancePre)", &mut prelinked),
+        ] {
+            println!(
+                "| {what} | {n} | {} | {} |",
+                us(pct(v, 0.5)),
+                us(pct(v, 0.99))
+            );
+        }
         println!();
 
         let before = rss_kib();
