@@ -35,7 +35,7 @@ use anyhow::Context;
 use cap_std::fs::{Dir, DirBuilder, DirBuilderExt, OpenOptions, OpenOptionsExt as _};
 use rustix::fs::{flock, FlockOperation, OFlags};
 use telem_core::cli::crash_handler::Args;
-use telem_core::config::Config;
+use telem_core::config::{Config, CrashConfig};
 use telem_core::control::client::{Client, ClientError};
 use telem_core::crash_inbox::{inbox_dir, CrashMeta, CORE_FILE, META_FILE};
 use telem_core::native_client::{build_local_record, send_record, NewRecord, CLIENT_TIMEOUT};
@@ -294,7 +294,7 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
     // A crash loop is bounded whether or not its core would be kept.
     let what = exe.as_deref().unwrap_or(&name);
     let new_entry = short.is_none().then_some(id.as_str());
-    let reservation = match (admit(&inbox_fd, what, config, new_entry)?, short) {
+    let reservation = match (admit(&inbox_fd, what, &config.crash, new_entry)?, short) {
         (Admission::Dropped(why), _) => {
             log(&why);
             return Ok(Outcome::Dropped(why));
@@ -355,7 +355,7 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
         Ok(true) => reservation.release(),
         Ok(false) => {
             let _ = inbox_fd.remove_dir_all(&id);
-            let why = count_low_space_drop(&inbox_fd, what, config)?;
+            let why = count_low_space_drop(&inbox_fd, what, &config.crash)?;
             log(&why);
             return Ok(Outcome::Dropped(why));
         }
@@ -636,10 +636,10 @@ fn write_recent(inbox: &Dir, recent: &Recent) -> anyhow::Result<()> {
         .context("cannot record the flood state")
 }
 
-fn low_space_message(exe: &str, config: &Config, dropped: u64) -> String {
+fn low_space_message(exe: &str, crash: &CrashConfig, dropped: u64) -> String {
     format!(
         "crash of {exe} dropped: its core would leave less than crash_min_free_mb = {} MiB free on the crash inbox's filesystem ({dropped} dropped so far)",
-        config.crash.crash_min_free_mb.get()
+        crash.crash_min_free_mb.get()
     )
 }
 
@@ -653,13 +653,13 @@ fn low_space_message(exe: &str, config: &Config, dropped: u64) -> String {
 fn admit(
     inbox: &Dir,
     exe: &str,
-    config: &Config,
+    crash: &CrashConfig,
     new_entry: Option<&str>,
 ) -> anyhow::Result<Admission> {
     let _lock = lock_inbox(inbox)?;
     let mut recent = read_recent(inbox);
     let t = now();
-    let window = config.crash.crash_repeat_window_secs.get();
+    let window = crash.crash_repeat_window_secs.get();
     recent
         .last
         .retain(|_, last| t.saturating_sub(*last) < window.max(1));
@@ -672,27 +672,27 @@ fn admit(
             recent.dropped_repeats
         ))
     } else if let Some(id) = new_entry {
-        let usage = inbox_usage(inbox, config.crash.crash_max_core_size.get() + META_RESERVE);
+        let usage = inbox_usage(inbox, crash.crash_max_core_size.get() + META_RESERVE);
         // The floor (0: none) counts the room reserved and not yet written
         // as used.
-        let room = if config.crash.crash_min_free_mb.get() == 0 {
+        let room = if crash.crash_min_free_mb.get() == 0 {
             u64::MAX
         } else {
             free_bytes(inbox)?
                 .saturating_sub(usage.unwritten)
-                .saturating_sub(config.crash.crash_min_free_mb.get().saturating_mul(MIB))
+                .saturating_sub(crash.crash_min_free_mb.get().saturating_mul(MIB))
                 .saturating_sub(META_RESERVE)
         };
-        let core_limit = room.min(config.crash.crash_max_core_size.get());
-        if usage.bytes >= config.crash.crash_inbox_max_size.get() {
+        let core_limit = room.min(crash.crash_max_core_size.get());
+        if usage.bytes >= crash.crash_inbox_max_size.get() {
             recent.dropped_full += 1;
             Admission::Dropped(format!(
                 "crash of {exe} dropped: the crash inbox holds crash_inbox_max_size = {} bytes or more ({} dropped so far)",
-                config.crash.crash_inbox_max_size.get(), recent.dropped_full
+                crash.crash_inbox_max_size.get(), recent.dropped_full
             ))
-        } else if core_limit < MIN_CORE.min(config.crash.crash_max_core_size.get()) {
+        } else if core_limit < MIN_CORE.min(crash.crash_max_core_size.get()) {
             recent.dropped_low_space += 1;
-            Admission::Dropped(low_space_message(exe, config, recent.dropped_low_space))
+            Admission::Dropped(low_space_message(exe, crash, recent.dropped_low_space))
         } else {
             let r = reserve(inbox, id, core_limit)?;
             recent.last.insert(exe.to_owned(), t);
@@ -713,12 +713,12 @@ fn admit(
 
 /// Counts (under the inbox lock) a crash dropped once its core passed
 /// what the free-space floor left it; says why.
-fn count_low_space_drop(inbox: &Dir, exe: &str, config: &Config) -> anyhow::Result<String> {
+fn count_low_space_drop(inbox: &Dir, exe: &str, crash: &CrashConfig) -> anyhow::Result<String> {
     let _lock = lock_inbox(inbox)?;
     let mut recent = read_recent(inbox);
     recent.dropped_low_space += 1;
     write_recent(inbox, &recent)?;
-    Ok(low_space_message(exe, config, recent.dropped_low_space))
+    Ok(low_space_message(exe, crash, recent.dropped_low_space))
 }
 
 /// Makes the entry `id` and its reservation for a core of up to

@@ -67,7 +67,11 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metadata = HostMetadata::collect(&config.host.metadata_root);
-    let cap = (config.spool.spool_max_size >= 0).then(|| config.spool.spool_max_size as u64 * 1024);
+    let cap = config
+        .spool
+        .spool_max_size
+        .get()
+        .map(|kib| kib.saturating_mul(1024));
     let spool = Spool::open(&config.spool.spool_dir, cap).map_err(ctx(|| {
         format!("cannot open the spool {}", config.spool.spool_dir.display())
     }))?;
@@ -149,7 +153,7 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
         stop_rx.clone(),
     ));
     // The native socket comes last: once it accepts, everything is ready.
-    let (listener, bound_path) = native_listener(&config, passed)?;
+    let (listener, bound_path) = native_listener(&config.socket, passed)?;
     let opts = NativeSocketOptions {
         timeout: Duration::from_millis(config.socket.socket_timeout_ms.get()),
         max_connections: config.socket.max_connections.get() as usize,
@@ -270,7 +274,7 @@ fn sandbox_options(config: &Config, inbox: &Path) -> telem_sandbox::SandboxOptio
 /// the only one), else a fresh bind at `socket_path`. Returns the path to
 /// clean up when this process bound it.
 fn native_listener(
-    config: &Config,
+    config: &telem_core::config::SocketConfig,
     mut fds: Vec<systemd::ListenFd>,
 ) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
     let pick = fds
@@ -287,8 +291,8 @@ fn native_listener(
         info!("using the native socket passed by systemd");
         return Ok((l, None));
     }
-    let path: &Path = &config.socket.socket_path;
-    let l = socket::bind(path, config.socket.socket_mode.bits())
+    let path: &Path = &config.socket_path;
+    let l = socket::bind(path, config.socket_mode.bits())
         .map_err(ctx(|| format!("cannot listen on {}", path.display())))?;
     Ok((l, Some(path.to_owned())))
 }

@@ -334,6 +334,39 @@ mod tests {
         assert!(matches!(e, ClientError::NoHandshake { .. }), "{e:?}");
     }
 
+    /// A number per variant, by an exhaustive match: a new variant does not
+    /// compile until it is numbered here, and the test below then fails
+    /// until it lists one.
+    fn request_kind(r: &Request) -> usize {
+        match r {
+            Request::Hello { .. } => 0,
+            Request::List => 1,
+            Request::Run { .. } => 2,
+            Request::Reload => 3,
+            Request::Enable { .. } => 4,
+            Request::Disable { .. } => 5,
+            Request::Reset { .. } => 6,
+            Request::Status => 7,
+            Request::Flush => 8,
+            Request::Crash { .. } => 9,
+        }
+    }
+    const REQUEST_KINDS: usize = 10;
+
+    /// As [`request_kind`], for replies.
+    fn response_kind(r: &Response) -> usize {
+        match r {
+            Response::Hello(_) => 0,
+            Response::Probes(_) => 1,
+            Response::Status(_) => 2,
+            Response::Reloaded { .. } => 3,
+            Response::CrashHandled { .. } => 4,
+            Response::Done => 5,
+            Response::Error { .. } => 6,
+        }
+    }
+    const RESPONSE_KINDS: usize = 7;
+
     #[test]
     fn every_request_and_reply_survives_the_wire() {
         let reqs = [
@@ -349,6 +382,7 @@ mod tests {
             Request::Reload,
             Request::Enable { probe: "p".into() },
             Request::Disable { probe: "p".into() },
+            Request::Reset { probe: "p".into() },
             Request::Status,
             Request::Flush,
             Request::Crash {
@@ -356,11 +390,34 @@ mod tests {
                 wait: true,
             },
         ];
+        let mut kinds: Vec<usize> = reqs.iter().map(request_kind).collect();
+        kinds.sort();
+        kinds.dedup();
+        assert_eq!(
+            kinds.len(),
+            REQUEST_KINDS,
+            "a request variant is not listed"
+        );
         for r in reqs {
             let text = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r, "{text}");
         }
         let reps = [
+            Response::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                server: "telemd t".into(),
+            }),
+            Response::Probes(ProbeList {
+                probes: vec![],
+                compilations: 3,
+            }),
+            Response::Status(Box::new(Status {
+                opted_in: true,
+                spool: Default::default(),
+                delivery: Default::default(),
+                ingest: Default::default(),
+                probes: Default::default(),
+            })),
             Response::Done,
             Response::Reloaded { probes: 3 },
             Response::Error {
@@ -374,6 +431,10 @@ mod tests {
                 }],
             },
         ];
+        let mut kinds: Vec<usize> = reps.iter().map(response_kind).collect();
+        kinds.sort();
+        kinds.dedup();
+        assert_eq!(kinds.len(), RESPONSE_KINDS, "a reply variant is not listed");
         for r in reps {
             let text = serde_json::to_string(&r).unwrap();
             assert_eq!(
