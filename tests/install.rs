@@ -57,11 +57,40 @@ fn destdir_install_yields_the_packaged_tree() {
         ("share/bash-completion/completions/telemctl", 0o644),
         ("share/zsh/site-functions/_telemctl", 0o644),
         ("share/fish/vendor_completions.d/telemctl.fish", 0o644),
+        ("lib/libtelemetry.so.4.0.1", 0o755),
+        ("include/telemetry.h", 0o644),
+        ("lib/pkgconfig/libtelemetry.pc", 0o644),
+        ("share/man/man3/telemetry.3", 0o644),
+        ("share/man/man3/tm_create_record.3", 0o644),
+        ("share/man/man3/tm_set_payload.3", 0o644),
+        ("share/man/man3/tm_set_event_id.3", 0o644),
+        ("share/man/man3/tm_send_record.3", 0o644),
+        ("share/man/man3/tm_free_record.3", 0o644),
+        ("share/man/man3/tm_set_config_file.3", 0o644),
+        ("share/man/man3/tm_is_opted_in.3", 0o644),
     ];
     for (rel, mode) in expect {
         let m = std::fs::metadata(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
         assert_eq!(m.permissions().mode() & 0o777, mode, "{rel}");
     }
+    // The library's links, and a pkg-config file that points at the
+    // installed paths (not DESTDIR's).
+    for (link, to) in [
+        ("lib/libtelemetry.so.4", "libtelemetry.so.4.0.1"),
+        ("lib/libtelemetry.so", "libtelemetry.so.4"),
+    ] {
+        assert_eq!(
+            std::fs::read_link(root.join(link)).unwrap(),
+            Path::new(to),
+            "{link}"
+        );
+    }
+    let pc = std::fs::read_to_string(root.join("lib/pkgconfig/libtelemetry.pc")).unwrap();
+    assert!(
+        pc.contains("libdir=/usr/lib\n") && pc.contains("includedir=/usr/include\n"),
+        "{pc}"
+    );
+    assert!(!pc.contains('@'), "{pc}");
     let unit = std::fs::read_to_string(root.join("lib/systemd/system/telemd.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/telemd\n"), "{unit}");
     assert!(!unit.contains("@bindir@"));
