@@ -118,33 +118,19 @@ fn cfg(d: &TestDaemon) -> String {
     d.config_path.display().to_string()
 }
 
-#[test]
-fn the_library_has_the_seeds_soname_and_exactly_its_seven_versioned_functions() {
-    let inst = installed();
-    let lib = inst.libdir.join("libtelemetry.so.4");
-    // The SONAME link and the dev link point at the versioned file.
-    assert_eq!(
-        std::fs::read_link(&lib).unwrap(),
-        Path::new("libtelemetry.so.4.0.1")
-    );
-    assert_eq!(
-        std::fs::read_link(inst.libdir.join("libtelemetry.so")).unwrap(),
-        Path::new("libtelemetry.so.4")
-    );
-    let p = Command::new("objdump")
-        .arg("-p")
-        .arg(&lib)
-        .output()
-        .unwrap();
+/// The SONAME and exactly the seven functions, versioned, in `lib`.
+fn assert_seed_abi(lib: &Path) {
+    let p = Command::new("objdump").arg("-p").arg(lib).output().unwrap();
     let p = text(&p.stdout);
     assert!(
         p.lines()
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["SONAME", "libtelemetry.so.4"]),
-        "objdump -p:\n{p}"
+        "{}: objdump -p:\n{p}",
+        lib.display()
     );
     let nm = Command::new("nm")
         .args(["-D", "--defined-only"])
-        .arg(&lib)
+        .arg(lib)
         .output()
         .unwrap();
     let mut functions: Vec<String> = text(&nm.stdout)
@@ -168,9 +154,36 @@ fn the_library_has_the_seeds_soname_and_exactly_its_seven_versioned_functions() 
             "T tm_set_event_id@@TM_4_0_0",
             "T tm_set_payload@@TM_3_0_0",
         ],
-        "nm -D --defined-only:\n{}",
+        "{}: nm -D --defined-only:\n{}",
+        lib.display(),
         text(&nm.stdout)
     );
+}
+
+#[test]
+fn the_library_has_the_seeds_soname_and_exactly_its_seven_versioned_functions() {
+    let inst = installed();
+    let lib = inst.libdir.join("libtelemetry.so.4");
+    // The SONAME link and the dev link point at the versioned file.
+    assert_eq!(
+        std::fs::read_link(&lib).unwrap(),
+        Path::new("libtelemetry.so.4.0.1")
+    );
+    assert_eq!(
+        std::fs::read_link(inst.libdir.join("libtelemetry.so")).unwrap(),
+        Path::new("libtelemetry.so.4")
+    );
+    assert_seed_abi(&lib);
+    // The release build too (install.sh's default; the test command builds
+    // it), when it is there.
+    let release = Path::new(LIBTELEMETRY)
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("release/libtelemetry.so");
+    if release.exists() {
+        assert_seed_abi(&release);
+    }
     // A program linked against it asks for those versions, as programs
     // linked against the seed's library do.
     let prog = c_program("errors");
@@ -500,6 +513,34 @@ fn frames_with_a_config_file_equal_the_legacy_capture_byte_for_byte() {
     );
 }
 
+/// An `/etc` for [`in_private_etc`]: the loader's cache (the programs
+/// find libc through it) and `telemetrics/` with `files` in it.
+fn private_etc(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(etc.join("telemetrics")).unwrap();
+    std::fs::copy("/etc/ld.so.cache", etc.join("ld.so.cache")).unwrap();
+    for (name, text) in files {
+        std::fs::write(etc.join("telemetrics").join(name), text).unwrap();
+    }
+    etc
+}
+
+/// Runs `program ARGS` in a private mount namespace where `etc` is `/etc`:
+/// the library's default paths (`/etc/telemetrics/...`) are the test's,
+/// and nothing outside the namespace changes.
+fn in_private_etc(etc: &Path, program: &Path, args: &[&str]) -> Output {
+    let script = format!(
+        "mount --make-rprivate / && mount --bind {} /etc && exec \"$0\" \"$@\"",
+        etc.display()
+    );
+    Command::new("unshare")
+        .args(["--mount", "sh", "-ec", &script])
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 #[test]
 #[ignore = "needs root: runs the C program in a mount namespace where /etc holds the default config"]
 fn frames_through_the_default_config_lookup_equal_the_legacy_captures_byte_for_byte() {
@@ -512,19 +553,12 @@ fn frames_through_the_default_config_lookup_equal_the_legacy_captures_byte_for_b
     // The /etc the program sees: only the loader's cache and the legacy
     // default config, /etc/telemetrics/telemetrics.conf (INI, as the seed
     // installed it).
-    let etc = dir.path().join("etc");
-    std::fs::create_dir_all(etc.join("telemetrics")).unwrap();
-    std::fs::copy("/etc/ld.so.cache", etc.join("ld.so.cache")).unwrap();
-    std::fs::write(etc.join("telemetrics/opt-in"), "").unwrap();
-    std::fs::write(
-        etc.join("telemetrics/telemetrics.conf"),
-        format!(
-            "[settings]\nsocket_path={}\nmetadata_root={}\n",
-            socket.display(),
-            machine.display()
-        ),
-    )
-    .unwrap();
+    let conf = format!(
+        "[settings]\nsocket_path={}\nmetadata_root={}\n",
+        socket.display(),
+        machine.display()
+    );
+    let etc = private_etc(dir.path(), &[("opt-in", ""), ("telemetrics.conf", &conf)]);
     let payloads = dir.path().join("payloads");
     std::fs::create_dir(&payloads).unwrap();
     for name in [
@@ -536,21 +570,22 @@ fn frames_through_the_default_config_lookup_equal_the_legacy_captures_byte_for_b
         let payload_file = payloads.join(name);
         std::fs::write(&payload_file, &want.payload).unwrap();
         let h = |x| want.headers.get(x).to_owned();
-        let script = format!(
-            "mount --make-rprivate / && mount --bind {etc} /etc && exec {send} -c {class} -s {sev} -v {ver} -e {id} -P {payload}",
-            etc = etc.display(),
-            send = send.display(),
-            class = h(Header::Classification),
-            sev = h(Header::Severity),
-            ver = h(Header::PayloadFormatVersion),
-            id = h(Header::EventId),
-            payload = payload_file.display(),
-        );
+        let args = [
+            "-c".to_owned(),
+            h(Header::Classification),
+            "-s".into(),
+            h(Header::Severity),
+            "-v".into(),
+            h(Header::PayloadFormatVersion),
+            "-e".into(),
+            h(Header::EventId),
+            "-P".into(),
+            payload_file.display().to_string(),
+        ];
+        let (etc, send) = (etc.clone(), send.clone());
         let sender = std::thread::spawn(move || {
-            Command::new("unshare")
-                .args(["--mount", "sh", "-ec", &script])
-                .output()
-                .unwrap()
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            in_private_etc(&etc, &send, &args)
         });
         let got = capture_one(&listener);
         let out = sender.join().unwrap();
@@ -596,5 +631,82 @@ fn random_calls_under_valgrind_neither_fault_nor_leak() {
     assert!(
         matches!(counts[..], [1000, created, sent] if created >= 50 && sent >= 5),
         "{summary}"
+    );
+}
+
+#[test]
+fn records_made_in_forked_children_have_their_own_event_ids() {
+    let d = TestDaemon::start(HOLD);
+    let out = run(&c_program("forked"), &[&cfg(&d), "4"]);
+    assert!(out.status.success(), "{}", stdout_of(&out));
+    let recs = d.wait_spool(5);
+    let mut ids: Vec<&str> = recs
+        .iter()
+        .map(|r| r.headers.get(Header::EventId))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "event ids repeat across fork: {ids:?}");
+}
+
+#[test]
+#[ignore = "needs root: a config file owned by another uid, and a private /etc for the default opt-in file"]
+fn a_config_file_someone_else_owns_moves_only_the_socket() {
+    assert_root("chowns a file to another uid and mounts a private /etc");
+    let send = c_program("send");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("telem-0");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let machine = dir.path().join("machine");
+    std::fs::create_dir_all(machine.join("etc")).unwrap();
+    std::fs::write(machine.join("etc/os-release"), "ID=planted\n").unwrap();
+    // A privileged probe handed a config its user wrote: it names the
+    // socket (as the seed allowed), an opt-in file that does not exist and a
+    // metadata root of its own.
+    let named = dir.path().join("user.toml");
+    std::fs::write(
+        &named,
+        format!(
+            "socket_path = \"{}\"\nopt_in_file = \"{}/absent\"\nmetadata_root = \"{}\"\n",
+            socket.display(),
+            dir.path().display(),
+            machine.display()
+        ),
+    )
+    .unwrap();
+    let etc = private_etc(dir.path(), &[("opt-in", "")]);
+    let named_arg = named.display().to_string();
+    let args = ["-f", named_arg.as_str(), "-c", "org.example/native/owned"];
+
+    // Owned by nobody (65534): only the socket is taken from it.
+    std::os::unix::fs::chown(&named, Some(65534), Some(65534)).unwrap();
+    let sender = {
+        let (etc, send) = (etc.clone(), send.clone());
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            in_private_etc(&etc, &send, &args)
+        })
+    };
+    let got = capture_one(&listener);
+    let out = sender.join().unwrap();
+    assert!(out.status.success(), "{}", stdout_of(&out));
+    let sent = parse_frame(&got).unwrap();
+    assert_ne!(
+        sent.headers.get(Header::SystemName),
+        "planted",
+        "metadata_root ignored"
+    );
+    assert_eq!(sent.config.as_deref(), Some(named_arg.as_str()));
+
+    // Owned by root: the admin's file, so all of it counts: the opt-in
+    // file it names is absent, and nothing is sent.
+    std::os::unix::fs::chown(&named, Some(0), Some(0)).unwrap();
+    let out = in_private_etc(&etc, &send, &args);
+    assert_eq!(
+        text(&out.stdout),
+        format!("rc=-{}\n", libc::ECONNREFUSED),
+        "{}",
+        stdout_of(&out)
     );
 }

@@ -137,7 +137,9 @@ pub fn send_frame(socket: &Path, frame: &[u8], timeout: Duration) -> Result<(), 
     let mut sent = 0;
     while sent < frame.len() {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        // Below a millisecond the timeout could round to zero, which the
+        // kernel reads as no timeout at all.
+        if left < Duration::from_millis(1) {
             return Err(timed_out());
         }
         let result = s

@@ -33,8 +33,10 @@ struct telem_ref {
 };
 
 /* Use c_file (an absolute path to a regular file) instead of the default
- * configuration for the socket path and the opt-in file; records sent from
- * now on carry it (CFG:). On error the file in effect is unchanged.
+ * configuration for the socket path; records sent from now on carry it
+ * (CFG:). It also names the opt-in file only if root or this process's
+ * user owns it and no one else can write it. On error the file in effect
+ * is unchanged.
  * Errors: -EINVAL (NULL, relative, not a regular file), -ENOENT and other
  * stat(2) errors, -ENAMETOOLONG. Since TM_1_0_0. */
 int tm_set_config_file(const char *c_file);

@@ -20,10 +20,10 @@ use telem_core::record::{
     MAX_PAYLOAD_LEN,
 };
 
-use crate::c_string::{read_bounded, Bounded};
+use crate::c_string::{read_bounded, read_prefix, Bounded};
 use crate::error::TmError;
 use crate::handles::{register, release, with_record, TelemRef};
-use crate::settings::{in_effect, name_config_file, opt_in_file};
+use crate::settings::{in_effect, metadata_root, name_config_file, opt_in_file};
 
 /// The machine id a record leaves the library with; the daemon replaces it
 /// (as the seed's library and daemon did).
@@ -119,8 +119,7 @@ pub unsafe extern "C" fn tm_create_record(
         // SAFETY: the caller's promise.
         let class = unsafe { text_arg(classification, MAX_CLASSIFICATION_LEN, "classification") }?;
         validate_classification(class)?;
-        let settings = in_effect()?;
-        let metadata = HostMetadata::collect(&settings.config.host.metadata_root);
+        let metadata = HostMetadata::collect(&metadata_root());
         let record = build_record(
             &NewRecord {
                 classification: class,
@@ -170,10 +169,10 @@ pub unsafe extern "C" fn tm_set_payload(t_ref: *mut TelemRef, payload: *mut c_ch
             if payload.is_null() {
                 return Err(TmError::Null { what: "payload" });
             }
-            // SAFETY: non-null; the rest is the caller's promise.
-            let bytes = match unsafe { read_bounded(payload, MAX_PAYLOAD_LEN) } {
-                Bounded::Whole(b) | Bounded::Cut(b) => b,
-            };
+            // SAFETY: non-null; the rest is the caller's promise. At most
+            // 8192 bytes are looked at, as the seed's strnlen did: a full
+            // `char buf[8192]` without a NUL is read, and not one byte more.
+            let bytes = unsafe { read_prefix(payload, MAX_PAYLOAD_LEN) };
             validate_payload(bytes)?;
             let mut text = String::new();
             text.try_reserve_exact(bytes.len())
@@ -201,7 +200,7 @@ pub unsafe extern "C" fn tm_send_record(t_ref: *mut TelemRef) -> c_int {
         // the machine's state.
         with_record(t_ref, |_| Ok(()))?;
         let settings = in_effect()?;
-        let opt_in = &settings.config.host.opt_in_file;
+        let opt_in = &settings.opt_in_file;
         if !opt_in.exists() {
             return Err(TmError::NotOptedIn(opt_in.clone()));
         }
@@ -210,7 +209,7 @@ pub unsafe extern "C" fn tm_send_record(t_ref: *mut TelemRef) -> c_int {
             r.validate()?;
             Ok(encode_frame(r))
         })?;
-        send_frame(&settings.config.socket.socket_path, &frame, CLIENT_TIMEOUT)?;
+        send_frame(&settings.socket_path, &frame, CLIENT_TIMEOUT)?;
         Ok(())
     })
 }
@@ -309,6 +308,40 @@ mod tests {
             "{created} created, {payloads} payloads"
         );
         assert_eq!(live_count(), before, "every record freed");
+    }
+
+    #[test]
+    fn a_freed_handle_stays_unknown_after_new_records_are_made() {
+        let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let class = CString::new("org.example/unit/stale").unwrap();
+        let p = CString::new("x").unwrap();
+        // SAFETY: valid C strings and writable out-pointers; stale handles
+        // are looked up, never used.
+        unsafe {
+            let mut a: *mut TelemRef = std::ptr::null_mut();
+            assert_eq!(tm_create_record(&mut a, 1, class.as_ptr().cast_mut(), 1), 0);
+            tm_free_record(a);
+            // Kept from the allocator, which would hand `a`'s block to a
+            // later record.
+            assert!(crate::handles::quarantined(a));
+            let mut others = Vec::new();
+            for _ in 0..16 {
+                let mut b: *mut TelemRef = std::ptr::null_mut();
+                assert_eq!(tm_create_record(&mut b, 1, class.as_ptr().cast_mut(), 1), 0);
+                assert_ne!(b, a, "a freed handle's address was handed out again");
+                others.push(b);
+            }
+            assert_eq!(tm_set_payload(a, p.as_ptr().cast_mut()), -libc::EINVAL);
+            tm_free_record(a);
+            for b in others {
+                assert_eq!(
+                    tm_set_payload(b, p.as_ptr().cast_mut()),
+                    0,
+                    "freeing `a` twice freed another"
+                );
+                tm_free_record(b);
+            }
+        }
     }
 
     #[test]

@@ -31,6 +31,19 @@ pub(crate) unsafe fn read_bounded<'a>(p: *const c_char, bound: usize) -> Bounded
     }
 }
 
+/// Reads the string at `p`, or its first `max` bytes if it is longer,
+/// looking at `max` bytes at most (C's `strnlen(p, max)`).
+///
+/// # Safety
+/// `p` is non-null and points to a NUL-terminated string, or to at least
+/// `max` readable bytes.
+pub(crate) unsafe fn read_prefix<'a>(p: *const c_char, max: usize) -> &'a [u8] {
+    // SAFETY: as `read_bounded`, with `max` for its bound + 1.
+    let len = unsafe { libc::strnlen(p, max) };
+    // SAFETY: `len` bytes were just read by strnlen.
+    unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,13 +60,61 @@ mod tests {
         }
     }
 
+    /// Eight bytes of 'x' with no NUL, ending where an inaccessible page
+    /// begins: a read of a ninth byte faults and kills the test.
+    struct GuardedBytes {
+        base: *mut std::ffi::c_void,
+        len: usize,
+    }
+
+    impl GuardedBytes {
+        fn new() -> GuardedBytes {
+            use rustix::mm::{mmap_anonymous, mprotect, MapFlags, MprotectFlags, ProtFlags};
+            let page = rustix::param::page_size();
+            // SAFETY: a fresh private anonymous mapping of two pages; the
+            // second is made inaccessible; nothing else refers to them.
+            unsafe {
+                let base = mmap_anonymous(
+                    std::ptr::null_mut(),
+                    2 * page,
+                    ProtFlags::READ | ProtFlags::WRITE,
+                    MapFlags::PRIVATE,
+                )
+                .unwrap();
+                mprotect(
+                    base.cast::<u8>().add(page).cast(),
+                    page,
+                    MprotectFlags::empty(),
+                )
+                .unwrap();
+                std::ptr::write_bytes(base.cast::<u8>().add(page - 8), b'x', 8);
+                GuardedBytes {
+                    base,
+                    len: 2 * page,
+                }
+            }
+        }
+
+        fn ptr(&self) -> *const c_char {
+            // SAFETY: within the first page of the mapping.
+            unsafe { self.base.cast::<u8>().add(self.len / 2 - 8).cast() }
+        }
+    }
+
+    impl Drop for GuardedBytes {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `new`, unmapped once.
+            unsafe { rustix::mm::munmap(self.base, self.len).unwrap() };
+        }
+    }
+
     #[test]
     fn no_byte_past_the_bound_is_read() {
-        // Eight bytes with no NUL: reading them with bound 7 looks at all
-        // eight and no more (Miri or ASan would flag a ninth).
-        let buf = [b'x'; 8];
-        // SAFETY: bound + 1 = 8 readable bytes.
-        let got = unsafe { read_bounded(buf.as_ptr().cast(), 7) };
-        assert_eq!(got, Bounded::Cut(&buf[..7]));
+        let g = GuardedBytes::new();
+        // SAFETY: eight readable bytes at `ptr`; each call looks at eight.
+        unsafe {
+            assert_eq!(read_bounded(g.ptr(), 7), Bounded::Cut(&[b'x'; 7][..]));
+            assert_eq!(read_prefix(g.ptr(), 8), &[b'x'; 8][..]);
+        }
     }
 }

@@ -58,9 +58,10 @@ pub enum TmError {
         #[source]
         source: io::Error,
     },
-    /// The config file in effect cannot be read or has an error.
+    /// The config file in effect cannot be read or has an error (kept
+    /// and shared: every send until a file is named says so).
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(std::sync::Arc<ConfigError>),
     /// Telemetry is not opted in on this machine.
     #[error("not opted in: {0:?} does not exist")]
     NotOptedIn(PathBuf),
@@ -92,6 +93,12 @@ impl TmError {
             | TmError::Panic => libc::EINVAL,
             TmError::ConfigPath { source, .. } => os_errno(source),
             TmError::NotOptedIn(_) => libc::ECONNREFUSED,
+            // A socket path too long for sun_path, and the like.
+            TmError::Send(SendError::Connect { source, .. })
+                if source.kind() == io::ErrorKind::InvalidInput =>
+            {
+                libc::EINVAL
+            }
             // A full backlog: connect waited out its timeout.
             TmError::Send(SendError::Connect { source, .. })
                 if source.kind() == io::ErrorKind::WouldBlock =>

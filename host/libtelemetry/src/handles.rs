@@ -6,7 +6,7 @@
 //! The table also makes calls from several threads safe (the seed's
 //! library was not).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use telem_core::record::Record;
@@ -27,14 +27,27 @@ pub struct TelemRecord {
     record: Record,
 }
 
-/// Live handles (the address of each `TelemRef`) and their records. The
-/// records are owned here; a `TelemRef` points into this table.
-static LIVE: Mutex<Option<HashMap<usize, Box<TelemRecord>>>> = Mutex::new(None);
+/// Freed handles kept allocated (not handed back to malloc) so that the
+/// next records do not get their addresses: a stale handle used again, or
+/// freed twice, is then still unknown rather than someone else's record
+/// (for the next 4096 records at least; 8 bytes each).
+const QUARANTINE: usize = 4096;
 
-fn live() -> MutexGuard<'static, Option<HashMap<usize, Box<TelemRecord>>>> {
+#[derive(Default)]
+struct Table {
+    /// Live handles (the address of each `TelemRef`) and their records.
+    /// The records are owned here; a `TelemRef` points into this table.
+    live: HashMap<usize, Box<TelemRecord>>,
+    /// Freed handles not yet returned to the allocator, oldest first.
+    quarantine: VecDeque<usize>,
+}
+
+static TABLE: Mutex<Option<Table>> = Mutex::new(None);
+
+fn table() -> MutexGuard<'static, Option<Table>> {
     // A panic caught at the C boundary must not turn every later call into
     // one: the table is consistent between statements.
-    LIVE.lock().unwrap_or_else(PoisonError::into_inner)
+    TABLE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Takes ownership of `record` and returns the handle C gets for it.
@@ -43,8 +56,9 @@ pub(crate) fn register(record: Record) -> *mut TelemRef {
     let r = Box::into_raw(Box::new(TelemRef {
         record: &mut *owned,
     }));
-    live()
-        .get_or_insert_with(HashMap::new)
+    table()
+        .get_or_insert_with(Table::default)
+        .live
         .insert(r as usize, owned);
     r
 }
@@ -58,34 +72,52 @@ pub(crate) fn with_record<T>(
     if handle.is_null() {
         return Err(TmError::Null { what: "t_ref" });
     }
-    let mut table = live();
-    let entry = table
+    let mut guard = table();
+    let entry = guard
         .as_mut()
-        .and_then(|t| t.get_mut(&(handle as usize)))
+        .and_then(|t| t.live.get_mut(&(handle as usize)))
         .ok_or(TmError::UnknownRecord)?;
     f(&mut entry.record)
 }
 
-/// Takes a handle back and frees it with its record. Returns whether the
-/// handle was live: freeing one twice, or one never handed out, does
-/// nothing.
+/// Takes a handle back and frees its record; the handle itself goes to the
+/// quarantine. Returns whether the handle was live: freeing one twice, or
+/// one never handed out, does nothing.
 pub(crate) fn release(handle: *mut TelemRef) -> bool {
-    let removed = live().as_mut().and_then(|t| t.remove(&(handle as usize)));
-    match removed {
-        Some(record) => {
-            drop(record);
-            // SAFETY: `handle` was in the table, so it came from
-            // `Box::into_raw` in `register` and has not been freed since
-            // (removal from the table is what frees it, once).
-            drop(unsafe { Box::from_raw(handle) });
-            true
-        }
-        None => false,
+    let mut guard = table();
+    let Some(t) = guard.as_mut() else {
+        return false;
+    };
+    let Some(record) = t.live.remove(&(handle as usize)) else {
+        return false;
+    };
+    t.quarantine.push_back(handle as usize);
+    let expired = if t.quarantine.len() > QUARANTINE {
+        t.quarantine.pop_front()
+    } else {
+        None
+    };
+    drop(guard);
+    drop(record);
+    if let Some(old) = expired {
+        // SAFETY: `old` was a live handle (from `Box::into_raw` in
+        // `register`), moved from the live table to the quarantine once and
+        // out of it once, here: it is freed exactly once.
+        drop(unsafe { Box::from_raw(old as *mut TelemRef) });
     }
+    true
 }
 
 /// How many handles are live (tests check that nothing leaks).
 #[cfg(test)]
 pub(crate) fn live_count() -> usize {
-    live().as_ref().map_or(0, HashMap::len)
+    table().as_ref().map_or(0, |t| t.live.len())
+}
+
+/// Whether a freed handle is still held back from the allocator.
+#[cfg(test)]
+pub(crate) fn quarantined(handle: *const TelemRef) -> bool {
+    table()
+        .as_ref()
+        .is_some_and(|t| t.quarantine.contains(&(handle as usize)))
 }

@@ -395,9 +395,19 @@ pub fn is_payload_byte(b: u8) -> bool {
 }
 
 /// A fresh random id of 32 lowercase hex digits (event ids, machine ids).
+/// Taken from the OS each time, as the seed read `/dev/urandom`: a
+/// user-space generator is copied by `fork`, and libtelemetry runs in
+/// programs that fork, whose children would then repeat their parent's
+/// ids.
 pub fn random_id() -> String {
-    let v: u128 = rand::random();
-    format!("{v:032x}")
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 16];
+    if rand::rngs::OsRng.try_fill_bytes(&mut bytes).is_err() {
+        // No getrandom(2) and no /dev/urandom: the thread's generator
+        // (seeded from the OS when the thread first used it).
+        bytes = rand::random();
+    }
+    format!("{:032x}", u128::from_ne_bytes(bytes))
 }
 
 fn lossy(b: &[u8]) -> String {
