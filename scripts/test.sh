@@ -24,9 +24,10 @@ dpkg -s libc6-dbg >/dev/null 2>&1 || { apt-get update && apt-get install -y libc
 # into real journal files (tests/journal.rs).
 [ -x /lib/systemd/systemd-journal-remote ] || { apt-get update && apt-get install -y systemd-journal-remote; }
 # pkg-config gives the C test programs their flags for the installed
-# libtelemetry; valgrind watches the library under random calls.
-{ command -v pkg-config >/dev/null && command -v valgrind >/dev/null; } ||
-  { apt-get update && apt-get install -y pkg-config valgrind; }
+# libtelemetry; valgrind watches the library under random calls; minisign
+# signs probes as their authors do (tests/provenance.rs).
+{ command -v pkg-config >/dev/null && command -v valgrind >/dev/null && command -v minisign >/dev/null; } ||
+  { apt-get update && apt-get install -y pkg-config valgrind minisign; }
 # gcc-multilib links the i686 test binaries.
 dpkg -s gcc-multilib >/dev/null 2>&1 || { apt-get update && apt-get install -y gcc-multilib; }
 cargo fmt --all -- --check

@@ -59,6 +59,31 @@ pub struct HostRules {
 }
 
 impl HostRules {
+    /// The daemon's rules, from its config: its ceilings, and its own
+    /// directories (state, spool, journal, crash inbox, as written and as
+    /// resolved) never readable by a probe. `telemctl probe test` applies
+    /// the same.
+    pub fn for_config(config: &crate::config::Config) -> HostRules {
+        let inbox = crate::crash_inbox::inbox_dir(&config.host.state_dir);
+        let mut protected_dirs = Vec::new();
+        for d in [
+            &config.host.state_dir,
+            &config.spool.spool_dir,
+            &config.journal.journal_dir,
+            &inbox,
+        ] {
+            protected_dirs.push(d.clone());
+            if let Ok(real) = d.canonicalize() {
+                protected_dirs.push(real);
+            }
+        }
+        HostRules {
+            max_records_per_hour: config.probes.max_records_per_hour.get() as u32,
+            min_interval_secs: config.probes.probe_min_interval_secs.get(),
+            protected_dirs,
+        }
+    }
+
     /// Rules with the default ceiling and no protected directories (tests,
     /// `telemctl crash symbolize`, which runs as the admin).
     pub fn permissive() -> HostRules {
@@ -650,6 +675,7 @@ mod tests {
             state_quota_mib: None,
             journal: None,
             journal_fields: None,
+            sha256: None,
         };
         let g = Grant::effective("crash-symbolizer", &req, &approved, &rules());
         assert_eq!(g.read_paths, vec![PathBuf::from("/usr")]);

@@ -21,5 +21,6 @@ pub mod machine_id;
 pub mod metadata;
 pub mod native_client;
 pub mod probe_policy;
+pub mod provenance;
 pub mod record;
 pub mod untrusted;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::values::Bounded;
+use crate::config::values::{Bounded, Sha256Hex};
 
 /// Default cap on a probe's memory (all of its linear memories together).
 pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 64;
@@ -83,4 +83,8 @@ pub struct ProbePolicy {
     /// MiB of private state the probe may keep (keys and values together).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_quota_mib: Option<Bounded<0, 1024>>,
+    /// The only SHA-256 the probe's file (`NAME.wasm`) may have: a file with
+    /// another is refused before it runs (`refused: digest mismatch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Sha256Hex>,
 }

@@ -121,6 +121,15 @@ async fn send_record(
             .to_owned(),
         severity,
         payload: record.payload.clone(),
+        payload_version: record
+            .headers
+            .get(telem_core::record::Header::PayloadFormatVersion)
+            .parse()
+            .unwrap_or(1),
+        event_id: record
+            .headers
+            .get(telem_core::record::Header::EventId)
+            .to_owned(),
     };
     let (ingest, copy) = match sink {
         Sink::Spool(ingest) => (ingest, None),

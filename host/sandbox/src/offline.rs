@@ -1,5 +1,7 @@
-//! `telemctl crash symbolize`: the crash probe run on an admin's core,
-//! outside the daemon, in the same sandbox and under the same limits.
+//! Probes run outside the daemon, in the same sandbox and under the same
+//! limits, with nothing spooled: `telemctl crash symbolize` (the crash
+//! probe on an admin's core) and `telemctl probe test` (any probe, for its
+//! author).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,15 +96,7 @@ pub fn symbolize_offline(
         path: file.clone(),
         source,
     })?;
-    // The compiled component is cached per user: a shared cache writable by
-    // someone else would let them plant native code this process loads.
-    let cache = match std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-    {
-        Some(d) => d.join("telemctl/probe-cache"),
-        None => return Err(OfflineError::NoCacheDir),
-    };
+    let cache = user_cache_dir()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -144,5 +138,93 @@ pub fn symbolize_offline(
             })?;
         let out = std::mem::take(&mut *kept.lock().expect("capture lock"));
         Ok(out)
+    })
+}
+
+/// The compiled components of offline runs, cached per user: a shared
+/// cache writable by someone else would let them plant native code this
+/// process loads.
+pub fn user_cache_dir() -> Result<PathBuf, OfflineError> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("telemctl/probe-cache"))
+        .ok_or(OfflineError::NoCacheDir)
+}
+
+/// What `telemctl probe test` runs.
+#[derive(Clone, Debug)]
+pub struct TestRequest {
+    /// The component.
+    pub file: PathBuf,
+    /// The event `handle` is called with.
+    pub event: Event,
+    /// Directories shown to this call beyond the grant (a crash's core).
+    pub extra_read: Vec<PathBuf>,
+}
+
+/// What a test run saw.
+#[derive(Debug)]
+pub struct TestReport {
+    /// What `describe` returned.
+    pub manifest: crate::Manifest,
+    /// What it asked for.
+    pub requested: telem_core::grants::Request,
+    /// What it ran with (`refused` lists what it asked for and did not get).
+    pub granted: telem_core::grants::Grant,
+    /// The records it sent, as it sent them (checked against its grant,
+    /// its hourly allowance and the record rules, then kept here).
+    pub records: Vec<Captured>,
+    /// Its counters after the call (records refused among them).
+    pub stats: crate::ProbeStats,
+    /// How `handle` ended.
+    pub outcome: Result<(), CallError>,
+}
+
+/// Loads `req.file` as the daemon would, with `policy` for the admin's
+/// word on it, and calls `handle` once with `req.event`: records are kept,
+/// not spooled. `options` gives the host's rules and ceilings (the
+/// daemon's, from the same config) and where to compile and keep state
+/// (a scratch directory: the run leaves no state behind).
+pub fn test_offline(
+    options: crate::SandboxOptions,
+    policy: &dyn Fn(&str) -> telem_core::grants::ProbePolicy,
+    req: &TestRequest,
+) -> Result<TestReport, OfflineError> {
+    let bytes = std::fs::read(&req.file).map_err(|source| OfflineError::File {
+        path: req.file.clone(),
+        source,
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(OfflineError::Runtime)?;
+    rt.block_on(async {
+        let sandbox = Sandbox::with_options(options).map_err(OfflineError::Engine)?;
+        let probe = Arc::new(sandbox.load(&req.file, &bytes, policy).await?);
+        let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let extra: Vec<crate::ExtraDir> = req
+            .extra_read
+            .iter()
+            .map(|d| crate::ExtraDir::host_owned(d))
+            .collect();
+        let outcome = sandbox
+            .run(
+                &probe,
+                Sink::Capture(kept.clone()),
+                req.event.clone(),
+                &extra,
+            )
+            .await;
+        let records = std::mem::take(&mut *kept.lock().expect("capture lock"));
+        let stats = probe.stats.lock().expect("stats lock").clone();
+        Ok(TestReport {
+            manifest: probe.manifest.clone(),
+            requested: probe.request.clone(),
+            granted: probe.grant.clone(),
+            records,
+            stats,
+            outcome,
+        })
     })
 }

@@ -158,6 +158,7 @@ async fn respond(req: Request, ctx: &ControlContext) -> Response {
             Response::Probes(ProbeList {
                 probes: probes.list(),
                 compilations: probes.compilations(),
+                refused: probes.refused(),
             })
         }
         Request::Run { probe, args } => outcome(probes.run_now(&probe, args).await),

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use telem_core::crash_inbox::{
     pending, remove_abandoned, valid_id, CrashMeta, CORE_FILE, META_FILE,
 };
-use telem_core::record::Record;
+use telem_core::record::{Header, Record};
 use telem_sandbox::{Captured, CrashReport};
 
 use crate::ingest::Ingest;
@@ -189,6 +189,7 @@ async fn process(inbox: &Path, id: &str, probes: &ProbeManager, ingest: &Ingest)
             .take(8192)
             .collect();
         let rec = Record::from_probe("org.clearlinux/crash/error", 4, 1, payload.clone(), None);
+        let event_id = rec.headers.get(Header::EventId).to_owned();
         match ingest.submit_probe(rec).await {
             Ok(rid) => {
                 info!("crash {id}: every probe failed; error record {rid} kept");
@@ -196,6 +197,8 @@ async fn process(inbox: &Path, id: &str, probes: &ProbeManager, ingest: &Ingest)
                     classification: "org.clearlinux/crash/error".into(),
                     severity: 4,
                     payload,
+                    payload_version: 1,
+                    event_id,
                 });
             }
             Err(e) => warn!("crash {id}: every probe failed and the error record was refused: {e}"),

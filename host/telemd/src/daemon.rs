@@ -112,7 +112,7 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     let inbox = telem_core::crash_inbox::inbox_dir(&config.host.state_dir);
     std::fs::create_dir_all(&inbox)
         .map_err(ctx(|| format!("cannot create {}", inbox.display())))?;
-    let sandbox = telem_sandbox::Sandbox::with_options(sandbox_options(&config, &inbox))
+    let sandbox = telem_sandbox::Sandbox::with_options(sandbox_options(&config))
         .map_err(DaemonError::Sandbox)?;
     let probes = crate::supervisor::ProbeManager::new(
         sandbox,
@@ -129,6 +129,11 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
                 .then(|| config.probes.journal_source_dir.clone()),
             no_privacy_filters_file: config.crash.no_privacy_filters_file.clone(),
             files_scan_interval: Duration::from_millis(config.probes.probe_scan_interval_ms.get()),
+        },
+        crate::supervisor::Trust {
+            owners: telem_core::provenance::Owners::for_service(&config.crash.service_user),
+            require_signatures: config.probes.require_signatures,
+            trusted_keys_dir: config.probes.trusted_keys_dir.clone(),
         },
     );
     // Crashes left in the inbox while the daemon was down wait for the
@@ -243,29 +248,12 @@ fn raise_fd_limit() {
 
 /// The sandbox's directories and host rules from the config: the daemon's
 /// own directories are never readable by a probe.
-fn sandbox_options(config: &Config, inbox: &Path) -> telem_sandbox::SandboxOptions {
-    let cache_dir = config.host.state_dir.join("probe-cache");
-    let mut protected_dirs = Vec::new();
-    for d in [
-        &config.host.state_dir,
-        &config.spool.spool_dir,
-        &config.journal.journal_dir,
-        &inbox.to_path_buf(),
-    ] {
-        protected_dirs.push(d.clone());
-        if let Ok(real) = d.canonicalize() {
-            protected_dirs.push(real);
-        }
-    }
+fn sandbox_options(config: &Config) -> telem_sandbox::SandboxOptions {
     telem_sandbox::SandboxOptions {
         scratch_dir: config.host.state_dir.join("probe-views"),
         state_dir: config.host.state_dir.join("probe-state"),
-        cache_dir,
-        rules: telem_core::grants::HostRules {
-            max_records_per_hour: config.probes.max_records_per_hour.get() as u32,
-            min_interval_secs: config.probes.probe_min_interval_secs.get(),
-            protected_dirs,
-        },
+        cache_dir: config.host.state_dir.join("probe-cache"),
+        rules: telem_core::grants::HostRules::for_config(config),
         max_component_bytes: config.probes.max_component_bytes.get(),
     }
 }

@@ -13,8 +13,9 @@ use tracing::{info, warn};
 
 use crate::ingest::Ingest;
 use crate::sources::{CursorFile, SourceOptions};
-use telem_core::control::{ProbeInfo, ProbeState};
+use telem_core::control::{ProbeInfo, ProbeState, RefusedProbe};
 use telem_core::grants::ProbePolicy;
+use telem_core::provenance::{self, Owners, Signatures};
 use telem_sandbox::{CallError, Event, ExtraDir, LoadedProbe, Sandbox, Source, Trigger};
 
 /// Failures in a row after which a probe is quarantined until reload.
@@ -54,6 +55,16 @@ pub enum ProbeError {
     /// The sandbox refused it.
     #[error(transparent)]
     Load(#[from] telem_sandbox::LoadError),
+    /// Its ownership, digest or signature says it is not the admin's: it
+    /// was neither compiled nor asked to describe itself.
+    #[error("{}: refused: {refusal}", path.display())]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        refusal: provenance::FileRefusal,
+    },
     /// Its name is not its file's: grants are keyed by name.
     #[error("{}: the component calls itself {name}, but a probe's file must be named after it ({name}.wasm); not loaded", path.display())]
     NameNotFile {
@@ -130,12 +141,44 @@ pub enum ProbeError {
 }
 
 /// What `list` takes of a slot before it reads each probe's state.
-type SlotParts = (Arc<LoadedProbe>, Arc<Mutex<ProbeState>>, Arc<CursorFile>);
+type SlotParts = (
+    Arc<LoadedProbe>,
+    Arc<Mutex<ProbeState>>,
+    Arc<CursorFile>,
+    Option<String>,
+);
 
-/// A file's size and mtime: what tells a scan that it changed.
-type Seen = (u64, SystemTime);
+/// A file's size and mtime, and its signature's: what tells a scan that
+/// it changed (a signature put beside a refused file is noticed).
+type Seen = (u64, SystemTime, Option<(u64, SystemTime)>);
+
+/// Who may install probes, and whether they must be signed: checked on
+/// every probe file before it runs (`telem_core::provenance`).
+#[derive(Clone, Debug)]
+pub struct Trust {
+    /// Owners of probe files and the directories above them.
+    pub owners: Owners,
+    /// `require_signatures`.
+    pub require_signatures: bool,
+    /// `trusted_keys_dir`.
+    pub trusted_keys_dir: PathBuf,
+}
+
+impl Trust {
+    /// Root and this process's user may own probe files; no signature
+    /// required (tests and benches).
+    pub fn this_process() -> Trust {
+        Trust {
+            owners: Owners::of(&[0, rustix::process::geteuid().as_raw()]),
+            require_signatures: false,
+            trusted_keys_dir: PathBuf::new(),
+        }
+    }
+}
 
 struct Slot {
+    /// The trusted key that signed the file, as `NAME (KEY ID)`.
+    signed_by: Option<String>,
     probe: Arc<LoadedProbe>,
     state: Arc<Mutex<ProbeState>>,
     cursors: Arc<CursorFile>,
@@ -177,6 +220,10 @@ pub struct ProbeManager {
     /// Each probe name's cursor file, kept across reloads: a replaced
     /// probe's last save cannot then undo its successor's.
     cursor_files: Mutex<HashMap<String, Arc<CursorFile>>>,
+    /// Who may install probes, and whether they must be signed.
+    trust: Trust,
+    /// Files found and not loaded, with why (`telemctl probe list`).
+    refused: Mutex<BTreeMap<PathBuf, String>>,
 }
 
 impl std::fmt::Debug for ProbeManager {
@@ -202,6 +249,7 @@ impl ProbeManager {
         policies: BTreeMap<String, ProbePolicy>,
         disabled_file: PathBuf,
         sources: SourceOptions,
+        trust: Trust,
     ) -> Arc<Self> {
         let disabled = std::fs::read_to_string(&disabled_file)
             .map(|t| {
@@ -226,7 +274,22 @@ impl ProbeManager {
             scan_lock: tokio::sync::Mutex::new(()),
             sources,
             cursor_files: Mutex::new(HashMap::new()),
+            trust,
+            refused: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Probe files found and not loaded, with why.
+    pub fn refused(&self) -> Vec<RefusedProbe> {
+        self.refused
+            .lock()
+            .expect("refused lock")
+            .iter()
+            .map(|(file, reason)| RefusedProbe {
+                file: file.clone(),
+                reason: reason.clone(),
+            })
+            .collect()
     }
 
     /// Where the event sources are.
@@ -308,7 +371,10 @@ impl ProbeManager {
                 if p.extension().is_some_and(|x| x == "wasm") {
                     if let Ok(m) = std::fs::metadata(&p) {
                         if m.is_file() {
-                            out.insert(p, (m.len(), m.modified().unwrap_or(UNIX_EPOCH)));
+                            let sig = Signatures::signature_path(&p)
+                                .and_then(|s| std::fs::symlink_metadata(s).ok())
+                                .map(|s| (s.len(), s.modified().unwrap_or(UNIX_EPOCH)));
+                            out.insert(p, (m.len(), m.modified().unwrap_or(UNIX_EPOCH), sig));
                         }
                     }
                 }
@@ -338,6 +404,10 @@ impl ProbeManager {
                 .cloned()
                 .collect()
         };
+        self.refused
+            .lock()
+            .expect("refused lock")
+            .retain(|p, _| files.contains_key(p));
         for p in removed {
             if let Some(slot) = self.slots.lock().expect("slots lock").remove(&p) {
                 info!(probe = %slot.probe.name, "probe file {} removed; probe stopped", p.display());
@@ -378,9 +448,18 @@ impl ProbeManager {
             match self.load_file(&path, seen).await {
                 Ok(()) => {
                     self.pending.lock().expect("pending lock").remove(&path);
+                    self.refused.lock().expect("refused lock").remove(&path);
                 }
                 Err(e) => {
                     warn!("probe not loaded: {e}");
+                    let reason = match &e {
+                        ProbeError::Refused { refusal, .. } => refusal.to_string(),
+                        e => e.to_string(),
+                    };
+                    self.refused
+                        .lock()
+                        .expect("refused lock")
+                        .insert(path.clone(), reason);
                     self.pending
                         .lock()
                         .expect("pending lock")
@@ -400,11 +479,7 @@ impl ProbeManager {
         }
     }
 
-    async fn load_file(
-        self: &Arc<Self>,
-        path: &Path,
-        seen: (u64, SystemTime),
-    ) -> Result<(), ProbeError> {
+    async fn load_file(self: &Arc<Self>, path: &Path, seen: Seen) -> Result<(), ProbeError> {
         let cap = self.sandbox.max_component_bytes();
         if seen.0 > cap {
             return Err(ProbeError::TooLarge {
@@ -413,16 +488,47 @@ impl ProbeManager {
                 cap,
             });
         }
+        let read_error = |source| ProbeError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let refused = |refusal| ProbeError::Refused {
+            path: path.to_owned(),
+            refusal,
+        };
+        // Who could have put it there, checked on the file as opened (what
+        // is read is what was checked) and on the directories above it.
+        let (file, meta) = provenance::open_probe_file(path).map_err(read_error)?;
+        let top = self
+            .dirs
+            .iter()
+            .find(|d| path.starts_with(d))
+            .map_or_else(|| path.parent().unwrap_or(path).to_owned(), Clone::clone);
+        provenance::check_tree(path, &meta, &top, &self.trust.owners).map_err(refused)?;
         let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| {
-                std::io::Read::read_to_end(&mut std::io::Read::take(f, cap + 1), &mut bytes)
-            })
-            .map_err(|source| ProbeError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, cap + 1), &mut bytes)
+            .map_err(read_error)?;
         let hash = telem_sandbox::cache::sha256_hex(&bytes);
+        // The name a grant, a pin or a signature is for: the file's (a
+        // component claiming another name is refused below).
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().replace('_', "-"))
+            .unwrap_or_default();
+        let pin = self.policies.get(&stem).and_then(|p| p.sha256.clone());
+        provenance::check_pin(&stem, pin.as_deref(), &hash).map_err(refused)?;
+        let signatures = Signatures::load(
+            self.trust.require_signatures,
+            &self.trust.trusted_keys_dir,
+            &self.trust.owners,
+        );
+        for (key, why) in &signatures.skipped {
+            warn!("trusted key {} not used: {why}", key.display());
+        }
+        let signed_by = signatures
+            .check(path, &bytes, &self.trust.owners)
+            .map_err(refused)?
+            .map(|k| format!("{} ({})", k.name, k.key_id));
         if let Some(slot) = self.slots.lock().expect("slots lock").get_mut(path) {
             if slot.probe.hash == hash {
                 slot.seen = seen;
@@ -440,10 +546,7 @@ impl ProbeManager {
         // Grants are keyed by name and the name is the probe's own claim:
         // it must match the file the admin installed, so no component can
         // take another's grant (the crash-symbolizer's, say) by its name.
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().replace('_', "-"));
-        if stem.as_deref() != Some(probe.name.as_str()) {
+        if stem != probe.name {
             return Err(ProbeError::NameNotFile {
                 path: path.to_owned(),
                 name: probe.name.clone(),
@@ -525,6 +628,7 @@ impl ProbeManager {
         self.slots.lock().expect("slots lock").insert(
             path.to_owned(),
             Slot {
+                signed_by,
                 probe,
                 state,
                 cursors,
@@ -751,11 +855,18 @@ impl ProbeManager {
             .lock()
             .expect("slots lock")
             .values()
-            .map(|s| (s.probe.clone(), s.state.clone(), s.cursors.clone()))
+            .map(|s| {
+                (
+                    s.probe.clone(),
+                    s.state.clone(),
+                    s.cursors.clone(),
+                    s.signed_by.clone(),
+                )
+            })
             .collect();
         let mut v: Vec<ProbeInfo> = slots
             .into_iter()
-            .map(|(probe, state, cursors)| {
+            .map(|(probe, state, cursors, signed_by)| {
                 let quota = probe.grant.state_quota_bytes;
                 let (state_bytes, state_keys) = {
                     let mut st = probe.state.lock().expect("state lock");
@@ -773,6 +884,13 @@ impl ProbeManager {
                     requested: probe.request.clone(),
                     granted: probe.grant.clone(),
                     stats: probe.stats.lock().expect("stats lock").clone(),
+                    sha256: probe.hash.clone(),
+                    pinned_sha256: self
+                        .policies
+                        .get(&probe.name)
+                        .and_then(|p| p.sha256.as_ref())
+                        .map(|p| p.to_string()),
+                    signed_by,
                 }
             })
             .collect();

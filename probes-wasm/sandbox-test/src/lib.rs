@@ -47,7 +47,7 @@ impl Probe for SandboxTest {
         match arg(0).as_str() {
             "read" => match std::fs::read_to_string(arg(1)) {
                 Ok(text) => report(format!("read: {}", text.trim())),
-                Err(e) => Err(format!("read failed: {e}")),
+                Err(e) => Err(format!("read failed: {e} ({})", arg(1))),
             },
             "list" => match std::fs::read_dir(arg(1)) {
                 Ok(rd) => report(format!("list: {}", rd.count())),

@@ -126,6 +126,55 @@ pub enum ProbeCmd {
         /// Probe name.
         name: String,
     },
+    /// Say whether, and by which key, a probe file would load: its
+    /// ownership and mode, its pinned digest, its signature (no daemon
+    /// needed; exit 1 if it would be refused).
+    Verify {
+        /// The `.wasm` file.
+        file: PathBuf,
+    },
+    /// Run a probe in the sandbox, under the limits telemd applies,
+    /// without a daemon and without spooling: prints its manifest, each
+    /// record as it would be stamped, its log lines and output; exit 1 on a
+    /// trap, a timeout, a `handle` error, a refused record or a capability
+    /// it asked for and was not granted.
+    Test(ProbeTest),
+}
+
+/// `telemctl probe test`.
+#[derive(clap::Args, Debug)]
+pub struct ProbeTest {
+    /// The `.wasm` component.
+    pub file: PathBuf,
+    /// The event `handle` is called with.
+    #[arg(long, value_enum, default_value_t = TestEvent::Start)]
+    pub event: TestEvent,
+    /// The core file of a `crash` event.
+    #[arg(long, value_name = "CORE", required_if_eq("event", "crash"))]
+    pub core: Option<PathBuf>,
+    /// The crashed program of a `crash` event.
+    #[arg(long, value_name = "PATH")]
+    pub exe: Option<PathBuf>,
+    /// Grant this path for reading, as `[probes.NAME] read_paths` would
+    /// (repeatable).
+    #[arg(long = "grant-read", value_name = "PATH")]
+    pub grant_read: Vec<PathBuf>,
+    /// Arguments of a `manual` event.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+/// The events `probe test` can send.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestEvent {
+    /// As when it is loaded.
+    Start,
+    /// As when its interval elapses.
+    Timer,
+    /// As `telemctl probe run`, with the arguments after `--`.
+    Manual,
+    /// A crash, with `--core` (and `--exe`).
+    Crash,
 }
 
 /// `telemctl crash` verbs.

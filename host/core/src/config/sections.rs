@@ -233,6 +233,17 @@ pub struct ProbesConfig {
     /// `/run/log/journal`).
     #[default(PathBuf::new())]
     pub journal_source_dir: PathBuf,
+    /// true: a probe loads only with a minisign signature beside it
+    /// (`NAME.wasm.sig`, or minisign's `NAME.wasm.minisig`) that verifies
+    /// with a key in `trusted_keys_dir`. A signature that is there is
+    /// checked either way.
+    #[default(false)]
+    pub require_signatures: bool,
+    /// The minisign public keys (`*.pub`) probes may be signed with. It
+    /// and each key must be owned by root (or the service user) and
+    /// writable by no one else, or the key is not used.
+    #[default(PathBuf::from("/etc/telemetrics/trusted-keys"))]
+    pub trusted_keys_dir: PathBuf,
     /// The admin's word on each probe: `[probes.NAME]` tables, whose keys
     /// follow. The defaults approve what the shipped probes need; a table
     /// in a file changes only the keys it names.

@@ -320,6 +320,13 @@ checked_string!(
     |s: &str| !s.is_empty() && !s.contains([':', '/', '\n'])
 );
 
+checked_string!(
+    /// A SHA-256 digest: 64 hexadecimal digits (what `sha256sum` prints).
+    Sha256Hex,
+    "64 hexadecimal digits (sha256sum's output)",
+    |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+);
+
 /// `cainfo`: a path, or the empty string for the system roots (as in the
 /// legacy file).
 pub mod optional_path {

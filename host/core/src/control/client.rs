@@ -284,6 +284,8 @@ mod tests {
     use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixListener;
 
+    use crate::control::RefusedProbe;
+
     use super::*;
 
     /// A one-connection daemon that answers the hello with `reply`.
@@ -410,6 +412,10 @@ mod tests {
             Response::Probes(ProbeList {
                 probes: vec![],
                 compilations: 3,
+                refused: vec![RefusedProbe {
+                    file: "/p/x.wasm".into(),
+                    reason: "digest mismatch".into(),
+                }],
             }),
             Response::Status(Box::new(Status {
                 opted_in: true,
@@ -428,6 +434,8 @@ mod tests {
                     classification: "a/b/c".into(),
                     severity: 2,
                     payload: "x".into(),
+                    payload_version: 1,
+                    event_id: "00112233445566778899aabbccddeeff".into(),
                 }],
             },
         ];

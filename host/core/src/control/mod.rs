@@ -125,6 +125,19 @@ pub struct ProbeList {
     pub probes: Vec<ProbeInfo>,
     /// Components compiled since start (cache misses).
     pub compilations: u64,
+    /// Probe files found and not loaded, with why (their ownership,
+    /// digest or signature refused, or their load failed).
+    #[serde(default)]
+    pub refused: Vec<RefusedProbe>,
+}
+
+/// A probe file that is not running, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedProbe {
+    /// The file.
+    pub file: PathBuf,
+    /// Why, in words for the admin.
+    pub reason: String,
 }
 
 /// One probe: what it is, what it asked for, what it got, how it fares.
@@ -156,6 +169,15 @@ pub struct ProbeInfo {
     /// Its event sources and where it is in each.
     #[serde(default)]
     pub sources: Vec<SourceInfo>,
+    /// The file's SHA-256, hex.
+    #[serde(default)]
+    pub sha256: String,
+    /// The digest `[probes.NAME] sha256` pins it to, if any.
+    #[serde(default)]
+    pub pinned_sha256: Option<String>,
+    /// The trusted key whose signature it carries (`NAME (KEY ID)`), if any.
+    #[serde(default)]
+    pub signed_by: Option<String>,
 }
 
 /// One event source of a probe and its position.
@@ -292,4 +314,10 @@ pub struct Captured {
     pub severity: u8,
     /// Payload.
     pub payload: String,
+    /// Version of the payload's own format.
+    #[serde(default)]
+    pub payload_version: u32,
+    /// Its event id (the probe's, or the random one it was given).
+    #[serde(default)]
+    pub event_id: String,
 }

@@ -9,6 +9,7 @@ mod crash;
 mod journal;
 mod opt_in;
 mod probe;
+mod probe_offline;
 mod service;
 mod spool;
 mod status;

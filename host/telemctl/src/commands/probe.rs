@@ -7,14 +7,28 @@ use telem_core::control::{ProbeInfo, ProbeState, Request};
 use crate::table::{list, shown};
 
 pub fn run(c: &Config, cmd: ProbeCmd, json: bool) -> anyhow::Result<()> {
+    // The verbs that need no daemon.
+    let cmd = match cmd {
+        ProbeCmd::Verify { file } => return super::probe_offline::verify(c, &file, json),
+        ProbeCmd::Test(t) => return super::probe_offline::test(c, t, json),
+        cmd => cmd,
+    };
     let mut client = super::connect(c)?;
     match cmd {
+        ProbeCmd::Verify { .. } | ProbeCmd::Test(_) => unreachable!("handled above"),
         ProbeCmd::List => {
-            let probes = client.list()?.probes;
+            let list = client.list()?;
             if json {
-                super::print_json(&probes);
+                super::print_json(&list.probes);
             } else {
-                print_list(&probes);
+                print_list(&list.probes);
+                for r in &list.refused {
+                    println!(
+                        "{}: refused: {}",
+                        shown(&r.file.display().to_string()),
+                        shown(&r.reason)
+                    );
+                }
             }
         }
         ProbeCmd::Info { name } => {
@@ -119,6 +133,20 @@ fn print_info(p: &ProbeInfo) {
     );
     println!("  {}", shown(&p.description));
     println!("  state: {}", state(&p.state));
+    println!("  sha256: {}", shown(&p.sha256));
+    if let Some(pin) = &p.pinned_sha256 {
+        println!(
+            "  pinned: {} ([probes.{}] sha256)",
+            shown(pin),
+            shown(&p.name)
+        );
+    }
+    println!(
+        "  signed by: {}",
+        p.signed_by
+            .as_deref()
+            .map_or("(no signature)".into(), shown)
+    );
     if let ProbeState::Quarantined(why) = &p.state {
         println!("  quarantined: {}", shown(why));
     }

@@ -72,6 +72,7 @@ pub fn probe_manager(
         std::collections::BTreeMap::from([(probe.to_owned(), policy)]),
         root.join("disabled"),
         sources,
+        telemd::supervisor::Trust::this_process(),
     )
 }
 
