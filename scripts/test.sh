@@ -37,6 +37,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 (cd probes-wasm && cargo clippy --target wasm32-wasip2 --release -- -D warnings)
 (cd probes-wasm && cargo clippy -p crash-symbolizer -p kernel-report -p pstore -p journal-errors --all-targets -- -D warnings)
 (cd probes-wasm && cargo build --target wasm32-wasip2 --release)
+# The Python probe template, built with componentize-py (pinned, from PyPI,
+# in a virtual environment under target/) against wit/probe.wit.
+./scripts/build-python-probe.sh
 # The programs that link the core crate alone stay small: the crash handler
 # runs as root for every crash (tests/dependency_tree.rs checks what they
 # link; this checks what that weighs).

@@ -42,6 +42,9 @@ pub struct SandboxOptions {
     pub rules: HostRules,
     /// Larger component files are refused before they are compiled.
     pub max_component_bytes: u64,
+    /// Components with a larger function are refused before they are
+    /// compiled (Cranelift's memory grows with the largest function).
+    pub max_function_bytes: u64,
 }
 
 impl SandboxOptions {
@@ -54,6 +57,7 @@ impl SandboxOptions {
             state_dir: cache_dir.with_file_name("probe-state"),
             rules: HostRules::permissive(),
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+            max_function_bytes: shape::MAX_FUNCTION_BODY as u64,
         }
     }
 }
@@ -274,7 +278,8 @@ impl Sandbox {
         if !bytes.starts_with(b"\0asm") {
             return Err(err(LoadFailure::NotWasm));
         }
-        shape::check(bytes).map_err(|e| err(LoadFailure::Shape(e)))?;
+        shape::check(bytes, self.options.max_function_bytes as usize)
+            .map_err(|e| err(LoadFailure::Shape(e)))?;
         let (cache, engine, owned) = (self.cache.clone(), self.engine.clone(), bytes.to_vec());
         let compiling = tokio::task::spawn_blocking(move || cache.get_or_compile(&engine, &owned));
         let (component, hash, compiled) =

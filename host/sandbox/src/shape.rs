@@ -9,8 +9,10 @@
 use thiserror::Error;
 use wasmparser::{Parser, Payload};
 
-/// Largest function body, in bytes of wasm code. Rust probes built with
-/// `opt-level = "s"` stay far below (see the test with the shipped ones).
+/// Default largest function body, in bytes of wasm code
+/// (`max_function_bytes`). Rust probes built with `opt-level = "s"` stay
+/// far below (see the test with the shipped ones); a Python component's
+/// interpreter loop is about 420 KiB.
 pub const MAX_FUNCTION_BODY: usize = 128 * 1024;
 /// Functions one core module may define.
 pub const MAX_FUNCTIONS_PER_MODULE: u32 = 50_000;
@@ -25,9 +27,9 @@ pub enum ShapeError {
     /// Not a component or module wasmparser can read.
     #[error("unreadable: {0}")]
     Parse(#[from] wasmparser::BinaryReaderError),
-    /// A function body over [`MAX_FUNCTION_BODY`].
-    #[error("a function of {0} bytes (at most {MAX_FUNCTION_BODY})")]
-    FunctionBody(usize),
+    /// A function body over the cap (`max_function_bytes`).
+    #[error("a function of {0} bytes (at most {1}: max_function_bytes)")]
+    FunctionBody(usize, usize),
     /// A module with over [`MAX_FUNCTIONS_PER_MODULE`] functions.
     #[error("a module of {0} functions (at most {MAX_FUNCTIONS_PER_MODULE})")]
     Functions(u32),
@@ -54,8 +56,9 @@ pub struct Shape {
 }
 
 /// Reads `bytes` section by section (nested modules and components
-/// included) and refuses the first dimension over its cap.
-pub fn check(bytes: &[u8]) -> Result<Shape, ShapeError> {
+/// included) and refuses the first dimension over its cap; functions over
+/// `max_function_body` bytes.
+pub fn check(bytes: &[u8], max_function_body: usize) -> Result<Shape, ShapeError> {
     let mut shape = Shape::default();
     for payload in Parser::new(0).parse_all(bytes) {
         match payload? {
@@ -80,8 +83,8 @@ pub fn check(bytes: &[u8]) -> Result<Shape, ShapeError> {
             Payload::CodeSectionEntry(body) => {
                 let len = body.range().len();
                 shape.largest_function = shape.largest_function.max(len);
-                if len > MAX_FUNCTION_BODY {
-                    return Err(ShapeError::FunctionBody(len));
+                if len > max_function_body {
+                    return Err(ShapeError::FunctionBody(len, max_function_body));
                 }
             }
             _ => {}
@@ -101,18 +104,24 @@ mod tests {
     #[test]
     fn huge_functions_and_many_globals_are_refused() {
         let body = "(drop (i32.const 1))".repeat(MAX_FUNCTION_BODY / 3 + 10);
-        let e = check(&component_with(&format!("(func {body})"))).unwrap_err();
+        let func = component_with(&format!("(func {body})"));
+        let e = check(&func, MAX_FUNCTION_BODY).unwrap_err();
         assert!(
-            matches!(e, ShapeError::FunctionBody(n) if n > MAX_FUNCTION_BODY),
+            matches!(e, ShapeError::FunctionBody(n, MAX_FUNCTION_BODY) if n > MAX_FUNCTION_BODY),
             "{e}"
         );
+        // An admin may allow more (max_function_bytes).
+        assert!(check(&func, 2 * MAX_FUNCTION_BODY).is_ok());
         let globals = "(global i32 (i32.const 0))".repeat(MAX_GLOBALS_PER_MODULE as usize + 1);
-        let e = check(&component_with(&globals)).unwrap_err();
+        let e = check(&component_with(&globals), MAX_FUNCTION_BODY).unwrap_err();
         assert!(matches!(e, ShapeError::Globals(10_001)), "{e}");
         let modules = "(core module)".repeat(MAX_CORE_MODULES + 1);
         let bytes = wat::parse_str(format!("(component {modules})")).unwrap();
-        assert!(matches!(check(&bytes), Err(ShapeError::Modules)));
-        assert!(check(b"\0asm\x0d\0\x01\0garbage").is_err());
+        assert!(matches!(
+            check(&bytes, MAX_FUNCTION_BODY),
+            Err(ShapeError::Modules)
+        ));
+        assert!(check(b"\0asm\x0d\0\x01\0garbage", MAX_FUNCTION_BODY).is_err());
     }
 
     #[test]
@@ -125,7 +134,7 @@ mod tests {
                 // the end-to-end tests load them through this check.
                 continue;
             };
-            let s = check(&bytes).unwrap();
+            let s = check(&bytes, MAX_FUNCTION_BODY).unwrap();
             assert!(s.largest_function * 4 <= MAX_FUNCTION_BODY, "{name}: {s:?}");
             assert!(
                 s.most_functions * 4 <= MAX_FUNCTIONS_PER_MODULE,

@@ -255,6 +255,7 @@ fn sandbox_options(config: &Config) -> telem_sandbox::SandboxOptions {
         cache_dir: config.host.state_dir.join("probe-cache"),
         rules: telem_core::grants::HostRules::for_config(config),
         max_component_bytes: config.probes.max_component_bytes.get(),
+        max_function_bytes: config.probes.max_function_bytes.get(),
     }
 }
 

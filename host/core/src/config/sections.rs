@@ -233,6 +233,11 @@ pub struct ProbesConfig {
     /// `/run/log/journal`).
     #[default(PathBuf::new())]
     pub journal_source_dir: PathBuf,
+    /// Larger functions (bytes of wasm code) make a component be refused
+    /// before it is compiled: compiling takes memory in proportion to the
+    /// largest function. Python components (componentize-py) need 524288.
+    #[default(Bounded::new(128 * 1024))]
+    pub max_function_bytes: Bounded<4096, { 4 << 20 }>,
     /// true: a probe loads only with a minisign signature beside it
     /// (`NAME.wasm.sig`, or minisign's `NAME.wasm.minisig`) that verifies
     /// with a key in `trusted_keys_dir`. A signature that is there is

@@ -221,6 +221,7 @@ pub fn test(c: &Config, t: ProbeTest, json: bool) -> anyhow::Result<()> {
         state_dir: scratch.path().join("state"),
         rules: HostRules::for_config(c),
         max_component_bytes: c.probes.max_component_bytes.get(),
+        max_function_bytes: c.probes.max_function_bytes.get(),
     };
     let grant_read = t.grant_read.clone();
     let policy = |name: &str| {

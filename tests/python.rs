@@ -1,0 +1,109 @@
+//! A probe written in Python (the `probes-wasm/hello-python` template,
+//! built with componentize-py by the test command) runs like any other:
+//! dropped into a running `telemd` its record arrives, and `telemctl probe
+//! test` runs it. The defaults refuse it, naming the key to raise.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+/// What a Python component needs from the admin (the template's README
+/// says so): it is about 18 MB, and its interpreter loop is one function
+/// of about 420 KiB.
+const PYTHON_LIMITS: &str = "max_component_bytes = 33554432\nmax_function_bytes = 524288\n";
+
+fn python_probe() -> PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../probes-wasm/target/python/hello-python.wasm");
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/build-python-probe.sh (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn daemon(extra: &str) -> TestDaemon {
+    let d = TestDaemon::prepare(&format!("{HOLD}probe_scan_interval_ms = 200\n{extra}"));
+    std::fs::create_dir_all(d.path("probes")).unwrap();
+    std::fs::copy(python_probe(), d.path("probes/hello-python.wasm")).unwrap();
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    d.spawn()
+}
+
+#[test]
+fn a_python_probe_dropped_into_telemd_sends_its_record() {
+    let d = daemon(PYTHON_LIMITS);
+    // Compiling an 18 MB component takes seconds (BENCHMARKS.md).
+    let recs = {
+        let ok = wait_until(Duration::from_secs(120), || d.spool_names().len() == 1);
+        assert!(ok, "no record from the Python probe\n{}", d.log());
+        d.spool_records()
+    };
+    assert_eq!(
+        recs[0]
+            .headers
+            .get(telem_core::record::Header::Classification),
+        "org.example/hello-python/ping"
+    );
+    assert_eq!(recs[0].payload, "hello from Python (start)\n");
+    // Its errors are errors.
+    let e = run_probe(&d, "hello-python", &["fail"]).unwrap_err();
+    assert!(e.contains("asked to fail"), "{e}");
+    assert!(
+        d.log().contains("heartbeat (start)"),
+        "its log line: {}",
+        d.log()
+    );
+}
+
+#[test]
+fn the_default_limits_refuse_a_python_probe_and_name_the_key() {
+    let d = daemon("");
+    let mut why = String::new();
+    let refused = wait_until(Duration::from_secs(20), || {
+        probe_list(&d).refused.into_iter().any(|r| {
+            why = r.reason;
+            true
+        })
+    });
+    assert!(refused, "{}", d.log());
+    assert!(why.contains("max_component_bytes"), "{why}");
+    assert_eq!(probe_list(&d).compilations, 0);
+}
+
+#[test]
+fn probe_test_runs_the_python_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("telemd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{0}/spool\"\nstate_dir = \"{0}/state\"\njournal_dir = \"{0}/journal\"\n{PYTHON_LIMITS}",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(TELEMCTL)
+        .arg("-f")
+        .arg(&config)
+        .args(["probe", "test"])
+        .arg(python_probe())
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("log INFO: heartbeat (start)"), "{stdout}");
+    assert!(
+        stdout.contains("  classification: org.example/hello-python/ping\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("handle: ok, 1 record(s)"), "{stdout}");
+}
