@@ -175,6 +175,108 @@ fn main() {
             after
         );
         drop(loaded);
+
+        // The Python template next to the Rust hello, when it is built
+        // (scripts/build-python-probe.sh), under the limits its README asks
+        // the admin for.
+        let py_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../probes-wasm/target/python/hello-python.wasm");
+        if let Ok(py) = std::fs::read(&py_path) {
+            python(&root, &py, &hello).await;
+        } else {
+            println!("(no {}: Python probe figures skipped)", py_path.display());
+        }
     });
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Size, cold and cached load, call latency and RSS of the Python
+/// template beside the Rust hello, both calls captured (no spool).
+async fn python(root: &Path, py: &[u8], hello: &[u8]) {
+    let options = |cache: &Path| {
+        let mut o = telem_sandbox::SandboxOptions::new(cache);
+        o.max_component_bytes = 32 << 20;
+        o.max_function_bytes = 512 << 10;
+        o
+    };
+    let policy = |_: &str| telem_core::grants::ProbePolicy {
+        max_records_per_hour: Some(telem_core::config::values::Bounded::new(1_000_000)),
+        ..Default::default()
+    };
+    let cache = root.join("py-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let sb = Sandbox::with_options(options(&cache)).unwrap();
+    let t = Instant::now();
+    let probe = Arc::new(
+        sb.load(Path::new("hello-python.wasm"), py, policy)
+            .await
+            .unwrap(),
+    );
+    let cold = t.elapsed();
+    let sb2 = Sandbox::with_options(options(&cache)).unwrap();
+    let t = Instant::now();
+    sb2.load(Path::new("hello-python.wasm"), py, policy)
+        .await
+        .unwrap();
+    let cached = t.elapsed();
+    let rust = Arc::new(
+        sb.load(Path::new("hello.wasm"), hello, policy)
+            .await
+            .unwrap(),
+    );
+    let n = 200;
+    let times = |p: &Arc<telem_sandbox::LoadedProbe>| {
+        let sb = &sb;
+        let p = p.clone();
+        async move {
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+                let t = Instant::now();
+                sb.run(&p, Sink::Capture(kept.clone()), Event::Timer, &[])
+                    .await
+                    .unwrap();
+                v.push(t.elapsed());
+                assert_eq!(kept.lock().unwrap().len(), 1);
+            }
+            v
+        }
+    };
+    let mut py_calls = times(&probe).await;
+    let mut rust_calls = times(&rust).await;
+    // What a loaded (compiled, linked) Python probe keeps between calls.
+    let before = rss_kib();
+    let mut loaded = Vec::new();
+    for _ in 0..5 {
+        loaded.push(
+            sb2.load(Path::new("hello-python.wasm"), py, policy)
+                .await
+                .unwrap(),
+        );
+    }
+    let per_loaded = (rss_kib() - before) / 5;
+    drop(loaded);
+    println!("| hello-python (componentize-py) next to hello (Rust) | Python | Rust |");
+    println!("|---|---:|---:|");
+    println!(
+        "| component size | {:.1} MB | {} KiB |",
+        py.len() as f64 / 1e6,
+        hello.len() / 1024
+    );
+    println!(
+        "| cold load (compile + describe) | {:.1} s | (above) |",
+        cold.as_secs_f64()
+    );
+    println!(
+        "| load from the cache | {:.1} ms | (above) |",
+        cached.as_secs_f64() * 1e3
+    );
+    println!(
+        "| call p50 / p99 (new store + instantiate + handle, record captured) | {} / {} | {} / {} |",
+        us(pct(&mut py_calls, 0.5)),
+        us(pct(&mut py_calls, 0.99)),
+        us(pct(&mut rust_calls, 0.5)),
+        us(pct(&mut rust_calls, 0.99))
+    );
+    println!("| RSS per loaded probe | {per_loaded} KiB | (above) |");
 }
