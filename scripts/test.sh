@@ -4,6 +4,9 @@
 # workspaces), the probe components, every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Files the tests create get the modes a packaged tree has: a probe file or
+# directory its group could write is refused (SECURITY.md).
+umask 022
 # i686: the crash-symbolizer's parsers also run on a 32-bit target natively,
 # where a size computation that wraps on wasm32 (32-bit usize) shows.
 rustup target add wasm32-wasip2 i686-unknown-linux-gnu

@@ -81,6 +81,48 @@ fn a_probe_file_its_group_can_write_is_refused_before_it_runs() {
     let why = refusal(&d, "hello.wasm");
     assert!(why.contains("writable by its group"), "{why}");
     assert_never_ran(&d);
+    // The admin fixes the mode (a chmod changes no content nor mtime): the
+    // next scan checks it again and loads it.
+    std::fs::set_permissions(
+        d.path("probes/hello.wasm"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || probe_list(&d).probes.len() == 1),
+        "{}",
+        d.log()
+    );
+    assert!(probe_list(&d).refused.is_empty());
+}
+
+#[test]
+fn a_symlinked_probe_file_is_refused() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("hello.wasm");
+    std::fs::write(&target, hello()).unwrap();
+    let d = daemon_with("", &[], |probes| {
+        std::os::unix::fs::symlink(&target, probes.join("hello.wasm")).unwrap();
+    });
+    let why = refusal(&d, "hello.wasm");
+    assert!(why.contains("symlink"), "{why}");
+    assert_never_ran(&d);
+}
+
+#[test]
+fn probe_test_refuses_a_component_under_another_probes_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("crash-symbolizer.wasm");
+    std::fs::write(&other, hello()).unwrap();
+    let out = Command::new(TELEMCTL)
+        .args(["probe", "test"])
+        .arg(&other)
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("calls itself hello"), "{err}");
 }
 
 #[test]

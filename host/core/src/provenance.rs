@@ -117,6 +117,18 @@ impl Owners {
         Owners { uids }
     }
 
+    /// Root and `service_user`: who owns the files a `telemd` running as
+    /// either accepts (`telemctl probe verify` answers for it, whoever
+    /// runs it).
+    pub fn for_daemon(service_user: &str) -> Owners {
+        let mut uids = vec![0];
+        if let Ok(Some(u)) = nix::unistd::User::from_name(service_user) {
+            uids.push(u.uid.as_raw());
+        }
+        uids.dedup();
+        Owners { uids }
+    }
+
     /// Exactly these uids.
     pub fn of(uids: &[u32]) -> Owners {
         Owners {
@@ -167,14 +179,25 @@ pub fn check_tree(
     Ok(())
 }
 
-/// Opens a probe file for reading as it will be loaded: not blocking on a
-/// FIFO, a regular file only, and returns it with its metadata (taken
+/// Opens a probe file for reading as it will be loaded: not through a
+/// symlink (the directories checked are the file's own), not blocking on
+/// a FIFO, a regular file only, and returns it with its metadata (taken
 /// from the descriptor) for [`check_tree`].
 pub fn open_probe_file(path: &Path) -> io::Result<(std::fs::File, Metadata)> {
     let f = std::fs::File::options()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a symlink: install the file itself in the probes directory",
+                )
+            } else {
+                e
+            }
+        })?;
     let m = f.metadata()?;
     if !m.is_file() {
         return Err(io::Error::new(
@@ -203,7 +226,7 @@ pub fn check_pin(name: &str, pinned: Option<&str>, actual: &str) -> Result<(), F
 pub struct TrustedKey {
     /// Its file's name without `.pub` (what `telemctl` names it by).
     pub name: String,
-    /// Its minisign key id, as minisign prints it (16 hex digits).
+    /// Its minisign key id, as minisign prints it (upper-case hex).
     pub key_id: String,
     key: PublicKey,
 }
@@ -317,7 +340,13 @@ impl Signatures {
             return Err(FileRefusal::UntrustedKey {
                 path: sig_path,
                 key_id,
-                dir: self.dir.clone(),
+                dir: match self.skipped.len() {
+                    0 => self.dir.clone(),
+                    n => PathBuf::from(format!(
+                        "{} ({n} key file(s) or the directory there not used: see the log)",
+                        self.dir.display()
+                    )),
+                },
             });
         };
         key.key
@@ -387,7 +416,8 @@ fn key_id_of(b64: &str) -> Option<String> {
     use base64::Engine as _;
     let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
     let id: [u8; 8] = bytes.get(2..10)?.try_into().ok()?;
-    Some(format!("{:016X}", u64::from_le_bytes(id)))
+    // As minisign prints it: upper-case hex, no leading zeros.
+    Some(format!("{:X}", u64::from_le_bytes(id)))
 }
 
 #[cfg(test)]

@@ -148,9 +148,41 @@ type SlotParts = (
     Option<String>,
 );
 
-/// A file's size and mtime, and its signature's: what tells a scan that
-/// it changed (a signature put beside a refused file is noticed).
-type Seen = (u64, SystemTime, Option<(u64, SystemTime)>);
+/// A file's size and mtime, and a stamp of what its provenance depends on:
+/// what tells a scan that it changed. The stamp covers the inode, owner,
+/// mode and change time of the file and its directory, its signature
+/// file's, and the trusted keys directory's: a `chmod`, a `chown`, a file
+/// replaced with its old mtime kept, a signature put beside it or a key
+/// added are each noticed, and the file is checked again.
+type Seen = (u64, SystemTime, u64);
+
+/// The provenance stamp of [`Seen`].
+fn provenance_stamp(file: &std::fs::Metadata, path: &Path, keys_dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut meta = |m: Option<std::fs::Metadata>| match m {
+        Some(m) => (
+            m.dev(),
+            m.ino(),
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+            .hash(&mut h),
+        None => 0u8.hash(&mut h),
+    };
+    meta(Some(file.clone()));
+    meta(path.parent().and_then(|d| std::fs::metadata(d).ok()));
+    meta(Signatures::signature_path(path).and_then(|s| std::fs::symlink_metadata(s).ok()));
+    meta(std::fs::metadata(keys_dir).ok());
+    h.finish()
+}
 
 /// Who may install probes, and whether they must be signed: checked on
 /// every probe file before it runs (`telem_core::provenance`).
@@ -369,12 +401,11 @@ impl ProbeManager {
             for e in rd.filter_map(|e| e.ok()) {
                 let p = e.path();
                 if p.extension().is_some_and(|x| x == "wasm") {
-                    if let Ok(m) = std::fs::metadata(&p) {
-                        if m.is_file() {
-                            let sig = Signatures::signature_path(&p)
-                                .and_then(|s| std::fs::symlink_metadata(s).ok())
-                                .map(|s| (s.len(), s.modified().unwrap_or(UNIX_EPOCH)));
-                            out.insert(p, (m.len(), m.modified().unwrap_or(UNIX_EPOCH), sig));
+                    if let Ok(m) = std::fs::symlink_metadata(&p) {
+                        // A symlink is listed too, to be refused with why.
+                        if m.is_file() || m.file_type().is_symlink() {
+                            let stamp = provenance_stamp(&m, &p, &self.trust.trusted_keys_dir);
+                            out.insert(p, (m.len(), m.modified().unwrap_or(UNIX_EPOCH), stamp));
                         }
                     }
                 }
@@ -452,14 +483,19 @@ impl ProbeManager {
                 }
                 Err(e) => {
                     warn!("probe not loaded: {e}");
+                    // A probe the admin turned off is not refused: `status`
+                    // lists it as disabled.
                     let reason = match &e {
-                        ProbeError::Refused { refusal, .. } => refusal.to_string(),
-                        e => e.to_string(),
+                        ProbeError::DisabledByAdmin { .. }
+                        | ProbeError::DisabledByConfig { .. } => None,
+                        ProbeError::Refused { refusal, .. } => Some(refusal.to_string()),
+                        e => Some(e.to_string()),
                     };
-                    self.refused
-                        .lock()
-                        .expect("refused lock")
-                        .insert(path.clone(), reason);
+                    let mut refused = self.refused.lock().expect("refused lock");
+                    match reason {
+                        Some(r) => refused.insert(path.clone(), r),
+                        None => refused.remove(&path),
+                    };
                     self.pending
                         .lock()
                         .expect("pending lock")
@@ -532,6 +568,7 @@ impl ProbeManager {
         if let Some(slot) = self.slots.lock().expect("slots lock").get_mut(path) {
             if slot.probe.hash == hash {
                 slot.seen = seen;
+                slot.signed_by = signed_by;
                 return Ok(());
             }
         }

@@ -234,6 +234,23 @@ fn merge_probe_tables(table: &mut toml::Table, e: &Entry, path: &Path) -> Result
     };
     for (name, keys) in names {
         let key = format!("probes.{name}");
+        // A probe's name is its file's (`NAME.wasm`, `_` read as `-`): a
+        // table under another spelling would never apply, and a pin in it
+        // would be silently ignored.
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            return Err(value_error_text(
+                path,
+                e,
+                &key,
+                keys,
+                "a probe name: 1 to 64 lowercase letters, digits and '-'",
+            ));
+        }
         let toml::Value::Table(keys) = keys else {
             return Err(value_error_text(
                 path,
@@ -573,6 +590,17 @@ record_retention_enabled = true
         );
         let e = parse("a = 1\nserver = = 2\n").unwrap_err();
         assert!(matches!(e, ConfigError::Syntax { line: 2, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_probe_table_must_be_named_as_probes_are() {
+        let e = parse("[probes.my_probe]\nsha256 = \"00\"\n").unwrap_err();
+        assert!(e.to_string().contains("probes.my_probe"), "{e}");
+        assert!(
+            e.to_string().contains("lowercase letters, digits and '-'"),
+            "{e}"
+        );
+        assert!(parse("[probes.my-probe]\nenabled = false\n").is_ok());
     }
 
     #[test]

@@ -32,11 +32,15 @@ struct Verdict {
     signed_by: Option<String>,
     /// Why it would be refused; `None`: it would load.
     refused: Option<String>,
+    /// What the check could not cover.
+    note: Option<String>,
 }
 
 /// `telemctl probe verify FILE`.
 pub fn verify(c: &Config, file: &Path, json: bool) -> anyhow::Result<()> {
-    let owners = Owners::for_service(&c.crash.service_user);
+    // Whom a telemd running as root or the service user accepts, whoever
+    // asks.
+    let owners = Owners::for_daemon(&c.crash.service_user);
     // The directories above it are checked too: from an absolute path.
     let file = &std::path::absolute(file).with_context(|| format!("{}", file.display()))?;
     let mut v = Verdict {
@@ -45,17 +49,20 @@ pub fn verify(c: &Config, file: &Path, json: bool) -> anyhow::Result<()> {
         pinned_sha256: None,
         signed_by: None,
         refused: None,
+        note: None,
     };
     let verdict = (|| -> Result<(), String> {
         let (f, meta) = provenance::open_probe_file(file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let top = c
-            .probes
-            .probes_dirs
-            .iter()
-            .find(|d| file.starts_with(d))
-            .cloned()
-            .unwrap_or_else(|| file.parent().unwrap_or(file).to_owned());
+        let top = match c.probes.probes_dirs.iter().find(|d| file.starts_with(d)) {
+            Some(d) => d.clone(),
+            None => {
+                v.note = Some(
+                    "not in a probes directory: only its own directory was checked; the directories above it are checked once it is installed".into(),
+                );
+                file.parent().unwrap_or(file).to_owned()
+            }
+        };
         provenance::check_tree(file, &meta, &top, &owners).map_err(|r| r.to_string())?;
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(
@@ -104,6 +111,9 @@ pub fn verify(c: &Config, file: &Path, json: bool) -> anyhow::Result<()> {
             Some(k) => println!("  signed by: {}", shown(k)),
             None if c.probes.require_signatures => {}
             None => println!("  signed by: nobody (require_signatures is off)"),
+        }
+        if let Some(n) = &v.note {
+            println!("  note: {n}");
         }
     }
     match &v.refused {
@@ -195,10 +205,19 @@ pub fn test(c: &Config, t: ProbeTest, json: bool) -> anyhow::Result<()> {
             let core = core
                 .canonicalize()
                 .with_context(|| format!("core {}", core.display()))?;
+            // The daemon hands a crash probe the crash's own inbox entry;
+            // here the core's directory is shown, unless it is one no probe
+            // may ever read (`/`, the daemon's own).
+            let rules = HostRules::for_config(c);
             extra_read.push(core.parent().unwrap_or(Path::new("/")).to_owned());
             let exe = t.exe.as_deref().map(Path::canonicalize).transpose()?;
             if let Some(e) = &exe {
                 extra_read.push(e.parent().unwrap_or(Path::new("/")).to_owned());
+            }
+            for d in &extra_read {
+                if let Some(why) = telem_core::grants::never_grantable(d, &rules) {
+                    bail!("{}: {why}; put the core elsewhere", d.display());
+                }
             }
             Event::Crash(CrashReport {
                 core_path: core.display().to_string(),
@@ -224,7 +243,18 @@ pub fn test(c: &Config, t: ProbeTest, json: bool) -> anyhow::Result<()> {
         max_function_bytes: c.probes.max_function_bytes.get(),
     };
     let grant_read = t.grant_read.clone();
+    // Grants are keyed by name, and the name is the component's claim:
+    // the daemon loads a component only from the file named after it, so
+    // one claiming another name gets no admin grant here either.
+    let stem = t
+        .file
+        .file_stem()
+        .map(|s| s.to_string_lossy().replace('_', "-"))
+        .unwrap_or_default();
     let policy = |name: &str| {
+        if name != stem {
+            return ProbePolicy::default();
+        }
         let mut p: ProbePolicy = c.probes.probes.get(name).cloned().unwrap_or_default();
         if !grant_read.is_empty() {
             let mut paths = p.read_paths.take().unwrap_or_default();
@@ -235,7 +265,8 @@ pub fn test(c: &Config, t: ProbeTest, json: bool) -> anyhow::Result<()> {
     };
     let logs = Arc::new(Mutex::new(Vec::new()));
     let subscriber = tracing_subscriber::registry().with(Capture(logs.clone()));
-    let report = tracing::subscriber::with_default(subscriber, || {
+    let is_crash = matches!(event, Event::Crash(_));
+    let ran = tracing::subscriber::with_default(subscriber, || {
         test_offline(
             options,
             &policy,
@@ -245,7 +276,17 @@ pub fn test(c: &Config, t: ProbeTest, json: bool) -> anyhow::Result<()> {
                 extra_read,
             },
         )
-    })?;
+    });
+    let report = match ran {
+        Ok(r) => r,
+        Err(e) => {
+            let why = telem_core::error_text::one_line(telem_core::error_text::chain(&e));
+            if json {
+                super::print_json(&serde_json::json!({ "failed": format!("not loaded: {why}") }));
+            }
+            bail!("not loaded: {why}");
+        }
+    };
     let logs = std::mem::take(&mut *logs.lock().expect("log capture lock"));
     let metadata = HostMetadata::collect(Path::new("/"));
     let records: Vec<Stamped> = report
@@ -275,7 +316,15 @@ pub fn test(c: &Config, t: ProbeTest, json: bool) -> anyhow::Result<()> {
         })
         .collect();
     let error = report.outcome.as_ref().err().map(|e| e.to_string());
-    let failed = if let Some(e) = &error {
+    let failed = if report.manifest.name != stem {
+        Some(format!(
+            "the component calls itself {}: the daemon loads it only as {}.wasm",
+            shown(&report.manifest.name),
+            shown(&report.manifest.name)
+        ))
+    } else if is_crash && !report.granted.crashes {
+        Some("not granted: crashes (a crash probe needs [probes.NAME] crashes = true and the crash trigger)".into())
+    } else if let Some(e) = &error {
         Some(format!("handle failed: {e}"))
     } else if report.stats.records_refused > 0 {
         Some(format!(
