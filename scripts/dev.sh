@@ -7,11 +7,15 @@
 # show. Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A probe file or directory its group could write is refused (SECURITY.md):
+# the dev probes get a packaged tree's modes whatever the caller's umask.
+umask 022
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 cargo build --workspace --bins
 (cd probes-wasm && cargo build --target wasm32-wasip2 --release -p hello -p crash-symbolizer -p kernel-oops -p pstore)
 dir=target/telemd-dev
 mkdir -p "$dir/probes"
+chmod 755 "$dir/probes"
 cp probes-wasm/target/wasm32-wasip2/release/hello.wasm "$dir/probes/hello.wasm"
 cp probes-wasm/target/wasm32-wasip2/release/crash_symbolizer.wasm "$dir/probes/crash-symbolizer.wasm"
 cp probes-wasm/target/wasm32-wasip2/release/kernel_oops.wasm "$dir/probes/kernel-oops.wasm"
