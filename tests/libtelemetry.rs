@@ -97,10 +97,6 @@ fn c_program(name: &str) -> PathBuf {
     out_path
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 fn run(program: &Path, args: &[&str]) -> Output {
     Command::new(program).args(args).output().unwrap()
 }

@@ -236,10 +236,6 @@ fn sign(key: &Key, file: &Path) {
     assert!(out.status.success(), "minisign -S: {}", text(&out.stderr));
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 fn telemctl(d: &TestDaemon, args: &[&str]) -> Output {
     Command::new(TELEMCTL)
         .arg("-f")
@@ -364,23 +360,17 @@ fn with_signatures_required_only_a_probe_signed_by_a_trusted_key_loads() {
 fn probe_test_runs_hello_without_a_daemon_and_spools_nothing() {
     // A config whose daemon is not running: its spool stays as it is.
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("telemd.toml");
-    std::fs::write(
+    let config = offline_config(dir.path(), "");
+    let hello = probe_wasm("hello");
+    let out = telemctl_offline(
         &config,
-        format!(
-            "spool_dir = \"{0}/spool\"\nstate_dir = \"{0}/state\"\njournal_dir = \"{0}/journal\"\ncontrol_socket = \"{0}/control.sock\"\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(TELEMCTL)
-        .arg("-f")
-        .arg(&config)
-        .args(["probe", "test"])
-        .arg(probe_wasm("hello"))
-        .env("XDG_CACHE_HOME", dir.path().join("cache"))
-        .output()
-        .unwrap();
+        dir.path(),
+        [
+            std::ffi::OsStr::new("probe"),
+            std::ffi::OsStr::new("test"),
+            hello.as_os_str(),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -398,14 +388,16 @@ fn probe_test_runs_hello_without_a_daemon_and_spools_nothing() {
     assert!(!dir.path().join("state").exists(), "state was kept");
 
     // --json for scripts.
-    let out = Command::new(TELEMCTL)
-        .arg("-f")
-        .arg(&config)
-        .args(["--json", "probe", "test"])
-        .arg(probe_wasm("hello"))
-        .env("XDG_CACHE_HOME", dir.path().join("cache"))
-        .output()
-        .unwrap();
+    let out = telemctl_offline(
+        &config,
+        dir.path(),
+        [
+            std::ffi::OsStr::new("--json"),
+            std::ffi::OsStr::new("probe"),
+            std::ffi::OsStr::new("test"),
+            hello.as_os_str(),
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["records"].as_array().map(Vec::len), Some(1), "{v}");
@@ -415,31 +407,21 @@ fn probe_test_runs_hello_without_a_daemon_and_spools_nothing() {
 #[test]
 fn probe_test_fails_a_probe_reading_an_ungranted_path_and_names_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("telemd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "spool_dir = \"{0}/spool\"\nstate_dir = \"{0}/state\"\njournal_dir = \"{0}/journal\"\n[probes.sandbox-test]\nclassifications = [\"org.example/test/*\"]\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let config = offline_config(
+        dir.path(),
+        "[probes.sandbox-test]\nclassifications = [\"org.example/test/*\"]\n",
+    );
     // Outside the config's own directories (those are never granted).
     let elsewhere = tempfile::tempdir().unwrap();
     let secret = elsewhere.path().join("secret.txt");
     std::fs::write(&secret, "not for probes").unwrap();
     let run = |extra: &[&str]| {
-        Command::new(TELEMCTL)
-            .arg("-f")
-            .arg(&config)
-            .args(["probe", "test"])
-            .arg(probe_wasm("sandbox_test"))
-            .args(extra)
-            .args(["--event", "manual", "--", "read"])
-            .arg(&secret)
-            .env("XDG_CACHE_HOME", dir.path().join("cache"))
-            .output()
-            .unwrap()
+        let mut args = vec!["probe".to_owned(), "test".to_owned()];
+        args.push(probe_wasm("sandbox_test").display().to_string());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend(["--event", "manual", "--", "read"].map(String::from));
+        args.push(secret.display().to_string());
+        telemctl_offline(&config, dir.path(), args)
     };
     let out = run(&[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
@@ -457,4 +439,32 @@ fn probe_test_fails_a_probe_reading_an_ungranted_path_and_names_it() {
         text(&out.stdout),
         text(&out.stderr)
     );
+}
+
+#[test]
+fn a_trusted_key_anyone_could_have_written_is_not_used() {
+    let authors = tempfile::tempdir().unwrap();
+    let vendor = minisign_key(authors.path(), "vendor");
+    let trusted = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(trusted.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pubkey = trusted.path().join("vendor.pub");
+    std::fs::copy(&vendor.public, &pubkey).unwrap();
+    // Someone else could have planted this key: it signs nothing.
+    std::fs::set_permissions(&pubkey, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let config = format!(
+        "require_signatures = true\ntrusted_keys_dir = \"{}\"\n",
+        trusted.path().display()
+    );
+    let d = daemon_with(&config, &[("hello.wasm", &hello())], |p| {
+        sign(&vendor, &p.join("hello.wasm"))
+    });
+    let why = refusal(&d, "hello.wasm");
+    assert!(why.starts_with("untrusted key"), "{why}");
+    assert!(why.contains("not used"), "{why}");
+    assert!(
+        d.log().contains("writable by everyone"),
+        "the log says why: {}",
+        d.log()
+    );
+    assert_never_ran(&d);
 }

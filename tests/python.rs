@@ -4,7 +4,6 @@
 //! test` runs it. The defaults refuse it, naming the key to raise.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -77,23 +76,16 @@ fn the_default_limits_refuse_a_python_probe_and_name_the_key() {
 #[test]
 fn probe_test_runs_the_python_probe() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("telemd.toml");
-    std::fs::write(
+    let config = offline_config(dir.path(), PYTHON_LIMITS);
+    let out = telemctl_offline(
         &config,
-        format!(
-            "spool_dir = \"{0}/spool\"\nstate_dir = \"{0}/state\"\njournal_dir = \"{0}/journal\"\n{PYTHON_LIMITS}",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(TELEMCTL)
-        .arg("-f")
-        .arg(&config)
-        .args(["probe", "test"])
-        .arg(python_probe())
-        .env("XDG_CACHE_HOME", dir.path().join("cache"))
-        .output()
-        .unwrap();
+        dir.path(),
+        [
+            std::ffi::OsStr::new("probe"),
+            std::ffi::OsStr::new("test"),
+            python_probe().as_os_str(),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

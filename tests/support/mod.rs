@@ -460,3 +460,40 @@ pub fn mount_small_tmpfs(dir: &Path, size: &str) -> Unmount {
     assert!(st.success(), "mount tmpfs");
     Unmount(dir.to_owned())
 }
+
+/// A program's output bytes as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A config for telemctl's verbs that need no daemon (`probe test`,
+/// `probe verify`): every path of it under `dir`, with no daemon behind
+/// them, plus `extra` lines.
+pub fn offline_config(dir: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("telemd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{0}/spool\"\nstate_dir = \"{0}/state\"\njournal_dir = \"{0}/journal\"\ncontrol_socket = \"{0}/control.sock\"\n{extra}",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `telemctl -f CONFIG ARGS`, its compile cache under `dir` (not the
+/// invoking user's).
+pub fn telemctl_offline<I, S>(config: &Path, dir: &Path, args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(TELEMCTL)
+        .arg("-f")
+        .arg(config)
+        .args(args)
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .output()
+        .unwrap()
+}

@@ -11,7 +11,7 @@
 //! Needs the components built and systemd-journal-remote installed. Run:
 //! `cargo bench -p telemd --bench journal`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use telemd::sources::SourceOptions;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{pct, probe_manager, rss_kib, spooled};
+use support::{bench_root, pct, probe_manager, rss_kib, spooled};
 
 const REMOTE: &str = "/lib/systemd/systemd-journal-remote";
 
@@ -50,16 +50,11 @@ fn journal_file(dir: &Path, name: &str, entries: &str) -> Instant {
 }
 
 fn main() {
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-journal");
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(root.join("probes")).unwrap();
-    std::fs::write(root.join("opt-in"), "").unwrap();
-    let wasm = format!(
-        "{}/../../probes-wasm/target/wasm32-wasip2/release/journal_errors.wasm",
-        env!("CARGO_MANIFEST_DIR")
+    let root = bench_root(
+        "bench-journal",
+        "journal_errors.wasm",
+        "journal-errors.wasm",
     );
-    std::fs::copy(&wasm, root.join("probes/journal-errors.wasm"))
-        .unwrap_or_else(|e| panic!("{wasm}: {e} (build probes-wasm first)"));
     let jdir = root.join("journal");
     std::fs::create_dir_all(&jdir).unwrap();
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")

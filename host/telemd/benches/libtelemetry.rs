@@ -120,13 +120,7 @@ fn library(base: &Path, sender: &Path, procs: usize, per: usize) -> Run {
     for mut c in children {
         assert!(c.wait().unwrap().success(), "a sender failed");
     }
-    let total = procs * per;
-    let n = wait_spooled(&d.root.join("spool"), total);
-    Run {
-        records: total,
-        secs: start.elapsed().as_secs_f64(),
-        lost: total - n.min(total),
-    }
+    finished(&d, start, procs * per)
 }
 
 /// `procs` threads each run `telem-record-gen` `per` times in a row.
@@ -157,7 +151,12 @@ fn record_gen(base: &Path, procs: usize, per: usize) -> Run {
             });
         }
     });
-    let total = procs * per;
+    finished(&d, start, procs * per)
+}
+
+/// A run that started at `start` and sent `total` records, once they are
+/// spooled (or nothing moved for 5 s).
+fn finished(d: &support::Daemon, start: Instant, total: usize) -> Run {
     let n = wait_spooled(&d.root.join("spool"), total);
     Run {
         records: total,

@@ -12,7 +12,6 @@
 //! wasm32-wasip2 --release)`. Run: `cargo bench -p telemd --bench sources`.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use telemd::sources::SourceOptions;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{pct, probe_manager, rss_kib, spooled};
+use support::{bench_root, pct, probe_manager, rss_kib, spooled};
 use telemd::supervisor::ProbeManager;
 
 /// A name of letters only for `n`: the probe counts repeats of a report
@@ -70,16 +69,7 @@ fn warning(name: &str) -> Vec<String> {
 }
 
 fn main() {
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-sources");
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(root.join("probes")).unwrap();
-    std::fs::write(root.join("opt-in"), "").unwrap();
-    let wasm = format!(
-        "{}/../../probes-wasm/target/wasm32-wasip2/release/kernel_oops.wasm",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::copy(&wasm, root.join("probes/kernel-oops.wasm"))
-        .unwrap_or_else(|e| panic!("{wasm}: {e} (build probes-wasm first)"));
+    let root = bench_root("bench-sources", "kernel_oops.wasm", "kernel-oops.wasm");
     let kmsg_path = root.join("kmsg");
     let made = std::process::Command::new("mkfifo")
         .arg(&kmsg_path)

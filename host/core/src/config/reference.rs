@@ -43,6 +43,19 @@ pub fn keys() -> Vec<(&'static str, Vec<KeyDoc>)> {
 }
 
 fn section_keys(schema: &Schema, defaults: &toml::Table) -> Vec<KeyDoc> {
+    documented(schema, |key| {
+        let default = match defaults.get(key) {
+            Some(toml::Value::Table(_)) => "(tables)".to_owned(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        };
+        (key.to_owned(), default)
+    })
+}
+
+/// Each property of a struct's schema as a [`KeyDoc`]: its doc comment
+/// (required) and range from the schema, its name and default from `name`.
+fn documented(schema: &Schema, name: impl Fn(&str) -> (String, String)) -> Vec<KeyDoc> {
     let props = schema
         .get("properties")
         .and_then(|p| p.as_object())
@@ -54,16 +67,11 @@ fn section_keys(schema: &Schema, defaults: &toml::Table) -> Vec<KeyDoc> {
                 .get("description")
                 .and_then(|d| d.as_str())
                 .unwrap_or_else(|| panic!("config key {key} has no doc comment"));
-            let range = range_of(schema, p);
-            let default = match defaults.get(key) {
-                Some(toml::Value::Table(_)) => "(tables)".to_owned(),
-                Some(v) => v.to_string(),
-                None => String::new(),
-            };
+            let (key, default) = name(key);
             KeyDoc {
-                key: key.clone(),
+                key,
                 doc: doc.split_whitespace().collect::<Vec<_>>().join(" "),
-                range,
+                range: range_of(schema, p),
                 default,
             }
         })
@@ -94,26 +102,9 @@ fn range_of(schema: &Schema, p: &serde_json::Value) -> Option<String> {
 /// The keys of a `[probes.NAME]` table, as `probes.NAME.KEY`. Every one is
 /// optional: absent, the probe's manifest and the host's defaults decide.
 pub fn probe_table_keys() -> Vec<KeyDoc> {
-    let schema = schemars::schema_for!(ProbePolicy);
-    let props = schema
-        .get("properties")
-        .and_then(|p| p.as_object())
-        .expect("a struct's schema has properties");
-    props
-        .iter()
-        .map(|(key, p)| {
-            let doc = p
-                .get("description")
-                .and_then(|d| d.as_str())
-                .unwrap_or_else(|| panic!("probe table key {key} has no doc comment"));
-            KeyDoc {
-                key: format!("probes.NAME.{key}"),
-                doc: doc.split_whitespace().collect::<Vec<_>>().join(" "),
-                range: range_of(&schema, p),
-                default: "(unset)".to_owned(),
-            }
-        })
-        .collect()
+    documented(&schemars::schema_for!(ProbePolicy), |key| {
+        (format!("probes.NAME.{key}"), "(unset)".to_owned())
+    })
 }
 
 /// The README's key table.

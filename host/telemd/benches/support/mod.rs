@@ -38,6 +38,23 @@ pub fn spooled(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// A fresh bench directory under Cargo's scratch directory, opted in, with
+/// the release component `built` (`probes-wasm/target/...`) installed in
+/// its `probes/` as `installed`.
+pub fn bench_root(name: &str, built: &str, installed: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("probes")).unwrap();
+    std::fs::write(root.join("opt-in"), "").unwrap();
+    let wasm = format!(
+        "{}/../../probes-wasm/target/wasm32-wasip2/release/{built}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::copy(&wasm, root.join("probes").join(installed))
+        .unwrap_or_else(|e| panic!("{wasm}: {e} (build probes-wasm first)"));
+    root
+}
+
 /// The daemon's probe path in this process, as the source benches run it:
 /// spool, ingest, sandbox and supervisor under `root` (which holds
 /// `probes/` and `opt-in`), with the shipped grant of `probe` but its
