@@ -253,6 +253,21 @@ fn flip_a_byte(file: &Path) {
     std::fs::write(file, b).unwrap();
 }
 
+/// A trusted keys directory (root's, 0755) holding `key`'s public key
+/// with `mode`, and the config lines that require signatures from it.
+fn trusting(key: &Key, mode: u32) -> (tempfile::TempDir, String) {
+    let trusted = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(trusted.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pubkey = trusted.path().join("vendor.pub");
+    std::fs::copy(&key.public, &pubkey).unwrap();
+    std::fs::set_permissions(&pubkey, std::fs::Permissions::from_mode(mode)).unwrap();
+    let config = format!(
+        "require_signatures = true\ntrusted_keys_dir = \"{}\"\n",
+        trusted.path().display()
+    );
+    (trusted, config)
+}
+
 #[test]
 fn with_signatures_required_only_a_probe_signed_by_a_trusted_key_loads() {
     let as_root = rustix::process::geteuid().is_root();
@@ -261,15 +276,7 @@ fn with_signatures_required_only_a_probe_signed_by_a_trusted_key_loads() {
     let authors = tempfile::tempdir().unwrap();
     let vendor = minisign_key(authors.path(), "vendor");
     let stranger = minisign_key(authors.path(), "stranger");
-    let trusted = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(trusted.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let pubkey = trusted.path().join("vendor.pub");
-    std::fs::copy(&vendor.public, &pubkey).unwrap();
-    std::fs::set_permissions(&pubkey, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let config = format!(
-        "require_signatures = true\ntrusted_keys_dir = \"{}\"\n",
-        trusted.path().display()
-    );
+    let (_trusted, config) = trusting(&vendor, 0o644);
     let bytes = hello();
     type Prepare<'a> = Box<dyn Fn(&Path) + 'a>;
     let cases: [(&str, Prepare, &str); 3] = [
@@ -445,16 +452,8 @@ fn probe_test_fails_a_probe_reading_an_ungranted_path_and_names_it() {
 fn a_trusted_key_anyone_could_have_written_is_not_used() {
     let authors = tempfile::tempdir().unwrap();
     let vendor = minisign_key(authors.path(), "vendor");
-    let trusted = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(trusted.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let pubkey = trusted.path().join("vendor.pub");
-    std::fs::copy(&vendor.public, &pubkey).unwrap();
     // Someone else could have planted this key: it signs nothing.
-    std::fs::set_permissions(&pubkey, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let config = format!(
-        "require_signatures = true\ntrusted_keys_dir = \"{}\"\n",
-        trusted.path().display()
-    );
+    let (_trusted, config) = trusting(&vendor, 0o666);
     let d = daemon_with(&config, &[("hello.wasm", &hello())], |p| {
         sign(&vendor, &p.join("hello.wasm"))
     });
