@@ -487,3 +487,13 @@ fn record_gen_errors_are_clear_and_exit_nonzero() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is telemd running?"));
     assert!(d.spool_names().is_empty());
 }
+
+#[test]
+fn a_burst_of_one_uid_loses_nothing() {
+    let d = TestDaemon::start(BURST_CONFIG);
+    let sent = burst(&d.socket(), BURST_CLIENTS, BURST_FRAMES);
+    all_landed_once(&d, &sent.ids, 0);
+    let s = status(&d);
+    assert_eq!(s.ingest.accepted, BURST_FRAMES as u64);
+    assert_eq!(s.ingest.refused, 0);
+}

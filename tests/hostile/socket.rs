@@ -30,6 +30,9 @@ const NOBODY: u32 = 65534;
 /// Opens `count` connections to the socket `argv[1]`, sends `argv[3]` on
 /// each (nothing when empty), prints `open N`, and holds them until stdin
 /// closes. A full backlog (EAGAIN) is retried for 10 s, then given up.
+/// Meanwhile, as the same uid, each stdin line `frame HEX` connects, writes
+/// those bytes and closes (then prints `sent`), and `silent` connects,
+/// sends nothing and prints `closed after SECONDS` once the daemon closes.
 const HOLDER: &str = r#"
 import resource, socket, sys, time
 path, count, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
@@ -58,14 +61,32 @@ while len(held) < count:
             pass  # already closed by the daemon
     held.append(s)
 print("open", len(held), flush=True)
-sys.stdin.read()
+for line in sys.stdin:
+    word = line.split()
+    if word and word[0] == "frame":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        s.sendall(bytes.fromhex(word[1]))
+        s.close()
+        print("sent", flush=True)
+    elif word and word[0] == "silent":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        start = time.monotonic()
+        s.connect(path)
+        s.settimeout(60)
+        try:
+            s.recv(1)
+        except OSError:
+            pass
+        print("closed after %.3f" % (time.monotonic() - start), flush=True)
+        s.close()
 "#;
 
 /// A daemon that keeps records in its spool, gives clients 30 s (so the
 /// attacker's connections stay put for the whole test), and whose socket
 /// `nobody` can reach.
 fn daemon() -> TestDaemon {
-    let d = TestDaemon::prepare(HOLD);
+    let d = TestDaemon::prepare(BURST_CONFIG);
     let text = std::fs::read_to_string(&d.config_path).unwrap();
     let text = text.replace("socket_timeout_ms = 1000", "socket_timeout_ms = 30000");
     std::fs::write(&d.config_path, text).unwrap();
@@ -75,9 +96,29 @@ fn daemon() -> TestDaemon {
 }
 
 /// The attacker: a `nobody` process holding [`ATTACK_CONNECTIONS`]
-/// connections, each having sent `prefix`. Returns it (killed on drop,
-/// its stdin kept open) and how many it got open.
-fn attack(d: &TestDaemon, prefix: &str) -> (KillOnDrop, usize) {
+/// connections, each having sent `prefix`, and taking commands on stdin.
+struct Attacker {
+    child: KillOnDrop,
+    lines: mpsc::Receiver<String>,
+    /// How many connections it got open.
+    opened: usize,
+}
+
+impl Attacker {
+    /// Sends a command line and returns the attacker's answer.
+    fn ask(&mut self, d: &TestDaemon, command: &str) -> String {
+        let stdin = self.child.0.stdin.as_mut().unwrap();
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+        self.lines
+            .recv_timeout(Duration::from_secs(90))
+            .unwrap_or_else(|_| {
+                panic!("the attacker did not answer {command:?}; log:\n{}", d.log())
+            })
+    }
+}
+
+fn attack(d: &TestDaemon, prefix: &str) -> Attacker {
     let python = if std::path::Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
     } else {
@@ -115,7 +156,11 @@ fn attack(d: &TestDaemon, prefix: &str) -> (KillOnDrop, usize) {
             break n.parse::<usize>().unwrap();
         }
     };
-    (child, opened)
+    Attacker {
+        child,
+        lines: rx,
+        opened,
+    }
 }
 
 /// Sends a record as this process (root) and asserts it is spooled within
@@ -155,10 +200,15 @@ fn attacker_was_held_to_its_share(d: &TestDaemon, opened: usize) {
         fds < open_budget() / 2 + 200,
         "the daemon holds {fds} descriptors: the attacker's connections beyond its share were kept"
     );
+    refusals_said_in_few_lines(d);
+    assert!(status(d).ingest.refused > 0, "the refusals are not counted");
+}
+
+fn refusals_said_in_few_lines(d: &TestDaemon) {
     let log = d.log();
     let refusals: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("native connection closed at once"))
+        .filter(|l| l.contains("native connection closed without a complete frame"))
         .collect();
     assert!(
         refusals
@@ -173,14 +223,38 @@ fn attacker_was_held_to_its_share(d: &TestDaemon, opened: usize) {
     );
 }
 
+/// A burst of this process's uid beside the attack: every record lands,
+/// the first within a second of its send.
+fn burst_lands_whole(d: &TestDaemon) {
+    let before = d.spool_names().len();
+    let sock = d.socket();
+    let sender = std::thread::spawn(move || burst(&sock, BURST_CLIENTS, BURST_FRAMES));
+    let started = Instant::now();
+    let first = wait_until(Duration::from_secs(30), || d.spool_names().len() > before);
+    let first_landed = Instant::now();
+    let sent = sender.join().unwrap();
+    assert!(
+        first,
+        "nothing of the burst was spooled; log:\n{}",
+        tail(&d.log(), 20)
+    );
+    let latency = first_landed.saturating_duration_since(sent.first_sent.max(started));
+    assert!(
+        latency < Duration::from_secs(1),
+        "the burst's first record took {latency:?} to land"
+    );
+    all_landed_once(d, &sent.ids, before);
+}
+
 #[test]
 #[ignore = "needs root: connects as a second uid through setpriv"]
 fn idle_connections_of_one_uid_do_not_starve_another() {
     support::assert_root("connects as a second uid through setpriv");
     let d = daemon();
-    let (_attacker, opened) = attack(&d, "");
+    let attacker = attack(&d, "");
     victim_is_served(&d, "served despite idle connections");
-    attacker_was_held_to_its_share(&d, opened);
+    attacker_was_held_to_its_share(&d, attacker.opened);
+    burst_lands_whole(&d);
 }
 
 #[test]
@@ -190,7 +264,50 @@ fn slow_connections_of_one_uid_hold_only_its_share_of_the_slots() {
     let d = daemon();
     // One byte of the frame size each: every admitted connection wants a
     // serving slot and would keep it for the 30 s timeout.
-    let (_attacker, opened) = attack(&d, "x");
+    let attacker = attack(&d, "x");
     victim_is_served(&d, "served despite slow connections");
-    attacker_was_held_to_its_share(&d, opened);
+    attacker_was_held_to_its_share(&d, attacker.opened);
+    burst_lands_whole(&d);
+}
+
+#[test]
+#[ignore = "needs root: connects as a second uid through setpriv"]
+fn a_uid_over_its_share_has_whole_frames_read_and_silent_ones_closed() {
+    support::assert_root("connects as a second uid through setpriv");
+    let d = daemon();
+    let mut attacker = attack(&d, "");
+    assert_eq!(attacker.opened, ATTACK_CONNECTIONS);
+    // Over its share, the budget contended: a whole frame still lands.
+    let frame = encode_frame(&test_record("whole frame over the share"));
+    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+    for _ in 0..3 {
+        assert_eq!(attacker.ask(&d, &format!("frame {hex}")), "sent");
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || d
+            .spool_records()
+            .iter()
+            .filter(|r| r.payload == "whole frame over the share")
+            .count()
+            == 3),
+        "a whole frame of a uid over its share was not spooled; log:\n{}",
+        d.log()
+    );
+    // A silent one is closed within the probation (the socket timeout is
+    // 30 s here), spools nothing and is not logged per connection.
+    let records = d.spool_names().len();
+    for _ in 0..8 {
+        let answer = attacker.ask(&d, "silent");
+        let secs: f64 = answer
+            .strip_prefix("closed after ")
+            .unwrap_or_else(|| panic!("attacker: {answer}"))
+            .parse()
+            .unwrap();
+        assert!(
+            secs < 5.0,
+            "a silent connection over the share was kept {secs} s"
+        );
+    }
+    assert_eq!(d.spool_names().len(), records);
+    refusals_said_in_few_lines(&d);
 }

@@ -497,3 +497,93 @@ where
         .output()
         .unwrap()
 }
+
+/// Frames of one burst and how many client threads send them: what the
+/// issue that found native records lost measured with.
+pub const BURST_FRAMES: usize = 20_000;
+/// See [`BURST_FRAMES`].
+pub const BURST_CLIENTS: usize = 16;
+/// Records held, and room for all of a burst's (the default 5 MiB cap
+/// holds about 12,000 of these).
+pub const BURST_CONFIG: &str = "record_burst_limit = 0\nspool_max_size = 65536\n";
+
+/// What a burst sent.
+pub struct Burst {
+    /// The event id of every frame sent.
+    pub ids: Vec<String>,
+    /// When the first frame was written.
+    pub first_sent: Instant,
+}
+
+/// What libtelemetry does per record, as fast as `clients` threads can:
+/// connect (waiting while the backlog is full), write one whole frame,
+/// close; nothing read back. Payloads are `burst N`.
+pub fn burst(sock: &Path, clients: usize, frames: usize) -> Burst {
+    let first = std::sync::Arc::new(std::sync::OnceLock::new());
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let sock = sock.to_owned();
+            let first = first.clone();
+            std::thread::spawn(move || {
+                let mut r = test_record("");
+                let mut ids = Vec::new();
+                for i in (c..frames).step_by(clients) {
+                    r.payload = format!("burst {i}");
+                    let id = telem_core::record::random_id();
+                    r.headers.set(telem_core::record::Header::EventId, &id);
+                    let frame = telem_core::record::wire::encode_frame(&r);
+                    let mut s = UnixStream::connect(&sock).expect("connect");
+                    first.get_or_init(Instant::now);
+                    s.write_all(&frame).expect("write");
+                    ids.push(id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let ids = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    Burst {
+        ids,
+        first_sent: *first.get().expect("a frame was sent"),
+    }
+}
+
+/// Waits (up to two minutes) for `sent.len()` more records than `before`
+/// in the spool, then asserts that each sent event id is there exactly
+/// once.
+pub fn all_landed_once(d: &TestDaemon, sent: &[String], before: usize) {
+    let want = before + sent.len();
+    let landed = wait_until(Duration::from_secs(120), || d.spool_names().len() >= want);
+    let n = d.spool_names().len();
+    assert!(
+        landed && n == want,
+        "{} of {} records spooled; log tail:\n{}",
+        n - before.min(n),
+        sent.len(),
+        tail(&d.log(), 20)
+    );
+    let spooled = d.spool_records();
+    let mut got: Vec<&str> = spooled
+        .iter()
+        .map(|r| r.headers.get(telem_core::record::Header::EventId))
+        .collect();
+    got.sort_unstable();
+    let mut dup = got.clone();
+    dup.dedup();
+    assert_eq!(dup.len(), got.len(), "an event id was spooled twice");
+    for id in sent {
+        assert!(
+            got.binary_search(&id.as_str()).is_ok(),
+            "event id {id} was sent and not spooled"
+        );
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -124,13 +124,16 @@ pub struct SocketConfig {
     /// Milliseconds a native client has to deliver its whole frame.
     #[default(Bounded::new(10_000))]
     pub socket_timeout_ms: Bounded<100, 600_000>,
-    /// Native clients being read at once, a quarter of them at most for
-    /// one uid (a connection takes a slot when its first byte arrives);
-    /// more wait. The daemon keeps `max_connections` + 4096 connections
-    /// open (at most half its descriptor limit, whose soft value it raises
-    /// to the hard one); once half of those are taken, a uid holding over
-    /// a quarter has its new connections closed at once; beyond the total,
-    /// clients wait in the backlog.
+    /// Native clients whose frame was not whole when accepted, read at
+    /// once, a quarter of them at most for one uid (a connection takes a
+    /// slot when its first byte arrives); more wait. A whole frame is read
+    /// at once, whatever the uid. The daemon keeps `max_connections` +
+    /// 4096 connections open (at most half its descriptor limit, whose
+    /// soft value it raises to the hard one); once half of those are
+    /// taken, a uid holding over a quarter has its new connections closed
+    /// unless their frame is whole within a second; beyond the total, or
+    /// with 1024 records waiting for the disk, clients wait in the
+    /// backlog.
     #[default(Bounded::new(64))]
     pub max_connections: Bounded<1, 65_536>,
 }

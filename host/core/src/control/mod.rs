@@ -289,6 +289,10 @@ pub struct IngestCounts {
     pub spool_errors: u64,
     /// Native connections that sent too slowly and were dropped.
     pub timed_out: u64,
+    /// Native connections closed without a whole frame because their uid
+    /// held its share of connections open while the daemon was busy.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// The probes in numbers.

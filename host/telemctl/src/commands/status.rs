@@ -62,8 +62,12 @@ pub fn show(c: &Config, json: bool) -> anyhow::Result<()> {
     );
     let i = &s.ingest;
     println!(
-        "{:<16} accepted {}, invalid {}, not opted in {}, spool full {}, timed out {}",
-        "native/probes:", i.accepted, i.invalid, i.not_opted_in, i.spool_full, i.timed_out
+        "{:<16} accepted {}, invalid {}, not opted in {}, spool full {}, spool errors {}",
+        "records:", i.accepted, i.invalid, i.not_opted_in, i.spool_full, i.spool_errors
+    );
+    println!(
+        "{:<16} timed out {}, refused over their uid's share {}",
+        "native clients:", i.timed_out, i.refused
     );
     let p = &s.probes;
     println!(

@@ -3,6 +3,7 @@
 //! Native probes reach it through [`socket`]; WASM probes through the
 //! sandbox's `records.send`.
 
+mod shares;
 pub mod socket;
 
 use std::io;
@@ -54,6 +55,9 @@ pub struct IngestStats {
     pub spool_errors: AtomicU64,
     /// Native clients dropped for not sending a whole frame in time.
     pub timed_out: AtomicU64,
+    /// Native connections closed without a whole frame because their uid
+    /// held its share of connections open.
+    pub refused: AtomicU64,
 }
 
 impl IngestStats {
@@ -67,6 +71,7 @@ impl IngestStats {
             spool_full: r(&self.spool_full),
             spool_errors: r(&self.spool_errors),
             timed_out: r(&self.timed_out),
+            refused: r(&self.refused),
         }
     }
 
