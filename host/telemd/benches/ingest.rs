@@ -1,27 +1,33 @@
-//! Native ingest benchmark: records/s from the legacy socket into the
-//! durable spool, from 1 and from 16 concurrent clients, with `telemd`'s RSS
-//! idle and under load. Every record counts only once its file is visible
-//! in the spool (which happens after its fsync); the run fails if a single
-//! sent frame does not end up there.
+//! Native ingest benchmark: a burst of records over the legacy socket into
+//! the durable spool, as libtelemetry sends them (connect, write one
+//! frame, close; nothing read back), from 1, 16 and 64 client threads of
+//! one uid, as fast as they can, with no window. A record counts once its
+//! file appears in the spool under its name (inotify), which for `telemd`
+//! happens only after its fsync; the frame-to-spool latency of each record
+//! runs from its write to that moment. The run fails if a single frame
+//! sent is not in the spool.
+//!
+//! With `LEGACY_TELEMPROBD=/path/to/telemprobd` (the legacy daemon, built
+//! from clearlinux/telemetrics-client; see BENCHMARKS.md), the same
+//! clients send the same frames to it in the same run, alternating with
+//! `telemd`, for comparison. It writes each record once, without fsync.
 //!
 //! Run: `cargo bench -p telemd --bench ingest`
-//! (`-- --records N` to change the per-run count).
+//! (`-- --records N`, `-- --clients 1,16,64`, `-- --rounds R`).
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use telem_core::record::wire::{encode_frame, parse_frame};
-use telem_core::record::Header;
+use telem_core::record::{spool_file, Header};
 
 mod support;
-use support::{spooled, start_telemd as start_with, Daemon};
-
-fn start(root: &Path) -> Daemon {
-    start_with(root, "", true)
-}
+use support::{pct, start_telemd, Daemon};
 
 fn frame_template() -> telem_core::record::Record {
     let p = format!(
@@ -31,135 +37,363 @@ fn frame_template() -> telem_core::record::Record {
     parse_frame(&std::fs::read(p).expect("fixture")).expect("fixture parses")
 }
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
+fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| {
-            l.strip_prefix(field)
+            l.strip_prefix("VmRSS:")
                 .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
         })
         .unwrap_or(0)
 }
 
-/// Frames a bench client may have sent that are not yet in the spool.
-const WINDOW: u64 = 256;
+/// The daemon under test.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Which {
+    Telemd,
+    Legacy,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::Telemd => "telemd (fsync)",
+            Which::Legacy => "legacy telemprobd (no fsync)",
+        }
+    }
+}
+
+/// A daemon started for one run, killed when dropped.
+struct Running {
+    /// `telemd` (the support's daemon) or the legacy one.
+    process: Process,
+    socket: PathBuf,
+    spool: PathBuf,
+}
+
+enum Process {
+    Telemd(Daemon),
+    Legacy(Child),
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        match &self.process {
+            Process::Telemd(d) => d.child.id(),
+            Process::Legacy(c) => c.id(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Process::Legacy(c) = &mut self.process {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start(which: Which, root: &Path, legacy: Option<&OsString>) -> Running {
+    let process = match which {
+        Which::Telemd => Process::Telemd(start_telemd(root, "", true)),
+
+        Which::Legacy => {
+            let _ = std::fs::remove_dir_all(root);
+            std::fs::create_dir_all(root.join("spool")).unwrap();
+            let conf = root.join("telemetrics.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "[settings]\nsocket_path={0}/telem-0\nspool_dir={0}/spool\ndaemon_recycling_enabled=false\n",
+                    root.display()
+                ),
+            )
+            .unwrap();
+            let child = Command::new(legacy.expect("legacy path"))
+                .arg("-f")
+                .arg(&conf)
+                .env_remove("LISTEN_FDS")
+                .env_remove("LISTEN_PID")
+                .env_remove("LISTEN_FDNAMES")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn the legacy telemprobd");
+            let t = Instant::now();
+            while std::os::unix::net::UnixStream::connect(root.join("telem-0")).is_err() {
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "telemprobd did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Process::Legacy(child)
+        }
+    };
+    Running {
+        process,
+        socket: root.join("telem-0"),
+        spool: root.join("spool"),
+    }
+}
+
+/// Watches a spool directory and notes when each record file appears
+/// under its name: renamed into place (`telemd`) or closed after writing
+/// (the legacy daemon, which writes in place).
+struct Watcher {
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    count: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    fn start(dir: &Path) -> Watcher {
+        use rustix::fs::inotify;
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+            .expect("inotify");
+        inotify::add_watch(
+            &fd,
+            dir,
+            inotify::WatchFlags::MOVED_TO | inotify::WatchFlags::CLOSE_WRITE,
+        )
+        .expect("watch the spool");
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let count = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, count, done) = (seen.clone(), count.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![std::mem::MaybeUninit::uninit(); 1 << 20];
+                let mut reader = inotify::Reader::new(&fd, &mut buf);
+                while !done.load(Ordering::Relaxed) {
+                    match reader.next() {
+                        Ok(ev) => {
+                            let now = Instant::now();
+                            if ev.events().contains(inotify::ReadFlags::QUEUE_OVERFLOW) {
+                                panic!(
+                                    "inotify queue overflowed: raise fs.inotify.max_queued_events"
+                                );
+                            }
+                            let Some(name) = ev.file_name() else { continue };
+                            let name = name.to_string_lossy().into_owned();
+                            if name.starts_with('.') {
+                                continue;
+                            }
+                            if seen.lock().unwrap().insert(name, now).is_none() {
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(rustix::io::Errno::AGAIN) => {
+                            std::thread::sleep(Duration::from_micros(200))
+                        }
+                        Err(e) => panic!("inotify read: {e}"),
+                    }
+                }
+            })
+        };
+        Watcher {
+            seen,
+            count,
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed) as usize
+    }
+
+    fn stop(mut self) -> HashMap<String, Instant> {
+        self.done.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
 
 struct RunResult {
+    which: Which,
     clients: usize,
     records: usize,
     secs: f64,
     lost: usize,
+    p50: Duration,
+    p99: Duration,
     peak_rss: u64,
 }
 
-/// Lets write-back and discards of earlier runs finish so they don't bill
-/// this one.
-fn settle() {
-    let _ = Command::new("sync").status();
-    std::thread::sleep(Duration::from_secs(5));
+impl RunResult {
+    fn rate(&self) -> f64 {
+        (self.records - self.lost) as f64 / self.secs
+    }
 }
 
-fn run(root: &Path, clients: usize, records: usize) -> RunResult {
+/// User and system CPU time a process has used, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which ends with the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at 3.
+    let hz = rustix::param::clock_ticks_per_second() as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// Lets write-back of earlier runs finish so it doesn't bill this one.
+fn settle() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(3));
+}
+
+fn run(
+    which: Which,
+    root: &Path,
+    legacy: Option<&OsString>,
+    clients: usize,
+    records: usize,
+) -> RunResult {
     settle();
-    let d = start(root);
-    let pid = d.child.id();
-    let sock = d.root.join("telem-0");
-    let spool = d.root.join("spool");
+    let d = start(which, root, legacy);
+    let pid = d.pid();
+    let watcher = Watcher::start(&d.spool);
     let per = records / clients;
     let total = per * clients;
     let peak = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
+    let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
+        let (peak, sampling) = (peak.clone(), sampling.clone());
         std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kib(pid, "VmRSS:"), Ordering::Relaxed);
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
-    // Clients stop sending while more than WINDOW of their frames are not
-    // yet in the spool: every native connection is from this one uid, and
-    // the daemon sheds a single uid's flood beyond its share (SECURITY.md),
-    // which is not what this measures.
-    let sent = Arc::new(AtomicU64::new(0));
-    let stored = Arc::new(AtomicU64::new(0));
-    let counter = {
-        let (stored, done, spool) = (stored.clone(), done.clone(), spool.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                stored.store(spooled(&spool) as u64, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(2));
             }
         })
     };
     let start = Instant::now();
     let threads: Vec<_> = (0..clients)
         .map(|c| {
-            let sock = sock.clone();
-            let (sent, stored) = (sent.clone(), stored.clone());
+            let sock = d.socket.clone();
             std::thread::spawn(move || {
                 let mut r = frame_template();
+                let mut sent = Vec::with_capacity(per);
                 for i in 0..per {
-                    while sent.load(Ordering::Relaxed) > stored.load(Ordering::Relaxed) + WINDOW {
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
                     r.payload = format!("client {c} record {i}");
-                    r.headers
-                        .set(Header::EventId, telem_core::record::random_id());
+                    let id = telem_core::record::random_id();
+                    r.headers.set(Header::EventId, &id);
+                    let frame = encode_frame(&r);
                     let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
-                    std::io::Write::write_all(&mut s, &encode_frame(&r)).expect("send");
-                    sent.fetch_add(1, Ordering::Relaxed);
+                    std::io::Write::write_all(&mut s, &frame).expect("send");
+                    drop(s);
+                    sent.push((id, Instant::now()));
                 }
+                sent
             })
         })
         .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    let sent: HashMap<String, Instant> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     let sent_after = start.elapsed().as_secs_f64();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut n = spooled(&spool);
-    while n < total && Instant::now() < deadline {
+    // Done when all are there, or nothing new came for 10 s.
+    let mut last = (watcher.count(), Instant::now());
+    while watcher.count() < total && last.1.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(2));
-        n = spooled(&spool);
+        let n = watcher.count();
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
     }
-    let secs = start.elapsed().as_secs_f64();
-    eprintln!(
-        "{clients} clients: all frames sent after {sent_after:.2}s, all spooled after {secs:.2}s"
-    );
-    done.store(true, Ordering::Relaxed);
+    sampling.store(false, Ordering::Relaxed);
     sampler.join().unwrap();
-    counter.join().unwrap();
+    let cpu = cpu_secs(pid);
+    let seen = watcher.stop();
+    drop(d);
+    let end = seen.values().max().copied().unwrap_or(start);
+    let secs = end.duration_since(start).as_secs_f64();
+    let mut latencies = Vec::with_capacity(seen.len());
+    for (name, at) in &seen {
+        let Ok(bytes) = std::fs::read(root.join("spool").join(name)) else {
+            continue;
+        };
+        let Ok(rec) = spool_file::decode(&bytes) else {
+            continue;
+        };
+        if let Some(t) = sent.get(rec.headers.get(Header::EventId)) {
+            latencies.push(at.saturating_duration_since(*t));
+        }
+    }
+    let lost = total - latencies.len().min(total);
+    eprintln!(
+        "{}, {clients} clients: all frames sent after {sent_after:.2}s, last spooled after {secs:.2}s, {lost} lost, daemon CPU {cpu:.2}s",
+        which.name()
+    );
+    let (p50, p99) = if latencies.is_empty() {
+        (Duration::ZERO, Duration::ZERO)
+    } else {
+        (pct(&mut latencies, 0.5), pct(&mut latencies, 0.99))
+    };
+    // Not removed until the whole bench ends: on ext4 without a journal
+    // (this VM's disk), allocating an inode skips the recently deleted
+    // ones, reading each one's inode, so 20,000 files deleted just before
+    // a run would bill it several times its own cost.
     RunResult {
+        which,
         clients,
         records: total,
         secs,
-        lost: total - n.min(total),
+        lost,
+        p50,
+        p99,
         peak_rss: peak.load(Ordering::Relaxed),
     }
 }
 
 fn main() {
     let mut records = 20_000usize;
+    let mut clients = vec![1usize, 16, 64];
+    let mut rounds = 3usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--records" {
-            records = args
-                .next()
-                .and_then(|v| v.parse().ok())
-                .expect("--records N");
+        match a.as_str() {
+            "--records" => {
+                records = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--records N")
+            }
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--rounds R")
+            }
+            "--clients" => {
+                clients = args
+                    .next()
+                    .expect("--clients N,N")
+                    .split(',')
+                    .map(|n| n.parse().expect("--clients N,N"))
+                    .collect()
+            }
+            _ => {}
         }
+    }
+    let legacy = std::env::var_os("LEGACY_TELEMPROBD");
+    let mut daemons = vec![Which::Telemd];
+    if legacy.is_some() {
+        daemons.push(Which::Legacy);
     }
     // On the project's disk, not tmpfs: the fsyncs are the point.
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-ingest");
     let _ = std::fs::remove_dir_all(&base);
 
     let idle = {
-        let d = start(&base.join("idle"));
+        let d = start_telemd(&base.join("idle"), "", true);
         std::thread::sleep(Duration::from_secs(1));
-        rss_kib(d.child.id(), "VmRSS:")
+        rss_kib(d.child.id())
     };
     println!("telemd idle RSS, no probes: {idle} KiB");
     // And with the hello probe loaded (if probes-wasm is built).
@@ -169,7 +403,7 @@ fn main() {
         let root = base.join("idle-hello");
         std::fs::create_dir_all(root.join("probes")).unwrap();
         std::fs::copy(&hello, root.join("probes/hello.wasm")).unwrap();
-        let d = start_with(
+        let d = start_telemd(
             &root,
             &format!("probes_dirs = [\"{}/probes\"]\n", root.display()),
             false,
@@ -177,44 +411,53 @@ fn main() {
         std::thread::sleep(Duration::from_secs(3));
         println!(
             "telemd idle RSS, hello loaded (after its start-up run): {} KiB",
-            rss_kib(d.child.id(), "VmRSS:")
+            rss_kib(d.child.id())
         );
     }
-    println!();
-    println!("| clients | records | seconds (median) | records/s (median) | lost (all runs) | peak RSS (KiB) |");
-    println!("|--------:|--------:|--------:|----------:|-----:|---------------:|");
-    // Three rounds, alternating, median reported: this VM's disk swings
-    // by 2x between runs (write-back and discards of earlier runs).
-    let mut failed = false;
-    let mut results: Vec<Vec<RunResult>> = vec![Vec::new(), Vec::new()];
-    for round in 0..3 {
-        for (k, clients) in [1usize, 16].into_iter().enumerate() {
-            let r = run(&base.join(format!("c{clients}-{round}")), clients, records);
-            failed |= r.lost > 0;
-            results[k].push(r);
+
+    // Rounds alternate daemons and client counts, and the median is
+    // reported with every run: this VM's disk swings by 2x between runs.
+    let mut results: Vec<RunResult> = Vec::new();
+    for round in 0..rounds {
+        for &c in &clients {
+            for &which in &daemons {
+                let root = base.join(format!("{which:?}-c{c}-{round}"));
+                results.push(run(which, &root, legacy.as_ref(), c, records));
+            }
         }
     }
-    for mut rs in results {
-        rs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
-        let rates: Vec<String> = rs
-            .iter()
-            .map(|r| format!("{:.0}", r.records as f64 / r.secs))
-            .collect();
-        let r = &rs[1];
-        println!(
-            "| {} | {} | {:.2} | {:.0} (runs: {}) | {} | {} |",
-            r.clients,
-            r.records,
-            r.secs,
-            r.records as f64 / r.secs,
-            rates.join(", "),
-            rs.iter().map(|r| r.lost).sum::<usize>(),
-            r.peak_rss
-        );
+    println!();
+    println!("| daemon | clients | records | records/s (median) | runs | lost (all runs) | p50 frame-to-spool | p99 | peak RSS (KiB) |");
+    println!("|---|--:|--:|--:|---|--:|--:|--:|--:|");
+    let mut failed = false;
+    for &c in &clients {
+        for &which in &daemons {
+            let mut rs: Vec<&RunResult> = results
+                .iter()
+                .filter(|r| r.which == which && r.clients == c)
+                .collect();
+            rs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+            let runs: Vec<String> = rs.iter().map(|r| format!("{:.0}", r.rate())).collect();
+            let lost: usize = rs.iter().map(|r| r.lost).sum();
+            failed |= which == Which::Telemd && lost > 0;
+            let m = rs[rs.len() / 2];
+            println!(
+                "| {} | {} | {} | {:.0} | {} | {} | {:.1} ms | {:.1} ms | {} |",
+                which.name(),
+                m.clients,
+                m.records,
+                m.rate(),
+                runs.join(", "),
+                lost,
+                m.p50.as_secs_f64() * 1e3,
+                m.p99.as_secs_f64() * 1e3,
+                m.peak_rss
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&base);
     if failed {
-        eprintln!("records were lost");
+        eprintln!("telemd lost records");
         std::process::exit(1);
     }
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::unix::net::UnixListener;
 use thiserror::Error;
-use tokio::net::UnixListener;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
@@ -163,6 +163,8 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
         timeout: Duration::from_millis(config.socket.socket_timeout_ms.get()),
         max_connections: config.socket.max_connections.get() as usize,
     };
+    let listener = socket::NativeListener::new(listener)
+        .map_err(ctx(|| "cannot watch the native socket".into()))?;
     let native = tokio::spawn(socket::serve(
         listener,
         ingest.clone(),
@@ -272,13 +274,8 @@ fn native_listener(
         .or_else(|| (fds.len() == 1).then_some(0));
     if let Some(i) = pick {
         let fd = fds.swap_remove(i);
-        let std_listener = std::os::unix::net::UnixListener::from(fd.fd);
-        std_listener
-            .set_nonblocking(true)
-            .map_err(ctx(|| "passed socket".into()))?;
-        let l = UnixListener::from_std(std_listener).map_err(ctx(|| "passed socket".into()))?;
         info!("using the native socket passed by systemd");
-        return Ok((l, None));
+        return Ok((UnixListener::from(fd.fd), None));
     }
     let path: &Path = &config.socket_path;
     let l = socket::bind(path, config.socket_mode.bits())

@@ -131,16 +131,50 @@ impl Ingest {
     /// Accepts a record from a native (libtelemetry) probe. Its own metadata
     /// headers are kept, as the legacy daemon did, but checked; the machine
     /// id is always the daemon's.
-    pub async fn submit_native(&self, mut record: Record) -> Result<String, IngestError> {
-        let result = async {
-            self.check_opt_in()?;
-            self.stamp_machine_id(&mut record)?;
-            record.validate()?;
-            Ok(self.spool.store(&record).await?)
+    pub async fn submit_native(&self, record: Record) -> Result<String, IngestError> {
+        self.submit_natives(vec![record])
+            .await
+            .pop()
+            .expect("one result per record")
+    }
+
+    /// [`Ingest::submit_native`] for records that arrived together: each is
+    /// checked and refused on its own, and those that pass go to the spool
+    /// in one hand-over. One result per record, in order.
+    pub async fn submit_natives(&self, records: Vec<Record>) -> Vec<Result<String, IngestError>> {
+        let opted_in = self.opt_in_file.exists();
+        let mut results: Vec<Option<Result<String, IngestError>>> =
+            Vec::with_capacity(records.len());
+        let mut valid = Vec::with_capacity(records.len());
+        let mut places = Vec::with_capacity(records.len());
+        for mut record in records {
+            let checked = if opted_in {
+                self.stamp_machine_id(&mut record)
+                    .and_then(|()| Ok(record.validate()?))
+            } else {
+                Err(IngestError::NotOptedIn(self.opt_in_file.clone()))
+            };
+            match checked {
+                Ok(()) => {
+                    places.push(results.len());
+                    valid.push(record);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
         }
-        .await;
-        self.stats.count(&result);
-        result
+        let stored = self.spool.store_all(&valid).await;
+        for (i, r) in places.into_iter().zip(stored) {
+            results[i] = Some(r.map_err(IngestError::from));
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                let r = r.expect("every record answered");
+                self.stats.count(&r);
+                r
+            })
+            .collect()
     }
 
     /// Accepts a record from a sandboxed probe: every host-owned header

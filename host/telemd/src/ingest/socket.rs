@@ -28,9 +28,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener as StdUnixListener;
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
-use tokio::net::{UnixListener, UnixStream};
+
+use tokio::io::unix::AsyncFd;
+use tokio::net::UnixStream;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -55,7 +59,7 @@ fn fd_limit() -> Option<u64> {
 /// Binds the native socket at `path` with permission bits `mode`,
 /// replacing a stale socket left by a previous run (but never another kind
 /// of file).
-pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
+pub fn bind(path: &Path, mode: u32) -> io::Result<StdUnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
         Ok(_) => {
@@ -73,10 +77,7 @@ pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     sock.bind(&socket2::SockAddr::unix(path)?)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     sock.listen(LISTEN_BACKLOG)?;
-    sock.set_nonblocking(true)?;
-    UnixListener::from_std(std::os::unix::net::UnixListener::from(
-        std::os::fd::OwnedFd::from(sock),
-    ))
+    Ok(StdUnixListener::from(std::os::fd::OwnedFd::from(sock)))
 }
 
 /// Why a connection produced no record.
@@ -161,12 +162,12 @@ enum Ready {
 
 /// Reads what of the frame is already in the socket buffer, without
 /// waiting; `scratch` holds at least one frame.
-fn read_ready(stream: &UnixStream, frame: &mut FrameBuf, scratch: &mut [u8]) -> Ready {
+fn read_ready(stream: impl AsFd, frame: &mut FrameBuf, scratch: &mut [u8]) -> Ready {
     use rustix::io::Errno;
     use rustix::net::{recv, RecvFlags};
     loop {
         let want = frame.room().min(scratch.len());
-        match recv(stream, &mut scratch[..want], RecvFlags::DONTWAIT).map(|(n, _)| n) {
+        match recv(&stream, &mut scratch[..want], RecvFlags::DONTWAIT).map(|(n, _)| n) {
             Ok(0) if frame.is_empty() => return Ready::Closed,
             Ok(0) => return Ready::Failed(frame.truncated()),
             Ok(n) => {
@@ -187,12 +188,60 @@ fn read_ready(stream: &UnixStream, frame: &mut FrameBuf, scratch: &mut [u8]) -> 
     }
 }
 
+/// The peer's uid and pid (`SO_PEERCRED`), if they can be read.
+fn peer(stream: impl AsFd) -> (Option<u32>, Option<i32>) {
+    match rustix::net::sockopt::socket_peercred(stream) {
+        Ok(c) => (Some(c.uid.as_raw()), Some(c.pid.as_raw_nonzero().get())),
+        Err(_) => (None, None),
+    }
+}
+
+/// The native socket, watched by the runtime's reactor for connections
+/// only (never the connections themselves, until one needs waiting for).
+pub struct NativeListener(AsyncFd<StdUnixListener>);
+
+impl NativeListener {
+    /// Registers a bound, listening socket (from [`bind`] or systemd).
+    /// Needs the runtime.
+    pub fn new(listener: StdUnixListener) -> io::Result<NativeListener> {
+        listener.set_nonblocking(true)?;
+        // SAFETY: the listener owns its descriptor, and nothing closes or
+        // replaces it while the AsyncFd holds it (it is never taken back
+        // out).
+        let fd =
+            unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)? };
+        Ok(NativeListener(fd))
+    }
+}
+
+/// Accepts one connection without waiting, non-blocking and
+/// close-on-exec; `None` when the backlog is empty.
+fn accept_ready(listener: &NativeListener) -> Option<io::Result<OwnedFd>> {
+    use rustix::net::{acceptfrom_with, SocketFlags};
+    loop {
+        return match acceptfrom_with(
+            listener.0.get_ref(),
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        ) {
+            Ok((fd, _)) => Some(Ok(fd)),
+            Err(rustix::io::Errno::AGAIN) => None,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
+            Err(e) => Some(Err(e.into())),
+        };
+    }
+}
+
 /// Serves native clients until `shutdown` turns true, then waits for the
 /// connections being read (each bounded by the timeout) and the records
 /// read to be spooled; connections still waiting for data or a slot are
 /// closed, as the backlog's would be.
+///
+/// A connection is accepted with a plain `accept4` and its frame read
+/// with `recv(MSG_DONTWAIT)`; only one whose frame is not whole yet is
+/// handed to the runtime's reactor: most connections cost no epoll
+/// registration.
 pub async fn serve(
-    listener: UnixListener,
+    listener: NativeListener,
     ingest: Arc<Ingest>,
     opts: NativeSocketOptions,
     mut shutdown: watch::Receiver<bool>,
@@ -211,7 +260,15 @@ pub async fn serve(
     let open = Arc::new(Semaphore::new(caps.total));
     let mut scratch = vec![0u8; MAX_FRAME_SIZE as usize];
     let mut conns = JoinSet::new();
-    loop {
+    let ctx = Listening {
+        shares,
+        pending: pending.clone(),
+        open: open.clone(),
+        shutdown: shutdown.clone(),
+    };
+    // Records read since the last hand-over to the spool, with their room.
+    let mut batch = Vec::new();
+    'serving: loop {
         while conns.try_join_next().is_some() {}
         // Room for the record first: while the spool is behind, clients
         // wait in the backlog rather than in the daemon.
@@ -225,63 +282,164 @@ pub async fn serve(
             p = open.clone().acquire_owned() => p.expect("semaphore never closed"),
             _ = shutdown.wait_for(|s| *s) => break,
         };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!("native socket accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+        let mut ready = loop {
+            let mut ready = tokio::select! {
+                r = listener.0.readable() => match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Only if the reactor itself is gone.
+                        warn!("native socket: cannot wait for connections: {e}");
+                        break 'serving;
+                    }
+                },
+                _ = shutdown.wait_for(|s| *s) => break 'serving,
+            };
+            match accept_ready(&listener) {
+                Some(Ok(fd)) => {
+                    take(
+                        fd,
+                        intake,
+                        place,
+                        &mut batch,
+                        &mut scratch,
+                        &ctx,
+                        &mut conns,
+                    );
+                    break ready;
+                }
+                Some(Err(e)) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!("native socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                None => ready.clear_ready(),
             }
         };
-        let cred = stream.peer_cred().ok();
-        let uid = cred.as_ref().map(|c| c.uid());
-        let pid = cred.as_ref().and_then(|c| c.pid());
-        let mut frame = FrameBuf::default();
-        match read_ready(&stream, &mut frame, &mut scratch) {
-            Ready::Record(record) => {
-                drop(stream);
-                drop(place);
-                conns.spawn(submit(shares.clone(), *record, uid, pid, intake));
-            }
-            Ready::Closed => debug!(?uid, ?pid, "native client closed without sending anything"),
-            Ready::Failed(e) => shares.rejected(uid, pid, &e),
-            Ready::Partial => {
-                drop(intake);
-                let started = Instant::now();
-                if let Some(admission) = shares.admit(uid, place, open.available_permits()) {
-                    conns.spawn(read_slowly(
-                        stream,
-                        frame,
-                        admission,
-                        pid,
-                        pending.clone(),
-                        shutdown.clone(),
-                    ));
-                } else if let Some(probation) = shares.probation() {
-                    conns.spawn(on_probation(
-                        stream,
-                        frame,
-                        (uid, pid),
-                        started,
-                        probation,
-                        shares.clone(),
-                        pending.clone(),
-                    ));
-                } else {
-                    // Nothing whole was sent, so nothing is lost: a client
-                    // still about to write gets EPIPE.
-                    drop(stream);
-                    shares.refused(uid, pid);
+        // Whatever else is waiting in the backlog, without waiting, while
+        // there is room: the records go to the spool in one hand-over.
+        while batch.len() < MAX_BATCH {
+            let (Ok(intake), Ok(place)) = (
+                pending.clone().try_acquire_owned(),
+                open.clone().try_acquire_owned(),
+            ) else {
+                break;
+            };
+            match accept_ready(&listener) {
+                Some(Ok(fd)) => take(
+                    fd,
+                    intake,
+                    place,
+                    &mut batch,
+                    &mut scratch,
+                    &ctx,
+                    &mut conns,
+                ),
+                Some(Err(e)) => {
+                    warn!("native socket accept failed: {e}");
+                    break;
+                }
+                None => {
+                    ready.clear_ready();
+                    break;
                 }
             }
         }
+        if !batch.is_empty() {
+            conns.spawn(submit(ctx.shares.clone(), std::mem::take(&mut batch)));
+        }
     }
     while conns.join_next().await.is_some() {}
+}
+
+/// Most records handed to the spool at once by the accept loop.
+const MAX_BATCH: usize = 64;
+
+/// A whole record read from a client, waiting for its hand-over to the
+/// spool: its room among the pending records, and who sent it.
+struct Taken {
+    record: Record,
+    uid: Option<u32>,
+    pid: Option<i32>,
+    intake: OwnedSemaphorePermit,
+}
+
+/// What the accept loop hands to each connection it takes.
+struct Listening {
+    shares: Arc<Shares>,
+    pending: Arc<Semaphore>,
+    open: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Takes an accepted connection: its frame read at once if whole (into
+/// `batch`), else handed to a task that waits for it within its uid's
+/// share (or on probation), else closed and counted.
+fn take(
+    fd: OwnedFd,
+    intake: OwnedSemaphorePermit,
+    place: OwnedSemaphorePermit,
+    batch: &mut Vec<Taken>,
+    scratch: &mut [u8],
+    ctx: &Listening,
+    conns: &mut JoinSet<()>,
+) {
+    let shares = &ctx.shares;
+    let mut frame = FrameBuf::default();
+    let ready = read_ready(&fd, &mut frame, scratch);
+    let (uid, pid) = peer(&fd);
+    match ready {
+        Ready::Record(record) => {
+            drop(fd);
+            drop(place);
+            batch.push(Taken {
+                record: *record,
+                uid,
+                pid,
+                intake,
+            });
+        }
+        Ready::Closed => debug!(?uid, ?pid, "native client closed without sending anything"),
+        Ready::Failed(e) => shares.rejected(uid, pid, &e),
+        Ready::Partial => {
+            drop(intake);
+            let started = Instant::now();
+            let stream = match UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)) {
+                Ok(s) => s,
+                Err(e) => {
+                    // The reactor is out of room: said, and counted as
+                    // unread, as a connection of a full backlog would be.
+                    warn!("cannot watch a native connection: {e}");
+                    shares.refused(uid, pid);
+                    return;
+                }
+            };
+            if let Some(admission) = shares.admit(uid, place, ctx.open.available_permits()) {
+                conns.spawn(read_slowly(
+                    stream,
+                    frame,
+                    admission,
+                    pid,
+                    ctx.pending.clone(),
+                    ctx.shutdown.clone(),
+                ));
+            } else if let Some(probation) = shares.probation() {
+                conns.spawn(on_probation(
+                    stream,
+                    frame,
+                    (uid, pid),
+                    started,
+                    probation,
+                    shares.clone(),
+                    ctx.pending.clone(),
+                ));
+            } else {
+                // Nothing whole was sent, so nothing is lost: a client
+                // still about to write gets EPIPE.
+                drop(stream);
+                shares.refused(uid, pid);
+            }
+        }
+    }
 }
 
 /// A connection of a uid within its share whose frame was not whole when
@@ -337,7 +495,13 @@ async fn read_slowly(
         .await
         .expect("semaphore never closed");
     drop(admission);
-    submit(shares, record, uid, pid, intake).await
+    let taken = Taken {
+        record,
+        uid,
+        pid,
+        intake,
+    };
+    submit(shares, vec![taken]).await
 }
 
 /// A connection of a uid over its share (the budget contended) whose frame
@@ -370,27 +534,42 @@ async fn on_probation(
                 .acquire_owned()
                 .await
                 .expect("semaphore never closed");
-            submit(shares, record, uid, pid, intake).await
+            let taken = Taken {
+                record,
+                uid,
+                pid,
+                intake,
+            };
+            submit(shares, vec![taken]).await
         }
     }
 }
 
-/// Hands a record read from a client to the ingest path; `_intake` is its
-/// room among the records waiting for the spool, given back once stored.
-async fn submit(
-    shares: Arc<Shares>,
-    record: Record,
-    uid: Option<u32>,
-    pid: Option<i32>,
-    _intake: OwnedSemaphorePermit,
-) {
-    let classification = telem_core::untrusted::escape(
-        record.headers.get(Header::Classification),
-        telem_core::untrusted::FIELD_CAP,
-    );
-    match shares.ingest.submit_native(record).await {
-        Ok(id) => debug!(record_id = %id, %classification, ?uid, ?pid, "native record spooled"),
-        Err(e) => shares.record_refused(uid, pid, &classification, &e),
+/// Hands records read from clients to the ingest path in one go; each
+/// one's room among the pending records is given back once it is stored
+/// or refused.
+async fn submit(shares: Arc<Shares>, batch: Vec<Taken>) {
+    let (records, senders): (Vec<Record>, Vec<_>) = batch
+        .into_iter()
+        .map(|t| (t.record, (t.uid, t.pid, t.intake)))
+        .unzip();
+    let classifications: Vec<String> = records
+        .iter()
+        .map(|r| {
+            telem_core::untrusted::escape(
+                r.headers.get(Header::Classification),
+                telem_core::untrusted::FIELD_CAP,
+            )
+        })
+        .collect();
+    let results = shares.ingest.submit_natives(records).await;
+    for ((result, (uid, pid, _intake)), classification) in
+        results.into_iter().zip(senders).zip(classifications)
+    {
+        match result {
+            Ok(id) => debug!(record_id = %id, %classification, ?uid, ?pid, "native record spooled"),
+            Err(e) => shares.record_refused(uid, pid, &classification, &e),
+        }
     }
 }
 
