@@ -497,3 +497,48 @@ fn a_burst_of_one_uid_loses_nothing() {
     assert_eq!(s.ingest.accepted, BURST_FRAMES as u64);
     assert_eq!(s.ingest.refused, 0);
 }
+
+#[test]
+fn a_second_daemon_on_the_same_state_directory_refuses_and_the_first_keeps_serving() {
+    let mut first = TestDaemon::start(HOLD);
+    let pid = first.pid();
+    let log = first.path("second.log");
+    let mut second = KillOnDrop(
+        std::process::Command::new(TELEMD)
+            .arg("-f")
+            .arg(&first.config_path)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let exited = wait_until(Duration::from_secs(20), || {
+        matches!(second.0.try_wait(), Ok(Some(_)))
+    });
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(exited, "the second daemon kept running: {err}");
+    assert!(!second.0.wait().unwrap().success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another telemd (pid {pid}) is running on the state directory"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("telemd ready"), "{err}");
+    // The first still has its sockets and serves both.
+    send_raw(
+        &first.socket(),
+        &valid_frame("after the second one gave up"),
+    );
+    assert_eq!(
+        first.wait_spool(1)[0].payload,
+        "after the second one gave up"
+    );
+    assert!(status(&first).ingest.accepted == 1);
+    // Killed without a chance to clean up, it leaves nothing that keeps
+    // the next one from starting.
+    first.kill9();
+    first.spawn_with(std::process::Command::new(TELEMD));
+    send_raw(&first.socket(), &valid_frame("after a kill -9"));
+    assert_eq!(first.wait_spool(2).len(), 2);
+}

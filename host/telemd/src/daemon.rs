@@ -41,6 +41,9 @@ pub enum DaemonError {
     /// The collector client could not be set up (bad `cainfo`).
     #[error("{0}")]
     Poster(#[from] PosterError),
+    /// Another daemon runs on the same state directory.
+    #[error(transparent)]
+    Locked(#[from] crate::state_lock::LockError),
 }
 
 fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> DaemonError {
@@ -65,6 +68,9 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     ] {
         std::fs::create_dir_all(dir).map_err(ctx(|| format!("cannot create {}", dir.display())))?;
     }
+    // Before anything is opened, bound or cleaned up: held until this
+    // function returns.
+    let _state_lock = crate::state_lock::StateLock::acquire(&config.host.state_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metadata = HostMetadata::collect(&config.host.metadata_root);
     let cap = config

@@ -15,5 +15,6 @@ pub mod delivery;
 pub mod ingest;
 pub mod sources;
 pub mod spool;
+pub mod state_lock;
 pub mod supervisor;
 pub mod systemd;
