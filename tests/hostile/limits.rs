@@ -122,6 +122,56 @@ fn invalid_records_do_not_use_up_the_hourly_allowance() {
     );
 }
 
+/// A run of `sandbox-test flood 1` that the hourly budget refused.
+fn refused_by_the_budget(d: &TestDaemon, when: &str) {
+    let v = run(d, "sandbox-test", &["flood", "1"]);
+    assert!(
+        v.as_ref().err().is_some_and(|e| e.contains("RateLimited")),
+        "{when}: the budget was handed out again: {v:?}"
+    );
+}
+
+#[test]
+fn the_hourly_budget_is_not_renewed_by_reload_enable_or_restart() {
+    let mut d = daemon_with(
+        &["sandbox_test"],
+        &format!(
+            "{HOLD}[probes.sandbox-test]\nclassifications = [\"org.example/test/*\"]\nmax_records_per_hour = 4\n"
+        ),
+    );
+    assert!(run(&d, "sandbox-test", &["flood", "3"]).is_ok());
+    assert!(call(&d, &Request::Reload).is_ok());
+    assert!(
+        run(&d, "sandbox-test", &["flood", "1"]).is_ok(),
+        "the fourth"
+    );
+    refused_by_the_budget(&d, "at the cap");
+    assert!(call(&d, &Request::Reload).is_ok());
+    refused_by_the_budget(&d, "after a reload");
+    let probe = "sandbox-test".to_owned();
+    act(
+        &d,
+        &Request::Disable {
+            probe: probe.clone(),
+        },
+    )
+    .unwrap();
+    act(&d, &Request::Enable { probe }).unwrap();
+    refused_by_the_budget(&d, "after disable and enable");
+    d.stop();
+    d.spawn_with(std::process::Command::new(TELEMD));
+    refused_by_the_budget(&d, "after a restart");
+    d.kill9();
+    d.spawn_with(std::process::Command::new(TELEMD));
+    refused_by_the_budget(&d, "after a kill -9 and a start");
+    let floods = d
+        .spool_records()
+        .iter()
+        .filter(|r| r.payload.starts_with("flood "))
+        .count();
+    assert_eq!(floods, 4, "records spooled in the hour");
+}
+
 #[test]
 fn a_component_too_big_to_compile_safely_is_refused_before_compiling() {
     // One straight-line function of ~1.5 MB: Cranelift needed close to

@@ -2,11 +2,11 @@
 //! component, building each call's store from the probe's grant, and
 //! running a call under its deadline.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use telem_core::grants::{Grant, HostRules, Request};
 use thiserror::Error;
@@ -20,6 +20,7 @@ use crate::file_views::FileViews;
 use crate::host_records::Sink;
 use crate::probe::{CallError, LoadedProbe};
 use crate::probe_log::{escape, probe_log_limit, FIELD_CAP};
+use crate::record_budget::RecordBudget;
 use crate::state_store::StateStore;
 use crate::store::HostState;
 use crate::{cache, file_views, grants, shape};
@@ -67,6 +68,7 @@ impl SandboxOptions {
 struct PerName {
     state: Arc<Mutex<StateStore>>,
     call_lock: Arc<tokio::sync::Mutex<()>>,
+    budget: Arc<Mutex<RecordBudget>>,
 }
 
 /// A directory shown to one call beyond the probe's grant.
@@ -397,6 +399,11 @@ impl Sandbox {
                     &manifest.name,
                 ))),
                 call_lock: Arc::new(tokio::sync::Mutex::new(())),
+                budget: Arc::new(Mutex::new(RecordBudget::load(
+                    &self.options.state_dir,
+                    &manifest.name,
+                    SystemTime::now(),
+                ))),
             })
             .clone();
         Ok(LoadedProbe {
@@ -410,7 +417,7 @@ impl Sandbox {
             grant,
             pre,
             stats: Mutex::new(ProbeStats::default()),
-            sends: Mutex::new(VecDeque::new()),
+            budget: shared.budget,
             log_gate: Mutex::new(probe_log_limit()),
         })
     }
@@ -594,6 +601,9 @@ impl Sandbox {
         let state_writes = store.data_mut().state.take();
         drop(store);
         drop(views);
+        // What the call spent of the hourly budget was appended to its file
+        // at each send; it is made durable once per call, not per record.
+        probe.budget.lock().expect("budget lock").sync();
         for (stream, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
             let bytes = pipe.contents();
             if !bytes.is_empty() {
@@ -637,10 +647,7 @@ impl Sandbox {
             // again is not refused for its own earlier tries.
             if let Some((_, held)) = staged {
                 let n = held.lock().expect("staged lock").len();
-                let mut sends = probe.sends.lock().expect("sends lock");
-                for _ in 0..n {
-                    sends.pop_back();
-                }
+                probe.budget.lock().expect("budget lock").give_back(n);
             }
             return Err(e);
         }

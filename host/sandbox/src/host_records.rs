@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Instant, SystemTime};
 
 use telem_core::control::Captured;
 use telem_core::record::{random_id, Record};
@@ -92,19 +92,13 @@ async fn send_record(
     // Invalid records are refused before they count against the hourly
     // budget: a probe's mistakes must not use up its allowance.
     check_probe_record(&r).map_err(|e| SendError::Invalid(escape(&e.to_string(), FIELD_CAP)))?;
-    {
-        let mut sends = probe.sends.lock().expect("sends lock");
-        let now = Instant::now();
-        while sends
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(3600))
-        {
-            sends.pop_front();
-        }
-        if sends.len() >= probe.grant.max_records_per_hour as usize {
-            return Err(SendError::RateLimited);
-        }
-        sends.push_back(now);
+    let spent = probe
+        .budget
+        .lock()
+        .expect("budget lock")
+        .try_spend(SystemTime::now(), probe.grant.max_records_per_hour);
+    if !spent {
+        return Err(SendError::RateLimited);
     }
     let severity = r.severity;
     let record = Record::from_probe(

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod offline;
 mod probe;
 pub mod probe_log;
+pub mod record_budget;
 pub mod shape;
 pub mod state_store;
 mod store;

@@ -1,9 +1,7 @@
 //! A loaded probe and why a call of it failed.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use telem_core::control::ProbeStats;
 use telem_core::grants::{Grant, Request};
@@ -11,6 +9,7 @@ use thiserror::Error;
 
 use crate::bindings::ProbePre;
 use crate::probe_log::LogLimit;
+use crate::record_budget::RecordBudget;
 use crate::state_store::StateStore;
 use crate::Manifest;
 
@@ -72,7 +71,10 @@ pub struct LoadedProbe {
     pub call_lock: Arc<tokio::sync::Mutex<()>>,
     /// Counters.
     pub stats: Mutex<ProbeStats>,
-    pub(crate) sends: Mutex<VecDeque<Instant>>,
+    /// Its hourly record budget: one per probe name, shared by every load
+    /// of it and kept in the state directory, so no reload, enable or
+    /// restart starts it afresh.
+    pub(crate) budget: Arc<Mutex<RecordBudget>>,
     pub(crate) log_gate: Mutex<LogLimit>,
 }
 
