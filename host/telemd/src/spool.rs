@@ -4,10 +4,11 @@
 //! A record becomes visible under its name only once it is whole and on
 //! disk: it is written under a dot-prefixed temporary name, fsynced, renamed,
 //! and the directory fsynced. Writes go through one writer thread that
-//! commits whatever records arrived meanwhile as a group (up to
-//! [`MAX_GROUP`]): write all, start write-back of all
+//! takes whatever records arrived meanwhile as a group (up to
+//! [`MAX_GROUP`]) and writes their files; a second thread publishes the
+//! group while the next one is written: start write-back of all
 //! (`sync_file_range`), fdatasync each from several threads at once,
-//! rename all, one directory fsync, then acknowledge. Starting write-back
+//! rename all, one directory fsync, then acknowledge, group after group. Starting write-back
 //! for the whole group first puts every file's block allocation into one
 //! journal transaction, so the fsyncs share one commit; issuing them
 //! together lets the block layer merge the device flushes they ask for.
@@ -327,26 +328,57 @@ pub fn new_record_id() -> String {
     format!("{nanos:016x}{:016x}", rand::random::<u64>())
 }
 
+/// A group whose files are written, on its way to being published.
+struct Written {
+    batches: Vec<Batch>,
+    /// One per job, in order: its temp file, open, or why it failed.
+    files: Vec<Result<File, SpoolError>>,
+}
+
+/// Takes the records handed over meanwhile as one group (up to
+/// [`MAX_GROUP`]), writes their temp files, and hands the group to a
+/// second thread that publishes it (syncs, renames, the directory sync,
+/// the answers), so publishing one group overlaps writing the next.
+/// Groups are published, and answered, in the order they were written.
 fn writer_loop(dir: &Path, dir_fd: &File, rx: mpsc::Receiver<Batch>, durability: &dyn Durability) {
-    while let Ok(first) = rx.recv() {
-        let mut records = first.jobs.len();
-        let mut batches = vec![first];
-        while records < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(b) => {
-                    records += b.jobs.len();
-                    batches.push(b);
+    std::thread::scope(|scope| {
+        let (to_publish, publishing) = mpsc::sync_channel::<Written>(1);
+        let publisher = std::thread::Builder::new()
+            .name("spool-publish".into())
+            .spawn_scoped(scope, move || {
+                for written in publishing {
+                    publish(dir, dir_fd, written, durability);
                 }
-                Err(_) => break,
+            });
+        if let Err(e) = &publisher {
+            tracing::warn!("cannot start the spool's publishing thread ({e}); publishing in turn");
+        }
+        while let Ok(first) = rx.recv() {
+            let mut records = first.jobs.len();
+            let mut batches = vec![first];
+            while records < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(b) => {
+                        records += b.jobs.len();
+                        batches.push(b);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let jobs: Vec<&Job> = batches.iter().flat_map(|b| &b.jobs).collect();
+            let files = write_group(dir, dir_fd, &jobs);
+            drop(jobs);
+            let written = Written { batches, files };
+            let unsent = match &publisher {
+                Ok(_) => to_publish.send(written).err().map(|e| e.0),
+                Err(_) => Some(written),
+            };
+            // No publishing thread (it could not start, or died): in turn.
+            if let Some(written) = unsent {
+                publish(dir, dir_fd, written, durability);
             }
         }
-        let jobs: Vec<&Job> = batches.iter().flat_map(|b| &b.jobs).collect();
-        let mut outcomes = commit_group(dir, dir_fd, &jobs, durability).into_iter();
-        for b in batches {
-            let answer: Vec<_> = outcomes.by_ref().take(b.jobs.len()).collect();
-            let _ = b.reply.send(answer);
-        }
-    }
+    });
 }
 
 /// Threads that sync one group's files at once.
@@ -375,58 +407,75 @@ fn sync_all(files: &[(&Job, File)], durability: &dyn Durability) -> Vec<io::Resu
     })
 }
 
-/// Writes, syncs and publishes one group of record files; one outcome per
-/// job, in order. Names are resolved beneath `dir_fd` (the spool
-/// directory, opened once), not walked from `/` each time.
-fn commit_group(
-    dir: &Path,
-    dir_fd: &File,
-    jobs: &[&Job],
-    durability: &dyn Durability,
-) -> Vec<Result<(), SpoolError>> {
-    use rustix::fs::{openat, renameat, unlinkat, AtFlags, Mode, OFlags};
-    let io_err = |source: io::Error| SpoolError::Io {
+fn tmp_name(job: &Job) -> String {
+    format!("{TMP_PREFIX}{}", job.name)
+}
+
+fn spool_io(dir: &Path, source: io::Error) -> SpoolError {
+    SpoolError::Io {
         dir: dir.to_owned(),
         source,
-    };
-    let tmp_name = |job: &Job| format!("{TMP_PREFIX}{}", job.name);
-    let mut outcomes: Vec<Result<(), SpoolError>> = jobs.iter().map(|_| Ok(())).collect();
-    // 1. write every temp file
-    let mut written: Vec<(usize, &Job, File)> = Vec::with_capacity(jobs.len());
-    for (i, job) in jobs.iter().enumerate() {
-        let tmp = tmp_name(job);
-        let res = openat(
-            dir_fd,
-            tmp.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o640),
-        )
-        .map(File::from)
-        .map_err(io::Error::from)
-        .and_then(|mut f| f.write_all(&job.bytes).map(|()| f));
-        match res {
-            Ok(f) => written.push((i, job, f)),
-            Err(e) => {
+    }
+}
+
+/// Writes the temp file of each job of a group; one outcome per job, in
+/// order. Names are resolved beneath `dir_fd` (the spool directory, opened
+/// once), not walked from `/` each time.
+fn write_group(dir: &Path, dir_fd: &File, jobs: &[&Job]) -> Vec<Result<File, SpoolError>> {
+    use rustix::fs::{openat, unlinkat, AtFlags, Mode, OFlags};
+    jobs.iter()
+        .map(|job| {
+            let tmp = tmp_name(job);
+            openat(
+                dir_fd,
+                tmp.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o640),
+            )
+            .map(File::from)
+            .map_err(io::Error::from)
+            .and_then(|mut f| f.write_all(&job.bytes).map(|()| f))
+            .map_err(|e| {
                 let _ = unlinkat(dir_fd, tmp.as_str(), AtFlags::empty());
-                outcomes[i] = Err(io_err(e));
+                spool_io(dir, e)
+            })
+        })
+        .collect()
+}
+
+/// Makes a written group durable and visible, then answers each batch:
+/// write-back of every file started, every file synced, every temp file
+/// renamed to its record name, the directory synced. A record is
+/// acknowledged only after all of that; one whose step failed is removed
+/// and refused.
+fn publish(dir: &Path, dir_fd: &File, written: Written, durability: &dyn Durability) {
+    use rustix::fs::{renameat, unlinkat, AtFlags};
+    let Written { batches, files } = written;
+    let jobs: Vec<&Job> = batches.iter().flat_map(|b| &b.jobs).collect();
+    let mut outcomes: Vec<Result<(), SpoolError>> = Vec::with_capacity(jobs.len());
+    let mut open = Vec::with_capacity(jobs.len());
+    for (i, file) in files.into_iter().enumerate() {
+        match file {
+            Ok(f) => {
+                outcomes.push(Ok(()));
+                open.push((i, f));
             }
+            Err(e) => outcomes.push(Err(e)),
         }
     }
-    // 2. make their contents durable. Start write-back of every file first,
-    // so block allocation for the whole group lands in one journal
-    // transaction and the fsyncs below share its commit rather than paying
-    // one commit each.
-    if written.len() > 1 {
-        for (_, _, f) in &written {
+    // Start write-back of every file first, so block allocation for the
+    // whole group lands in one journal transaction and the syncs below
+    // share its commit rather than paying one commit each.
+    if open.len() > 1 {
+        for (_, f) in &open {
             // SAFETY: plain syscall on an open descriptor; failure only loses the hint.
             unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
         }
     }
     let (index, files): (Vec<usize>, Vec<(&Job, File)>) =
-        written.into_iter().map(|(i, j, f)| (i, (j, f))).unzip();
+        open.into_iter().map(|(i, f)| (i, (jobs[i], f))).unzip();
     let synced = sync_all(&files, durability);
     drop(files);
-    // 3. publish them under their record names
     let mut renamed = Vec::with_capacity(index.len());
     for (i, result) in index.into_iter().zip(synced) {
         let tmp = tmp_name(jobs[i]);
@@ -437,21 +486,22 @@ fn commit_group(
             Ok(()) => renamed.push(i),
             Err(e) => {
                 let _ = unlinkat(dir_fd, tmp.as_str(), AtFlags::empty());
-                outcomes[i] = Err(io_err(e));
+                outcomes[i] = Err(spool_io(dir, e));
             }
         }
     }
-    // 4. make the names durable, then acknowledge
     if let Err(e) = durability.sync_dir(dir) {
         for i in renamed {
             let _ = unlinkat(dir_fd, jobs[i].name.as_str(), AtFlags::empty());
-            outcomes[i] = Err(SpoolError::Io {
-                dir: dir.to_owned(),
-                source: io::Error::new(e.kind(), e.to_string()),
-            });
+            outcomes[i] = Err(spool_io(dir, io::Error::new(e.kind(), e.to_string())));
         }
     }
-    outcomes
+    drop(jobs);
+    let mut outcomes = outcomes.into_iter();
+    for b in batches {
+        let answer: Vec<_> = outcomes.by_ref().take(b.jobs.len()).collect();
+        let _ = b.reply.send(answer);
+    }
 }
 
 #[cfg(test)]
