@@ -17,6 +17,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::bindings::{current, event_v0_1, v0_1, ProbePre};
 use crate::file_views::FileViews;
+use crate::host_pressure::{HostPressure, MadeWay};
 use crate::host_records::Sink;
 use crate::probe::{CallError, LoadedProbe};
 use crate::probe_log::{escape, probe_log_limit, FIELD_CAP};
@@ -46,6 +47,8 @@ pub struct SandboxOptions {
     /// Components with a larger function are refused before they are
     /// compiled (Cranelift's memory grows with the largest function).
     pub max_function_bytes: u64,
+    /// When calls make way for the host (`host_pressure.rs`).
+    pub pressure: HostPressure,
 }
 
 impl SandboxOptions {
@@ -59,6 +62,7 @@ impl SandboxOptions {
             rules: HostRules::permissive(),
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
             max_function_bytes: shape::MAX_FUNCTION_BODY as u64,
+            pressure: HostPressure::new(),
         }
     }
 }
@@ -191,11 +195,19 @@ pub enum LoadFailure {
 /// future, and with it the store, is dropped.
 async fn under_deadline<T>(
     limit: Duration,
+    made_way: &MadeWay,
     fut: impl std::future::Future<Output = wasmtime::Result<T>>,
 ) -> wasmtime::Result<T> {
-    match tokio::time::timeout(limit + DEADLINE_GRACE, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+    let start = Instant::now();
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        // Time spent making way for the host is added as it accrues.
+        let deadline = start + limit + DEADLINE_GRACE + made_way.total();
+        match tokio::time::timeout_at(deadline.into(), &mut fut).await {
+            Ok(r) => return r,
+            Err(_) if start + limit + DEADLINE_GRACE + made_way.total() > Instant::now() => {}
+            Err(_) => return Err(wasmtime::Error::new(DeadlineExceeded)),
+        }
     }
 }
 
@@ -314,19 +326,24 @@ impl Sandbox {
                 Err(_) => return Err(link_error(e)),
             },
         };
-        let mut store = self.store(state, DESCRIBE_TIMEOUT_MS);
-        let manifest = under_deadline(Duration::from_millis(DESCRIBE_TIMEOUT_MS), async {
-            match &pre {
-                ProbePre::Current(pre) => {
-                    let p = pre.instantiate_async(&mut store).await?;
-                    p.call_describe(&mut store).await
+        let made_way = MadeWay::default();
+        let mut store = self.store(state, DESCRIBE_TIMEOUT_MS, &made_way);
+        let manifest = under_deadline(
+            Duration::from_millis(DESCRIBE_TIMEOUT_MS),
+            &made_way,
+            async {
+                match &pre {
+                    ProbePre::Current(pre) => {
+                        let p = pre.instantiate_async(&mut store).await?;
+                        p.call_describe(&mut store).await
+                    }
+                    ProbePre::V0_1(pre) => {
+                        let p = pre.instantiate_async(&mut store).await?;
+                        p.call_describe(&mut store).await.map(Manifest::from)
+                    }
                 }
-                ProbePre::V0_1(pre) => {
-                    let p = pre.instantiate_async(&mut store).await?;
-                    p.call_describe(&mut store).await.map(Manifest::from)
-                }
-            }
-        })
+            },
+        )
         .await
         .map_err(|e| err(LoadFailure::Describe(call_error(e, DESCRIBE_TIMEOUT_MS))))?;
         drop(store);
@@ -422,16 +439,31 @@ impl Sandbox {
         })
     }
 
-    fn store(&self, state: HostState, timeout_ms: u64) -> Store<HostState> {
+    fn store(&self, state: HostState, timeout_ms: u64, made_way: &MadeWay) -> Store<HostState> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.budget);
         let start = Instant::now();
         let limit = Duration::from_millis(timeout_ms);
+        let pressure = self.options.pressure.clone();
+        let made_way = made_way.clone();
         store.set_epoch_deadline(1);
         // Yield to the runtime every tick so a spinning probe does not hold
-        // a worker thread; stop it once its wall time is spent.
+        // a worker thread; while the host is busy, pause after each tick
+        // (not counted against the call); stop it once its own wall time
+        // is spent.
         store.epoch_deadline_callback(move |_| {
-            if start.elapsed() >= limit {
+            if pressure.busy() {
+                let made_way = made_way.clone();
+                return Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(async move {
+                        let paused = Instant::now();
+                        tokio::time::sleep(HostPressure::pause()).await;
+                        made_way.add(paused.elapsed());
+                    }),
+                ));
+            }
+            if start.elapsed().saturating_sub(made_way.total()) >= limit {
                 Err(wasmtime::Error::new(DeadlineExceeded))
             } else {
                 Ok(UpdateDeadline::Yield(1))
@@ -541,6 +573,13 @@ impl Sandbox {
     ) -> Result<(), CallError> {
         let _one_call_at_a_time = probe.call_lock.lock().await;
         let g = &probe.grant;
+        // While the host is busy, a call waits before it starts (at most
+        // its own timeout), not counted against it.
+        self.options
+            .pressure
+            .make_way(Duration::from_millis(g.timeout_ms))
+            .await;
+        let made_way = MadeWay::default();
         let mut b = WasiCtxBuilder::new();
         let (dirs, files) = self.resolve_grant(probe, extra_read);
         for (host, guest) in &dirs {
@@ -581,8 +620,8 @@ impl Sandbox {
             (g.memory_limit_mib as usize).saturating_mul(1 << 20),
             Some((probe.clone(), sink)),
         );
-        let mut store = self.store(state, g.timeout_ms);
-        let result = under_deadline(Duration::from_millis(g.timeout_ms), async {
+        let mut store = self.store(state, g.timeout_ms, &made_way);
+        let result = under_deadline(Duration::from_millis(g.timeout_ms), &made_way, async {
             match &probe.pre {
                 ProbePre::Current(pre) => {
                     let p = pre.instantiate_async(&mut store).await?;
@@ -658,8 +697,12 @@ impl Sandbox {
             crate::host_records::store_staged(probe, &*intake, held).await;
         }
         if let Some(txn) = state_writes {
-            // Written and fsynced on a blocking thread, not a
-            // runtime worker.
+            // Not while the host is busy (the disk is its), then written
+            // and fsynced on a blocking thread, not a runtime worker.
+            self.options
+                .pressure
+                .make_way(Duration::from_millis(g.timeout_ms))
+                .await;
             let (p, quota) = (probe.clone(), g.state_quota_bytes);
             let committed = tokio::task::spawn_blocking(move || {
                 p.state
@@ -871,7 +914,7 @@ impl Sandbox {
                 64 << 20,
                 None,
             );
-            let mut store = self.store(state, 10_000);
+            let mut store = self.store(state, 10_000, &MadeWay::default());
             if i % 2 == 0 {
                 self.linker
                     .instantiate_async(&mut store, &component)
@@ -909,7 +952,7 @@ mod tests {
     ) -> (wasmtime::Result<()>, usize) {
         let component = Component::new(&sb.engine, bytes).unwrap();
         let state = HostState::new("t".into(), WasiCtxBuilder::new().build(), budget, None);
-        let mut store = sb.store(state, 2000);
+        let mut store = sb.store(state, 2000, &MadeWay::default());
         let r = sb
             .linker
             .instantiate_async(&mut store, &component)
@@ -1020,6 +1063,63 @@ mod tests {
             check_manifest_size(&long_string),
             Err(LoadFailure::ManifestString(1025))
         ));
+    }
+
+    /// Spins in a store of `sb` with a 300 ms deadline while `busy_for`
+    /// the host marks itself busy; returns the wall time the call took
+    /// and the time it made way.
+    async fn spin_beside_a_busy_host(busy_for: Duration) -> (Duration, Duration) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SandboxOptions::new(&dir.path().join("cache"));
+        let pressure = options.pressure.clone();
+        let sb = Sandbox::with_options(options).unwrap();
+        let wasm = wat::parse_str(r#"(module (func (export "spin") (loop br 0)))"#).unwrap();
+        let module = wasmtime::Module::new(&sb.engine, wasm).unwrap();
+        let made_way = MadeWay::default();
+        let state = HostState::new("t".into(), WasiCtxBuilder::new().build(), 16 << 20, None);
+        let mut store = sb.store(state, 300, &made_way);
+        let instance = wasmtime::Instance::new_async(&mut store, &module, &[])
+            .await
+            .unwrap();
+        let spin = instance
+            .get_typed_func::<(), ()>(&mut store, "spin")
+            .unwrap();
+        let marking = tokio::spawn(async move {
+            let until = Instant::now() + busy_for;
+            while Instant::now() < until {
+                pressure.mark();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let t = Instant::now();
+        let r = under_deadline(
+            Duration::from_millis(300),
+            &made_way,
+            spin.call_async(&mut store, ()),
+        )
+        .await;
+        let took = t.elapsed();
+        marking.abort();
+        let e = r.unwrap_err();
+        assert!(e.downcast_ref::<DeadlineExceeded>().is_some(), "{e:#}");
+        (took, made_way.total())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_pauses_while_the_host_is_busy_and_the_pause_is_not_its_time() {
+        let (took, made_way) = spin_beside_a_busy_host(Duration::from_secs(1)).await;
+        assert!(
+            took >= Duration::from_secs(1),
+            "the call was stopped after {took:?}: the host's time counted as the probe's"
+        );
+        assert!(made_way >= Duration::from_millis(600), "{made_way:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn beside_a_quiet_host_a_call_runs_its_whole_time_at_once() {
+        let (took, made_way) = spin_beside_a_busy_host(Duration::ZERO).await;
+        assert_eq!(made_way, Duration::ZERO);
+        assert!(took < Duration::from_secs(1), "{took:?}");
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ pub mod cache;
 mod engine;
 pub mod file_views;
 mod host_log;
+pub mod host_pressure;
 mod host_records;
 mod host_state;
 pub mod limits;
@@ -34,6 +35,7 @@ pub use telem_core::control::{Captured, ProbeStats};
 pub use telem_core::grants;
 
 pub use engine::{ExtraDir, LoadError, LoadFailure, Sandbox, SandboxOptions};
+pub use host_pressure::HostPressure;
 
 /// Why the engine could not be set up (wasmtime's error, kept whole).
 pub type EngineError = wasmtime::Error;

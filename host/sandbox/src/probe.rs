@@ -34,6 +34,10 @@ pub enum CallError {
         #[source]
         source: wasmtime::Error,
     },
+    /// The call's task ended without an answer: the daemon is shutting
+    /// down, or the host panicked while running it.
+    #[error("the call was stopped: {0}")]
+    Stopped(String),
 }
 
 impl CallError {

@@ -12,8 +12,12 @@
 //! clients send the same frames to it in the same run, alternating with
 //! `telemd`, for comparison. It writes each record once, without fsync.
 //!
+//! With `--hostile`, each run of `telemd` alternates with one where ten
+//! hostile probes run at their limits meanwhile (benches/support).
+//!
 //! Run: `cargo bench -p telemd --bench ingest`
-//! (`-- --records N`, `-- --clients 1,16,64`, `-- --rounds R`).
+//! (`-- --records N`, `-- --clients 1,16,64`, `-- --rounds R`,
+//! `-- --hostile`, `-- --dir DIR` for the filesystem the daemons use).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -27,7 +31,7 @@ use telem_core::record::wire::{encode_frame, parse_frame};
 use telem_core::record::{spool_file, Header};
 
 mod support;
-use support::{pct, start_telemd, Daemon};
+use support::{install_hostile, pct, start_telemd, Daemon, Hostile};
 
 fn frame_template() -> telem_core::record::Record {
     let p = format!(
@@ -52,6 +56,8 @@ fn rss_kib(pid: u32) -> u64 {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Which {
     Telemd,
+    /// `telemd` with ten hostile probes running at their limits.
+    Hostile,
     Legacy,
 }
 
@@ -59,6 +65,7 @@ impl Which {
     fn name(self) -> &'static str {
         match self {
             Which::Telemd => "telemd (fsync)",
+            Which::Hostile => "telemd, 10 hostile probes",
             Which::Legacy => "legacy telemprobd (no fsync)",
         }
     }
@@ -74,13 +81,14 @@ struct Running {
 
 enum Process {
     Telemd(Daemon),
+    Hostile(Daemon, Option<Hostile>),
     Legacy(Child),
 }
 
 impl Running {
     fn pid(&self) -> u32 {
         match &self.process {
-            Process::Telemd(d) => d.child.id(),
+            Process::Telemd(d) | Process::Hostile(d, _) => d.child.id(),
             Process::Legacy(c) => c.id(),
         }
     }
@@ -88,9 +96,18 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Process::Legacy(c) = &mut self.process {
-            let _ = c.kill();
-            let _ = c.wait();
+        match &mut self.process {
+            Process::Legacy(c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Process::Hostile(_, hostile) => {
+                if let Some(h) = hostile.take() {
+                    let calls = h.stop();
+                    eprintln!("  hostile probe calls during the run: {calls}");
+                }
+            }
+            Process::Telemd(_) => {}
         }
     }
 }
@@ -98,6 +115,19 @@ impl Drop for Running {
 fn start(which: Which, root: &Path, legacy: Option<&OsString>) -> Running {
     let process = match which {
         Which::Telemd => Process::Telemd(start_telemd(root, "", true)),
+        Which::Hostile => {
+            let _ = std::fs::remove_dir_all(root);
+            let grants = install_hostile(root);
+            let d = start_telemd(
+                root,
+                &format!("probes_dirs = [\"{}/probes\"]\n{grants}", root.display()),
+                false,
+            );
+            let hostile = Hostile::start(root);
+            // Every probe is in its loop before the burst starts.
+            std::thread::sleep(Duration::from_secs(3));
+            Process::Hostile(d, Some(hostile))
+        }
 
         Which::Legacy => {
             let _ = std::fs::remove_dir_all(root);
@@ -205,6 +235,15 @@ impl Watcher {
         self.count.load(Ordering::Relaxed) as usize
     }
 
+    fn snapshot(&self) -> Vec<(String, Instant)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, t)| (n.clone(), *t))
+            .collect()
+    }
+
     fn stop(mut self) -> HashMap<String, Instant> {
         self.done.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
@@ -297,34 +336,55 @@ fn run(
         .flat_map(|t| t.join().unwrap())
         .collect();
     let sent_after = start.elapsed().as_secs_f64();
-    // Done when all are there, or nothing new came for 10 s.
+    // Done when every frame sent is in the spool, or nothing new came for
+    // 10 s. Probes' records land there too: files are told apart by their
+    // event ids, read once each, only when the count could be complete.
+    let mut decoded = std::collections::HashSet::new();
+    let mut landed = Vec::with_capacity(total);
+    let mut match_new = |landed: &mut Vec<(Instant, Instant)>| {
+        for (name, at) in watcher.snapshot() {
+            if !decoded.insert(name.clone()) {
+                continue;
+            }
+            let rec = std::fs::read(d.spool.join(&name))
+                .ok()
+                .and_then(|b| spool_file::decode(&b).ok());
+            if let Some(sent_at) =
+                rec.and_then(|r| sent.get(r.headers.get(Header::EventId)).copied())
+            {
+                landed.push((sent_at, at));
+            }
+        }
+    };
     let mut last = (watcher.count(), Instant::now());
-    while watcher.count() < total && last.1.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(2));
+    loop {
         let n = watcher.count();
         if n != last.0 {
             last = (n, Instant::now());
         }
+        if n >= total {
+            match_new(&mut landed);
+            if landed.len() >= total {
+                break;
+            }
+        }
+        if last.1.elapsed() > Duration::from_secs(10) {
+            match_new(&mut landed);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     sampling.store(false, Ordering::Relaxed);
     sampler.join().unwrap();
     let cpu = cpu_secs(pid);
-    let seen = watcher.stop();
+    drop(watcher.stop());
     drop(d);
-    let end = seen.values().max().copied().unwrap_or(start);
+    let end = landed.iter().map(|(_, at)| *at).max().unwrap_or(start);
     let secs = end.duration_since(start).as_secs_f64();
-    let mut latencies = Vec::with_capacity(seen.len());
-    for (name, at) in &seen {
-        let Ok(bytes) = std::fs::read(root.join("spool").join(name)) else {
-            continue;
-        };
-        let Ok(rec) = spool_file::decode(&bytes) else {
-            continue;
-        };
-        if let Some(t) = sent.get(rec.headers.get(Header::EventId)) {
-            latencies.push(at.saturating_duration_since(*t));
-        }
-    }
+    let mut latencies: Vec<Duration> = landed
+        .iter()
+        .map(|(sent, at)| at.saturating_duration_since(*sent))
+        .collect();
     let lost = total - latencies.len().min(total);
     eprintln!(
         "{}, {clients} clients: all frames sent after {sent_after:.2}s, last spooled after {secs:.2}s, {lost} lost, daemon CPU {cpu:.2}s",
@@ -355,6 +415,8 @@ fn main() {
     let mut records = 20_000usize;
     let mut clients = vec![1usize, 16, 64];
     let mut rounds = 3usize;
+    let mut hostile = false;
+    let mut dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -370,6 +432,8 @@ fn main() {
                     .and_then(|v| v.parse().ok())
                     .expect("--rounds R")
             }
+            "--hostile" => hostile = true,
+            "--dir" => dir = args.next().map(PathBuf::from).expect("--dir DIR"),
             "--clients" => {
                 clients = args
                     .next()
@@ -383,11 +447,14 @@ fn main() {
     }
     let legacy = std::env::var_os("LEGACY_TELEMPROBD");
     let mut daemons = vec![Which::Telemd];
+    if hostile {
+        daemons.push(Which::Hostile);
+    }
     if legacy.is_some() {
         daemons.push(Which::Legacy);
     }
-    // On the project's disk, not tmpfs: the fsyncs are the point.
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-ingest");
+    // On a disk, not tmpfs: the fsyncs are the point.
+    let base = dir.join("bench-ingest");
     let _ = std::fs::remove_dir_all(&base);
 
     let idle = {

@@ -105,6 +105,9 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
             )
         }))?,
     );
+    // Marked by native ingest while records come in: probe calls then
+    // make way (telem_sandbox::host_pressure).
+    let pressure = telem_sandbox::HostPressure::new();
     let delivery = Delivery::new(
         config.delivery.clone(),
         config.source.clone(),
@@ -118,10 +121,15 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     let inbox = telem_core::crash_inbox::inbox_dir(&config.host.state_dir);
     std::fs::create_dir_all(&inbox)
         .map_err(ctx(|| format!("cannot create {}", inbox.display())))?;
-    let sandbox = telem_sandbox::Sandbox::with_options(sandbox_options(&config))
+    let sandbox = telem_sandbox::Sandbox::with_options(sandbox_options(&config, pressure.clone()))
         .map_err(DaemonError::Sandbox)?;
+    // Probe work gets a runtime of its own at the lowest priority, so
+    // probes never take the CPU that ingest and delivery need.
+    let probe_runtime = crate::probe_runtime::ProbeRuntime::start()
+        .map_err(ctx(|| "cannot start the probes' runtime".into()))?;
     let probes = crate::supervisor::ProbeManager::new(
         sandbox,
+        probe_runtime.handle(),
         ingest.clone(),
         config.probes.probes_dirs.clone(),
         config.probes.probes.clone(),
@@ -144,7 +152,10 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     );
     // Crashes left in the inbox while the daemon was down wait for the
     // probes, which load once the sockets are bound (below).
-    let crashes = crate::crash_queue::CrashQueue::start(inbox, probes.clone(), ingest.clone());
+    let crashes = {
+        let _on_probe_runtime = probe_runtime.handle().enter();
+        crate::crash_queue::CrashQueue::start(inbox, probes.clone(), ingest.clone())
+    };
     let control_listener =
         crate::control::bind(&config.host.control_socket).map_err(ctx(|| {
             format!("cannot listen on {}", config.host.control_socket.display())
@@ -175,6 +186,7 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
         listener,
         ingest.clone(),
         opts,
+        pressure,
         stop_rx.clone(),
     ));
     // Delivery gets a thread and a single-threaded runtime of its own: posts
@@ -207,9 +219,11 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     systemd::notify_ready();
     // Probes load only now: a slow, huge or hostile component file can
     // never keep the sockets from answering or systemd from hearing READY.
-    let watcher = tokio::spawn(probes.clone().watch(Duration::from_millis(
-        config.probes.probe_scan_interval_ms.get(),
-    )));
+    let watcher = probe_runtime
+        .handle()
+        .spawn(probes.clone().watch(Duration::from_millis(
+            config.probes.probe_scan_interval_ms.get(),
+        )));
 
     wait_for_signal().await;
     systemd::notify_stopping();
@@ -222,6 +236,7 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     let _ = control.await;
     let _ = std::fs::remove_file(&config.host.control_socket);
     let _ = tokio::task::spawn_blocking(move || delivering.join()).await;
+    drop(probe_runtime);
     spool.close();
     if let Some(p) = bound_path {
         let _ = std::fs::remove_file(p);
@@ -256,7 +271,10 @@ fn raise_fd_limit() {
 
 /// The sandbox's directories and host rules from the config: the daemon's
 /// own directories are never readable by a probe.
-fn sandbox_options(config: &Config) -> telem_sandbox::SandboxOptions {
+fn sandbox_options(
+    config: &Config,
+    pressure: telem_sandbox::HostPressure,
+) -> telem_sandbox::SandboxOptions {
     telem_sandbox::SandboxOptions {
         scratch_dir: config.host.state_dir.join("probe-views"),
         state_dir: config.host.state_dir.join("probe-state"),
@@ -264,6 +282,7 @@ fn sandbox_options(config: &Config) -> telem_sandbox::SandboxOptions {
         rules: telem_core::grants::HostRules::for_config(config),
         max_component_bytes: config.probes.max_component_bytes.get(),
         max_function_bytes: config.probes.max_function_bytes.get(),
+        pressure,
     }
 }
 

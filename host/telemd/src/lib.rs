@@ -13,6 +13,7 @@ pub mod crash_queue;
 pub mod daemon;
 pub mod delivery;
 pub mod ingest;
+pub mod probe_runtime;
 pub mod sources;
 pub mod spool;
 pub mod state_lock;

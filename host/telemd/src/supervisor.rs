@@ -228,7 +228,10 @@ impl Drop for Slot {
 
 /// The probe manager.
 pub struct ProbeManager {
-    sandbox: Sandbox,
+    sandbox: Arc<Sandbox>,
+    /// The probes' own runtime (`probe_runtime.rs`): every call and every
+    /// load runs there, at the lowest CPU priority.
+    runtime: tokio::runtime::Handle,
     ingest: Arc<Ingest>,
     dirs: Vec<PathBuf>,
     policies: BTreeMap<String, ProbePolicy>,
@@ -273,9 +276,25 @@ fn unix_now() -> u64 {
 }
 
 impl ProbeManager {
-    /// A manager over `dirs` with the admin's `policies`.
+    /// Runs `work` on the probes' runtime and waits for it. A task that
+    /// ends without an answer (the runtime shutting down, a panic) is a
+    /// [`CallError::Stopped`].
+    async fn on_probe_runtime<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, CallError> {
+        self.runtime
+            .spawn(work)
+            .await
+            .map_err(|e| CallError::Stopped(e.to_string()))
+    }
+
+    /// A manager over `dirs` with the admin's `policies`, whose calls and
+    /// loads run on `runtime`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         sandbox: Sandbox,
+        runtime: tokio::runtime::Handle,
         ingest: Arc<Ingest>,
         dirs: Vec<PathBuf>,
         policies: BTreeMap<String, ProbePolicy>,
@@ -295,7 +314,8 @@ impl ProbeManager {
         Arc::new(ProbeManager {
             disabled: Mutex::new(disabled),
             disabled_file,
-            sandbox,
+            sandbox: Arc::new(sandbox),
+            runtime,
             ingest,
             dirs,
             policies,
@@ -574,12 +594,18 @@ impl ProbeManager {
         }
         let started = std::time::Instant::now();
         let compiled_before = self.compilations();
-        let probe = self
-            .sandbox
-            .load(path, &bytes, |name| {
-                self.policies.get(name).cloned().unwrap_or_default()
+        let probe = {
+            let (sandbox, policies, path) =
+                (self.sandbox.clone(), self.policies.clone(), path.to_owned());
+            self.on_probe_runtime(async move {
+                sandbox
+                    .load(&path, &bytes, |name| {
+                        policies.get(name).cloned().unwrap_or_default()
+                    })
+                    .await
             })
-            .await?;
+            .await??
+        };
         // Grants are keyed by name and the name is the probe's own claim:
         // it must match the file the admin installed, so no component can
         // take another's grant (the crash-symbolizer's, say) by its name.
@@ -1003,7 +1029,12 @@ impl ProbeManager {
         sink: telem_sandbox::Sink,
         quarantine: Quarantine,
     ) -> Result<(), CallError> {
-        let result = self.sandbox.run(probe, sink, event, extra).await;
+        let result = {
+            let (sandbox, probe, extra) = (self.sandbox.clone(), probe.clone(), extra.to_vec());
+            self.on_probe_runtime(async move { sandbox.run(&probe, sink, event, &extra).await })
+                .await
+                .unwrap_or_else(Err)
+        };
         let mut st = probe.stats.lock().expect("stats lock");
         st.runs += 1;
         st.last_run = Some(unix_now());

@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use telemetrics_probe_sdk::{export_probe, log, Event, Manifest, Probe, Record, Trigger};
+use telemetrics_probe_sdk::{export_probe, log, state, Event, Manifest, Probe, Record, Trigger};
 
 struct SandboxTest;
 
@@ -133,6 +133,29 @@ impl Probe for SandboxTest {
                     log::warn(&line);
                 }
                 Ok(())
+            }
+            "fill-state" => {
+                // Values of 64 KiB under new keys until the quota refuses.
+                let value = vec![7u8; 64 << 10];
+                let mut n = 0;
+                loop {
+                    match state::set(&format!("fill-{n}"), &value) {
+                        Ok(()) => n += 1,
+                        Err(e) => {
+                            log::info(&format!("state full after {n} values: {e:?}"));
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            "pollables" => {
+                let n: usize = arg(1).parse().map_err(|_| "pollables N")?;
+                let mut held = Vec::new();
+                for _ in 0..n {
+                    held.push(wasip2::clocks::monotonic_clock::subscribe_duration(1_000_000_000));
+                }
+                wasip2::io::poll::poll(&held.iter().collect::<Vec<_>>());
+                report(format!("polled {} pollables", held.len()))
             }
             other => Err(format!("unknown command {other:?}")),
         }

@@ -241,6 +241,8 @@ pub fn test(c: &Config, t: ProbeTest, json: bool) -> anyhow::Result<()> {
         rules: HostRules::for_config(c),
         max_component_bytes: c.probes.max_component_bytes.get(),
         max_function_bytes: c.probes.max_function_bytes.get(),
+        // Alone on the admin's terminal: nothing to make way for.
+        pressure: telem_sandbox::HostPressure::new(),
     };
     let grant_read = t.grant_read.clone();
     // Grants are keyed by name, and the name is the component's claim:

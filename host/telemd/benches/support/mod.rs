@@ -84,6 +84,7 @@ pub fn probe_manager(
     policy.max_records_per_hour = Some(telem_core::config::values::Bounded::new(1_000_000));
     telemd::supervisor::ProbeManager::new(
         sandbox,
+        tokio::runtime::Handle::current(),
         ingest,
         vec![root.join("probes")],
         std::collections::BTreeMap::from([(probe.to_owned(), policy)]),
@@ -128,6 +129,9 @@ pub fn start_telemd(root: &Path, extra: &str, fresh: bool) -> Daemon {
         .arg("--log")
         .arg("warn")
         .stdin(Stdio::null())
+        // Beside its directory, not on the bench's terminal: hostile
+        // probes' log lines would bury the results.
+        .stderr(std::fs::File::create(root.with_extension("log")).unwrap())
         .spawn()
         .expect("spawn telemd");
     let sock = root.join("telem-0");
@@ -142,5 +146,158 @@ pub fn start_telemd(root: &Path, extra: &str, fresh: bool) -> Daemon {
     Daemon {
         child,
         root: root.to_owned(),
+    }
+}
+
+/// How many hostile probes [`install_hostile`] installs.
+pub const HOSTILE_PROBES: usize = 10;
+
+/// What each hostile probe does in a loop, each followed by `print 1` (a
+/// call that succeeds, so that none is quarantined and every one keeps
+/// hammering): spin until the deadline, grow memory to the store budget
+/// (64 MiB), flood the log, hold files past the host-resource cap, make
+/// pollables past it, fill its state to the quota, send records up to
+/// the hourly budget, flood stdout.
+const HOSTILE_PLAN: [&[&str]; HOSTILE_PROBES] = [
+    &["spin"],
+    &["spin"],
+    &["grow", "60"],
+    &["grow", "60"],
+    &["log", "1000", "4000"],
+    &["hold", "FILE", "300", "200"],
+    &["pollables", "300"],
+    &["fill-state"],
+    &["flood", "2000"],
+    &["print", "1000000"],
+];
+
+/// The name of hostile probe `i`: as long as `sandbox-test`, whose
+/// component it is with the name's bytes replaced (a component's name is
+/// its own claim, and one name runs one call at a time).
+fn hostile_name(i: usize) -> String {
+    format!("hostile-p-{i:02}")
+}
+
+/// Installs [`HOSTILE_PROBES`] copies of the `sandbox-test` component
+/// under `root/probes`, each under its own name, and returns the config
+/// lines that grant them (default limits: 64 MiB, 10 s, 16 MiB of state,
+/// the host's 1,000 records an hour).
+pub fn install_hostile(root: &Path) -> String {
+    let wasm = format!(
+        "{}/../../probes-wasm/target/wasm32-wasip2/release/sandbox_test.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let bytes =
+        std::fs::read(&wasm).unwrap_or_else(|e| panic!("{wasm}: {e} (build probes-wasm first)"));
+    std::fs::create_dir_all(root.join("probes")).unwrap();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::write(root.join("data/f"), "x").unwrap();
+    let mut config = String::new();
+    for i in 0..HOSTILE_PROBES {
+        let name = hostile_name(i);
+        let from = b"sandbox-test";
+        assert_eq!(name.len(), from.len());
+        let mut patched = bytes.clone();
+        let mut at = 0;
+        while let Some(p) = patched[at..].windows(from.len()).position(|w| w == from) {
+            patched[at + p..at + p + from.len()].copy_from_slice(name.as_bytes());
+            at += p + from.len();
+        }
+        std::fs::write(root.join(format!("probes/{name}.wasm")), patched).unwrap();
+        config.push_str(&format!(
+            "[probes.{name}]\nclassifications = [\"org.example/test/*\"]\nread_paths = [\"{}/data\"]\n",
+            root.display()
+        ));
+    }
+    config
+}
+
+/// The hostile probes being run, each in a loop of its own.
+pub struct Hostile {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl Hostile {
+    /// Waits until the daemon behind `control` has loaded every hostile
+    /// probe, then runs each one's plan in a loop, all at once.
+    pub fn start(root: &Path) -> Hostile {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use telem_core::control::client::Client;
+        use telem_core::control::{Request, Response};
+        let control = root.join("control.sock");
+        let t = Instant::now();
+        loop {
+            let loaded = Client::connect(&control, Some(Duration::from_secs(60)))
+                .and_then(|mut c| c.call(&Request::List))
+                .map(|r| match r {
+                    Response::Probes(list) => list.probes.len(),
+                    _ => 0,
+                })
+                .unwrap_or(0);
+            if loaded >= HOSTILE_PROBES {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(300),
+                "the hostile probes did not load"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let file = root.join("data/f").display().to_string();
+        let threads = (0..HOSTILE_PROBES)
+            .map(|i| {
+                let (stop, control, file) = (stop.clone(), control.clone(), file.clone());
+                std::thread::spawn(move || {
+                    let plan: Vec<String> = HOSTILE_PLAN[i]
+                        .iter()
+                        .map(|a| {
+                            if *a == "FILE" {
+                                file.clone()
+                            } else {
+                                (*a).to_owned()
+                            }
+                        })
+                        .collect();
+                    let mut calls = 0;
+                    let mut seen = std::collections::HashSet::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        for args in [plan.clone(), vec!["print".to_owned(), "1".to_owned()]] {
+                            let run = Request::Run {
+                                probe: hostile_name(i),
+                                args,
+                            };
+                            let answer = Client::connect(&control, Some(Duration::from_secs(60)))
+                                .and_then(|mut c| c.call(&run));
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            calls += 1;
+                            if let Err(e) = answer {
+                                let e = e.to_string();
+                                let kind: String = e.chars().take(60).collect();
+                                if seen.insert(kind) && seen.len() <= 3 {
+                                    eprintln!(
+                                        "  {}: {}",
+                                        hostile_name(i),
+                                        e.chars().take(200).collect::<String>()
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    calls
+                })
+            })
+            .collect();
+        Hostile { stop, threads }
+    }
+
+    /// Stops the loops (each after its call in progress) and returns how
+    /// many calls were made.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads.into_iter().map(|t| t.join().unwrap()).sum()
     }
 }

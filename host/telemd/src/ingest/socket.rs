@@ -239,11 +239,13 @@ fn accept_ready(listener: &NativeListener) -> Option<io::Result<OwnedFd>> {
 /// A connection is accepted with a plain `accept4` and its frame read
 /// with `recv(MSG_DONTWAIT)`; only one whose frame is not whole yet is
 /// handed to the runtime's reactor: most connections cost no epoll
-/// registration.
+/// registration. Each batch of records marks `pressure`: probe calls make
+/// way while records come in.
 pub async fn serve(
     listener: NativeListener,
     ingest: Arc<Ingest>,
     opts: NativeSocketOptions,
+    pressure: telem_sandbox::HostPressure,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let caps = OpenCaps::new(opts.max_connections, fd_limit());
@@ -345,6 +347,8 @@ pub async fn serve(
             }
         }
         if !batch.is_empty() {
+            // Probe calls make way while records come in.
+            pressure.mark();
             conns.spawn(submit(ctx.shares.clone(), std::mem::take(&mut batch)));
         }
     }

@@ -1,0 +1,149 @@
+//! Making way for the host. Lowering the probe threads' CPU priority is
+//! not enough on a virtual machine: measured on this project's 2-vCPU VM,
+//! one busy loop at `SCHED_IDLE` in another process cuts the daemon's
+//! native ingest by 17% (the vCPUs share what the hypervisor gives them,
+//! whatever the guest's scheduler decides). So while the daemon has work
+//! that must not wait (native records coming in, to be spooled), it marks
+//! itself busy, and probe calls make way: a call about
+//! to start waits (up to its own timeout), a running one runs one epoch
+//! tick in every [`PAUSE_TICKS`] + 1, and a state commit waits too. The
+//! time a call spends making way is the host's, not the probe's: it does
+//! not count toward the call's deadline. A quiet host costs nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::EPOCH_TICK;
+
+/// How long one mark keeps the host busy: longer than the gaps between a
+/// burst's batches, short enough that probes resume soon after.
+pub const BUSY_FOR: Duration = Duration::from_millis(250);
+
+/// Ticks a running call sleeps after each tick it runs while the host is
+/// busy: it then gets a tenth of a core at most.
+pub const PAUSE_TICKS: u32 = 9;
+
+/// How often a call waiting to start looks again.
+const RECHECK: Duration = Duration::from_millis(10);
+
+/// When the host was last busy; cheap to clone and to mark.
+#[derive(Clone, Debug)]
+pub struct HostPressure {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    origin: Instant,
+    /// Milliseconds after `origin` until which the host is busy (0: never
+    /// marked).
+    busy_until: AtomicU64,
+}
+
+impl Default for HostPressure {
+    fn default() -> Self {
+        HostPressure::new()
+    }
+}
+
+impl HostPressure {
+    /// A host that has not been busy yet.
+    pub fn new() -> HostPressure {
+        HostPressure {
+            inner: Arc::new(Inner {
+                origin: Instant::now(),
+                busy_until: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn millis(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.inner.origin).as_millis())
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The host has work that must not wait, now and for [`BUSY_FOR`].
+    pub fn mark(&self) {
+        let until = self.millis(Instant::now() + BUSY_FOR);
+        self.inner.busy_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether probe calls should make way now.
+    pub fn busy(&self) -> bool {
+        self.millis(Instant::now()) < self.inner.busy_until.load(Ordering::Relaxed)
+    }
+
+    /// Waits while the host is busy, at most `limit`; returns how long.
+    pub async fn make_way(&self, limit: Duration) -> Duration {
+        if !self.busy() {
+            return Duration::ZERO;
+        }
+        let start = Instant::now();
+        while self.busy() && start.elapsed() < limit {
+            tokio::time::sleep(RECHECK).await;
+        }
+        start.elapsed()
+    }
+
+    /// The pause a running call takes after a tick while the host is busy.
+    pub fn pause() -> Duration {
+        EPOCH_TICK * PAUSE_TICKS
+    }
+}
+
+/// Time a call spent making way, shared by its epoch callback and the
+/// host-side deadline.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MadeWay(Arc<AtomicU64>);
+
+impl MadeWay {
+    pub(crate) fn add(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub(crate) fn total(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_keeps_the_host_busy_for_a_while_only() {
+        let p = HostPressure::new();
+        assert!(!p.busy(), "never marked");
+        p.mark();
+        assert!(p.busy());
+        std::thread::sleep(BUSY_FOR + Duration::from_millis(20));
+        assert!(!p.busy());
+    }
+
+    #[tokio::test]
+    async fn making_way_waits_while_busy_and_no_longer_than_the_limit() {
+        let p = HostPressure::new();
+        assert_eq!(p.make_way(Duration::from_secs(5)).await, Duration::ZERO);
+        p.mark();
+        let waited = p.make_way(Duration::from_secs(5)).await;
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        // Marked again and again: the wait stops at the limit.
+        p.mark();
+        let keep = p.clone();
+        let marker = tokio::spawn(async move {
+            for _ in 0..100 {
+                keep.mark();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let waited = p.make_way(Duration::from_millis(300)).await;
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_millis(900),
+            "{waited:?}"
+        );
+        marker.abort();
+    }
+}
