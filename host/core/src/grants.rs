@@ -781,6 +781,53 @@ mod tests {
         assert!(!is_safe_path(Path::new("/proc/self/environ")));
     }
 
+    #[test]
+    fn the_safe_sets_neighbours_need_the_admin() {
+        // Its parent, siblings, and names that only begin the same.
+        for p in [
+            "/usr",
+            "/usr/lib",
+            "/usr/lib/os-release",
+            "/usr/sharefoo",
+            "/usr/share-other/x",
+            "/proc/meminfo2",
+            "/procx/meminfo",
+        ] {
+            assert!(!is_safe_path(Path::new(p)), "{p}");
+            let req = Request {
+                read_paths: vec![p.into()],
+                ..Default::default()
+            };
+            let g = Grant::effective("p", &req, &ProbePolicy::default(), &rules());
+            assert!(g.read_paths.is_empty(), "{p} granted without the admin");
+            let refusal = g.refused.iter().find(|r| r.item == format!("read {p}"));
+            assert!(
+                refusal.is_some_and(|r| r.reason.contains("needs [probes.p] read_paths")),
+                "{p}: {:?}",
+                g.refused
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_daemons_own_directories_are_never_grantable_not_their_namesakes() {
+        for p in [
+            "/var/lib/telemetry-other",
+            "/var/lib/telemetryx/y",
+            "/var/spool/telemetry2",
+        ] {
+            assert_eq!(never_grantable(Path::new(p), &rules()), None, "{p}");
+        }
+        for p in [
+            "/var/lib/telemetry",
+            "/var/lib/telemetry/x",
+            "/var/lib",
+            "/var/spool",
+        ] {
+            assert!(never_grantable(Path::new(p), &rules()).is_some(), "{p}");
+        }
+    }
+
     fn asking(max_records_per_hour: u32, crashes: bool, interval_secs: Option<u64>) -> Request {
         Request {
             read_paths: vec![],

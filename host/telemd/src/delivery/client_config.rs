@@ -225,6 +225,19 @@ mod tests {
             target_of(&s(&big), &dirs),
             Err(CfgRefusal::TooLarge)
         ));
+        // Another user's file, however tight its mode, is not honoured.
+        let theirs = allowed.join("theirs.conf");
+        std::fs::copy(&good, &theirs).unwrap();
+        rustix::fs::chown(
+            &theirs,
+            Some(rustix::process::Uid::from_raw(65534)),
+            Some(rustix::process::Gid::from_raw(65534)),
+        )
+        .unwrap();
+        assert!(matches!(
+            target_of(&s(&theirs), &dirs),
+            Err(CfgRefusal::Untrusted { uid: 65534, .. })
+        ));
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert!(matches!(
