@@ -542,3 +542,55 @@ fn a_second_daemon_on_the_same_state_directory_refuses_and_the_first_keeps_servi
     send_raw(&first.socket(), &valid_frame("after a kill -9"));
     assert_eq!(first.wait_spool(2).len(), 2);
 }
+
+#[test]
+#[ignore = "needs root: mounts a small tmpfs"]
+fn a_burst_into_a_full_disk_keeps_every_spooled_record_and_serves_once_space_returns() {
+    support::assert_root("mounts a small tmpfs");
+    let d = TestDaemon::prepare(BURST_CONFIG);
+    // Room for a few hundred of the burst's 5,000 records.
+    let _guard = support::mount_small_tmpfs(&d.path("spool"), "1m");
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    let d = d.spawn();
+    let sent = burst(&d.socket(), BURST_CLIENTS, 5_000);
+    // Every frame is accounted for: spooled, or refused for the disk.
+    let settled = wait_until(Duration::from_secs(60), || {
+        let i = status(&d).ingest;
+        i.accepted + i.spool_errors + i.spool_full == 5_000
+    });
+    let i = status(&d).ingest;
+    assert!(settled, "not every frame was spooled or refused: {i:?}");
+    assert!(i.spool_errors > 0, "the disk never filled: {i:?}");
+    // What was acknowledged is there, whole, and nothing else.
+    let kept = d.spool_records();
+    assert_eq!(kept.len() as u64, i.accepted);
+    for r in &kept {
+        r.validate().unwrap();
+        assert!(sent
+            .ids
+            .iter()
+            .any(|id| id == r.headers.get(Header::EventId)));
+    }
+    let leftovers = std::fs::read_dir(d.path("spool"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        })
+        .count();
+    assert_eq!(leftovers, 0, "temporary files of refused records were left");
+    // The refusals were said within the log's limits.
+    assert!(
+        d.log().matches("native record refused").count() <= 2 * 64,
+        "a refusal line per record"
+    );
+    // Space returns: the next burst lands whole beside what was kept.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(d.path("spool"))
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    let again = burst(&d.socket(), BURST_CLIENTS, 1_000);
+    all_landed_once(&d, &again.ids, kept.len());
+}
