@@ -7,7 +7,9 @@
 //! `sleep MS` (in a WASI host call, where the epoch cannot stop it),
 //! `hold FILE N MS` (open FILE up to N times, keep every handle, log how
 //! many opened, then sleep MS), `log N BYTES` (N log lines of BYTES each,
-//! with an embedded newline that must not start a forged line).
+//! with an embedded newline that must not start a forged line),
+//! `fill-state` (64 KiB values under new keys until the quota refuses one)
+//! and `pollables N` (N clock pollables held and polled at once).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
