@@ -172,3 +172,66 @@ pub mod beneath {
         }
     }
 }
+
+#[cfg(test)]
+mod sync_tests {
+    use super::*;
+
+    /// Set in the child process the test below starts: it syncs and exits.
+    const CHILD: &str = "TELEM_FSYNC_TEST_DIR";
+
+    /// The shipped `Fsync` makes the real system calls: this test runs
+    /// itself again with the sync-logging shim (`tests/c/sync_log.c`)
+    /// preloaded and reads what the shim saw. Tests that inject their own
+    /// `Durability` cannot tell a no-op `Fsync`, nor can a `kill -9` (the
+    /// page cache survives it).
+    #[test]
+    fn the_real_durability_syncs_the_file_data_and_the_directory() {
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let dir = Path::new(&dir);
+            let f = File::create(dir.join("rec")).unwrap();
+            Fsync.sync_file("rec", &f).unwrap();
+            Fsync.sync_dir(dir).unwrap();
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().canonicalize().unwrap();
+        let shim = dir.join("sync_log.so");
+        let built = std::process::Command::new("gcc")
+            .args(["-shared", "-fPIC", "-O1", "-o"])
+            .arg(&shim)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../tests/c/sync_log.c"
+            ))
+            .arg("-ldl")
+            .status()
+            .expect("gcc (the test builds its shim)");
+        assert!(built.success());
+        let log = dir.join("sync.log");
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "fsutil::sync_tests::the_real_durability_syncs_the_file_data_and_the_directory",
+                "--test-threads=1",
+            ])
+            .env(CHILD, &dir)
+            .env("LD_PRELOAD", &shim)
+            .env("SYNC_LOG", &log)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(child.success());
+        let seen = std::fs::read_to_string(&log).unwrap_or_default();
+        let d = dir.display();
+        assert!(
+            seen.lines().any(|l| l == format!("fdatasync {d}/rec")),
+            "the file's data was not synced: {seen}"
+        );
+        assert!(
+            seen.lines().any(|l| l.starts_with(&format!("dirsync {d} "))
+                && l.split(' ').skip(2).any(|name| name == "rec")),
+            "the directory was not synced: {seen}"
+        );
+    }
+}
