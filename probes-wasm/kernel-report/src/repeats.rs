@@ -132,8 +132,9 @@ impl Repeats {
     /// What [`Self::encode`] made; damaged lines are dropped.
     pub fn decode(bytes: &[u8]) -> Repeats {
         let text = String::from_utf8_lossy(bytes);
+        // Split at `encode`'s `\n` only: a reason's own `\r` is part of it.
         let seen = text
-            .lines()
+            .split('\n')
             .filter_map(|l| {
                 let mut f = l.splitn(4, '\t');
                 Some(Seen {
@@ -197,5 +198,15 @@ mod tests {
         assert_eq!(back.seen.len(), MAX_TRACKED);
         assert_eq!(back.seen[1], r.seen[1]);
         assert!(Repeats::decode(b"garbage\n1\t2\n").seen.is_empty());
+    }
+
+    #[test]
+    fn a_reason_ending_in_a_carriage_return_is_still_a_repeat_after_encoding() {
+        let mut r = Repeats::default();
+        let a = "WARNING: CPU: 0 PID: 10 at x.c:1 f+0x1/0x2\r";
+        assert!(!r.count(W, a, 1000));
+        let mut back = Repeats::decode(&r.encode());
+        assert_eq!(back, r);
+        assert!(back.count(W, a, 1001), "counted, not sent again");
     }
 }
