@@ -110,11 +110,20 @@ pub fn target_of(path: &str, allowed_dirs: &[PathBuf]) -> Result<Target, CfgRefu
     }
     let mut bytes = Vec::new();
     f.take(CLIENT_CONFIG_CAP + 1).read_to_end(&mut bytes)?;
+    target_of_contents(&bytes, p)
+}
+
+/// The target the contents of a named config (`bytes`, read from `path`
+/// after the checks of [`target_of`], at most one byte over the cap)
+/// give, if the rules allow it: within the cap, a config that parses, not
+/// a `file://` server. Apart from the filesystem so that it can be fuzzed
+/// on its own (fuzz/fuzz_targets/cfg_config.rs).
+pub fn target_of_contents(bytes: &[u8], path: &Path) -> Result<Target, CfgRefusal> {
     if bytes.len() as u64 > CLIENT_CONFIG_CAP {
         return Err(CfgRefusal::TooLarge);
     }
-    let text = String::from_utf8_lossy(&bytes);
-    let config = Config::parse_str(Config::default(), &text, p)?;
+    let text = String::from_utf8_lossy(bytes);
+    let config = Config::parse_str(Config::default(), &text, path)?;
     match Target::from_config(&config.delivery) {
         Target::File(_) => Err(CfgRefusal::FileServer),
         t => Ok(t),
