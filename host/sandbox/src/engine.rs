@@ -448,17 +448,17 @@ impl Sandbox {
         let made_way = made_way.clone();
         store.set_epoch_deadline(1);
         // Yield to the runtime every tick so a spinning probe does not hold
-        // a worker thread; while the host is busy, pause after each tick
-        // (not counted against the call); stop it once its own wall time
-        // is spent.
+        // a worker thread; while the host is busy, wait for a turn after
+        // each tick (not counted against the call); stop it once its own
+        // wall time is spent.
         store.epoch_deadline_callback(move |_| {
             if pressure.busy() {
-                let made_way = made_way.clone();
+                let (made_way, pressure) = (made_way.clone(), pressure.clone());
                 return Ok(UpdateDeadline::YieldCustom(
                     1,
                     Box::pin(async move {
                         let paused = Instant::now();
-                        tokio::time::sleep(HostPressure::pause()).await;
+                        pressure.take_turn().await;
                         made_way.add(paused.elapsed());
                     }),
                 ));
@@ -697,12 +697,8 @@ impl Sandbox {
             crate::host_records::store_staged(probe, &*intake, held).await;
         }
         if let Some(txn) = state_writes {
-            // Not while the host is busy (the disk is its), then written
-            // and fsynced on a blocking thread, not a runtime worker.
-            self.options
-                .pressure
-                .make_way(Duration::from_millis(g.timeout_ms))
-                .await;
+            // Written and fsynced on a blocking thread, not a runtime
+            // worker.
             let (p, quota) = (probe.clone(), g.state_quota_bytes);
             let committed = tokio::task::spawn_blocking(move || {
                 p.state

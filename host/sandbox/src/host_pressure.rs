@@ -3,10 +3,12 @@
 //! one busy loop at `SCHED_IDLE` in another process cuts the daemon's
 //! native ingest by 17% (the vCPUs share what the hypervisor gives them,
 //! whatever the guest's scheduler decides). So while the daemon has work
-//! that must not wait (native records coming in, to be spooled), it marks
-//! itself busy, and probe calls make way: a call about
-//! to start waits (up to its own timeout), a running one runs one epoch
-//! tick in every [`PAUSE_TICKS`] + 1, and a state commit waits too. The
+//! that must not wait (native records coming in, to be spooled; records
+//! to deliver), it marks itself busy, and probe calls make way: a call
+//! about to start waits (up to its own timeout), and running ones take
+//! turns: one epoch tick of one call in every [`PAUSE_TICKS`] + 1 ticks,
+//! all calls together, so that however many run, probes get a tenth of
+//! one core. The
 //! time a call spends making way is the host's, not the probe's: it does
 //! not count toward the call's deadline. A quiet host costs nothing.
 
@@ -39,6 +41,9 @@ struct Inner {
     /// Milliseconds after `origin` until which the host is busy (0: never
     /// marked).
     busy_until: AtomicU64,
+    /// When the next running call may take its tick while the host is
+    /// busy; calls queue for it in turn.
+    next_turn: tokio::sync::Mutex<Instant>,
 }
 
 impl Default for HostPressure {
@@ -54,6 +59,7 @@ impl HostPressure {
             inner: Arc::new(Inner {
                 origin: Instant::now(),
                 busy_until: AtomicU64::new(0),
+                next_turn: tokio::sync::Mutex::new(Instant::now()),
             }),
         }
     }
@@ -86,9 +92,17 @@ impl HostPressure {
         start.elapsed()
     }
 
-    /// The pause a running call takes after a tick while the host is busy.
+    /// The pause between two ticks of probe work while the host is busy.
     pub fn pause() -> Duration {
         EPOCH_TICK * PAUSE_TICKS
+    }
+
+    /// Waits for a running call's next tick while the host is busy: one
+    /// tick of one call per [`HostPressure::pause`], all calls in turn.
+    pub async fn take_turn(&self) {
+        let mut next = self.inner.next_turn.lock().await;
+        tokio::time::sleep_until((*next).into()).await;
+        *next = Instant::now() + EPOCH_TICK + Self::pause();
     }
 }
 
@@ -120,6 +134,29 @@ mod tests {
         assert!(p.busy());
         std::thread::sleep(BUSY_FOR + Duration::from_millis(20));
         assert!(!p.busy());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn running_calls_take_turns_all_together() {
+        let p = HostPressure::new();
+        let t = Instant::now();
+        let calls: Vec<_> = (0..2)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    for _ in 0..3 {
+                        p.take_turn().await;
+                    }
+                })
+            })
+            .collect();
+        for c in calls {
+            c.await.unwrap();
+        }
+        // Six turns of two calls, the first at once: five gaps, not two
+        // calls' worth of turns side by side.
+        let gaps = (EPOCH_TICK + HostPressure::pause()) * 5;
+        assert!(t.elapsed() >= gaps, "{:?} < {gaps:?}", t.elapsed());
     }
 
     #[tokio::test]

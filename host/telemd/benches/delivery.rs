@@ -2,37 +2,46 @@
 //! collector; reports records/s and how many TCP connections `telemd`
 //! opened to do it.
 //!
+//! The daemon starts with an empty spool; the records are then moved in
+//! at once (written beside it first, on the same filesystem) and a flush
+//! asked for over the control socket, which starts the clock. With
+//! `--hostile`, each run alternates with one where ten hostile probes run
+//! at their limits meanwhile (benches/support), the probes loaded and in
+//! their loops before the records move in.
+//!
 //! Run: `cargo bench -p telemd --bench delivery`
-//! (`-- --records N` to change the count).
+//! (`-- --records N`, `-- --rounds R`, `-- --hostile`, `-- --dir DIR`
+//! for the filesystem the daemon uses).
 
 #[path = "../../../tests/support/collector.rs"]
 mod collector;
+mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use collector::{Collector, Mode};
+use support::{install_hostile, Hostile};
+use telem_core::control::client::Client;
+use telem_core::control::Request;
 use telem_core::record::wire::parse_frame;
 use telem_core::record::{spool_file, Header};
 
 const TELEMD: &str = env!("CARGO_BIN_EXE_telemd");
 
-fn main() {
-    let mut records = 10_000usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == "--records" {
-            records = args
-                .next()
-                .and_then(|v| v.parse().ok())
-                .expect("--records N");
-        }
-    }
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-delivery");
-    let _ = std::fs::remove_dir_all(&root);
-    let spool = root.join("spool");
-    std::fs::create_dir_all(&spool).unwrap();
+struct Run {
+    delivered: usize,
+    secs: f64,
+    connections: usize,
+    left: usize,
+}
+
+fn run(root: &Path, records: usize, hostile: bool) -> Run {
+    let _ = std::fs::remove_dir_all(root);
+    std::fs::create_dir_all(root.join("spool")).unwrap();
+    let staged = root.join("staged");
+    std::fs::create_dir_all(&staged).unwrap();
     let fixture = format!(
         "{}/../../tests/fixtures/legacy/frame-record-gen.bin",
         env!("CARGO_MANIFEST_DIR")
@@ -42,8 +51,13 @@ fn main() {
         rec.payload = format!("bench record {i}");
         rec.headers
             .set(Header::EventId, telem_core::record::random_id());
-        std::fs::write(spool.join(format!("{i:032x}")), spool_file::encode(&rec)).unwrap();
+        std::fs::write(staged.join(format!("{i:032x}")), spool_file::encode(&rec)).unwrap();
     }
+    let grants = if hostile {
+        install_hostile(root)
+    } else {
+        String::new()
+    };
     let _ = Command::new("sync").status();
 
     let c = Collector::start(Mode::Status(200, None));
@@ -51,41 +65,140 @@ fn main() {
     let cfg = format!(
         "server = \"{}\"\nsocket_path = \"{r}/telem-0\"\nspool_dir = \"{r}/spool\"\nstate_dir = \"{r}/state\"\n\
          journal_dir = \"{r}/journal\"\nopt_in_file = \"{r}/opt-in\"\ncontrol_socket = \"{r}/control.sock\"\n\
-         rate_limit_enabled = false\nspool_max_size = -1\n",
+         probes_dirs = [\"{r}/probes\"]\nrate_limit_enabled = false\nspool_max_size = -1\n{grants}",
         c.url()
     );
     std::fs::write(root.join("telemd.toml"), cfg).unwrap();
-    let start = Instant::now();
+    std::fs::write(root.join("opt-in"), "").unwrap();
     let mut child = Command::new(TELEMD)
         .arg("-f")
         .arg(root.join("telemd.toml"))
         .args(["--log", "warn"])
         .stdin(Stdio::null())
+        .stderr(std::fs::File::create(root.with_extension("log")).unwrap())
         .spawn()
         .unwrap();
+    let control = root.join("control.sock");
+    let t = Instant::now();
+    while Client::connect(&control, Some(Duration::from_secs(5))).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "telemd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let probes = hostile.then(|| {
+        let h = Hostile::start(root);
+        std::thread::sleep(Duration::from_secs(3));
+        h
+    });
+    for e in std::fs::read_dir(&staged).unwrap() {
+        let e = e.unwrap();
+        std::fs::rename(e.path(), root.join("spool").join(e.file_name())).unwrap();
+    }
+    let start = Instant::now();
+    Client::connect(&control, Some(Duration::from_secs(60)))
+        .and_then(|mut c| c.call(&Request::Flush))
+        .expect("flush");
     let deadline = start + Duration::from_secs(120);
     while c.accepted_count() < records && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = start.elapsed().as_secs_f64();
     let delivered = c.accepted_count();
-    let left = std::fs::read_dir(&spool)
+    let left = std::fs::read_dir(root.join("spool"))
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .count();
+    if let Some(h) = probes {
+        eprintln!("  hostile probe calls during the run: {}", h.stop());
+    }
     let _ = child.kill();
     let _ = child.wait();
-    println!("| records | seconds | records/s | TCP connections | left in spool |");
-    println!("|--------:|--------:|----------:|----------------:|--------------:|");
-    println!(
-        "| {delivered} | {secs:.2} | {:.0} | {} | {left} |",
-        delivered as f64 / secs,
-        c.connections()
-    );
-    let _ = std::fs::remove_dir_all(&root);
-    if delivered < records {
-        eprintln!("only {delivered} of {records} delivered");
+    Run {
+        delivered,
+        secs,
+        connections: c.connections(),
+        left,
+    }
+}
+
+fn main() {
+    let mut records = 10_000usize;
+    let mut rounds = 1usize;
+    let mut hostile = false;
+    let mut dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--records" => {
+                records = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--records N")
+            }
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--rounds R")
+            }
+            "--hostile" => hostile = true,
+            "--dir" => dir = args.next().map(PathBuf::from).expect("--dir DIR"),
+            _ => {}
+        }
+    }
+    let base = dir.join("bench-delivery");
+    let mut runs: Vec<(bool, Run)> = Vec::new();
+    for round in 0..rounds {
+        for with in [false, true] {
+            if with && !hostile {
+                continue;
+            }
+            let r = run(&base.join(format!("{with}-{round}")), records, with);
+            eprintln!(
+                "{}: {} delivered in {:.2}s",
+                if with { "10 hostile probes" } else { "quiet" },
+                r.delivered,
+                r.secs
+            );
+            runs.push((with, r));
+        }
+    }
+    println!("| probes | records | seconds (median) | records/s (median) | runs | TCP connections | left in spool |");
+    println!("|---|--:|--:|--:|---|--:|--:|");
+    let mut failed = false;
+    for with in [false, true] {
+        let mut rs: Vec<&Run> = runs
+            .iter()
+            .filter(|(w, _)| *w == with)
+            .map(|(_, r)| r)
+            .collect();
+        if rs.is_empty() {
+            continue;
+        }
+        rs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+        let m = rs[rs.len() / 2];
+        let all: Vec<String> = rs
+            .iter()
+            .map(|r| format!("{:.0}", r.delivered as f64 / r.secs))
+            .collect();
+        failed |= rs.iter().any(|r| r.delivered < records);
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {} | {} | {} |",
+            if with { "10 hostile" } else { "none" },
+            m.delivered,
+            m.secs,
+            m.delivered as f64 / m.secs,
+            all.join(", "),
+            m.connections,
+            m.left
+        );
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    if failed {
+        eprintln!("records were not delivered");
         std::process::exit(1);
     }
 }

@@ -105,8 +105,8 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
             )
         }))?,
     );
-    // Marked by native ingest while records come in: probe calls then
-    // make way (telem_sandbox::host_pressure).
+    // Marked by native ingest and delivery while they work: probe calls
+    // then make way (telem_sandbox::host_pressure).
     let pressure = telem_sandbox::HostPressure::new();
     let delivery = Delivery::new(
         config.delivery.clone(),
@@ -115,7 +115,8 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
         journal,
         clock,
         rand::random(),
-    )?;
+    )?
+    .with_pressure(pressure.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let inbox = telem_core::crash_inbox::inbox_dir(&config.host.state_dir);

@@ -154,7 +154,9 @@ impl Probe for SandboxTest {
                 let n: usize = arg(1).parse().map_err(|_| "pollables N")?;
                 let mut held = Vec::new();
                 for _ in 0..n {
-                    held.push(wasip2::clocks::monotonic_clock::subscribe_duration(1_000_000_000));
+                    held.push(wasip2::clocks::monotonic_clock::subscribe_duration(
+                        1_000_000_000,
+                    ));
                 }
                 wasip2::io::poll::poll(&held.iter().collect::<Vec<_>>());
                 report(format!("polled {} pollables", held.len()))

@@ -162,6 +162,8 @@ pub struct Delivery {
     targets: HashMap<String, Target>,
     status: Arc<Mutex<DeliveryStatus>>,
     remover: Remover,
+    /// Marked while records are delivered: probe calls make way.
+    pressure: Option<telem_sandbox::HostPressure>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -207,7 +209,15 @@ impl Delivery {
             config,
             own_file,
             clock,
+            pressure: None,
         })
+    }
+
+    /// Marks `pressure` busy while records are delivered, so probe calls
+    /// make way for delivery as they do for native ingest.
+    pub fn with_pressure(mut self, pressure: telem_sandbox::HostPressure) -> Delivery {
+        self.pressure = Some(pressure);
+        self
     }
 
     /// Shared view of the worker's status.
@@ -270,6 +280,9 @@ impl Delivery {
 
     /// Handles one spool entry; false stops the run.
     async fn deliver_one(&mut self, entry: &SpoolEntry, report: &mut RunReport) -> bool {
+        if let Some(p) = &self.pressure {
+            p.mark();
+        }
         let now = self.clock.now();
         let record = match self.spool.read(&entry.name) {
             Ok(r) => r,
