@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Mutation testing (cargo-mutants) of the modules whose rules the tests must
 # pin down: record validation, the wire frame and spool file format, the
-# grant rules (core); the crash handler's filters; the spool, backoff, rate
-# limit and post outcome classification (telemd). Each mutant is built and
+# grant rules (core); the real syncs (durability); the `CFG:` config rules
+# (cfg); the crash handler's filters; the spool, backoff, rate limit and
+# post outcome classification (telemd). Each mutant is built and
 # the package's own tests run against it; results, per module, go to
 # target/mutants/<part>/ (outcomes.json, caught.txt, missed.txt, ...).
 # docs/mutants.md explains every mutant that survives.
@@ -10,7 +11,7 @@
 # Not part of the test command: every mutant is a rebuild (see
 # docs/mutants.md for how long each part takes here).
 #
-# Usage: scripts/mutants.sh [core|handler|telemd|all]
+# Usage: scripts/mutants.sh [core|durability|cfg|handler|telemd|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
@@ -28,9 +29,9 @@ run() {
 
 part=${1:-all}
 case "$part" in
-  core | handler | telemd | all) ;;
+  core | durability | cfg | handler | telemd | all) ;;
   *)
-    echo "usage: $0 [core|handler|telemd|all]" >&2
+    echo "usage: $0 [core|durability|cfg|handler|telemd|all]" >&2
     exit 64
     ;;
 esac
@@ -38,6 +39,13 @@ if [ "$part" = core ] || [ "$part" = all ]; then
   run core -p telem-core \
     -f host/core/src/record/mod.rs -f host/core/src/record/wire.rs \
     -f host/core/src/record/spool_file.rs -f host/core/src/grants.rs
+fi
+if [ "$part" = durability ] || [ "$part" = all ]; then
+  run durability -p telem-core -f host/core/src/fsutil.rs
+fi
+if [ "$part" = cfg ] || [ "$part" = all ]; then
+  # In place: a copied tree of telemd rebuilds wasmtime first (10 min).
+  run cfg --in-place -p telemd -f host/telemd/src/delivery/client_config.rs
 fi
 if [ "$part" = handler ] || [ "$part" = all ]; then
   run handler -p telem-crash-handler -f host/crash-handler/src/handler.rs \
