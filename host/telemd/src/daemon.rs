@@ -124,7 +124,7 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
         .map_err(ctx(|| format!("cannot create {}", inbox.display())))?;
     let sandbox = telem_sandbox::Sandbox::with_options(sandbox_options(&config, pressure.clone()))
         .map_err(DaemonError::Sandbox)?;
-    // Probe work gets a runtime of its own at the lowest priority, so
+    // Probe work gets a runtime of its own at a lower priority, so
     // probes never take the CPU that ingest and delivery need.
     let probe_runtime = crate::probe_runtime::ProbeRuntime::start()
         .map_err(ctx(|| "cannot start the probes' runtime".into()))?;

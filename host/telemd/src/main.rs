@@ -5,7 +5,9 @@ use clap::Parser;
 use telem_core::cli::telemd::Args;
 use telem_core::config::Config;
 
-/// Threads of the blocking pool (tokio's default is 512).
+/// Threads of the main runtime's blocking pool (tokio's default is 512).
+/// Probe work (WASI file I/O, compiling) has a pool of its own
+/// (`probe_runtime.rs`).
 const MAX_BLOCKING_THREADS: usize = 64;
 
 fn main() -> std::process::ExitCode {
@@ -48,9 +50,7 @@ fn run() -> anyhow::Result<()> {
         Some(dir) => telemd::daemon::prepare_dev(dir, args.config.as_deref())?,
         None => Config::load(Config::default(), args.config.as_deref())?,
     };
-    // Blocking threads (WASI file I/O, compiling) are bounded well below the
-    // unit's TasksMax: a probe call dropped at its deadline can leave a
-    // blocking read behind, and those must queue, not pile up.
+    // Blocking threads are bounded well below the unit's TasksMax.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
