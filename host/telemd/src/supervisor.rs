@@ -226,11 +226,21 @@ impl Drop for Slot {
     }
 }
 
+/// A task on the probes' runtime that is stopped when whoever waits for
+/// it stops waiting.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The probe manager.
 pub struct ProbeManager {
     sandbox: Arc<Sandbox>,
     /// The probes' own runtime (`probe_runtime.rs`): every call and every
-    /// load runs there, at the lowest CPU priority.
+    /// load runs there, at a lower CPU priority (nice 10).
     runtime: tokio::runtime::Handle,
     ingest: Arc<Ingest>,
     dirs: Vec<PathBuf>,
@@ -276,15 +286,17 @@ fn unix_now() -> u64 {
 }
 
 impl ProbeManager {
-    /// Runs `work` on the probes' runtime and waits for it. A task that
-    /// ends without an answer (the runtime shutting down, a panic) is a
-    /// [`CallError::Stopped`].
+    /// Runs `work` on the probes' runtime and waits for it. Dropping the
+    /// wait (a probe disabled, reloaded or unloaded mid-call) stops the
+    /// work too, as it did when calls ran on the caller's runtime. A task
+    /// that ends without an answer (the runtime shutting down, a panic) is
+    /// a [`CallError::Stopped`].
     async fn on_probe_runtime<T: Send + 'static>(
         &self,
         work: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, CallError> {
-        self.runtime
-            .spawn(work)
+        let mut task = AbortOnDrop(self.runtime.spawn(work));
+        (&mut task.0)
             .await
             .map_err(|e| CallError::Stopped(e.to_string()))
     }
