@@ -457,9 +457,9 @@ impl Sandbox {
                 return Ok(UpdateDeadline::YieldCustom(
                     1,
                     Box::pin(async move {
-                        let paused = Instant::now();
+                        made_way.begin();
                         pressure.take_turn().await;
-                        made_way.add(paused.elapsed());
+                        made_way.end();
                     }),
                 ));
             }
@@ -641,8 +641,11 @@ impl Sandbox {
         drop(store);
         drop(views);
         // What the call spent of the hourly budget was appended to its file
-        // at each send; it is made durable once per call, not per record.
-        probe.budget.lock().expect("budget lock").sync();
+        // at each send; it is made durable once per call, not per record,
+        // on a blocking thread.
+        let budget = probe.budget.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || budget.lock().expect("budget lock").sync()).await;
         for (stream, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
             let bytes = pipe.contents();
             if !bytes.is_empty() {
@@ -1083,7 +1086,7 @@ mod tests {
         let marking = tokio::spawn(async move {
             let until = Instant::now() + busy_for;
             while Instant::now() < until {
-                pressure.mark();
+                pressure.mark(crate::host_pressure::BUSY_RECORDS);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });

@@ -18,9 +18,18 @@ use std::time::{Duration, Instant};
 
 use crate::EPOCH_TICK;
 
-/// How long one mark keeps the host busy: longer than the gaps between a
-/// burst's batches, short enough that probes resume soon after.
+/// How long the host stays busy after a window that made it so: longer
+/// than the gaps between a burst's batches, short enough that probes
+/// resume soon after.
 pub const BUSY_FOR: Duration = Duration::from_millis(250);
+
+/// Records in one [`WINDOW`] that make the host busy (320 a second): a
+/// burst or a backlog does, a probe's heartbeat or a trickle of frames
+/// from one user does not.
+pub const BUSY_RECORDS: u64 = 32;
+
+/// The window [`BUSY_RECORDS`] are counted over.
+pub const WINDOW: Duration = Duration::from_millis(100);
 
 /// Ticks a running call sleeps after each tick it runs while the host is
 /// busy: it then gets a tenth of a core at most.
@@ -44,6 +53,9 @@ struct Inner {
     /// When the next running call may take its tick while the host is
     /// busy; calls queue for it in turn.
     next_turn: tokio::sync::Mutex<Instant>,
+    /// The current window (its number since `origin`) and the records
+    /// counted in it.
+    window: std::sync::Mutex<(u64, u64)>,
 }
 
 impl Default for HostPressure {
@@ -60,6 +72,7 @@ impl HostPressure {
                 origin: Instant::now(),
                 busy_until: AtomicU64::new(0),
                 next_turn: tokio::sync::Mutex::new(Instant::now()),
+                window: std::sync::Mutex::new((0, 0)),
             }),
         }
     }
@@ -69,10 +82,24 @@ impl HostPressure {
             .unwrap_or(u64::MAX)
     }
 
-    /// The host has work that must not wait, now and for [`BUSY_FOR`].
-    pub fn mark(&self) {
-        let until = self.millis(Instant::now() + BUSY_FOR);
-        self.inner.busy_until.fetch_max(until, Ordering::Relaxed);
+    /// The host is handling `records` records now (a batch read from the
+    /// native socket, a record delivered). Once [`BUSY_RECORDS`] came in
+    /// one [`WINDOW`], it is busy for [`BUSY_FOR`].
+    pub fn mark(&self, records: u64) {
+        let now = Instant::now();
+        let window = self.millis(now) / WINDOW.as_millis() as u64;
+        let busy = {
+            let mut w = self.inner.window.lock().expect("window lock");
+            if w.0 != window {
+                *w = (window, 0);
+            }
+            w.1 += records;
+            w.1 >= BUSY_RECORDS
+        };
+        if busy {
+            let until = self.millis(now + BUSY_FOR);
+            self.inner.busy_until.fetch_max(until, Ordering::Relaxed);
+        }
     }
 
     /// Whether probe calls should make way now.
@@ -107,18 +134,59 @@ impl HostPressure {
 }
 
 /// Time a call spent making way, shared by its epoch callback and the
-/// host-side deadline.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct MadeWay(Arc<AtomicU64>);
+/// host-side deadline; a wait still in progress counts as it goes, so the
+/// deadline can never fall in the middle of one.
+#[derive(Clone, Debug)]
+pub(crate) struct MadeWay(Arc<Waits>);
+
+#[derive(Debug)]
+struct Waits {
+    origin: Instant,
+    /// Nanoseconds of the waits that ended.
+    ended: AtomicU64,
+    /// When the current wait began, in nanoseconds after `origin`, plus
+    /// one (0: none under way).
+    since: AtomicU64,
+}
+
+impl Default for MadeWay {
+    fn default() -> Self {
+        MadeWay(Arc::new(Waits {
+            origin: Instant::now(),
+            ended: AtomicU64::new(0),
+            since: AtomicU64::new(0),
+        }))
+    }
+}
 
 impl MadeWay {
-    pub(crate) fn add(&self, d: Duration) {
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.0.fetch_add(nanos, Ordering::Relaxed);
+    fn nanos(&self) -> u64 {
+        u64::try_from(self.0.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// A wait begins.
+    pub(crate) fn begin(&self) {
+        self.0.since.store(self.nanos() + 1, Ordering::Relaxed);
+    }
+
+    /// The wait under way ends.
+    pub(crate) fn end(&self) {
+        let since = self.0.since.swap(0, Ordering::Relaxed);
+        if since > 0 {
+            let waited = self.nanos().saturating_sub(since - 1);
+            self.0.ended.fetch_add(waited, Ordering::Relaxed);
+        }
+    }
+
+    /// All the waits so far, the one under way included.
     pub(crate) fn total(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+        let since = self.0.since.load(Ordering::Relaxed);
+        let current = if since > 0 {
+            self.nanos().saturating_sub(since - 1)
+        } else {
+            0
+        };
+        Duration::from_nanos(self.0.ended.load(Ordering::Relaxed).saturating_add(current))
     }
 }
 
@@ -127,10 +195,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_mark_keeps_the_host_busy_for_a_while_only() {
+    fn a_burst_keeps_the_host_busy_for_a_while_only_and_a_trickle_not_at_all() {
         let p = HostPressure::new();
         assert!(!p.busy(), "never marked");
-        p.mark();
+        p.mark(BUSY_RECORDS - 1);
+        assert!(!p.busy(), "a trickle");
+        p.mark(1);
         assert!(p.busy());
         std::thread::sleep(BUSY_FOR + Duration::from_millis(20));
         assert!(!p.busy());
@@ -163,16 +233,16 @@ mod tests {
     async fn making_way_waits_while_busy_and_no_longer_than_the_limit() {
         let p = HostPressure::new();
         assert_eq!(p.make_way(Duration::from_secs(5)).await, Duration::ZERO);
-        p.mark();
+        p.mark(BUSY_RECORDS);
         let waited = p.make_way(Duration::from_secs(5)).await;
         assert!(waited >= Duration::from_millis(200), "{waited:?}");
         assert!(waited < Duration::from_secs(2), "{waited:?}");
         // Marked again and again: the wait stops at the limit.
-        p.mark();
+        p.mark(BUSY_RECORDS);
         let keep = p.clone();
         let marker = tokio::spawn(async move {
             for _ in 0..100 {
-                keep.mark();
+                keep.mark(BUSY_RECORDS);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });

@@ -92,6 +92,14 @@ async fn send_record(
     // Invalid records are refused before they count against the hourly
     // budget: a probe's mistakes must not use up its allowance.
     check_probe_record(&r).map_err(|e| SendError::Invalid(escape(&e.to_string(), FIELD_CAP)))?;
+    // A batch already full refuses before the budget is spent on it.
+    if let Sink::Staged(_, held) = sink {
+        if held.lock().expect("staged lock").len() >= MAX_STAGED_RECORDS {
+            return Err(SendError::Refused(format!(
+                "at most {MAX_STAGED_RECORDS} records per batch"
+            )));
+        }
+    }
     let spent = probe
         .budget
         .lock()

@@ -8,8 +8,8 @@
 //! milliseconds since the epoch (an `Instant` does not survive a restart).
 //! A send is appended as it is made, and the file is synced once at the
 //! end of each call that sent something; it is rewritten atomically,
-//! holding only the last hour, when loaded and whenever expired entries
-//! outnumber live ones. A torn last entry (a crash mid-append) is ignored;
+//! holding only the last hour, whenever expired entries outnumber live
+//! ones (and after a torn or failed append). A torn last entry (a crash mid-append) is ignored;
 //! a file of another format starts the budget empty, with a warning. A
 //! clock that jumps back makes entries look newer, never older: an entry
 //! from the future counts as made now.
@@ -58,7 +58,12 @@ impl RecordBudget {
             unsynced: false,
         };
         match budget.read() {
-            Ok(sends) => budget.sends = sends,
+            Ok((sends, whole)) => {
+                // Appends continue the file as it is, unless it ends in a
+                // torn entry: then the first send rewrites it.
+                budget.in_file = if whole { sends.len() } else { 0 };
+                budget.sends = sends;
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return budget,
             Err(e) => tracing::warn!(
                 probe = name,
@@ -67,17 +72,11 @@ impl RecordBudget {
             ),
         }
         budget.expire(now);
-        if let Err(e) = budget.rewrite() {
-            tracing::warn!(
-                probe = name,
-                "cannot rewrite {}: {e}",
-                budget.path.display()
-            );
-        }
         budget
     }
 
-    fn read(&self) -> io::Result<VecDeque<u64>> {
+    /// The entries, and whether the file ends on an entry's end.
+    fn read(&self) -> io::Result<(VecDeque<u64>, bool)> {
         let mut bytes = Vec::new();
         File::open(&self.path)?
             .take((MAGIC.len() + MAX_ENTRIES_READ * 8) as u64)
@@ -88,10 +87,12 @@ impl RecordBudget {
                 "not a record budget file",
             ));
         };
-        Ok(entries
+        let whole = entries.len() % 8 == 0;
+        let sends = entries
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8")))
-            .collect())
+            .collect();
+        Ok((sends, whole))
     }
 
     /// Drops what is older than the window; entries from the future count
@@ -141,6 +142,9 @@ impl RecordBudget {
             self.append(t)
         };
         if let Err(e) = result {
+            // The file may now end in part of an entry: rewrite it whole
+            // at the next send.
+            self.in_file = 0;
             tracing::warn!("cannot record a send in {}: {e}", self.path.display());
         }
         true
