@@ -396,13 +396,23 @@ fn sync_all(files: &[(&Job, File)], durability: &dyn Durability) -> Vec<io::Resu
     }
     let per = files.len().div_ceil(SYNC_THREADS);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = files
+        // A chunk whose thread cannot be started (no task left under the
+        // unit's TasksMax, say) is synced here, in turn.
+        let started: Vec<_> = files
             .chunks(per)
-            .map(|chunk| scope.spawn(move || chunk.iter().map(sync).collect::<Vec<_>>()))
+            .map(|chunk| {
+                let thread = std::thread::Builder::new()
+                    .spawn_scoped(scope, move || chunk.iter().map(sync).collect::<Vec<_>>());
+                (chunk, thread.ok())
+            })
             .collect();
-        handles
+        started
             .into_iter()
-            .flat_map(|h| h.join().expect("a sync thread panicked"))
+            .flat_map(|(chunk, thread)| match thread.map(|t| t.join()) {
+                Some(Ok(results)) => results,
+                // A sync that panicked (it never does) or did not start.
+                _ => chunk.iter().map(sync).collect(),
+            })
             .collect()
     })
 }

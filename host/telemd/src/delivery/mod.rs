@@ -281,7 +281,7 @@ impl Delivery {
     /// Handles one spool entry; false stops the run.
     async fn deliver_one(&mut self, entry: &SpoolEntry, report: &mut RunReport) -> bool {
         if let Some(p) = &self.pressure {
-            p.mark();
+            p.mark(1);
         }
         let now = self.clock.now();
         let record = match self.spool.read(&entry.name) {

@@ -223,18 +223,22 @@ impl Shares {
     /// in this order, so a uid's waiting connections never hold global
     /// slots, and the global semaphore queues at most one connection per
     /// free slot of each uid.
-    pub async fn slots(&self, admission: &Admission) -> Slots<'_> {
+    /// Also returns how long the wait for the global slot took (the part
+    /// other uids caused).
+    pub async fn slots(&self, admission: &Admission) -> (Slots<'_>, Duration) {
         let uid = admission
             .uid_slots
             .clone()
             .acquire_owned()
             .await
             .expect("semaphore never closed");
+        let waiting = Instant::now();
         let global = self.slots.acquire().await.expect("semaphore never closed");
-        Slots {
+        let slots = Slots {
             _uid: uid,
             _global: global,
-        }
+        };
+        (slots, waiting.elapsed())
     }
 
     /// A connection of a uid over its share closed without a whole frame:
@@ -253,8 +257,9 @@ impl Shares {
         warn!(
             ?uid,
             ?pid,
-            "native connection closed without a complete frame: its uid already has {per_uid} \
-             connections open, its share (one such line per {REFUSAL_LOG_INTERVAL:?} at most){since}"
+            "native connection closed without a complete frame: its uid holds {per_uid} \
+             connections open (its share) and it sent no whole frame within its probation, or \
+             the daemon could not watch it (one such line per {REFUSAL_LOG_INTERVAL:?} at most){since}"
         );
     }
 

@@ -271,7 +271,9 @@ pub async fn serve(
     // Records read since the last hand-over to the spool, with their room.
     let mut batch = Vec::new();
     'serving: loop {
-        while conns.try_join_next().is_some() {}
+        while let Some(done) = conns.try_join_next() {
+            said_if_panicked(done);
+        }
         // Room for the record first: while the spool is behind, clients
         // wait in the backlog rather than in the daemon.
         let intake = tokio::select! {
@@ -348,11 +350,23 @@ pub async fn serve(
         }
         if !batch.is_empty() {
             // Probe calls make way while records come in.
-            pressure.mark();
+            pressure.mark(batch.len() as u64);
             conns.spawn(submit(ctx.shares.clone(), std::mem::take(&mut batch)));
         }
     }
-    while conns.join_next().await.is_some() {}
+    while let Some(done) = conns.join_next().await {
+        said_if_panicked(done);
+    }
+}
+
+/// A connection's task that panicked (a bug) is said in the log: its
+/// records, up to a batch, were neither counted nor stored.
+fn said_if_panicked(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            tracing::error!("a native connection's task panicked; its records are lost: {e}");
+        }
+    }
 }
 
 /// Most records handed to the spool at once by the accept loop.
@@ -465,6 +479,7 @@ async fn read_slowly(
     // alone can be spurious).
     if frame.is_empty() {
         let first = tokio::select! {
+            biased;
             r = tokio::time::timeout(timeout, read_some(&mut stream, &mut frame)) => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
@@ -477,20 +492,32 @@ async fn read_slowly(
             Ok(Err(e)) => return shares.rejected(uid, pid, &e),
         }
     }
-    let waiting = Instant::now();
-    let slots = tokio::select! {
-        s = shares.slots(&admission) => s,
-        _ = shutdown.wait_for(|s| *s) => return,
-    };
-    // The time spent waiting for a slot is the daemon's, not the client's.
-    let deadline = accepted + timeout + waiting.elapsed();
-    let read = tokio::time::timeout_at(deadline.into(), read_frame(&mut stream, &mut frame)).await;
-    drop(slots);
-    drop(stream);
-    let record = match read {
-        Err(_) => return shares.timed_out(uid, pid, timeout),
-        Ok(Err(e)) => return shares.rejected(uid, pid, &e),
-        Ok(Ok(r)) => r,
+    // Most frames are whole by now (the client wrote between its connect
+    // and this read): no slot is needed for them.
+    let record = if frame.is_complete() {
+        drop(stream);
+        match frame.parse() {
+            Ok(r) => r,
+            Err(e) => return shares.rejected(uid, pid, &ConnError::Frame(e)),
+        }
+    } else {
+        let (slots, global_wait) = tokio::select! {
+            biased;
+            s = shares.slots(&admission) => s,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        // Waiting behind its own uid's connections is the client's time;
+        // waiting for a global slot, which other uids hold, the daemon's.
+        let deadline = accepted + timeout + global_wait;
+        let read =
+            tokio::time::timeout_at(deadline.into(), read_frame(&mut stream, &mut frame)).await;
+        drop(slots);
+        drop(stream);
+        match read {
+            Err(_) => return shares.timed_out(uid, pid, timeout),
+            Ok(Err(e)) => return shares.rejected(uid, pid, &e),
+            Ok(Ok(r)) => r,
+        }
     };
     // The record waits for room with its uid's place held, so what waits
     // here stays within the open budget.
@@ -516,13 +543,15 @@ async fn on_probation(
     mut frame: FrameBuf,
     (uid, pid): (Option<u32>, Option<i32>),
     accepted: Instant,
-    _place: OwnedSemaphorePermit,
+    place: OwnedSemaphorePermit,
     shares: Arc<Shares>,
     pending: Arc<Semaphore>,
 ) {
     let deadline = accepted + shares.opts.probation();
     let read = tokio::time::timeout_at(deadline.into(), read_frame(&mut stream, &mut frame)).await;
     drop(stream);
+    // The probation place is for reading only, not for waiting for room.
+    drop(place);
     match read {
         Err(_) => shares.refused(uid, pid),
         Ok(Err(e)) if frame.is_empty() => {
