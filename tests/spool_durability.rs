@@ -123,13 +123,29 @@ fn canonical(d: &TestDaemon, rel: &str) -> String {
 #[test]
 fn each_spooled_record_was_synced_under_its_temporary_name_and_its_name_after_its_rename() {
     let d = daemon_watched_for_syncs(|_| {});
-    // One at a time and in a burst: single records and groups.
+    let spool = canonical(&d, "spool");
+    let dirsync = format!("dirsync {spool}");
+    let dir_synced_with = |name: &str| {
+        sync_log(&d)
+            .iter()
+            .filter(|l| l.starts_with(&dirsync))
+            .any(|l| l.split(' ').skip(2).any(|n| n == name))
+    };
+    // One at a time (each its own group, its directory sync seen before
+    // the next is sent), then in a burst (groups).
     for i in 0..10 {
         send_raw(
             &d.socket(),
             &encode_frame(&test_record(&format!("one {i}"))),
         );
         d.wait_spool(i + 1);
+        for name in d.spool_names() {
+            assert!(
+                wait_until(Duration::from_secs(5), || dir_synced_with(&name)),
+                "{name}: no sync of the spool directory after its rename; log:\n{}",
+                sync_log(&d).join("\n")
+            );
+        }
     }
     let sock = d.socket();
     let threads: Vec<_> = (0..4)
@@ -150,8 +166,6 @@ fn each_spooled_record_was_synced_under_its_temporary_name_and_its_name_after_it
     }
     d.wait_spool(50);
     let log = sync_log(&d);
-    let spool = canonical(&d, "spool");
-    let dirsync = format!("dirsync {spool}");
     for name in d.spool_names() {
         let data = format!("fdatasync {spool}/.tmp-{name}");
         assert!(

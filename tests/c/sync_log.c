@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,9 +68,11 @@ int fsync(int fd)
 		real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
 	path_of(fd, path, sizeof path);
 	int is_dir = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+	static pthread_mutex_t listing_lock = PTHREAD_MUTEX_INITIALIZER;
 	if (is_dir) {
-		/* Serialised by the caller in practice (one spool writer); the
-		 * buffer is static to keep the stack small. */
+		/* The buffer is static to keep the stack small, so one
+		 * directory sync at a time is logged. */
+		pthread_mutex_lock(&listing_lock);
 		len = (size_t)snprintf(listing, sizeof listing, "dirsync %s", path);
 		DIR *d = opendir(path);
 		struct dirent *e;
@@ -81,13 +84,14 @@ int fsync(int fd)
 		listing[len++] = '\n';
 	}
 	int r = real(fd);
-	if (r == 0) {
-		if (is_dir) {
+	if (r == 0 && !is_dir) {
+		char line[4200];
+		say(line, (size_t)snprintf(line, sizeof line, "fsync %s\n", path));
+	}
+	if (is_dir) {
+		if (r == 0)
 			say(listing, len);
-		} else {
-			char line[4200];
-			say(line, (size_t)snprintf(line, sizeof line, "fsync %s\n", path));
-		}
+		pthread_mutex_unlock(&listing_lock);
 	}
 	return r;
 }
