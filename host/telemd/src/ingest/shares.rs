@@ -130,6 +130,7 @@ pub(super) struct Shares {
     timeouts: Mutex<LogLimit>,
     rejections: Mutex<LogLimit>,
     refused_records: Mutex<LogLimit>,
+    accept_failures: Mutex<LogLimit>,
 }
 
 /// A connection's place among the open ones; given back when dropped.
@@ -185,6 +186,7 @@ impl Shares {
             timeouts: limit(CLIENT_LOG_BURST, CLIENT_LOG_INTERVAL),
             rejections: limit(CLIENT_LOG_BURST, CLIENT_LOG_INTERVAL),
             refused_records: limit(CLIENT_LOG_BURST, CLIENT_LOG_INTERVAL),
+            accept_failures: limit(1, REFUSAL_LOG_INTERVAL),
         }
     }
 
@@ -314,6 +316,16 @@ impl Shares {
             info!(%classification, ?uid, ?pid, "native record refused: {why}{more}");
         } else {
             warn!(%classification, ?uid, ?pid, "native record refused: {why}{more}");
+        }
+    }
+}
+
+impl Shares {
+    /// `accept` failed (out of descriptors, memory): said once per
+    /// [`REFUSAL_LOG_INTERVAL`] at most, however often it is retried.
+    pub fn accept_failed(&self, e: &std::io::Error) {
+        if let Some(earlier) = admit_line(&self.accept_failures) {
+            warn!("native socket accept failed: {e}{}", suppressed(earlier));
         }
     }
 }

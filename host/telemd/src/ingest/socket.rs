@@ -313,7 +313,7 @@ pub async fn serve(
                 }
                 Some(Err(e)) => {
                     // EMFILE and friends: back off instead of spinning.
-                    warn!("native socket accept failed: {e}");
+                    ctx.shares.accept_failed(&e);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 None => ready.clear_ready(),
@@ -339,7 +339,7 @@ pub async fn serve(
                     &mut conns,
                 ),
                 Some(Err(e)) => {
-                    warn!("native socket accept failed: {e}");
+                    ctx.shares.accept_failed(&e);
                     break;
                 }
                 None => {
