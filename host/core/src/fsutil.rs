@@ -169,6 +169,12 @@ pub mod beneath {
             assert!(read_file(&d, "../rec", 100).is_err(), "not one component");
             assert!(open_subdir(&d, "sub").is_ok());
             assert!(open_subdir(&d, "sublink").is_err(), "a symlinked directory");
+            // A relative link within the cap would be followed without
+            // O_NOFOLLOW; a file would open as a directory without
+            // O_DIRECTORY.
+            std::os::unix::fs::symlink("sub", t.path().join("sibling")).unwrap();
+            assert!(open_subdir(&d, "sibling").is_err(), "a link to a sibling");
+            assert!(open_subdir(&d, "rec").is_err(), "a file");
         }
     }
 }
@@ -192,6 +198,7 @@ mod sync_tests {
             let f = File::create(dir.join("rec")).unwrap();
             Fsync.sync_file("rec", &f).unwrap();
             Fsync.sync_dir(dir).unwrap();
+            write_atomic(&dir.join("sub/atomic"), b"whole", 0o600).unwrap();
             return;
         }
         let t = tempfile::tempdir().unwrap();
@@ -233,5 +240,18 @@ mod sync_tests {
                 && l.split(' ').skip(2).any(|name| name == "rec")),
             "the directory was not synced: {seen}"
         );
+        // An atomic write syncs its temp file in the target's directory,
+        // then that directory with the new name in it.
+        assert!(
+            seen.lines()
+                .any(|l| l.starts_with(&format!("fsync {d}/sub/.atomic.tmp-"))),
+            "the temp file was not synced beside its target: {seen}"
+        );
+        assert!(
+            seen.lines().any(|l| l.starts_with(&format!("dirsync {d}/sub "))
+                && l.split(' ').skip(2).any(|name| name == "atomic")),
+            "the target's directory was not synced after the rename: {seen}"
+        );
+        assert_eq!(std::fs::read(dir.join("sub/atomic")).unwrap(), b"whole");
     }
 }
