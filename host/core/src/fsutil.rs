@@ -248,8 +248,9 @@ mod sync_tests {
             "the temp file was not synced beside its target: {seen}"
         );
         assert!(
-            seen.lines().any(|l| l.starts_with(&format!("dirsync {d}/sub "))
-                && l.split(' ').skip(2).any(|name| name == "atomic")),
+            seen.lines()
+                .any(|l| l.starts_with(&format!("dirsync {d}/sub "))
+                    && l.split(' ').skip(2).any(|name| name == "atomic")),
             "the target's directory was not synced after the rename: {seen}"
         );
         assert_eq!(std::fs::read(dir.join("sub/atomic")).unwrap(), b"whole");

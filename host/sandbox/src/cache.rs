@@ -15,7 +15,10 @@
 //! (killed out of memory, say), and that component is refused until the
 //! admin clears the markers (`telemctl probe reload`), so a hostile file
 //! cannot crash the daemon at every restart. A marker of an earlier boot is
-//! ignored (a reboot mid-compile says nothing about the file). A compile
+//! ignored (a reboot mid-compile says nothing about the file), and a stop
+//! on a signal takes back the markers of compiles it interrupts (and starts
+//! no more), so a probe still compiling at `systemctl stop` loads at the
+//! next start. A compile
 //! still running, after its caller gave up at the timeout, is never started
 //! a second time.
 
@@ -42,8 +45,19 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct CompileCache {
     dir: PathBuf,
     engine_hash: String,
+    /// The compiles under way, and whether the daemon is stopping.
+    compiling: std::sync::Arc<std::sync::Mutex<Compiles>>,
+}
+
+/// What the cache's lock guards: a compile's marker is written and a stop
+/// is declared under it, so a stop sees every marker a compile wrote and
+/// no compile starts after it.
+#[derive(Debug, Default)]
+struct Compiles {
     /// sha256 of the components being compiled now.
-    compiling: std::sync::Arc<std::sync::Mutex<HashSet<String>>>,
+    running: HashSet<String>,
+    /// Set as the daemon stops: no compile starts any more.
+    stopping: bool,
 }
 
 /// Takes a component off the being-compiled set when its compile ends,
@@ -56,6 +70,7 @@ impl Drop for Compiling<'_> {
             .compiling
             .lock()
             .expect("compiling lock")
+            .running
             .remove(&self.1);
     }
 }
@@ -92,6 +107,11 @@ pub struct CompileCrashed(pub PathBuf);
 #[derive(Debug, thiserror::Error)]
 #[error("an earlier compile of this component is still running")]
 pub struct StillCompiling;
+
+/// A compile asked for while the daemon stops.
+#[derive(Debug, thiserror::Error)]
+#[error("the daemon is stopping; this component is compiled at the next start")]
+pub struct Stopping;
 
 impl CompileCache {
     /// A cache in `dir` for artefacts of `engine`.
@@ -191,29 +211,33 @@ impl CompileCache {
                 ),
             }
         }
-        if !self
-            .compiling
-            .lock()
-            .expect("compiling lock")
-            .insert(hash.clone())
-        {
-            return Err(wasmtime::Error::new(StillCompiling));
-        }
-        let _compiling = Compiling(self, hash.clone());
         let marker = self.dir.join(format!("compiling-{hash}"));
         let boot = telem_core::journal::boot_id();
-        match std::fs::read_to_string(&marker) {
-            Ok(b) if b.trim() == boot => {
-                return Err(wasmtime::Error::new(CompileCrashed(marker)));
+        let (_compiling, marked) = {
+            let mut compiles = self.compiling.lock().expect("compiling lock");
+            if compiles.stopping {
+                return Err(wasmtime::Error::new(Stopping));
             }
-            Ok(_) => tracing::info!(
-                "compile marker {} is from an earlier boot; compiling again",
-                marker.display()
-            ),
-            Err(_) => {}
-        }
-        let _ = std::fs::create_dir_all(&self.dir);
-        let marked = telem_core::fsutil::write_atomic(&marker, boot.as_bytes(), 0o600);
+            if !compiles.running.insert(hash.clone()) {
+                return Err(wasmtime::Error::new(StillCompiling));
+            }
+            let compiling = Compiling(self, hash.clone());
+            match std::fs::read_to_string(&marker) {
+                Ok(b) if b.trim() == boot => {
+                    drop(compiles);
+                    return Err(wasmtime::Error::new(CompileCrashed(marker)));
+                }
+                Ok(_) => tracing::info!(
+                    "compile marker {} is from an earlier boot; compiling again",
+                    marker.display()
+                ),
+                Err(_) => {}
+            }
+            let _ = std::fs::create_dir_all(&self.dir);
+            // Written under the lock: a stop declared after this sees it.
+            let marked = telem_core::fsutil::write_atomic(&marker, boot.as_bytes(), 0o600);
+            (compiling, marked)
+        };
         let compiled = engine.precompile_component(bytes);
         if marked.is_ok() {
             let _ = std::fs::remove_file(&marker);
@@ -240,7 +264,12 @@ impl CompileCache {
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return;
         };
-        let running = self.compiling.lock().expect("compiling lock").clone();
+        let running = self
+            .compiling
+            .lock()
+            .expect("compiling lock")
+            .running
+            .clone();
         for e in rd.filter_map(|e| e.ok()) {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(hash) = name.strip_prefix("compiling-") {
@@ -248,6 +277,21 @@ impl CompileCache {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
+        }
+    }
+
+    /// Takes back the markers of compilations still running when the
+    /// daemon stops on a signal: the stop interrupts them, they did not
+    /// crash it, so the components must load at the next start (a marker
+    /// left behind would refuse a good probe until `telemctl probe
+    /// reload`). The compile threads are not waited for: one can take
+    /// seconds, longer than a stop should.
+    /// No compile starts after this call.
+    pub fn release_running_markers(&self) {
+        let mut compiles = self.compiling.lock().expect("compiling lock");
+        compiles.stopping = true;
+        for hash in &compiles.running {
+            let _ = std::fs::remove_file(self.dir.join(format!("compiling-{hash}")));
         }
     }
 
@@ -398,12 +442,44 @@ mod tests {
         assert!(e.downcast_ref::<CompileCrashed>().is_some(), "{e}");
         // A compile still running is not started again, nor its marker
         // cleared.
-        cache.compiling.lock().unwrap().insert(sha256_hex(other));
+        cache
+            .compiling
+            .lock()
+            .unwrap()
+            .running
+            .insert(sha256_hex(other));
         let e = cache.get_or_compile(&engine, other).unwrap_err();
         assert!(e.downcast_ref::<StillCompiling>().is_some(), "{e}");
         cache.clear_crash_markers();
         assert!(marker.exists());
-        cache.compiling.lock().unwrap().clear();
+        // A stop on a signal takes back the marker of a compile under way
+        // (and only that one): it was interrupted, it crashed nothing.
+        let crashed = dir.path().join(format!("compiling-{}", sha256_hex(wasm)));
+        std::fs::write(&crashed, telem_core::journal::boot_id()).unwrap();
+        cache.release_running_markers();
+        assert!(!marker.exists() && crashed.exists());
+        // And no compile starts after the stop (its marker would outlive
+        // the process).
+        std::fs::remove_file(&crashed).unwrap();
+        let third = b"\0asm\x0d\0\x01\0\x00\x02\x01y";
+        let e = cache.get_or_compile(&engine, third).unwrap_err();
+        assert!(e.downcast_ref::<Stopping>().is_some(), "{e}");
+        assert_eq!(
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("compiling-")
+                })
+                .count(),
+            0
+        );
+        cache.compiling.lock().unwrap().stopping = false;
+        std::fs::write(&marker, telem_core::journal::boot_id()).unwrap();
+        cache.compiling.lock().unwrap().running.clear();
         cache.clear_crash_markers();
         let (_, _, compiled) = cache.get_or_compile(&engine, other).unwrap();
         assert!(compiled && !marker.exists());

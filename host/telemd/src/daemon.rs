@@ -237,6 +237,9 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     let _ = control.await;
     let _ = std::fs::remove_file(&config.host.control_socket);
     let _ = tokio::task::spawn_blocking(move || delivering.join()).await;
+    // Compiles still running are left to die with the process; they did
+    // not crash it, so their components load at the next start.
+    probes.release_compile_markers();
     drop(probe_runtime);
     spool.close();
     if let Some(p) = bound_path {

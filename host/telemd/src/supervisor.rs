@@ -755,6 +755,12 @@ impl ProbeManager {
         }
     }
 
+    /// Called as the daemon stops: compilations under way are interrupted,
+    /// not crashed, and must not keep their probes out at the next start.
+    pub fn release_compile_markers(&self) {
+        self.sandbox.cache().release_running_markers();
+    }
+
     /// Forgets every probe and loads the directories afresh (lifts
     /// quarantines, and tries again components whose compilation once
     /// stopped the daemon).
