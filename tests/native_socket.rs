@@ -161,8 +161,7 @@ fn malformed_input_is_refused_and_the_daemon_keeps_serving() {
             r.payload
         );
     }
-    let log = d.log();
-    for needle in [
+    let needles = [
         "frame size 0 is too small",
         "frame size 4 is too small",
         "frame size 4294967295 exceeds the limit",
@@ -172,7 +171,15 @@ fn malformed_input_is_refused_and_the_daemon_keeps_serving() {
         "payload byte 2 is 0x00",
         "payload byte 2 is 0xc3",
         "connection closed after",
-    ] {
+    ];
+    // A refused record is said once its batch's answer is back, which may
+    // be after the next good record's file appeared.
+    wait_until(Duration::from_secs(5), || {
+        let log = d.log();
+        needles.iter().all(|n| log.contains(n))
+    });
+    let log = d.log();
+    for needle in needles {
         assert!(log.contains(needle), "log lacks {needle:?}:\n{log}");
     }
     // Rejections carry the peer's credentials.
