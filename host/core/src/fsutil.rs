@@ -175,6 +175,11 @@ pub mod beneath {
             std::os::unix::fs::symlink("sub", t.path().join("sibling")).unwrap();
             assert!(open_subdir(&d, "sibling").is_err(), "a link to a sibling");
             assert!(open_subdir(&d, "rec").is_err(), "a file");
+            // One component only, even where cap-std would allow more.
+            std::fs::write(t.path().join("sub/inner"), "inner").unwrap();
+            assert!(read_file(&d, "sub/inner", 100).is_err(), "two components");
+            assert!(open_subdir(&d, ".").is_err(), "the directory itself");
+            assert!(read_file(&d, "", 100).is_err(), "no name");
         }
     }
 }

@@ -550,6 +550,66 @@ mod tests {
     }
 
     #[test]
+    fn a_files_pattern_is_one_to_three_plain_parts_of_at_most_255_bytes() {
+        for ok in ["*.log", "a/b/c", "x..y/*", &"a".repeat(255)] {
+            assert_eq!(files_pattern_refusal(ok), None, "{ok:?}");
+        }
+        for bad in [
+            "",
+            &"a".repeat(256),
+            "a/b/c/d",
+            "a//b",
+            "/a",
+            "a/",
+            ".",
+            "a/./b",
+            "..",
+            "a/../b",
+        ] {
+            assert!(files_pattern_refusal(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_daemons_rules_come_from_its_config_and_protect_its_own_directories() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().canonicalize().unwrap();
+        let link = real.join("link");
+        std::fs::create_dir(real.join("state")).unwrap();
+        std::os::unix::fs::symlink(real.join("state"), &link).unwrap();
+        let text = format!(
+            "state_dir = \"{}\"\nspool_dir = \"{}/spool\"\n\
+             journal_dir = \"{}/journal\"\n\
+             max_records_per_hour = 60\nprobe_min_interval_secs = 5\n",
+            link.display(),
+            real.display(),
+            real.display()
+        );
+        let config = crate::config::Config::parse_str(
+            crate::config::Config::default(),
+            &text,
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let r = HostRules::for_config(&config);
+        assert_eq!(r.max_records_per_hour, 60);
+        assert_eq!(r.min_interval_secs, 5);
+        for dir in [
+            link.clone(),
+            real.join("state"),
+            real.join("spool"),
+            real.join("journal"),
+            crate::crash_inbox::inbox_dir(&link),
+        ] {
+            assert!(
+                r.protected_dirs.contains(&dir),
+                "{dir:?} in {:?}",
+                r.protected_dirs
+            );
+        }
+    }
+
+    #[test]
     fn patterns() {
         assert!(pattern_matches(
             "org.example/disk/*",
