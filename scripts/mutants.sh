@@ -46,8 +46,9 @@ fi
 if [ "$part" = cfg ] || [ "$part" = all ]; then
   # In place: a copied tree of telemd rebuilds wasmtime first (10 min).
   # The rules' tests are the module's own: only the library's tests run
-  # (building the integration tests too would double each mutant's time).
-  run cfg --in-place -p telemd -f host/telemd/src/delivery/client_config.rs -- --lib
+  # (building the integration tests too would double each mutant's time),
+  # the root-only ones included (run this as root).
+  run cfg --in-place -p telemd -f host/telemd/src/delivery/client_config.rs -- --lib -- --include-ignored
 fi
 if [ "$part" = handler ] || [ "$part" = all ]; then
   run handler -p telem-crash-handler -f host/crash-handler/src/handler.rs \

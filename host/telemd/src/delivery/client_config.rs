@@ -247,11 +247,58 @@ mod tests {
             target_of(&s(&theirs), &dirs),
             Err(CfgRefusal::Untrusted { uid: 65534, .. })
         ));
+        // Up to the cap, every byte is read; one more is too large.
+        let settings = "[settings]\nserver=http://127.0.0.1:9/x\ntidheader=X-Telemetry-TID: abc";
+        let cap = CLIENT_CONFIG_CAP as usize;
+        let at_cap = allowed.join("at-cap.conf");
+        let padding = "#".repeat(cap - settings.len() - 1) + "\n";
+        std::fs::write(&at_cap, padding.clone() + settings).unwrap();
+        assert_eq!(std::fs::metadata(&at_cap).unwrap().len(), CLIENT_CONFIG_CAP);
+        assert!(
+            matches!(target_of(&s(&at_cap), &dirs), Ok(Target::Http { ref tid_value, .. }) if tid_value == "abc"),
+            "a config of exactly the cap is read whole"
+        );
+        let over = allowed.join("over-cap.conf");
+        std::fs::write(&over, "#".to_owned() + &padding + settings).unwrap();
+        assert!(matches!(
+            target_of(&s(&over), &dirs),
+            Err(CfgRefusal::TooLarge)
+        ));
+        // Missing: a read error, not "outside".
+        assert!(matches!(
+            target_of(&s(&allowed.join("missing.conf")), &dirs),
+            Err(CfgRefusal::Io(_))
+        ));
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert!(matches!(
             target_of(&s(&good), &dirs),
-            Err(CfgRefusal::Untrusted { .. })
+            Err(CfgRefusal::Untrusted {
+                uid: 0,
+                mode: 0o666
+            })
         ));
+        // A real permission error (another user, a root-only directory)
+        // is a read error too: only cap-std's refusal of a path leading
+        // out means outside. setuid here changes this thread only (the
+        // raw system call, not glibc's process-wide one).
+        let private = allowed.join("private");
+        std::fs::create_dir(&private).unwrap();
+        for open in [allowed.parent().unwrap(), &allowed] {
+            std::fs::set_permissions(open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::copy(&theirs, private.join("custom.conf")).unwrap();
+        let denied = s(&private.join("custom.conf"));
+        let as_nobody = std::thread::spawn(move || {
+            rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(65534)).unwrap();
+            target_of(&denied, &dirs)
+        })
+        .join()
+        .unwrap();
+        assert!(
+            matches!(&as_nobody, Err(CfgRefusal::Io(e)) if e.raw_os_error() == Some(libc::EACCES)),
+            "{as_nobody:?}"
+        );
     }
 }
