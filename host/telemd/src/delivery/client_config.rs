@@ -247,6 +247,20 @@ mod tests {
             target_of(&s(&theirs), &dirs),
             Err(CfgRefusal::Untrusted { uid: 65534, .. })
         ));
+        // The documented cap is 64 KiB: a long commented config is fine.
+        let commented = allowed.join("commented.conf");
+        std::fs::write(
+            &commented,
+            "[settings]\n".to_owned()
+                + &"# a comment line\n".repeat(3800)
+                + "server=http://127.0.0.1:9/x\n",
+        )
+        .unwrap();
+        assert!(
+            target_of(&s(&commented), &dirs).is_ok(),
+            "a {} byte config",
+            std::fs::metadata(&commented).unwrap().len()
+        );
         // Up to the cap, every byte is read; one more is too large.
         let settings = "[settings]\nserver=http://127.0.0.1:9/x\ntidheader=X-Telemetry-TID: abc";
         let cap = CLIENT_CONFIG_CAP as usize;
