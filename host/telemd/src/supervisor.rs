@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::ingest::Ingest;
-use crate::sources::{CursorFile, SourceOptions};
+use crate::sources::{BatchConsumer, CursorFile, SourceOptions};
 use telem_core::control::{ProbeInfo, ProbeState, RefusedProbe};
 use telem_core::grants::ProbePolicy;
 use telem_core::provenance::{self, Owners, Signatures};
@@ -1104,7 +1104,7 @@ async fn drive(
     for source in &probe.manifest.sources {
         match source {
             Source::KernelLog(limits) if probe.grant.kernel_log => {
-                parts.spawn(crate::sources::drive_kernel_log(
+                parts.spawn(crate::sources::kmsg::drive(
                     mgr.clone(),
                     probe.clone(),
                     state.clone(),
@@ -1119,7 +1119,7 @@ async fn drive(
                     .iter()
                     .find(|w| w.dir == Path::new(&f.dir) && w.pattern == f.pattern);
                 if let Some(w) = granted {
-                    parts.spawn(crate::sources::drive_files(
+                    parts.spawn(crate::sources::files::drive(
                         mgr.clone(),
                         probe.clone(),
                         state.clone(),
@@ -1130,7 +1130,7 @@ async fn drive(
                 }
             }
             Source::Journal(j) if probe.grant.journal.is_some() => {
-                parts.spawn(crate::sources::drive_journal(
+                parts.spawn(crate::sources::journal::drive(
                     mgr.clone(),
                     probe.clone(),
                     state.clone(),
@@ -1192,5 +1192,25 @@ async fn supervised(
         }
         tokio::time::sleep(delay).await;
         delay *= 2;
+    }
+}
+
+impl BatchConsumer for ProbeManager {
+    fn source_options(&self) -> &SourceOptions {
+        ProbeManager::source_options(self)
+    }
+
+    fn source_dir_refusal(&self, probe: &LoadedProbe, dir: &Path) -> Option<String> {
+        ProbeManager::source_dir_refusal(self, probe, dir)
+    }
+
+    fn deliver_batch<'a>(
+        &'a self,
+        probe: &'a Arc<LoadedProbe>,
+        state: &'a Mutex<ProbeState>,
+        event: Event,
+        extra: &'a [ExtraDir],
+    ) -> impl std::future::Future<Output = bool> + Send + 'a {
+        ProbeManager::deliver_batch(self, probe, state, event, extra)
     }
 }

@@ -11,7 +11,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 use telem_core::fsutil::beneath;
+
+use telem_core::control::ProbeState;
+use telem_core::grants::FilesWatch;
+use telem_sandbox::{BatchLimits, Event, FileNotice, LoadedProbe};
+
+use super::{batch_limits, on_host, save, watch_key, BatchConsumer, CursorFile};
 
 /// Most directory entries one scan looks at.
 pub const MAX_ENTRIES: usize = 10_000;
@@ -170,6 +177,101 @@ impl Watch {
             .collect();
         self.last_scan = seen;
         fresh
+    }
+}
+
+/// Tells `probe` of new files in `watch.dir`, scan by scan.
+pub async fn drive<C: BatchConsumer>(
+    mgr: Arc<C>,
+    probe: Arc<LoadedProbe>,
+    state: Arc<Mutex<ProbeState>>,
+    cursors: Arc<CursorFile>,
+    watch: FilesWatch,
+    limits: BatchLimits,
+) {
+    let interval = mgr.source_options().files_scan_interval;
+    let key = watch_key(&watch);
+    let host_dir = on_host(&mgr.source_options().sources_root, &watch.dir);
+    let extra = [telem_sandbox::ExtraDir {
+        host: host_dir.clone(),
+        guest: watch.dir.clone(),
+        host_owned: false,
+    }];
+    let told = cursors
+        .cursors
+        .lock()
+        .expect("cursor lock")
+        .files
+        .get(&key)
+        .cloned()
+        .unwrap_or_default();
+    let mut w = Watch::new(told);
+    let (max_items, _) = batch_limits(&limits);
+    let mut said = false;
+    let mut refused = false;
+    let mut said_cut = false;
+    loop {
+        if let Some(why) = mgr.source_dir_refusal(&probe, &host_dir) {
+            if !refused {
+                tracing::warn!(probe = %probe.name, "files source {} not scanned: {why}", host_dir.display());
+                refused = true;
+            }
+            tokio::time::sleep(interval).await;
+            continue;
+        }
+        refused = false;
+        let (dir, pattern) = (host_dir.clone(), watch.pattern.clone());
+        let scan = tokio::task::spawn_blocking(move || scan(&dir, &pattern)).await;
+        match scan {
+            Ok(Ok(scan)) => {
+                said = false;
+                if !scan.complete && !said_cut {
+                    tracing::warn!(probe = %probe.name, "{} holds over {} entries; scans look at that many only", host_dir.display(), MAX_ENTRIES);
+                    said_cut = true;
+                }
+                let fresh = w.new_files(scan, SystemTime::now());
+                for chunk in fresh.chunks(max_items) {
+                    let notices = chunk
+                        .iter()
+                        .map(|f| FileNotice {
+                            path: watch.dir.join(&f.path).display().to_string(),
+                            size: f.size,
+                            modified: f.modified,
+                        })
+                        .collect();
+                    let event = Event::Files((watch.dir.display().to_string(), notices));
+                    let _commit = cursors.commit.lock().await;
+                    if !mgr.deliver_batch(&probe, &state, event, &extra).await {
+                        return;
+                    }
+                    w.told.extend(chunk.iter().cloned());
+                    let (k, told) = (key.clone(), w.told.clone());
+                    let saved = save(&cursors, move |c| {
+                        c.files.insert(k, told);
+                    })
+                    .await;
+                    if let Err(e) = saved {
+                        tracing::error!(probe = %probe.name, "files cursor not saved: {e}; a restart tells of these files again");
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                if !said {
+                    // No such directory is the common case (no pstore on
+                    // this machine): worth a line, not a warning.
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        tracing::info!(probe = %probe.name, "{} does not exist (yet); looking again every scan", host_dir.display());
+                    } else {
+                        tracing::warn!(probe = %probe.name, "cannot scan {} ({e}); trying again every scan", host_dir.display());
+                    }
+                    said = true;
+                }
+            }
+            Err(e) => {
+                tracing::error!(probe = %probe.name, "scan of {} failed: {e}", watch.dir.display())
+            }
+        }
+        tokio::time::sleep(interval).await;
     }
 }
 

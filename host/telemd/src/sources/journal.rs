@@ -15,7 +15,15 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use telem_sandbox::JournalEntry;
+
+use telem_core::control::ProbeState;
+use telem_sandbox::{Event, LoadedProbe};
+use tokio::sync::mpsc;
+
+use super::{batch_limits, boot_id, save, BatchConsumer, CursorFile, SOURCE_RETRY};
 
 /// Longest output line kept (an entry with every field): an entry over it
 /// is skipped and counted. journald keeps fields under 64 KiB by default;
@@ -232,6 +240,197 @@ pub fn dir_problem(dir: &Path) -> Option<String> {
     match std::fs::read_dir(dir) {
         Ok(_) => None,
         Err(e) => Some(format!("{}: {e}", dir.display())),
+    }
+}
+
+/// Hands journal entries to `probe`, batch by batch, from its cursor:
+/// journalctl runs as a child, started again (after the last entry
+/// handled) when it stops; a journal that cannot be read is logged once
+/// and tried again every [`SOURCE_RETRY`].
+pub async fn drive<C: BatchConsumer>(
+    mgr: Arc<C>,
+    probe: Arc<LoadedProbe>,
+    state: Arc<Mutex<ProbeState>>,
+    cursors: Arc<CursorFile>,
+    source: telem_sandbox::JournalSource,
+) {
+    let opts = mgr.source_options().clone();
+    let Some(fields) = probe.grant.journal.clone() else {
+        return;
+    };
+    let (max_items, max_bytes) = batch_limits(&source.limits);
+    let mut said: Option<String> = None;
+    let mut last_warned: Option<std::time::Instant> = None;
+    let mut quick_failures = 0;
+    // The last cursor delivered in this run (a failed save does not make a
+    // restarted journalctl hand the batch again).
+    let mut delivered: Option<String> = None;
+    loop {
+        let mut groups = source.matches.clone();
+        let gated = opts.no_privacy_filters_file.exists();
+        if gated {
+            groups.extend(source.privacy_gated.iter().cloned());
+        }
+        if groups.is_empty() {
+            // Refused at load; never read the whole journal.
+            return;
+        }
+        let query = Query {
+            dir: opts.journal_dir.clone(),
+            groups,
+            // The journal writes the id without its dashes.
+            boot_id: source
+                .this_boot
+                .then(|| boot_id(&opts.boot_id_path).replace('-', "")),
+            fields: fields.clone(),
+        };
+        let cursor = delivered
+            .clone()
+            .or_else(|| cursors.cursors.lock().expect("cursor lock").journal.clone());
+        let problem = opts.journal_dir.as_deref().and_then(dir_problem);
+        let child = match problem {
+            Some(p) => Err(p),
+            None => command(&query, cursor.as_deref())
+                .spawn()
+                .map_err(|e| format!("cannot run journalctl: {e}")),
+        };
+        let mut child = match child {
+            Ok(c) => ChildGuard(c),
+            Err(why) => {
+                if said.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(probe = %probe.name, "journal source: {why}; trying again every {} s", SOURCE_RETRY.as_secs());
+                    said = Some(why);
+                }
+                tokio::time::sleep(SOURCE_RETRY).await;
+                continue;
+            }
+        };
+        let Some(out) = child.0.stdout.take() else {
+            return;
+        };
+        let stderr_first = drain_stderr(&mut child.0);
+        let started = std::time::Instant::now();
+        // Entries may be up to 64 KiB each: the queue holds 128 at most.
+        let (tx, mut rx) = mpsc::channel::<Item>(max_items.min(128));
+        let reader_fields = fields.clone();
+        let reader = std::thread::Builder::new()
+            .name(format!("journal-{}", probe.name))
+            .spawn(move || {
+                read_entries(out, &reader_fields, |item| tx.blocking_send(item).is_ok())
+            });
+        if let Err(e) = reader {
+            tracing::error!(probe = %probe.name, "no journal reader (cannot start a thread: {e}); the source stays off until the probe is reloaded");
+            return;
+        }
+        let mut pending: Option<Item> = None;
+        let mut gate_check = tokio::time::interval(SOURCE_RETRY);
+        let mut gate_changed = false;
+        loop {
+            let first = match pending.take() {
+                Some(item) => item,
+                None => {
+                    let next = tokio::select! {
+                        item = rx.recv() => item,
+                        _ = gate_check.tick() => {
+                            // The admin turned the privacy filters on or
+                            // off: journalctl starts again with the
+                            // matches that now apply.
+                            if opts.no_privacy_filters_file.exists() != gated {
+                                tracing::info!(probe = %probe.name, "privacy filters changed; journal matches follow");
+                                gate_changed = true;
+                                break;
+                            }
+                            continue;
+                        }
+                    };
+                    match next {
+                        Some(item) => item,
+                        None => break,
+                    }
+                }
+            };
+            let mut entries = Vec::new();
+            let mut last_cursor = None;
+            let (mut bytes, mut skipped) = (0usize, 0u64);
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                match item {
+                    Item::Skipped(n) => skipped = skipped.saturating_add(n),
+                    Item::Entry(cursor, entry) => {
+                        let size: usize = entry.fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+                        if !entries.is_empty()
+                            && (entries.len() >= max_items || bytes + size > max_bytes)
+                        {
+                            pending = Some(Item::Entry(cursor, entry));
+                            break;
+                        }
+                        bytes += size;
+                        entries.push(entry);
+                        last_cursor = Some(cursor);
+                    }
+                }
+                next = rx.try_recv().ok();
+            }
+            if skipped > 0 {
+                let mut st = probe.stats.lock().expect("stats lock");
+                st.source_skipped = st.source_skipped.saturating_add(skipped);
+                drop(st);
+                if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    last_warned = Some(std::time::Instant::now());
+                    tracing::warn!(probe = %probe.name, "{skipped} journal entries could not be read (over 4 MiB, or not journalctl's JSON)");
+                }
+            }
+            if entries.is_empty() {
+                continue;
+            }
+            let _commit = cursors.commit.lock().await;
+            if !mgr
+                .deliver_batch(&probe, &state, Event::Journal(entries), &[])
+                .await
+            {
+                return;
+            }
+            said = None;
+            if let Some(c) = last_cursor {
+                delivered = Some(c.clone());
+                let saved = save(&cursors, move |cs| cs.journal = Some(c)).await;
+                if let Err(e) = saved {
+                    tracing::error!(probe = %probe.name, "journal cursor not saved: {e}; a restart hands this batch again");
+                }
+            }
+        }
+        // journalctl stopped (with --follow it does not on its own), or is
+        // stopped here (the privacy gate changed, its output ended).
+        let _ = child.0.kill();
+        let status = child.0.wait();
+        if gate_changed {
+            continue;
+        }
+        let first_line = stderr_first.lock().expect("stderr lock").clone();
+        // A cursor journalctl refuses (its file vacuumed and damaged, say)
+        // would stop it at every start: after a second quick failure with
+        // it, the source reads its matches from the start instead (a
+        // repeat of what was reported beats a source stuck for good).
+        if cursor.is_some() && started.elapsed() < SOURCE_RETRY {
+            quick_failures += 1;
+            if quick_failures >= 2 {
+                tracing::warn!(probe = %probe.name, "journalctl stopped twice at once with the saved cursor ({}); reading from the start of the journal's matches", telem_core::untrusted::escape(&first_line, 256));
+                let _ = save(&cursors, |cs| cs.journal = None).await;
+                quick_failures = 0;
+            }
+        } else {
+            quick_failures = 0;
+        }
+        let why = format!(
+            "journalctl stopped ({}): {}",
+            status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+            telem_core::untrusted::escape(&first_line, 256)
+        );
+        if said.as_deref() != Some(why.as_str()) {
+            tracing::warn!(probe = %probe.name, "journal source: {why}; starting it again every {} s", SOURCE_RETRY.as_secs());
+            said = Some(why);
+        }
+        tokio::time::sleep(SOURCE_RETRY).await;
     }
 }
 

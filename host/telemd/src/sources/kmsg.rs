@@ -11,7 +11,16 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
 use telem_sandbox::KernelLogLine;
+
+use telem_core::control::ProbeState;
+use telem_sandbox::{BatchLimits, Event, KernelLogBatch, LoadedProbe};
+use tokio::sync::mpsc;
+
+use super::{
+    batch_limits, boot_id, save, BatchConsumer, CursorFile, KernelLogCursor, SOURCE_RETRY,
+};
 
 /// Longest text handed to a probe; the rest of a longer line is dropped.
 pub const TEXT_CAP: usize = 4096;
@@ -283,6 +292,131 @@ fn wait_readable(file: &std::fs::File, timeout: Duration) {
         tv_nsec: 100_000_000,
     });
     let _ = poll(&mut fds, Some(&t));
+}
+
+/// Hands the kernel log to `probe`, batch by batch, from its cursor.
+/// Returns when the probe is quarantined (the cursor stays where it was)
+/// or its task is dropped.
+pub async fn drive<C: BatchConsumer>(
+    mgr: Arc<C>,
+    probe: Arc<LoadedProbe>,
+    state: Arc<Mutex<ProbeState>>,
+    cursors: Arc<CursorFile>,
+    limits: BatchLimits,
+) {
+    let opts = mgr.source_options().clone();
+    let boot = boot_id(&opts.boot_id_path);
+    let after = cursors
+        .cursors
+        .lock()
+        .expect("cursor lock")
+        .kernel_log
+        .as_ref()
+        .filter(|k| k.boot_id == boot)
+        .map(|k| k.seq);
+    let (max_items, max_bytes) = batch_limits(&limits);
+    // The reader blocks once this many lines wait: it holds no more, and
+    // the kernel's ring (or the FIFO's writer) waits, or loses lines,
+    // which the next batch counts.
+    let (tx, mut rx) = mpsc::channel::<Item>(max_items);
+    let path = opts.kernel_log_path.clone();
+    let name = probe.name.clone();
+    let reader = std::thread::Builder::new()
+        .name(format!("kmsg-{name}"))
+        .spawn(move || {
+            let alive = {
+                let tx = tx.clone();
+                move || !tx.is_closed()
+            };
+            follow(
+                path,
+                after,
+                SOURCE_RETRY,
+                |item| tx.blocking_send(item).is_ok(),
+                alive,
+            );
+        });
+    if let Err(e) = reader {
+        tracing::error!(probe = %probe.name, "no kernel log reader (cannot start a thread: {e}); the source stays off until the probe is reloaded");
+        return;
+    }
+    let mut pending: Option<Item> = None;
+    // One warning a minute at most about skipped lines: a flood of them
+    // must not flood the daemon's log too (the count is in `probe info`).
+    let mut last_warned: Option<std::time::Instant> = None;
+    loop {
+        let first = match pending.take() {
+            Some(item) => item,
+            None => match rx.recv().await {
+                Some(item) => item,
+                None => return,
+            },
+        };
+        let mut batch = KernelLogBatch {
+            boot_id: boot.clone(),
+            skipped: 0,
+            lines: Vec::new(),
+        };
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Item::Skipped(n) => batch.skipped = batch.skipped.saturating_add(n),
+                Item::Line(line) => {
+                    if !batch.lines.is_empty()
+                        && (batch.lines.len() >= max_items || bytes + line.text.len() > max_bytes)
+                    {
+                        pending = Some(Item::Line(line));
+                        break;
+                    }
+                    bytes += line.text.len();
+                    batch.lines.push(line);
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        let last = batch.lines.last().map(|l| l.seq);
+        if batch.skipped > 0 {
+            let mut st = probe.stats.lock().expect("stats lock");
+            st.source_skipped = st.source_skipped.saturating_add(batch.skipped);
+            drop(st);
+            if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                last_warned = Some(std::time::Instant::now());
+                tracing::warn!(probe = %probe.name, "{} kernel log record(s) skipped before this batch (lost in the ring or malformed; telemctl probe info counts them all)", batch.skipped);
+            }
+        }
+        if batch.lines.is_empty() && batch.skipped == 0 {
+            continue;
+        }
+        let _commit = cursors.commit.lock().await;
+        if !mgr
+            .deliver_batch(&probe, &state, Event::KernelLog(batch), &[])
+            .await
+        {
+            return;
+        }
+        if let Some(seq) = last {
+            let next = KernelLogCursor {
+                boot_id: boot.clone(),
+                seq,
+            };
+            // Forward only (a replaced probe's late save must not undo its
+            // successor's).
+            let saved = save(&cursors, move |c| {
+                let behind = c
+                    .kernel_log
+                    .as_ref()
+                    .is_some_and(|k| k.boot_id == next.boot_id && k.seq >= next.seq);
+                if !behind {
+                    c.kernel_log = Some(next);
+                }
+            })
+            .await;
+            if let Err(e) = saved {
+                tracing::error!(probe = %probe.name, "kernel log cursor not saved: {e}; a restart hands this batch again");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
