@@ -10,14 +10,12 @@
 //! different privilege share it: the handler (root, from the kernel) writes
 //! entries and `telemd` reads them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-/// The inbox directory under `state_dir`.
-pub const INBOX: &str = "crash-inbox";
 /// The core inside an entry.
 pub const CORE_FILE: &str = "core";
 /// The metadata inside an entry.
@@ -46,11 +44,6 @@ pub struct CrashMeta {
     pub core_bytes: u64,
     /// The core was cut at `crash_max_core_size`.
     pub core_truncated: bool,
-}
-
-/// The inbox directory of a config's `state_dir`.
-pub fn inbox_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join(INBOX)
 }
 
 /// Entry ids are made by the handler: letters, digits, `-`; nothing that

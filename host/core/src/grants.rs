@@ -64,7 +64,7 @@ impl HostRules {
     /// resolved) never readable by a probe. `telemctl probe test` applies
     /// the same.
     pub fn for_config(config: &crate::config::Config) -> HostRules {
-        let inbox = crate::crash_inbox::inbox_dir(&config.host.state_dir);
+        let inbox = crate::state_layout::StateLayout::new(&config.host.state_dir).crash_inbox();
         let mut protected_dirs = Vec::new();
         for d in [
             &config.host.state_dir,
@@ -599,7 +599,7 @@ mod tests {
             real.join("state"),
             real.join("spool"),
             real.join("journal"),
-            crate::crash_inbox::inbox_dir(&link),
+            crate::state_layout::StateLayout::new(&link).crash_inbox(),
         ] {
             assert!(
                 r.protected_dirs.contains(&dir),

@@ -23,4 +23,5 @@ pub mod native_client;
 pub mod probe_policy;
 pub mod provenance;
 pub mod record;
+pub mod state_layout;
 pub mod untrusted;

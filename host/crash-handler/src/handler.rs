@@ -37,8 +37,9 @@ use rustix::fs::{flock, FlockOperation, OFlags};
 use telem_core::cli::crash_handler::Args;
 use telem_core::config::{Config, CrashConfig};
 use telem_core::control::client::{Client, ClientError};
-use telem_core::crash_inbox::{inbox_dir, CrashMeta, CORE_FILE, META_FILE};
+use telem_core::crash_inbox::{CrashMeta, CORE_FILE, META_FILE};
 use telem_core::native_client::{build_local_record, send_record, NewRecord, CLIENT_TIMEOUT};
+use telem_core::state_layout::StateLayout;
 use telem_core::untrusted::escape;
 
 /// Where the flood limits keep their state, inside the inbox.
@@ -270,7 +271,7 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
     let suid = suid_dump(args.dump_mode.as_deref(), changed, suid_dumpable);
     drop_privileges(&config.crash.service_user)?;
 
-    let inbox = inbox_dir(&config.host.state_dir);
+    let inbox = StateLayout::new(&config.host.state_dir).crash_inbox();
     std::fs::create_dir_all(&inbox)
         .with_context(|| format!("cannot create {}", inbox.display()))?;
     let inbox_fd = open_inbox(&inbox)?;

@@ -57,8 +57,8 @@ impl SandboxOptions {
     pub fn new(cache_dir: &Path) -> SandboxOptions {
         SandboxOptions {
             cache_dir: cache_dir.to_owned(),
-            scratch_dir: cache_dir.with_file_name("probe-views"),
-            state_dir: cache_dir.with_file_name("probe-state"),
+            scratch_dir: cache_dir.with_file_name(telem_core::state_layout::PROBE_VIEWS),
+            state_dir: cache_dir.with_file_name(telem_core::state_layout::PROBE_STATE),
             rules: HostRules::permissive(),
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
             max_function_bytes: shape::MAX_FUNCTION_BODY as u64,

@@ -11,6 +11,8 @@ use thiserror::Error;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
+use telem_core::state_layout::StateLayout;
+
 use crate::delivery::post::PosterError;
 use crate::delivery::Delivery;
 use crate::ingest::socket::{self, NativeSocketOptions};
@@ -119,7 +121,8 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     .with_pressure(pressure.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let inbox = telem_core::crash_inbox::inbox_dir(&config.host.state_dir);
+    let layout = StateLayout::new(&config.host.state_dir);
+    let inbox = layout.crash_inbox();
     std::fs::create_dir_all(&inbox)
         .map_err(ctx(|| format!("cannot create {}", inbox.display())))?;
     let sandbox = telem_sandbox::Sandbox::with_options(sandbox_options(&config, pressure.clone()))
@@ -134,11 +137,11 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
         ingest.clone(),
         config.probes.probes_dirs.clone(),
         config.probes.probes.clone(),
-        config.host.state_dir.join("disabled-probes"),
+        layout.disabled_probes(),
         crate::sources::SourceOptions {
             kernel_log_path: config.probes.kernel_log_path.clone(),
             boot_id_path: "/proc/sys/kernel/random/boot_id".into(),
-            cursor_dir: config.host.state_dir.join("probe-state"),
+            cursor_dir: layout.probe_state(),
             sources_root: config.probes.sources_root.clone(),
             journal_dir: (!config.probes.journal_source_dir.as_os_str().is_empty())
                 .then(|| config.probes.journal_source_dir.clone()),
@@ -279,10 +282,11 @@ fn sandbox_options(
     config: &Config,
     pressure: telem_sandbox::HostPressure,
 ) -> telem_sandbox::SandboxOptions {
+    let layout = StateLayout::new(&config.host.state_dir);
     telem_sandbox::SandboxOptions {
-        scratch_dir: config.host.state_dir.join("probe-views"),
-        state_dir: config.host.state_dir.join("probe-state"),
-        cache_dir: config.host.state_dir.join("probe-cache"),
+        scratch_dir: layout.probe_views(),
+        state_dir: layout.probe_state(),
+        cache_dir: layout.probe_cache(),
         rules: telem_core::grants::HostRules::for_config(config),
         max_component_bytes: config.probes.max_component_bytes.get(),
         max_function_bytes: config.probes.max_function_bytes.get(),

@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-/// The lock file's name in the state directory.
-pub const LOCK_FILE: &str = "telemd.lock";
+use telem_core::state_layout::LOCK_FILE;
 
 /// Why the state directory could not be taken.
 #[derive(Debug, Error)]
