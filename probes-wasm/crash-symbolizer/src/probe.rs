@@ -62,7 +62,7 @@ impl Probe for CrashSymbolizer {
             triggers: vec![Trigger::Crash, Trigger::Manual],
             read_paths: vec!["/usr".into(), "/usr/lib/debug".into()],
             max_records_per_hour: 120,
-            sources: vec![],
+            ..Default::default()
         }
     }
 

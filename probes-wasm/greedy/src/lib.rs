@@ -38,7 +38,7 @@ impl Probe for Greedy {
                 "/proc/mounts".into(),
             ],
             max_records_per_hour: u32::MAX,
-            sources: vec![],
+            ..Default::default()
         }
     }
 

@@ -19,9 +19,8 @@ impl Probe for Hello {
                 Trigger::Interval(24 * 3600),
                 Trigger::Manual,
             ],
-            read_paths: vec![],
             max_records_per_hour: 4,
-            sources: vec![],
+            ..Default::default()
         }
     }
 

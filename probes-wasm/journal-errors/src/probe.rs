@@ -33,7 +33,6 @@ impl Probe for JournalErrors {
             description: "Services that failed, from the systemd journal of this boot".into(),
             classifications: vec![CLASSIFICATION.into()],
             triggers: vec![Trigger::Interval(600)],
-            read_paths: vec![],
             max_records_per_hour: 120,
             sources: vec![Source::Journal(JournalSource {
                 // systemd's own (`_PID=1`, set by journald): anyone can
@@ -61,6 +60,7 @@ impl Probe for JournalErrors {
                     max_bytes: 0,
                 },
             })],
+            ..Default::default()
         }
     }
 

@@ -68,12 +68,12 @@ impl Probe for KernelOops {
             // The tick ends a report the log went quiet after and sends the
             // counts of repeats and skipped lines.
             triggers: vec![Trigger::Interval(60)],
-            read_paths: vec![],
             max_records_per_hour: 120,
             sources: vec![Source::KernelLog(BatchLimits {
                 max_items: 512,
                 max_bytes: 128 << 10,
             })],
+            ..Default::default()
         }
     }
 

@@ -109,8 +109,6 @@ impl Probe for Pstore {
                 "org.clearlinux/kernel/*".into(),
                 "org.clearlinux/pstore/*".into(),
             ],
-            triggers: vec![],
-            read_paths: vec![],
             max_records_per_hour: 120,
             sources: vec![
                 // systemd 253 and later: EFI dumps joined per dump.
@@ -122,6 +120,7 @@ impl Probe for Pstore {
                 // No systemd-pstore: the kernel's own files.
                 files(KERNEL, "dmesg-*"),
             ],
+            ..Default::default()
         }
     }
 

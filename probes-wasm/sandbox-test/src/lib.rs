@@ -35,9 +35,8 @@ impl Probe for SandboxTest {
             description: "Sandbox test probe (not shipped)".into(),
             classifications: vec!["org.example/test/*".into()],
             triggers: vec![Trigger::Manual],
-            read_paths: vec![],
             max_records_per_hour: 50,
-            sources: vec![],
+            ..Default::default()
         }
     }
 

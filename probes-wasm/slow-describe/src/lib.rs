@@ -15,10 +15,8 @@ impl Probe for SlowDescribe {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Sleeps in describe (not shipped)".into(),
             classifications: vec![],
-            triggers: vec![],
-            read_paths: vec![],
             max_records_per_hour: 0,
-            sources: vec![],
+            ..Default::default()
         }
     }
 

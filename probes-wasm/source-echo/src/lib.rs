@@ -43,7 +43,6 @@ impl Probe for SourceEcho {
             description: "Test probe: echoes its sources".into(),
             classifications: vec!["org.example/source-echo/*".into()],
             triggers: vec![Trigger::Manual],
-            read_paths: vec![],
             max_records_per_hour: 1000,
             sources: vec![
                 Source::KernelLog(BatchLimits {
@@ -59,6 +58,7 @@ impl Probe for SourceEcho {
                     },
                 }),
             ],
+            ..Default::default()
         }
     }
 

@@ -13,9 +13,8 @@ impl Probe for Ticker {
             description: "Interval trigger test probe (not shipped)".into(),
             classifications: vec!["org.example/test/tick".into()],
             triggers: vec![Trigger::OnStart, Trigger::Interval(1)],
-            read_paths: vec![],
             max_records_per_hour: 1000,
-            sources: vec![],
+            ..Default::default()
         }
     }
 
