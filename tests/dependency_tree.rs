@@ -1,6 +1,7 @@
 //! The programs that run with the most privilege link the least: the crash
 //! handler runs as root for every crash the kernel reports, and neither it
-//! nor `telem-record-gen` may pull in the async runtime, the wasm engine or
+//! nor `telem-record-gen` nor libtelemetry (inside every native probe) may
+//! pull in the async runtime, the wasm engine or
 //! the HTTP stack. Checked on the dependency tree Cargo resolves, so a new
 //! dependency of the core crate that drags one in fails here.
 
@@ -58,6 +59,12 @@ fn the_crash_handler_links_neither_runtime_nor_engine_nor_http() {
 #[test]
 fn record_gen_links_neither_runtime_nor_engine_nor_http() {
     assert_lean("telem-record-gen");
+}
+
+/// Linked into every native probe's process.
+#[test]
+fn libtelemetry_links_neither_runtime_nor_engine_nor_http() {
+    assert_lean("libtelemetry");
 }
 
 #[test]

@@ -451,6 +451,53 @@ fn a_component_built_against_contract_0_1_loads_and_sends_unchanged() {
     assert!(info(&d, "hello").sources.is_empty());
 }
 
+/// The contract-bump checklist (ARCHITECTURE.md, "A contract version"),
+/// as far as files can tell: every frozen contract has its host bindings
+/// and a component built against it that a test loads (the one above for
+/// 0.1.0; a new frozen version adds its own beside it).
+#[test]
+fn every_frozen_contract_has_its_bindings_and_a_fixture_component() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bindings = std::fs::read_to_string(root.join("host/sandbox/src/bindings.rs")).unwrap();
+    let tests = std::fs::read_to_string(root.join("tests/sources.rs")).unwrap();
+    let mut versions = Vec::new();
+    for e in std::fs::read_dir(root.join("wit/frozen")).unwrap() {
+        let v = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            root.join(format!("wit/frozen/{v}/probe.wit")).is_file(),
+            "wit/frozen/{v} has no probe.wit"
+        );
+        assert!(
+            bindings.contains(&format!("\"../../wit/frozen/{v}\"")),
+            "no host bindings for the frozen contract {v} in host/sandbox/src/bindings.rs"
+        );
+        let fixture = format!("fixtures/probes/hello-contract-{v}.wasm");
+        assert!(
+            root.join("tests").join(&fixture).is_file() && tests.contains(&fixture),
+            "no fixture component tests/{fixture} loaded by a test"
+        );
+        versions.push(v);
+    }
+    assert!(!versions.is_empty(), "wit/frozen holds no contract");
+    // Every accepted minor is the current contract or a frozen one.
+    let lib = std::fs::read_to_string(root.join("host/sandbox/src/lib.rs")).unwrap();
+    let current = std::fs::read_to_string(root.join("wit/probe.wit")).unwrap();
+    let minors = lib
+        .split_once("ACCEPTED_MINORS")
+        .and_then(|(_, rest)| rest.split_once("= ["))
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(list, _)| list.to_owned())
+        .expect("ACCEPTED_MINORS in host/sandbox/src/lib.rs");
+    for minor in minors.split(',').map(|m| m.trim().trim_matches('"')) {
+        let is_current = current.contains(&format!("package telemetrics:probe@{minor}."));
+        let frozen = versions.iter().any(|v| v.starts_with(&format!("{minor}.")));
+        assert!(
+            is_current || frozen,
+            "accepted minor {minor} is neither wit/probe.wit nor under wit/frozen"
+        );
+    }
+}
+
 /// The body of a fixture (after its `# ---` header).
 fn body(text: &str) -> Vec<&str> {
     let mut lines = text.lines();
