@@ -51,7 +51,8 @@ if [ "$part" = cfg ] || [ "$part" = all ]; then
   run cfg --in-place -p telemd -f host/telemd/src/delivery/client_config.rs -- --lib -- --include-ignored
 fi
 if [ "$part" = handler ] || [ "$part" = all ]; then
-  run handler -p telem-crash-handler -f host/crash-handler/src/handler.rs \
+  run handler -p telem-crash-handler -f host/crash-handler/src/privacy.rs \
+    -f host/crash-handler/src/identify.rs -f host/crash-handler/src/admission.rs \
     --re 'privacy_filter|Filter::|exe_from_pattern|credentials_changed|pidfd_pid|suid_dump|forget_oldest|recent_key'
 fi
 if [ "$part" = telemd ] || [ "$part" = all ]; then

@@ -1,7 +1,11 @@
 //! `telem-crash-handler`: the `kernel.core_pattern` target. Keeps a core in
 //! the crash inbox for telemd's sandboxed crash-symbolizer.
 
+mod admission;
 mod handler;
+mod identify;
+mod inbox;
+mod privacy;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -1,0 +1,146 @@
+//! Which process crashed, read while the handler is still root: `%E`
+//! turned back into a path, `%P` held to the kernel's pidfd (`%F`), and
+//! whether the dump is of a process whose credentials changed (setuid),
+//! whose memory may hold another user's secrets.
+
+/// `%E` writes `/` as `!`.
+pub fn exe_from_pattern(e: &str) -> String {
+    e.replace('!', "/")
+}
+
+/// Whether `/proc/PID/status` shows a process whose credentials changed
+/// (setuid/setgid): real, effective, saved and filesystem ids differ.
+pub fn credentials_changed(status: &str) -> bool {
+    ["Uid:", "Gid:"].iter().any(|key| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|rest| {
+                let ids: Vec<&str> = rest.split_whitespace().collect();
+                ids.windows(2).any(|w| w[0] != w[1])
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// The pid a pidfd refers to, from its `/proc/self/fdinfo/FD` text: `None`
+/// when the fd is not a pidfd, 0 or less once the process is gone (reaped)
+/// or is not in our pid namespace.
+pub fn pidfd_pid(fdinfo: &str) -> Option<i64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Checks the kernel's pidfd (`%F`) against `%P`: the pid it names now,
+/// or why the process it names cannot be taken for the crashed one.
+fn pidfd_check(fd: &str, pid: Option<u32>) -> Result<u32, String> {
+    let n: u32 = fd
+        .trim()
+        .parse()
+        .map_err(|_| format!("-F {fd:?} is not a pidfd number"))?;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}"))
+        .map_err(|e| format!("pidfd {n}: {e}"))?;
+    match (pidfd_pid(&info), pid) {
+        (None, _) => Err(format!("fd {n} (-F) is not a pidfd")),
+        (Some(p), _) if p <= 0 => Err(format!("the process of pidfd {n} (-F) is gone")),
+        (Some(p), Some(want)) if p != i64::from(want) => {
+            Err(format!("pidfd {n} (-F) is pid {p}, not pid {want} (-P)"))
+        }
+        (Some(p), _) => u32::try_from(p).map_err(|_| format!("pidfd {n} (-F) is pid {p}")),
+    }
+}
+
+/// Whether this is the dump of a process that was not dumpable (its
+/// credentials changed: setuid) and was dumped for root only because
+/// `fs.suid_dumpable` = 2. `%d` (`dump_mode`) is the kernel's own value for
+/// this dump: 1 a plain dump, 2 such a dump (0 never reaches a handler, and
+/// a value not understood is taken for 2). Without it (older kernels, or a
+/// pattern without `%d`), the sysctl as read now and the process's
+/// credentials decide.
+pub fn suid_dump(dump_mode: Option<&str>, changed: bool, suid_dumpable: u32) -> bool {
+    match dump_mode.map(str::trim).filter(|d| !d.is_empty()) {
+        Some(d) => d != "1",
+        None => changed && suid_dumpable == 2,
+    }
+}
+
+/// The crashed process as the kernel and `/proc` name it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Crashed {
+    /// `%P`, held to the pidfd when the kernel gave one.
+    pub pid: Option<u32>,
+    /// A dump kept for root only because of `fs.suid_dumpable` = 2.
+    pub suid: bool,
+}
+
+/// Identifies the crashed process (as root, before privileges go): its
+/// pid, checked against the pidfd before and after its status is read
+/// (once it is gone its pid may be another process's), and whether it is
+/// a setuid dump. `Err` says why it cannot be taken for the crashed one.
+pub(crate) fn identify(
+    pid: Option<u32>,
+    pidfd: Option<&str>,
+    dump_mode: Option<&str>,
+) -> Result<Crashed, String> {
+    // An empty `-F` is a kernel that has no `%F`.
+    let pidfd = pidfd.filter(|f| !f.trim().is_empty());
+    let pid = match pidfd {
+        Some(fd) => Some(pidfd_check(fd, pid)?),
+        None => pid,
+    };
+    let status = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok());
+    if let Some(fd) = pidfd {
+        pidfd_check(fd, pid)?;
+    }
+    let changed = status.is_some_and(|s| credentials_changed(&s));
+    let suid_dumpable = std::fs::read_to_string("/proc/sys/fs/suid_dumpable")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    Ok(Crashed {
+        pid,
+        suid: suid_dump(dump_mode, changed, suid_dumpable),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_credentials_are_seen() {
+        let plain = "Name:\tcat\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\n";
+        let setuid = "Name:\tpasswd\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n";
+        assert!(!credentials_changed(plain));
+        assert!(credentials_changed(setuid));
+        assert_eq!(exe_from_pattern("!usr!bin!crashme"), "/usr/bin/crashme");
+    }
+
+    #[test]
+    fn pidfd_fdinfo_and_dump_mode_are_read() {
+        let live =
+            "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1063\nPid:\t4242\nNSpid:\t4242\t1\n";
+        assert_eq!(pidfd_pid(live), Some(4242));
+        assert_eq!(pidfd_pid("pos:\t0\nPid:\t-1\nNSpid:\t-1\n"), Some(-1));
+        assert_eq!(pidfd_pid("pos:\t0\nflags:\t0100002\nmnt_id:\t1\n"), None);
+        assert_eq!(pidfd_pid("NSpid:\t7\n"), None);
+        assert!(pidfd_check("-1", Some(1)).is_err());
+        assert!(pidfd_check("x", None).is_err());
+        // Standard input is a file or pipe, never a pidfd.
+        assert!(pidfd_check("0", None).is_err());
+
+        // %d decides when given; without it, the sysctl and credentials.
+        assert!(suid_dump(Some("2"), false, 0));
+        assert!(!suid_dump(Some("1"), true, 2));
+        assert!(
+            suid_dump(Some("0"), false, 0),
+            "a value not understood keeps no core"
+        );
+        assert!(suid_dump(Some(""), true, 2));
+        assert!(!suid_dump(Some(" "), false, 2));
+        assert!(suid_dump(None, true, 2));
+        assert!(!suid_dump(None, true, 1));
+    }
+}
