@@ -1,0 +1,190 @@
+//! Loading one probe file: its provenance (owner, mode, signature), the
+//! admin's policy, the compile, and the slot that runs it.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tracing::{info, warn};
+
+use crate::sources::CursorFile;
+use telem_core::control::ProbeState;
+use telem_core::provenance::{self, Signatures};
+
+use super::triggers::drive;
+use super::*;
+
+impl ProbeManager {
+    pub(super) async fn load_file(
+        self: &Arc<Self>,
+        path: &Path,
+        seen: Seen,
+    ) -> Result<(), ProbeError> {
+        let cap = self.sandbox.max_component_bytes();
+        if seen.0 > cap {
+            return Err(ProbeError::TooLarge {
+                path: path.to_owned(),
+                size: seen.0,
+                cap,
+            });
+        }
+        let read_error = |source| ProbeError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let refused = |refusal| ProbeError::Refused {
+            path: path.to_owned(),
+            refusal,
+        };
+        // Who could have put it there, checked on the file as opened (what
+        // is read is what was checked) and on the directories above it.
+        let (file, meta) = provenance::open_probe_file(path).map_err(read_error)?;
+        let top = self
+            .dirs
+            .iter()
+            .find(|d| path.starts_with(d))
+            .map_or_else(|| path.parent().unwrap_or(path).to_owned(), Clone::clone);
+        provenance::check_tree(path, &meta, &top, &self.trust.owners).map_err(refused)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, cap + 1), &mut bytes)
+            .map_err(read_error)?;
+        let hash = telem_sandbox::cache::sha256_hex(&bytes);
+        // The name a grant, a pin or a signature is for: the file's (a
+        // component claiming another name is refused below).
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().replace('_', "-"))
+            .unwrap_or_default();
+        let pin = self.policies.get(&stem).and_then(|p| p.sha256.clone());
+        provenance::check_pin(&stem, pin.as_deref(), &hash).map_err(refused)?;
+        let signatures = Signatures::load(
+            self.trust.require_signatures,
+            &self.trust.trusted_keys_dir,
+            &self.trust.owners,
+        );
+        for (key, why) in &signatures.skipped {
+            warn!("trusted key {} not used: {why}", key.display());
+        }
+        let signed_by = signatures
+            .check(path, &bytes, &self.trust.owners)
+            .map_err(refused)?
+            .map(|k| format!("{} ({})", k.name, k.key_id));
+        if let Some(slot) = self.slots.lock().expect("slots lock").get_mut(path) {
+            if slot.probe.hash == hash {
+                slot.seen = seen;
+                slot.signed_by = signed_by;
+                return Ok(());
+            }
+        }
+        let started = std::time::Instant::now();
+        let compiled_before = self.compilations();
+        let probe = {
+            let (sandbox, policies, path) =
+                (self.sandbox.clone(), self.policies.clone(), path.to_owned());
+            self.on_probe_runtime(async move {
+                sandbox
+                    .load(&path, &bytes, |name| {
+                        policies.get(name).cloned().unwrap_or_default()
+                    })
+                    .await
+            })
+            .await??
+        };
+        // Grants are keyed by name and the name is the probe's own claim:
+        // it must match the file the admin installed, so no component can
+        // take another's grant (the crash-symbolizer's, say) by its name.
+        if stem != probe.name {
+            return Err(ProbeError::NameNotFile {
+                path: path.to_owned(),
+                name: probe.name.clone(),
+            });
+        }
+        let how = if self.compilations() > compiled_before {
+            "compiled"
+        } else {
+            "from cache"
+        };
+        if self
+            .disabled
+            .lock()
+            .expect("disabled lock")
+            .contains(&probe.name)
+        {
+            return Err(ProbeError::DisabledByAdmin {
+                path: path.to_owned(),
+                name: probe.name.clone(),
+            });
+        }
+        if self.policies.get(&probe.name).and_then(|p| p.enabled) == Some(false) {
+            return Err(ProbeError::DisabledByConfig {
+                path: path.to_owned(),
+                name: probe.name.clone(),
+            });
+        }
+        {
+            let slots = self.slots.lock().expect("slots lock");
+            if let Some((other, _)) = slots
+                .iter()
+                .find(|(p, s)| s.probe.name == probe.name && p.as_path() != path)
+            {
+                return Err(ProbeError::Duplicate {
+                    path: path.to_owned(),
+                    name: probe.name.clone(),
+                    other: other.clone(),
+                });
+            }
+        }
+        info!(
+            probe = %probe.name,
+            version = %telem_core::untrusted::escape(&probe.manifest.version, telem_core::untrusted::FIELD_CAP),
+            "loaded {} ({how}, {} ms); grant: read {:?}, classifications {:?}, {} MiB, {} ms, {}/h, crashes {}, kernel log {}, {} files source(s), state {} KiB; {} request(s) refused{}",
+            path.display(),
+            started.elapsed().as_millis(),
+            probe.grant.read_paths,
+            probe.grant.classifications,
+            probe.grant.memory_limit_mib,
+            probe.grant.timeout_ms,
+            probe.grant.max_records_per_hour,
+            probe.grant.crashes,
+            probe.grant.kernel_log,
+            probe.grant.files.len(),
+            probe.grant.state_quota_bytes >> 10,
+            probe.grant.refused.len(),
+            if probe.grant.refused.is_empty() {
+                String::new()
+            } else {
+                format!(" (telemctl probe info {})", probe.name)
+            }
+        );
+        let handles_crashes = probe.grant.crashes;
+        let probe = Arc::new(probe);
+        let state = Arc::new(Mutex::new(ProbeState::Running));
+        let cursors = self
+            .cursor_files
+            .lock()
+            .expect("cursor files lock")
+            .entry(probe.name.clone())
+            .or_insert_with(|| Arc::new(CursorFile::load(&self.sources.cursor_dir, &probe.name)))
+            .clone();
+        let task = tokio::spawn(drive(
+            self.clone(),
+            probe.clone(),
+            state.clone(),
+            cursors.clone(),
+        ));
+        self.slots.lock().expect("slots lock").insert(
+            path.to_owned(),
+            Slot {
+                signed_by,
+                probe,
+                state,
+                cursors,
+                task: Some(task),
+                seen,
+            },
+        );
+        if handles_crashes {
+            self.crash_probe_loaded.notify_one();
+        }
+        Ok(())
+    }
+}

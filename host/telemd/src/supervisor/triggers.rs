@@ -1,0 +1,282 @@
+//! Running the probes: their triggers, source batches handed over until
+//! taken, retries with growing delays, quarantine after repeated failures.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::sources::{BatchConsumer, CursorFile, SourceOptions};
+use telem_core::control::ProbeState;
+use telem_sandbox::{CallError, Event, ExtraDir, LoadedProbe, Source, Trigger};
+
+use super::*;
+
+impl ProbeManager {
+    /// Why a probe's source directory may not be read now, if it may
+    /// not: checked like a granted path, before every scan (so not even a
+    /// file name is shown): never into the daemon's own directories, and,
+    /// when the safe set granted it (no admin's `read_paths`), still in
+    /// the safe set once resolved, relative to `sources_root`.
+    pub fn source_dir_refusal(&self, probe: &LoadedProbe, dir: &Path) -> Option<String> {
+        let real = dir.canonicalize().ok()?;
+        if let Some(why) = telem_core::grants::never_grantable(&real, self.sandbox.host_rules()) {
+            return Some(format!("it resolves to {}: {why}", real.display()));
+        }
+        if probe.grant.read_paths_by_admin {
+            return None;
+        }
+        let root = self
+            .sources
+            .sources_root
+            .canonicalize()
+            .unwrap_or_else(|_| self.sources.sources_root.clone());
+        let logical = real
+            .strip_prefix(&root)
+            .map(|rest| Path::new("/").join(rest))
+            .ok();
+        match logical {
+            Some(l) if telem_core::grants::is_safe_path(&l) => None,
+            _ => Some(format!(
+                "it resolves to {}, outside the safe set it was granted from",
+                real.display()
+            )),
+        }
+    }
+
+    /// One supervised call: counts it, logs a failure with the probe's name,
+    /// and quarantines the probe after [`QUARANTINE_AFTER`] failures in a row.
+    pub(super) async fn call(
+        &self,
+        probe: &Arc<LoadedProbe>,
+        state: &Mutex<ProbeState>,
+        event: Event,
+        extra: &[ExtraDir],
+    ) -> Result<(), CallError> {
+        let sink = telem_sandbox::Sink::Spool(self.ingest.clone());
+        self.call_with(probe, state, event, extra, sink, Quarantine::Counts)
+            .await
+    }
+
+    /// Hands a source batch to the probe until it takes it (true) or is
+    /// quarantined (false). Its records are held until the call returns
+    /// `ok`, so a failed try reports nothing and the next try starts clean.
+    pub(crate) async fn deliver_batch(
+        &self,
+        probe: &Arc<LoadedProbe>,
+        state: &Mutex<ProbeState>,
+        event: Event,
+        extra: &[ExtraDir],
+    ) -> bool {
+        let mut delay = RETRY_BASE;
+        // This batch's own failures: a probe whose timer calls succeed in
+        // between (which reset its count) is quarantined all the same when
+        // one batch keeps failing, so its source does not stall unseen.
+        let mut failures = 0;
+        loop {
+            if matches!(
+                *state.lock().expect("state lock"),
+                ProbeState::Quarantined(_)
+            ) {
+                return false;
+            }
+            let held = Arc::new(Mutex::new(Vec::new()));
+            let sink = telem_sandbox::Sink::Staged(self.ingest.clone(), held);
+            let r = self
+                .call_with(probe, state, event.clone(), extra, sink, Quarantine::Counts)
+                .await;
+            let Err(e) = r else { return true };
+            failures += 1;
+            if failures >= QUARANTINE_AFTER {
+                if !matches!(
+                    *state.lock().expect("state lock"),
+                    ProbeState::Quarantined(_)
+                ) {
+                    let why = format!("the same source batch failed {failures} times, last: {e}");
+                    warn!(probe = %probe.name, "probe quarantined until reload: {why}");
+                    *state.lock().expect("state lock") = ProbeState::Quarantined(why);
+                }
+                return false;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_BATCH_RETRY);
+        }
+    }
+
+    pub(super) async fn call_with(
+        &self,
+        probe: &Arc<LoadedProbe>,
+        state: &Mutex<ProbeState>,
+        event: Event,
+        extra: &[ExtraDir],
+        sink: telem_sandbox::Sink,
+        quarantine: Quarantine,
+    ) -> Result<(), CallError> {
+        let result = {
+            let (sandbox, probe, extra) = (self.sandbox.clone(), probe.clone(), extra.to_vec());
+            self.on_probe_runtime(async move { sandbox.run(&probe, sink, event, &extra).await })
+                .await
+                .unwrap_or_else(Err)
+        };
+        let mut st = probe.stats.lock().expect("stats lock");
+        st.runs += 1;
+        st.last_run = Some(unix_now());
+        match &result {
+            Ok(()) => st.failures_in_a_row = 0,
+            Err(e) => {
+                match e {
+                    CallError::Timeout(_) => st.timeouts += 1,
+                    CallError::Trap(_) => st.traps += 1,
+                    _ => {}
+                }
+                st.last_error = Some(e.to_string());
+                if quarantine == Quarantine::Exempt {
+                    warn!(probe = %probe.name, "probe call failed on its input (not counted toward quarantine): {e}");
+                    return result;
+                }
+                st.failures_in_a_row += 1;
+                warn!(probe = %probe.name, failures_in_a_row = st.failures_in_a_row, "probe call failed: {e}");
+                if st.failures_in_a_row >= QUARANTINE_AFTER {
+                    let why = format!("{} failures in a row, last: {e}", st.failures_in_a_row);
+                    warn!(probe = %probe.name, "probe quarantined until reload: {why}");
+                    *state.lock().expect("state lock") = ProbeState::Quarantined(why);
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Whether a failed call counts toward quarantine. Crash calls do not: a
+/// hostile core makes the probe fail through no fault of its own, the
+/// daemon records that crash itself, and real crashes must not then wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Quarantine {
+    Counts,
+    Exempt,
+}
+
+/// Runs a probe's triggers and event sources side by side until the probe
+/// is stopped (its slot dropped: every part with it).
+pub(super) async fn drive(
+    mgr: Arc<ProbeManager>,
+    probe: Arc<LoadedProbe>,
+    state: Arc<Mutex<ProbeState>>,
+    cursors: Arc<CursorFile>,
+) {
+    let mut parts = tokio::task::JoinSet::new();
+    parts.spawn(drive_triggers(mgr.clone(), probe.clone(), state.clone()));
+    for source in &probe.manifest.sources {
+        match source {
+            Source::KernelLog(limits) if probe.grant.kernel_log => {
+                parts.spawn(crate::sources::kmsg::drive(
+                    mgr.clone(),
+                    probe.clone(),
+                    state.clone(),
+                    cursors.clone(),
+                    *limits,
+                ));
+            }
+            Source::Files(f) => {
+                let granted = probe
+                    .grant
+                    .files
+                    .iter()
+                    .find(|w| w.dir == Path::new(&f.dir) && w.pattern == f.pattern);
+                if let Some(w) = granted {
+                    parts.spawn(crate::sources::files::drive(
+                        mgr.clone(),
+                        probe.clone(),
+                        state.clone(),
+                        cursors.clone(),
+                        w.clone(),
+                        f.limits,
+                    ));
+                }
+            }
+            Source::Journal(j) if probe.grant.journal.is_some() => {
+                parts.spawn(crate::sources::journal::drive(
+                    mgr.clone(),
+                    probe.clone(),
+                    state.clone(),
+                    cursors.clone(),
+                    j.clone(),
+                ));
+            }
+            Source::KernelLog(_) | Source::Journal(_) => {}
+        }
+    }
+    while parts.join_next().await.is_some() {}
+}
+
+/// Fires a probe's triggers: on start, then every interval plus a random
+/// splay. A failed call is retried with doubling delays until it succeeds
+/// or the probe is quarantined.
+pub(super) async fn drive_triggers(
+    mgr: Arc<ProbeManager>,
+    probe: Arc<LoadedProbe>,
+    state: Arc<Mutex<ProbeState>>,
+) {
+    let on_start = probe
+        .manifest
+        .triggers
+        .iter()
+        .any(|t| matches!(t, Trigger::OnStart));
+    let interval = probe.grant.interval_secs.map(Duration::from_secs);
+    if on_start && !supervised(&mgr, &probe, &state, Event::Start).await {
+        return;
+    }
+    let Some(every) = interval else { return };
+    loop {
+        let splay_cap = (every / 10).min(MAX_SPLAY);
+        let splay = Duration::from_millis(rand::random_range(0..=splay_cap.as_millis() as u64));
+        tokio::time::sleep(every + splay).await;
+        if !supervised(&mgr, &probe, &state, Event::Timer).await {
+            return;
+        }
+    }
+}
+
+/// Calls until success (true) or quarantine (false).
+pub(super) async fn supervised(
+    mgr: &ProbeManager,
+    probe: &Arc<LoadedProbe>,
+    state: &Mutex<ProbeState>,
+    event: Event,
+) -> bool {
+    let mut delay = RETRY_BASE;
+    loop {
+        if mgr.call(probe, state, event.clone(), &[]).await.is_ok() {
+            return true;
+        }
+        if matches!(
+            *state.lock().expect("state lock"),
+            ProbeState::Quarantined(_)
+        ) {
+            return false;
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+}
+
+impl BatchConsumer for ProbeManager {
+    fn source_options(&self) -> &SourceOptions {
+        ProbeManager::source_options(self)
+    }
+
+    fn source_dir_refusal(&self, probe: &LoadedProbe, dir: &Path) -> Option<String> {
+        ProbeManager::source_dir_refusal(self, probe, dir)
+    }
+
+    fn deliver_batch<'a>(
+        &'a self,
+        probe: &'a Arc<LoadedProbe>,
+        state: &'a Mutex<ProbeState>,
+        event: Event,
+        extra: &'a [ExtraDir],
+    ) -> impl std::future::Future<Output = bool> + Send + 'a {
+        ProbeManager::deliver_batch(self, probe, state, event, extra)
+    }
+}
