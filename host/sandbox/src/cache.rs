@@ -213,18 +213,23 @@ impl CompileCache {
         }
         let marker = self.dir.join(format!("compiling-{hash}"));
         let boot = telem_core::journal::boot_id();
-        let (_compiling, marked) = {
+        // Declared before the lock is taken, so it is dropped after the
+        // lock's guard whichever way this function leaves (its drop takes
+        // the same lock).
+        let _compiling: Compiling<'_>;
+        {
             let mut compiles = self.compiling.lock().expect("compiling lock");
             if compiles.stopping {
                 return Err(wasmtime::Error::new(Stopping));
             }
-            if !compiles.running.insert(hash.clone()) {
+            if compiles.running.contains(&hash) {
                 return Err(wasmtime::Error::new(StillCompiling));
             }
-            let compiling = Compiling(self, hash.clone());
+            // A crash marker is read before this compile counts as
+            // running: a stop meanwhile takes back only the markers of
+            // compiles under way, never this one.
             match std::fs::read_to_string(&marker) {
                 Ok(b) if b.trim() == boot => {
-                    drop(compiles);
                     return Err(wasmtime::Error::new(CompileCrashed(marker)));
                 }
                 Ok(_) => tracing::info!(
@@ -233,15 +238,16 @@ impl CompileCache {
                 ),
                 Err(_) => {}
             }
+            compiles.running.insert(hash.clone());
+            _compiling = Compiling(self, hash.clone());
             let _ = std::fs::create_dir_all(&self.dir);
             // Written under the lock: a stop declared after this sees it.
-            let marked = telem_core::fsutil::write_atomic(&marker, boot.as_bytes(), 0o600);
-            (compiling, marked)
-        };
-        let compiled = engine.precompile_component(bytes);
-        if marked.is_ok() {
-            let _ = std::fs::remove_file(&marker);
+            // A failure leaves no marker, or (a failed directory sync after
+            // the rename) one that is removed below all the same.
+            let _ = telem_core::fsutil::write_atomic(&marker, boot.as_bytes(), 0o600);
         }
+        let compiled = engine.precompile_component(bytes);
+        let _ = std::fs::remove_file(&marker);
         let compiled = compiled?;
         if let Some(key) = &key {
             let mac = hex(&mac_of(key, &compiled));

@@ -231,6 +231,10 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
 
     wait_for_signal().await;
     systemd::notify_stopping();
+    // First: the stop may end in a SIGKILL if it takes long. Compiles
+    // under way are interrupted, not crashed, and must not keep their
+    // probes out at the next start; none starts from now on.
+    probes.release_compile_markers();
     info!("stopping: finishing connections in progress");
     let _ = stop_tx.send(true);
     let _ = native.await;
@@ -240,9 +244,6 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     let _ = control.await;
     let _ = std::fs::remove_file(&config.host.control_socket);
     let _ = tokio::task::spawn_blocking(move || delivering.join()).await;
-    // Compiles still running are left to die with the process; they did
-    // not crash it, so their components load at the next start.
-    probes.release_compile_markers();
     drop(probe_runtime);
     spool.close();
     if let Some(p) = bound_path {
