@@ -74,6 +74,7 @@ impl Probe for CrashSymbolizer {
                 process_path,
                 pid,
                 signal,
+                ..
             }) => {
                 let facts = CrashFacts {
                     process_path: process_path.or(Some(process_name)),
@@ -101,11 +102,8 @@ impl Probe for CrashSymbolizer {
                 }
                 report(&core, CrashFacts::default(), lookup)
             }
-            Event::Start
-            | Event::Timer
-            | Event::KernelLog(_)
-            | Event::Files(_)
-            | Event::Journal(_) => Ok(()),
+            // Whatever else a later contract hands it.
+            _ => Ok(()),
         }
     }
 }
