@@ -1,6 +1,6 @@
 //! Any bytes as the kernel log a kernel-oops probe is handed: the stream
 //! through the host's reader (host/telemd/src/sources/kmsg.rs `Parser`),
-//! cut into batches the way `sources::drive_kernel_log` cuts them (item
+//! cut into batches the way `sources::kmsg::drive` cuts them (item
 //! and byte limits the input picks), and each batch through the probe's
 //! `handle` (probes-wasm/kernel-oops): the kernel's own lines into the
 //! report assembler (probes-wasm/kernel-report/src/assemble.rs), whose
@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     parser.feed(rest, &mut items);
     parser.flush(&mut items);
 
-    // Batches as `drive_kernel_log` makes them (it reads from a channel;
+    // Batches as `sources::kmsg::drive` makes them (it reads from a channel;
     // here everything is already there).
     let mut batches: Vec<Vec<_>> = Vec::new();
     let mut batch = Vec::new();

@@ -575,7 +575,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let real = t.path().canonicalize().unwrap();
         let link = real.join("link");
-        std::fs::create_dir(real.join("state")).unwrap();
+        std::fs::create_dir_all(real.join("state/crash-inbox")).unwrap();
         std::os::unix::fs::symlink(real.join("state"), &link).unwrap();
         let text = format!(
             "state_dir = \"{}\"\nspool_dir = \"{}/spool\"\n\
@@ -600,6 +600,7 @@ mod tests {
             real.join("spool"),
             real.join("journal"),
             crate::state_layout::StateLayout::new(&link).crash_inbox(),
+            real.join("state/crash-inbox"),
         ] {
             assert!(
                 r.protected_dirs.contains(&dir),

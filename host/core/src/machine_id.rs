@@ -26,7 +26,7 @@ impl MachineIdStore {
     /// `state_dir/machine_id`, with the override file at `static_path`.
     pub fn new(state_dir: &Path, static_path: &Path) -> Self {
         MachineIdStore {
-            path: state_dir.join("machine_id"),
+            path: crate::state_layout::StateLayout::new(state_dir).machine_id(),
             static_path: static_path.to_owned(),
         }
     }

@@ -18,6 +18,8 @@ pub const PROBE_VIEWS: &str = "probe-views";
 pub const PROBE_STATE: &str = "probe-state";
 /// Names of probes the admin disabled (kept across restarts).
 pub const DISABLED_PROBES: &str = "disabled-probes";
+/// The machine id generated when no override file names one.
+pub const MACHINE_ID: &str = "machine_id";
 
 /// The paths under one `state_dir`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +65,11 @@ impl StateLayout {
         self.root.join(PROBE_STATE)
     }
 
+    /// See [`MACHINE_ID`].
+    pub fn machine_id(&self) -> PathBuf {
+        self.root.join(MACHINE_ID)
+    }
+
     /// See [`DISABLED_PROBES`].
     pub fn disabled_probes(&self) -> PathBuf {
         self.root.join(DISABLED_PROBES)
@@ -86,5 +93,6 @@ mod tests {
         assert_eq!(under(l.probe_views()), "probe-views");
         assert_eq!(under(l.probe_state()), "probe-state");
         assert_eq!(under(l.disabled_probes()), "disabled-probes");
+        assert_eq!(under(l.machine_id()), "machine_id");
     }
 }

@@ -304,12 +304,20 @@ mod tests {
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::copy(&theirs, private.join("custom.conf")).unwrap();
         let denied = s(&private.join("custom.conf"));
-        let as_nobody = std::thread::spawn(move || {
+        let (reaches_allowed, as_nobody) = std::thread::spawn(move || {
             rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(65534)).unwrap();
-            target_of(&denied, &dirs)
+            // The allowed directory itself must be open to nobody, or the
+            // refusal would come from there and not from the file.
+            let reaches = std::fs::read_dir(&dirs[0]).is_ok();
+            (reaches, target_of(&denied, &dirs))
         })
         .join()
         .unwrap();
+        assert!(
+            reaches_allowed,
+            "uid 65534 cannot reach {}",
+            allowed.display()
+        );
         assert!(
             matches!(&as_nobody, Err(CfgRefusal::Io(e)) if e.raw_os_error() == Some(libc::EACCES)),
             "{as_nobody:?}"
