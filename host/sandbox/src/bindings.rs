@@ -35,9 +35,9 @@ use v0_1::telemetrics::probe::types as old;
 /// built against.
 pub(crate) enum ProbePre {
     /// Built against 0.2.x.
-    Current(current::ProbePre<crate::store::HostState>),
+    Current(current::ProbePre<crate::call_state::CallState>),
     /// Built against 0.1.x.
-    V0_1(v0_1::ProbePre<crate::store::HostState>),
+    V0_1(v0_1::ProbePre<crate::call_state::CallState>),
 }
 
 impl From<old::Trigger> for now::Trigger {

@@ -12,20 +12,21 @@
 
 mod bindings;
 pub mod cache;
+mod call_state;
 mod engine;
 pub mod file_views;
-mod host_log;
+mod grant_paths;
+mod host;
 pub mod host_pressure;
-mod host_records;
-mod host_state;
 pub mod limits;
+mod load_error;
+mod manifest_checks;
 pub mod offline;
 mod probe;
 pub mod probe_log;
+pub mod probe_state_file;
 pub mod record_budget;
 pub mod shape;
-pub mod state_store;
-mod store;
 
 use std::time::Duration;
 
@@ -34,12 +35,13 @@ pub use telem_core::control::{Captured, ProbeStats};
 /// info` need them without an engine); re-exported where they are applied.
 pub use telem_core::grants;
 
-pub use engine::{ExtraDir, LoadError, LoadFailure, Sandbox, SandboxOptions};
+pub use engine::{ExtraDir, Sandbox, SandboxOptions};
 pub use host_pressure::HostPressure;
+pub use load_error::{LoadError, LoadFailure};
 
 /// Why the engine could not be set up (wasmtime's error, kept whole).
 pub type EngineError = wasmtime::Error;
-pub use host_records::{IntakeError, RecordIntake, Sink};
+pub use host::records::{IntakeError, RecordIntake, Sink};
 pub use probe::{CallError, LoadedProbe};
 
 pub use self::bindings::current::telemetrics::probe::types::{

@@ -9,8 +9,8 @@ use thiserror::Error;
 
 use crate::bindings::ProbePre;
 use crate::probe_log::LogLimit;
+use crate::probe_state_file::ProbeStateFile;
 use crate::record_budget::RecordBudget;
-use crate::state_store::StateStore;
 use crate::Manifest;
 
 /// Why a probe call failed.
@@ -68,7 +68,7 @@ pub struct LoadedProbe {
     /// probe name for the sandbox's life, shared by every load of it, so
     /// a call of a replaced component still running cannot overwrite
     /// what the new one wrote.
-    pub state: Arc<Mutex<StateStore>>,
+    pub state: Arc<Mutex<ProbeStateFile>>,
     /// Held for the whole of each call: calls of one probe (by name,
     /// across reloads) never overlap, so one call's state writes never
     /// interleave with another's.

@@ -97,7 +97,7 @@ pub enum ProbeError {
         name: String,
         /// Why.
         #[source]
-        source: telem_sandbox::state_store::StateError,
+        source: telem_sandbox::probe_state_file::StateError,
     },
     /// The disabled-probes file could not be written.
     #[error("cannot record the choice in {}: {source}", path.display())]

@@ -1,13 +1,13 @@
 //! `telemetrics:probe/state`: the probe's private key-value store. A
 //! call's writes collect in the store's [`StateTxn`] and reach the probe's
-//! [`crate::state_store::StateStore`] only when `handle` returns `ok`; the
+//! [`crate::probe_state_file::ProbeStateFile`] only when `handle` returns `ok`; the
 //! quota is checked at each write against what the state would be after
 //! the call.
 
 use crate::bindings::current::telemetrics::probe::state::{self, StateError};
+use crate::call_state::CallState;
 use crate::probe::LoadedProbe;
-use crate::state_store::{entry_cost, StateChanges, MAX_KEY_BYTES};
-use crate::store::HostState;
+use crate::probe_state_file::{entry_cost, StateChanges, MAX_KEY_BYTES};
 
 /// One call's pending writes and the state's size if they were applied.
 #[derive(Debug)]
@@ -16,7 +16,7 @@ pub(crate) struct StateTxn {
     projected: u64,
 }
 
-impl HostState {
+impl CallState {
     /// Cost of `key`'s committed entry (0 if absent).
     fn committed_cost(probe: &LoadedProbe, key: &str) -> u64 {
         probe
@@ -64,7 +64,7 @@ impl HostState {
     }
 }
 
-impl state::Host for HostState {
+impl state::Host for CallState {
     async fn get(&mut self, key: String) -> Option<Vec<u8>> {
         let probe = self.probe.clone()?;
         if let Some(v) = self.state.as_ref().and_then(|t| t.changes.writes.get(&key)) {

@@ -38,7 +38,7 @@ pub enum StateError {
 
 /// One probe's committed state.
 #[derive(Debug)]
-pub struct StateStore {
+pub struct ProbeStateFile {
     path: PathBuf,
     entries: Option<BTreeMap<String, Vec<u8>>>,
     bytes: u64,
@@ -63,10 +63,10 @@ pub fn entry_cost(key: &str, value: &[u8]) -> u64 {
     key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
 }
 
-impl StateStore {
+impl ProbeStateFile {
     /// The store of probe `name` under `dir` (read when first used).
-    pub fn new(dir: &Path, name: &str) -> StateStore {
-        StateStore {
+    pub fn new(dir: &Path, name: &str) -> ProbeStateFile {
+        ProbeStateFile {
             path: dir.join(format!("{name}.kv")),
             entries: None,
             bytes: 0,
@@ -257,29 +257,31 @@ mod tests {
     #[test]
     fn committed_state_survives_a_new_store_and_reset_clears_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = StateStore::new(dir.path(), "p");
+        let mut s = ProbeStateFile::new(dir.path(), "p");
         s.commit(changes(&[("a", Some(b"1")), ("b", Some(b"22"))]), 1 << 20)
             .unwrap();
         s.commit(changes(&[("a", None)]), 1 << 20).unwrap();
-        let mut again = StateStore::new(dir.path(), "p");
+        let mut again = ProbeStateFile::new(dir.path(), "p");
         assert_eq!(again.keys(1 << 20), vec!["b".to_owned()]);
         assert_eq!(again.get("b", 1 << 20).as_deref(), Some(&b"22"[..]));
         assert_eq!(again.bytes(1 << 20), 1 + 2 + ENTRY_OVERHEAD);
         again.clear().unwrap();
-        assert!(StateStore::new(dir.path(), "p").keys(1 << 20).is_empty());
+        assert!(ProbeStateFile::new(dir.path(), "p")
+            .keys(1 << 20)
+            .is_empty());
     }
 
     #[test]
     fn a_damaged_file_is_moved_aside_and_the_probe_starts_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = StateStore::new(dir.path(), "p");
+        let mut s = ProbeStateFile::new(dir.path(), "p");
         s.commit(changes(&[("key", Some(b"value"))]), 1 << 20)
             .unwrap();
         let mut bytes = std::fs::read(s.path()).unwrap();
         let n = bytes.len();
         bytes[n - 40] ^= 1;
         std::fs::write(s.path(), &bytes).unwrap();
-        let mut again = StateStore::new(dir.path(), "p");
+        let mut again = ProbeStateFile::new(dir.path(), "p");
         assert!(again.keys(1 << 20).is_empty());
         assert!(dir.path().join("p.kv.corrupt").exists());
         // A length pointing past the end: refused, not read.
@@ -294,10 +296,10 @@ mod tests {
     #[test]
     fn a_file_larger_than_the_quota_is_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = StateStore::new(dir.path(), "p");
+        let mut s = ProbeStateFile::new(dir.path(), "p");
         s.commit(changes(&[("k", Some(&[0u8; 4096]))]), 1 << 20)
             .unwrap();
-        let mut small = StateStore::new(dir.path(), "p");
+        let mut small = ProbeStateFile::new(dir.path(), "p");
         assert!(small.keys(1024).is_empty(), "read past a 1 KiB quota");
     }
 }

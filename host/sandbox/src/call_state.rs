@@ -8,13 +8,13 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{current, v0_1};
-use crate::host_records::Sink;
-use crate::host_state::StateTxn;
+use crate::host::records::Sink;
+use crate::host::state::StateTxn;
 use crate::limits::{StoreBudget, MAX_HOST_RESOURCES};
 use crate::probe::LoadedProbe;
 use crate::probe_log::{probe_log_limit, LogLimit};
 
-pub(crate) struct HostState {
+pub(crate) struct CallState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) budget: StoreBudget,
@@ -27,17 +27,17 @@ pub(crate) struct HostState {
     pub(crate) state: Option<StateTxn>,
 }
 
-impl HostState {
+impl CallState {
     pub(crate) fn new(
         name: String,
         wasi: WasiCtx,
         memory: usize,
         probe: Option<(Arc<LoadedProbe>, Sink)>,
-    ) -> HostState {
+    ) -> CallState {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_HOST_RESOURCES);
         let (probe, sink) = probe.unzip();
-        HostState {
+        CallState {
             wasi,
             table,
             budget: StoreBudget::new(memory),
@@ -50,7 +50,7 @@ impl HostState {
     }
 }
 
-impl WasiView for HostState {
+impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
@@ -59,5 +59,5 @@ impl WasiView for HostState {
     }
 }
 
-impl current::telemetrics::probe::types::Host for HostState {}
-impl v0_1::telemetrics::probe::types::Host for HostState {}
+impl current::telemetrics::probe::types::Host for CallState {}
+impl v0_1::telemetrics::probe::types::Host for CallState {}

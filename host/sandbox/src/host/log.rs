@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use crate::bindings::current::telemetrics;
 use crate::bindings::v0_1;
+use crate::call_state::CallState;
 use crate::probe_log::{escape, LOG_LINE_CAP};
-use crate::store::HostState;
 
-impl telemetrics::probe::log::Host for HostState {
+impl telemetrics::probe::log::Host for CallState {
     async fn log(&mut self, level: telemetrics::probe::log::Level, message: String) {
         use telemetrics::probe::log::Level;
         let m = escape(&message, LOG_LINE_CAP);
@@ -40,7 +40,7 @@ impl telemetrics::probe::log::Host for HostState {
     }
 }
 
-impl v0_1::telemetrics::probe::log::Host for HostState {
+impl v0_1::telemetrics::probe::log::Host for CallState {
     async fn log(&mut self, level: v0_1::telemetrics::probe::log::Level, message: String) {
         use telemetrics::probe::log::{Host, Level};
         use v0_1::telemetrics::probe::log::Level as Old;

@@ -13,9 +13,9 @@ use telem_core::record::{random_id, Record};
 use crate::bindings::current::telemetrics;
 use crate::bindings::current::telemetrics::probe::types::{SendError, TelemetryRecord};
 use crate::bindings::v0_1;
+use crate::call_state::CallState;
 use crate::probe::LoadedProbe;
 use crate::probe_log::{escape, FIELD_CAP};
-use crate::store::HostState;
 
 /// The daemon's ingest path, as the sandbox sees it: validates, stamps and
 /// spools a probe's record. A trait so this crate needs no spool, and so a
@@ -60,7 +60,7 @@ pub enum Sink {
 /// Most records one source batch may hold until its call returns.
 pub const MAX_STAGED_RECORDS: usize = 256;
 
-impl telemetrics::probe::records::Host for HostState {
+impl telemetrics::probe::records::Host for CallState {
     async fn send(&mut self, r: TelemetryRecord) -> Result<String, SendError> {
         let (Some(probe), Some(sink)) = (self.probe.clone(), self.sink.clone()) else {
             return Err(SendError::Refused(
@@ -167,7 +167,7 @@ async fn send_record(
     }
 }
 
-impl v0_1::telemetrics::probe::records::Host for HostState {
+impl v0_1::telemetrics::probe::records::Host for CallState {
     async fn send(
         &mut self,
         r: v0_1::telemetrics::probe::types::TelemetryRecord,
