@@ -54,6 +54,25 @@ pub struct SandboxOptions {
 }
 
 impl SandboxOptions {
+    /// The daemon's options, from its config: the directories under
+    /// `state_dir`, the host rules (the daemon's own directories never
+    /// readable by a probe) and the size caps.
+    pub fn for_config(
+        config: &telem_core::config::Config,
+        pressure: HostPressure,
+    ) -> SandboxOptions {
+        let layout = telem_core::state_layout::StateLayout::new(&config.host.state_dir);
+        SandboxOptions {
+            scratch_dir: layout.probe_views(),
+            state_dir: layout.probe_state(),
+            cache_dir: layout.probe_cache(),
+            rules: HostRules::for_config(config),
+            max_component_bytes: config.probes.max_component_bytes.get(),
+            max_function_bytes: config.probes.max_function_bytes.get(),
+            pressure,
+        }
+    }
+
     /// Options with the cache in `cache_dir`, the scratch directory beside
     /// it, permissive host rules and the default size cap.
     pub fn new(cache_dir: &Path) -> SandboxOptions {

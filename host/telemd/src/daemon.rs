@@ -125,8 +125,11 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     let inbox = layout.crash_inbox();
     std::fs::create_dir_all(&inbox)
         .map_err(ctx(|| format!("cannot create {}", inbox.display())))?;
-    let sandbox = telem_sandbox::Sandbox::with_options(sandbox_options(&config, pressure.clone()))
-        .map_err(DaemonError::Sandbox)?;
+    let sandbox = telem_sandbox::Sandbox::with_options(telem_sandbox::SandboxOptions::for_config(
+        &config,
+        pressure.clone(),
+    ))
+    .map_err(DaemonError::Sandbox)?;
     // Probe work gets a runtime of its own at a lower priority, so
     // probes never take the CPU that ingest and delivery need.
     let probe_runtime = crate::probe_runtime::ProbeRuntime::start()
@@ -138,21 +141,8 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
         config.probes.probes_dirs.clone(),
         config.probes.probes.clone(),
         layout.disabled_probes(),
-        crate::sources::SourceOptions {
-            kernel_log_path: config.probes.kernel_log_path.clone(),
-            boot_id_path: "/proc/sys/kernel/random/boot_id".into(),
-            cursor_dir: layout.probe_state(),
-            sources_root: config.probes.sources_root.clone(),
-            journal_dir: (!config.probes.journal_source_dir.as_os_str().is_empty())
-                .then(|| config.probes.journal_source_dir.clone()),
-            no_privacy_filters_file: config.crash.no_privacy_filters_file.clone(),
-            files_scan_interval: Duration::from_millis(config.probes.probe_scan_interval_ms.get()),
-        },
-        crate::supervisor::Trust {
-            owners: telem_core::provenance::Owners::for_service(&config.crash.service_user),
-            require_signatures: config.probes.require_signatures,
-            trusted_keys_dir: config.probes.trusted_keys_dir.clone(),
-        },
+        crate::sources::SourceOptions::for_config(&config),
+        crate::supervisor::Trust::for_config(&config),
     );
     // Crashes left in the inbox while the daemon was down wait for the
     // probes, which load once the sockets are bound (below).
@@ -274,24 +264,6 @@ fn raise_fd_limit() {
         if let Err(e) = setrlimit(Resource::Nofile, lim) {
             warn!("cannot raise the descriptor limit: {e}");
         }
-    }
-}
-
-/// The sandbox's directories and host rules from the config: the daemon's
-/// own directories are never readable by a probe.
-fn sandbox_options(
-    config: &Config,
-    pressure: telem_sandbox::HostPressure,
-) -> telem_sandbox::SandboxOptions {
-    let layout = StateLayout::new(&config.host.state_dir);
-    telem_sandbox::SandboxOptions {
-        scratch_dir: layout.probe_views(),
-        state_dir: layout.probe_state(),
-        cache_dir: layout.probe_cache(),
-        rules: telem_core::grants::HostRules::for_config(config),
-        max_component_bytes: config.probes.max_component_bytes.get(),
-        max_function_bytes: config.probes.max_function_bytes.get(),
-        pressure,
     }
 }
 

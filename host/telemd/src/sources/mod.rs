@@ -80,6 +80,25 @@ pub struct SourceOptions {
     pub no_privacy_filters_file: PathBuf,
 }
 
+impl SourceOptions {
+    /// The daemon's sources, from its config (`[probes]`, the crash
+    /// section's privacy opt-out) and the state directory's layout.
+    pub fn for_config(config: &telem_core::config::Config) -> SourceOptions {
+        let probes = &config.probes;
+        SourceOptions {
+            kernel_log_path: probes.kernel_log_path.clone(),
+            boot_id_path: "/proc/sys/kernel/random/boot_id".into(),
+            cursor_dir: telem_core::state_layout::StateLayout::new(&config.host.state_dir)
+                .probe_state(),
+            sources_root: probes.sources_root.clone(),
+            journal_dir: (!probes.journal_source_dir.as_os_str().is_empty())
+                .then(|| probes.journal_source_dir.clone()),
+            no_privacy_filters_file: config.crash.no_privacy_filters_file.clone(),
+            files_scan_interval: Duration::from_millis(probes.probe_scan_interval_ms.get()),
+        }
+    }
+}
+
 /// A probe's positions in its sources, kept across restarts in
 /// `<cursor_dir>/<probe>.sources.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -230,6 +249,25 @@ pub(crate) fn boot_id(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sources_come_from_the_config_and_the_state_layout() {
+        let mut config = telem_core::config::Config::default();
+        config.host.state_dir = "/var/lib/t".into();
+        config.probes.journal_source_dir = PathBuf::new();
+        let o = SourceOptions::for_config(&config);
+        assert_eq!(o.cursor_dir, Path::new("/var/lib/t/probe-state"));
+        assert_eq!(o.journal_dir, None, "empty: the system journal");
+        config.probes.journal_source_dir = "/var/log/journal/remote".into();
+        assert_eq!(
+            SourceOptions::for_config(&config).journal_dir.as_deref(),
+            Some(Path::new("/var/log/journal/remote"))
+        );
+        assert_eq!(
+            o.files_scan_interval,
+            Duration::from_millis(config.probes.probe_scan_interval_ms.get())
+        );
+    }
 
     #[test]
     fn batch_limits_are_the_manifests_within_the_hosts_caps() {

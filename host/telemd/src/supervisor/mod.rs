@@ -72,6 +72,17 @@ pub struct Trust {
 }
 
 impl Trust {
+    /// The daemon's trust, from its config: probe files owned by root or
+    /// the service user, signatures as `require_signatures` says, keys
+    /// from `trusted_keys_dir`.
+    pub fn for_config(config: &telem_core::config::Config) -> Trust {
+        Trust {
+            owners: Owners::for_service(&config.crash.service_user),
+            require_signatures: config.probes.require_signatures,
+            trusted_keys_dir: config.probes.trusted_keys_dir.clone(),
+        }
+    }
+
     /// Root and this process's user may own probe files; no signature
     /// required (tests and benches).
     pub fn this_process() -> Trust {
