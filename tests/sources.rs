@@ -382,13 +382,21 @@ fn each_file_is_told_once_across_restarts_and_one_removed_before_its_read_is_rep
         &d,
         &["file a.txt: alpha", "file b.txt: beta", "file c.txt: gamma"],
     );
-    let i = info(&d, "source-echo");
-    let files = i
-        .sources
-        .iter()
-        .find(|s| s.source.starts_with("files "))
-        .unwrap();
-    assert_eq!(files.position, "3 file(s) handled and still there");
+    // The cursor is saved after the batch's records are spooled: wait for
+    // it rather than read it between the two.
+    let position = || {
+        info(&d, "source-echo")
+            .sources
+            .iter()
+            .find(|s| s.source.starts_with("files "))
+            .unwrap()
+            .position
+            .clone()
+    };
+    wait_until(Duration::from_secs(5), || {
+        position() == "3 file(s) handled and still there"
+    });
+    assert_eq!(position(), "3 file(s) handled and still there");
     // Three more, told in two calls (the probe takes two at a time),
     // oldest first: the first call sleeps on `f.txt`, and `h.txt`, waiting
     // for the second call, is removed meanwhile. The probe is told of a
