@@ -125,30 +125,19 @@ fn run(root: &Path, records: usize, hostile: bool) -> Run {
 }
 
 fn main() {
-    let mut records = 10_000usize;
-    let mut rounds = 1usize;
-    let mut hostile = false;
-    let mut dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--records" => {
-                records = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--records N")
-            }
-            "--rounds" => {
-                rounds = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--rounds R")
-            }
-            "--hostile" => hostile = true,
-            "--dir" => dir = args.next().map(PathBuf::from).expect("--dir DIR"),
-            _ => {}
-        }
-    }
+    let support::BenchArgs {
+        records,
+        rounds,
+        hostile,
+        dir,
+        ..
+    } = support::BenchArgs::parse(support::BenchArgs {
+        records: 10_000,
+        rounds: 1,
+        hostile: false,
+        dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+        clients: Vec::new(),
+    });
     let base = dir.join("bench-delivery");
     let mut runs: Vec<(bool, Run)> = Vec::new();
     for round in 0..rounds {

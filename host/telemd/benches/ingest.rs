@@ -412,39 +412,19 @@ fn run(
 }
 
 fn main() {
-    let mut records = 20_000usize;
-    let mut clients = vec![1usize, 16, 64];
-    let mut rounds = 3usize;
-    let mut hostile = false;
-    let mut dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--records" => {
-                records = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--records N")
-            }
-            "--rounds" => {
-                rounds = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--rounds R")
-            }
-            "--hostile" => hostile = true,
-            "--dir" => dir = args.next().map(PathBuf::from).expect("--dir DIR"),
-            "--clients" => {
-                clients = args
-                    .next()
-                    .expect("--clients N,N")
-                    .split(',')
-                    .map(|n| n.parse().expect("--clients N,N"))
-                    .collect()
-            }
-            _ => {}
-        }
-    }
+    let support::BenchArgs {
+        records,
+        rounds,
+        hostile,
+        dir,
+        clients,
+    } = support::BenchArgs::parse(support::BenchArgs {
+        records: 20_000,
+        rounds: 3,
+        hostile: false,
+        dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+        clients: vec![1, 16, 64],
+    });
     let legacy = std::env::var_os("LEGACY_TELEMPROBD");
     let mut daemons = vec![Which::Telemd];
     if hostile {

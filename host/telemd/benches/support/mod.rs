@@ -301,3 +301,41 @@ impl Hostile {
         self.threads.into_iter().map(|t| t.join().unwrap()).sum()
     }
 }
+
+/// The options the ingest and delivery benches share: `--records N`,
+/// `--rounds R`, `--hostile`, `--dir DIR` (where the runs' files go: a
+/// disk, since the fsyncs are the point), and `--clients N,N` (ingest).
+#[derive(Clone, Debug)]
+pub struct BenchArgs {
+    pub records: usize,
+    pub rounds: usize,
+    pub hostile: bool,
+    pub dir: PathBuf,
+    pub clients: Vec<usize>,
+}
+
+impl BenchArgs {
+    /// The command line over `defaults`; unknown words are ignored (cargo
+    /// bench passes its own).
+    pub fn parse(defaults: BenchArgs) -> BenchArgs {
+        let mut a = defaults;
+        let mut args = std::env::args().skip(1);
+        while let Some(w) = args.next() {
+            let mut value = |what: &str| args.next().unwrap_or_else(|| panic!("{w} {what}"));
+            match w.as_str() {
+                "--records" => a.records = value("N").parse().expect("--records N"),
+                "--rounds" => a.rounds = value("R").parse().expect("--rounds R"),
+                "--hostile" => a.hostile = true,
+                "--dir" => a.dir = PathBuf::from(value("DIR")),
+                "--clients" => {
+                    a.clients = value("N,N")
+                        .split(',')
+                        .map(|n| n.parse().expect("--clients N,N"))
+                        .collect()
+                }
+                _ => {}
+            }
+        }
+        a
+    }
+}

@@ -242,11 +242,6 @@ impl ProbeManager {
             .collect()
     }
 
-    /// Where the event sources are.
-    pub fn source_options(&self) -> &SourceOptions {
-        &self.sources
-    }
-
     /// Lets every source batch in flight finish (records spooled, cursor
     /// saved) and starts no other, waiting at most `limit`; the daemon
     /// calls it when it stops and holds what it returns until it exits.

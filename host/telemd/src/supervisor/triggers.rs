@@ -14,37 +14,6 @@ use telem_sandbox::{CallError, Event, ExtraDir, LoadedProbe, Source, Trigger};
 use super::*;
 
 impl ProbeManager {
-    /// Why a probe's source directory may not be read now, if it may
-    /// not: checked like a granted path, before every scan (so not even a
-    /// file name is shown): never into the daemon's own directories, and,
-    /// when the safe set granted it (no admin's `read_paths`), still in
-    /// the safe set once resolved, relative to `sources_root`.
-    pub fn source_dir_refusal(&self, probe: &LoadedProbe, dir: &Path) -> Option<String> {
-        let real = dir.canonicalize().ok()?;
-        if let Some(why) = telem_core::grants::never_grantable(&real, self.sandbox.host_rules()) {
-            return Some(format!("it resolves to {}: {why}", real.display()));
-        }
-        if probe.grant.read_paths_by_admin {
-            return None;
-        }
-        let root = self
-            .sources
-            .sources_root
-            .canonicalize()
-            .unwrap_or_else(|_| self.sources.sources_root.clone());
-        let logical = real
-            .strip_prefix(&root)
-            .map(|rest| Path::new("/").join(rest))
-            .ok();
-        match logical {
-            Some(l) if telem_core::grants::is_safe_path(&l) => None,
-            _ => Some(format!(
-                "it resolves to {}, outside the safe set it was granted from",
-                real.display()
-            )),
-        }
-    }
-
     /// One supervised call: counts it, logs a failure with the probe's name,
     /// and quarantines the probe after [`QUARANTINE_AFTER`] failures in a row.
     pub(super) async fn call(
@@ -57,51 +26,6 @@ impl ProbeManager {
         let sink = telem_sandbox::Sink::Spool(self.ingest.clone());
         self.call_with(probe, state, event, extra, sink, Quarantine::Counts)
             .await
-    }
-
-    /// Hands a source batch to the probe until it takes it (true) or is
-    /// quarantined (false). Its records are held until the call returns
-    /// `ok`, so a failed try reports nothing and the next try starts clean.
-    pub(crate) async fn deliver_batch(
-        &self,
-        probe: &Arc<LoadedProbe>,
-        state: &Mutex<ProbeState>,
-        event: Event,
-        extra: &[ExtraDir],
-    ) -> bool {
-        let mut delay = RETRY_BASE;
-        // This batch's own failures: a probe whose timer calls succeed in
-        // between (which reset its count) is quarantined all the same when
-        // one batch keeps failing, so its source does not stall unseen.
-        let mut failures = 0;
-        loop {
-            if matches!(
-                *state.lock().expect("state lock"),
-                ProbeState::Quarantined(_)
-            ) {
-                return false;
-            }
-            let held = Arc::new(Mutex::new(Vec::new()));
-            let sink = telem_sandbox::Sink::Staged(self.ingest.clone(), held);
-            let r = self
-                .call_with(probe, state, event.clone(), extra, sink, Quarantine::Counts)
-                .await;
-            let Err(e) = r else { return true };
-            failures += 1;
-            if failures >= QUARANTINE_AFTER {
-                if !matches!(
-                    *state.lock().expect("state lock"),
-                    ProbeState::Quarantined(_)
-                ) {
-                    let why = format!("the same source batch failed {failures} times, last: {e}");
-                    warn!(probe = %probe.name, "probe quarantined until reload: {why}");
-                    *state.lock().expect("state lock") = ProbeState::Quarantined(why);
-                }
-                return false;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(MAX_BATCH_RETRY);
-        }
     }
 
     pub(super) async fn call_with(
@@ -261,22 +185,85 @@ pub(super) async fn supervised(
     }
 }
 
+/// The source drivers' view of the manager (`sources/`).
 impl BatchConsumer for ProbeManager {
     fn source_options(&self) -> &SourceOptions {
-        ProbeManager::source_options(self)
+        &self.sources
     }
 
+    /// Why a probe's source directory may not be read now, if it may
+    /// not: checked like a granted path, before every scan (so not even a
+    /// file name is shown): never into the daemon's own directories, and,
+    /// when the safe set granted it (no admin's `read_paths`), still in
+    /// the safe set once resolved, relative to `sources_root`.
     fn source_dir_refusal(&self, probe: &LoadedProbe, dir: &Path) -> Option<String> {
-        ProbeManager::source_dir_refusal(self, probe, dir)
+        let real = dir.canonicalize().ok()?;
+        if let Some(why) = telem_core::grants::never_grantable(&real, self.sandbox.host_rules()) {
+            return Some(format!("it resolves to {}: {why}", real.display()));
+        }
+        if probe.grant.read_paths_by_admin {
+            return None;
+        }
+        let root = self
+            .sources
+            .sources_root
+            .canonicalize()
+            .unwrap_or_else(|_| self.sources.sources_root.clone());
+        let logical = real
+            .strip_prefix(&root)
+            .map(|rest| Path::new("/").join(rest))
+            .ok();
+        match logical {
+            Some(l) if telem_core::grants::is_safe_path(&l) => None,
+            _ => Some(format!(
+                "it resolves to {}, outside the safe set it was granted from",
+                real.display()
+            )),
+        }
     }
 
-    fn deliver_batch<'a>(
-        &'a self,
-        probe: &'a Arc<LoadedProbe>,
-        state: &'a Mutex<ProbeState>,
+    /// Hands a source batch to the probe until it takes it (true) or is
+    /// quarantined (false). Its records are held until the call returns
+    /// `ok`, so a failed try reports nothing and the next try starts clean.
+    async fn deliver_batch(
+        &self,
+        probe: &Arc<LoadedProbe>,
+        state: &Mutex<ProbeState>,
         event: Event,
-        extra: &'a [ExtraDir],
-    ) -> impl std::future::Future<Output = bool> + Send + 'a {
-        ProbeManager::deliver_batch(self, probe, state, event, extra)
+        extra: &[ExtraDir],
+    ) -> bool {
+        let mut delay = RETRY_BASE;
+        // This batch's own failures: a probe whose timer calls succeed in
+        // between (which reset its count) is quarantined all the same when
+        // one batch keeps failing, so its source does not stall unseen.
+        let mut failures = 0;
+        loop {
+            if matches!(
+                *state.lock().expect("state lock"),
+                ProbeState::Quarantined(_)
+            ) {
+                return false;
+            }
+            let held = Arc::new(Mutex::new(Vec::new()));
+            let sink = telem_sandbox::Sink::Staged(self.ingest.clone(), held);
+            let r = self
+                .call_with(probe, state, event.clone(), extra, sink, Quarantine::Counts)
+                .await;
+            let Err(e) = r else { return true };
+            failures += 1;
+            if failures >= QUARANTINE_AFTER {
+                if !matches!(
+                    *state.lock().expect("state lock"),
+                    ProbeState::Quarantined(_)
+                ) {
+                    let why = format!("the same source batch failed {failures} times, last: {e}");
+                    warn!(probe = %probe.name, "probe quarantined until reload: {why}");
+                    *state.lock().expect("state lock") = ProbeState::Quarantined(why);
+                }
+                return false;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_BATCH_RETRY);
+        }
     }
 }
