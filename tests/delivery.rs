@@ -220,6 +220,13 @@ fn http_400_rejects_and_503_retry_after_is_honoured() {
         gap >= Duration::from_secs(2),
         "retried after {gap:?}, before Retry-After"
     );
+    // The journal entry is written once the collector's answer is read,
+    // which may be after the collector counted the record.
+    wait_until(Duration::from_secs(5), || {
+        journal(&d)
+            .last()
+            .is_some_and(|e| e.outcome == Outcome::Delivered)
+    });
     assert_eq!(journal(&d).last().unwrap().outcome, Outcome::Delivered);
 }
 

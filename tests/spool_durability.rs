@@ -165,6 +165,11 @@ fn each_spooled_record_was_synced_under_its_temporary_name_and_its_name_after_it
         t.join().unwrap();
     }
     d.wait_spool(50);
+    // The last group's files are visible once renamed, before its
+    // directory sync: wait for every name's sync, then read the log.
+    for name in d.spool_names() {
+        wait_until(Duration::from_secs(5), || dir_synced_with(&name));
+    }
     let log = sync_log(&d);
     for name in d.spool_names() {
         let data = format!("fdatasync {spool}/.tmp-{name}");
