@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
-use crate::sources::CursorFile;
 use telem_core::control::ProbeState;
 use telem_core::provenance::{self, Signatures};
 
@@ -68,12 +67,11 @@ impl ProbeManager {
             .check(path, &bytes, &self.trust.owners)
             .map_err(refused)?
             .map(|k| format!("{} ({})", k.name, k.key_id));
-        if let Some(slot) = self.slots.lock().expect("slots lock").get_mut(path) {
-            if slot.probe.hash == hash {
-                slot.seen = seen;
-                slot.signed_by = signed_by;
-                return Ok(());
-            }
+        if self
+            .registry()
+            .refresh_if_same(path, &hash, seen, signed_by.clone())
+        {
+            return Ok(());
         }
         let started = std::time::Instant::now();
         let compiled_before = self.compilations();
@@ -103,12 +101,7 @@ impl ProbeManager {
         } else {
             "from cache"
         };
-        if self
-            .disabled
-            .lock()
-            .expect("disabled lock")
-            .contains(&probe.name)
-        {
+        if self.registry().is_disabled(&probe.name) {
             return Err(ProbeError::DisabledByAdmin {
                 path: path.to_owned(),
                 name: probe.name.clone(),
@@ -120,18 +113,13 @@ impl ProbeManager {
                 name: probe.name.clone(),
             });
         }
-        {
-            let slots = self.slots.lock().expect("slots lock");
-            if let Some((other, _)) = slots
-                .iter()
-                .find(|(p, s)| s.probe.name == probe.name && p.as_path() != path)
-            {
-                return Err(ProbeError::Duplicate {
-                    path: path.to_owned(),
-                    name: probe.name.clone(),
-                    other: other.clone(),
-                });
-            }
+        let other = self.registry().other_file_named(&probe.name, path);
+        if let Some(other) = other {
+            return Err(ProbeError::Duplicate {
+                path: path.to_owned(),
+                name: probe.name.clone(),
+                other,
+            });
         }
         info!(
             probe = %probe.name,
@@ -159,20 +147,16 @@ impl ProbeManager {
         let probe = Arc::new(probe);
         let state = Arc::new(Mutex::new(ProbeState::Running));
         let cursors = self
-            .cursor_files
-            .lock()
-            .expect("cursor files lock")
-            .entry(probe.name.clone())
-            .or_insert_with(|| Arc::new(CursorFile::load(&self.sources.cursor_dir, &probe.name)))
-            .clone();
+            .registry()
+            .cursor_file(&probe.name, &self.sources.cursor_dir);
         let task = tokio::spawn(drive(
             self.clone(),
             probe.clone(),
             state.clone(),
             cursors.clone(),
         ));
-        self.slots.lock().expect("slots lock").insert(
-            path.to_owned(),
+        let replaced = self.registry().loaded(
+            path,
             Slot {
                 signed_by,
                 probe,
@@ -182,6 +166,7 @@ impl ProbeManager {
                 seen,
             },
         );
+        drop(replaced);
         if handles_crashes {
             self.crash_probe_loaded.notify_one();
         }

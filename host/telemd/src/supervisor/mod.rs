@@ -4,20 +4,24 @@
 //! delays until it is quarantined.
 //!
 //! This file is the facade: the probe manager, its state and the admin's
-//! verbs. `scan.rs` finds the probe files and tells what changed (with
+//! verbs. `registry.rs` holds what is known of each probe file under one
+//! lock, with the rules that decide between loading, waiting and leaving
+//! alone; `scan.rs` finds the probe files and tells what changed (with
 //! their provenance stamps), `load.rs` checks and loads one file,
 //! `triggers.rs` runs the probes (triggers, source batches, retries,
 //! quarantine).
 
 mod error;
 mod load;
+mod registry;
 mod scan;
 mod triggers;
 
 pub use error::ProbeError;
+use registry::{Loaded, Registry, Seen};
 use triggers::Quarantine;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,14 +54,6 @@ type SlotParts = (
     Arc<CursorFile>,
     Option<String>,
 );
-
-/// A file's size and mtime, and a stamp of what its provenance depends on:
-/// what tells a scan that it changed. The stamp covers the inode, owner,
-/// mode and change time of the file and its directory, its signature
-/// file's, and the trusted keys directory's: a `chmod`, a `chown`, a file
-/// replaced with its old mtime kept, a signature put beside it or a key
-/// added are each noticed, and the file is checked again.
-type Seen = (u64, SystemTime, u64);
 
 /// Who may install probes, and whether they must be signed: checked on
 /// every probe file before it runs (`telem_core::provenance`).
@@ -104,6 +100,22 @@ struct Slot {
     seen: Seen,
 }
 
+impl Loaded for Slot {
+    fn name(&self) -> &str {
+        &self.probe.name
+    }
+    fn hash(&self) -> &str {
+        &self.probe.hash
+    }
+    fn seen(&self) -> Seen {
+        self.seen
+    }
+    fn refresh(&mut self, seen: Seen, signed_by: Option<String>) {
+        self.seen = seen;
+        self.signed_by = signed_by;
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(t) = self.task.take() {
@@ -131,13 +143,12 @@ pub struct ProbeManager {
     ingest: Arc<Ingest>,
     dirs: Vec<PathBuf>,
     policies: BTreeMap<String, ProbePolicy>,
-    slots: Mutex<HashMap<PathBuf, Slot>>,
-    /// Files seen but not loaded yet (waiting to be stable) or that failed,
-    /// with the (size, mtime) they had.
-    pending: Mutex<HashMap<PathBuf, (Seen, bool)>>,
-    /// Probes an admin disabled with `telemctl probe disable`, kept in a file
-    /// (one name per line) so the choice survives restarts.
-    disabled: Mutex<HashSet<String>>,
+    /// The probe files and what became of them. Never held across an
+    /// await, I/O or another lock but a probe's state (taken inside it).
+    registry: Mutex<Registry<Slot>>,
+    /// Where the names of the probes an admin disabled with `telemctl
+    /// probe disable` are kept (one per line), so the choice survives
+    /// restarts.
     disabled_file: PathBuf,
     /// Signalled when a probe granted the crash trigger starts running, so
     /// crashes that waited in the inbox for one are handed over then.
@@ -148,13 +159,8 @@ pub struct ProbeManager {
     scan_lock: tokio::sync::Mutex<()>,
     /// Where the event sources are and their cursors are kept.
     sources: SourceOptions,
-    /// Each probe name's cursor file, kept across reloads: a replaced
-    /// probe's last save cannot then undo its successor's.
-    cursor_files: Mutex<HashMap<String, Arc<CursorFile>>>,
     /// Who may install probes, and whether they must be signed.
     trust: Trust,
-    /// Files found and not loaded, with why (`telemctl probe list`).
-    refused: Mutex<BTreeMap<PathBuf, String>>,
 }
 
 impl std::fmt::Debug for ProbeManager {
@@ -200,7 +206,7 @@ impl ProbeManager {
         sources: SourceOptions,
         trust: Trust,
     ) -> Arc<Self> {
-        let disabled = std::fs::read_to_string(&disabled_file)
+        let disabled: HashSet<String> = std::fs::read_to_string(&disabled_file)
             .map(|t| {
                 t.lines()
                     .map(str::trim)
@@ -210,31 +216,30 @@ impl ProbeManager {
             })
             .unwrap_or_default();
         Arc::new(ProbeManager {
-            disabled: Mutex::new(disabled),
+            registry: Mutex::new(Registry::new(disabled)),
             disabled_file,
             sandbox: Arc::new(sandbox),
             runtime,
             ingest,
             dirs,
             policies,
-            slots: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
             crash_probe_loaded: tokio::sync::Notify::new(),
             first_scan: tokio::sync::watch::Sender::new(false),
             scan_lock: tokio::sync::Mutex::new(()),
             sources,
-            cursor_files: Mutex::new(HashMap::new()),
             trust,
-            refused: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The registry, for a step that neither waits nor takes another lock.
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry<Slot>> {
+        self.registry.lock().expect("probe registry lock")
     }
 
     /// Probe files found and not loaded, with why.
     pub fn refused(&self) -> Vec<RefusedProbe> {
-        self.refused
-            .lock()
-            .expect("refused lock")
-            .iter()
+        self.registry()
+            .refused()
             .map(|(file, reason)| RefusedProbe {
                 file: file.clone(),
                 reason: reason.clone(),
@@ -247,10 +252,8 @@ impl ProbeManager {
     /// calls it when it stops and holds what it returns until it exits.
     pub async fn quiesce(&self, limit: Duration) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
         let locks: Vec<Arc<tokio::sync::Mutex<()>>> = self
-            .cursor_files
-            .lock()
-            .expect("cursor files lock")
-            .values()
+            .registry()
+            .cursor_files()
             .map(|c| c.commit.clone())
             .collect();
         let deadline = tokio::time::Instant::now() + limit;
@@ -316,8 +319,8 @@ impl ProbeManager {
     pub async fn reload(self: &Arc<Self>) -> Result<(), ProbeError> {
         let _one_at_a_time = self.scan_lock_for_admin().await?;
         self.sandbox.cache().clear_crash_markers();
-        self.slots.lock().expect("slots lock").clear();
-        self.pending.lock().expect("pending lock").clear();
+        let stopped = self.registry().forget_all();
+        drop(stopped);
         self.scan_locked(false).await;
         Ok(())
     }
@@ -326,22 +329,10 @@ impl ProbeManager {
     pub async fn disable(&self, name: &str) -> Result<(), ProbeError> {
         // Not while a scan may be putting this very probe back.
         let _one_at_a_time = self.scan_lock_for_admin().await?;
-        let path = {
-            let slots = self.slots.lock().expect("slots lock");
-            slots
-                .iter()
-                .find(|(_, s)| s.probe.name == name)
-                .map(|(p, s)| (p.clone(), s.seen))
-        };
-        let Some((path, seen)) = path else {
+        if self.registry().named(name).is_none() {
             return Err(ProbeError::NotLoaded(name.to_owned()));
-        };
+        }
         self.set_disabled(name, true)?;
-        self.slots.lock().expect("slots lock").remove(&path);
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .insert(path, (seen, true));
         info!(probe = name, "probe disabled by the admin");
         Ok(())
     }
@@ -350,7 +341,7 @@ impl ProbeManager {
     pub async fn enable(self: &Arc<Self>, name: &str) -> Result<(), ProbeError> {
         let _one_at_a_time = self.scan_lock_for_admin().await?;
         self.set_disabled(name, false)?;
-        self.pending.lock().expect("pending lock").clear();
+        self.registry().retry_failed();
         self.scan_locked(false).await;
         if self.find(name).is_none() {
             return Err(ProbeError::EnabledNotLoaded(name.to_owned()));
@@ -358,16 +349,18 @@ impl ProbeManager {
         Ok(())
     }
 
+    /// Records the admin's choice in the disabled-probes file, then
+    /// applies it (a disabled probe stops); the caller holds the scan
+    /// lock, so neither writes nor choices cross.
     fn set_disabled(&self, name: &str, off: bool) -> Result<(), ProbeError> {
-        let mut d = self.disabled.lock().expect("disabled lock");
-        if off {
-            d.insert(name.to_owned());
-        } else {
-            d.remove(name);
-        }
-        let mut names: Vec<&String> = d.iter().collect();
-        names.sort();
-        let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+        let text = self.registry().disabled_file_text(name, off);
+        self.write_disabled_file(&text)?;
+        let stopped = self.registry().set_disabled(name, off);
+        drop(stopped);
+        Ok(())
+    }
+
+    fn write_disabled_file(&self, text: &str) -> Result<(), ProbeError> {
         telem_core::fsutil::write_atomic(&self.disabled_file, text.as_bytes(), 0o644).map_err(
             |source| ProbeError::RecordChoice {
                 path: self.disabled_file.clone(),
@@ -378,15 +371,7 @@ impl ProbeManager {
 
     /// Names of probes the admin disabled.
     pub fn disabled(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .disabled
-            .lock()
-            .expect("disabled lock")
-            .iter()
-            .cloned()
-            .collect();
-        v.sort();
-        v
+        self.registry().disabled()
     }
 
     /// Clears a probe's private state (`telemctl probe reset`). Its
@@ -412,11 +397,8 @@ impl ProbeManager {
     }
 
     fn find(&self, name: &str) -> Option<(Arc<LoadedProbe>, Arc<Mutex<ProbeState>>)> {
-        self.slots
-            .lock()
-            .expect("slots lock")
-            .values()
-            .find(|s| s.probe.name == name)
+        self.registry()
+            .named(name)
             .map(|s| (s.probe.clone(), s.state.clone()))
     }
 
@@ -449,10 +431,8 @@ impl ProbeManager {
     ) {
         let copies = Arc::new(Mutex::new(Vec::new()));
         let targets: Vec<(Arc<LoadedProbe>, Arc<Mutex<ProbeState>>)> = self
-            .slots
-            .lock()
-            .expect("slots lock")
-            .values()
+            .registry()
+            .slots()
             .filter(|s| s.probe.grant.crashes)
             .filter(|s| *s.state.lock().expect("state lock") == ProbeState::Running)
             .map(|s| (s.probe.clone(), s.state.clone()))
@@ -481,10 +461,8 @@ impl ProbeManager {
         // Taken out first: a probe's state lock may be held by a commit
         // (an fsync), and the slots must not wait for it.
         let slots: Vec<SlotParts> = self
-            .slots
-            .lock()
-            .expect("slots lock")
-            .values()
+            .registry()
+            .slots()
             .map(|s| {
                 (
                     s.probe.clone(),

@@ -2,7 +2,7 @@
 //! provenance stamps, the settle rule for half-written files, one scan at
 //! a time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use telem_core::provenance::Signatures;
 
+use super::registry::Step;
 use super::*;
 
 /// The provenance stamp of [`Seen`].
@@ -76,91 +77,36 @@ impl ProbeManager {
     /// so a slow compile is not started twice nor taken for a crash.
     pub(super) async fn scan_locked(self: &Arc<Self>, settle: bool) {
         let files = self.wasm_files();
-        // Removed files.
-        let removed: Vec<PathBuf> = {
-            let slots = self.slots.lock().expect("slots lock");
-            slots
-                .keys()
-                .filter(|p| !files.contains_key(*p))
-                .cloned()
-                .collect()
-        };
-        self.refused
-            .lock()
-            .expect("refused lock")
-            .retain(|p, _| files.contains_key(p));
-        for p in removed {
-            if let Some(slot) = self.slots.lock().expect("slots lock").remove(&p) {
-                info!(probe = %slot.probe.name, "probe file {} removed; probe stopped", p.display());
-            }
+        let stopped = self.registry().forget_missing(&files);
+        for slot in stopped {
+            info!(probe = %slot.probe.name, "probe file {} removed; probe stopped", slot.probe.file.display());
         }
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .retain(|p, _| files.contains_key(p));
         let mut changed = false;
         // In a fixed order (directories as configured, then by name), so
         // which of two same-named files wins does not change from run to run.
         let mut files: Vec<(PathBuf, Seen)> = files.into_iter().collect();
         files.sort_by_key(|(p, _)| (self.dirs.iter().position(|d| p.starts_with(d)), p.clone()));
         for (path, seen) in files {
-            let known = self
-                .slots
-                .lock()
-                .expect("slots lock")
-                .get(&path)
-                .map(|s| s.seen);
-            if known == Some(seen) {
+            if self.registry().next_step(&path, seen, settle) != Step::Load {
                 continue;
             }
-            {
-                let mut pending = self.pending.lock().expect("pending lock");
-                match pending.get(&path) {
-                    Some((prev, failed)) if *prev == seen && *failed => continue,
-                    Some((prev, _)) if *prev == seen || !settle => {}
-                    _ if !settle => {}
-                    _ => {
-                        pending.insert(path.clone(), (seen, false));
-                        continue;
-                    }
-                }
-            }
             changed = true;
-            match self.load_file(&path, seen).await {
-                Ok(()) => {
-                    self.pending.lock().expect("pending lock").remove(&path);
-                    self.refused.lock().expect("refused lock").remove(&path);
-                }
-                Err(e) => {
-                    warn!("probe not loaded: {e}");
-                    // A probe the admin turned off is not refused: `status`
-                    // lists it as disabled.
-                    let reason = match &e {
-                        ProbeError::DisabledByAdmin { .. }
-                        | ProbeError::DisabledByConfig { .. } => None,
-                        ProbeError::Refused { refusal, .. } => Some(refusal.to_string()),
-                        e => Some(e.to_string()),
-                    };
-                    let mut refused = self.refused.lock().expect("refused lock");
-                    match reason {
-                        Some(r) => refused.insert(path.clone(), r),
-                        None => refused.remove(&path),
-                    };
-                    self.pending
-                        .lock()
-                        .expect("pending lock")
-                        .insert(path.clone(), (seen, true));
-                }
+            if let Err(e) = self.load_file(&path, seen).await {
+                warn!("probe not loaded: {e}");
+                // A probe the admin turned off is not refused: `status`
+                // lists it as disabled.
+                let reason = match &e {
+                    ProbeError::DisabledByAdmin { .. } | ProbeError::DisabledByConfig { .. } => {
+                        None
+                    }
+                    ProbeError::Refused { refusal, .. } => Some(refusal.to_string()),
+                    e => Some(e.to_string()),
+                };
+                self.registry().failed(&path, seen, reason);
             }
         }
         if changed {
-            let in_use: HashSet<String> = self
-                .slots
-                .lock()
-                .expect("slots lock")
-                .values()
-                .map(|s| s.probe.hash.clone())
-                .collect();
+            let in_use = self.registry().hashes_in_use();
             self.sandbox.cache().prune(&in_use);
         }
     }
