@@ -1,9 +1,11 @@
 //! The programs that run with the most privilege link the least: the crash
 //! handler runs as root for every crash the kernel reports, and neither it
-//! nor `telem-record-gen` nor libtelemetry (inside every native probe) may
-//! pull in the async runtime, the wasm engine or
-//! the HTTP stack. Checked on the dependency tree Cargo resolves, so a new
-//! dependency of the core crate that drags one in fails here.
+//! nor `telem-record-gen` nor libtelemetry (inside every native probe) nor
+//! the core crate they share may pull in the async runtime, the wasm
+//! engine or the HTTP stack; the core and libtelemetry link no argument
+//! parser or schema generator either (those are the programs' business).
+//! Checked on the dependency tree Cargo resolves, so a new dependency of
+//! the core crate that drags one in fails here.
 
 use std::process::Command;
 
@@ -41,14 +43,28 @@ fn dependency_tree(package: &str) -> Vec<String> {
         .collect()
 }
 
+/// What a library linked into other programs' processes leaves to them:
+/// command-line parsing and the config reference's schema generator.
+const PROGRAMS_ONLY: [&str; 2] = ["clap", "schemars"];
+
 fn assert_lean(package: &str) {
+    assert_links_none(package, &FORBIDDEN);
+}
+
+fn assert_links_none(package: &str, forbidden: &[&str]) {
     let tree = dependency_tree(package);
     assert!(tree.iter().any(|p| p == "telem-core"), "{tree:?}");
     let found: Vec<&String> = tree
         .iter()
-        .filter(|p| FORBIDDEN.iter().any(|f| p.starts_with(f)))
+        .filter(|p| forbidden.iter().any(|f| p.starts_with(f)))
         .collect();
     assert!(found.is_empty(), "{package} links {found:?}");
+}
+
+#[test]
+fn the_core_links_neither_runtime_nor_engine_nor_http_nor_parser_nor_schemas() {
+    assert_lean("telem-core");
+    assert_links_none("telem-core", &PROGRAMS_ONLY);
 }
 
 #[test]
@@ -63,15 +79,25 @@ fn record_gen_links_neither_runtime_nor_engine_nor_http() {
 
 /// Linked into every native probe's process.
 #[test]
-fn libtelemetry_links_neither_runtime_nor_engine_nor_http() {
+fn libtelemetry_links_neither_runtime_nor_engine_nor_http_nor_parser_nor_schemas() {
     assert_lean("libtelemetry");
+    assert_links_none("libtelemetry", &PROGRAMS_ONLY);
 }
 
 #[test]
 fn the_check_sees_what_it_forbids() {
     // The daemon does link them: a tree the check cannot read would pass.
     let tree = dependency_tree("telemd");
-    for p in ["tokio", "wasmtime", "reqwest", "hyper", "telem-sandbox"] {
+    for p in [
+        "tokio",
+        "wasmtime",
+        "reqwest",
+        "hyper",
+        "telem-sandbox",
+        "clap",
+    ] {
         assert!(tree.iter().any(|t| t == p), "{p} not in {tree:?}");
     }
+    let tree = dependency_tree("telemctl");
+    assert!(tree.iter().any(|t| t == "schemars"), "{tree:?}");
 }

@@ -8,7 +8,6 @@
 //! dependency tree (`tests/dependency_tree.rs` checks).
 #![warn(missing_docs)]
 
-pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+#[cfg(feature = "reference")]
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +31,8 @@ pub const DEFAULT_MIN_INTERVAL_SECS: u64 = 60;
 pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 16 << 20;
 
 /// The admin's `[probes.NAME]` table; every key optional.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "reference", derive(JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProbePolicy {
     /// false: the probe is not loaded.

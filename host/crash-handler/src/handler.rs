@@ -29,7 +29,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use telem_core::cli::crash_handler::Args;
+use telem_cli::crash_handler::Args;
 use telem_core::config::Config;
 use telem_core::control::client::{Client, ClientError};
 use telem_core::crash_inbox::{CrashMeta, CORE_FILE};

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::Parser;
 use handler::{discard_input, log, run, Outcome};
-use telem_core::cli::crash_handler::Args;
+use telem_cli::crash_handler::Args;
 use telem_core::config::Config;
 
 fn main() -> ExitCode {

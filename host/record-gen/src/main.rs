@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
-use telem_core::cli::record_gen::Args;
+use telem_cli::record_gen::Args;
 use telem_core::config::Config;
 use telem_core::native_client::{build_local_record, send_record, NewRecord, CLIENT_TIMEOUT};
 use telem_core::record::{

@@ -10,17 +10,14 @@ use clap_complete::Shell;
 /// Writes `man/man{1,8}/*` and `completions/{bash,zsh,fish}/*` under `dir`.
 pub fn generate(dir: &Path) -> io::Result<()> {
     let programs = [
-        (telem_core::cli::telemd::Args::command().name("telemd"), "8"),
+        (telem_cli::telemd::Args::command().name("telemd"), "8"),
+        (crate::commands::Args::command().name("telemctl"), "1"),
         (
-            telem_core::cli::telemctl::Args::command().name("telemctl"),
+            telem_cli::record_gen::Args::command().name("telem-record-gen"),
             "1",
         ),
         (
-            telem_core::cli::record_gen::Args::command().name("telem-record-gen"),
-            "1",
-        ),
-        (
-            telem_core::cli::crash_handler::Args::command().name("telem-crash-handler"),
+            telem_cli::crash_handler::Args::command().name("telem-crash-handler"),
             "8",
         ),
     ];

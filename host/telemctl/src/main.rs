@@ -1,7 +1,8 @@
 //! `telemctl`: the admin's tool. Legacy verbs (opt-in, opt-out, journal)
 //! work as admins of the old client remember; probes and the spool are
 //! driven through the daemon's control socket (`telem_core::control`).
-//! Each verb group is one module of `commands/`; this file only parses.
+//! Each verb group is one module of `commands/`, its arguments beside
+//! its handler; this file only parses and reports.
 
 mod commands;
 mod docs;
@@ -10,7 +11,7 @@ mod table;
 use std::process::ExitCode;
 
 use clap::Parser;
-use telem_core::cli::telemctl::Args;
+use commands::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use telem_core::cli::telemd::Args;
+use telem_cli::telemd::Args;
 use telem_core::config::Config;
 
 /// Threads of the main runtime's blocking pool (tokio's default is 512).

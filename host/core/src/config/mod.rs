@@ -12,12 +12,14 @@
 //! clamped are clamped the same way, with a warning.
 
 mod ini;
+#[cfg(feature = "reference")]
 pub mod reference;
 pub mod sections;
 pub mod values;
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "reference")]
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -39,7 +41,8 @@ pub const DEFAULT_TIDHEADER: &str = "X-Telemetry-TID: 6907c830-eed9-4ce9-81ae-76
 
 /// What to do with records over the rate limit (any case in the file, as
 /// the legacy client read it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "reference", derive(JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RateLimitStrategy {
     /// Keep them in the spool for a later window.
@@ -49,7 +52,8 @@ pub enum RateLimitStrategy {
 }
 
 /// Body format of a POST to the collector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "reference", derive(JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PostFormat {
     /// Headers as HTTP headers, raw payload body: what the public collector validates.
@@ -69,7 +73,8 @@ pub enum ConfigFormat {
 
 /// The effective configuration: one part per subsystem, each handed only
 /// its own.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "reference", derive(JsonSchema))]
 pub struct Config {
     #[allow(missing_docs)]
     #[serde(flatten)]

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+#[cfg(feature = "reference")]
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use smart_default::SmartDefault;
@@ -22,7 +23,8 @@ pub type SpoolProcessTime = Bounded<120, 300>;
 
 /// Posting records to the collector, the rate limits and the journal of
 /// what was sent.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, SmartDefault)]
+#[cfg_attr(feature = "reference", derive(JsonSchema))]
 pub struct DeliveryConfig {
     /// The collector: an `http://` or `https://` URL, or `file://PATH` to
     /// append records to a local JSON-lines file.
@@ -30,7 +32,7 @@ pub struct DeliveryConfig {
     pub server: CollectorUrl,
     /// CA bundle for TLS to the collector; empty: the system roots.
     #[serde(with = "optional_path")]
-    #[schemars(with = "String")]
+    #[cfg_attr(feature = "reference", schemars(with = "String"))]
     #[default(None)]
     pub cainfo: Option<PathBuf>,
     /// Header line sent with every post (`Name: value`); the public
@@ -86,7 +88,8 @@ pub struct DeliveryConfig {
 }
 
 /// Where accepted records wait for delivery.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, SmartDefault)]
+#[cfg_attr(feature = "reference", derive(JsonSchema))]
 pub struct SpoolConfig {
     /// The spool directory (the legacy staged format).
     #[serde(deserialize_with = "non_empty::path")]
@@ -99,7 +102,8 @@ pub struct SpoolConfig {
 }
 
 /// The journal of what happened to each record.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, SmartDefault)]
+#[cfg_attr(feature = "reference", derive(JsonSchema))]
 pub struct JournalConfig {
     /// The delivery journal and retained payloads.
     #[serde(deserialize_with = "non_empty::path")]
@@ -111,7 +115,8 @@ pub struct JournalConfig {
 }
 
 /// The legacy socket native probes send records to.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, SmartDefault)]
+#[cfg_attr(feature = "reference", derive(JsonSchema))]
 pub struct SocketConfig {
     /// The socket (systemd's socket unit passes it instead when it runs
     /// the daemon).
@@ -139,7 +144,8 @@ pub struct SocketConfig {
 }
 
 /// The daemon's own files and what identifies the machine.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, SmartDefault)]
+#[cfg_attr(feature = "reference", derive(JsonSchema))]
 pub struct HostConfig {
     /// Machine id, compiled-probe cache, crash inbox, probe state.
     #[serde(deserialize_with = "non_empty::path")]
@@ -170,7 +176,8 @@ pub struct HostConfig {
 }
 
 /// The crash handler: what it keeps, and the limits on crash floods.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, SmartDefault)]
+#[cfg_attr(feature = "reference", derive(JsonSchema))]
 pub struct CrashConfig {
     /// Bytes of a core kept; the rest is cut and the cut logged (the notes
     /// and first mappings come first, so a cut core still names the crash).
@@ -200,7 +207,8 @@ pub struct CrashConfig {
 }
 
 /// The WASM probes: where they are found and the host's ceilings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, SmartDefault)]
+#[cfg_attr(feature = "reference", derive(JsonSchema))]
 pub struct ProbesConfig {
     /// Directories scanned for `.wasm` probes.
     #[serde(deserialize_with = "non_empty::paths")]

@@ -2,9 +2,11 @@
 //! or form is part of the type, so it is written once and appears in the
 //! error text, the key reference and `telemctl config defaults`.
 
+#[cfg(feature = "reference")]
 use std::borrow::Cow;
 use std::fmt;
 
+#[cfg(feature = "reference")]
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{self, Unexpected};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -74,6 +76,7 @@ impl<'de, const LO: u64, const HI: u64> Deserialize<'de> for Bounded<LO, HI> {
     }
 }
 
+#[cfg(feature = "reference")]
 impl<const LO: u64, const HI: u64> JsonSchema for Bounded<LO, HI> {
     fn schema_name() -> Cow<'static, str> {
         format!("Integer_{LO}_{HI}").into()
@@ -144,6 +147,7 @@ impl<'de> Deserialize<'de> for Limit {
     }
 }
 
+#[cfg(feature = "reference")]
 impl JsonSchema for Limit {
     fn schema_name() -> Cow<'static, str> {
         "Limit".into()
@@ -211,6 +215,7 @@ impl<'de> Deserialize<'de> for FileMode {
     }
 }
 
+#[cfg(feature = "reference")]
 impl JsonSchema for FileMode {
     fn schema_name() -> Cow<'static, str> {
         "FileMode".into()
@@ -285,6 +290,7 @@ macro_rules! checked_string {
             }
         }
 
+        #[cfg(feature = "reference")]
         impl JsonSchema for $name {
             fn schema_name() -> Cow<'static, str> {
                 stringify!($name).into()

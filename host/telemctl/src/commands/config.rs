@@ -1,9 +1,26 @@
 //! `telemctl config check|defaults|migrate`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use telem_core::cli::telemctl::ConfigCmd;
+use clap::Subcommand;
 use telem_core::config::{Config, ConfigFormat};
+
+/// `telemctl config` verbs.
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Validate a config (TOML or legacy INI) and print the effective values.
+    Check {
+        /// The file (default: -f, else the daemon's lookup order).
+        file: Option<PathBuf>,
+    },
+    /// Print the built-in defaults as TOML (the packaged default config).
+    Defaults,
+    /// Print a legacy telemetrics.conf as this daemon's TOML.
+    Migrate {
+        /// The legacy file (default: /etc/telemetrics/telemetrics.conf).
+        file: Option<PathBuf>,
+    },
+}
 
 /// Runs a config verb; `explicit` is telemctl's own `-f`.
 pub fn run(explicit: Option<&Path>, cmd: ConfigCmd, json: bool) -> anyhow::Result<()> {

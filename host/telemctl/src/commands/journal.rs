@@ -7,14 +7,37 @@ use telem_core::journal::{query_dir, retained_payload, JournalFilter};
 
 use crate::table::{align, column_widths, format_time};
 
-/// How to show the entries.
-pub struct Show {
+/// `telemctl journal`: which entries, and how to show them.
+#[derive(clap::Args, Debug)]
+pub struct JournalArgs {
+    /// Only this classification.
+    #[arg(short = 'c', long = "classification")]
+    pub classification: Option<String>,
+    /// Only this record id.
+    #[arg(short = 'r', long = "record_id", alias = "record-id")]
+    pub record_id: Option<String>,
+    /// Only this event id.
+    #[arg(short = 'e', long = "event_id", alias = "event-id")]
+    pub event_id: Option<String>,
+    /// Only this boot id.
+    #[arg(short = 'b', long = "boot_id", alias = "boot-id")]
+    pub boot_id: Option<String>,
+    /// Print each record's kept payload (needs record_retention_enabled).
+    #[arg(short = 'i', long = "include_record", alias = "include-record")]
     pub include_record: bool,
+    /// Add a header line and a total.
+    #[arg(short = 'V', long)]
     pub verbose: bool,
-    pub json: bool,
 }
 
-pub fn show(c: &Config, filter: JournalFilter, how: Show) -> anyhow::Result<()> {
+/// Prints the journal entries `query` selects (`json`: as JSON).
+pub fn show(c: &Config, query: JournalArgs, json: bool) -> anyhow::Result<()> {
+    let filter = JournalFilter {
+        classification: query.classification,
+        record_id: query.record_id,
+        event_id: query.event_id,
+        boot_id: query.boot_id,
+    };
     let entries = query_dir(
         &c.journal.journal_dir,
         c.journal.journal_limit.get() as usize,
@@ -26,7 +49,7 @@ pub fn show(c: &Config, filter: JournalFilter, how: Show) -> anyhow::Result<()> 
             c.journal.journal_dir.display()
         )
     })?;
-    if how.json {
+    if json {
         super::print_json(&entries);
         return Ok(());
     }
@@ -52,20 +75,20 @@ pub fn show(c: &Config, filter: JournalFilter, how: Show) -> anyhow::Result<()> 
         "Outcome",
     ]
     .map(String::from);
-    let widths = column_widths(how.verbose.then_some(&header), &rows);
-    if how.verbose {
+    let widths = column_widths(query.verbose.then_some(&header), &rows);
+    if query.verbose {
         println!("{}", align(&header, &widths));
     }
     for (row, e) in rows.iter().zip(&entries) {
         println!("{}", align(row, &widths));
-        if how.include_record {
+        if query.include_record {
             match retained_payload(&c.journal.journal_dir, &e.record_id) {
                 Some(p) => println!("{p}"),
                 None => println!("(payload not kept)"),
             }
         }
     }
-    if how.verbose {
+    if query.verbose {
         println!("Total records: {}", rows.len());
     }
     Ok(())

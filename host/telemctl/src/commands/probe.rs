@@ -1,11 +1,67 @@
 //! `telemctl probe ...`: the daemon's probes, through the control socket.
 
-use telem_core::cli::telemctl::ProbeCmd;
+use std::path::PathBuf;
+
+use clap::Subcommand;
 use telem_core::config::Config;
 use telem_core::control::{ProbeInfo, ProbeState, Request};
 
 use crate::table::{list, shown};
 
+use super::probe_offline::ProbeTest;
+
+/// `telemctl probe` verbs.
+#[derive(Subcommand, Debug)]
+pub enum ProbeCmd {
+    /// Loaded probes, their state and counters.
+    List,
+    /// What a probe asked for beside what it was granted.
+    Info {
+        /// Probe name.
+        name: String,
+    },
+    /// Run a probe now (manual trigger) with ARGS.
+    Run {
+        /// Probe name.
+        name: String,
+        /// Arguments for the probe.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Reload every probe (lifts quarantines).
+    Reload,
+    /// Let a disabled probe run again.
+    Enable {
+        /// Probe name.
+        name: String,
+    },
+    /// Stop a probe and keep it off across restarts.
+    Disable {
+        /// Probe name.
+        name: String,
+    },
+    /// Clear a probe's private state (what it reported stays reported:
+    /// its places in the kernel log and watched directories are kept).
+    Reset {
+        /// Probe name.
+        name: String,
+    },
+    /// Say whether, and by which key, a probe file would load: its
+    /// ownership and mode, its pinned digest, its signature (no daemon
+    /// needed; exit 1 if it would be refused).
+    Verify {
+        /// The `.wasm` file.
+        file: PathBuf,
+    },
+    /// Run a probe in the sandbox, under the limits telemd applies,
+    /// without a daemon and without spooling: prints its manifest, each
+    /// record as it would be stamped, its log lines and output; exit 1 on a
+    /// trap, a timeout, a `handle` error, a refused record or a capability
+    /// it asked for and was not granted.
+    Test(ProbeTest),
+}
+
+/// Runs a probe verb.
 pub fn run(c: &Config, cmd: ProbeCmd, json: bool) -> anyhow::Result<()> {
     // The verbs that need no daemon.
     let cmd = match cmd {

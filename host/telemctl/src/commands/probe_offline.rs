@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use telem_core::cli::telemctl::{ProbeTest, TestEvent};
 use telem_core::config::Config;
 use telem_core::grants::{Grant, HostRules, ProbePolicy, Request};
 use telem_core::metadata::HostMetadata;
@@ -22,6 +21,42 @@ use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::Layer;
 
 use crate::table::shown;
+
+/// `telemctl probe test`.
+#[derive(clap::Args, Debug)]
+pub struct ProbeTest {
+    /// The `.wasm` component.
+    pub file: PathBuf,
+    /// The event `handle` is called with.
+    #[arg(long, value_enum, default_value_t = TestEvent::Start)]
+    pub event: TestEvent,
+    /// The core file of a `crash` event.
+    #[arg(long, value_name = "CORE", required_if_eq("event", "crash"))]
+    pub core: Option<PathBuf>,
+    /// The crashed program of a `crash` event.
+    #[arg(long, value_name = "PATH")]
+    pub exe: Option<PathBuf>,
+    /// Grant this path for reading, as `[probes.NAME] read_paths` would
+    /// (repeatable).
+    #[arg(long = "grant-read", value_name = "PATH")]
+    pub grant_read: Vec<PathBuf>,
+    /// Arguments of a `manual` event.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+/// The events `probe test` can send.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestEvent {
+    /// As when it is loaded.
+    Start,
+    /// As when its interval elapses.
+    Timer,
+    /// As `telemctl probe run`, with the arguments after `--`.
+    Manual,
+    /// A crash, with `--core` (and `--exe`).
+    Crash,
+}
 
 /// What `probe verify` found.
 #[derive(Debug, Serialize)]

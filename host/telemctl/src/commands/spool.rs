@@ -5,7 +5,6 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use telem_core::cli::telemctl::SpoolCmd;
 use telem_core::config::Config;
 use telem_core::control::Request;
 use telem_core::fsutil::beneath;
@@ -13,8 +12,15 @@ use telem_core::record::{spool_file, Header};
 
 use crate::table::{shown, utc};
 
-/// Asks for delivery now and follows the spool until it is empty, showing
-/// progress on a terminal; fails when delivery fails.
+/// `telemctl spool` verbs.
+#[derive(clap::Subcommand, Debug)]
+pub enum SpoolCmd {
+    /// Records in the spool, oldest first.
+    List,
+    /// Ask the daemon to deliver now, and follow until the spool is empty.
+    Flush,
+}
+
 /// Runs a spool verb.
 pub fn run(c: &Config, cmd: SpoolCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
@@ -23,6 +29,8 @@ pub fn run(c: &Config, cmd: SpoolCmd, json: bool) -> anyhow::Result<()> {
     }
 }
 
+/// Asks for delivery now and follows the spool until it is empty, showing
+/// progress on a terminal; fails when delivery fails.
 fn flush(c: &Config) -> anyhow::Result<()> {
     let mut client = super::connect(c)?;
     client.act(&Request::Flush)?;

@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn the_installed_pattern_is_the_documented_one() {
-        let sysctl = include_str!("../../../../systemd/60-telem-crash-handler.conf.in");
+        let sysctl = include_str!("../../../systemd/60-telem-crash-handler.conf.in");
         let cmd = <Args as clap::CommandFactory>::command();
         let help = cmd
             .get_after_help()
