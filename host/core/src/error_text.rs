@@ -1,17 +1,40 @@
-//! Errors as one line for people: the error and each of its causes, each
-//! said once. Errors here and in the crates below them differ in whether
-//! their message already quotes their cause (a `thiserror` message with
-//! `{source}`, or reqwest's), so a plain chain would say some causes twice.
+//! Errors as one line for people: the error, then each of its causes.
+//!
+//! The convention every error type of this workspace keeps: a message
+//! says what failed at its own level and never repeats its cause; the
+//! cause is exposed as `source()` (or, for an error that only forwards
+//! another, `#[error(transparent)]`). So the chain says each cause once,
+//! and whoever shows an error to a person shows the chain: [`Chain`] in
+//! a log line or a reply, [`one_line`] for `anyhow`'s chain in a `main`.
 
 use std::error::Error;
+use std::fmt;
 
-/// `error: cause: cause`, skipping a cause whose text the line already
-/// holds.
+/// Shows an error and its causes as `error: cause: cause`.
+///
+/// Use it wherever an error meets a person (a log line, a control
+/// reply, a status field): `{e}` alone would drop the causes.
+pub struct Chain<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&one_line(chain(self.0)))
+    }
+}
+
+impl fmt::Debug for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// `error: cause: cause`, each error of `chain` in turn (an empty message,
+/// such as a bare wrapper's, is skipped).
 pub fn one_line<'a>(chain: impl IntoIterator<Item = &'a (dyn Error + 'static)>) -> String {
     let mut out = String::new();
     for e in chain {
         let text = e.to_string();
-        if text.is_empty() || out.contains(&text) {
+        if text.is_empty() {
             continue;
         }
         if !out.is_empty() {
@@ -32,8 +55,8 @@ mod tests {
     use super::*;
 
     #[derive(Debug, thiserror::Error)]
-    #[error("cannot read {path}: {source}")]
-    struct Quoting {
+    #[error("cannot read {path}")]
+    struct Reading {
         path: &'static str,
         #[source]
         source: std::io::Error,
@@ -41,14 +64,81 @@ mod tests {
 
     #[derive(Debug, thiserror::Error)]
     #[error("loading failed")]
-    struct Outer(#[source] Quoting);
+    struct Outer(#[source] Reading);
 
-    #[test]
-    fn each_cause_once() {
-        let e = Outer(Quoting {
+    #[derive(Debug, thiserror::Error)]
+    #[error(transparent)]
+    struct Forwarding(Outer);
+
+    fn outer() -> Outer {
+        Outer(Reading {
             path: "/x",
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
-        });
-        assert_eq!(one_line(chain(&e)), "loading failed: cannot read /x: gone");
+        })
+    }
+
+    #[test]
+    fn each_cause_once_in_order() {
+        let e = outer();
+        assert_eq!(
+            Chain(&e).to_string(),
+            "loading failed: cannot read /x: gone"
+        );
+        let f = Forwarding(outer());
+        assert_eq!(
+            Chain(&f).to_string(),
+            "loading failed: cannot read /x: gone"
+        );
+        assert_eq!(one_line(chain(&e)), Chain(&e).to_string());
+    }
+
+    #[test]
+    fn a_cause_whose_text_the_message_holds_is_still_shown() {
+        // No guessing by substring: a cause is said however its text looks.
+        #[derive(Debug, thiserror::Error)]
+        #[error("gone")]
+        struct Same(#[source] std::io::Error);
+        let e = Same(std::io::Error::other("gone"));
+        assert_eq!(Chain(&e).to_string(), "gone: gone");
+    }
+
+    /// The convention, checked on the workspace's sources: no `#[error]`
+    /// message quotes the error's own source (a field named `source`, or
+    /// `{0}` over a `#[from]`/`#[source]` field), since [`Chain`] prints
+    /// it after the message.
+    #[test]
+    fn no_error_message_quotes_its_source() {
+        let host = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut offenders = Vec::new();
+        let mut dirs = vec![host];
+        let mut files = 0;
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|x| x != "rs") {
+                    continue;
+                }
+                files += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                let lines: Vec<&str> = text.lines().collect();
+                for (i, line) in lines.iter().enumerate() {
+                    let Some(at) = line.find("#[error(\"") else {
+                        continue;
+                    };
+                    let message = &line[at..];
+                    let next = lines.get(i + 1).copied().unwrap_or_default();
+                    let forwards = next.contains("#[from]") || next.contains("#[source]");
+                    if message.contains("{source") || (forwards && message.contains("{0")) {
+                        offenders.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(files > 100, "only {files} sources found under host/");
+        assert!(offenders.is_empty(), "{}", offenders.join("\n"));
     }
 }

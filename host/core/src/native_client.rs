@@ -63,7 +63,7 @@ pub fn build_record(r: &NewRecord<'_>, metadata: &HostMetadata, machine_id: &str
 #[derive(Debug, Error)]
 pub enum SendError {
     /// Nothing listens at the socket path.
-    #[error("cannot connect to {path}: {source} (is telemd running?)")]
+    #[error("cannot connect to {path} (is telemd running?)")]
     Connect {
         /// The socket path.
         path: String,
@@ -72,7 +72,7 @@ pub enum SendError {
         source: io::Error,
     },
     /// The daemon stopped reading.
-    #[error("cannot send to {path}: {source}")]
+    #[error("cannot send to {path}")]
     Send {
         /// The socket path.
         path: String,

@@ -234,7 +234,7 @@ fn announce(config: &Config, id: &str, verbose: bool) {
         Err(e @ ClientError::Daemon(_)) => log(&format!("telemd refused crash {id}: {e}")),
         Err(e) => log(&format!(
             "crash {id} waits in the inbox: {}",
-            telem_core::error_text::one_line(telem_core::error_text::chain(&e))
+            telem_core::error_text::Chain(&e)
         )),
     }
 }

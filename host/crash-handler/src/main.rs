@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         Err(e) => {
             log(&format!(
                 "crash lost: {}",
-                telem_core::error_text::one_line(telem_core::error_text::chain(&e))
+                telem_core::error_text::Chain(&e)
             ));
             return ExitCode::FAILURE;
         }

@@ -87,7 +87,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Why a cached artefact was not used.
 #[derive(Debug, thiserror::Error)]
 enum Unusable {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("owned by uid {0}, not this process's")]
     Owner(u32),

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use telem_core::error_text::Chain;
 use telem_core::grants::{Grant, HostRules, Request};
 use thiserror::Error;
 use wasmtime::component::{HasSelf, Linker};
@@ -578,10 +579,10 @@ impl Sandbox {
             match committed {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(probe = %probe.name, "probe state not saved: {e}")
+                    tracing::error!(probe = %probe.name, "probe state not saved: {}", Chain(&e))
                 }
                 Err(e) => {
-                    tracing::error!(probe = %probe.name, "probe state not saved: {e}")
+                    tracing::error!(probe = %probe.name, "probe state not saved: {}", Chain(&e))
                 }
             }
         }

@@ -36,16 +36,16 @@ pub enum LoadFailure {
     #[error("not a WebAssembly file")]
     NotWasm,
     /// Too big to compile safely ([`shape`]).
-    #[error("refused before compiling: {0}")]
+    #[error("refused before compiling")]
     Shape(#[source] shape::ShapeError),
     /// Compiling ran past [`COMPILE_TIMEOUT`].
     #[error("not compiled within {} s", .0.as_secs())]
     CompileTimeout(Duration),
     /// The compiler's thread panicked or was cancelled.
-    #[error("compiler thread failed: {0}")]
+    #[error("compiler thread failed")]
     CompilerThread(#[source] tokio::task::JoinError),
     /// Compiling (or the cache) failed.
-    #[error("{0:#}")]
+    #[error("cannot compile")]
     Compile(#[source] wasmtime::Error),
     /// Built against a contract this host does not speak.
     #[error("built against {import}; this telemd accepts {ACCEPTED_CONTRACT} (rebuild the probe with a matching probe-sdk)")]
@@ -58,7 +58,7 @@ pub enum LoadFailure {
     #[error("cannot link: {0}")]
     Link(String),
     /// `describe` failed.
-    #[error("describe failed: {0}")]
+    #[error("describe failed")]
     Describe(#[source] CallError),
     /// The manifest's name is not usable (already escaped).
     #[error("manifest name {0} is not 1 to 64 lowercase letters, digits and '-'")]

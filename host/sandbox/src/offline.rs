@@ -14,7 +14,7 @@ use crate::{CallError, Captured, Event, LoadError, Sandbox, Sink};
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
     /// A named file could not be found or read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     File {
         /// The file.
         path: PathBuf,
@@ -41,7 +41,7 @@ pub enum OfflineError {
     #[error(transparent)]
     Load(#[from] LoadError),
     /// The call failed.
-    #[error("{probe}: {source}")]
+    #[error("{probe}")]
     Call {
         /// The probe.
         probe: String,

@@ -26,7 +26,7 @@ pub enum CallError {
     #[error("probe error: {0}")]
     Guest(String),
     /// The sandbox could not be set up (e.g. a granted path is missing).
-    #[error("sandbox setup failed: {what}: {source:#}")]
+    #[error("sandbox setup failed: {what}")]
     Setup {
         /// What was being set up.
         what: String,

@@ -26,7 +26,7 @@ pub const MAX_KEY_BYTES: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The OS refused.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,

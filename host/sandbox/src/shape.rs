@@ -25,7 +25,7 @@ pub const MAX_CORE_MODULES: usize = 64;
 #[derive(Debug, Error)]
 pub enum ShapeError {
     /// Not a component or module wasmparser can read.
-    #[error("unreadable: {0}")]
+    #[error("unreadable")]
     Parse(#[from] wasmparser::BinaryReaderError),
     /// A function body over the cap (`max_function_bytes`).
     #[error("a function of {0} bytes (at most {1}: max_function_bytes)")]

@@ -14,6 +14,7 @@ use telem_core::control::{
     DeliveryStatus, Hello, ProbeList, ProbeState, ProbesSummary, Request, Response, SpoolSummary,
     Status, MAX_REQUEST, PROTOCOL_VERSION,
 };
+use telem_core::error_text::Chain;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -117,11 +118,11 @@ async fn handle(stream: UnixStream, ctx: &ControlContext) -> io::Result<()> {
     Ok(())
 }
 
-fn outcome(r: Result<(), impl std::fmt::Display>) -> Response {
+fn outcome<E: std::error::Error + 'static>(r: Result<(), E>) -> Response {
     match r {
         Ok(()) => Response::Done,
         Err(e) => Response::Error {
-            message: e.to_string(),
+            message: Chain(&e).to_string(),
         },
     }
 }
@@ -142,7 +143,7 @@ async fn respond(req: Request, ctx: &ControlContext) -> Response {
         }
         Request::Crash { id, wait } => match ctx.crashes.announce(&id, wait) {
             Err(e) => Response::Error {
-                message: e.to_string(),
+                message: Chain(&e).to_string(),
             },
             Ok(None) => Response::Done,
             Ok(Some(rx)) => match rx.await {
@@ -167,7 +168,7 @@ async fn respond(req: Request, ctx: &ControlContext) -> Response {
                 probes: probes.list().len(),
             },
             Err(e) => Response::Error {
-                message: e.to_string(),
+                message: Chain(&e).to_string(),
             },
         },
     }

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use telem_core::crash_inbox::{
     pending, remove_abandoned, valid_id, CrashMeta, CORE_FILE, META_FILE,
 };
+use telem_core::error_text::Chain;
 use telem_core::record::{Header, Record};
 use telem_sandbox::{Captured, CrashReport};
 
@@ -164,7 +165,7 @@ async fn process(inbox: &Path, id: &str, probes: &ProbeManager, ingest: &Ingest)
     }
     let failures: Vec<String> = results
         .iter()
-        .filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {e}")))
+        .filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {}", Chain(e))))
         .collect();
     if failures.len() == results.len() {
         // No probe produced a record: keep the crash's facts at least.
@@ -201,7 +202,10 @@ async fn process(inbox: &Path, id: &str, probes: &ProbeManager, ingest: &Ingest)
                     event_id,
                 });
             }
-            Err(e) => warn!("crash {id}: every probe failed and the error record was refused: {e}"),
+            Err(e) => warn!(
+                "crash {id}: every probe failed and the error record was refused: {}",
+                Chain(&e)
+            ),
         }
     }
     if let Err(e) = std::fs::remove_dir_all(&entry) {

@@ -29,7 +29,7 @@ use telem_core::metadata::HostMetadata;
 #[derive(Debug, Error)]
 pub enum DaemonError {
     /// A file or socket operation failed; `what` says which.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What the daemon was doing.
         what: String,
@@ -41,7 +41,7 @@ pub enum DaemonError {
     #[error("cannot start the probe sandbox")]
     Sandbox(#[source] telem_sandbox::EngineError),
     /// The collector client could not be set up (bad `cainfo`).
-    #[error("{0}")]
+    #[error(transparent)]
     Poster(#[from] PosterError),
     /// Another daemon runs on the same state directory.
     #[error(transparent)]

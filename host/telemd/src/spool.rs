@@ -50,7 +50,7 @@ pub enum SpoolError {
         needed: u64,
     },
     /// The disk refused the write (full filesystem, I/O error...).
-    #[error("cannot write the spool file in {dir}: {source}")]
+    #[error("cannot write the spool file in {dir}")]
     Io {
         /// The spool directory.
         dir: PathBuf,
@@ -312,10 +312,10 @@ impl std::fmt::Debug for Spool {
 #[derive(Debug, Error)]
 pub enum SpoolReadError {
     /// The file could not be read.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The file is not a record.
-    #[error("malformed spool file: {0}")]
+    #[error("malformed spool file")]
     Format(#[from] spool_file::SpoolFileError),
 }
 

@@ -838,7 +838,7 @@ crashes = false
         assert!(e.to_string().contains("probes.disk.classifications"), "{e}");
         // And an I/O error keeps its cause.
         let e = Config::load_file(Config::default(), Path::new("/nonexistent/x.toml")).unwrap_err();
-        let text = crate::error_text::one_line(crate::error_text::chain(&e));
+        let text = crate::error_text::Chain(&e).to_string();
         assert!(
             text.contains("cannot read config") && text.contains("No such file"),
             "{text}"

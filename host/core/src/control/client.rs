@@ -30,7 +30,7 @@ pub enum ClientError {
         path: PathBuf,
     },
     /// The exchange broke off, or the daemon did not answer in time.
-    #[error("control socket {}: {source}", .path.display())]
+    #[error("control socket {}", .path.display())]
     Io {
         /// The socket.
         path: PathBuf,

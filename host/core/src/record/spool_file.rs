@@ -83,7 +83,7 @@ pub enum SpoolFileError {
     BadConfigLine,
     #[error("payload is not text")]
     PayloadNotText,
-    #[error("{0}")]
+    #[error(transparent)]
     Record(#[from] RecordError),
 }
 

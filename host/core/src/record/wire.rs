@@ -45,7 +45,7 @@ pub enum FrameError {
     HeaderSizeMismatch { header_size: u32, available: usize },
     #[error("frame does not end with a NUL byte")]
     NoTerminator,
-    #[error("invalid record: {0}")]
+    #[error("invalid record")]
     Record(#[from] RecordError),
 }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use telem_core::control::Captured;
+use telem_core::error_text::Chain;
 use telem_core::record::{random_id, Record};
 
 use crate::bindings::current::telemetrics;
@@ -32,12 +33,12 @@ pub trait RecordIntake: Send + Sync + std::fmt::Debug {
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
     /// It breaks a rule of the record model.
-    #[error("{0}")]
-    Invalid(#[source] telem_core::record::RecordError),
+    #[error(transparent)]
+    Invalid(telem_core::record::RecordError),
     /// The daemon refused it (not opted in, spool full, disk error). Boxed:
     /// the daemon's own error type is not the sandbox's to name.
-    #[error("{0}")]
-    Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Refused(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Where a probe call's records go.
@@ -91,7 +92,8 @@ async fn send_record(
     }
     // Invalid records are refused before they count against the hourly
     // budget: a probe's mistakes must not use up its allowance.
-    check_probe_record(&r).map_err(|e| SendError::Invalid(escape(&e.to_string(), FIELD_CAP)))?;
+    check_probe_record(&r)
+        .map_err(|e| SendError::Invalid(escape(&Chain(&e).to_string(), FIELD_CAP)))?;
     // A batch already full refuses before the budget is spent on it.
     if let Sink::Staged(_, held) = sink {
         if held.lock().expect("staged lock").len() >= MAX_STAGED_RECORDS {
@@ -162,8 +164,8 @@ async fn send_record(
             }
             Ok(id)
         }
-        Err(IntakeError::Invalid(e)) => Err(SendError::Invalid(e.to_string())),
-        Err(IntakeError::Refused(e)) => Err(SendError::Refused(e.to_string())),
+        Err(IntakeError::Invalid(e)) => Err(SendError::Invalid(Chain(&e).to_string())),
+        Err(IntakeError::Refused(e)) => Err(SendError::Refused(Chain(&*e).to_string())),
     }
 }
 
@@ -214,7 +216,11 @@ pub(crate) async fn store_staged(
     for record in held {
         if let Err(e) = intake.submit(record).await {
             probe.stats.lock().expect("stats lock").records_refused += 1;
-            log_refusal(probe, "record of a handled batch refused", &e.to_string());
+            log_refusal(
+                probe,
+                "record of a handled batch refused",
+                &Chain(&e).to_string(),
+            );
         } else {
             probe.stats.lock().expect("stats lock").records_sent += 1;
         }

@@ -317,7 +317,7 @@ pub fn test(c: &Config, t: ProbeTest, json: bool) -> anyhow::Result<()> {
     let report = match ran {
         Ok(r) => r,
         Err(e) => {
-            let why = telem_core::error_text::one_line(telem_core::error_text::chain(&e));
+            let why = telem_core::error_text::Chain(&e).to_string();
             if json {
                 super::print_json(&serde_json::json!({ "failed": format!("not loaded: {why}") }));
             }
@@ -352,7 +352,11 @@ pub fn test(c: &Config, t: ProbeTest, json: bool) -> anyhow::Result<()> {
             }
         })
         .collect();
-    let error = report.outcome.as_ref().err().map(|e| e.to_string());
+    let error = report
+        .outcome
+        .as_ref()
+        .err()
+        .map(|e| telem_core::error_text::Chain(e).to_string());
     let failed = if report.manifest.name != stem {
         Some(format!(
             "the component calls itself {}: the daemon loads it only as {}.wasm",

@@ -33,7 +33,7 @@ pub enum CfgRefusal {
     #[error("{0} is outside cfg_allowed_dirs")]
     Outside(PathBuf),
     /// Opening or reading it failed.
-    #[error("cannot read it: {0}")]
+    #[error("cannot read it")]
     Io(#[from] std::io::Error),
     /// A FIFO, device, directory...
     #[error("not a regular file")]
@@ -50,7 +50,7 @@ pub enum CfgRefusal {
     #[error("larger than {CLIENT_CONFIG_CAP} bytes")]
     TooLarge,
     /// Not a valid config.
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] telem_core::config::ConfigError),
     /// Its server is a local file.
     #[error("its server is a file:// target, which a named config may not use")]

@@ -32,6 +32,7 @@ use crate::spool::{Spool, SpoolEntry, SpoolReadError};
 use telem_core::clock::Clock;
 use telem_core::config::{DeliveryConfig, RateLimitStrategy};
 pub use telem_core::control::DeliveryStatus;
+use telem_core::error_text::Chain;
 use telem_core::journal::{Journal, JournalEntry, Outcome};
 use telem_core::record::{Header, Record};
 
@@ -186,7 +187,7 @@ impl Delivery {
         // What a killed daemon journaled may still be only in the page
         // cache: made durable before the records it finished go.
         if let Err(e) = journal.sync() {
-            warn!("cannot sync the journal: {e}");
+            warn!("cannot sync the journal: {}", Chain(&e));
         }
         if let Ok(entries) = spool.entries() {
             for e in entries.iter().filter(|e| finished.contains(&e.name)) {
@@ -288,7 +289,7 @@ impl Delivery {
             Ok(r) => r,
             Err(SpoolReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return true,
             Err(e) => {
-                self.quarantine(entry, &e.to_string());
+                self.quarantine(entry, &Chain(&e).to_string());
                 report.rejected += 1;
                 return true;
             }
@@ -394,8 +395,9 @@ impl Delivery {
             Ok(t) => t,
             Err(e) => {
                 warn!(
-                    "record names config {} which is not used ({e}); posting to the daemon's server",
-                    telem_core::untrusted::escape(path, telem_core::untrusted::FIELD_CAP)
+                    "record names config {} which is not used ({}); posting to the daemon's server",
+                    telem_core::untrusted::escape(path, telem_core::untrusted::FIELD_CAP),
+                    Chain(&e)
                 );
                 self.default_target.clone()
             }
@@ -419,7 +421,7 @@ impl Delivery {
             detail,
         };
         if let Err(e) = self.journal.append(&je, Some(&record.payload)) {
-            warn!("cannot write the journal: {e}");
+            warn!("cannot write the journal: {}", Chain(&e));
         }
         match outcome {
             Outcome::Delivered | Outcome::Local => {

@@ -12,6 +12,7 @@ use tracing::debug;
 
 use super::backoff::parse_retry_after;
 use telem_core::config::{DeliveryConfig, PostFormat};
+use telem_core::error_text::Chain;
 use telem_core::record::Record;
 
 /// The legacy client's connect timeout.
@@ -209,9 +210,9 @@ impl Poster {
                 let reason = if e.is_timeout() {
                     "timed out".to_owned()
                 } else if e.is_connect() {
-                    format!("cannot connect: {}", error_chain(&e))
+                    format!("cannot connect: {}", Chain(&e))
                 } else {
-                    error_chain(&e)
+                    Chain(&e).to_string()
                 };
                 return PostOutcome::Retry {
                     reason,
@@ -269,7 +270,7 @@ async fn discard_body(mut resp: reqwest::Response) -> Result<(), BodyCut> {
                     }
                 }
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(BodyCut::Failed(error_chain(&e))),
+                Err(e) => return Err(BodyCut::Failed(Chain(&e).to_string())),
             }
         }
     };
@@ -292,17 +293,6 @@ pub fn classify(status: u16, retry_after: Option<Duration>) -> PostOutcome {
             retry_after,
         },
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// The `json` post body: a flat object of the 15 header names and

@@ -29,14 +29,14 @@ pub enum IngestError {
     #[error("not opted in: {} does not exist (run `telemctl opt-in`)", .0.display())]
     NotOptedIn(PathBuf),
     /// The record breaks a rule of the record model.
-    #[error("invalid record: {0}")]
+    #[error("invalid record")]
     Invalid(#[from] RecordError),
     /// The spool refused it (full, disk error, shutting down).
-    #[error("{0}")]
+    #[error(transparent)]
     Spool(#[from] SpoolError),
     /// The machine id could not be read or created.
-    #[error("cannot get the machine id: {0}")]
-    MachineId(io::Error),
+    #[error("cannot get the machine id")]
+    MachineId(#[source] io::Error),
 }
 
 /// Counters of what happened to incoming records; exposed by the control

@@ -280,12 +280,20 @@ impl Shares {
     }
 
     /// A client's bytes are not a frame (or could not be read).
-    pub fn rejected(&self, uid: Option<u32>, pid: Option<i32>, why: &dyn std::fmt::Display) {
+    pub fn rejected(
+        &self,
+        uid: Option<u32>,
+        pid: Option<i32>,
+        why: &(dyn std::error::Error + 'static),
+    ) {
         self.ingest.stats.invalid.fetch_add(1, Ordering::Relaxed);
         let Some(earlier) = admit_line(&self.rejections) else {
             return;
         };
-        let why = telem_core::untrusted::escape(&why.to_string(), telem_core::untrusted::FIELD_CAP);
+        let why = telem_core::untrusted::escape(
+            &telem_core::error_text::Chain(why).to_string(),
+            telem_core::untrusted::FIELD_CAP,
+        );
         warn!(
             ?uid,
             ?pid,
@@ -311,7 +319,10 @@ impl Shares {
         let more = suppressed(earlier);
         // Not opted in is the admin's choice, not a fault.
         let quiet = matches!(why, IngestError::NotOptedIn(_));
-        let why = telem_core::untrusted::escape(&why.to_string(), telem_core::untrusted::FIELD_CAP);
+        let why = telem_core::untrusted::escape(
+            &telem_core::error_text::Chain(why).to_string(),
+            telem_core::untrusted::FIELD_CAP,
+        );
         if quiet {
             info!(%classification, ?uid, ?pid, "native record refused: {why}{more}");
         } else {

@@ -85,9 +85,9 @@ pub fn bind(path: &Path, mode: u32) -> io::Result<StdUnixListener> {
 enum ConnError {
     #[error("connection closed after {got} of {want} bytes")]
     Truncated { got: usize, want: usize },
-    #[error("{0}")]
+    #[error(transparent)]
     Frame(#[from] FrameError),
-    #[error("read error: {0}")]
+    #[error("read error")]
     Io(#[from] io::Error),
 }
 
@@ -558,7 +558,8 @@ async fn on_probation(
             debug!(
                 ?uid,
                 ?pid,
-                "native client closed without sending anything: {e}"
+                "native client closed without sending anything: {}",
+                telem_core::error_text::Chain(&e)
             )
         }
         Ok(Err(e)) => shares.rejected(uid, pid, &e),

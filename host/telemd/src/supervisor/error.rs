@@ -11,7 +11,7 @@ use telem_sandbox::CallError;
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// The file could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -91,7 +91,7 @@ pub enum ProbeError {
         why: String,
     },
     /// Its private state could not be cleared.
-    #[error("cannot clear the state of probe {name}: {source}")]
+    #[error("cannot clear the state of probe {name}")]
     Reset {
         /// The probe.
         name: String,
@@ -100,7 +100,7 @@ pub enum ProbeError {
         source: telem_sandbox::probe_state_file::StateError,
     },
     /// The disabled-probes file could not be written.
-    #[error("cannot record the choice in {}: {source}", path.display())]
+    #[error("cannot record the choice in {}", path.display())]
     RecordChoice {
         /// The file.
         path: PathBuf,

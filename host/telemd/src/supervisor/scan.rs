@@ -9,6 +9,7 @@ use std::time::UNIX_EPOCH;
 
 use tracing::{info, warn};
 
+use telem_core::error_text::Chain;
 use telem_core::provenance::Signatures;
 
 use super::registry::Step;
@@ -92,7 +93,7 @@ impl ProbeManager {
             }
             changed = true;
             if let Err(e) = self.load_file(&path, seen).await {
-                warn!("probe not loaded: {e}");
+                warn!("probe not loaded: {}", Chain(&e));
                 // A probe the admin turned off is not refused: `status`
                 // lists it as disabled.
                 let reason = match &e {
@@ -100,7 +101,7 @@ impl ProbeManager {
                         None
                     }
                     ProbeError::Refused { refusal, .. } => Some(refusal.to_string()),
-                    e => Some(e.to_string()),
+                    e => Some(Chain(e).to_string()),
                 };
                 self.registry().failed(&path, seen, reason);
             }

@@ -9,6 +9,7 @@ use tracing::warn;
 
 use crate::sources::{BatchConsumer, CursorFile, SourceOptions};
 use telem_core::control::ProbeState;
+use telem_core::error_text::Chain;
 use telem_sandbox::{CallError, Event, ExtraDir, LoadedProbe, Source, Trigger};
 
 use super::*;
@@ -54,15 +55,19 @@ impl ProbeManager {
                     CallError::Trap(_) => st.traps += 1,
                     _ => {}
                 }
-                st.last_error = Some(e.to_string());
+                st.last_error = Some(Chain(e).to_string());
                 if quarantine == Quarantine::Exempt {
-                    warn!(probe = %probe.name, "probe call failed on its input (not counted toward quarantine): {e}");
+                    warn!(probe = %probe.name, "probe call failed on its input (not counted toward quarantine): {}", Chain(e));
                     return result;
                 }
                 st.failures_in_a_row += 1;
-                warn!(probe = %probe.name, failures_in_a_row = st.failures_in_a_row, "probe call failed: {e}");
+                warn!(probe = %probe.name, failures_in_a_row = st.failures_in_a_row, "probe call failed: {}", Chain(e));
                 if st.failures_in_a_row >= QUARANTINE_AFTER {
-                    let why = format!("{} failures in a row, last: {e}", st.failures_in_a_row);
+                    let why = format!(
+                        "{} failures in a row, last: {}",
+                        st.failures_in_a_row,
+                        Chain(e)
+                    );
                     warn!(probe = %probe.name, "probe quarantined until reload: {why}");
                     *state.lock().expect("state lock") = ProbeState::Quarantined(why);
                 }
@@ -256,7 +261,10 @@ impl BatchConsumer for ProbeManager {
                     *state.lock().expect("state lock"),
                     ProbeState::Quarantined(_)
                 ) {
-                    let why = format!("the same source batch failed {failures} times, last: {e}");
+                    let why = format!(
+                        "the same source batch failed {failures} times, last: {}",
+                        Chain(&e)
+                    );
                     warn!(probe = %probe.name, "probe quarantined until reload: {why}");
                     *state.lock().expect("state lock") = ProbeState::Quarantined(why);
                 }
