@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use telem_core::grants::{self, HostRules};
 
-use crate::engine::ExtraDir;
 use crate::file_views;
 use crate::probe::LoadedProbe;
 use crate::probe_log::{escape, FIELD_CAP};
+use crate::sandbox_options::ExtraDir;
 
 /// The granted paths as they are now: each resolved (symlinks
 /// followed) and checked again, since a path checked at load may have

@@ -26,6 +26,7 @@ mod probe;
 pub mod probe_log;
 pub mod probe_state_file;
 pub mod record_budget;
+mod sandbox_options;
 pub mod shape;
 
 use std::time::Duration;
@@ -35,9 +36,10 @@ pub use telem_core::control::{Captured, ProbeStats};
 /// info` need them without an engine); re-exported where they are applied.
 pub use telem_core::grants;
 
-pub use engine::{ExtraDir, Sandbox, SandboxOptions};
+pub use engine::Sandbox;
 pub use host_pressure::HostPressure;
 pub use load_error::{LoadError, LoadFailure};
+pub use sandbox_options::{ExtraDir, SandboxOptions};
 
 /// Why the engine could not be set up (wasmtime's error, kept whole).
 pub type EngineError = wasmtime::Error;

@@ -3,6 +3,7 @@
 //! Native probes reach it through [`socket`]; WASM probes through the
 //! sandbox's `records.send`.
 
+mod frame_reader;
 mod shares;
 pub mod socket;
 

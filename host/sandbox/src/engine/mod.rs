@@ -21,73 +21,19 @@ use crate::call_state::CallState;
 use crate::file_views::FileViews;
 use crate::grant_paths;
 use crate::host::records::Sink;
-use crate::host_pressure::{HostPressure, MadeWay};
+use crate::host_pressure::MadeWay;
 use crate::load_error::{LoadError, LoadFailure};
 use crate::manifest_checks::{check_contract, check_manifest_size};
 use crate::probe::{CallError, LoadedProbe};
 use crate::probe_log::{escape, probe_log_limit, FIELD_CAP};
 use crate::probe_state_file::ProbeStateFile;
 use crate::record_budget::RecordBudget;
+use crate::sandbox_options::{ExtraDir, SandboxOptions};
 use crate::{cache, grants, shape};
 use crate::{
-    Event, Manifest, ProbeStats, Source, Trigger, COMPILE_TIMEOUT, DEADLINE_GRACE,
-    DEFAULT_MAX_COMPONENT_BYTES, DESCRIBE_MEMORY, DESCRIBE_TIMEOUT_MS, EPOCH_TICK, OUTPUT_CAP,
+    Event, Manifest, ProbeStats, Source, Trigger, COMPILE_TIMEOUT, DEADLINE_GRACE, DESCRIBE_MEMORY,
+    DESCRIBE_TIMEOUT_MS, EPOCH_TICK, OUTPUT_CAP,
 };
-
-/// Where a sandbox keeps its files and which host rules it applies.
-#[derive(Clone, Debug)]
-pub struct SandboxOptions {
-    /// Compiled components.
-    pub cache_dir: PathBuf,
-    /// Per-call private directories (file grants).
-    pub scratch_dir: PathBuf,
-    /// Probes' private state, one file per probe.
-    pub state_dir: PathBuf,
-    /// Ceilings and never-grantable directories.
-    pub rules: HostRules,
-    /// Larger component files are refused before they are compiled.
-    pub max_component_bytes: u64,
-    /// Components with a larger function are refused before they are
-    /// compiled (Cranelift's memory grows with the largest function).
-    pub max_function_bytes: u64,
-    /// When calls make way for the host (`host_pressure.rs`).
-    pub pressure: HostPressure,
-}
-
-impl SandboxOptions {
-    /// The daemon's options, from its config: the directories under
-    /// `state_dir`, the host rules (the daemon's own directories never
-    /// readable by a probe) and the size caps.
-    pub fn for_config(
-        config: &telem_core::config::Config,
-        pressure: HostPressure,
-    ) -> SandboxOptions {
-        let layout = telem_core::state_layout::StateLayout::new(&config.host.state_dir);
-        SandboxOptions {
-            scratch_dir: layout.probe_views(),
-            state_dir: layout.probe_state(),
-            cache_dir: layout.probe_cache(),
-            rules: HostRules::for_config(config),
-            max_component_bytes: config.probes.max_component_bytes.get(),
-            max_function_bytes: config.probes.max_function_bytes.get(),
-            pressure,
-        }
-    }
-
-    /// Options with the cache in `cache_dir`, the scratch directory beside
-    /// it, permissive host rules and the default size cap.
-    pub fn new(cache_dir: &Path) -> SandboxOptions {
-        SandboxOptions {
-            cache_dir: cache_dir.to_owned(),
-            scratch_dir: cache_dir.with_file_name(telem_core::state_layout::PROBE_VIEWS),
-            state_dir: cache_dir.with_file_name(telem_core::state_layout::PROBE_STATE),
-            rules: HostRules::permissive(),
-            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
-            max_function_bytes: shape::MAX_FUNCTION_BODY as u64,
-            pressure: HostPressure::new(),
-        }
-    }
-}
 
 /// What one probe name keeps across loads of its component.
 #[derive(Clone)]
@@ -95,31 +41,6 @@ struct PerName {
     state: Arc<Mutex<ProbeStateFile>>,
     call_lock: Arc<tokio::sync::Mutex<()>>,
     budget: Arc<Mutex<RecordBudget>>,
-}
-
-/// A directory shown to one call beyond the probe's grant.
-#[derive(Clone, Debug)]
-pub struct ExtraDir {
-    /// Where it is on this host.
-    pub host: PathBuf,
-    /// Where the probe sees it.
-    pub guest: PathBuf,
-    /// The daemon's own directory (a crash's inbox entry, inside its
-    /// protected state), shown as it is. Anything else (a `files`
-    /// source's directory) is resolved and checked like a grant at every
-    /// call.
-    pub host_owned: bool,
-}
-
-impl ExtraDir {
-    /// The daemon's own directory, at its own path.
-    pub fn host_owned(dir: &Path) -> ExtraDir {
-        ExtraDir {
-            host: dir.to_owned(),
-            guest: dir.to_owned(),
-            host_owned: true,
-        }
-    }
 }
 
 /// The engine, linker and compiled-component cache shared by all probes.
@@ -654,112 +575,4 @@ impl Sandbox {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::limits;
-
-    /// A component of `instances` core instances, each with one memory of
-    /// `pages` 64 KiB pages.
-    fn many_memories(instances: usize, pages: u32) -> Vec<u8> {
-        let mut text = format!("(component\n (core module $m (memory {pages}))\n");
-        for i in 0..instances {
-            text.push_str(&format!(" (core instance $i{i} (instantiate $m))\n"));
-        }
-        text.push(')');
-        wat::parse_str(&text).unwrap()
-    }
-
-    async fn instantiate(
-        sb: &Sandbox,
-        bytes: &[u8],
-        budget: usize,
-    ) -> (wasmtime::Result<()>, usize) {
-        let component = wasmtime::component::Component::new(&sb.engine, bytes).unwrap();
-        let state = CallState::new("t".into(), WasiCtxBuilder::new().build(), budget, None);
-        let mut store = sb.store(state, 2000, &MadeWay::default());
-        let r = sb
-            .linker
-            .instantiate_async(&mut store, &component)
-            .await
-            .map(|_| ());
-        (r, store.data().budget.memory_used())
-    }
-
-    /// Spins in a store of `sb` with a 300 ms deadline while `busy_for`
-    /// the host marks itself busy; returns the wall time the call took
-    /// and the time it made way.
-    async fn spin_beside_a_busy_host(busy_for: Duration) -> (Duration, Duration) {
-        let dir = tempfile::tempdir().unwrap();
-        let options = SandboxOptions::new(&dir.path().join("cache"));
-        let pressure = options.pressure.clone();
-        let sb = Sandbox::with_options(options).unwrap();
-        let wasm = wat::parse_str(r#"(module (func (export "spin") (loop br 0)))"#).unwrap();
-        let module = wasmtime::Module::new(&sb.engine, wasm).unwrap();
-        let made_way = MadeWay::default();
-        let state = CallState::new("t".into(), WasiCtxBuilder::new().build(), 16 << 20, None);
-        let mut store = sb.store(state, 300, &made_way);
-        let instance = wasmtime::Instance::new_async(&mut store, &module, &[])
-            .await
-            .unwrap();
-        let spin = instance
-            .get_typed_func::<(), ()>(&mut store, "spin")
-            .unwrap();
-        let marking = tokio::spawn(async move {
-            let until = Instant::now() + busy_for;
-            while Instant::now() < until {
-                pressure.mark(crate::host_pressure::BUSY_RECORDS);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-        let t = Instant::now();
-        let r = under_deadline(
-            Duration::from_millis(300),
-            &made_way,
-            spin.call_async(&mut store, ()),
-        )
-        .await;
-        let took = t.elapsed();
-        marking.abort();
-        let e = r.unwrap_err();
-        assert!(e.downcast_ref::<DeadlineExceeded>().is_some(), "{e:#}");
-        (took, made_way.total())
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_call_pauses_while_the_host_is_busy_and_the_pause_is_not_its_time() {
-        let (took, made_way) = spin_beside_a_busy_host(Duration::from_secs(1)).await;
-        assert!(
-            took >= Duration::from_secs(1),
-            "the call was stopped after {took:?}: the host's time counted as the probe's"
-        );
-        assert!(made_way >= Duration::from_millis(600), "{made_way:?}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn beside_a_quiet_host_a_call_runs_its_whole_time_at_once() {
-        let (took, made_way) = spin_beside_a_busy_host(Duration::ZERO).await;
-        assert_eq!(made_way, Duration::ZERO);
-        assert!(took < Duration::from_secs(1), "{took:?}");
-    }
-
-    #[tokio::test]
-    async fn all_memories_of_a_store_share_one_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        let sb = Sandbox::new(&dir.path().join("cache")).unwrap();
-        // 60 instances of 16 MiB each under a 16 MiB budget: the second fails.
-        let (r, used) = instantiate(&sb, &many_memories(60, 256), 16 << 20).await;
-        let e = format!("{:#}", r.unwrap_err());
-        assert!(
-            e.contains("memory budget of 16777216 bytes exceeded"),
-            "{e}"
-        );
-        assert_eq!(used, 16 << 20);
-        // Small memories: the count of memories is capped too.
-        let (r, used) = instantiate(&sb, &many_memories(60, 1), 16 << 20).await;
-        assert!(r.is_err());
-        assert_eq!(used, limits::MAX_MEMORIES * (64 << 10));
-        // Within both caps it instantiates.
-        let (r, _) = instantiate(&sb, &many_memories(2, 16), 16 << 20).await;
-        r.unwrap();
-    }
-}
+mod tests;
