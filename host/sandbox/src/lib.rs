@@ -51,6 +51,11 @@ pub use self::bindings::current::telemetrics::probe::types::{
     KernelLogBatch, KernelLogLine, Manifest, Source, Trigger,
 };
 
+/// Most read paths, classifications or triggers a manifest may list.
+pub const MAX_MANIFEST_ITEMS: usize = 64;
+/// Longest string in a manifest (a description); paths and patterns are
+/// shorter still in practice.
+pub const MAX_MANIFEST_STRING: usize = 1024;
 /// Contract versions this host accepts, in words for errors.
 pub const ACCEPTED_CONTRACT: &str = "telemetrics:probe@0.2.x and @0.1.x";
 /// The contract's minor versions this host accepts (`0.N.x`).

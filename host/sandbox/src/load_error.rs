@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::manifest_checks::{MAX_MANIFEST_ITEMS, MAX_MANIFEST_STRING};
 use crate::probe::CallError;
 use crate::shape;
-use crate::ACCEPTED_CONTRACT;
+use crate::{ACCEPTED_CONTRACT, MAX_MANIFEST_ITEMS, MAX_MANIFEST_STRING};
 
 /// Why a component file could not be loaded.
 #[derive(Debug, Error)]

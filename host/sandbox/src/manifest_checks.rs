@@ -8,13 +8,7 @@ use wasmtime::Engine;
 
 use crate::load_error::LoadFailure;
 use crate::probe_log::{escape, FIELD_CAP};
-use crate::{grants, Manifest, Source, ACCEPTED_MINORS};
-
-/// Most read paths, classifications or triggers a manifest may list.
-pub const MAX_MANIFEST_ITEMS: usize = 64;
-/// Longest string in a manifest (a description); paths and patterns are
-/// shorter still in practice.
-pub const MAX_MANIFEST_STRING: usize = 1024;
+use crate::{grants, Manifest, Source, ACCEPTED_MINORS, MAX_MANIFEST_ITEMS, MAX_MANIFEST_STRING};
 
 /// Refuses a manifest whose lists or strings are larger than any real
 /// probe needs: it is kept in memory and shown in logs and `telemctl`.

@@ -11,7 +11,7 @@ use clap_complete::Shell;
 pub fn generate(dir: &Path) -> io::Result<()> {
     let programs = [
         (telem_cli::telemd::Args::command().name("telemd"), "8"),
-        (crate::commands::Args::command().name("telemctl"), "1"),
+        (crate::cli::Args::command().name("telemctl"), "1"),
         (
             telem_cli::record_gen::Args::command().name("telem-record-gen"),
             "1",

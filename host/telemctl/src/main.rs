@@ -4,6 +4,7 @@
 //! Each verb group is one module of `commands/`, its arguments beside
 //! its handler; this file only parses and reports.
 
+mod cli;
 mod commands;
 mod docs;
 mod table;
@@ -11,7 +12,7 @@ mod table;
 use std::process::ExitCode;
 
 use clap::Parser;
-use commands::Args;
+use cli::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -18,7 +18,8 @@ use std::rc::Rc;
 
 use gimli::{Reader, SectionId};
 
-use crate::modules::Rd;
+/// The reader type DWARF is parsed with: owned, so a module holds its own.
+pub type Rd = gimli::EndianRcSlice<gimli::LittleEndian>;
 
 type Ctx = addr2line::Context<Rd>;
 

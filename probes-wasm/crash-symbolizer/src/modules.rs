@@ -18,9 +18,6 @@ use crate::blocks::{Blocks, Cursor};
 use crate::core::{u16_at, u32_at, u64_at, Core, ReadAt};
 use crate::notes::Notes;
 
-/// The reader type DWARF is parsed with: owned, so a module holds its own.
-pub type Rd = gimli::EndianRcSlice<gimli::LittleEndian>;
-
 /// Largest section copied out of a binary or debug file; a bigger one is
 /// treated as absent (a hostile file must not exhaust the probe's memory
 /// on its own account).
@@ -745,7 +742,7 @@ mod tests {
         let bytes = h::core_with_nt_file_entries(n);
         crate::core::work::take();
         let core = Core::open(&bytes[..]).unwrap();
-        let notes = core.notes().unwrap();
+        let notes = crate::notes::read(&core).unwrap();
         assert_eq!(notes.mappings.len(), n);
         let modules = Modules::new(&core, &notes, Lookup::default());
         assert_eq!(modules.list.len(), h::library_count(n));

@@ -3,7 +3,7 @@
 //! (NT_FILE) and the process (NT_PRPSINFO). Each is bounds-checked against
 //! its own size before a field is read.
 
-use crate::core::{CoreError, Machine, MAX_FILE_ENTRIES};
+use crate::core::{Core, CoreError, Machine, ReadAt, MAX_FILE_ENTRIES};
 
 const NT_PRSTATUS: u32 = 1;
 const NT_PRPSINFO: u32 = 3;
@@ -151,6 +151,15 @@ fn note_layout(data: &[u8], off: usize) -> Result<NoteLayout, CoreError> {
     })
 }
 
+/// Parses every note of every PT_NOTE segment of `core`.
+pub fn read<R: ReadAt + ?Sized>(core: &Core<'_, R>) -> Result<Notes, CoreError> {
+    let mut notes = Notes::default();
+    for data in core.note_segments()? {
+        parse_into(&mut notes, &data, core.machine)?;
+    }
+    Ok(notes)
+}
+
 /// Parses the notes in one PT_NOTE segment into `out`.
 pub fn parse_into(out: &mut Notes, data: &[u8], machine: Machine) -> Result<(), CoreError> {
     let mut off = 0usize;
@@ -272,7 +281,6 @@ fn parse_note(out: &mut Notes, ntype: u32, d: &[u8], machine: Machine) -> Result
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::core::Core;
 
     fn note(name: &str, ntype: u32, desc: &[u8]) -> Vec<u8> {
         let mut n = Vec::new();
@@ -369,7 +377,7 @@ pub(crate) mod tests {
         let bytes = synthetic_core(62);
         let core = Core::open(&bytes[..]).unwrap();
         assert_eq!(core.machine, Machine::X86_64);
-        let n = core.notes().unwrap();
+        let n = read(&core).unwrap();
         assert_eq!(n.threads.len(), 1);
         let t = &n.threads[0];
         assert_eq!(
@@ -406,7 +414,7 @@ pub(crate) mod tests {
         let path = std::env::temp_dir().join(format!("synthetic-core-{}", std::process::id()));
         std::fs::write(&path, synthetic_core(62)).unwrap();
         let f = std::fs::File::open(&path).unwrap();
-        let n = Core::open(&f).unwrap().notes().unwrap();
+        let n = read(&Core::open(&f).unwrap()).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(n.threads[0].pc, 0x401136);
         assert_eq!(n.mappings.len(), 2);
@@ -427,14 +435,14 @@ pub(crate) mod tests {
         // Truncated at every length: an error or (past the notes) fewer facts, never a panic.
         for cut in 0..good.len() {
             if let Ok(c) = Core::open(&good[..cut]) {
-                let _ = c.notes();
+                let _ = read(&c);
             }
         }
         // A note size pointing past the end of its segment.
         let mut b = good.clone();
         let notes_off = 64 + 2 * 56;
         b[notes_off + 4..notes_off + 8].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
-        let e = Core::open(&b[..]).unwrap().notes().unwrap_err();
+        let e = read(&Core::open(&b[..]).unwrap()).unwrap_err();
         assert!(e.to_string().contains("past the end"), "{e}");
         // NT_FILE claiming billions of entries: refused before allocating.
         let mut b = good.clone();
@@ -443,7 +451,7 @@ pub(crate) mod tests {
             .position(|w| w[..8] == 2u64.to_le_bytes() && w[8..16] == 4096u64.to_le_bytes())
             .unwrap();
         b[file_at..file_at + 8].copy_from_slice(&4_000_000_000u64.to_le_bytes());
-        let e = Core::open(&b[..]).unwrap().notes().unwrap_err();
+        let e = read(&Core::open(&b[..]).unwrap()).unwrap_err();
         assert!(e.to_string().contains("NT_FILE claims 4000000000"), "{e}");
         // Program header table past the end.
         let mut b = good.clone();
@@ -469,7 +477,7 @@ pub(crate) mod tests {
             (4, 0xFFFF_FFF4),
         ] {
             let bytes = crate::hostile_cores::core_with_note_sizes(namesz, descsz);
-            let e = Core::open(&bytes[..]).unwrap().notes().unwrap_err();
+            let e = read(&Core::open(&bytes[..]).unwrap()).unwrap_err();
             assert!(
                 matches!(e, CoreError::Malformed(_)),
                 "{namesz:#x}/{descsz:#x}: {e:?}"
@@ -480,7 +488,7 @@ pub(crate) mod tests {
             );
         }
         let bytes = crate::hostile_cores::core_with_overflowing_note();
-        assert!(Core::open(&bytes[..]).unwrap().notes().is_err());
+        assert!(read(&Core::open(&bytes[..]).unwrap()).is_err());
         // Offsets whose header would end past usize::MAX.
         let data = [0u8; 64];
         for off in [usize::MAX, usize::MAX - 3, usize::MAX - 11] {
@@ -502,7 +510,7 @@ pub(crate) mod tests {
         b[file_at + 8..file_at + 16].copy_from_slice(&(1u64 << 63).to_le_bytes());
         let pgoff = file_at + 16 + 24 + 16;
         b[pgoff..pgoff + 8].copy_from_slice(&2u64.to_le_bytes());
-        let e = Core::open(&b[..]).unwrap().notes().unwrap_err();
+        let e = read(&Core::open(&b[..]).unwrap()).unwrap_err();
         assert!(e.to_string().contains("NT_FILE entry 1"), "{e}");
     }
 
@@ -520,8 +528,18 @@ pub(crate) mod tests {
                 b[i] = (state >> 32) as u8;
             }
             if let Ok(c) = Core::open(&b[..]) {
-                let _ = c.notes();
+                let _ = read(&c);
             }
+        }
+    }
+
+    #[test]
+    fn reads_at_the_top_of_the_address_space_are_errors() {
+        let bytes = synthetic_core(62);
+        let core = Core::open(&bytes[..]).unwrap();
+        let mut buf = [0u8; 16];
+        for addr in [u64::MAX, u64::MAX - 8, u64::MAX - 15] {
+            assert!(core.read_memory(addr, &mut buf).is_err(), "{addr:#x}");
         }
     }
 }

@@ -125,7 +125,7 @@ pub fn analyze<R: ReadAt + ?Sized>(
     // Unwinding reads the stack a word at a time: serve those from blocks.
     let cached = crate::blocks::Blocks::new(r);
     let core = Core::open(&cached)?;
-    let notes = core.notes()?;
+    let notes = crate::notes::read(&core)?;
     if notes.threads.is_empty() {
         return Err(CoreError::Malformed("the core holds no thread".into()));
     }

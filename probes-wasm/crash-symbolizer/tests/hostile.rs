@@ -26,7 +26,7 @@ fn a_core_with_64000_nt_file_entries_is_analyzed() {
     let n = 64_000;
     let bytes = h::core_with_nt_file_entries(n);
     let core = Core::open(&bytes[..]).unwrap();
-    let notes = core.notes().unwrap();
+    let notes = crash_symbolizer::notes::read(&core).unwrap();
     let modules = Modules::new(&core, &notes, Lookup::default());
     assert_eq!(modules.list.len(), 32_000);
     let last = modules.list.last().unwrap();
@@ -59,7 +59,7 @@ fn a_core_with_64000_nt_file_entries_is_analyzed() {
 fn an_odd_count_of_entries_leaves_a_library_with_its_header_page_only() {
     let bytes = h::core_with_nt_file_entries(5);
     let core = Core::open(&bytes[..]).unwrap();
-    let notes = core.notes().unwrap();
+    let notes = crash_symbolizer::notes::read(&core).unwrap();
     let modules = Modules::new(&core, &notes, Lookup::default());
     assert_eq!(modules.list.len(), h::library_count(5));
     let m = &modules.list[2];

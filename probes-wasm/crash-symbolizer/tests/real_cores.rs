@@ -198,7 +198,7 @@ fn notes_of_a_three_thread_segfault() {
     if cfg!(target_arch = "x86_64") {
         assert_eq!(core.machine, Machine::X86_64);
     }
-    let notes = core.notes().unwrap();
+    let notes = crash_symbolizer::notes::read(&core).unwrap();
     assert_eq!(
         notes.threads.len(),
         3,
@@ -562,7 +562,7 @@ fn the_vdso_is_read_from_core_memory() {
     let core_path = dump(&exe, &dir);
     let f = std::fs::File::open(&core_path).unwrap();
     let core = Core::open(&f).unwrap();
-    let notes = core.notes().unwrap();
+    let notes = crash_symbolizer::notes::read(&core).unwrap();
     let modules = Modules::new(&core, &notes, Lookup::default());
     let vdso = modules
         .list

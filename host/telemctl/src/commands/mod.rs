@@ -1,92 +1,28 @@
-//! `telemctl`'s command line and its verbs: one module per verb group,
-//! holding the group's arguments (clap) and their handlers. Adding a verb
-//! to a group touches that group's module alone on this side, and (if the
-//! daemon must act) a `Request` variant in `telem_core::control` and its
-//! arm in `telemd::control` on the daemon's (ARCHITECTURE.md shows one).
-//! A new group, or a verb outside any, is added here.
+//! `telemctl`'s verbs: one module per verb group, holding the group's
+//! arguments (clap) and their handlers. Adding a verb to a group touches
+//! that group's module alone on this side, and (if the daemon must act) a
+//! `Request` variant in `telem_core::control` and its arm in
+//! `telemd::control` on the daemon's (ARCHITECTURE.md shows one). A new
+//! group, or a verb outside any, adds its variant to `cli.rs` and its arm
+//! here.
 
-mod config;
-mod crash;
-mod journal;
-mod opt_in;
-mod probe;
+pub mod config;
+pub mod crash;
+pub mod journal;
+pub mod opt_in;
+pub mod probe;
 mod probe_offline;
 mod service;
-mod spool;
+pub mod spool;
 mod status;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+
+use crate::cli::{Args, Cmd};
 use telem_core::config::Config;
 use telem_core::control::client::Client;
-
-/// Control and inspect the telemetry client.
-#[derive(Parser, Debug)]
-#[command(name = "telemctl", version)]
-pub struct Args {
-    /// Config file (as for telemd).
-    #[arg(short = 'f', long = "config", value_name = "FILE", global = true)]
-    pub config: Option<PathBuf>,
-    /// Machine-readable output.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// The verb.
-    #[command(subcommand)]
-    pub cmd: Cmd,
-}
-
-/// telemctl verbs.
-#[derive(Subcommand, Debug)]
-pub enum Cmd {
-    /// Enable telemetry (creates the opt-in file; needs root on a system install).
-    OptIn,
-    /// Disable telemetry (removes the opt-in file; needs root on a system install).
-    OptOut,
-    /// Start telemd (its socket and service) through systemd.
-    Start,
-    /// Stop telemd through systemd.
-    Stop,
-    /// Restart telemd through systemd.
-    Restart,
-    /// Print whether telemd's units are active; exits non-zero if not.
-    IsActive,
-    /// Opt-in state, spool, delivery and probes at a glance.
-    Status,
-    /// Show delivered, rejected, expired and dropped records.
-    Journal(journal::JournalArgs),
-    /// WASM probes of the running daemon.
-    Probe {
-        /// The probe verb.
-        #[command(subcommand)]
-        cmd: probe::ProbeCmd,
-    },
-    /// Records waiting in the spool.
-    Spool {
-        /// The spool verb.
-        #[command(subcommand)]
-        cmd: spool::SpoolCmd,
-    },
-    /// Crash reports.
-    Crash {
-        /// The crash verb.
-        #[command(subcommand)]
-        cmd: crash::CrashCmd,
-    },
-    /// Write man pages and shell completions under DIR (for packaging).
-    #[command(hide = true)]
-    GenerateDocs {
-        /// Output directory.
-        dir: PathBuf,
-    },
-    /// Check or convert configuration files.
-    Config {
-        /// The config verb.
-        #[command(subcommand)]
-        cmd: config::ConfigCmd,
-    },
-}
 
 /// Runs one command line.
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -1,0 +1,80 @@
+//! `telemctl`'s command line: the global options and the verbs, each
+//! group's own arguments defined beside its handlers in `commands/`.
+//! Parsed by `main` and read by `generate-docs` for the man page and the
+//! shell completions.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::config::ConfigCmd;
+use crate::commands::crash::CrashCmd;
+use crate::commands::journal::JournalArgs;
+use crate::commands::probe::ProbeCmd;
+use crate::commands::spool::SpoolCmd;
+
+/// Control and inspect the telemetry client.
+#[derive(Parser, Debug)]
+#[command(name = "telemctl", version)]
+pub struct Args {
+    /// Config file (as for telemd).
+    #[arg(short = 'f', long = "config", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The verb.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// telemctl verbs.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Enable telemetry (creates the opt-in file; needs root on a system install).
+    OptIn,
+    /// Disable telemetry (removes the opt-in file; needs root on a system install).
+    OptOut,
+    /// Start telemd (its socket and service) through systemd.
+    Start,
+    /// Stop telemd through systemd.
+    Stop,
+    /// Restart telemd through systemd.
+    Restart,
+    /// Print whether telemd's units are active; exits non-zero if not.
+    IsActive,
+    /// Opt-in state, spool, delivery and probes at a glance.
+    Status,
+    /// Show delivered, rejected, expired and dropped records.
+    Journal(JournalArgs),
+    /// WASM probes of the running daemon.
+    Probe {
+        /// The probe verb.
+        #[command(subcommand)]
+        cmd: ProbeCmd,
+    },
+    /// Records waiting in the spool.
+    Spool {
+        /// The spool verb.
+        #[command(subcommand)]
+        cmd: SpoolCmd,
+    },
+    /// Crash reports.
+    Crash {
+        /// The crash verb.
+        #[command(subcommand)]
+        cmd: CrashCmd,
+    },
+    /// Write man pages and shell completions under DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory.
+        dir: PathBuf,
+    },
+    /// Check or convert configuration files.
+    Config {
+        /// The config verb.
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
