@@ -1,6 +1,6 @@
 //! Event sources the host reads on a probe's behalf (contract 0.2): the
 //! kernel log (`kmsg`), new files in a directory (`files`) and the
-//! systemd journal (`journal`), each module holding its reader and its
+//! systemd journal (`systemd_journal`), each module holding its reader and its
 //! driver. The host reads, batches and hands them to the probe; the probe
 //! never opens them. The drivers reach the probes through
 //! [`BatchConsumer`] only, so this module imports nothing of the
@@ -12,8 +12,8 @@
 //! reload).
 
 pub mod files;
-pub mod journal;
 pub mod kmsg;
+pub mod systemd_journal;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -125,7 +125,7 @@ pub(super) async fn drive(
                 }
             }
             Source::Journal(j) if probe.grant.journal.is_some() => {
-                parts.spawn(crate::sources::journal::drive(
+                parts.spawn(crate::sources::systemd_journal::drive(
                     mgr.clone(),
                     probe.clone(),
                     state.clone(),

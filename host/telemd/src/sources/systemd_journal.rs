@@ -1,4 +1,4 @@
-//! The journal source: `journalctl` as a child (`-o json --all --follow`,
+//! The systemd journal source (not the delivery journal, `telem_core::journal`): `journalctl` as a child (`-o json --all --follow`,
 //! the probe's matches, `--after-cursor` from the probe's cursor), its
 //! output read line by line with a cap, each entry cut to the granted
 //! fields. journalctl rather than libsystemd's sd-journal: no C library
