@@ -599,6 +599,8 @@ fn kernel_oops_turns_each_real_report_into_exactly_its_expected_record() {
     }
     let i = info(&d, "kernel-oops");
     assert_eq!(i.stats.records_refused, 0, "{:?}", i.stats);
+    // Each record counted once, when spooled (not also when its batch held it).
+    assert_eq!(i.stats.records_sent as usize, all.len(), "{:?}", i.stats);
 }
 
 #[test]
@@ -802,4 +804,5 @@ fn kernel_oops_over_its_hourly_budget_drops_records_but_keeps_reading() {
     assert_eq!(i.state, ProbeState::Running);
     assert_eq!(d.spool_records().len(), 2);
     assert_eq!(i.stats.records_refused, 3, "{:?}", i.stats);
+    assert_eq!(i.stats.records_sent, 2, "{:?}", i.stats);
 }

@@ -368,10 +368,13 @@ impl Grant {
         match &policy.classifications {
             Some(approved) => {
                 classifications.clone_from(approved);
+                // The admin approves patterns: a request is refused only
+                // when no approved pattern covers it (one the admin wrote
+                // out, or a narrower one of the probe's).
                 for c in request
                     .classifications
                     .iter()
-                    .filter(|c| !approved.contains(c))
+                    .filter(|c| !approved.iter().any(|a| pattern_matches(a, c)))
                 {
                     refuse(
                         format!("classification {c}"),

@@ -415,6 +415,33 @@ fn a_crash_trigger_the_admin_refused_says_so() {
 }
 
 #[test]
+fn a_request_an_approved_pattern_covers_is_not_refused() {
+    // The shipped journal-errors grant approves org.clearlinux/journal/*;
+    // the probe asks for the one classification it sends.
+    let shipped = crate::config::Config::default().probes.probes["journal-errors"].clone();
+    let req = Request {
+        classifications: vec![
+            "org.clearlinux/journal/error".into(),
+            "org.clearlinux/journal/*".into(),
+            "org.clearlinux/journal/error/extra".into(),
+            "org.clearlinux/crash/segfault".into(),
+        ],
+        ..asking(10, false, None)
+    };
+    let g = Grant::effective("journal-errors", &req, &shipped, &rules());
+    let refused: Vec<&str> = g.refused.iter().map(|r| r.item.as_str()).collect();
+    assert_eq!(
+        refused,
+        [
+            "classification org.clearlinux/journal/error/extra",
+            "classification org.clearlinux/crash/segfault"
+        ]
+    );
+    assert!(g.allows_classification("org.clearlinux/journal/error"));
+    assert!(!g.allows_classification("org.clearlinux/crash/segfault"));
+}
+
+#[test]
 fn a_grant_allows_only_its_patterns() {
     let g = Grant::effective(
         "disk",

@@ -71,6 +71,10 @@ impl telemetrics::probe::records::Host for CallState {
         let result = send_record(&probe, &sink, r).await;
         let mut st = probe.stats.lock().expect("stats lock");
         match &result {
+            // A source batch's record is counted when it is spooled
+            // (`store_staged`), not when it is held: a failed batch's
+            // records were never sent.
+            Ok(_) if matches!(sink, Sink::Staged(..)) => {}
             Ok(_) => st.records_sent += 1,
             Err(e) => {
                 st.records_refused += 1;
