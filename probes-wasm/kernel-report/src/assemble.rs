@@ -191,14 +191,18 @@ impl Assembler {
         if let Some(next) = patterns::start_of(line).filter(|p| !p.only_when_idle) {
             // A warning's message line is followed by the WARNING that
             // carries its trace (`NETDEV WATCHDOG: ...` then `WARNING: CPU:
-            // ...`), a corruption report by the BUG it triggers: one
-            // report, under the first line.
-            // So is a stack overflow's first line (`BUG: stack guard page
-            // was hit`) followed by the double fault that reports it.
+            // ...`): one report, under the first line. So is a stack
+            // overflow's first line (`BUG: stack guard page was hit`)
+            // followed by the double fault that reports it, and x86's
+            // `PANIC: double fault` by its `double fault: 0000 [#1]`.
             let prelude = !open.in_trace && !open.trace_over && open.lines.len() <= 3;
+            // A graver start always opens its own report: an
+            // oops right after a short warning (a one-line `NETDEV
+            // WATCHDOG`) is not told under the warning's name.
             let absorbs = prelude
                 && !line.starts_with("Kernel panic")
                 && !std::ptr::eq(pattern, next)
+                && next.severity <= pattern.severity
                 && (pattern.severity < 4
                     || (open.lines.len() == 1 && pattern.classification == next.classification));
             if !absorbs {
@@ -433,6 +437,39 @@ mod tests {
         for (i, l) in lines.iter().enumerate() {
             asm.push(1_000_000 + i as u64, l, out);
         }
+    }
+
+    /// A short warning without a trace (the NETDEV WATCHDOG line of
+    /// tests/fixtures/kernel-log/10-netdev-watchdog-6x.txt, which a kernel
+    /// prints alone once its WARN_ONCE has fired) and, within the quiet
+    /// gap, an oops (the first lines of 04-null-deref-new.txt): two
+    /// reports, each under its own name and severity.
+    #[test]
+    fn an_oops_right_after_a_short_warning_is_its_own_report() {
+        let mut asm = Assembler::default();
+        let mut out = Vec::new();
+        feed(
+            &mut asm,
+            &[
+                "NETDEV WATCHDOG: enp3s0 (r8169): transmit queue 0 timed out 9028 ms",
+                "BUG: kernel NULL pointer dereference, address: 0000000000000000",
+                "#PF: supervisor read access in kernel mode",
+                "Oops: 0000 [#1] SMP PTI",
+            ],
+            &mut out,
+        );
+        asm.finish(&mut out);
+        let got: Vec<(&str, u8, usize)> = out
+            .iter()
+            .map(|r| (r.pattern.classification, r.pattern.severity, r.lines.len()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("org.clearlinux/kernel/warning", 2, 1),
+                ("org.clearlinux/kernel/bug", 4, 3)
+            ]
+        );
     }
 
     #[test]

@@ -110,6 +110,10 @@ pub static PATTERNS: &[Pattern] = &[
     ),
     p(Prefix("near stack overflow (cur:"), BUG, 4, true),
     p(Prefix("double fault"), BUG, 4, true),
+    // x86's double fault handler: `traps: PANIC: double fault,
+    // error_code: 0x0` (the `traps: ` prefix is its pr_fmt), then
+    // `double fault: 0000 [#1] ...` (`Oops: double fault: ...` from 6.10).
+    p(Contains("PANIC: double fault"), BUG, 4, false),
     p(Prefix("Badness"), BUG, 4, true),
     p(Prefix("list_del corruption."), WARNING, 2, true),
     p(Prefix("list_add corruption."), WARNING, 2, true),

@@ -62,6 +62,13 @@ pub fn frame(line: &str) -> Option<(String, String)> {
         return None;
     }
     let mut t = line.trim();
+    // Older kernels print a context marker before the first frame of a
+    // context, on its line: ` <IRQ>  [<ffffffff81641dc0>] dump_stack+...`.
+    if let Some((first, rest)) = t.split_once(char::is_whitespace) {
+        if first.starts_with('<') && crate::assemble::is_marker(first) {
+            t = rest.trim_start();
+        }
+    }
     let unreliable = t.starts_with("? ");
     if unreliable {
         t = t[2..].trim_start();
@@ -315,6 +322,17 @@ mod tests {
             Some(("spin_lock".into(), "kernel".into()))
         );
         assert_eq!(frame(" <TASK>"), None);
+        // A 4.x trace's context marker before its first frame
+        // (https://github.com/IRATI/stack/issues/106, 3.x; the issue's
+        // own example is 4.x's `dump_stack` line).
+        assert_eq!(
+            frame(" <IRQ>  [<ffffffff81641dc0>] dump_stack+0x55/0x86"),
+            Some(("dump_stack".into(), "kernel".into()))
+        );
+        assert_eq!(
+            frame(" <EOI>  [<ffffffff8106b980>] ? __hrtimer_start_range_ns+0x1c0/0x400"),
+            Some(("__hrtimer_start_range_ns".into(), "kernel".into()))
+        );
         assert_eq!(frame("not indented+0x1/0x2"), None);
     }
 
