@@ -65,9 +65,27 @@ fn pattern_index(p: &'static Pattern) -> usize {
         .expect("a pattern of the table")
 }
 
-/// Starts of a call trace: x86 and most others, and arm64.
+/// Starts of a call trace: x86 and most others, arm64, and 32-bit ARM
+/// (`Backtrace:`, with the frame-pointer unwinder).
 fn is_trace_start(line: &str) -> bool {
-    line.starts_with("Call Trace:") || line.starts_with("Call trace:")
+    line.starts_with("Call Trace:")
+        || line.starts_with("Call trace:")
+        || line.starts_with("Backtrace:")
+}
+
+/// A frame of a 32-bit ARM backtrace, in either of its forms: up to 5.x,
+/// `[<c0011da8>] (dump_backtrace+0x0/0x10c) from [<c0011fbc>] (show_stack+0x18/0x1c)`
+/// at the start of the line; from 5.x, ` unwind_backtrace from
+/// show_stack+0x10/0x14`, indented and with no header before it.
+pub fn is_arm32_frame(line: &str) -> bool {
+    if line.starts_with("[<") {
+        return line.contains(">] (") && line.contains(") from [<");
+    }
+    let t = line.trim_start();
+    line.len() > t.len()
+        && t.split_once(" from ").is_some_and(|(callee, caller)| {
+            !callee.is_empty() && !callee.contains(char::is_whitespace) && caller.contains("+0x")
+        })
 }
 
 /// A context marker inside a trace (` <TASK>`, ` </IRQ>`, ...).
@@ -116,6 +134,9 @@ const BODY_PREFIXES: &[&str] = &[
     "PGD ",
     "pc :",
     "lr :",
+    // 32-bit ARM's symbols of pc and lr.
+    "PC is at ",
+    "LR is at ",
     "Mem abort info:",
     "Data abort info:",
     "user pgtable:",
@@ -218,7 +239,7 @@ impl Assembler {
             open.trace_over = false;
             open.lines.push((Kind::Other, line.to_owned()));
         } else if open.in_trace {
-            if is_frame(line) || is_marker(line) {
+            if is_frame(line) || is_marker(line) || is_arm32_frame(line) {
                 open.lines.push((Kind::Trace, line.to_owned()));
             } else if is_register_line(line)
                 || line.starts_with("RIP:")
@@ -233,6 +254,10 @@ impl Assembler {
             }
         } else if open.trace_over {
             return self.after_trace(usec, line, out);
+        } else if is_arm32_frame(line) {
+            // 32-bit ARM's unwinder prints its frames with no header.
+            open.in_trace = true;
+            open.lines.push((Kind::Trace, line.to_owned()));
         } else if belongs(line) {
             open.stray = 0;
             open.lines.push((Kind::Other, line.to_owned()));
@@ -437,6 +462,40 @@ mod tests {
         for (i, l) in lines.iter().enumerate() {
             asm.push(1_000_000 + i as u64, l, out);
         }
+    }
+
+    /// 32-bit ARM from 5.x prints its frames indented and with no header
+    /// (the lines of https://github.com/openwrt/openwrt/pull/13294, 6.1,
+    /// after a `WARNING:` start): they are the report's trace.
+    #[test]
+    fn arm32_frames_without_a_header_are_a_trace() {
+        let mut asm = Assembler::default();
+        let mut out = Vec::new();
+        feed(
+            &mut asm,
+            &[
+                "WARNING: CPU: 0 PID: 42 at net/wireless/sme.c:752 __cfg80211_connect_result+0x398/0x3e4 [cfg80211]",
+                "CPU: 1 PID: 0 Comm: swapper/1 Tainted: G      D W          6.1.45 #0",
+                "Hardware name: Generic DT based system",
+                " unwind_backtrace from show_stack+0x10/0x14",
+                " show_stack from dump_stack_lvl+0x40/0x4c",
+                " dump_stack_lvl from do_handle_IPI+0xf0/0x124",
+            ],
+            &mut out,
+        );
+        asm.finish(&mut out);
+        let kinds: Vec<Kind> = out[0].lines.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::Other,
+                Kind::Other,
+                Kind::Other,
+                Kind::Trace,
+                Kind::Trace,
+                Kind::Trace
+            ]
+        );
     }
 
     /// A short warning without a trace (the NETDEV WATCHDOG line of

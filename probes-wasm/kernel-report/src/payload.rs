@@ -15,7 +15,7 @@
 //! payload stays within the record limit (8192 bytes): frames that do not
 //! fit are left out, whole.
 
-use crate::assemble::{is_frame, is_register_line, Kind, Report};
+use crate::assemble::{is_arm32_frame, is_frame, is_register_line, Kind, Report};
 
 /// Most payload bytes of a record.
 pub const MAX_PAYLOAD: usize = 8192;
@@ -58,10 +58,22 @@ pub fn version_and_taint(line: &str) -> (Option<String>, Option<String>) {
 
 /// `#N function - [module]` of one trace line, if it is a frame.
 pub fn frame(line: &str) -> Option<(String, String)> {
+    if line.starts_with("[<") && is_arm32_frame(line) {
+        return arm32_frame(line);
+    }
     if !is_frame(line) {
         return None;
     }
     let mut t = line.trim();
+    // 32-bit ARM prints the registers of each frame between frames
+    // (` r6:bf062134 r5:00000009 ...`): no frame.
+    if t.split_whitespace()
+        .next()
+        .and_then(|w| w.split_once(':'))
+        .is_some_and(|(name, _)| name.len() <= 3 && name.bytes().all(|b| b.is_ascii_alphanumeric()))
+    {
+        return None;
+    }
     // Older kernels print a context marker before the first frame of a
     // context, on its line: ` <IRQ>  [<ffffffff81641dc0>] dump_stack+...`.
     if let Some((first, rest)) = t.split_once(char::is_whitespace) {
@@ -104,8 +116,44 @@ pub fn frame(line: &str) -> Option<(String, String)> {
     Some((func, module.to_owned()))
 }
 
+/// `[<pc>] (func+off/size [module]) from [<lr>] (caller+...)`: the frame
+/// is the first function; its caller is the next line's.
+fn arm32_frame(line: &str) -> Option<(String, String)> {
+    let inner = line.split_once(">] (")?.1;
+    let inner = &inner[..inner.find(") from [<")?];
+    let end = inner.find(['+', ' ']).unwrap_or(inner.len());
+    let func = &inner[..end];
+    if func.is_empty() {
+        return None;
+    }
+    let module = inner
+        .rsplit_once(" [")
+        .map(|(_, m)| m.trim_end_matches(']'))
+        .filter(|m| {
+            !m.is_empty()
+                && m.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+        .unwrap_or("kernel");
+    Some((func.to_owned(), module.to_owned()))
+}
+
 /// The registers of one dump line, as `(name, shown value)`.
 fn registers(line: &str, out: &mut Vec<(String, String)>) {
+    // 32-bit ARM: `PC is at seq_vprintf+0x18/0x64`, `LR is at ...`; its
+    // `pc : [<c01f3218>]    lr : [<c01f32a0>]` line then adds nothing.
+    for (prefix, name) in [("PC is at ", "PC"), ("LR is at ", "LR")] {
+        if let Some(sym) = line.strip_prefix(prefix) {
+            let sym = sym.split_whitespace().next().unwrap_or("");
+            out.push((name.to_owned(), sym.to_owned()));
+            return;
+        }
+    }
+    if (line.starts_with("pc :") || line.starts_with("lr :"))
+        && line[4..].trim_start().starts_with("[<")
+    {
+        return;
+    }
     for sym in ["RIP:", "pc :", "lr :"] {
         if let Some(rest) = line.strip_prefix(sym) {
             // `RIP: 0010:func+0x1b5/0x3fb`, `pc : func+0x2a0/0x2e4 file:line`
@@ -201,6 +249,8 @@ pub fn payload(report: &Report) -> String {
         if (l.starts_with("CPU: ") || l.starts_with("PID: ")) && version.is_none() {
             (version, taint) = version_and_taint(l);
         } else if l.starts_with("RIP:")
+            || l.starts_with("PC is at ")
+            || l.starts_with("LR is at ")
             || l.starts_with("pc :")
             || l.starts_with("lr :")
             || is_register_line(l)
@@ -322,6 +372,34 @@ mod tests {
             Some(("spin_lock".into(), "kernel".into()))
         );
         assert_eq!(frame(" <TASK>"), None);
+        // 32-bit ARM, up to 5.x (https://github.com/lwfinger/rtl8192du/issues/33,
+        // https://github.com/raspberrypi/linux/issues/2794 and
+        // https://github.com/raspberrypi/linux/issues/3318): the frame is the
+        // first function, with its module; the registers between frames
+        // are no frame.
+        assert_eq!(
+            frame(
+                "[<c0011da8>] (dump_backtrace+0x0/0x10c) from [<c0011fbc>] (show_stack+0x18/0x1c)"
+            ),
+            Some(("dump_backtrace".into(), "kernel".into()))
+        );
+        assert_eq!(
+            frame("[<8010ff30>] (unwind_backtrace) from [<8010c174>] (show_stack+0x20/0x24)"),
+            Some(("unwind_backtrace".into(), "kernel".into()))
+        );
+        assert_eq!(
+            frame("[<bf3cbef4>] (__cfg80211_connect_result [cfg80211]) from [<bf397f60>] (cfg80211_process_wdev_events+0x104/0x160 [cfg80211])"),
+            Some(("__cfg80211_connect_result".into(), "cfg80211".into()))
+        );
+        assert_eq!(
+            frame(" r6:bf062134 r5:00000009 r4:00000000 r3:00000000"),
+            None
+        );
+        // From 5.x, indented (https://github.com/openwrt/openwrt/pull/13294).
+        assert_eq!(
+            frame(" unwind_backtrace from show_stack+0x10/0x14"),
+            Some(("unwind_backtrace".into(), "kernel".into()))
+        );
         // A 4.x trace's context marker before its first frame
         // (https://github.com/IRATI/stack/issues/106, 3.x; the issue's
         // own example is 4.x's `dump_stack` line).
