@@ -122,6 +122,8 @@ const BODY_PREFIXES: &[&str] = &[
     "Modules linked in:",
     "CPU:",
     "PID:",
+    // 3.x and older: `Pid: 0, comm: swapper Not tainted 3.5.0 #447`.
+    "Pid: ",
     "Hardware name:",
     "Workqueue:",
     "RIP:",

@@ -162,7 +162,14 @@ fn registers(line: &str, out: &mut Vec<(String, String)>) {
                 .split_once(':')
                 .filter(|(seg, _)| seg.len() == 4 && seg.bytes().all(|b| b.is_ascii_hexdigit()))
                 .map_or(rest, |(_, r)| r);
-            let sym_text = rest.split_whitespace().next().unwrap_or("");
+            // 3.x: `RIP: 0010:[<ffffffff836a5774>]  [<ffffffff836a5774>] func+0x9b/0x155`:
+            // the symbol follows the addresses.
+            let sym_text = rest
+                .split_whitespace()
+                .find(|w| !w.starts_with("[<"))
+                .filter(|_| rest.starts_with("[<"))
+                .or_else(|| rest.split_whitespace().next())
+                .unwrap_or("");
             let name = sym.trim_end_matches(':').trim().to_owned();
             let shown = if sym_text.contains('+')
                 || sym_text
@@ -246,7 +253,9 @@ pub fn payload(report: &Report) -> String {
             continue;
         }
         in_modules = false;
-        if (l.starts_with("CPU: ") || l.starts_with("PID: ")) && version.is_none() {
+        if (l.starts_with("CPU: ") || l.starts_with("PID: ") || l.starts_with("Pid: "))
+            && version.is_none()
+        {
             (version, taint) = version_and_taint(l);
         } else if l.starts_with("RIP:")
             || l.starts_with("PC is at ")
