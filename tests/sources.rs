@@ -776,6 +776,42 @@ fn pstore_reports_each_dump_once_whichever_layout_and_across_restarts() {
     assert_eq!(got(&d), want, "reported again after a restart");
 }
 
+/// `/dev/kmsg` hands a backslash as `\x5c` (and line breaks and other
+/// unprintable bytes as `\xHH`); the record carries the message as the
+/// kernel wrote it. The line is fwupd/fwupd#70's
+/// (https://github.com/fwupd/fwupd/issues/70), as /dev/kmsg escapes it.
+#[test]
+fn kernel_oops_decodes_the_escapes_of_dev_kmsg() {
+    let (d, mut k) = sources_daemon("");
+    std::fs::copy(probe_wasm("kernel_oops"), d.path("probes/kernel-oops.wasm")).unwrap();
+    let d = d.spawn();
+    k.lines([
+        r"ACPI Error: [\x5c_SB_.PCI0.LPCB.H_EC.ECWT] Namespace lookup failure, AE_NOT_FOUND (20150930/psargs-359)",
+    ]);
+    k.pause(10);
+    k.lines(["telemd-test: end"]);
+    let last = k.seq - 1;
+    assert!(
+        wait_until(Duration::from_secs(20), || kernel_log_position(
+            &d,
+            "kernel-oops"
+        )
+        .starts_with(&format!("handled up to record {last} "))),
+        "{}\n{}",
+        kernel_log_position(&d, "kernel-oops"),
+        d.log()
+    );
+    let got = spooled_records(&d);
+    assert_eq!(
+        got,
+        [(
+            "org.clearlinux/kernel/warning".to_owned(),
+            "2".to_owned(),
+            "Crash Report:\nReason: ACPI Error: [\\_SB_.PCI0.LPCB.H_EC.ECWT] Namespace lookup failure, AE_NOT_FOUND (20150930/psargs-359)\n".to_owned()
+        )]
+    );
+}
+
 #[test]
 fn kernel_oops_over_its_hourly_budget_drops_records_but_keeps_reading() {
     let (d, mut k) = sources_daemon("[probes.kernel-oops]\nmax_records_per_hour = 2\n");

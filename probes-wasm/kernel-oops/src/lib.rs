@@ -89,7 +89,11 @@ impl Probe for KernelOops {
                 // /dev/kmsg carries another facility and cannot forge a
                 // report.
                 for line in batch.lines.iter().filter(|l| l.facility == 0) {
-                    asm.push(line.usec, &line.text, &mut reports);
+                    asm.push(
+                        line.usec,
+                        &kernel_report::kmsg::unescape(&line.text),
+                        &mut reports,
+                    );
                 }
                 if batch.skipped > 0 {
                     let total = skipped_so_far().saturating_add(batch.skipped);

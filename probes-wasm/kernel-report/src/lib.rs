@@ -2,11 +2,12 @@
 //! builds for `wasm32-wasip2` (the kernel-oops and pstore probes) and
 //! natively (its tests): reports assembled from kernel log lines
 //! ([`assemble`]), what starts one ([`patterns`]), their records
-//! ([`payload`]) and the counting of repeats ([`repeats`]). Nothing here
-//! opens a file.
+//! ([`payload`]), the counting of repeats ([`repeats`]) and the decoding
+//! of `/dev/kmsg`'s escapes ([`kmsg`]). Nothing here opens a file.
 #![warn(missing_docs)]
 
 pub mod assemble;
+pub mod kmsg;
 pub mod patterns;
 pub mod payload;
 pub mod repeats;
