@@ -222,11 +222,16 @@ impl Assembler {
             // A graver start always opens its own report: an
             // oops right after a short warning (a one-line `NETDEV
             // WATCHDOG`) is not told under the warning's name.
+            // The `WARNING:` line of a WARN() (`WARNING: CPU: N PID: N at
+            // FILE:LINE`, 3.x `WARNING: at FILE:LINE`) that carries a
+            // message's trace belongs to the message, whatever its report.
+            let carrier = line.starts_with("WARNING: CPU: ") || line.starts_with("WARNING: at ");
             let absorbs = prelude
                 && !line.starts_with("Kernel panic")
                 && !std::ptr::eq(pattern, next)
                 && next.severity <= pattern.severity
                 && (pattern.severity < 4
+                    || carrier
                     || (open.lines.len() == 1 && pattern.classification == next.classification));
             if !absorbs {
                 self.finish(out);

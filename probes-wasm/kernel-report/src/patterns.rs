@@ -101,6 +101,15 @@ pub static PATTERNS: &[Pattern] = &[
         only_when_idle: true,
     },
     p(Prefix("do_IRQ: stack overflow:"), STACKOVERFLOW, 4, true),
+    // x86-64's wording, a WARN_ONCE message printed before the `WARNING:`
+    // line that carries its trace: `do_IRQ(): swapper/0 has overflown the
+    // kernel stack (cur:...,sp:...,irq stk top-bottom:...)`.
+    p(
+        Both("do_IRQ(): ", "has overflown the kernel stack"),
+        STACKOVERFLOW,
+        4,
+        false,
+    ),
     p(Prefix("RTNL: assertion failed"), WARNING, 2, true),
     p(
         Prefix("Eeek! page_mapcount(page) went negative!"),
