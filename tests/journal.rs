@@ -357,3 +357,55 @@ fn hostile_entries_a_damaged_file_and_a_missing_directory() {
         "{got:?}"
     );
 }
+
+/// A journal file cut in the middle (a disk that filled, a crash during a
+/// copy) is skipped whole by journalctl, which says so on its stderr: the
+/// warning reaches the log once, however often journalctl starts again,
+/// and `telemctl probe info` shows it with the source; the good file's
+/// entries still flow.
+#[test]
+fn a_truncated_journal_file_is_said_in_the_log_and_in_probe_info() {
+    let (d, dir) = journal_daemon("");
+    let boot = this_boot();
+    write_journal(&dir, "good", &[failed(&boot, T0, "foo.service")]);
+    write_journal(
+        &dir,
+        "cut",
+        &(0..200)
+            .map(|i| plain(&boot, T0 + 10 + i, "6", "an ordinary message"))
+            .collect::<Vec<_>>(),
+    );
+    let cut = dir.join("cut.journal");
+    let len = std::fs::metadata(&cut).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&cut).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    let d = d.spawn();
+    wait_payloads(
+        &d,
+        &[failure_payload("foo.service")],
+        Duration::from_secs(20),
+    );
+    let said = format!(
+        "Journal file {} is truncated, ignoring file.",
+        cut.display()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || info(&d)
+            .sources
+            .iter()
+            .any(|s| s.source == "journal" && s.warnings.contains(&said))),
+        "{:?}\n{}",
+        info(&d).sources,
+        d.log()
+    );
+    assert_eq!(d.log().matches(&said).count(), 1, "{}", d.log());
+    let out = std::process::Command::new(TELEMCTL)
+        .arg("-f")
+        .arg(&d.config_path)
+        .args(["probe", "info", "journal-errors"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains(&format!("    warning: {said}")), "{out}");
+}

@@ -187,6 +187,10 @@ pub struct SourceInfo {
     pub source: String,
     /// How far the probe got, in words.
     pub position: String,
+    /// What the reader of the source warned of lately (journalctl's "...
+    /// is truncated, ignoring file."), escaped: data the source skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Where a probe is in its life.

@@ -250,6 +250,9 @@ fn print_info(p: &ProbeInfo) {
     );
     for s in &p.sources {
         println!("  source {}: {}", shown(&s.source), shown(&s.position));
+        for w in &s.warnings {
+            println!("    warning: {}", shown(w));
+        }
     }
     if p.stats.source_skipped > 0 {
         println!("  source items skipped: {}", p.stats.source_skipped);

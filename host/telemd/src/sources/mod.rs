@@ -133,6 +133,58 @@ pub struct CursorFile {
     /// saved; the daemon takes it when it stops, so a clean stop never
     /// falls between a batch's records and its cursor.
     pub commit: Arc<tokio::sync::Mutex<()>>,
+    /// What the journal source's reader warned of (not saved: journalctl
+    /// says it again at each start).
+    pub journal_warnings: SourceWarnings,
+}
+
+/// The distinct warnings a source's reader printed, remembered up to
+/// [`SourceWarnings::REMEMBERED`] so that each is logged once however
+/// often the reader is restarted, the latest [`SourceWarnings::SHOWN`]
+/// shown by `telemctl probe info`.
+#[derive(Debug, Default)]
+pub struct SourceWarnings {
+    seen: Mutex<(Vec<String>, u64)>,
+}
+
+impl SourceWarnings {
+    /// Distinct warnings remembered; beyond, new ones are counted only.
+    pub const REMEMBERED: usize = 64;
+    /// Warnings shown with the source.
+    pub const SHOWN: usize = 8;
+    /// Longest warning kept, in bytes (escaped).
+    pub const LINE_CAP: usize = 256;
+
+    /// Takes one line the reader printed (escaped here); whether it is
+    /// new and should be logged.
+    pub fn note(&self, line: &str) -> Option<String> {
+        let line = telem_core::untrusted::escape(line.trim_end(), Self::LINE_CAP);
+        if line.is_empty() {
+            return None;
+        }
+        let mut seen = self.seen.lock().expect("source warnings lock");
+        if seen.0.contains(&line) {
+            return None;
+        }
+        if seen.0.len() >= Self::REMEMBERED {
+            seen.1 += 1;
+            return None;
+        }
+        seen.0.push(line.clone());
+        Some(line)
+    }
+
+    /// The latest warnings, oldest first, and how many more were not kept.
+    pub fn shown(&self) -> Vec<String> {
+        let seen = self.seen.lock().expect("source warnings lock");
+        let from = seen.0.len().saturating_sub(Self::SHOWN);
+        let mut out = seen.0[from..].to_vec();
+        let more = from as u64 + seen.1;
+        if more > 0 {
+            out.insert(0, format!("({more} earlier or further warnings not shown)"));
+        }
+        out
+    }
 }
 
 impl CursorFile {
@@ -155,6 +207,7 @@ impl CursorFile {
             path,
             cursors: Mutex::new(cursors),
             commit: Arc::new(tokio::sync::Mutex::new(())),
+            journal_warnings: SourceWarnings::default(),
         }
     }
 
@@ -184,6 +237,7 @@ impl CursorFile {
                     Some(k) => format!("handled up to record {} of boot {}", k.seq, k.boot_id),
                     None => "nothing handled yet".into(),
                 },
+                warnings: Vec::new(),
             });
         }
         if probe.grant.journal.is_some() {
@@ -193,6 +247,7 @@ impl CursorFile {
                     Some(_) => "handled up to a saved cursor".into(),
                     None => "nothing handled yet".into(),
                 },
+                warnings: self.journal_warnings.shown(),
             });
         }
         for w in &probe.grant.files {
@@ -200,6 +255,7 @@ impl CursorFile {
             out.push(SourceInfo {
                 source: format!("files {} {}", w.dir.display(), w.pattern),
                 position: format!("{told} file(s) handled and still there"),
+                warnings: Vec::new(),
             });
         }
         out
@@ -249,6 +305,38 @@ pub(crate) fn boot_id(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reader_warning_is_logged_once_and_the_latest_are_shown() {
+        let w = SourceWarnings::default();
+        assert_eq!(
+            w.note("Journal file /j/a.journal is truncated, ignoring file.\n")
+                .as_deref(),
+            Some("Journal file /j/a.journal is truncated, ignoring file.")
+        );
+        // Said again at the next start of the reader: not logged again.
+        assert_eq!(
+            w.note("Journal file /j/a.journal is truncated, ignoring file."),
+            None
+        );
+        assert_eq!(w.note(""), None);
+        // Hostile bytes are escaped; a long line is cut.
+        let shown = w.note(&format!("\x1b[31m{}", "x".repeat(1000))).unwrap();
+        assert!(
+            shown.len() <= SourceWarnings::LINE_CAP + 32 && !shown.contains('\x1b'),
+            "{shown}"
+        );
+        for i in 0..SourceWarnings::REMEMBERED {
+            w.note(&format!("file {i} is truncated"));
+        }
+        // Beyond what is remembered, new lines are counted, not logged.
+        assert_eq!(w.note("one more"), None);
+        let shown = w.shown();
+        assert_eq!(shown.len(), SourceWarnings::SHOWN + 1);
+        // 56 remembered and not shown, 3 never remembered (files 62, 63 and "one more").
+        assert!(shown[0].starts_with("(59 earlier or further"), "{shown:?}");
+        assert_eq!(shown.last().unwrap(), "file 61 is truncated");
+    }
 
     #[test]
     fn the_sources_come_from_the_config_and_the_state_layout() {

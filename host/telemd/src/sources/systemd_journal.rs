@@ -208,30 +208,64 @@ pub fn read_entries(mut out: impl Read, fields: &[String], mut send: impl FnMut(
 
 /// Drains journalctl's stderr for as long as it runs (a full pipe would
 /// stop it: it warns once per damaged file), keeping its first line for
-/// the log line that says why it stopped.
-pub fn drain_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+/// the log line that says why it stopped, and handing each line (at most
+/// [`STDERR_LINES`] per run, each cut at [`STDERR_LINE_CAP`]) to `on_line`.
+pub fn drain_stderr(
+    child: &mut Child,
+    mut on_line: impl FnMut(&str) + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
     let first = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    if let Some(mut err) = child.stderr.take() {
+    if let Some(err) = child.stderr.take() {
         let keep = first.clone();
         let _ = std::thread::Builder::new()
             .name("journalctl-stderr".into())
             .spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut head: Vec<u8> = Vec::new();
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
+                let mut lines = 0usize;
+                let mut said = |line: &[u8]| {
+                    let text = String::from_utf8_lossy(line);
+                    let mut first = keep.lock().expect("stderr lock");
+                    if first.is_empty() {
+                        *first = text.trim_end().to_owned();
                     }
-                    if head.len() < 2048 {
-                        head.extend_from_slice(&buf[..n.min(2048 - head.len())]);
-                        let text = String::from_utf8_lossy(&head);
-                        *keep.lock().expect("stderr lock") =
-                            text.lines().next().unwrap_or("").to_owned();
+                    drop(first);
+                    if lines < STDERR_LINES {
+                        lines += 1;
+                        on_line(&text);
                     }
-                }
+                };
+                read_capped_lines(err, STDERR_LINE_CAP, &mut said);
             });
     }
     first
+}
+
+/// Most lines of journalctl's stderr looked at per run (one per damaged
+/// file; a directory of thousands of them must not flood anything).
+pub const STDERR_LINES: usize = 256;
+/// Longest line of journalctl's stderr kept (a path and a few words).
+pub const STDERR_LINE_CAP: usize = 1024;
+
+/// Reads `from` line by line, each cut at `cap` bytes (the rest of a
+/// longer line is skipped), until it ends.
+fn read_capped_lines(mut from: impl Read, cap: usize, each: &mut dyn FnMut(&[u8])) {
+    let mut buf = [0u8; 4096];
+    let mut line: Vec<u8> = Vec::new();
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                each(&line);
+                line.clear();
+            } else if line.len() < cap {
+                line.push(b);
+            }
+        }
+    }
+    if !line.is_empty() {
+        each(&line);
+    }
 }
 
 /// Whether `dir` can be read as a journal directory (a clear log line
@@ -308,7 +342,16 @@ pub async fn drive<C: BatchConsumer>(
         let Some(out) = child.0.stdout.take() else {
             return;
         };
-        let stderr_first = drain_stderr(&mut child.0);
+        let stderr_first = {
+            let (cursors, probe_name) = (cursors.clone(), probe.name.clone());
+            drain_stderr(&mut child.0, move |line| {
+                // Each distinct warning once, however often journalctl is
+                // started again; all of them in `telemctl probe info`.
+                if let Some(new) = cursors.journal_warnings.note(line) {
+                    tracing::warn!(probe = %probe_name, "journal source: journalctl: {new}");
+                }
+            })
+        };
         let started = std::time::Instant::now();
         // Entries may be up to 64 KiB each: the queue holds 128 at most.
         let (tx, mut rx) = mpsc::channel::<Item>(max_items.min(128));
