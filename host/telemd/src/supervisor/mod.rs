@@ -480,6 +480,12 @@ impl ProbeManager {
                     let mut st = probe.state.lock().expect("state lock");
                     (st.bytes(quota), st.len(quota))
                 };
+                // Each lock on its own, never two at once: a call failing
+                // holds the counters and then sets the state (a
+                // quarantine), and a temporary in the literal below would
+                // hold the state while waiting for the counters.
+                let run_state = state.lock().expect("state lock").clone();
+                let stats = probe.stats.lock().expect("stats lock").clone();
                 ProbeInfo {
                     state_bytes,
                     state_keys,
@@ -488,10 +494,10 @@ impl ProbeManager {
                     version: probe.manifest.version.clone(),
                     description: probe.manifest.description.clone(),
                     file: probe.file.clone(),
-                    state: state.lock().expect("state lock").clone(),
+                    state: run_state,
                     requested: probe.request.clone(),
                     granted: probe.grant.clone(),
-                    stats: probe.stats.lock().expect("stats lock").clone(),
+                    stats,
                     sha256: probe.hash.clone(),
                     pinned_sha256: self
                         .policies

@@ -68,6 +68,9 @@ impl ProbeManager {
                         st.failures_in_a_row,
                         Chain(e)
                     );
+                    // One of a probe's locks at a time: `list` reads the
+                    // state and then the counters.
+                    drop(st);
                     warn!(probe = %probe.name, "probe quarantined until reload: {why}");
                     *state.lock().expect("state lock") = ProbeState::Quarantined(why);
                 }
