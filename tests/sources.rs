@@ -127,8 +127,13 @@ fn lines_reach_the_probe_in_order_and_a_restart_resumes_after_the_last_batch_han
     k.lines(["echo three"]);
     let d = d.spawn();
     wait_payloads(&d, &["one", "three", "two"]);
+    // The cursor is saved after the batch's records are spooled.
     assert!(
-        kernel_log_position(&d, "source-echo").starts_with("handled up to record 3 of boot "),
+        wait_until(Duration::from_secs(10), || kernel_log_position(
+            &d,
+            "source-echo"
+        )
+        .starts_with("handled up to record 3 of boot ")),
         "{}",
         kernel_log_position(&d, "source-echo")
     );

@@ -80,10 +80,10 @@ pub fn programs_are_fresh() {
         let host = Path::new(env!("CARGO_MANIFEST_DIR")).join("../host");
         // Each program and the crates it is built from.
         let programs: [(&str, &[&str]); 5] = [
-            (TELEMD, &["telemd", "sandbox", "core"]),
-            (TELEMCTL, &["telemctl", "sandbox", "core"]),
-            (RECORD_GEN, &["record-gen", "core"]),
-            (CRASH_HANDLER, &["crash-handler", "core"]),
+            (TELEMD, &["telemd", "sandbox", "core", "cli"]),
+            (TELEMCTL, &["telemctl", "sandbox", "core", "cli"]),
+            (RECORD_GEN, &["record-gen", "core", "cli"]),
+            (CRASH_HANDLER, &["crash-handler", "core", "cli"]),
             (LIBTELEMETRY, &["libtelemetry", "core"]),
         ];
         for (program, crates) in programs {
