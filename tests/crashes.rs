@@ -1059,3 +1059,72 @@ fn crash_calls_that_time_out_are_recorded_by_telemd_and_never_quarantine() {
     assert_eq!(p.stats.timeouts, n as u64, "{p:?}");
     assert_eq!(p.stats.failures_in_a_row, 0, "{p:?}");
 }
+
+/// The crash history (`telemctl crash list` and `crash info`, as
+/// `coredumpctl` shows systemd's): a crash handled through the daemon is
+/// listed with its program, pid, signal and the record sent, and `info`
+/// (by its id, or by a prefix of the record's event id) shows the record
+/// as it was sent; `--json` on both.
+#[test]
+fn a_handled_crash_is_in_the_crash_history() {
+    let prog = crashed_program();
+    let d = daemon(&prog, true);
+    let telemctl = |args: &[&str]| {
+        let out = Command::new(TELEMCTL)
+            .arg("-f")
+            .arg(&d.config_path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "telemctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(telemctl(&["crash", "list"]), "no crash handled yet\n");
+    handle_ok(&d, &prog, &prog.core, &[]);
+    let sent = d.wait_spool(1).remove(0);
+    let event_id = sent.headers.get(Header::EventId).to_owned();
+    let exe = prog.exe.to_str().unwrap();
+    let listed = || -> Vec<telem_core::crash_history::CrashEntry> {
+        serde_json::from_str(&telemctl(&["crash", "list", "--json"])).unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || listed().len() == 1),
+        "{}",
+        d.log()
+    );
+    let e = listed().remove(0);
+    assert_eq!(
+        (e.program.as_str(), e.pid, e.signal),
+        (exe, prog.pid, Some(11))
+    );
+    assert_eq!(e.records.len(), 1);
+    assert_eq!(e.records[0].event_id, event_id);
+    assert_eq!(e.records[0].payload, sent.payload);
+    let table = telemctl(&["crash", "list"]);
+    assert!(
+        table.starts_with("TIME") && table.contains(exe) && table.contains(&e.id),
+        "{table}"
+    );
+    let info = telemctl(&["crash", "info", &event_id[..8]]);
+    assert!(info.contains(&format!("id: {}\n", e.id)), "{info}");
+    assert!(info.contains(&format!("  Process: {exe}\n")), "{info}");
+    let by_id: telem_core::crash_history::CrashEntry =
+        serde_json::from_str(&telemctl(&["crash", "info", &e.id, "--json"])).unwrap();
+    assert_eq!(by_id, e);
+    let missing = Command::new(TELEMCTL)
+        .arg("-f")
+        .arg(&d.config_path)
+        .args(["crash", "info", "nosuchcrash"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no crash nosuchcrash in the history"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}

@@ -11,6 +11,7 @@
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod crash_history;
 pub mod crash_inbox;
 pub mod error_text;
 pub mod fsutil;

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub const LOCK_FILE: &str = "telemd.lock";
 /// Crashes waiting for a crash probe (written by the root-run handler).
 pub const CRASH_INBOX: &str = "crash-inbox";
+/// The crashes handled and what was sent for each (`telemctl crash list`).
+pub const CRASH_HISTORY: &str = "crash-history";
 /// Compiled probe components and their MACs.
 pub const PROBE_CACHE: &str = "probe-cache";
 /// Each probe's own directory views (what its grants let it see).
@@ -48,6 +50,11 @@ impl StateLayout {
     /// See [`CRASH_INBOX`].
     pub fn crash_inbox(&self) -> PathBuf {
         self.root.join(CRASH_INBOX)
+    }
+
+    /// See [`CRASH_HISTORY`].
+    pub fn crash_history(&self) -> PathBuf {
+        self.root.join(CRASH_HISTORY)
     }
 
     /// See [`PROBE_CACHE`].

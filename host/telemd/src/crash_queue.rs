@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use telem_core::crash_history::{CrashEntry, CrashHistory, SentRecord};
 use telem_core::crash_inbox::{
     pending, remove_abandoned, valid_id, CrashMeta, CORE_FILE, META_FILE,
 };
@@ -30,7 +31,12 @@ pub struct CrashQueue {
 
 impl CrashQueue {
     /// Starts the worker; entries already in the inbox are queued first.
-    pub fn start(inbox: PathBuf, probes: Arc<ProbeManager>, ingest: Arc<Ingest>) -> CrashQueue {
+    pub fn start(
+        inbox: PathBuf,
+        history: CrashHistory,
+        probes: Arc<ProbeManager>,
+        ingest: Arc<Ingest>,
+    ) -> CrashQueue {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let _ = std::fs::create_dir_all(&inbox);
         remove_abandoned(&inbox);
@@ -47,7 +53,7 @@ impl CrashQueue {
                         // what that made.
                         let records = match done.get(&id) {
                             Some(r) if !inbox.join(&id).exists() => r,
-                            _ => process(&inbox, &id, &probes, &ingest).await,
+                            _ => process(&inbox, &id, &probes, &ingest, &history).await,
                         };
                         done.put(&id, &records);
                         if let Some(r) = reply {
@@ -58,7 +64,7 @@ impl CrashQueue {
                         // Crashes that waited for a crash probe (none was
                         // loaded, or it was quarantined) go to it now.
                         for id in pending(&inbox) {
-                            let records = process(&inbox, &id, &probes, &ingest).await;
+                            let records = process(&inbox, &id, &probes, &ingest, &history).await;
                             done.put(&id, &records);
                         }
                     }
@@ -123,7 +129,13 @@ impl Recent {
     }
 }
 
-async fn process(inbox: &Path, id: &str, probes: &ProbeManager, ingest: &Ingest) -> Vec<Captured> {
+async fn process(
+    inbox: &Path,
+    id: &str,
+    probes: &ProbeManager,
+    ingest: &Ingest,
+    history: &CrashHistory,
+) -> Vec<Captured> {
     // At start-up the probes load after the sockets are bound; a crash that
     // waited while the daemon was down goes to them once they are loaded.
     probes
@@ -208,8 +220,42 @@ async fn process(inbox: &Path, id: &str, probes: &ProbeManager, ingest: &Ingest)
             ),
         }
     }
+    remember(history, id, &meta, &records).await;
     if let Err(e) = std::fs::remove_dir_all(&entry) {
         warn!("crash entry {}: cannot remove: {e}", entry.display());
     }
     records
+}
+
+/// Keeps the crash and what was sent for it in the local history
+/// (`telemctl crash list`); a history that cannot be written costs the
+/// history entry, never the crash's records.
+async fn remember(history: &CrashHistory, id: &str, meta: &CrashMeta, records: &[Captured]) {
+    let entry = CrashEntry {
+        id: id.to_owned(),
+        time: meta.time,
+        program: meta
+            .process_path
+            .clone()
+            .unwrap_or_else(|| meta.process_name.clone()),
+        pid: meta.pid,
+        signal: meta.signal,
+        uid: meta.uid,
+        records: records
+            .iter()
+            .map(|c| SentRecord {
+                classification: c.classification.clone(),
+                severity: c.severity,
+                event_id: c.event_id.clone(),
+                payload: c.payload.clone(),
+            })
+            .collect(),
+    };
+    let history = history.clone();
+    let written = tokio::task::spawn_blocking(move || history.add(&entry)).await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("crash {id}: not kept in the crash history: {}", Chain(&e)),
+        Err(e) => warn!("crash {id}: not kept in the crash history: {e}"),
+    }
 }

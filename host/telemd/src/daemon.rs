@@ -148,7 +148,12 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     // probes, which load once the sockets are bound (below).
     let crashes = {
         let _on_probe_runtime = probe_runtime.handle().enter();
-        crate::crash_queue::CrashQueue::start(inbox, probes.clone(), ingest.clone())
+        crate::crash_queue::CrashQueue::start(
+            inbox,
+            telem_core::crash_history::CrashHistory::new(&layout.crash_history()),
+            probes.clone(),
+            ingest.clone(),
+        )
     };
     let control_listener =
         crate::control::bind(&config.host.control_socket).map_err(ctx(|| {

@@ -1,0 +1,346 @@
+//! The local crash history: what the daemon did with each crash it
+//! handled (when, which program, which signal, and the records it sent),
+//! kept under `state_dir` so that an admin can look back as with
+//! `coredumpctl list` and `coredumpctl info` (`telemctl crash list`,
+//! `telemctl crash info`). One small JSON file per crash, written
+//! atomically; the oldest are removed beyond [`MAX_ENTRIES`] files or
+//! [`MAX_BYTES`] in all, so the history never grows without bound.
+//!
+//! The files hold what a crashed program and its core decided (names,
+//! paths, frames): they are data, shown escaped, and a file that cannot
+//! be read as an entry is skipped and counted, never trusted.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Most crashes kept.
+pub const MAX_ENTRIES: usize = 200;
+/// Most bytes of history kept, all files together.
+pub const MAX_BYTES: u64 = 4 << 20;
+/// Most bytes of one entry; payloads are cut to fit.
+pub const MAX_ENTRY_BYTES: usize = 64 << 10;
+
+/// One crash, as handled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashEntry {
+    /// The crash's inbox id (what the handler logged).
+    pub id: String,
+    /// Seconds since the epoch when the handler took the crash.
+    pub time: u64,
+    /// The crashed program: its path when the kernel gave one, else its
+    /// name.
+    pub program: String,
+    /// Its pid (in its own namespace).
+    pub pid: u32,
+    /// The signal that killed it.
+    pub signal: Option<u32>,
+    /// Its uid, when the kernel gave it.
+    pub uid: Option<u32>,
+    /// The records sent for it, as sent.
+    pub records: Vec<SentRecord>,
+}
+
+/// One record sent for a crash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentRecord {
+    /// Its classification.
+    pub classification: String,
+    /// Its severity.
+    pub severity: u8,
+    /// Its event id (the collector's key for it).
+    pub event_id: String,
+    /// Its payload (cut to fit [`MAX_ENTRY_BYTES`]).
+    pub payload: String,
+}
+
+/// Why the history could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The directory could not be listed or a file written.
+    #[error("crash history {}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The history directory (`StateLayout::crash_history`).
+#[derive(Clone, Debug)]
+pub struct CrashHistory {
+    dir: PathBuf,
+}
+
+/// What [`CrashHistory::list`] found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The entries, oldest first.
+    pub entries: Vec<CrashEntry>,
+    /// Files that could not be read as entries (skipped).
+    pub unreadable: usize,
+}
+
+impl CrashHistory {
+    /// The history kept in `dir`.
+    pub fn new(dir: &Path) -> CrashHistory {
+        CrashHistory {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Keeps `entry` (its payloads cut so that it fits
+    /// [`MAX_ENTRY_BYTES`]), then removes the oldest entries beyond the
+    /// bounds.
+    pub fn add(&self, entry: &CrashEntry) -> Result<(), HistoryError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| HistoryError::Io { path, source }
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let bytes = fitted(entry);
+        let name = format!("{:020}-{}.json", entry.time, file_safe(&entry.id));
+        let path = self.dir.join(name);
+        crate::fsutil::write_atomic(&path, &bytes, 0o640).map_err(io(&path))?;
+        self.prune().map_err(io(&self.dir))
+    }
+
+    /// Removes the oldest entries while more than [`MAX_ENTRIES`] or
+    /// [`MAX_BYTES`] are kept.
+    fn prune(&self) -> std::io::Result<()> {
+        let mut files = self.files()?;
+        let mut total: u64 = files.iter().map(|(_, len)| len).sum();
+        let mut count = files.len();
+        files.reverse();
+        while count > MAX_ENTRIES || total > MAX_BYTES {
+            let Some((oldest, len)) = files.pop() else {
+                break;
+            };
+            match std::fs::remove_file(&oldest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            count -= 1;
+            total = total.saturating_sub(len);
+        }
+        Ok(())
+    }
+
+    /// The entry files and their sizes, oldest first (names begin with the
+    /// time).
+    fn files(&self) -> std::io::Result<Vec<(PathBuf, u64)>> {
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut files: Vec<(PathBuf, u64)> = rd
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                m.is_file().then(|| (e.path(), m.len()))
+            })
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// Every entry kept, oldest first; files that are not entries (too
+    /// large, not JSON of an entry) are skipped and counted.
+    pub fn list(&self) -> Result<Listing, HistoryError> {
+        let files = self.files().map_err(|source| HistoryError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut out = Listing::default();
+        for (path, _) in files {
+            match read_entry(&path) {
+                Some(e) => out.entries.push(e),
+                None => out.unreadable += 1,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entry whose id or whose record's event id is `key`, or starts
+    /// with it when only one does.
+    pub fn find(&self, key: &str) -> Result<Option<CrashEntry>, HistoryError> {
+        let entries = self.list()?.entries;
+        let exact = |e: &CrashEntry| e.id == key || e.records.iter().any(|r| r.event_id == key);
+        if let Some(e) = entries.iter().rev().find(|e| exact(e)) {
+            return Ok(Some(e.clone()));
+        }
+        let prefixed: Vec<&CrashEntry> = entries
+            .iter()
+            .filter(|e| {
+                !key.is_empty()
+                    && (e.id.starts_with(key)
+                        || e.records.iter().any(|r| r.event_id.starts_with(key)))
+            })
+            .collect();
+        Ok(match prefixed[..] {
+            [one] => Some(one.clone()),
+            _ => None,
+        })
+    }
+}
+
+/// The entry as JSON, its payloads cut (longest first) until it fits;
+/// records beyond what fits are left out, the last ones first.
+fn fitted(entry: &CrashEntry) -> Vec<u8> {
+    let mut e = entry.clone();
+    e.program.truncate(floor_char_boundary(&e.program, 4096));
+    e.id = file_safe(&e.id);
+    loop {
+        let bytes = serde_json::to_vec(&e).expect("an entry serializes");
+        if bytes.len() <= MAX_ENTRY_BYTES || e.records.is_empty() {
+            return bytes;
+        }
+        let over = bytes.len() - MAX_ENTRY_BYTES;
+        match e.records.iter_mut().max_by_key(|r| r.payload.len()) {
+            Some(longest) if longest.payload.len() > 64 => {
+                let keep = floor_char_boundary(
+                    &longest.payload,
+                    longest.payload.len().saturating_sub(over + 32),
+                );
+                longest.payload.truncate(keep);
+                longest.payload.push_str("\n[cut]\n");
+            }
+            _ => {
+                e.records.pop();
+            }
+        }
+    }
+}
+
+/// The largest char boundary of `s` at or below `at`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    let mut at = at.min(s.len());
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn read_entry(path: &Path) -> Option<CrashEntry> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut bytes = Vec::new();
+    f.take(MAX_ENTRY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    if bytes.len() > MAX_ENTRY_BYTES {
+        return None;
+    }
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// An id as a file name part: letters, digits and `-` (inbox ids are
+/// made of those already).
+fn file_safe(id: &str) -> String {
+    id.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(time: u64, id: &str, payload: &str) -> CrashEntry {
+        CrashEntry {
+            id: id.into(),
+            time,
+            program: "/usr/bin/crashme".into(),
+            pid: 42,
+            signal: Some(11),
+            uid: Some(1000),
+            records: vec![SentRecord {
+                classification: "org.clearlinux/crash/clr".into(),
+                severity: 3,
+                event_id: format!("ev{id}"),
+                payload: payload.into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn entries_are_kept_oldest_first_and_found_by_id_or_event_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = CrashHistory::new(&dir.path().join("history"));
+        assert!(h.list().unwrap().entries.is_empty());
+        h.add(&entry(20, "b", "second")).unwrap();
+        h.add(&entry(10, "a", "first")).unwrap();
+        let l = h.list().unwrap();
+        let ids: Vec<&str> = l.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(h.find("b").unwrap().unwrap().records[0].payload, "second");
+        assert_eq!(h.find("eva").unwrap().unwrap().id, "a");
+        // A prefix shared by both finds neither.
+        assert_eq!(h.find("ev").unwrap(), None);
+        assert_eq!(h.find("").unwrap(), None);
+    }
+
+    #[test]
+    fn the_oldest_go_beyond_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = CrashHistory::new(dir.path());
+        for t in 0..(MAX_ENTRIES as u64 + 5) {
+            h.add(&entry(t, &format!("c{t}"), "p")).unwrap();
+        }
+        let l = h.list().unwrap();
+        assert_eq!(l.entries.len(), MAX_ENTRIES);
+        assert_eq!(l.entries[0].id, "c5");
+    }
+
+    #[test]
+    fn the_oldest_go_beyond_the_bytes_and_a_huge_payload_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = CrashHistory::new(dir.path());
+        let big = "x".repeat(10 * MAX_ENTRY_BYTES);
+        for t in 0..(MAX_BYTES / MAX_ENTRY_BYTES as u64 + 10) {
+            h.add(&entry(t, &format!("c{t}"), &big)).unwrap();
+        }
+        let total: u64 = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(total <= MAX_BYTES, "{total}");
+        let l = h.list().unwrap();
+        assert!(l.entries.len() < MAX_ENTRIES);
+        assert!(l.entries[0].records[0].payload.ends_with("\n[cut]\n"));
+    }
+
+    #[test]
+    fn a_damaged_or_oversized_file_is_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = CrashHistory::new(dir.path());
+        h.add(&entry(1, "a", "ok")).unwrap();
+        std::fs::write(dir.path().join("00000000000000000002-b.json"), b"{not json").unwrap();
+        std::fs::write(
+            dir.path().join("00000000000000000003-c.json"),
+            vec![b' '; MAX_ENTRY_BYTES + 10],
+        )
+        .unwrap();
+        let l = h.list().unwrap();
+        assert_eq!(l.entries.len(), 1);
+        assert_eq!(l.unreadable, 2);
+    }
+
+    #[test]
+    fn an_id_cannot_step_out_of_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = CrashHistory::new(&dir.path().join("h"));
+        h.add(&entry(1, "../../escape", "p")).unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("h"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["00000000000000000001-escape.json"]);
+    }
+}
