@@ -22,6 +22,11 @@ pub const MAX_LINES: usize = 200;
 pub const MAX_STRAY: u32 = 20;
 /// Kernel time (µs) between two lines after which the open report is over.
 pub const QUIET_GAP_USEC: u64 = 5_000_000;
+/// The version of the saved state: it names its pattern by its place in
+/// [`patterns::PATTERNS`], so a table that changed makes an older state
+/// unreadable (the one report open across the upgrade is lost, never
+/// told under another pattern's name).
+const STATE_VERSION: u64 = 2;
 
 /// What a kept line is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +89,12 @@ pub fn is_arm32_frame(line: &str) -> bool {
     let t = line.trim_start();
     line.len() > t.len()
         && t.split_once(" from ").is_some_and(|(callee, caller)| {
-            !callee.is_empty() && !callee.contains(char::is_whitespace) && caller.contains("+0x")
+            // `func`, or a module's `func [mod]` (`%ps`).
+            let (name, module) = callee.split_once(' ').unwrap_or((callee, ""));
+            !name.is_empty()
+                && !name.contains(char::is_whitespace)
+                && (module.is_empty() || module.starts_with('[') && module.ends_with(']'))
+                && caller.contains("+0x")
         })
 }
 
@@ -219,6 +229,19 @@ impl Assembler {
             // followed by the double fault that reports it, and x86's
             // `PANIC: double fault` by its `double fault: 0000 [#1]`.
             let prelude = !open.in_trace && !open.trace_over && open.lines.len() <= 3;
+            // Kernels before 4.15 print a WARN()'s `WARNING: CPU: ... at`
+            // line first and its message after: a graver message right
+            // after the carrier line makes the report its own, under the
+            // message.
+            let after_carrier = open.lines.len() == 1 && {
+                let first = &open.lines[0].1;
+                first.starts_with("WARNING: CPU: ") || first.starts_with("WARNING: at ")
+            };
+            if prelude && after_carrier && next.severity > pattern.severity {
+                open.pattern = pattern_index(next);
+                open.lines.insert(0, (Kind::Other, line.to_owned()));
+                return;
+            }
             // A graver start always opens its own report: an
             // oops right after a short warning (a one-line `NETDEV
             // WATCHDOG`) is not told under the warning's name.
@@ -354,7 +377,7 @@ impl Assembler {
             return Vec::new();
         };
         let mut s = format!(
-            "1 {} {} {} {} {} {}\n",
+            "{STATE_VERSION} {} {} {} {} {} {}\n",
             o.pattern, o.in_trace as u8, o.trace_over as u8, o.stray, o.last_usec, o.idle_ticks
         );
         for (kind, line) in &o.lines {
@@ -384,7 +407,8 @@ impl Assembler {
             .split(' ')
             .map(|n| n.parse().ok())
             .collect::<Option<_>>()?;
-        let [1, pattern, in_trace, trace_over, stray, last_usec, idle_ticks] = head[..] else {
+        let [STATE_VERSION, pattern, in_trace, trace_over, stray, last_usec, idle_ticks] = head[..]
+        else {
             return None;
         };
         if pattern as usize >= patterns::PATTERNS.len() {
@@ -469,6 +493,33 @@ mod tests {
         for (i, l) in lines.iter().enumerate() {
             asm.push(1_000_000 + i as u64, l, out);
         }
+    }
+
+    /// Kernels before 4.15 print the `WARNING:` carrier line before its
+    /// message (fixture 19's lines, which a 4.19-era kernel printed the
+    /// other way round): one stack overflow report either way.
+    #[test]
+    fn a_graver_message_after_its_warning_line_takes_the_report_over() {
+        let mut asm = Assembler::default();
+        let mut out = Vec::new();
+        feed(
+            &mut asm,
+            &[
+                "WARNING: CPU: 0 PID: 0 at arch/x86/kernel/irq_64.c:73 handle_irq+0x102/0x110",
+                "do_IRQ(): swapper/0 has overflown the kernel stack (cur:ffffffffb5400000,sp:fffffe0000007c48,",
+                "Call Trace:",
+                " do_IRQ+0x49/0xe0",
+            ],
+            &mut out,
+        );
+        asm.finish(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].pattern.classification,
+            "org.clearlinux/kernel/stackoverflow"
+        );
+        assert!(out[0].lines[0].1.starts_with("do_IRQ(): swapper/0"));
+        assert_eq!(out[0].lines.len(), 4);
     }
 
     /// 32-bit ARM from 5.x prints its frames indented and with no header

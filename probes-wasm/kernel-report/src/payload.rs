@@ -61,6 +61,14 @@ pub fn frame(line: &str) -> Option<(String, String)> {
     if line.starts_with("[<") && is_arm32_frame(line) {
         return arm32_frame(line);
     }
+    if is_arm32_frame(line) {
+        // ` func [mod] from caller+0x104/0x160 [mod]`: the frame is the
+        // callee, with its own module (the line ends with the caller's).
+        let callee = line.trim_start().split_once(" from ")?.0;
+        let (func, module) = callee.split_once(' ').unwrap_or((callee, "[kernel]"));
+        let module = module.trim_start_matches('[').trim_end_matches(']');
+        return Some((func.to_owned(), module.to_owned()));
+    }
     if !is_frame(line) {
         return None;
     }
@@ -116,6 +124,21 @@ pub fn frame(line: &str) -> Option<(String, String)> {
     Some((func, module.to_owned()))
 }
 
+/// A register's symbol (`func+0x1b5/0x3fb`) as it is; a value the kernel
+/// could not name (`0xb6f1c3a0`, a user address) only as zero or not.
+fn symbol_or_class(sym: &str) -> String {
+    let named = sym.contains('+') && !sym.starts_with("0x")
+        || sym
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_');
+    if named {
+        sym.to_owned()
+    } else {
+        zero_or_not(sym.trim_start_matches("0x"))
+    }
+}
+
 /// `[<pc>] (func+off/size [module]) from [<lr>] (caller+...)`: the frame
 /// is the first function; its caller is the next line's.
 fn arm32_frame(line: &str) -> Option<(String, String)> {
@@ -144,8 +167,10 @@ fn registers(line: &str, out: &mut Vec<(String, String)>) {
     // `pc : [<c01f3218>]    lr : [<c01f32a0>]` line then adds nothing.
     for (prefix, name) in [("PC is at ", "PC"), ("LR is at ", "LR")] {
         if let Some(sym) = line.strip_prefix(prefix) {
-            let sym = sym.split_whitespace().next().unwrap_or("");
-            out.push((name.to_owned(), sym.to_owned()));
+            out.push((
+                name.to_owned(),
+                symbol_or_class(sym.split_whitespace().next().unwrap_or("")),
+            ));
             return;
         }
     }
@@ -171,17 +196,7 @@ fn registers(line: &str, out: &mut Vec<(String, String)>) {
                 .or_else(|| rest.split_whitespace().next())
                 .unwrap_or("");
             let name = sym.trim_end_matches(':').trim().to_owned();
-            let shown = if sym_text.contains('+')
-                || sym_text
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_alphabetic() || c == '_')
-            {
-                sym_text.to_owned()
-            } else {
-                zero_or_not(sym_text)
-            };
-            out.push((name.to_uppercase(), shown));
+            out.push((name.to_uppercase(), symbol_or_class(sym_text)));
             return;
         }
     }
@@ -363,6 +378,24 @@ mod tests {
     }
 
     #[test]
+    fn a_register_the_kernel_could_not_name_shows_no_value() {
+        // `%pS` of an address it cannot name prints the address (a user
+        // PC on 32-bit ARM): only whether it is zero is shown.
+        let mut out = Vec::new();
+        registers("PC is at 0xb6f1c3a0", &mut out);
+        registers("LR is at seq_printf+0x3c/0x5c", &mut out);
+        registers("RIP: 0010:0x0", &mut out);
+        assert_eq!(
+            out,
+            [
+                ("PC".to_owned(), "Non-zero".to_owned()),
+                ("LR".to_owned(), "seq_printf+0x3c/0x5c".to_owned()),
+                ("RIP".to_owned(), "Zero".to_owned())
+            ]
+        );
+    }
+
+    #[test]
     fn frames_of_every_form() {
         assert_eq!(
             frame(" do_one_initcall+0x4e/0x190"),
@@ -408,6 +441,16 @@ mod tests {
         assert_eq!(
             frame(" unwind_backtrace from show_stack+0x10/0x14"),
             Some(("unwind_backtrace".into(), "kernel".into()))
+        );
+        // A module's function (`%ps` gives `func [mod]`): its own module,
+        // not the caller's.
+        assert_eq!(
+            frame(" __cfg80211_connect_result [cfg80211] from cfg80211_process_wdev_events+0x104/0x160 [cfg80211]"),
+            Some(("__cfg80211_connect_result".into(), "cfg80211".into()))
+        );
+        assert_eq!(
+            frame(" brcmf_cfg80211_escan [brcmfmac] from brcmf_run_escan+0x2c/0x30"),
+            Some(("brcmf_cfg80211_escan".into(), "brcmfmac".into()))
         );
         // A 4.x trace's context marker before its first frame
         // (https://github.com/IRATI/stack/issues/106, 3.x; the issue's
