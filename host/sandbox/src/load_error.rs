@@ -11,7 +11,7 @@ use crate::{ACCEPTED_CONTRACT, MAX_MANIFEST_ITEMS, MAX_MANIFEST_STRING};
 
 /// Why a component file could not be loaded.
 #[derive(Debug, Error)]
-#[error("{file}: {reason}")]
+#[error("{file}")]
 pub struct LoadError {
     /// The file.
     pub file: String,

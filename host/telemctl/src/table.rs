@@ -2,9 +2,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `YYYY-MM-DD HH:MM:SS` UTC of a Unix time.
+/// `YYYY-MM-DD HH:MM:SS` UTC of a Unix time (`-` for one no clock holds:
+/// the value came from a file, and may be anything).
 pub fn format_time(unix: u64) -> String {
-    utc(UNIX_EPOCH + Duration::from_secs(unix))
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(unix))
+        .map_or_else(|| "-".to_owned(), utc)
 }
 
 /// `YYYY-MM-DD HH:MM:SS` UTC, without pulling in a date crate.

@@ -34,7 +34,7 @@ pub enum ProbeError {
     Load(#[from] telem_sandbox::LoadError),
     /// Its ownership, digest or signature says it is not the admin's: it
     /// was neither compiled nor asked to describe itself.
-    #[error("{}: refused: {refusal}", path.display())]
+    #[error("{}: refused", path.display())]
     Refused {
         /// The file.
         path: PathBuf,
