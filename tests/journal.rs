@@ -390,6 +390,9 @@ fn a_truncated_journal_file_is_said_in_the_log_and_in_probe_info() {
         "Journal file {} is truncated, ignoring file.",
         cut.display()
     );
+    // The warning's own log line (a line saying why journalctl stopped may
+    // quote it too).
+    let logged = format!("journal source: journalctl: {said}");
     assert!(
         wait_until(Duration::from_secs(10), || info(&d)
             .sources
@@ -399,7 +402,36 @@ fn a_truncated_journal_file_is_said_in_the_log_and_in_probe_info() {
         info(&d).sources,
         d.log()
     );
-    assert_eq!(d.log().matches(&said).count(), 1, "{}", d.log());
+    assert_eq!(d.log().matches(&logged).count(), 1, "{}", d.log());
+    // journalctl stops (killed here) and is started again, and says the
+    // same again: the log does not.
+    let journalctl = || -> Option<i32> {
+        std::fs::read_dir("/proc").ok()?.find_map(|e| {
+            let e = e.ok()?;
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd);
+            (cmd.starts_with("journalctl\0") || cmd.contains("/journalctl\0"))
+                .then_some(())
+                .filter(|()| cmd.contains(&*dir.to_string_lossy()))
+                .map(|()| pid)
+        })
+    };
+    let first = journalctl().expect("journalctl runs for the source");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(first).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || journalctl()
+            .is_some_and(|p| p != first)
+            && d.log().contains("journalctl stopped")),
+        "{}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(d.log().matches(&logged).count(), 1, "{}", d.log());
     let out = std::process::Command::new(TELEMCTL)
         .arg("-f")
         .arg(&d.config_path)

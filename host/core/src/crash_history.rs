@@ -69,6 +69,17 @@ pub enum HistoryError {
     },
 }
 
+/// What [`CrashHistory::find`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// The one crash the key names.
+    One(Box<CrashEntry>),
+    /// No crash.
+    None,
+    /// This many crashes begin with the key.
+    Ambiguous(usize),
+}
+
 /// The history directory (`StateLayout::crash_history`).
 #[derive(Clone, Debug)]
 pub struct CrashHistory {
@@ -169,11 +180,11 @@ impl CrashHistory {
 
     /// The entry whose id or whose record's event id is `key`, or starts
     /// with it when only one does.
-    pub fn find(&self, key: &str) -> Result<Option<CrashEntry>, HistoryError> {
+    pub fn find(&self, key: &str) -> Result<Found, HistoryError> {
         let entries = self.list()?.entries;
         let exact = |e: &CrashEntry| e.id == key || e.records.iter().any(|r| r.event_id == key);
         if let Some(e) = entries.iter().rev().find(|e| exact(e)) {
-            return Ok(Some(e.clone()));
+            return Ok(Found::One(Box::new(e.clone())));
         }
         let prefixed: Vec<&CrashEntry> = entries
             .iter()
@@ -184,8 +195,9 @@ impl CrashHistory {
             })
             .collect();
         Ok(match prefixed[..] {
-            [one] => Some(one.clone()),
-            _ => None,
+            [] => Found::None,
+            [one] => Found::One(Box::new(one.clone())),
+            ref many => Found::Ambiguous(many.len()),
         })
     }
 }
@@ -279,11 +291,16 @@ mod tests {
         let l = h.list().unwrap();
         let ids: Vec<&str> = l.entries.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["a", "b"]);
-        assert_eq!(h.find("b").unwrap().unwrap().records[0].payload, "second");
-        assert_eq!(h.find("eva").unwrap().unwrap().id, "a");
-        // A prefix shared by both finds neither.
-        assert_eq!(h.find("ev").unwrap(), None);
-        assert_eq!(h.find("").unwrap(), None);
+        let one = |key: &str| match h.find(key).unwrap() {
+            Found::One(e) => *e,
+            other => panic!("{key}: {other:?}"),
+        };
+        assert_eq!(one("b").records[0].payload, "second");
+        assert_eq!(one("eva").id, "a");
+        // A prefix shared by both names neither.
+        assert_eq!(h.find("ev").unwrap(), Found::Ambiguous(2));
+        assert_eq!(h.find("").unwrap(), Found::None);
+        assert_eq!(h.find("zzz").unwrap(), Found::None);
     }
 
     #[test]
@@ -312,7 +329,16 @@ mod tests {
             .sum();
         assert!(total <= MAX_BYTES, "{total}");
         let l = h.list().unwrap();
-        assert!(l.entries.len() < MAX_ENTRIES);
+        // As many as fit, the newest: the oldest went first.
+        let fit = (MAX_BYTES / MAX_ENTRY_BYTES as u64) as usize;
+        assert!(
+            (fit..fit + 2).contains(&l.entries.len()),
+            "{}",
+            l.entries.len()
+        );
+        let added = MAX_BYTES / MAX_ENTRY_BYTES as u64 + 10;
+        assert_eq!(l.entries.last().unwrap().id, format!("c{}", added - 1));
+        assert_ne!(l.entries[0].id, "c0");
         assert!(l.entries[0].records[0].payload.ends_with("\n[cut]\n"));
     }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use telem_core::config::Config;
-use telem_core::crash_history::{CrashEntry, CrashHistory};
+use telem_core::crash_history::{CrashEntry, CrashHistory, Found};
 use telem_core::state_layout::StateLayout;
 use telem_sandbox::offline::{symbolize_offline, SymbolizeRequest};
 
@@ -104,15 +104,20 @@ fn list(c: &Config, json: bool) -> anyhow::Result<()> {
 }
 
 fn info(c: &Config, id: &str, json: bool) -> anyhow::Result<()> {
-    let entry: CrashEntry = history(c)
+    let found = history(c)
         .find(id)
-        .context("cannot read the crash history (it is under state_dir: try as root)")?
-        .with_context(|| {
-            format!(
-                "no crash {} in the history (`telemctl crash list` shows them; a prefix must name one)",
-                shown(id)
-            )
-        })?;
+        .context("cannot read the crash history (it is under state_dir: try as root)")?;
+    let entry: CrashEntry = match found {
+        Found::One(e) => *e,
+        Found::None => anyhow::bail!(
+            "no crash {} in the history (`telemctl crash list` shows them)",
+            shown(id)
+        ),
+        Found::Ambiguous(n) => anyhow::bail!(
+            "{n} crashes begin with {}: give more of the id (`telemctl crash list` shows them)",
+            shown(id)
+        ),
+    };
     if json {
         super::print_json(&entry);
         return Ok(());

@@ -138,50 +138,100 @@ pub struct CursorFile {
     pub journal_warnings: SourceWarnings,
 }
 
-/// The distinct warnings a source's reader printed, remembered up to
-/// [`SourceWarnings::REMEMBERED`] so that each is logged once however
-/// often the reader is restarted, the latest [`SourceWarnings::SHOWN`]
-/// shown by `telemctl probe info`.
-#[derive(Debug, Default)]
+/// The distinct warnings a source's reader printed lately: each is logged
+/// when first seen (within a log allowance) however often the reader is
+/// restarted, the latest [`SourceWarnings::SHOWN`] are shown by `telemctl
+/// probe info`. The [`SourceWarnings::REMEMBERED`] latest are remembered;
+/// older ones are forgotten, so new damage is always told.
+#[derive(Debug)]
 pub struct SourceWarnings {
-    seen: Mutex<(Vec<String>, u64)>,
+    inner: Mutex<Remembered>,
+}
+
+#[derive(Debug)]
+struct Remembered {
+    /// Distinct lines, oldest first.
+    lines: std::collections::VecDeque<String>,
+    /// Distinct lines said since the start, for the "N more" line.
+    said: u64,
+    log: telem_core::untrusted::LogLimit,
+}
+
+impl Default for SourceWarnings {
+    fn default() -> Self {
+        SourceWarnings {
+            inner: Mutex::new(Remembered {
+                lines: std::collections::VecDeque::new(),
+                said: 0,
+                log: telem_core::untrusted::LogLimit::new(
+                    Self::LOG_LINES,
+                    Self::LOG_LINES as usize * Self::LINE_CAP,
+                    Self::LOG_WINDOW,
+                    std::time::Instant::now(),
+                ),
+            }),
+        }
+    }
+}
+
+/// What [`SourceWarnings::note`] decided about a line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Noted {
+    /// Seen lately: nothing to say.
+    Known,
+    /// New: log it (with how many new ones the allowance held back before).
+    Log(String, u64),
+    /// New, but over the log allowance: shown by `probe info` only.
+    Quiet,
 }
 
 impl SourceWarnings {
-    /// Distinct warnings remembered; beyond, new ones are counted only.
+    /// Distinct warnings remembered; the oldest is forgotten beyond.
     pub const REMEMBERED: usize = 64;
     /// Warnings shown with the source.
     pub const SHOWN: usize = 8;
     /// Longest warning kept, in bytes (escaped).
     pub const LINE_CAP: usize = 256;
+    /// New warnings logged per [`Self::LOG_WINDOW`] (a directory of
+    /// damaged files must not flood the log).
+    pub const LOG_LINES: u32 = 10;
+    /// The window of [`Self::LOG_LINES`].
+    pub const LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
-    /// Takes one line the reader printed (escaped here); whether it is
-    /// new and should be logged.
-    pub fn note(&self, line: &str) -> Option<String> {
+    /// Takes one line the reader printed (escaped here).
+    pub fn note(&self, line: &str) -> Noted {
         let line = telem_core::untrusted::escape(line.trim_end(), Self::LINE_CAP);
         if line.is_empty() {
-            return None;
+            return Noted::Known;
         }
-        let mut seen = self.seen.lock().expect("source warnings lock");
-        if seen.0.contains(&line) {
-            return None;
+        let mut r = self.inner.lock().expect("source warnings lock");
+        if let Some(at) = r.lines.iter().position(|l| *l == line) {
+            // Said again: the latest.
+            let again = r.lines.remove(at).expect("found");
+            r.lines.push_back(again);
+            return Noted::Known;
         }
-        if seen.0.len() >= Self::REMEMBERED {
-            seen.1 += 1;
-            return None;
+        if r.lines.len() >= Self::REMEMBERED {
+            r.lines.pop_front();
         }
-        seen.0.push(line.clone());
-        Some(line)
+        r.lines.push_back(line.clone());
+        r.said += 1;
+        let len = line.len();
+        match r.log.admit(std::time::Instant::now(), len) {
+            Some(held_back) => Noted::Log(line, held_back),
+            None => Noted::Quiet,
+        }
     }
 
-    /// The latest warnings, oldest first, and how many more were not kept.
+    /// The latest warnings, oldest first, after a line saying how many
+    /// more were said when there were.
     pub fn shown(&self) -> Vec<String> {
-        let seen = self.seen.lock().expect("source warnings lock");
-        let from = seen.0.len().saturating_sub(Self::SHOWN);
-        let mut out = seen.0[from..].to_vec();
-        let more = from as u64 + seen.1;
+        let r = self.inner.lock().expect("source warnings lock");
+        let from = r.lines.len().saturating_sub(Self::SHOWN);
+        let mut out: Vec<String> = r.lines.iter().skip(from).cloned().collect();
+        let more = r.said.saturating_sub(out.len() as u64);
         if more > 0 {
-            out.insert(0, format!("({more} earlier or further warnings not shown)"));
+            out.insert(0, format!("({more} other warning(s) said before these)"));
         }
         out
     }
@@ -309,33 +359,35 @@ mod tests {
     #[test]
     fn a_reader_warning_is_logged_once_and_the_latest_are_shown() {
         let w = SourceWarnings::default();
-        assert_eq!(
-            w.note("Journal file /j/a.journal is truncated, ignoring file.\n")
-                .as_deref(),
-            Some("Journal file /j/a.journal is truncated, ignoring file.")
-        );
+        let cut = "Journal file /j/a.journal is truncated, ignoring file.";
+        assert_eq!(w.note(&format!("{cut}\n")), Noted::Log(cut.into(), 0));
         // Said again at the next start of the reader: not logged again.
-        assert_eq!(
-            w.note("Journal file /j/a.journal is truncated, ignoring file."),
-            None
-        );
-        assert_eq!(w.note(""), None);
+        assert_eq!(w.note(cut), Noted::Known);
+        assert_eq!(w.note(""), Noted::Known);
         // Hostile bytes are escaped; a long line is cut.
-        let shown = w.note(&format!("\x1b[31m{}", "x".repeat(1000))).unwrap();
+        let Noted::Log(shown, _) = w.note(&format!("\x1b[31m{}", "x".repeat(1000))) else {
+            panic!("a new line is logged");
+        };
         assert!(
             shown.len() <= SourceWarnings::LINE_CAP + 32 && !shown.contains('\x1b'),
             "{shown}"
         );
-        for i in 0..SourceWarnings::REMEMBERED {
-            w.note(&format!("file {i} is truncated"));
+        // A directory of damaged files: the log allowance holds the rest
+        // back, probe info still shows the latest.
+        let mut logged = 2;
+        for i in 0..100 {
+            if matches!(w.note(&format!("file {i} is truncated")), Noted::Log(..)) {
+                logged += 1;
+            }
         }
-        // Beyond what is remembered, new lines are counted, not logged.
-        assert_eq!(w.note("one more"), None);
+        assert_eq!(logged, SourceWarnings::LOG_LINES as usize);
         let shown = w.shown();
         assert_eq!(shown.len(), SourceWarnings::SHOWN + 1);
-        // 56 remembered and not shown, 3 never remembered (files 62, 63 and "one more").
-        assert!(shown[0].starts_with("(59 earlier or further"), "{shown:?}");
-        assert_eq!(shown.last().unwrap(), "file 61 is truncated");
+        assert_eq!(shown[0], "(94 other warning(s) said before these)");
+        assert_eq!(shown.last().unwrap(), "file 99 is truncated");
+        // The oldest are forgotten: new damage is never hidden for good,
+        // and what was forgotten is new again when said.
+        assert_ne!(w.note(cut), Noted::Known);
     }
 
     #[test]

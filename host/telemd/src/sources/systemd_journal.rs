@@ -347,8 +347,13 @@ pub async fn drive<C: BatchConsumer>(
             drain_stderr(&mut child.0, move |line| {
                 // Each distinct warning once, however often journalctl is
                 // started again; all of them in `telemctl probe info`.
-                if let Some(new) = cursors.journal_warnings.note(line) {
-                    tracing::warn!(probe = %probe_name, "journal source: journalctl: {new}");
+                if let super::Noted::Log(new, held_back) = cursors.journal_warnings.note(line) {
+                    let more = if held_back > 0 {
+                        format!(" ({held_back} more held back before this; telemctl probe info shows them)")
+                    } else {
+                        String::new()
+                    };
+                    tracing::warn!(probe = %probe_name, "journal source: journalctl: {new}{more}");
                 }
             })
         };

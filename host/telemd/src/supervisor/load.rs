@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
+use crate::sources::CursorFile;
 use telem_core::control::ProbeState;
 use telem_core::provenance::{self, Signatures};
 
@@ -146,9 +147,15 @@ impl ProbeManager {
         let handles_crashes = probe.grant.crashes;
         let probe = Arc::new(probe);
         let state = Arc::new(Mutex::new(ProbeState::Running));
-        let cursors = self
-            .registry()
-            .cursor_file(&probe.name, &self.sources.cursor_dir);
+        // Read outside the registry's lock (it is a file).
+        let known = self.registry().cursor_file(&probe.name);
+        let cursors = match known {
+            Some(c) => c,
+            None => {
+                let loaded = Arc::new(CursorFile::load(&self.sources.cursor_dir, &probe.name));
+                self.registry().keep_cursor_file(&probe.name, loaded)
+            }
+        };
         let task = tokio::spawn(drive(
             self.clone(),
             probe.clone(),

@@ -5,7 +5,9 @@
 //! file is loaded, when it is left alone, when a name is taken) live here
 //! as methods, so they are read and tested in one place.
 //!
-//! Nothing here waits: no I/O, no await, no other lock taken inside.
+//! Nothing here waits: no I/O, no await, no other lock taken inside
+//! (a probe's run state is read under it by `crash`; nothing takes the
+//! registry while holding a probe's lock).
 //! Slots a method removes are handed back to the caller, to be dropped
 //! (their task stopped, their component freed) after the lock is let go.
 
@@ -241,11 +243,22 @@ impl<S: Loaded> Registry<S> {
         self.slots.values()
     }
 
-    /// The probe name's cursor file: the one its predecessors used if any.
-    pub(super) fn cursor_file(&mut self, name: &str, dir: &Path) -> Arc<CursorFile> {
+    /// The probe name's cursor file, if its predecessors had one.
+    pub(super) fn cursor_file(&self, name: &str) -> Option<Arc<CursorFile>> {
+        self.cursor_files.get(name).cloned()
+    }
+
+    /// Keeps `loaded` (read by the caller, outside the lock) as the probe
+    /// name's cursor file, unless another load kept one first: the one
+    /// kept is returned, so every load of a name shares it.
+    pub(super) fn keep_cursor_file(
+        &mut self,
+        name: &str,
+        loaded: Arc<CursorFile>,
+    ) -> Arc<CursorFile> {
         self.cursor_files
             .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(CursorFile::load(dir, name)))
+            .or_insert(loaded)
             .clone()
     }
 
@@ -430,12 +443,16 @@ mod tests {
         let mut r = Registry::new(HashSet::new());
         r.loaded(&p("/d/a.wasm"), slot("a", "h1", seen(1)));
         r.failed(&p("/d/b.wasm"), seen(1), Some("bad".into()));
-        let cursors = r.cursor_file("a", dir.path());
+        assert!(r.cursor_file("a").is_none());
+        let cursors = r.keep_cursor_file("a", Arc::new(CursorFile::load(dir.path(), "a")));
         assert_eq!(r.forget_all().len(), 1);
         assert_eq!(r.next_step(&p("/d/a.wasm"), seen(1), false), Step::Load);
         assert_eq!(r.next_step(&p("/d/b.wasm"), seen(1), false), Step::Load);
         assert_eq!(r.refused().count(), 1);
-        assert!(Arc::ptr_eq(&cursors, &r.cursor_file("a", dir.path())));
+        assert!(Arc::ptr_eq(&cursors, &r.cursor_file("a").unwrap()));
+        // A second load of the name keeps the first file.
+        let again = r.keep_cursor_file("a", Arc::new(CursorFile::load(dir.path(), "a")));
+        assert!(Arc::ptr_eq(&cursors, &again));
         assert_eq!(r.cursor_files().count(), 1);
     }
 }
