@@ -1070,12 +1070,7 @@ fn a_handled_crash_is_in_the_crash_history() {
     let prog = crashed_program();
     let d = daemon(&prog, true);
     let telemctl = |args: &[&str]| {
-        let out = Command::new(TELEMCTL)
-            .arg("-f")
-            .arg(&d.config_path)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = support::telemctl(&d, args);
         assert!(
             out.status.success(),
             "telemctl {args:?}: {}",
@@ -1115,12 +1110,7 @@ fn a_handled_crash_is_in_the_crash_history() {
     let by_id: telem_core::crash_history::CrashEntry =
         serde_json::from_str(&telemctl(&["crash", "info", &e.id, "--json"])).unwrap();
     assert_eq!(by_id, e);
-    let missing = Command::new(TELEMCTL)
-        .arg("-f")
-        .arg(&d.config_path)
-        .args(["crash", "info", "nosuchcrash"])
-        .output()
-        .unwrap();
+    let missing = support::telemctl(&d, &["crash", "info", "nosuchcrash"]);
     assert!(!missing.status.success());
     assert!(
         String::from_utf8_lossy(&missing.stderr).contains("no crash nosuchcrash in the history"),

@@ -432,12 +432,7 @@ fn a_truncated_journal_file_is_said_in_the_log_and_in_probe_info() {
     );
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(d.log().matches(&logged).count(), 1, "{}", d.log());
-    let out = std::process::Command::new(TELEMCTL)
-        .arg("-f")
-        .arg(&d.config_path)
-        .args(["probe", "info", "journal-errors"])
-        .output()
-        .unwrap();
+    let out = telemctl(&d, &["probe", "info", "journal-errors"]);
     let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains(&format!("    warning: {said}")), "{out}");
 }

@@ -7,7 +7,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -234,15 +234,6 @@ fn sign(key: &Key, file: &Path) {
         .output()
         .unwrap();
     assert!(out.status.success(), "minisign -S: {}", text(&out.stderr));
-}
-
-fn telemctl(d: &TestDaemon, args: &[&str]) -> Output {
-    Command::new(TELEMCTL)
-        .arg("-f")
-        .arg(&d.config_path)
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// Flips one byte in the middle of `file`, keeping its mode.

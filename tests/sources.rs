@@ -524,6 +524,21 @@ fn body(text: &str) -> Vec<&str> {
 
 /// The spooled records as (classification, severity, payload), sorted:
 /// what an `.expected` file lists.
+/// Ends any open report with a quiet gap and an unrelated line, then
+/// waits until `probe` has handled every line written so far.
+fn end_and_wait_handled(d: &TestDaemon, k: &mut Kmsg, probe: &str) {
+    k.pause(10);
+    k.lines(["telemd-test: end"]);
+    let last = k.seq - 1;
+    assert!(
+        wait_until(Duration::from_secs(20), || kernel_log_position(d, probe)
+            .starts_with(&format!("handled up to record {last} "))),
+        "{}\n{}",
+        kernel_log_position(d, probe),
+        d.log()
+    );
+}
+
 fn spooled_records(d: &TestDaemon) -> Vec<(String, String, String)> {
     let mut v: Vec<(String, String, String)> = d
         .spool_records()
@@ -793,19 +808,7 @@ fn kernel_oops_decodes_the_escapes_of_dev_kmsg() {
     k.lines([
         r"ACPI Error: [\x5c_SB_.PCI0.LPCB.H_EC.ECWT] Namespace lookup failure, AE_NOT_FOUND (20150930/psargs-359)",
     ]);
-    k.pause(10);
-    k.lines(["telemd-test: end"]);
-    let last = k.seq - 1;
-    assert!(
-        wait_until(Duration::from_secs(20), || kernel_log_position(
-            &d,
-            "kernel-oops"
-        )
-        .starts_with(&format!("handled up to record {last} "))),
-        "{}\n{}",
-        kernel_log_position(&d, "kernel-oops"),
-        d.log()
-    );
+    end_and_wait_handled(&d, &mut k, "kernel-oops");
     let got = spooled_records(&d);
     assert_eq!(
         got,
@@ -828,19 +831,7 @@ fn kernel_oops_over_its_hourly_budget_drops_records_but_keeps_reading() {
             "---[ end trace 0000000000000000 ]---",
         ]);
     }
-    k.pause(10);
-    k.lines(["telemd-test: end"]);
-    let last = k.seq - 1;
-    assert!(
-        wait_until(Duration::from_secs(20), || kernel_log_position(
-            &d,
-            "kernel-oops"
-        )
-        .starts_with(&format!("handled up to record {last} "))),
-        "{}\n{}",
-        kernel_log_position(&d, "kernel-oops"),
-        d.log()
-    );
+    end_and_wait_handled(&d, &mut k, "kernel-oops");
     let i = info(&d, "kernel-oops");
     assert_eq!(i.state, ProbeState::Running);
     assert_eq!(d.spool_records().len(), 2);

@@ -10,12 +10,7 @@ use telem_core::control::Status;
 use telem_core::journal::{JournalEntry, Outcome};
 
 fn ctl(d: &TestDaemon, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(TELEMCTL)
-        .arg("-f")
-        .arg(&d.config_path)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = telemctl(d, args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

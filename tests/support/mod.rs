@@ -351,6 +351,16 @@ pub fn probe_wasm(name: &str) -> PathBuf {
 /// that regresses must fail the test, not hang the suite.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// `telemctl -f CONFIG ARGS` against the daemon `d`, as an admin runs it.
+pub fn telemctl(d: &TestDaemon, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(TELEMCTL)
+        .arg("-f")
+        .arg(&d.config_path)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// A control connection to the daemon, after the handshake.
 pub fn client(d: &TestDaemon) -> Client {
     let path = d.path("control.sock");

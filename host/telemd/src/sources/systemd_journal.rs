@@ -486,6 +486,38 @@ pub async fn drive<C: BatchConsumer>(
 mod tests {
     use super::*;
 
+    /// journalctl's stderr from a hostile or broken journal: a line of
+    /// megabytes and a flood of lines. Each line reaches the handler cut
+    /// at its cap, at most `STDERR_LINES` of them per run, and the pipe is
+    /// drained to the end (the child never blocks on a full pipe).
+    #[test]
+    fn journalctl_stderr_is_drained_with_lines_and_bytes_capped() {
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("head -c 3000000 /dev/zero | tr '\\0' x >&2; echo >&2; seq 1 5000 >&2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let keep = seen.clone();
+        let first = drain_stderr(&mut child, move |l| keep.lock().unwrap().push(l.to_owned()));
+        assert!(
+            child.wait().unwrap().success(),
+            "the writer was not blocked"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while seen.lock().unwrap().len() < STDERR_LINES && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), STDERR_LINES);
+        assert_eq!(seen[0].len(), STDERR_LINE_CAP);
+        assert_eq!(seen[1], "1");
+        assert_eq!(first.lock().unwrap().len(), STDERR_LINE_CAP);
+    }
+
     fn f(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
     }
