@@ -11,6 +11,7 @@ pub mod dwarf;
 pub mod modules;
 pub mod notes;
 pub mod report;
+pub mod signature;
 pub mod unwind;
 
 pub use report::{analyze, CrashFacts, Options, Report};

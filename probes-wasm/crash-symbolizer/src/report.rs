@@ -61,6 +61,9 @@ pub struct Frame {
     pub function: Option<String>,
     /// Module as shown (executable by path, libraries by name).
     pub module: Option<String>,
+    /// The module's build id (or name) and the pc's offset in it: what
+    /// names the frame when its function has no name (`addr1:`).
+    pub module_offset: Option<crash_signature::ModuleOffset>,
     /// Source file.
     pub file: Option<String>,
     /// Source line.
@@ -95,6 +98,9 @@ pub struct Report {
     pub threads_total: usize,
     /// Modules whose file could not be used, and why.
     pub module_problems: Vec<String>,
+    /// The crash's signature (`sym1:`/`addr1:`), when the crashing thread
+    /// has a frame to make it of.
+    pub signature: Option<String>,
 }
 
 /// Demangles C++ (without parameters, as the legacy lines had `name()`)
@@ -155,14 +161,17 @@ pub fn analyze<R: ReadAt + ?Sized>(
         .or_else(|| notes.process_name.clone())
         .unwrap_or_else(|| "???".into());
     let module_problems = modules.list.iter().filter_map(|m| m.problem()).collect();
-    Ok(Report {
+    let mut report = Report {
         process,
         pid: facts.pid.or(notes.pid).unwrap_or(0),
         signal: facts.signal.or(notes.signal),
         threads_total: notes.threads.len(),
         threads,
         module_problems,
-    })
+        signature: None,
+    };
+    report.signature = crate::signature::signature(&report);
+    Ok(report)
 }
 
 fn symbolize<R: ReadAt + ?Sized>(
@@ -178,6 +187,7 @@ fn symbolize<R: ReadAt + ?Sized>(
         inlined: false,
         function: None,
         module: None,
+        module_offset: None,
         file: None,
         line: None,
     };
@@ -185,6 +195,17 @@ fn symbolize<R: ReadAt + ?Sized>(
         return vec![blank];
     };
     let module = Some(modules.display_name(m));
+    let module_offset = Some(crash_signature::ModuleOffset {
+        module: match &m.core_build_id {
+            Some(id) => id.iter().map(|b| format!("{b:02x}")).collect(),
+            None => m.path.rsplit('/').next().unwrap_or(&m.path).to_owned(),
+        },
+        offset: lookup.wrapping_sub(m.base),
+    });
+    let blank = Frame {
+        module_offset,
+        ..blank
+    };
     let l = modules.loaded(m, core);
     let svma = lookup.wrapping_sub(l.bias);
     let symbol = l.symbol(svma).map(|s| demangle(&s.2));
@@ -197,6 +218,7 @@ fn symbolize<R: ReadAt + ?Sized>(
                 inlined: true,
                 function: name.map(|n| demangle(&n)),
                 module: module.clone(),
+                module_offset: blank.module_offset.clone(),
                 file,
                 line,
             });
@@ -305,6 +327,9 @@ impl Report {
         if let Some(s) = self.signal {
             head.push_str(&format!("Signal: {s}\n"));
         }
+        if let Some(s) = &self.signature {
+            head.push_str(&format!("Signature: {s}\n"));
+        }
         if self.threads.iter().any(|t| t.truncated) {
             head.push_str(TRUNCATED_LINE);
             head.push('\n');
@@ -358,6 +383,7 @@ mod tests {
             inlined: false,
             function: name.map(str::to_owned),
             module: Some(module.into()),
+            module_offset: None,
             file: file.map(|f| f.0.into()),
             line: file.map(|f| f.1),
         }
@@ -392,10 +418,12 @@ mod tests {
             ],
             threads_total: 2,
             module_problems: vec![],
+            signature: Some("sym1:0123456789abcdef".into()),
         };
         assert_eq!(
             r.payload(),
-            "Process: /usr/bin/crashme\nPID: 14545\nSignal: 11\n\n\
+            "Process: /usr/bin/crashme\nPID: 14545\nSignal: 11\n\
+             Signature: sym1:0123456789abcdef\n\n\
              Backtrace (TID 14545):\n\
              #0 level3() - [/usr/bin/crashme] - /src/crashme.c:5\n\
              #1 _start() - [/usr/bin/crashme]\n\n\
@@ -423,6 +451,7 @@ mod tests {
             threads: vec![t(1), t(2)],
             threads_total: 40,
             module_problems: vec![],
+            signature: None,
         };
         let p = r.payload();
         assert!(p.len() <= MAX_PAYLOAD, "{}", p.len());

@@ -11,6 +11,7 @@ pub mod kmsg;
 pub mod patterns;
 pub mod payload;
 pub mod repeats;
+pub mod signature;
 
 /// A record to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,7 +34,8 @@ pub fn records_of(
     let mut out = Vec::new();
     for r in reports {
         let p = r.pattern;
-        if seen.count(p.classification, &r.lines[0].1, now_secs) {
+        let sig = signature::signature(&r);
+        if seen.count(p.classification, &sig, &r.lines[0].1, now_secs) {
             continue;
         }
         out.push(Outgoing {

@@ -5,6 +5,7 @@
 //! Reason: <the report's first line>
 //! Kernel Version : <version>        (when a CPU/PID line names it)
 //! Tainted : <taint flags>           (idem)
+//! Signature : <sym1:|line1:...>     (see `crate::signature`)
 //! Modules : <modules>               (when `Modules linked in:` lists any)
 //! Backtrace :                       (when the trace has frames)
 //! Register <NAME>: Zero|Non-zero    (RIP, pc, lr: the symbol)
@@ -232,46 +233,52 @@ fn zero_or_not(hex: &str) -> String {
     }
 }
 
-/// The payload of a report.
-pub fn payload(report: &Report) -> String {
-    let mut out = String::from("Crash Report:\n");
-    push_line(&mut out, &format!("Reason: {}", report.lines[0].1));
+/// What a report's lines say, read once for its payload and signature.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// Kernel version, from the first CPU/PID line.
+    pub version: Option<String>,
+    /// Taint flags, from the same line.
+    pub taint: Option<String>,
+    /// `Modules linked in:`, continuation lines joined.
+    pub modules: Option<String>,
+    /// Registers as `(name, shown value)`, each once.
+    pub regs: Vec<(String, String)>,
+    /// Frames as `(function, module)`; unreliable ones start with `? `.
+    pub frames: Vec<(String, String)>,
+}
+
+/// Reads a report's lines (BERT reports have nothing of this).
+pub fn parse(report: &Report) -> Parsed {
+    let mut p = Parsed::default();
     if crate::patterns::is_bert(report.pattern) {
-        for (_, l) in &report.lines[1..] {
-            push_line(&mut out, l);
-        }
-        return out;
+        return p;
     }
-    let mut version = None;
-    let mut taint = None;
-    let mut modules: Option<String> = None;
-    let mut regs: Vec<(String, String)> = Vec::new();
-    let mut frames = Vec::new();
     let mut in_modules = false;
     for (kind, l) in &report.lines[1..] {
         if *kind == Kind::Trace {
             in_modules = false;
-            frames.extend(frame(l));
+            p.frames.extend(frame(l));
             continue;
         }
         if let Some(m) = l.strip_prefix("Modules linked in:") {
-            if modules.is_none() {
-                modules = Some(m.trim().to_owned());
+            if p.modules.is_none() {
+                p.modules = Some(m.trim().to_owned());
                 in_modules = true;
             }
             continue;
         }
         if in_modules && l.starts_with(' ') {
-            let m = modules.get_or_insert_with(String::new);
+            let m = p.modules.get_or_insert_with(String::new);
             m.push(' ');
             m.push_str(l.trim());
             continue;
         }
         in_modules = false;
         if (l.starts_with("CPU: ") || l.starts_with("PID: ") || l.starts_with("Pid: "))
-            && version.is_none()
+            && p.version.is_none()
         {
-            (version, taint) = version_and_taint(l);
+            (p.version, p.taint) = version_and_taint(l);
         } else if l.starts_with("RIP:")
             || l.starts_with("PC is at ")
             || l.starts_with("LR is at ")
@@ -282,28 +289,46 @@ pub fn payload(report: &Report) -> String {
             let mut found = Vec::new();
             registers(l, &mut found);
             for (name, v) in found {
-                if !regs.iter().any(|(n, _)| *n == name) {
-                    regs.push((name, v));
+                if !p.regs.iter().any(|(n, _)| *n == name) {
+                    p.regs.push((name, v));
                 }
             }
         }
     }
-    if let Some(v) = version {
+    p
+}
+
+/// The payload of a report.
+pub fn payload(report: &Report) -> String {
+    let mut out = String::from("Crash Report:\n");
+    push_line(&mut out, &format!("Reason: {}", report.lines[0].1));
+    let signature = crate::signature::signature(report);
+    if crate::patterns::is_bert(report.pattern) {
+        push_line(&mut out, &format!("Signature : {signature}"));
+        for (_, l) in &report.lines[1..] {
+            push_line(&mut out, l);
+        }
+        return out;
+    }
+    let p = parse(report);
+    if let Some(v) = p.version {
         push_line(&mut out, &format!("Kernel Version : {v}"));
     }
-    if let Some(t) = taint {
+    if let Some(t) = p.taint {
         push_line(&mut out, &format!("Tainted : {t}"));
     }
-    if let Some(m) = modules.filter(|m| !m.is_empty()) {
+    // Before the modules: a long module list is cut, the signature never.
+    push_line(&mut out, &format!("Signature : {signature}"));
+    if let Some(m) = p.modules.filter(|m| !m.is_empty()) {
         push_line(&mut out, &format!("Modules : {m}"));
     }
-    if !frames.is_empty() {
+    if !p.frames.is_empty() {
         push_line(&mut out, "Backtrace :");
     }
-    for (name, v) in regs {
+    for (name, v) in p.regs {
         push_line(&mut out, &format!("Register {name}: {v}"));
     }
-    for (i, (func, module)) in frames.iter().enumerate() {
+    for (i, (func, module)) in p.frames.iter().enumerate() {
         push_line(&mut out, &format!("#{} {func} - [{module}]", i + 1));
     }
     out

@@ -73,3 +73,100 @@ fn each_real_report_gives_exactly_its_expected_records() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The signatures of a fixture's records, in order.
+fn signatures(text: &str) -> Vec<String> {
+    render(text)
+        .lines()
+        .filter_map(|l| l.strip_prefix("Signature : "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The same reports on another machine, another boot: other CPU and pid
+/// numbers, other addresses (KASLR), another kernel build string.
+fn elsewhere(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut l = String::new();
+        for word in line.split_inclusive(' ') {
+            let (w, sep) = word.split_at(word.trim_end().len());
+            // A 16-digit address, bare or bracketed, moves with KASLR.
+            let changed: String = if w.len() >= 16
+                && w.trim_matches(|c| "[<>]():".contains(c))
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit())
+            {
+                w.replace("ffff", "fffe")
+            } else {
+                w.to_owned()
+            };
+            l.push_str(&changed);
+            l.push_str(sep);
+        }
+        let l = l
+            .replace("CPU: 0 ", "CPU: 7 ")
+            .replace("CPU: 1 ", "CPU: 6 ")
+            .replace("PID: 1 ", "PID: 4242 ");
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn signatures_hold_across_machines_and_tell_reports_apart() {
+    let mut seen: Vec<(String, PathBuf)> = Vec::new();
+    for e in std::fs::read_dir(fixtures()).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "txt") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let here = signatures(&text);
+        let negative = path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .contains("negative");
+        assert_eq!(
+            here.is_empty(),
+            negative,
+            "{}: signatures {here:?}",
+            path.display()
+        );
+        let moved = elsewhere(&text);
+        assert!(
+            negative || moved != text,
+            "{}: nothing moved",
+            path.display()
+        );
+        assert_eq!(
+            here,
+            signatures(&moved),
+            "{}: moved addresses changed a signature",
+            path.display()
+        );
+        for s in here {
+            assert!(crash_signature::is_signature(&s), "{s}");
+            seen.push((s, path.clone()));
+        }
+    }
+    // Different real reports have different signatures, except the BERT
+    // records, whose first line is all a signature can hold.
+    let mut sym: Vec<&(String, PathBuf)> = seen
+        .iter()
+        .filter(|(s, _)| s.starts_with("sym1:"))
+        .collect();
+    assert!(sym.len() >= 15, "{} sym1 signatures", sym.len());
+    sym.sort();
+    for w in sym.windows(2) {
+        assert_ne!(
+            w[0].0,
+            w[1].0,
+            "{} and {}",
+            w[0].1.display(),
+            w[1].1.display()
+        );
+    }
+}
