@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use telem_fuzz::{split_lines, Chunked};
-use telemd::sources::journal::{parse_line, read_entries, Item, ENTRY_CAP, LINE_CAP, VALUE_CAP};
+use telemd::sources::systemd_journal::{parse_line, read_entries, Item, ENTRY_CAP, LINE_CAP, VALUE_CAP};
 
 const FIELDS: [&str; 9] = [
     "MESSAGE",
