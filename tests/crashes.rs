@@ -232,12 +232,13 @@ fn a_piped_core_becomes_a_symbolized_record() {
     let exe = prog.exe.to_str().unwrap();
     assert!(
         r.payload.starts_with(&format!(
-            "Process: {exe}\nPID: {}\nSignal: 11\n\nBacktrace (TID ",
+            "Process: {exe}\nPID: {}\nSignal: 11\nSignature: sym1:",
             prog.pid
         )),
         "{}",
         r.payload
     );
+    assert!(r.payload.contains("\n\nBacktrace (TID "), "{}", r.payload);
     let threads = payload_threads(&r.payload);
     let src = prog.dir.path().join("crashme.c");
     let crashing = &threads[0].1;

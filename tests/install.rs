@@ -115,7 +115,7 @@ fn destdir_install_yields_the_packaged_tree() {
         std::fs::read_to_string(root.join("lib/sysctl.d/60-telem-crash-handler.conf")).unwrap();
     assert!(
         sysctl.contains(
-            "\nkernel.core_pattern = |/usr/bin/telem-crash-handler -p %e -E %E -s %s -P %P -u %u -d %d -F %F\n"
+            "\nkernel.core_pattern = |/usr/bin/telem-crash-handler -p %e -E %E -s %s -P %P -I %I -u %u -d %d -F %F\n"
         ),
         "{sysctl}"
     );

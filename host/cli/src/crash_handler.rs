@@ -17,7 +17,7 @@ use clap::Parser;
 #[command(
     name = "telem-crash-handler",
     version,
-    after_help = "Installed as: kernel.core_pattern = |/usr/bin/telem-crash-handler -p %e -E %E -s %s -P %P -u %u -d %d -F %F\n\
+    after_help = "Installed as: kernel.core_pattern = |/usr/bin/telem-crash-handler -p %e -E %E -s %s -P %P -I %I -u %u -d %d -F %F\n\
                   The core comes on standard input (or from -c FILE). Exit status: 0 the crash was handled \
                   (recorded, queued, or dropped by a filter or a limit, which is logged), 1 it was lost (logged)."
 )]
@@ -49,6 +49,16 @@ pub struct Args {
         allow_hyphen_values = true
     )]
     pub pid: Option<u32>,
+    /// Thread that crashed, in the initial pid namespace (`%I`): where it
+    /// stopped keys the repeat filter. Empty or absent (older kernels):
+    /// the program alone does.
+    #[arg(
+        short = 'I',
+        long = "tid",
+        value_name = "TID",
+        allow_hyphen_values = true
+    )]
+    pub tid: Option<String>,
     /// Dump mode of the crashed process as the kernel saw it (`%d`): 1 a
     /// normal dump, 2 a process that was not dumpable (setuid) dumped
     /// because `fs.suid_dumpable` = 2, whose core is not kept. Empty or

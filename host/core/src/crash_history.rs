@@ -38,7 +38,14 @@ pub struct CrashEntry {
     pub signal: Option<u32>,
     /// Its uid, when the kernel gave it.
     pub uid: Option<u32>,
-    /// The records sent for it, as sent.
+    /// The signature its record carried (`sym1:...`), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// The earlier crash with the same signature, within the repeat
+    /// window, whose record was sent: this one's was held back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_of: Option<String>,
+    /// The records made for it, as sent (or held back).
     pub records: Vec<SentRecord>,
 }
 
@@ -53,6 +60,27 @@ pub struct SentRecord {
     pub event_id: String,
     /// Its payload (cut to fit [`MAX_ENTRY_BYTES`]).
     pub payload: String,
+    /// False when it was held back as a repeat (see
+    /// [`CrashEntry::repeat_of`]).
+    #[serde(default = "yes")]
+    pub sent: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The signature a crash or kernel payload carries on its `Signature:`
+/// line (`Signature : ` in the kernel layout), if it has the form of one.
+pub fn signature_in(payload: &str) -> Option<&str> {
+    payload
+        .lines()
+        .take_while(|l| !l.is_empty() && !l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix("Signature: ")
+                .or_else(|| l.strip_prefix("Signature : "))
+        })
+        .filter(|s| crash_signature::is_signature(s))
 }
 
 /// Why the history could not be read or written.
@@ -74,6 +102,9 @@ pub enum HistoryError {
 pub enum Found {
     /// The one crash the key names.
     One(Box<CrashEntry>),
+    /// The latest of the crashes with the signature the key is, and how
+    /// many the history holds.
+    Signature(Box<CrashEntry>, usize),
     /// No crash.
     None,
     /// This many crashes begin with the key.
@@ -93,6 +124,16 @@ pub struct Listing {
     pub entries: Vec<CrashEntry>,
     /// Files that could not be read as entries (skipped).
     pub unreadable: usize,
+}
+
+impl Listing {
+    /// How many entries have `signature`.
+    pub fn with_signature(&self, signature: &str) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.signature.as_deref() == Some(signature))
+            .count()
+    }
 }
 
 impl CrashHistory {
@@ -179,9 +220,20 @@ impl CrashHistory {
     }
 
     /// The entry whose id or whose record's event id is `key`, or starts
-    /// with it when only one does.
+    /// with it when only one does; for a signature, the latest crash with
+    /// it.
     pub fn find(&self, key: &str) -> Result<Found, HistoryError> {
         let entries = self.list()?.entries;
+        if crash_signature::is_signature(key) {
+            let same: Vec<&CrashEntry> = entries
+                .iter()
+                .filter(|e| e.signature.as_deref() == Some(key))
+                .collect();
+            return Ok(match same.last() {
+                Some(latest) => Found::Signature(Box::new((*latest).clone()), same.len()),
+                None => Found::None,
+            });
+        }
         let exact = |e: &CrashEntry| e.id == key || e.records.iter().any(|r| r.event_id == key);
         if let Some(e) = entries.iter().rev().find(|e| exact(e)) {
             return Ok(Found::One(Box::new(e.clone())));
@@ -272,11 +324,14 @@ mod tests {
             pid: 42,
             signal: Some(11),
             uid: Some(1000),
+            signature: signature_in(payload).map(str::to_owned),
+            repeat_of: None,
             records: vec![SentRecord {
                 classification: "org.clearlinux/crash/clr".into(),
                 severity: 3,
                 event_id: format!("ev{id}"),
                 payload: payload.into(),
+                sent: true,
             }],
         }
     }
@@ -368,5 +423,41 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["00000000000000000001-escape.json"]);
+    }
+
+    #[test]
+    fn signatures_are_read_from_payloads_and_find_the_latest_crash() {
+        let crash = "Process: /p\nPID: 1\nSignal: 11\nSignature: sym1:0123456789abcdef\n\nBacktrace (TID 1):\n";
+        assert_eq!(signature_in(crash), Some("sym1:0123456789abcdef"));
+        let kernel = "Crash Report:\nReason: BUG: x\nSignature : line1:00000000000000ff\n";
+        assert_eq!(signature_in(kernel), Some("line1:00000000000000ff"));
+        // Not in the header, not of the form: none.
+        assert_eq!(
+            signature_in("Process: /p\n\nSignature: sym1:0123456789abcdef\n"),
+            None
+        );
+        assert_eq!(signature_in("Signature: sym1:XYZ\n"), None);
+        assert_eq!(signature_in("#0 Signature: sym1:0123456789abcdef\n"), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let h = CrashHistory::new(dir.path());
+        h.add(&entry(10, "a", crash)).unwrap();
+        h.add(&entry(20, "b", crash)).unwrap();
+        h.add(&entry(30, "c", "Process: /p\n")).unwrap();
+        assert_eq!(h.list().unwrap().with_signature("sym1:0123456789abcdef"), 2);
+        match h.find("sym1:0123456789abcdef").unwrap() {
+            Found::Signature(e, 2) => assert_eq!(e.id, "b"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h.find("sym1:ffffffffffffffff").unwrap(), Found::None);
+        // An entry of the version before signatures still reads.
+        std::fs::write(
+            dir.path().join("00000000000000000005-old.json"),
+            r#"{"id":"old","time":5,"program":"/p","pid":1,"signal":11,"uid":null,"records":[{"classification":"c/d/e","severity":3,"event_id":"e","payload":"p"}]}"#,
+        )
+        .unwrap();
+        let l = h.list().unwrap();
+        assert_eq!(l.unreadable, 0);
+        assert!(l.entries[0].records[0].sent && l.entries[0].signature.is_none());
     }
 }

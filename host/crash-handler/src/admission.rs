@@ -1,5 +1,7 @@
 //! The flood limits, shared by concurrent handlers under the inbox lock:
-//! a repeat of the same executable within the window is dropped; a crash
+//! a repeat of the same crash site (the executable and where it stopped,
+//! or the executable alone when that is unknown) within the window is
+//! dropped; a crash
 //! whose core would be kept is admitted against what the inbox holds plus
 //! what the crashes still being copied have reserved (each a
 //! `.reservation` file in its entry, locked while its handler lives), and
@@ -23,11 +25,11 @@ use crate::inbox::{create_in, make_entry, open_plain};
 const RECENT_FILE: &str = ".recent.json";
 /// Largest flood state read (1024 keys of at most 512 bytes, and counts).
 const RECENT_FILE_CAP: u64 = 1 << 20;
-/// Executables the repeat filter remembers at once; the oldest are
+/// Crash sites the repeat filter remembers at once; the oldest are
 /// forgotten first, so crashing copies of a program under ever new names
 /// cannot grow the file every handler reads and rewrites under the lock.
 const MAX_RECENT: usize = 1024;
-/// Bytes of an executable's path kept as its key in the repeat filter.
+/// Bytes of a crash site kept as its key in the repeat filter.
 const RECENT_KEY_CAP: usize = 512;
 /// The reservation of an entry being written (see the module docs).
 const RESERVATION_FILE: &str = ".reservation";
@@ -145,7 +147,8 @@ fn low_space_message(exe: &str, crash: &CrashConfig, dropped: u64) -> String {
 }
 
 /// The flood limits, under the lock shared by concurrent handlers: the
-/// same executable again within `crash_repeat_window_secs`; for a crash
+/// same site (`key`: the executable, and where it stopped when known)
+/// again within `crash_repeat_window_secs`; for a crash
 /// whose core would be kept (`new_entry` names its entry), an inbox at
 /// `crash_inbox_max_size` or more counting what the crashes being copied
 /// have reserved, or less room than a small core above the
@@ -154,6 +157,7 @@ fn low_space_message(exe: &str, crash: &CrashConfig, dropped: u64) -> String {
 pub(crate) fn admit(
     inbox: &Dir,
     exe: &str,
+    site: Option<&str>,
     crash: &CrashConfig,
     new_entry: Option<&str>,
 ) -> anyhow::Result<Admission> {
@@ -165,11 +169,16 @@ pub(crate) fn admit(
         .last
         .retain(|_, last| t.saturating_sub(*last) < window.max(1));
     forget_oldest(&mut recent.last, MAX_RECENT - 1);
-    let exe = &recent_key(exe);
-    let verdict = if recent.last.contains_key(exe) && window > 0 {
+    // The site first: a long executable path is what the cap cuts.
+    let key = &recent_key(&match site {
+        Some(site) => format!("{site} in {exe}"),
+        None => exe.to_owned(),
+    });
+    let verdict = if recent.last.contains_key(key) && window > 0 {
         recent.dropped_repeats += 1;
+        let (at, there) = site.map_or((String::new(), ""), |s| (format!(" at {s}"), " there"));
         Admission::Dropped(format!(
-            "crash of {exe} dropped: it crashed less than {window} s ago ({} repeats dropped so far)",
+            "crash of {exe}{at} dropped: it crashed{there} less than {window} s ago ({} repeats dropped so far)",
             recent.dropped_repeats
         ))
     } else if let Some(id) = new_entry {
@@ -196,11 +205,11 @@ pub(crate) fn admit(
             Admission::Dropped(low_space_message(exe, crash, recent.dropped_low_space))
         } else {
             let r = reserve(inbox, id, core_limit)?;
-            recent.last.insert(exe.to_owned(), t);
+            recent.last.insert(key.to_owned(), t);
             Admission::Keep(r)
         }
     } else {
-        recent.last.insert(exe.to_owned(), t);
+        recent.last.insert(key.to_owned(), t);
         Admission::NoCore
     };
     if let Err(e) = write_recent(inbox, &recent) {

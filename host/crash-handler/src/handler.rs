@@ -95,7 +95,12 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
     } else {
         privacy_filter(exe.as_deref())
     };
-    let crashed = match identify(args.pid, args.pidfd.as_deref(), args.dump_mode.as_deref()) {
+    let crashed = match identify(
+        args.pid,
+        args.tid.as_deref(),
+        args.pidfd.as_deref(),
+        args.dump_mode.as_deref(),
+    ) {
         Ok(c) => c,
         Err(why) => return Ok(refuse(&name, &why)),
     };
@@ -112,10 +117,19 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
         crashed.pid.unwrap_or(0),
         rand::random::<u32>()
     );
-    // A crash loop is bounded whether or not its core would be kept.
+    // A crash loop is bounded whether or not its core would be kept; a
+    // repeat is the same program stopped at the same site (the program
+    // alone when the kernel did not name the crashing thread).
     let what = exe.as_deref().unwrap_or(&name);
     let new_entry = short.is_none().then_some(id.as_str());
-    let reservation = match (admit(&inbox_fd, what, &config.crash, new_entry)?, short) {
+    let admission = admit(
+        &inbox_fd,
+        what,
+        crashed.site.as_deref(),
+        &config.crash,
+        new_entry,
+    )?;
+    let reservation = match (admission, short) {
         (Admission::Dropped(why), _) => {
             log(&why);
             return Ok(Outcome::Dropped(why));

@@ -1,7 +1,14 @@
 //! Which process crashed, read while the handler is still root: `%E`
-//! turned back into a path, `%P` held to the kernel's pidfd (`%F`), and
+//! turned back into a path, `%P` held to the kernel's pidfd (`%F`),
 //! whether the dump is of a process whose credentials changed (setuid),
-//! whose memory may hold another user's secrets.
+//! whose memory may hold another user's secrets, and where it crashed.
+
+use std::io::{BufRead, BufReader, Read};
+
+/// Most bytes of `/proc/PID/maps` read to find the crash site.
+const MAPS_CAP: u64 = 16 << 20;
+/// Most bytes of a module path kept in a crash site.
+const SITE_PATH_CAP: usize = 256;
 
 /// `%E` writes `/` as `!`.
 pub fn exe_from_pattern(e: &str) -> String {
@@ -73,6 +80,9 @@ pub(crate) struct Crashed {
     pub pid: Option<u32>,
     /// A dump kept for root only because of `fs.suid_dumpable` = 2.
     pub suid: bool,
+    /// Where the crashing thread stopped, as `MODULE+0xOFFSET` (see
+    /// [`crash_site`]), when the kernel named the thread (`%I`).
+    pub site: Option<String>,
 }
 
 /// Identifies the crashed process (as root, before privileges go): its
@@ -81,6 +91,7 @@ pub(crate) struct Crashed {
 /// a setuid dump. `Err` says why it cannot be taken for the crashed one.
 pub(crate) fn identify(
     pid: Option<u32>,
+    tid: Option<&str>,
     pidfd: Option<&str>,
     dump_mode: Option<&str>,
 ) -> Result<Crashed, String> {
@@ -91,6 +102,9 @@ pub(crate) fn identify(
         None => pid,
     };
     let status = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok());
+    // A kernel without `%I` gives nothing.
+    let tid = tid.and_then(|t| t.trim().parse::<u32>().ok());
+    let site = pid.zip(tid).and_then(|(p, t)| crash_site(p, t));
     if let Some(fd) = pidfd {
         pidfd_check(fd, pid)?;
     }
@@ -102,7 +116,65 @@ pub(crate) fn identify(
     Ok(Crashed {
         pid,
         suid: suid_dump(dump_mode, changed, suid_dumpable),
+        site,
     })
+}
+
+/// Where thread `tid` of process `pid` stopped, as the module mapped there
+/// and the offset in its file: `/usr/lib/libc.so.6+0x8f3b2`. The same
+/// crash gives the same site whatever the address layout (ASLR); another
+/// site of the same program gives another. The kernel shows a thread's
+/// instruction pointer in `/proc` only while it dumps core (to root):
+/// that is now, and no byte of the core is read for it.
+fn crash_site(pid: u32, tid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let pc = instruction_pointer(&stat)?;
+    let maps = std::fs::File::open(format!("/proc/{pid}/maps")).ok()?;
+    site_in_maps(BufReader::new(maps.take(MAPS_CAP)), pc)
+}
+
+/// `kstkeip` (field 30) of a `/proc/PID/task/TID/stat` line; 0 (not
+/// dumping, not permitted) is none.
+pub fn instruction_pointer(stat: &str) -> Option<u64> {
+    // The name (field 2) is in parentheses and may hold spaces and `)`.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let pc: u64 = after_name.split_whitespace().nth(30 - 3)?.parse().ok()?;
+    (pc != 0).then_some(pc)
+}
+
+/// The site of `pc` in a `/proc/PID/maps` listing: the mapped file (or
+/// `[anon]`, `[stack]`, ...) and the offset of `pc` in it.
+pub fn site_in_maps(maps: impl BufRead, pc: u64) -> Option<String> {
+    for line in maps.lines() {
+        let line = line.ok()?;
+        let mut f = line.split_whitespace();
+        let (start, end) = f.next()?.split_once('-')?;
+        let (start, end) = (
+            u64::from_str_radix(start, 16).ok()?,
+            u64::from_str_radix(end, 16).ok()?,
+        );
+        if !(start..end).contains(&pc) {
+            continue;
+        }
+        let offset = u64::from_str_radix(f.nth(1)?, 16).ok()?;
+        // dev and inode, then the path (which may hold spaces).
+        let path = line
+            .splitn(6, char::is_whitespace)
+            .nth(5)
+            .map(str::trim_start);
+        let module = match path {
+            Some(p) if !p.is_empty() => {
+                let mut cut = p.len().min(SITE_PATH_CAP);
+                while !p.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                &p[..cut]
+            }
+            _ => "[anon]",
+        };
+        return Some(format!("{module}+0x{:x}", pc - start + offset));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -116,6 +188,31 @@ mod tests {
         assert!(!credentials_changed(plain));
         assert!(credentials_changed(setuid));
         assert_eq!(exe_from_pattern("!usr!bin!crashme"), "/usr/bin/crashme");
+    }
+
+    #[test]
+    fn the_crash_site_is_read_from_proc() {
+        let stat = "4242 (a (b) c) S 1 2 3 0 -1 4 5 6 7 8 9 10 11 12 20 0 1 0 99 1000 50 18446744073709551615 1 1 0 0 94405731991946 0 0 0";
+        assert_eq!(instruction_pointer(stat), Some(94405731991946));
+        let not_dumping = "4242 (cat) S 1 2 3 0 -1 4 5 6 7 8 9 10 11 12 20 0 1 0 99 1000 50 18446744073709551615 1 1 0 0 0 0 0 0";
+        assert_eq!(instruction_pointer(not_dumping), None);
+        assert_eq!(instruction_pointer("garbage"), None);
+        let maps = "55dc8c1eb000-55dc8c1ec000 r--p 00000000 08:01 1234 /tmp/my dir/segv\n\
+                    55dc8c1ec000-55dc8c1ed000 r-xp 00001000 08:01 1234 /tmp/my dir/segv\n\
+                    7f0000000000-7f0000001000 rw-p 00000000 00:00 0 \n";
+        let site = |pc| site_in_maps(maps.as_bytes(), pc);
+        assert_eq!(
+            site(0x55dc8c1ec18a).as_deref(),
+            Some("/tmp/my dir/segv+0x118a")
+        );
+        assert_eq!(site(0x7f0000000010).as_deref(), Some("[anon]+0x10"));
+        assert_eq!(site(0x1000), None);
+        // The same code mapped elsewhere (ASLR) is the same site.
+        let moved = maps.replace("55dc8c1e", "5600001e");
+        assert_eq!(
+            site_in_maps(moved.as_bytes(), 0x5600001ec18a).as_deref(),
+            Some("/tmp/my dir/segv+0x118a")
+        );
     }
 
     #[test]

@@ -3,13 +3,13 @@
 //! each to every probe granted the crash trigger, and removes the entry
 //! afterwards.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use telem_core::crash_history::{CrashEntry, CrashHistory, SentRecord};
+use telem_core::crash_history::{signature_in, CrashEntry, CrashHistory, SentRecord};
 use telem_core::crash_inbox::{
     pending, remove_abandoned, valid_id, CrashMeta, CORE_FILE, META_FILE,
 };
@@ -17,6 +17,7 @@ use telem_core::error_text::Chain;
 use telem_core::record::{Header, Record};
 use telem_sandbox::{Captured, CrashReport};
 
+use crate::crash_repeats::{HeldBack, RecentSignatures, RepeatFilter};
 use crate::ingest::Ingest;
 use crate::supervisor::ProbeManager;
 
@@ -31,13 +32,33 @@ pub struct CrashQueue {
 
 impl CrashQueue {
     /// Starts the worker; entries already in the inbox are queued first.
+    /// A crash whose signature was sent within `repeat_window_secs` is a
+    /// repeat (see [`crate::crash_repeats`]).
     pub fn start(
         inbox: PathBuf,
         history: CrashHistory,
+        repeat_window_secs: u64,
         probes: Arc<ProbeManager>,
         ingest: Arc<Ingest>,
     ) -> CrashQueue {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let recent = match history.list() {
+            Ok(listing) => RecentSignatures::from_history(&listing, repeat_window_secs),
+            Err(e) => {
+                warn!(
+                    "the crash history cannot be read: repeats are counted from now: {}",
+                    Chain(&e)
+                );
+                RecentSignatures::from_history(&Default::default(), repeat_window_secs)
+            }
+        };
+        let crashes = Crashes {
+            inbox: inbox.clone(),
+            history,
+            recent: Arc::new(Mutex::new(recent)),
+            probes: probes.clone(),
+            ingest,
+        };
         let _ = std::fs::create_dir_all(&inbox);
         remove_abandoned(&inbox);
         for id in pending(&inbox) {
@@ -53,7 +74,7 @@ impl CrashQueue {
                         // what that made.
                         let records = match done.get(&id) {
                             Some(r) if !inbox.join(&id).exists() => r,
-                            _ => process(&inbox, &id, &probes, &ingest, &history).await,
+                            _ => crashes.process(&id).await,
                         };
                         done.put(&id, &records);
                         if let Some(r) = reply {
@@ -64,7 +85,7 @@ impl CrashQueue {
                         // Crashes that waited for a crash probe (none was
                         // loaded, or it was quarantined) go to it now.
                         for id in pending(&inbox) {
-                            let records = process(&inbox, &id, &probes, &ingest, &history).await;
+                            let records = crashes.process(&id).await;
                             done.put(&id, &records);
                         }
                     }
@@ -129,43 +150,62 @@ impl Recent {
     }
 }
 
-async fn process(
-    inbox: &Path,
-    id: &str,
-    probes: &ProbeManager,
-    ingest: &Ingest,
-    history: &CrashHistory,
-) -> Vec<Captured> {
-    // At start-up the probes load after the sockets are bound; a crash that
-    // waited while the daemon was down goes to them once they are loaded.
-    probes
-        .first_scan_done(crate::supervisor::FIRST_SCAN_WAIT)
-        .await;
-    let entry = inbox.join(id);
-    let meta: CrashMeta = match std::fs::read(entry.join(META_FILE))
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(m) => m,
-        Err(e) => {
-            // Announced twice, or broken: nothing to hand over.
-            if entry.exists() {
-                warn!("crash entry {id}: unreadable {META_FILE} ({e}); removed");
-                let _ = std::fs::remove_dir_all(&entry);
+/// What the worker hands each crash to.
+struct Crashes {
+    inbox: PathBuf,
+    history: CrashHistory,
+    recent: Arc<Mutex<RecentSignatures>>,
+    probes: Arc<ProbeManager>,
+    ingest: Arc<Ingest>,
+}
+
+impl Crashes {
+    async fn process(&self, id: &str) -> Vec<Captured> {
+        let (inbox, probes, ingest, history) =
+            (&self.inbox, &self.probes, &self.ingest, &self.history);
+        // At start-up the probes load after the sockets are bound; a crash that
+        // waited while the daemon was down goes to them once they are loaded.
+        probes
+            .first_scan_done(crate::supervisor::FIRST_SCAN_WAIT)
+            .await;
+        let entry = inbox.join(id);
+        let meta: CrashMeta = match std::fs::read(entry.join(META_FILE))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(m) => m,
+            Err(e) => {
+                // Announced twice, or broken: nothing to hand over.
+                if entry.exists() {
+                    warn!("crash entry {id}: unreadable {META_FILE} ({e}); removed");
+                    let _ = std::fs::remove_dir_all(&entry);
+                }
+                return Vec::new();
             }
-            return Vec::new();
+        };
+        let report = CrashReport {
+            core_path: entry.join(CORE_FILE).to_string_lossy().into_owned(),
+            process_name: meta.process_name.clone(),
+            process_path: meta.process_path.clone(),
+            pid: meta.pid,
+            signal: meta.signal,
+        };
+        let filter = Arc::new(RepeatFilter::new(
+            ingest.clone(),
+            self.recent.clone(),
+            id,
+            meta.time,
+        ));
+        let (results, mut records) = probes.crash(report, &entry, filter.clone()).await;
+        let held = filter.held_back();
+        if let Some(h) = held.first() {
+            info!(
+            "crash {id}: a repeat of crash {} within crash_repeat_window_secs; its record is kept in the crash history, not sent",
+            h.repeat_of
+        );
         }
-    };
-    let report = CrashReport {
-        core_path: entry.join(CORE_FILE).to_string_lossy().into_owned(),
-        process_name: meta.process_name.clone(),
-        process_path: meta.process_path.clone(),
-        pid: meta.pid,
-        signal: meta.signal,
-    };
-    let (results, mut records) = probes.crash(report, &entry).await;
-    if results.is_empty() {
-        warn!(
+        if results.is_empty() {
+            warn!(
             "crash of {} (pid {}) waits in the inbox until a probe that handles crashes is loaded",
             telem_core::untrusted::escape(
                 meta.process_path.as_deref().unwrap_or(&meta.process_name),
@@ -173,64 +213,71 @@ async fn process(
             ),
             meta.pid
         );
-        return records;
-    }
-    let failures: Vec<String> = results
-        .iter()
-        .filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {}", Chain(e))))
-        .collect();
-    if failures.len() == results.len() {
-        // No probe produced a record: keep the crash's facts at least.
-        let mut payload = format!("Error: crash symbolizer failed: {}\n", failures.join("; "));
-        payload.push_str(&format!(
-            "Process: {}\nPID: {}\n",
-            meta.process_path.as_deref().unwrap_or(&meta.process_name),
-            meta.pid
-        ));
-        if let Some(s) = meta.signal {
-            payload.push_str(&format!("Signal: {s}\n"));
+            return records;
         }
-        let payload: String = payload
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() || c == ' ' || c == '\n' {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .take(8192)
+        let failures: Vec<String> = results
+            .iter()
+            .filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {}", Chain(e))))
             .collect();
-        let rec = Record::from_probe("org.clearlinux/crash/error", 4, 1, payload.clone(), None);
-        let event_id = rec.headers.get(Header::EventId).to_owned();
-        match ingest.submit_probe(rec).await {
-            Ok(rid) => {
-                info!("crash {id}: every probe failed; error record {rid} kept");
-                records.push(Captured {
-                    classification: "org.clearlinux/crash/error".into(),
-                    severity: 4,
-                    payload,
-                    payload_version: 1,
-                    event_id,
-                });
+        if failures.len() == results.len() {
+            // No probe produced a record: keep the crash's facts at least.
+            let mut payload = format!("Error: crash symbolizer failed: {}\n", failures.join("; "));
+            payload.push_str(&format!(
+                "Process: {}\nPID: {}\n",
+                meta.process_path.as_deref().unwrap_or(&meta.process_name),
+                meta.pid
+            ));
+            if let Some(s) = meta.signal {
+                payload.push_str(&format!("Signal: {s}\n"));
             }
-            Err(e) => warn!(
-                "crash {id}: every probe failed and the error record was refused: {}",
-                Chain(&e)
-            ),
+            let payload: String = payload
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' || c == '\n' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .take(8192)
+                .collect();
+            let rec = Record::from_probe("org.clearlinux/crash/error", 4, 1, payload.clone(), None);
+            let event_id = rec.headers.get(Header::EventId).to_owned();
+            match ingest.submit_probe(rec).await {
+                Ok(rid) => {
+                    info!("crash {id}: every probe failed; error record {rid} kept");
+                    records.push(Captured {
+                        classification: "org.clearlinux/crash/error".into(),
+                        severity: 4,
+                        payload,
+                        payload_version: 1,
+                        event_id,
+                    });
+                }
+                Err(e) => warn!(
+                    "crash {id}: every probe failed and the error record was refused: {}",
+                    Chain(&e)
+                ),
+            }
         }
+        remember(history, id, &meta, &records, &held).await;
+        if let Err(e) = std::fs::remove_dir_all(&entry) {
+            warn!("crash entry {}: cannot remove: {e}", entry.display());
+        }
+        records
     }
-    remember(history, id, &meta, &records).await;
-    if let Err(e) = std::fs::remove_dir_all(&entry) {
-        warn!("crash entry {}: cannot remove: {e}", entry.display());
-    }
-    records
 }
 
 /// Keeps the crash and what was sent for it in the local history
 /// (`telemctl crash list`); a history that cannot be written costs the
 /// history entry, never the crash's records.
-async fn remember(history: &CrashHistory, id: &str, meta: &CrashMeta, records: &[Captured]) {
+async fn remember(
+    history: &CrashHistory,
+    id: &str,
+    meta: &CrashMeta,
+    records: &[Captured],
+    held: &[HeldBack],
+) {
     let entry = CrashEntry {
         id: id.to_owned(),
         time: meta.time,
@@ -241,6 +288,11 @@ async fn remember(history: &CrashHistory, id: &str, meta: &CrashMeta, records: &
         pid: meta.pid,
         signal: meta.signal,
         uid: meta.uid,
+        signature: records
+            .iter()
+            .find_map(|c| signature_in(&c.payload))
+            .map(str::to_owned),
+        repeat_of: held.first().map(|h| h.repeat_of.clone()),
         records: records
             .iter()
             .map(|c| SentRecord {
@@ -248,6 +300,7 @@ async fn remember(history: &CrashHistory, id: &str, meta: &CrashMeta, records: &
                 severity: c.severity,
                 event_id: c.event_id.clone(),
                 payload: c.payload.clone(),
+                sent: !held.iter().any(|h| h.event_id == c.event_id),
             })
             .collect(),
     };

@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod crash_queue;
+pub mod crash_repeats;
 pub mod daemon;
 pub mod delivery;
 pub mod ingest;

@@ -187,8 +187,10 @@ pub struct CrashConfig {
     /// dropped, with a count in the log.
     #[default(Bounded::new(4 << 30))]
     pub crash_inbox_max_size: Bounded<65_536, { i64::MAX as u64 }>,
-    /// A crash of the same executable within this many seconds of the last
-    /// is dropped, with a count in the log.
+    /// A crash at the same site of the same executable within this many
+    /// seconds of the last is dropped by the crash handler, and a crash
+    /// whose signature was sent within as many seconds is kept in the
+    /// crash history but not sent (0: neither).
     #[default(Bounded::new(60))]
     pub crash_repeat_window_secs: Bounded<0, 86_400>,
     /// MiB the crash handler leaves free on the inbox's filesystem: a crash

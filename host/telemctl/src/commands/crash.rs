@@ -18,12 +18,15 @@ use crate::table::{format_time, print, shown};
 #[derive(Subcommand, Debug)]
 pub enum CrashCmd {
     /// Crashes handled on this machine, oldest first: when, which
-    /// program, which signal, and the records sent (the last 200 are kept).
+    /// program, which signal, its signature, how many other crashes in the
+    /// history have that signature, and the record sent ("repeat" when it
+    /// was held back as a repeat); the last 200 are kept.
     List,
     /// One crash as handled: its facts and each record as it was sent.
     Info {
-        /// The crash's id (from `crash list`) or a record's event id; a
-        /// prefix naming one crash is enough.
+        /// The crash's id (from `crash list`) or a record's event id (a
+        /// prefix naming one crash is enough), or a signature (its latest
+        /// crash).
         id: String,
     },
     /// Symbolize a core with the crash-symbolizer probe, in its sandbox,
@@ -68,21 +71,29 @@ fn list(c: &Config, json: bool) -> anyhow::Result<()> {
     if json {
         super::print_json(&listing.entries);
     } else {
-        let rows: Vec<[String; 6]> = listing
+        let rows: Vec<[String; 8]> = listing
             .entries
             .iter()
             .map(|e| {
+                let others = e
+                    .signature
+                    .as_deref()
+                    .map_or(0, |s| listing.with_signature(s) - 1);
                 [
                     format_time(e.time),
                     e.pid.to_string(),
                     e.signal.map_or_else(|| "-".into(), |s| s.to_string()),
                     shown(&e.program),
-                    match &e.records[..] {
-                        [] => "-".into(),
-                        [one] => shown(&one.classification),
-                        [first, rest @ ..] => {
-                            format!("{} (+{})", shown(&first.classification), rest.len())
-                        }
+                    e.signature.as_deref().map_or_else(|| "-".into(), shown),
+                    if others == 0 {
+                        "-".into()
+                    } else {
+                        others.to_string()
+                    },
+                    match e.records.iter().find(|r| r.sent) {
+                        _ if e.repeat_of.is_some() => "repeat".into(),
+                        Some(r) => shown(&r.event_id),
+                        None => "-".into(),
                     },
                     shown(&e.id),
                 ]
@@ -91,7 +102,19 @@ fn list(c: &Config, json: bool) -> anyhow::Result<()> {
         if rows.is_empty() {
             println!("no crash handled yet");
         } else {
-            print(["TIME", "PID", "SIG", "PROGRAM", "RECORD", "ID"], &rows);
+            print(
+                [
+                    "TIME",
+                    "PID",
+                    "SIG",
+                    "PROGRAM",
+                    "SIGNATURE",
+                    "REPEATS",
+                    "RECORD",
+                    "ID",
+                ],
+                &rows,
+            );
         }
     }
     if listing.unreadable > 0 {
@@ -107,8 +130,9 @@ fn info(c: &Config, id: &str, json: bool) -> anyhow::Result<()> {
     let found = history(c)
         .find(id)
         .context("cannot read the crash history (it is under state_dir: try as root)")?;
-    let entry: CrashEntry = match found {
-        Found::One(e) => *e,
+    let (entry, same): (CrashEntry, Option<usize>) = match found {
+        Found::One(e) => (*e, None),
+        Found::Signature(e, n) => (*e, Some(n)),
         Found::None => anyhow::bail!(
             "no crash {} in the history (`telemctl crash list` shows them)",
             shown(id)
@@ -122,6 +146,9 @@ fn info(c: &Config, id: &str, json: bool) -> anyhow::Result<()> {
         super::print_json(&entry);
         return Ok(());
     }
+    if let Some(n) = same {
+        println!("crashes with this signature in the history: {n} (the latest is shown)");
+    }
     println!("id: {}", shown(&entry.id));
     println!("time: {}", format_time(entry.time));
     println!("program: {}", shown(&entry.program));
@@ -132,12 +159,22 @@ fn info(c: &Config, id: &str, json: bool) -> anyhow::Result<()> {
     if let Some(u) = entry.uid {
         println!("uid: {u}");
     }
+    if let Some(s) = &entry.signature {
+        println!("signature: {}", shown(s));
+    }
+    if let Some(first) = &entry.repeat_of {
+        println!(
+            "repeat of: {} (the same signature within crash_repeat_window_secs: its record was held back)",
+            shown(first)
+        );
+    }
     for r in &entry.records {
         println!(
-            "\nrecord {}: {} (severity {})",
+            "\nrecord {}: {} (severity {}){}",
             shown(&r.event_id),
             shown(&r.classification),
-            r.severity
+            r.severity,
+            if r.sent { "" } else { ", not sent" }
         );
         for line in r.payload.lines() {
             println!("  {}", shown(line));

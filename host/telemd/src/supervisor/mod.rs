@@ -418,13 +418,14 @@ impl ProbeManager {
     }
 
     /// Hands a crash to every running probe granted the crash trigger, each
-    /// with read access to the crash's inbox entry for that call only.
-    /// Returns each probe's name and result (empty when none handles
-    /// crashes) and the records they sent.
+    /// with read access to the crash's inbox entry for that call only; their
+    /// records go to `intake`. Returns each probe's name and result (empty
+    /// when none handles crashes) and the records they sent.
     pub async fn crash(
         &self,
         report: telem_sandbox::CrashReport,
         entry: &Path,
+        intake: Arc<dyn telem_sandbox::RecordIntake>,
     ) -> (
         Vec<(String, Result<(), CallError>)>,
         Vec<telem_sandbox::Captured>,
@@ -439,7 +440,7 @@ impl ProbeManager {
             .collect();
         let mut out = Vec::new();
         for (probe, state) in targets {
-            let sink = telem_sandbox::Sink::SpoolAndCopy(self.ingest.clone(), copies.clone());
+            let sink = telem_sandbox::Sink::SpoolAndCopy(intake.clone(), copies.clone());
             let r = self
                 .call_with(
                     &probe,
