@@ -44,6 +44,31 @@ pub struct CrashMeta {
     pub core_bytes: u64,
     /// The core was cut at `crash_max_core_size`.
     pub core_truncated: bool,
+    /// The file the crashed process was running (`/proc/PID/exe`, read by
+    /// the handler as root): the daemon shows the crash call the file at
+    /// `process_path` only if it is still this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe_file: Option<FileId>,
+}
+
+/// A file's identity: its device and inode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of an open file or a path's metadata.
+    pub fn of(m: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
 }
 
 /// Entry ids are made by the handler: letters, digits, `-`; nothing that

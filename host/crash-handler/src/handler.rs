@@ -170,6 +170,7 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
             time: now(),
             core_bytes: bytes,
             core_truncated: truncated,
+            exe_file: crashed.exe_file,
         };
         finish_entry(&inbox_fd, &reservation.entry, &meta)?;
         Ok(true)

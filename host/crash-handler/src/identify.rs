@@ -83,6 +83,9 @@ pub(crate) struct Crashed {
     /// Where the crashing thread stopped, as `MODULE+0xOFFSET` (see
     /// [`crash_site`]), when the kernel named the thread (`%I`).
     pub site: Option<String>,
+    /// The file it was running (`/proc/PID/exe`), which the daemon checks
+    /// `%E` against before showing it to the crash probe.
+    pub exe_file: Option<telem_core::crash_inbox::FileId>,
 }
 
 /// Identifies the crashed process (as root, before privileges go): its
@@ -105,6 +108,9 @@ pub(crate) fn identify(
     // A kernel without `%I` gives nothing.
     let tid = tid.and_then(|t| t.trim().parse::<u32>().ok());
     let site = pid.zip(tid).and_then(|(p, t)| crash_site(p, t));
+    let exe_file = pid
+        .and_then(|p| std::fs::metadata(format!("/proc/{p}/exe")).ok())
+        .map(|m| telem_core::crash_inbox::FileId::of(&m));
     if let Some(fd) = pidfd {
         pidfd_check(fd, pid)?;
     }
@@ -117,6 +123,7 @@ pub(crate) fn identify(
         pid,
         suid: suid_dump(dump_mode, changed, suid_dumpable),
         site,
+        exe_file,
     })
 }
 

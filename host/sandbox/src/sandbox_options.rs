@@ -87,4 +87,12 @@ impl ExtraDir {
             host_owned: true,
         }
     }
+
+    /// The same directory, shown to the probe at `guest`.
+    pub fn shown_at(self, guest: &Path) -> ExtraDir {
+        ExtraDir {
+            guest: guest.to_owned(),
+            ..self
+        }
+    }
 }

@@ -17,6 +17,7 @@ use telem_core::error_text::Chain;
 use telem_core::record::{Header, Record};
 use telem_sandbox::{Captured, CrashReport};
 
+use crate::crash_exe::ExeView;
 use crate::crash_repeats::{HeldBack, RecentSignatures, RepeatFilter};
 use crate::ingest::Ingest;
 use crate::supervisor::ProbeManager;
@@ -37,10 +38,11 @@ impl CrashQueue {
     pub fn start(
         inbox: PathBuf,
         history: CrashHistory,
-        repeat_window_secs: u64,
+        options: CrashOptions,
         probes: Arc<ProbeManager>,
         ingest: Arc<Ingest>,
     ) -> CrashQueue {
+        let repeat_window_secs = options.repeat_window_secs;
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let recent = match history.list() {
             Ok(listing) => RecentSignatures::from_history(&listing, repeat_window_secs),
@@ -54,6 +56,7 @@ impl CrashQueue {
         };
         let crashes = Crashes {
             inbox: inbox.clone(),
+            options,
             history,
             recent: Arc::new(Mutex::new(recent)),
             probes: probes.clone(),
@@ -150,9 +153,34 @@ impl Recent {
     }
 }
 
+/// The crash queue's settings.
+#[derive(Clone, Debug)]
+pub struct CrashOptions {
+    /// `crash_repeat_window_secs`.
+    pub repeat_window_secs: u64,
+    /// Where copies of crashed programs are made for a call
+    /// (`StateLayout::probe_views`).
+    pub views_dir: PathBuf,
+    /// Bytes those copies leave free (`crash_min_free_mb`).
+    pub min_free_bytes: u64,
+}
+
+impl CrashOptions {
+    /// The daemon's, from its config.
+    pub fn for_config(config: &telem_core::config::Config) -> CrashOptions {
+        CrashOptions {
+            repeat_window_secs: config.crash.crash_repeat_window_secs.get(),
+            views_dir: telem_core::state_layout::StateLayout::new(&config.host.state_dir)
+                .probe_views(),
+            min_free_bytes: config.crash.crash_min_free_mb.get().saturating_mul(1 << 20),
+        }
+    }
+}
+
 /// What the worker hands each crash to.
 struct Crashes {
     inbox: PathBuf,
+    options: CrashOptions,
     history: CrashHistory,
     recent: Arc<Mutex<RecentSignatures>>,
     probes: Arc<ProbeManager>,
@@ -196,7 +224,11 @@ impl Crashes {
             id,
             meta.time,
         ));
-        let (results, mut records) = probes.crash(report, &entry, filter.clone()).await;
+        let exe = self.program_view(&meta).await;
+        let (results, mut records) = probes
+            .crash(report, &entry, exe.as_ref(), filter.clone())
+            .await;
+        drop(exe);
         let held = filter.held_back();
         if let Some(h) = held.first() {
             info!(
@@ -265,6 +297,44 @@ impl Crashes {
             warn!("crash entry {}: cannot remove: {e}", entry.display());
         }
         records
+    }
+}
+
+impl Crashes {
+    /// A copy of the crashed program for the calls, when a crash probe's
+    /// grant does not reach it; a program that cannot be shown costs its
+    /// frames' names, never the crash (the reason is logged).
+    async fn program_view(&self, meta: &CrashMeta) -> Option<ExeView> {
+        let path = PathBuf::from(meta.process_path.as_deref()?);
+        if self.probes.crash_grants_reach(&path) {
+            return None;
+        }
+        let (views, ran, floor) = (
+            self.options.views_dir.clone(),
+            meta.exe_file,
+            self.options.min_free_bytes,
+        );
+        let shown = path.clone();
+        let built =
+            tokio::task::spawn_blocking(move || ExeView::build(&views, &shown, ran, floor)).await;
+        match built {
+            Ok(Ok(view)) => Some(view),
+            Ok(Err(e)) => {
+                info!(
+                    "crashed program {} not shown to the crash probe: {}",
+                    telem_core::untrusted::escape(
+                        &path.to_string_lossy(),
+                        telem_core::untrusted::FIELD_CAP
+                    ),
+                    Chain(&e)
+                );
+                None
+            }
+            Err(e) => {
+                warn!("crashed program view: {e}");
+                None
+            }
+        }
     }
 }
 

@@ -151,7 +151,7 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
         crate::crash_queue::CrashQueue::start(
             inbox,
             telem_core::crash_history::CrashHistory::new(&layout.crash_history()),
-            config.crash.crash_repeat_window_secs.get(),
+            crate::crash_queue::CrashOptions::for_config(&config),
             probes.clone(),
             ingest.clone(),
         )

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod control;
+pub mod crash_exe;
 pub mod crash_queue;
 pub mod crash_repeats;
 pub mod daemon;

@@ -425,6 +425,7 @@ impl ProbeManager {
         &self,
         report: telem_sandbox::CrashReport,
         entry: &Path,
+        exe: Option<&crate::crash_exe::ExeView>,
         intake: Arc<dyn telem_sandbox::RecordIntake>,
     ) -> (
         Vec<(String, Result<(), CallError>)>,
@@ -441,12 +442,19 @@ impl ProbeManager {
         let mut out = Vec::new();
         for (probe, state) in targets {
             let sink = telem_sandbox::Sink::SpoolAndCopy(intake.clone(), copies.clone());
+            let mut extra = vec![ExtraDir::host_owned(entry)];
+            // The crashed program, to a probe whose grant does not reach it.
+            if let (Some(view), Some(path)) = (exe, &report.process_path) {
+                if !grant_reaches(&probe, Path::new(path)) {
+                    extra.push(view.extra_dir());
+                }
+            }
             let r = self
                 .call_with(
                     &probe,
                     &state,
                     Event::Crash(report.clone()),
-                    &[ExtraDir::host_owned(entry)],
+                    &extra,
                     sink,
                     Quarantine::Exempt,
                 )
@@ -455,6 +463,15 @@ impl ProbeManager {
         }
         let copies = std::mem::take(&mut *copies.lock().expect("copy lock"));
         (out, copies)
+    }
+
+    /// Whether every running crash probe's grant reaches `path` (then the
+    /// crashed program need not be copied for the call).
+    pub fn crash_grants_reach(&self, path: &Path) -> bool {
+        self.registry()
+            .slots()
+            .filter(|s| s.probe.grant.crashes)
+            .all(|s| grant_reaches(&s.probe, path))
     }
 
     /// Every loaded probe.
@@ -512,4 +529,9 @@ impl ProbeManager {
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
+}
+
+/// Whether `probe` may read `path` through its grant's read paths.
+fn grant_reaches(probe: &LoadedProbe, path: &Path) -> bool {
+    probe.grant.read_paths.iter().any(|p| path.starts_with(p))
 }
