@@ -1119,3 +1119,39 @@ fn a_handled_crash_is_in_the_crash_history() {
         String::from_utf8_lossy(&missing.stderr)
     );
 }
+
+/// The second crash through the same libraries reads no DWARF: every
+/// lookup is answered from the probe's frame cache (kept in its state),
+/// and the record is the same.
+#[test]
+fn a_second_crash_is_symbolized_from_the_frame_cache() {
+    let prog = crashed_program();
+    let d = configured_with(&prog, true, "root", "crash_repeat_window_secs = 0\n").spawn();
+    assert!(
+        wait_until(Duration::from_secs(60), || d.socket().exists()),
+        "{}",
+        d.log()
+    );
+    handle_ok(&d, &prog, &prog.core, &[]);
+    let first = d.wait_spool(1).remove(0);
+    handle_ok(&d, &prog, &prog.core, &[]);
+    let both = d.wait_spool(2);
+    assert!(both.iter().all(|r| r.payload == first.payload), "{both:?}");
+    let answered: Vec<(usize, usize)> = d
+        .log()
+        .lines()
+        .filter_map(|l| l.split("frame cache: ").nth(1))
+        .filter_map(|l| {
+            let (hits, rest) = l.split_once(" of ")?;
+            Some((hits.parse().ok()?, rest.split(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(answered.len(), 2, "{}", d.log());
+    assert!(answered[0].0 < answered[0].1, "the first crash read the files");
+    assert!(
+        answered[1].1 > 0 && answered[1].0 == answered[1].1,
+        "the second read them all from the cache: {answered:?}"
+    );
+    let p = symbolizer(&d);
+    assert!(p.state_keys >= 2, "cache entries and their list: {p:?}");
+}

@@ -8,13 +8,14 @@
 pub mod blocks;
 pub mod core;
 pub mod dwarf;
+pub mod frame_cache;
 pub mod modules;
 pub mod notes;
 pub mod report;
 pub mod signature;
 pub mod unwind;
 
-pub use report::{analyze, CrashFacts, Options, Report};
+pub use report::{analyze, analyze_cached, CrashFacts, Options, Report};
 
 #[cfg(target_family = "wasm")]
 mod probe;

@@ -5,11 +5,44 @@
 use std::path::PathBuf;
 
 use telemetrics_probe_sdk::{
-    export_probe, log, CrashReport, Event, Manifest, Probe, Record, Trigger,
+    export_probe, log, state, CrashReport, Event, Manifest, Probe, Record, Trigger,
 };
 
+use crate::frame_cache::{keep, EntryStore, EntryWriter, FrameCache, Refused};
 use crate::modules::Lookup;
-use crate::report::{analyze, CrashFacts, Options};
+use crate::report::{analyze_cached, CrashFacts, Options};
+
+/// The frame cache's entries, in the probe's state.
+struct StateEntries;
+
+impl EntryStore for StateEntries {
+    fn get(&mut self, key: &str) -> Option<Vec<u8>> {
+        state::get(key)
+    }
+}
+
+impl EntryWriter for StateEntries {
+    fn set(&mut self, key: &str, value: &[u8]) -> Result<(), Refused> {
+        state::set(key, value).map_err(|e| match e {
+            state::StateError::QuotaExceeded(limit) => Refused::Quota(limit),
+            _ => Refused::Other,
+        })
+    }
+
+    fn delete(&mut self, key: &str) {
+        let _ = state::delete(key);
+    }
+
+    fn keys(&mut self) -> Vec<String> {
+        state::keys()
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// Version of the crash payload format (the legacy one).
 const PAYLOAD_VERSION: u32 = 1;
@@ -33,9 +66,25 @@ fn report(core: &str, facts: CrashFacts, lookup: Lookup) -> Result<(), String> {
         lookup,
         ..Options::default()
     };
+    let mut entries = StateEntries;
+    let mut cache = FrameCache::new(&mut entries);
     let result = std::fs::File::open(core)
         .map_err(|e| format!("cannot open the core {core}: {e}"))
-        .and_then(|f| analyze(&f, &facts, &opts).map_err(|e| e.to_string()));
+        .and_then(|f| analyze_cached(&f, &facts, &opts, &mut cache).map_err(|e| e.to_string()));
+    for why in &cache.rebuilt {
+        log::info(&format!("frame cache entry rebuilt: {why}"));
+    }
+    log::info(&format!(
+        "frame cache: {} of {} lookups answered from earlier crashes",
+        cache.hits,
+        cache.hits + cache.misses
+    ));
+    let (used, changed) = cache.finish();
+    if let Some(limit) = keep(&mut StateEntries, &used, changed, now()) {
+        log::info(&format!(
+            "frame cache: an entry was not kept, the state quota ({limit} bytes) holds no older one to drop (raise state_quota_mib)"
+        ));
+    }
     match result {
         Ok(r) => {
             for p in &r.module_problems {

@@ -3,6 +3,7 @@
 //! and write the payload in the legacy format.
 
 use crate::core::{Core, CoreError, ReadAt};
+use crate::frame_cache::{FrameCache, Resolved};
 use crate::modules::{Lookup, Modules};
 use crate::unwind::{How, Unwinder};
 
@@ -122,11 +123,31 @@ pub fn demangle(raw: &str) -> String {
     raw.to_owned()
 }
 
+/// A store that holds nothing: every crash starts from the files.
+struct NoEntries;
+
+impl crate::frame_cache::EntryStore for NoEntries {
+    fn get(&mut self, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+}
+
 /// Reads the core, unwinds and symbolizes it.
 pub fn analyze<R: ReadAt + ?Sized>(
     r: &R,
     facts: &CrashFacts,
     opts: &Options,
+) -> Result<Report, CoreError> {
+    analyze_cached(r, facts, opts, &mut FrameCache::new(&mut NoEntries))
+}
+
+/// [`analyze`], answering from `cache` what earlier crashes resolved in the
+/// same libraries and keeping there what this one resolves.
+pub fn analyze_cached<R: ReadAt + ?Sized>(
+    r: &R,
+    facts: &CrashFacts,
+    opts: &Options,
+    cache: &mut FrameCache,
 ) -> Result<Report, CoreError> {
     // Unwinding reads the stack a word at a time: serve those from blocks.
     let cached = crate::blocks::Blocks::new(r);
@@ -142,7 +163,14 @@ pub fn analyze<R: ReadAt + ?Sized>(
         let u = unwinder.unwind(t, opts.max_frames);
         let mut frames = Vec::new();
         for raw in &u.frames {
-            frames.extend(symbolize(&core, &modules, raw.pc, raw.lookup_pc(), raw.how));
+            frames.extend(symbolize(
+                &core,
+                &modules,
+                cache,
+                raw.pc,
+                raw.lookup_pc(),
+                raw.how,
+            ));
         }
         let truncated = u.truncated || frames.len() > opts.max_frames;
         frames.truncate(opts.max_frames);
@@ -177,6 +205,7 @@ pub fn analyze<R: ReadAt + ?Sized>(
 fn symbolize<R: ReadAt + ?Sized>(
     core: &Core<R>,
     modules: &Modules,
+    cache: &mut FrameCache,
     pc: u64,
     lookup: u64,
     how: How,
@@ -208,10 +237,11 @@ fn symbolize<R: ReadAt + ?Sized>(
     };
     let l = modules.loaded(m, core);
     let svma = lookup.wrapping_sub(l.bias);
-    let symbol = l.symbol(svma).map(|s| demangle(&s.2));
+    let resolved = resolve(m, l, cache, svma);
+    let symbol = resolved.symbol.as_deref().map(demangle);
     let mut out = Vec::new();
-    if let Some(dwarf) = l.dwarf() {
-        for (name, file, line) in dwarf.frames(svma) {
+    {
+        for (name, file, line) in resolved.dwarf {
             out.push(Frame {
                 pc,
                 how,
@@ -241,6 +271,35 @@ fn symbolize<R: ReadAt + ?Sized>(
         }),
     }
     out
+}
+
+/// The symbol and DWARF frames at `svma`: from the cache when an earlier
+/// crash resolved them from the same files, else from the files (and then
+/// kept). Only a module whose file was used is cached: one that could not
+/// be read may be readable next time.
+fn resolve(
+    m: &crate::modules::Module,
+    l: &crate::modules::Loaded,
+    cache: &mut FrameCache,
+    svma: u64,
+) -> Resolved {
+    let id = m.core_build_id.as_deref().filter(|_| l.problem.is_none());
+    let source = l
+        .dwarf_files
+        .first()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(r) = id.and_then(|id| cache.lookup(id, &source, svma)) {
+        return r;
+    }
+    let r = Resolved {
+        symbol: l.symbol(svma).map(|s| s.2.clone()),
+        dwarf: l.dwarf().map(|d| d.frames(svma)).unwrap_or_default(),
+    };
+    if let Some(id) = id {
+        cache.remember(id, &source, svma, r.clone());
+    }
+    r
 }
 
 /// Printable ASCII only: names and paths from a hostile core or binary

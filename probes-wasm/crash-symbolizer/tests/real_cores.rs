@@ -610,3 +610,78 @@ fn debuglink_with_crc_check() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The frame cache as a map (the probe keeps it in its state).
+#[derive(Default)]
+struct Entries(std::collections::HashMap<String, Vec<u8>>);
+
+impl crash_symbolizer::frame_cache::EntryStore for Entries {
+    fn get(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.0.get(key).cloned()
+    }
+}
+
+/// Symbolizes with `entries` as the cache and keeps what changed; the
+/// payload, and (hits, lookups, entries rebuilt).
+fn symbolize_cached(core: &Path, entries: &mut Entries) -> (String, (usize, usize, usize)) {
+    let f = std::fs::File::open(core).unwrap();
+    let mut cache = crash_symbolizer::frame_cache::FrameCache::new(entries);
+    let r = crash_symbolizer::analyze_cached(
+        &f,
+        &CrashFacts::default(),
+        &Options::default(),
+        &mut cache,
+    )
+    .unwrap();
+    let counts = (cache.hits, cache.hits + cache.misses, cache.rebuilt.len());
+    let (_, changed) = cache.finish();
+    entries.0.extend(changed);
+    (r.payload(), counts)
+}
+
+/// A second crash through the same libraries answers every lookup from
+/// what the first resolved, with the very same report; a damaged, cut or
+/// foreign entry is rebuilt, the report unchanged.
+#[test]
+fn a_second_crash_reads_the_cache_and_damaged_entries_are_rebuilt() {
+    let dir = scratch("cache");
+    let exe = compile("threads_segv.c", &["-O0"], &dir);
+    let core = dump(&exe, &dir);
+    let want = symbolize(&core, Lookup::default()).payload();
+    let mut entries = Entries::default();
+    let (first, (_, lookups, _)) = symbolize_cached(&core, &mut entries);
+    assert_eq!(first, want);
+    assert!(lookups > 0 && !entries.0.is_empty());
+    let (second, (hits, lookups, rebuilt)) = symbolize_cached(&core, &mut entries);
+    assert_eq!(second, want);
+    assert_eq!((hits, rebuilt), (lookups, 0), "every lookup from the cache");
+
+    let keys: Vec<String> = entries.0.keys().cloned().collect();
+    let damage: [(&str, fn(&mut Vec<u8>)); 3] = [
+        ("cut", |b| b.truncate(b.len() / 2)),
+        ("bit flipped", |b| {
+            let at = b.len() - 5;
+            b[at] ^= 1
+        }),
+        ("foreign build id", |b| b[16] ^= 0xff),
+    ];
+    for (what, hurt) in damage {
+        let mut damaged = Entries::default();
+        for k in &keys {
+            let mut v = entries.0[k].clone();
+            hurt(&mut v);
+            damaged.0.insert(k.clone(), v);
+        }
+        let (p, (hits, _, rebuilt)) = symbolize_cached(&core, &mut damaged);
+        assert_eq!(p, want, "{what}");
+        assert_eq!(rebuilt, keys.len(), "{what}: every entry rebuilt");
+        assert!(hits < lookups, "{what}: a damaged entry answered");
+        let (again, (hits, lookups, rebuilt)) = symbolize_cached(&core, &mut damaged);
+        assert_eq!(
+            (again == want, hits, rebuilt),
+            (true, lookups, 0),
+            "{what}: rewritten"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
