@@ -6,7 +6,10 @@
 //! through WASI, unwinding every thread, the payload captured), and by
 //! `eu-stack --core` (a process per run, as an admin or the legacy probe
 //! ran it). Medians of 15 runs each, after one warm-up; the component is
-//! compiled once beforehand (the daemon keeps it loaded).
+//! compiled once beforehand (the daemon keeps it loaded). "First" runs
+//! start with the probe's state cleared (no frame cache: the first crash
+//! after install); "repeat" runs keep it (another crash through the same
+//! libraries).
 //!
 //! Needs gcc, g++, gdb, eu-stack and the components built. Run:
 //! `cargo bench -p telemd --bench crash`.
@@ -93,8 +96,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    println!("| core | frame lines (crashing thread) | ours, through the sandbox | eu-stack (symbols) | eu-stack -s -i (lines, inlines: our facts) | ratio eu-stack / ours | ratio eu-stack -s -i / ours |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| core | frame lines (crashing thread) | ours, first crash | ours, repeat crash | eu-stack (symbols) | eu-stack -s -i (lines, inlines: our facts) | first / eu-stack -s -i | repeat / eu-stack -s -i |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     rt.block_on(async {
         let sb = Sandbox::new(&dir.join("cache")).unwrap();
         // What the shipped defaults approve, plus the programs' directory.
@@ -118,9 +121,15 @@ fn main() {
                 pid: 1,
                 signal: None,
             };
-            let mut ours = Vec::new();
+            let mut first = Vec::new();
+            let mut repeat = Vec::new();
             let mut frames = 0;
-            for i in 0..=RUNS {
+            for i in 0..=2 * RUNS {
+                // Odd runs start without the frame cache.
+                let cold = i % 2 == 1;
+                if cold {
+                    probe.state.lock().unwrap().clear().unwrap();
+                }
                 let kept = Arc::new(Mutex::new(Vec::new()));
                 let t = Instant::now();
                 sb.run(
@@ -144,8 +153,10 @@ fn main() {
                     .split("\n\n")
                     .nth(1)
                     .map_or(0, |t| t.lines().filter(|l| l.starts_with('#')).count());
-                if i > 0 {
-                    ours.push(el);
+                if i > 0 && cold {
+                    first.push(el);
+                } else if i > 0 {
+                    repeat.push(el);
                 }
             }
             let eu = |extra: &[&str]| {
@@ -166,14 +177,16 @@ fn main() {
                 }
                 median(v)
             };
-            let (o, plain, full) = (median(ours), eu(&[]), eu(&["-s", "-i"]));
+            let (cold, warm) = (median(first), median(repeat));
+            let (plain, full) = (eu(&[]), eu(&["-s", "-i"]));
             println!(
-                "| {name} | {frames} | {} | {} | {} | {:.2} | {:.2} |",
-                ms(o),
+                "| {name} | {frames} | {} | {} | {} | {} | {:.2}x | {:.2}x |",
+                ms(cold),
+                ms(warm),
                 ms(plain),
                 ms(full),
-                plain.as_secs_f64() / o.as_secs_f64(),
-                full.as_secs_f64() / o.as_secs_f64()
+                cold.as_secs_f64() / full.as_secs_f64(),
+                warm.as_secs_f64() / full.as_secs_f64()
             );
         }
     });
