@@ -1147,7 +1147,10 @@ fn a_second_crash_is_symbolized_from_the_frame_cache() {
         })
         .collect();
     assert_eq!(answered.len(), 2, "{}", d.log());
-    assert!(answered[0].0 < answered[0].1, "the first crash read the files");
+    assert!(
+        answered[0].0 < answered[0].1,
+        "the first crash read the files"
+    );
     assert!(
         answered[1].1 > 0 && answered[1].0 == answered[1].1,
         "the second read them all from the cache: {answered:?}"
