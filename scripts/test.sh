@@ -38,7 +38,7 @@ cargo fmt --all -- --check
 (cd probes-wasm && cargo fmt --all -- --check)
 cargo clippy --workspace --all-targets -- -D warnings
 (cd probes-wasm && cargo clippy --target wasm32-wasip2 --release -- -D warnings)
-(cd probes-wasm && cargo clippy -p crash-symbolizer -p kernel-report -p pstore -p journal-errors --all-targets -- -D warnings)
+(cd probes-wasm && cargo clippy -p crash-symbolizer -p crash-signature -p kernel-report -p pstore -p journal-errors --all-targets -- -D warnings)
 (cd probes-wasm && cargo build --target wasm32-wasip2 --release)
 # The Python probe template, built with componentize-py (pinned, from PyPI,
 # in a virtual environment under target/) against wit/probe.wit.
@@ -68,7 +68,7 @@ cargo test --workspace --no-fail-fast "${as_root[@]}" 2>&1 | tee "$log" || statu
 (cd probes-wasm && cargo test -p crash-symbolizer --lib --tests) 2>&1 | tee -a "$log" || status=1
 # The kernel report parser and the pstore probe's logic, natively: every
 # real report in tests/fixtures/kernel-log against its expected records.
-(cd probes-wasm && cargo test -p kernel-report -p pstore -p journal-errors) 2>&1 | tee -a "$log" || status=1
+(cd probes-wasm && cargo test -p crash-signature -p kernel-report -p pstore -p journal-errors) 2>&1 | tee -a "$log" || status=1
 (cd probes-wasm && cargo test -p crash-symbolizer --lib --target i686-unknown-linux-gnu) 2>&1 | tee -a "$log" || status=1
 # One closing line with the totals of every test binary above.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1); if ($(i) ~ /^ignored/) g += $(i-1) } }

@@ -519,13 +519,21 @@ mod tests {
         let mut s = Quota(Map::default(), 3500);
         for (n, t) in [(1u8, 10), (2, 20), (3, 30)] {
             let (k, v) = entry(n);
-            assert_eq!(keep(&mut s, &[k.clone()], vec![(k, v)], t), None);
+            assert_eq!(
+                keep(&mut s, std::slice::from_ref(&k), vec![(k.clone(), v)], t),
+                None
+            );
         }
         // Library 1 used again: 2 is now the oldest.
         assert_eq!(keep(&mut s, &[key(&[1])], vec![], 40), None);
         let (k4, v4) = entry(4);
         assert_eq!(
-            keep(&mut s, &[k4.clone()], vec![(k4.clone(), v4)], 50),
+            keep(
+                &mut s,
+                std::slice::from_ref(&k4),
+                vec![(k4.clone(), v4)],
+                50
+            ),
             None
         );
         let mut kept = s.keys();
@@ -533,7 +541,10 @@ mod tests {
         assert_eq!(kept, [key(&[1]), key(&[3]), k4.clone()], "2 went");
         // An entry larger than the quota: nothing older to drop at the end.
         let big = (key(&[5]), vec![0; 4000]);
-        assert_eq!(keep(&mut s, &[big.0.clone()], vec![big], 60), Some(3500));
+        assert_eq!(
+            keep(&mut s, std::slice::from_ref(&big.0), vec![big.clone()], 60),
+            Some(3500)
+        );
         assert!(s.get(&key(&[5])).is_none());
         // Refused for another reason (no state): nothing kept, no error.
         struct Off;
@@ -551,7 +562,15 @@ mod tests {
                 Vec::new()
             }
         }
-        assert_eq!(keep(&mut Off, &[k4.clone()], vec![(k4, vec![1])], 70), None);
+        assert_eq!(
+            keep(
+                &mut Off,
+                std::slice::from_ref(&k4),
+                vec![(k4.clone(), vec![1])],
+                70
+            ),
+            None
+        );
     }
 
     #[test]

@@ -657,7 +657,8 @@ fn a_second_crash_reads_the_cache_and_damaged_entries_are_rebuilt() {
     assert_eq!((hits, rebuilt), (lookups, 0), "every lookup from the cache");
 
     let keys: Vec<String> = entries.0.keys().cloned().collect();
-    let damage: [(&str, fn(&mut Vec<u8>)); 3] = [
+    type Damage = (&'static str, fn(&mut Vec<u8>));
+    let damage: [Damage; 3] = [
         ("cut", |b| b.truncate(b.len() / 2)),
         ("bit flipped", |b| {
             let at = b.len() - 5;
