@@ -9,8 +9,8 @@
 //! `.debug_aranges`, the whole-file context is used.
 //!
 //! Compressed sections (distributions compress debug files) are inflated
-//! lazily: `.debug_info`, `.debug_abbrev` and `.debug_line` only as far as
-//! the units looked at reach, since inflating was most of what remained.
+//! lazily: `.debug_info` and `.debug_abbrev` only as far as the units
+//! looked at reach, since inflating was most of what remained.
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
@@ -68,13 +68,14 @@ impl Lazy {
     fn inflate(&mut self, upto: usize) -> Option<()> {
         let want = upto.min(self.total);
         while self.out.len() < want {
+            // By a quarter of what is inflated (at least 256 KiB, at most
+            // the rest): growth stays amortized (each byte is copied a
+            // bounded number of times), and the sandbox's memory does not
+            // grow far past what is read, as doubling made it.
             let grow = (want - self.out.len())
                 .max(256 << 10)
+                .max(self.out.len() / 4)
                 .min(self.total - self.out.len());
-            // Exactly what this step inflates: the buffer is usually the
-            // allocator's last and grows in place, where doubling it
-            // reserved (and, in the sandbox, grew memory for) far more
-            // than was read.
             self.out.reserve_exact(grow);
             let before_out = self.z.total_out();
             let at = self.z.total_in() as usize;
@@ -141,10 +142,7 @@ impl DwarfIndex {
                         z: flate2::Decompress::new(true),
                         shared: None,
                     };
-                    if matches!(
-                        id,
-                        SectionId::DebugInfo | SectionId::DebugAbbrev | SectionId::DebugLine
-                    ) {
+                    if matches!(id, SectionId::DebugInfo | SectionId::DebugAbbrev) {
                         lazy.insert(id, l);
                     } else if let Some(r) = l.prefix(total) {
                         sections.insert(id, r);
@@ -186,14 +184,12 @@ impl DwarfIndex {
         self.lazy.borrow_mut().get_mut(&id)?.bytes(range)
     }
 
-    /// `Dwarf` over the sections; `info`, `abbrev` and `line` (a prefix of
-    /// `.debug_line`) replace those.
-    fn dwarf(&self, info: Option<Rd>, abbrev: Option<Rd>, line: Option<Rd>) -> gimli::Dwarf<Rd> {
+    /// `Dwarf` over the sections; `info` and `abbrev` replace those two.
+    fn dwarf(&self, info: Option<Rd>, abbrev: Option<Rd>) -> gimli::Dwarf<Rd> {
         let get = |id: SectionId| -> Result<Rd, gimli::Error> {
             let over = match id {
                 SectionId::DebugInfo => &info,
                 SectionId::DebugAbbrev => &abbrev,
-                SectionId::DebugLine => &line,
                 _ => &None,
             };
             if let Some(r) = over {
@@ -251,7 +247,7 @@ impl DwarfIndex {
 
     fn full(&self) -> Option<&Ctx> {
         self.full
-            .get_or_init(|| addr2line::Context::from_dwarf(self.dwarf(None, None, None)).ok())
+            .get_or_init(|| addr2line::Context::from_dwarf(self.dwarf(None, None)).ok())
             .as_ref()
     }
 
@@ -296,38 +292,7 @@ impl DwarfIndex {
             }
         };
         let info = gimli::EndianRcSlice::new(Rc::from(info), gimli::LittleEndian);
-        let line = self.line_program_prefix(&info, &abbrev);
-        addr2line::Context::from_dwarf(self.dwarf(Some(info), Some(abbrev), line)).ok()
-    }
-
-    /// `.debug_line` inflated as far as the unit's line program ends (the
-    /// offsets in it are from the section's start, so a prefix is enough):
-    /// read from the unit's `DW_AT_stmt_list` and the program's length.
-    /// None (the whole section, inflated) when the unit has no such
-    /// attribute or the section is not lazy.
-    fn line_program_prefix(&self, info: &Rd, abbrev: &Rd) -> Option<Rd> {
-        if !self.lazy.borrow().contains_key(&SectionId::DebugLine) {
-            return None;
-        }
-        let header = gimli::DebugInfo::from(info.clone()).units().next().ok()??;
-        let abbrevs = header
-            .abbreviations(&gimli::DebugAbbrev::from(abbrev.clone()))
-            .ok()?;
-        let mut entries = header.entries(&abbrevs);
-        let root = entries.next_dfs().ok()??;
-        let gimli::AttributeValue::DebugLineRef(gimli::DebugLineOffset(at)) =
-            root.attr_value(gimli::DW_AT_stmt_list)?
-        else {
-            return None;
-        };
-        // 32-bit DWARF only, as for units.
-        let len = self.bytes(SectionId::DebugLine, at..at.checked_add(4)?)?;
-        let len = u32::from_le_bytes(len[..4].try_into().ok()?);
-        if len >= 0xffff_fff0 {
-            return None;
-        }
-        let end = at.checked_add(4)?.checked_add(len as usize)?;
-        self.section(SectionId::DebugLine, end)
+        addr2line::Context::from_dwarf(self.dwarf(Some(info), Some(abbrev))).ok()
     }
 
     fn section_len(&self, id: SectionId) -> Option<usize> {

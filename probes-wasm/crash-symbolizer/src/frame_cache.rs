@@ -24,8 +24,10 @@ pub const MAX_ADDRESSES: usize = 4096;
 const MAX_FRAMES: usize = 64;
 /// Bytes of one name, file or source kept.
 const MAX_TEXT: usize = 4096;
-/// Largest entry read back.
-pub const MAX_ENTRY_BYTES: usize = 4 << 20;
+/// Largest entry written or read back: one larger is not kept.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+/// Libraries kept at once; past it, the least recently used go.
+pub const MAX_LIBRARIES: usize = 256;
 
 /// What an address resolved to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -136,7 +138,7 @@ impl<'s> FrameCache<'s> {
     }
 
     /// The entries this crash looked at (keys), and the new bytes of those
-    /// it changed.
+    /// it changed (an entry grown past [`MAX_ENTRY_BYTES`] is not kept).
     pub fn finish(self) -> (Vec<String>, Vec<(String, Vec<u8>)>) {
         let used = self.entries.keys().map(|id| key(id)).collect();
         let changed = self
@@ -144,6 +146,7 @@ impl<'s> FrameCache<'s> {
             .iter()
             .filter(|(_, e)| e.changed)
             .map(|(id, e)| (key(id), encode(id, e)))
+            .filter(|(_, bytes)| bytes.len() <= MAX_ENTRY_BYTES)
             .collect();
         (used, changed)
     }
@@ -172,11 +175,12 @@ pub trait EntryWriter: EntryStore {
 }
 
 /// Keeps what a crash resolved ([`FrameCache::finish`]): the changed
-/// entries are written and the used ones marked used at `now`; when the
-/// quota is reached the least recently used entries this crash did not use
-/// are dropped until the new one fits. Returns the quota when an entry
-/// could not be kept even so: a cache that cannot be kept costs the next
-/// crash time, never this crash's record.
+/// entries are written and the used ones marked used at `now`; beyond
+/// [`MAX_LIBRARIES`] entries, or when the quota is reached, the least
+/// recently used entries this crash did not use are dropped until the new
+/// one fits. Returns the quota when an entry could not be kept even so: a
+/// cache that cannot be kept costs the next crash time, never a record
+/// (the probe sends its record first).
 pub fn keep(
     store: &mut dyn EntryWriter,
     used: &[String],
@@ -184,7 +188,7 @@ pub fn keep(
     now: u64,
 ) -> Option<u64> {
     // `key time` lines; entries missing from it are the oldest.
-    let mut lru: Vec<(String, u64)> = store
+    let listed: Vec<(String, u64)> = store
         .get(LRU_KEY)
         .map(|b| {
             String::from_utf8_lossy(&b)
@@ -197,25 +201,47 @@ pub fn keep(
                 .collect()
         })
         .unwrap_or_default();
-    for k in store.keys() {
-        if k.starts_with("frames/") && !lru.iter().any(|(l, _)| *l == k) {
-            lru.push((k, 0));
-        }
+    // One line per key (the list read back may repeat one), each key
+    // stored listed (missing ones as the oldest), those used now at `now`.
+    let mut when: HashMap<String, u64> = HashMap::new();
+    for (k, t) in listed {
+        let e = when.entry(k).or_insert(t);
+        *e = (*e).max(t);
     }
-    for k in used {
-        match lru.iter_mut().find(|(l, _)| l == k) {
-            Some(e) => e.1 = now,
-            None => lru.push((k.clone(), now)),
-        }
+    let stored: std::collections::HashSet<String> = store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("frames/"))
+        .collect();
+    when.retain(|k, _| stored.contains(k));
+    for k in &stored {
+        when.entry(k.clone()).or_insert(0);
     }
-    lru.sort_by_key(|(_, t)| *t);
+    let used: std::collections::HashSet<&String> = used.iter().collect();
+    for k in &used {
+        when.insert((*k).clone(), now);
+    }
+    for (k, _) in &changed {
+        when.entry(k.clone()).or_insert(now);
+    }
+    let mut lru: Vec<(String, u64)> = when.into_iter().collect();
+    lru.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    // Past the count, the oldest not used now go (whatever the quota).
+    while lru.len() > MAX_LIBRARIES {
+        let Some(i) = lru.iter().position(|(k, _)| !used.contains(k)) else {
+            break;
+        };
+        let (old, _) = lru.remove(i);
+        store.delete(&old);
+    }
     let mut full = None;
     for (key, bytes) in changed {
         loop {
             match store.set(&key, &bytes) {
                 Ok(()) => break,
                 Err(Refused::Quota(limit)) => {
-                    let Some(i) = lru.iter().position(|(k, _)| !used.contains(k)) else {
+                    let Some(i) = lru.iter().position(|(k, _)| !used.contains(k) && *k != key)
+                    else {
                         full = Some(limit);
                         lru.retain(|(k, _)| *k != key);
                         break;
@@ -571,6 +597,32 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn at_most_max_libraries_are_kept() {
+        let mut s = Quota(Map::default(), u64::MAX);
+        for n in 0..MAX_LIBRARIES as u64 + 20 {
+            let k = key(&n.to_le_bytes());
+            keep(
+                &mut s,
+                std::slice::from_ref(&k),
+                vec![(k.clone(), vec![1])],
+                n,
+            );
+        }
+        let kept = s
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("frames/"))
+            .count();
+        assert_eq!(kept, MAX_LIBRARIES);
+        assert!(
+            s.get(&key(&0u64.to_le_bytes())).is_none(),
+            "the oldest went"
+        );
+        let newest = key(&(MAX_LIBRARIES as u64 + 19).to_le_bytes());
+        assert!(s.get(&newest).is_some());
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub struct Loaded {
     pub bias: u64,
     /// Why the module's file could not be used, if it could not.
     pub problem: Option<String>,
+    /// The file's own build id is the one the crashed process had mapped
+    /// (both known and equal): only then may what was read of it be kept
+    /// under that build id for other crashes.
+    pub build_id_verified: bool,
     /// Call frame information.
     pub cfi: Cfi,
     /// Executable ranges, link-time addresses.
@@ -125,6 +129,7 @@ fn empty_loaded(problem: String) -> Loaded {
         code: Code::None,
         symbols: Vec::new(),
         dwarf_files: Vec::new(),
+        build_id_verified: false,
         dwarf: OnceCell::from(None),
     }
 }
@@ -424,6 +429,7 @@ fn describe<'data, O: Object<'data>>(f: &O, m: &Module) -> Loaded {
         code: Code::None,
         symbols: Vec::new(),
         dwarf_files: Vec::new(),
+        build_id_verified: false,
         dwarf: OnceCell::new(),
     }
 }
@@ -515,6 +521,7 @@ fn load_file(m: &Module, lookup: &Lookup) -> Loaded {
         }
     }
     let mut l = describe(&parsed, m);
+    l.build_id_verified = m.core_build_id.is_some() && m.core_build_id == file_id;
     l.symbols = symbols_ranked(&parsed);
     let id = m.core_build_id.clone().or(file_id);
     let debug = find_debug_file(

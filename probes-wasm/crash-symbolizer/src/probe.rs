@@ -80,12 +80,9 @@ fn report(core: &str, facts: CrashFacts, lookup: Lookup) -> Result<(), String> {
         cache.hits + cache.misses
     ));
     let (used, changed) = cache.finish();
-    if let Some(limit) = keep(&mut StateEntries, &used, changed, now()) {
-        log::info(&format!(
-            "frame cache: an entry was not kept, the state quota ({limit} bytes) holds no older one to drop (raise state_quota_mib)"
-        ));
-    }
-    match result {
+    // The record first: keeping the cache must never cost it (a slow
+    // state write, the call's deadline).
+    let sent = match result {
         Ok(r) => {
             for p in &r.module_problems {
                 log::info(&format!("module not used: {p}"));
@@ -98,7 +95,13 @@ fn report(core: &str, facts: CrashFacts, lookup: Lookup) -> Result<(), String> {
             let p = crate::report::error_payload(&e, &facts);
             send("org.clearlinux/crash/error", 4, p)
         }
+    };
+    if let Some(limit) = keep(&mut StateEntries, &used, changed, now()) {
+        log::info(&format!(
+            "frame cache: an entry was not kept, the state quota ({limit} bytes) holds no older one to drop (raise state_quota_mib)"
+        ));
     }
+    sent
 }
 
 impl Probe for CrashSymbolizer {

@@ -275,15 +275,20 @@ fn symbolize<R: ReadAt + ?Sized>(
 
 /// The symbol and DWARF frames at `svma`: from the cache when an earlier
 /// crash resolved them from the same files, else from the files (and then
-/// kept). Only a module whose file was used is cached: one that could not
-/// be read may be readable next time.
+/// kept). Only a module whose file was used and whose own build id is the
+/// one the process had mapped is cached: one that could not be read may
+/// be readable next time, and a file without a build id (or a process
+/// claiming another's) must not put its names under someone else's.
 fn resolve(
     m: &crate::modules::Module,
     l: &crate::modules::Loaded,
     cache: &mut FrameCache,
     svma: u64,
 ) -> Resolved {
-    let id = m.core_build_id.as_deref().filter(|_| l.problem.is_none());
+    let id = m
+        .core_build_id
+        .as_deref()
+        .filter(|_| l.problem.is_none() && l.build_id_verified);
     let source = l
         .dwarf_files
         .first()

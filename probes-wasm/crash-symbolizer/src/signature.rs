@@ -34,6 +34,10 @@ const REPORTING: &[&str] = &[
     "malloc_printerr",
     "rust_panic",
     "rust_begin_unwind",
+    "__rust_start_panic",
+    "__rust_abort",
+    "__gxx_personality_v0",
+    "__cxa_call_terminate",
     "g_assertion_message",
     "g_assertion_message_expr",
 ];
@@ -47,10 +51,12 @@ const REPORTING_PREFIXES: &[&str] = &[
     "__GI___assert_fail",
     "std::panicking::",
     "core::panicking::",
-    "std::sys::",
+    "std::sys::pal::unix::abort_internal",
+    "std::sys::abort_internal",
+    "std::sys::backtrace::",
     "std::process::abort",
     "panic_abort::",
-    "__rust_",
+    "_Unwind_",
     "core::result::unwrap_failed",
     "core::option::unwrap_failed",
     "core::option::expect_failed",
@@ -67,6 +73,21 @@ fn reports_the_crash(name: &str) -> bool {
     REPORTING.contains(&name) || REPORTING_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+/// Clone suffixes a compiler adds to a function's name (`f.isra.0`,
+/// `f.constprop.1`, `f.part.0`, `f.cold`): they change with the compiler,
+/// the site does not.
+const CLONE_SUFFIXES: &[&str] = &[".isra.", ".constprop.", ".part.", ".cold", ".lto_priv."];
+
+/// The name without clone suffixes.
+fn normal(name: &str) -> &str {
+    let cut = CLONE_SUFFIXES
+        .iter()
+        .filter_map(|s| name.find(s))
+        .min()
+        .unwrap_or(name.len());
+    &name[..cut]
+}
+
 /// The program's name: the file name of its path.
 fn program(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
@@ -77,28 +98,40 @@ fn reliable(f: &&Frame) -> bool {
 }
 
 /// The report's signature, if its crashing thread has a frame to make it
-/// of.
+/// of: `sym1:` over the names of the frames that say where it crashed;
+/// `addr1:` when the first of those has no name (a stripped program), so
+/// that every crash in a stripped program's own code is not one
+/// signature made of the names below it (`__libc_start_main`).
 pub fn signature(report: &Report) -> Option<String> {
     let thread = report.threads.first()?;
     let kind = report
         .signal
         .map_or_else(|| "?".to_owned(), |s| s.to_string());
-    let names = thread
+    let program = program(&report.process);
+    // Past the frames that report the crash: the ones that say where.
+    let telling: Vec<&Frame> = thread
         .frames
         .iter()
         .filter(reliable)
-        .filter_map(|f| f.function.as_deref())
-        .filter(|n| !reports_the_crash(n));
-    sym1(program(&report.process), &kind, names).or_else(|| {
-        let offsets: Vec<ModuleOffset> = thread
-            .frames
+        .skip_while(|f| f.function.as_deref().is_some_and(reports_the_crash))
+        .collect();
+    let by_address = || {
+        let offsets: Vec<ModuleOffset> = telling
             .iter()
-            .filter(reliable)
             .filter_map(|f| f.module_offset.clone())
             .take(TOP_FRAMES)
             .collect();
-        addr1(program(&report.process), &kind, &offsets)
-    })
+        addr1(program, &kind, &offsets)
+    };
+    if telling.first().is_some_and(|f| f.function.is_none()) {
+        return by_address();
+    }
+    let names = telling
+        .iter()
+        .filter_map(|f| f.function.as_deref())
+        .filter(|n| !reports_the_crash(n))
+        .map(normal);
+    sym1(program, &kind, names).or_else(by_address)
 }
 
 #[cfg(test)]
@@ -202,6 +235,35 @@ mod tests {
             ],
         );
         assert_eq!(signature(&r), signature(&direct));
+    }
+
+    #[test]
+    fn a_stripped_programs_crashes_are_told_apart_by_address() {
+        let stripped = |at| {
+            report(
+                "/usr/bin/stripped",
+                11,
+                vec![
+                    frame(None, at, How::Cfi),
+                    frame(None, 0x1200, How::Cfi),
+                    frame(Some("__libc_start_main"), 0x29d90, How::Cfi),
+                ],
+            )
+        };
+        let a = signature(&stripped(0x1100)).unwrap();
+        assert!(a.starts_with("addr1:"), "{a}");
+        assert_ne!(a, signature(&stripped(0x1180)).unwrap());
+        // Clone suffixes do not count.
+        let named = |n: &str| report("/p", 11, vec![frame(Some(n), 1, How::Cfi)]);
+        assert_eq!(
+            signature(&named("parse.isra.0")),
+            signature(&named("parse.constprop.3.cold"))
+        );
+        assert_eq!(
+            signature(&named("parse.part.0")),
+            signature(&named("parse"))
+        );
+        assert_ne!(signature(&named("parse")), signature(&named("parser")));
     }
 
     #[test]
