@@ -37,11 +37,15 @@ impl Drop for CorePattern {
     }
 }
 
-/// A C program with two crash sites: `a` and `c` crash at two instructions
-/// of one function (one signature, two sites), `b` in another function.
+/// A C program with crash sites: `a` and `c` crash at two instructions
+/// of one function (one signature, two sites), `b` in another function,
+/// `d` and `e` abort in two functions (one site in libc, two signatures).
 /// It prints where `main` is, to show ASLR moved it.
 const GROUPING_C: &str = r#"
 #include <stdio.h>
+#include <stdlib.h>
+__attribute__((noinline)) static void abort_d(void) { abort(); }
+__attribute__((noinline)) static void abort_e(void) { abort(); }
 __attribute__((noinline)) static void site_a(int how) {
     volatile int *p = 0;
     if (how == 'a') {
@@ -56,7 +60,10 @@ int main(int argc, char **argv) {
     printf("%p\n", (void *)&main);
     fflush(stdout);
     char m = argc > 1 ? argv[1][0] : 'a';
-    if (m == 'b') site_b(); else site_a(m);
+    if (m == 'b') site_b();
+    else if (m == 'd') abort_d();
+    else if (m == 'e') abort_e();
+    else site_a(m);
     return 0;
 }
 "#;
@@ -223,8 +230,9 @@ fn the_kernels_cores_are_grouped_by_site_and_signature() {
         d.log()
     );
 
-    // The same crash of the copy, elsewhere in memory: another site for
-    // the handler, the same signature for telemd, which holds it back.
+    // The same crash of a copy at another path, elsewhere in memory: the
+    // same signature, but another program (a look-alike must not hold
+    // back the original's crashes), so it is sent.
     let copy_main = crash(&copy, "a");
     assert_ne!(
         first_main, copy_main,
@@ -232,32 +240,58 @@ fn the_kernels_cores_are_grouped_by_site_and_signature() {
     );
     let h = wait_history(&d, 2);
     assert_eq!(h[1].signature.as_deref(), Some(sig_a.as_str()), "{h:#?}");
-    assert_eq!(h[1].repeat_of.as_deref(), Some(h[0].id.as_str()));
-    assert!(!h[1].records[0].sent);
+    assert_eq!(h[1].repeat_of, None);
+    d.wait_spool(2);
 
     // Another site of the same program: sent, under another signature.
     crash(&exe, "b");
-    let sent = d.wait_spool(2);
-    let sig_b = sent
-        .iter()
-        .filter_map(|r| signature_in(&r.payload))
-        .find(|s| *s != sig_a)
-        .expect("a second signature")
-        .to_owned();
     let h = wait_history(&d, 3);
-    assert_eq!(h[2].signature.as_deref(), Some(sig_b.as_str()));
+    let sig_b = h[2].signature.clone().expect("a signature");
+    assert_ne!(sig_b, sig_a);
+    d.wait_spool(3);
 
     // The first function again at another instruction: a new site for the
-    // handler, the same signature for telemd.
+    // handler, the same program and signature for telemd: held back.
     crash(&exe, "c");
     let h = wait_history(&d, 4);
     assert_eq!(h[3].signature.as_deref(), Some(sig_a.as_str()));
     assert_eq!(h[3].repeat_of.as_deref(), Some(h[0].id.as_str()));
-    assert_eq!(d.spool_records().len(), 2, "repeats are not sent");
+    assert_eq!(d.spool_records().len(), 3, "the repeat is not sent");
+
+    // Two aborts from two functions: one site (in libc) for the handler,
+    // which lets a few through; two signatures, both sent.
+    crash(&exe, "d");
+    crash(&exe, "e");
+    let h = wait_history(&d, 6);
+    assert_ne!(h[4].signature, h[5].signature, "{h:#?}");
+    assert!(h[4..]
+        .iter()
+        .all(|e| e.repeat_of.is_none() && e.signal == Some(6)));
+    d.wait_spool(5);
+
+    // A stripped program: its own frames have no names, so the
+    // signature is made of their offsets; two sites, two signatures.
+    let stripped = one.join("stripped");
+    std::fs::copy(&exe, &stripped).unwrap();
+    assert!(Command::new("strip")
+        .arg(&stripped)
+        .status()
+        .unwrap()
+        .success());
+    crash(&stripped, "a");
+    crash(&stripped, "b");
+    let h = wait_history(&d, 8);
+    let (sa, sb) = (h[6].signature.clone(), h[7].signature.clone());
+    assert!(
+        sa.as_deref().is_some_and(|s| s.starts_with("addr1:")),
+        "{h:#?}"
+    );
+    assert_ne!(sa, sb);
+    d.wait_spool(7);
 
     // A Rust panic: demangled names without hashes, and a signature.
     crash(&panicky, "");
-    let sent = d.wait_spool(3);
+    let sent = d.wait_spool(8);
     let rust = sent
         .iter()
         .find(|r| r.payload.contains("panicky"))
@@ -277,7 +311,7 @@ fn the_kernels_cores_are_grouped_by_site_and_signature() {
     assert!(sig_rust.starts_with("sym1:") && sig_rust != sig_a && sig_rust != sig_b);
 
     // The admin's view.
-    wait_history(&d, 5);
+    wait_history(&d, 9);
     let table = String::from_utf8(support::telemctl(&d, &["crash", "list"]).stdout).unwrap();
     assert!(
         table.contains("SIGNATURE") && table.contains(&sig_a) && table.contains("repeat"),

@@ -20,6 +20,11 @@ use tracing::warn;
 pub const CORE_FILE: &str = "core";
 /// The metadata inside an entry.
 pub const META_FILE: &str = "crash.json";
+/// The crashed program, when the handler kept it (see
+/// `CrashMeta::program_kept`).
+pub const PROGRAM_FILE: &str = "program";
+/// Largest program kept with a crash.
+pub const PROGRAM_CAP: u64 = 256 << 20;
 /// An entry with no metadata this old was abandoned by a handler that died.
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 
@@ -44,31 +49,10 @@ pub struct CrashMeta {
     pub core_bytes: u64,
     /// The core was cut at `crash_max_core_size`.
     pub core_truncated: bool,
-    /// The file the crashed process was running (`/proc/PID/exe`, read by
-    /// the handler as root): the daemon shows the crash call the file at
-    /// `process_path` only if it is still this one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exe_file: Option<FileId>,
-}
-
-/// A file's identity: its device and inode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileId {
-    /// `st_dev`.
-    pub dev: u64,
-    /// `st_ino`.
-    pub ino: u64,
-}
-
-impl FileId {
-    /// The identity of an open file or a path's metadata.
-    pub fn of(m: &std::fs::Metadata) -> FileId {
-        use std::os::unix::fs::MetadataExt;
-        FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-        }
-    }
+    /// The crashed program was kept in the entry (`PROGRAM_FILE`): it
+    /// lay outside `/usr`, or was deleted while it ran.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub program_kept: bool,
 }
 
 /// Entry ids are made by the handler: letters, digits, `-`; nothing that

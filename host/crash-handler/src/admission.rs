@@ -23,8 +23,9 @@ use crate::inbox::{create_in, make_entry, open_plain};
 
 /// Where the flood limits keep their state, inside the inbox.
 const RECENT_FILE: &str = ".recent.json";
-/// Largest flood state read (1024 keys of at most 512 bytes, and counts).
-const RECENT_FILE_CAP: u64 = 1 << 20;
+/// Largest flood state read: 1024 keys of at most 512 bytes, each byte
+/// at most 6 in JSON (`\u001b`), with their times and counts.
+const RECENT_FILE_CAP: u64 = 4 << 20;
 /// Crash sites the repeat filter remembers at once; the oldest are
 /// forgotten first, so crashing copies of a program under ever new names
 /// cannot grow the file every handler reads and rewrites under the lock.
@@ -45,6 +46,8 @@ const MIB: u64 = 1 << 20;
 #[serde(default)]
 struct Recent {
     last: BTreeMap<String, u64>,
+    /// Crashes admitted under each key of `last` since it was last empty.
+    admitted: BTreeMap<String, u32>,
     dropped_repeats: u64,
     dropped_full: u64,
     dropped_low_space: u64,
@@ -139,11 +142,54 @@ fn write_recent(inbox: &Dir, recent: &Recent) -> anyhow::Result<()> {
         .context("cannot record the flood state")
 }
 
+/// Counts an admitted crash under `key` at `t`.
+fn note_admitted(recent: &mut Recent, key: &str, t: u64) {
+    let n = if recent.last.contains_key(key) {
+        recent.admitted.get(key).copied().unwrap_or(1) + 1
+    } else {
+        1
+    };
+    recent.last.insert(key.to_owned(), t);
+    recent.admitted.insert(key.to_owned(), n);
+}
+
 fn low_space_message(exe: &str, crash: &CrashConfig, dropped: u64) -> String {
     format!(
         "crash of {exe} dropped: its core would leave less than crash_min_free_mb = {} MiB free on the crash inbox's filesystem ({dropped} dropped so far)",
         crash.crash_min_free_mb.get()
     )
+}
+
+/// Crashes of one program by one user within the window that the handler
+/// admits when where they stopped does not tell them apart (`abort`,
+/// `raise`, an uncaught exception: the pc is in libc for all of them);
+/// telemd then tells them apart by their stacks' signatures.
+pub(crate) const BURST: u32 = 5;
+
+/// Signals of a fault at the pc (SIGILL, SIGBUS, SIGFPE, SIGSEGV): there,
+/// the pc names the crash site.
+fn is_fault(signal: Option<u32>) -> bool {
+    matches!(signal, Some(4 | 7 | 8 | 11))
+}
+
+/// Who crashed where, as the repeat filter keys it, and how many crashes
+/// of that key the window admits: the user, the executable and, for a
+/// fault whose site is known, the site (one per window); for any other
+/// signal with the site known (a kernel that gives `%I`), [`BURST`]; with
+/// no site (older kernels), one per executable as before sites.
+fn repeat_key(
+    uid: Option<u32>,
+    exe: &str,
+    site: Option<&str>,
+    signal: Option<u32>,
+) -> (String, u32) {
+    let who = uid.map_or_else(|| "?".to_owned(), |u| u.to_string());
+    match site {
+        // The site first: a long executable path is what the cap cuts.
+        Some(site) if is_fault(signal) => (recent_key(&format!("{site} in {who}:{exe}")), 1),
+        Some(_) => (recent_key(&format!("{who}:{exe}")), BURST),
+        None => (recent_key(&format!("{who}:{exe}")), 1),
+    }
 }
 
 /// The flood limits, under the lock shared by concurrent handlers: the
@@ -154,9 +200,12 @@ fn low_space_message(exe: &str, crash: &CrashConfig, dropped: u64) -> String {
 /// have reserved, or less room than a small core above the
 /// `crash_min_free_mb` floor. An admitted core's entry is made and its
 /// room reserved before the lock is let go.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn admit(
     inbox: &Dir,
     exe: &str,
+    uid: Option<u32>,
+    signal: Option<u32>,
     site: Option<&str>,
     crash: &CrashConfig,
     new_entry: Option<&str>,
@@ -169,16 +218,19 @@ pub(crate) fn admit(
         .last
         .retain(|_, last| t.saturating_sub(*last) < window.max(1));
     forget_oldest(&mut recent.last, MAX_RECENT - 1);
-    // The site first: a long executable path is what the cap cuts.
-    let key = &recent_key(&match site {
-        Some(site) => format!("{site} in {exe}"),
-        None => exe.to_owned(),
-    });
-    let verdict = if recent.last.contains_key(key) && window > 0 {
+    let Recent { last, admitted, .. } = &mut recent;
+    admitted.retain(|k, _| last.contains_key(k));
+    let (key, budget) = repeat_key(uid, exe, site, signal);
+    let key = &key;
+    let seen = recent.admitted.get(key).copied().unwrap_or(1);
+    let verdict = if recent.last.contains_key(key) && seen >= budget && window > 0 {
         recent.dropped_repeats += 1;
-        let (at, there) = site.map_or((String::new(), ""), |s| (format!(" at {s}"), " there"));
+        let at = match site {
+            Some(s) if budget == 1 => format!(" at {s}"),
+            _ => String::new(),
+        };
         Admission::Dropped(format!(
-            "crash of {exe}{at} dropped: it crashed{there} less than {window} s ago ({} repeats dropped so far)",
+            "crash of {exe}{at} dropped: it crashed {budget} time(s) there within {window} s ({} repeats dropped so far)",
             recent.dropped_repeats
         ))
     } else if let Some(id) = new_entry {
@@ -205,11 +257,11 @@ pub(crate) fn admit(
             Admission::Dropped(low_space_message(exe, crash, recent.dropped_low_space))
         } else {
             let r = reserve(inbox, id, core_limit)?;
-            recent.last.insert(key.to_owned(), t);
+            note_admitted(&mut recent, key, t);
             Admission::Keep(r)
         }
     } else {
-        recent.last.insert(key.to_owned(), t);
+        note_admitted(&mut recent, key, t);
         Admission::NoCore
     };
     if let Err(e) = write_recent(inbox, &recent) {
@@ -433,5 +485,44 @@ mod tests {
         assert_eq!(read_recent(&inbox).dropped_repeats, 0);
         std::fs::write(dir.path().join(RECENT_FILE), b"{\"dropped_repeats\": 7}").unwrap();
         assert_eq!(read_recent(&inbox).dropped_repeats, 7);
+    }
+
+    /// Faults at a known site: one per site and user; aborts (the pc is in
+    /// libc whatever failed): up to BURST per program and user, for telemd
+    /// to tell apart by signature; without a site: one per program.
+    #[test]
+    fn repeats_are_keyed_on_user_program_and_fault_site() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = open_inbox(dir.path()).unwrap();
+        let crash = CrashConfig::default();
+        let run = |uid, signal, site| {
+            matches!(
+                admit(
+                    &inbox,
+                    "/usr/bin/p",
+                    Some(uid),
+                    Some(signal),
+                    site,
+                    &crash,
+                    None
+                )
+                .unwrap(),
+                Admission::NoCore
+            )
+        };
+        let a = Some("/usr/bin/p+0x1139");
+        let b = Some("/usr/bin/p+0x1200");
+        assert!(run(1000, 11, a));
+        assert!(!run(1000, 11, a), "the same fault site again");
+        assert!(run(1000, 11, b), "another site");
+        assert!(run(1001, 11, a), "another user");
+        let libc = Some("/usr/lib/libc.so.6+0x8f3b2");
+        for i in 0..BURST {
+            assert!(run(1000, 6, libc), "abort {i} of the burst");
+        }
+        assert!(!run(1000, 6, libc), "past the burst");
+        assert!(!run(1000, 6, None), "the program alone is now seen");
+        assert!(run(1002, 11, None));
+        assert!(!run(1002, 11, None), "no site: one per program");
     }
 }

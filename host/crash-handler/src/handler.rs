@@ -32,7 +32,7 @@ use anyhow::Context;
 use telem_cli::crash_handler::Args;
 use telem_core::config::Config;
 use telem_core::control::client::{Client, ClientError};
-use telem_core::crash_inbox::{CrashMeta, CORE_FILE};
+use telem_core::crash_inbox::{CrashMeta, CORE_FILE, PROGRAM_CAP, PROGRAM_FILE};
 use telem_core::native_client::{build_local_record, send_record, NewRecord, CLIENT_TIMEOUT};
 use telem_core::state_layout::StateLayout;
 use telem_core::untrusted::escape;
@@ -125,6 +125,8 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
     let admission = admit(
         &inbox_fd,
         what,
+        args.uid,
+        args.signal,
         crashed.site.as_deref(),
         &config.crash,
         new_entry,
@@ -150,6 +152,15 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
             None => Box::new(io::stdin().lock()),
         };
         let (bytes, truncated) = copy_capped(&mut input, &core, reservation.core_limit)?;
+        // The program, within the room reserved for the core.
+        let program_kept = match &crashed.program {
+            Some(program) if !truncated => keep_program(
+                program,
+                &reservation.entry,
+                reservation.core_limit.saturating_sub(bytes),
+            ),
+            _ => false,
+        };
         if truncated && reservation.core_limit < config.crash.crash_max_core_size.get() {
             // Cut by the free-space floor, not by crash_max_core_size.
             return Ok(false);
@@ -170,7 +181,7 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
             time: now(),
             core_bytes: bytes,
             core_truncated: truncated,
-            exe_file: crashed.exe_file,
+            program_kept,
         };
         finish_entry(&inbox_fd, &reservation.entry, &meta)?;
         Ok(true)
@@ -190,6 +201,28 @@ pub fn run(args: &Args, config: &Config) -> anyhow::Result<Outcome> {
     }
     announce(config, &id, args.verbose);
     Ok(Outcome::Queued(id))
+}
+
+/// Copies the crashed program into the entry (`PROGRAM_FILE`) if it fits
+/// in `room`; a program not kept costs its frames' names, never the crash.
+fn keep_program(program: &File, entry: &cap_std::fs::Dir, room: u64) -> bool {
+    let fits = program
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() <= room.min(PROGRAM_CAP));
+    if !fits {
+        return false;
+    }
+    let kept = create_in(entry, PROGRAM_FILE).and_then(|out| {
+        let mut input = program;
+        copy_capped(&mut input, &out, PROGRAM_CAP)
+    });
+    match kept {
+        Ok((_, false)) => true,
+        _ => {
+            let _ = entry.remove_file(PROGRAM_FILE);
+            false
+        }
+    }
 }
 
 /// The crashed executable's path (`%E`, `!` turned back into `/`) and the

@@ -74,7 +74,7 @@ pub fn suid_dump(dump_mode: Option<&str>, changed: bool, suid_dumpable: u32) -> 
 }
 
 /// The crashed process as the kernel and `/proc` name it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Crashed {
     /// `%P`, held to the pidfd when the kernel gave one.
     pub pid: Option<u32>,
@@ -83,10 +83,17 @@ pub(crate) struct Crashed {
     /// Where the crashing thread stopped, as `MODULE+0xOFFSET` (see
     /// [`crash_site`]), when the kernel named the thread (`%I`).
     pub site: Option<String>,
-    /// The file it was running (`/proc/PID/exe`), which the daemon checks
-    /// `%E` against before showing it to the crash probe.
-    pub exe_file: Option<telem_core::crash_inbox::FileId>,
+    /// The program it was running, opened through `/proc/PID/exe` while
+    /// root (the very file, even deleted or replaced since, even in a
+    /// directory the service user cannot read), when it lies outside
+    /// `/usr` (where the crash probe's grant does not reach): kept beside
+    /// the core.
+    pub program: Option<std::fs::File>,
 }
+
+/// Where the crash probe's shipped grant reaches: programs elsewhere are
+/// kept with their core.
+const GRANTED_PROGRAMS: &str = "/usr/";
 
 /// Identifies the crashed process (as root, before privileges go): its
 /// pid, checked against the pidfd before and after its status is read
@@ -108,9 +115,16 @@ pub(crate) fn identify(
     // A kernel without `%I` gives nothing.
     let tid = tid.and_then(|t| t.trim().parse::<u32>().ok());
     let site = pid.zip(tid).and_then(|(p, t)| crash_site(p, t));
-    let exe_file = pid
-        .and_then(|p| std::fs::metadata(format!("/proc/{p}/exe")).ok())
-        .map(|m| telem_core::crash_inbox::FileId::of(&m));
+    let program = pid.and_then(|p| {
+        let link = std::fs::read_link(format!("/proc/{p}/exe")).ok()?;
+        // `/usr/bin/x (deleted)`: upgraded while it ran; the file on disk
+        // is another one.
+        let deleted = link.to_string_lossy().ends_with(" (deleted)");
+        if link.starts_with(GRANTED_PROGRAMS) && !deleted {
+            return None;
+        }
+        std::fs::File::open(format!("/proc/{p}/exe")).ok()
+    });
     if let Some(fd) = pidfd {
         pidfd_check(fd, pid)?;
     }
@@ -123,7 +137,7 @@ pub(crate) fn identify(
         pid,
         suid: suid_dump(dump_mode, changed, suid_dumpable),
         site,
-        exe_file,
+        program,
     })
 }
 
@@ -152,8 +166,9 @@ pub fn instruction_pointer(stat: &str) -> Option<u64> {
 /// The site of `pc` in a `/proc/PID/maps` listing: the mapped file (or
 /// `[anon]`, `[stack]`, ...) and the offset of `pc` in it.
 pub fn site_in_maps(maps: impl BufRead, pc: u64) -> Option<String> {
-    for line in maps.lines() {
-        let line = line.ok()?;
+    // A path need not be UTF-8: read bytes, show them lossily.
+    for line in maps.split(b'\n') {
+        let line = String::from_utf8_lossy(&line.ok()?).into_owned();
         let mut f = line.split_whitespace();
         let (start, end) = f.next()?.split_once('-')?;
         let (start, end) = (

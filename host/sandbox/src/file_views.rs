@@ -84,7 +84,7 @@ pub struct GrantedFile {
 /// a directory on the way swapped for a link since the grant was resolved
 /// is refused, not followed. Kernels before 5.6 lack `openat2`; there only
 /// the last component is checked (`O_NOFOLLOW`).
-pub fn open_granted(from: &GrantedFile) -> io::Result<std::fs::File> {
+fn open_granted(from: &GrantedFile) -> io::Result<std::fs::File> {
     use rustix::fs::{openat2, Mode, OFlags, ResolveFlags, CWD};
     if !from.follow {
         let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;

@@ -158,11 +158,9 @@ impl Recent {
 pub struct CrashOptions {
     /// `crash_repeat_window_secs`.
     pub repeat_window_secs: u64,
-    /// Where copies of crashed programs are made for a call
+    /// Where views of crashed programs are made for a call
     /// (`StateLayout::probe_views`).
     pub views_dir: PathBuf,
-    /// Bytes those copies leave free (`crash_min_free_mb`).
-    pub min_free_bytes: u64,
 }
 
 impl CrashOptions {
@@ -172,7 +170,6 @@ impl CrashOptions {
             repeat_window_secs: config.crash.crash_repeat_window_secs.get(),
             views_dir: telem_core::state_layout::StateLayout::new(&config.host.state_dir)
                 .probe_views(),
-            min_free_bytes: config.crash.crash_min_free_mb.get().saturating_mul(1 << 20),
         }
     }
 }
@@ -223,8 +220,10 @@ impl Crashes {
             self.recent.clone(),
             id,
             meta.time,
+            meta.uid,
+            &program_of(&meta),
         ));
-        let exe = self.program_view(&meta).await;
+        let exe = self.program_view(&entry, &meta).await;
         let (results, mut records) = probes
             .crash(report, &entry, exe.as_ref(), filter.clone())
             .await;
@@ -301,22 +300,25 @@ impl Crashes {
 }
 
 impl Crashes {
-    /// A copy of the crashed program for the calls, when a crash probe's
-    /// grant does not reach it; a program that cannot be shown costs its
-    /// frames' names, never the crash (the reason is logged).
-    async fn program_view(&self, meta: &CrashMeta) -> Option<ExeView> {
+    /// The crashed program for the calls, when the handler kept it (it
+    /// lay outside `/usr`) and a crash probe's grant does not reach its
+    /// path; a program that cannot be shown costs its frames' names, never
+    /// the crash (the reason is logged).
+    async fn program_view(&self, entry: &std::path::Path, meta: &CrashMeta) -> Option<ExeView> {
+        if !meta.program_kept {
+            return None;
+        }
         let path = PathBuf::from(meta.process_path.as_deref()?);
         if self.probes.crash_grants_reach(&path) {
             return None;
         }
-        let (views, ran, floor) = (
+        let (views, kept) = (
             self.options.views_dir.clone(),
-            meta.exe_file,
-            self.options.min_free_bytes,
+            entry.join(telem_core::crash_inbox::PROGRAM_FILE),
         );
         let shown = path.clone();
         let built =
-            tokio::task::spawn_blocking(move || ExeView::build(&views, &shown, ran, floor)).await;
+            tokio::task::spawn_blocking(move || ExeView::build(&views, &kept, &shown)).await;
         match built {
             Ok(Ok(view)) => Some(view),
             Ok(Err(e)) => {
@@ -351,10 +353,7 @@ async fn remember(
     let entry = CrashEntry {
         id: id.to_owned(),
         time: meta.time,
-        program: meta
-            .process_path
-            .clone()
-            .unwrap_or_else(|| meta.process_name.clone()),
+        program: program_of(meta),
         pid: meta.pid,
         signal: meta.signal,
         uid: meta.uid,
@@ -381,4 +380,12 @@ async fn remember(
         Ok(Err(e)) => warn!("crash {id}: not kept in the crash history: {}", Chain(&e)),
         Err(e) => warn!("crash {id}: not kept in the crash history: {e}"),
     }
+}
+
+/// The crashed program as the history names it: its path when the kernel
+/// gave one, else its name.
+fn program_of(meta: &CrashMeta) -> String {
+    meta.process_path
+        .clone()
+        .unwrap_or_else(|| meta.process_name.clone())
 }

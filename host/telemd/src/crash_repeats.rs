@@ -1,7 +1,10 @@
 //! The daemon's half of the crash flood limit: a crash whose record
 //! carries the signature of one sent within `crash_repeat_window_secs`
-//! (by the crash's own time) is kept in the history as a repeat, and its
-//! record held back. The crash handler's half drops repeats of a crash
+//! (by the crashes' own times) for the same program (its path) run by the
+//! same user is kept in the history as a repeat, and its record held back.
+//! The user and path are part of the key so that nobody can keep another
+//! user's crash, or another program's, from being sent by crashing a
+//! look-alike first. The crash handler's half drops repeats of a crash
 //! site before a core is kept; this half sees what the handler cannot:
 //! the whole stack. Two crashes of one program at different sites have
 //! different signatures, so both are sent however many times the first
@@ -22,11 +25,15 @@ use crate::ingest::Ingest;
 /// Signatures remembered at once; the oldest are forgotten first.
 const MAX_SIGNATURES: usize = 1024;
 
+/// What a repeat is keyed on: the user, the program's path, the
+/// signature.
+type Key = (Option<u32>, String, String);
+
 /// The signatures sent lately: when, and for which crash.
 #[derive(Debug, Default)]
 pub struct RecentSignatures {
     window: u64,
-    last: HashMap<String, (u64, String)>,
+    last: HashMap<Key, (u64, String)>,
 }
 
 impl RecentSignatures {
@@ -39,22 +46,23 @@ impl RecentSignatures {
         };
         for e in &listing.entries {
             if let (Some(sig), None) = (&e.signature, &e.repeat_of) {
-                r.sent(sig, e.time, &e.id);
+                r.sent(&(e.uid, e.program.clone(), sig.clone()), e.time, &e.id);
             }
         }
         r
     }
 
-    /// The crash that sent `signature` within the window before `time`,
-    /// if one did (not `crash` itself).
-    fn repeat_of(&self, signature: &str, time: u64, crash: &str) -> Option<String> {
-        let (sent, id) = self.last.get(signature)?;
-        let within = self.window > 0 && time.saturating_sub(*sent) < self.window;
+    /// The crash that sent `key` within the window of `time` (before or
+    /// after: crashes are not always handled in order), if one did (not
+    /// `crash` itself).
+    fn repeat_of(&self, key: &Key, time: u64, crash: &str) -> Option<String> {
+        let (sent, id) = self.last.get(key)?;
+        let within = self.window > 0 && time.abs_diff(*sent) < self.window;
         (within && id != crash).then(|| id.clone())
     }
 
-    fn sent(&mut self, signature: &str, time: u64, crash: &str) {
-        if self.last.len() >= MAX_SIGNATURES && !self.last.contains_key(signature) {
+    fn sent(&mut self, key: &Key, time: u64, crash: &str) {
+        if self.last.len() >= MAX_SIGNATURES && !self.last.contains_key(key) {
             if let Some(oldest) = self
                 .last
                 .iter()
@@ -64,10 +72,9 @@ impl RecentSignatures {
                 self.last.remove(&oldest);
             }
         }
-        let newer = self.last.get(signature).is_none_or(|(t, _)| *t <= time);
+        let newer = self.last.get(key).is_none_or(|(t, _)| *t <= time);
         if newer {
-            self.last
-                .insert(signature.to_owned(), (time, crash.to_owned()));
+            self.last.insert(key.clone(), (time, crash.to_owned()));
         }
     }
 }
@@ -90,22 +97,29 @@ pub struct RepeatFilter {
     recent: Arc<Mutex<RecentSignatures>>,
     crash: String,
     time: u64,
+    uid: Option<u32>,
+    program: String,
     held: Mutex<Vec<HeldBack>>,
 }
 
 impl RepeatFilter {
-    /// The filter for crash `crash`, taken by the handler at `time`.
+    /// The filter for crash `crash` of `program` (as the history names
+    /// it) run by `uid`, taken by the handler at `time`.
     pub fn new(
         ingest: Arc<Ingest>,
         recent: Arc<Mutex<RecentSignatures>>,
         crash: &str,
         time: u64,
+        uid: Option<u32>,
+        program: &str,
     ) -> RepeatFilter {
         RepeatFilter {
             ingest,
             recent,
             crash: crash.to_owned(),
             time,
+            uid,
+            program: program.to_owned(),
             held: Mutex::new(Vec::new()),
         }
     }
@@ -123,10 +137,11 @@ impl RecordIntake for RepeatFilter {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, IntakeError>> + Send + '_>>
     {
         Box::pin(async move {
-            let signature = signature_in(&record.payload).map(str::to_owned);
-            if let Some(sig) = &signature {
+            let key = signature_in(&record.payload)
+                .map(|sig| (self.uid, self.program.clone(), sig.to_owned()));
+            if let Some(key) = &key {
                 let repeat = self.recent.lock().expect("signatures lock").repeat_of(
-                    sig,
+                    key,
                     self.time,
                     &self.crash,
                 );
@@ -140,11 +155,11 @@ impl RecordIntake for RepeatFilter {
                 }
             }
             let id = self.ingest.submit(record).await?;
-            if let Some(sig) = &signature {
+            if let Some(key) = &key {
                 self.recent
                     .lock()
                     .expect("signatures lock")
-                    .sent(sig, self.time, &self.crash);
+                    .sent(key, self.time, &self.crash);
             }
             Ok(id)
         })
@@ -160,10 +175,10 @@ mod tests {
         CrashEntry {
             id: id.into(),
             time,
-            program: "/p".into(),
+            program: "/usr/bin/p".into(),
             pid: 1,
             signal: Some(11),
-            uid: None,
+            uid: Some(1000),
             signature: Some(signature.into()),
             repeat_of: repeat_of.map(str::to_owned),
             records: vec![SentRecord {
@@ -174,6 +189,10 @@ mod tests {
                 sent: repeat_of.is_none(),
             }],
         }
+    }
+
+    fn key(sig: &str) -> Key {
+        (Some(1000), "/usr/bin/p".into(), sig.into())
     }
 
     const A: &str = "sym1:000000000000000a";
@@ -189,21 +208,40 @@ mod tests {
             unreadable: 0,
         };
         let mut r = RecentSignatures::from_history(&listing, 60);
-        assert_eq!(r.repeat_of(A, 159, "three"), Some("one".into()));
-        assert_eq!(r.repeat_of(A, 160, "three"), None, "the window is over");
-        assert_eq!(r.repeat_of(B, 110, "three"), None, "another site");
+        assert_eq!(r.repeat_of(&key(A), 159, "three"), Some("one".into()));
         assert_eq!(
-            r.repeat_of(A, 110, "one"),
+            r.repeat_of(&key(A), 160, "three"),
+            None,
+            "the window is over"
+        );
+        assert_eq!(
+            r.repeat_of(&key(A), 41, "early"),
+            Some("one".into()),
+            "handled late"
+        );
+        assert_eq!(r.repeat_of(&key(A), 40, "early"), None);
+        assert_eq!(r.repeat_of(&key(B), 110, "three"), None, "another site");
+        assert_eq!(
+            r.repeat_of(&key(A), 110, "one"),
             None,
             "a crash does not repeat itself"
         );
-        r.sent(A, 160, "three");
-        assert_eq!(r.repeat_of(A, 200, "four"), Some("three".into()));
+        // Another user, or another program of the same name: not a repeat.
+        let other_user = (Some(1001), "/usr/bin/p".to_owned(), A.to_owned());
+        assert_eq!(r.repeat_of(&other_user, 110, "x"), None);
+        let look_alike = (Some(1000), "/tmp/p".to_owned(), A.to_owned());
+        assert_eq!(r.repeat_of(&look_alike, 110, "x"), None);
+        r.sent(&key(A), 160, "three");
+        assert_eq!(r.repeat_of(&key(A), 200, "four"), Some("three".into()));
         // A crash handled late (its time is older) does not move the window back.
-        r.sent(A, 150, "late");
-        assert_eq!(r.repeat_of(A, 215, "five"), Some("three".into()));
+        r.sent(&key(A), 150, "late");
+        assert_eq!(r.repeat_of(&key(A), 215, "five"), Some("three".into()));
         let off = RecentSignatures::from_history(&listing, 0);
-        assert_eq!(off.repeat_of(A, 100, "three"), None, "window 0: no limit");
+        assert_eq!(
+            off.repeat_of(&key(A), 100, "three"),
+            None,
+            "window 0: no limit"
+        );
     }
 
     #[test]
@@ -213,15 +251,16 @@ mod tests {
             last: HashMap::new(),
         };
         for i in 0..MAX_SIGNATURES as u64 + 10 {
-            r.sent(&format!("sym1:{i:016x}"), i, "c");
+            r.sent(&key(&format!("sym1:{i:016x}")), i, "c");
         }
         assert_eq!(r.last.len(), MAX_SIGNATURES);
         assert!(
-            r.repeat_of(&format!("sym1:{:016x}", 0), 20, "d").is_none(),
+            r.repeat_of(&key(&format!("sym1:{:016x}", 0)), 20, "d")
+                .is_none(),
             "the oldest went"
         );
         assert!(r
-            .repeat_of(&format!("sym1:{:016x}", 1000), 1001, "d")
+            .repeat_of(&key(&format!("sym1:{:016x}", 1000)), 1001, "d")
             .is_some());
     }
 }
