@@ -815,7 +815,9 @@ fn kernel_oops_decodes_the_escapes_of_dev_kmsg() {
         [(
             "org.clearlinux/kernel/warning".to_owned(),
             "2".to_owned(),
-            "Crash Report:\nReason: ACPI Error: [\\_SB_.PCI0.LPCB.H_EC.ECWT] Namespace lookup failure, AE_NOT_FOUND (20150930/psargs-359)\n".to_owned()
+            "Crash Report:\nReason: ACPI Error: [\\_SB_.PCI0.LPCB.H_EC.ECWT] Namespace lookup failure, AE_NOT_FOUND (20150930/psargs-359)\n\
+             Signature : line1:a841fcb600101cdc\n"
+                .to_owned()
         )]
     );
 }

@@ -114,7 +114,7 @@ mod tests {
         assert!(!root.exists(), "removed after the call");
         assert!(kept.exists(), "the entry's copy stays with the entry");
 
-        for bad in ["crashme", "/a/../etc/shadow", "/", "/a/./b"] {
+        for bad in ["crashme", "/a/../etc/shadow", "/", "./a/b"] {
             assert!(
                 matches!(
                     ExeView::build(&scratch, &kept, Path::new(bad)),

@@ -84,30 +84,41 @@ fn signatures(text: &str) -> Vec<String> {
 }
 
 /// The same reports on another machine, another boot: other CPU and pid
-/// numbers, other addresses (KASLR), another kernel build string.
+/// numbers, other addresses (KASLR, hashed pointers): every run of 8 or
+/// more hex digits gets other digits, every `CPU: N` and `PID: N` another
+/// number.
 fn elsewhere(text: &str) -> String {
     let mut out = String::new();
     for line in text.lines() {
         let mut l = String::new();
-        for word in line.split_inclusive(' ') {
-            let (w, sep) = word.split_at(word.trim_end().len());
-            // A 16-digit address, bare or bracketed, moves with KASLR.
-            let changed: String = if w.len() >= 16
-                && w.trim_matches(|c| "[<>]():".contains(c))
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit())
-            {
-                w.replace("ffff", "fffe")
+        let mut run = String::new();
+        let flush = |run: &mut String, l: &mut String| {
+            if run.len() >= 8 {
+                // The same length, other digits.
+                l.extend(run.chars().map(|c| if c == '0' { '7' } else { '0' }));
             } else {
-                w.to_owned()
-            };
-            l.push_str(&changed);
-            l.push_str(sep);
+                l.push_str(run);
+            }
+            run.clear();
+        };
+        for c in line.chars() {
+            if c.is_ascii_hexdigit() {
+                run.push(c);
+            } else {
+                flush(&mut run, &mut l);
+                l.push(c);
+            }
         }
-        let l = l
-            .replace("CPU: 0 ", "CPU: 7 ")
-            .replace("CPU: 1 ", "CPU: 6 ")
-            .replace("PID: 1 ", "PID: 4242 ");
+        flush(&mut run, &mut l);
+        for key in ["CPU: ", "PID: "] {
+            if let Some(at) = l.find(key) {
+                let from = at + key.len();
+                let digits = l[from..].bytes().take_while(u8::is_ascii_digit).count();
+                if digits > 0 {
+                    l.replace_range(from..from + digits, "4242");
+                }
+            }
+        }
         out.push_str(&l);
         out.push('\n');
     }
