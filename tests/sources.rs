@@ -464,6 +464,33 @@ fn a_component_built_against_contract_0_1_loads_and_sends_unchanged() {
     assert!(info(&d, "hello").sources.is_empty());
 }
 
+/// 0.2.1 added an interface (`debuginfo`) and changed none: a component
+/// built against 0.2.0 (the hello probe, built before it) is linked to
+/// the 0.2.1 host's interfaces by their semver-compatible versions, loads
+/// and sends unchanged.
+#[test]
+fn a_component_built_against_contract_0_2_0_loads_on_0_2_1() {
+    let (d, _k) = sources_daemon("");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/probes/hello-contract-0.2.0.wasm");
+    let bytes = std::fs::read(&fixture).unwrap();
+    let imports = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        imports(b"telemetrics:probe/records@0.2.0"),
+        "built against 0.2.0"
+    );
+    assert!(!imports(b"debuginfo"), "before 0.2.1");
+    std::fs::copy(&fixture, d.path("probes/hello.wasm")).unwrap();
+    let d = d.spawn();
+    let recs = d.wait_spool(1);
+    assert_eq!(
+        recs[0].headers.get(Header::Classification),
+        "org.clearlinux/hello/world"
+    );
+    run_probe(&d, "hello", &[]).unwrap();
+    d.wait_spool(2);
+}
+
 /// The contract-bump checklist (ARCHITECTURE.md, "A contract version"),
 /// as far as files can tell: every frozen contract has its host bindings
 /// and a component built against it that a test loads (the one above for

@@ -239,6 +239,33 @@ pub mod log {
     }
 }
 
+/// Debug files fetched by the host, in a crash call (contract 0.2.1): the
+/// separate debug file or the binary of a GNU build id, from the
+/// debuginfod servers the admin named (`debuginfod_urls`; none by
+/// default), checked by the host to carry that build id and readable at
+/// the returned path until the call ends. The call's lookups share a
+/// bounded time; `None` is the answer when no server is named, outside a
+/// crash call, when nothing was found in time, and on a host older than
+/// 0.2.1 the probe does not load at all.
+///
+/// ```no_run
+/// use telemetrics_probe_sdk::debuginfo;
+///
+/// let id = [0x93, 0xac, 0x61, 0xec];
+/// if let Some(path) = debuginfo::find(&id, debuginfo::Kind::Debuginfo) {
+///     let _debug_file = std::fs::read(path);
+/// }
+/// ```
+pub mod debuginfo {
+    use crate::bindings::telemetrics::probe::debuginfo as host;
+    pub use crate::bindings::telemetrics::probe::debuginfo::Kind;
+
+    /// The path of the file, readable in this call, or `None`.
+    pub fn find(build_id: &[u8], kind: Kind) -> Option<String> {
+        host::find(build_id, kind)
+    }
+}
+
 /// The probe's private key-value store, kept by the host across calls and
 /// restarts and seen by no other probe. Writes take effect together when
 /// `handle` returns `Ok` and are dropped when it fails (for a source

@@ -12,6 +12,8 @@ pub const LOCK_FILE: &str = "telemd.lock";
 pub const CRASH_INBOX: &str = "crash-inbox";
 /// The crashes handled and what was sent for each (`telemctl crash list`).
 pub const CRASH_HISTORY: &str = "crash-history";
+/// Debug files fetched from debuginfod servers, by build id.
+pub const DEBUGINFOD_CACHE: &str = "debuginfod-cache";
 /// Compiled probe components and their MACs.
 pub const PROBE_CACHE: &str = "probe-cache";
 /// Each probe's own directory views (what its grants let it see).
@@ -55,6 +57,11 @@ impl StateLayout {
     /// See [`CRASH_HISTORY`].
     pub fn crash_history(&self) -> PathBuf {
         self.root.join(CRASH_HISTORY)
+    }
+
+    /// See [`DEBUGINFOD_CACHE`].
+    pub fn debuginfod_cache(&self) -> PathBuf {
+        self.root.join(DEBUGINFOD_CACHE)
     }
 
     /// See [`PROBE_CACHE`].

@@ -25,6 +25,9 @@ pub(crate) struct CallState {
     pub(crate) describe_log: LogLimit,
     /// This call's state writes, kept until it returns.
     pub(crate) state: Option<StateTxn>,
+    /// A crash call's debug file lookups (none in other calls, or when no
+    /// debuginfod server is named).
+    pub(crate) debuginfo: Option<crate::host::debuginfo::DebuginfoCall>,
 }
 
 impl CallState {
@@ -46,6 +49,7 @@ impl CallState {
             name,
             describe_log: probe_log_limit(),
             state: None,
+            debuginfo: None,
         }
     }
 }

@@ -43,6 +43,7 @@ pub use sandbox_options::{ExtraDir, SandboxOptions};
 
 /// Why the engine could not be set up (wasmtime's error, kept whole).
 pub type EngineError = wasmtime::Error;
+pub use host::debuginfo::{DebugKind, DebuginfoSource, DEBUGINFO_GUEST_DIR};
 pub use host::records::{IntakeError, RecordIntake, Sink};
 pub use probe::{CallError, LoadedProbe};
 

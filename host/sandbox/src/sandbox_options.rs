@@ -27,6 +27,9 @@ pub struct SandboxOptions {
     pub max_function_bytes: u64,
     /// When calls make way for the host (`host_pressure.rs`).
     pub pressure: HostPressure,
+    /// Where crash calls' `debuginfo.find` looks (the daemon's debuginfod
+    /// client); none: it finds nothing.
+    pub debuginfo: Option<std::sync::Arc<dyn crate::DebuginfoSource>>,
 }
 
 impl SandboxOptions {
@@ -46,6 +49,7 @@ impl SandboxOptions {
             max_component_bytes: config.probes.max_component_bytes.get(),
             max_function_bytes: config.probes.max_function_bytes.get(),
             pressure,
+            debuginfo: None,
         }
     }
 
@@ -60,6 +64,7 @@ impl SandboxOptions {
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
             max_function_bytes: shape::MAX_FUNCTION_BODY as u64,
             pressure: HostPressure::new(),
+            debuginfo: None,
         }
     }
 }

@@ -125,11 +125,12 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     let inbox = layout.crash_inbox();
     std::fs::create_dir_all(&inbox)
         .map_err(ctx(|| format!("cannot create {}", inbox.display())))?;
-    let sandbox = telem_sandbox::Sandbox::with_options(telem_sandbox::SandboxOptions::for_config(
-        &config,
-        pressure.clone(),
-    ))
-    .map_err(DaemonError::Sandbox)?;
+    let mut sandbox_options = telem_sandbox::SandboxOptions::for_config(&config, pressure.clone());
+    // Crash calls' debug files, from the servers the admin named.
+    sandbox_options.debuginfo = crate::debuginfod::Debuginfod::for_config(&config)
+        .map(|d| d as Arc<dyn telem_sandbox::DebuginfoSource>);
+    let sandbox =
+        telem_sandbox::Sandbox::with_options(sandbox_options).map_err(DaemonError::Sandbox)?;
     // Probe work gets a runtime of its own at a lower priority, so
     // probes never take the CPU that ingest and delivery need.
     let probe_runtime = crate::probe_runtime::ProbeRuntime::start()

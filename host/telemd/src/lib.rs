@@ -13,6 +13,7 @@ pub mod crash_exe;
 pub mod crash_queue;
 pub mod crash_repeats;
 pub mod daemon;
+pub mod debuginfod;
 pub mod delivery;
 pub mod ingest;
 pub mod probe_runtime;

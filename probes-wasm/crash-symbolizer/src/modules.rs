@@ -37,6 +37,9 @@ pub struct Lookup {
     /// Read the executable from here instead of its path in the core (the
     /// admin's `--exe`; a binary that moved since the crash).
     pub exe: Option<PathBuf>,
+    /// Asked last, for the debug file of a build id that none of the
+    /// above has (the host's debuginfod client, in the probe).
+    pub fetch: Option<Fetch>,
 }
 
 impl Default for Lookup {
@@ -44,7 +47,23 @@ impl Default for Lookup {
         Lookup {
             debug_roots: vec![PathBuf::from("/usr/lib/debug")],
             exe: None,
+            fetch: None,
         }
+    }
+}
+
+/// Where a debug file missing here is asked for: a build id in, the path
+/// of a file to read out (checked to carry that build id before it is
+/// used).
+#[derive(Clone)]
+pub struct Fetch(pub std::rc::Rc<FetchFn>);
+
+/// What [`Fetch`] calls: a build id in, a path out.
+pub type FetchFn = dyn Fn(&[u8]) -> Option<PathBuf>;
+
+impl std::fmt::Debug for Fetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fetch")
     }
 }
 
@@ -529,7 +548,14 @@ fn load_file(m: &Module, lookup: &Lookup) -> Loaded {
         id.as_deref(),
         parsed.gnu_debuglink().ok().flatten(),
         lookup,
-    );
+    )
+    .or_else(|| {
+        // Not here: asked of the host, unless the binary has its own DWARF.
+        let has_dwarf = parsed.section_by_name(".debug_info").is_some();
+        let (id, fetch) = (id.as_deref()?, lookup.fetch.as_ref()?);
+        let p = (!has_dwarf).then(|| (fetch.0)(id)).flatten()?;
+        file_build_id(&p).is_some_and(|fid| fid == id).then_some(p)
+    });
     if let Some(d) = debug {
         if debug_file_symbols_and_cfi(&d, &mut l) {
             l.dwarf_files.push(d);
@@ -770,6 +796,7 @@ mod tests {
             lookup: Lookup {
                 debug_roots: Vec::new(),
                 exe: None,
+                fetch: None,
             },
             ..crate::Options::default()
         };

@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 
 use telemetrics_probe_sdk::{
-    export_probe, log, state, CrashReport, Event, Manifest, Probe, Record, Trigger,
+    debuginfo, export_probe, log, state, CrashReport, Event, Manifest, Probe, Record, Trigger,
 };
 
 use crate::frame_cache::{keep, EntryStore, EntryWriter, FrameCache, Refused};
-use crate::modules::Lookup;
+use crate::modules::{Fetch, Lookup};
 use crate::report::{analyze_cached, CrashFacts, Options};
 
 /// The frame cache's entries, in the probe's state.
@@ -61,7 +61,11 @@ fn send(classification: &str, severity: u8, payload: String) -> Result<(), Strin
 
 /// Symbolizes one core and sends its record; a core that cannot be read
 /// still gives an error record, so the crash is not lost.
-fn report(core: &str, facts: CrashFacts, lookup: Lookup) -> Result<(), String> {
+fn report(core: &str, facts: CrashFacts, mut lookup: Lookup) -> Result<(), String> {
+    // Debug files missing here, from the host's debuginfod client.
+    lookup.fetch = Some(Fetch(std::rc::Rc::new(|id: &[u8]| {
+        debuginfo::find(id, debuginfo::Kind::Debuginfo).map(PathBuf::from)
+    })));
     let opts = Options {
         lookup,
         ..Options::default()

@@ -16,6 +16,7 @@ fn options() -> Options {
         lookup: Lookup {
             debug_roots: Vec::new(),
             exe: None,
+            fetch: None,
         },
         ..Options::default()
     }

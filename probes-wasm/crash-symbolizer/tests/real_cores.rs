@@ -427,6 +427,7 @@ fn stripped_binary_with_its_debug_file_under_a_build_id_path() {
         Lookup {
             debug_roots: vec![root.clone()],
             exe: None,
+            fetch: None,
         },
     );
     expect_prefix(

@@ -13,7 +13,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use smart_default::SmartDefault;
 
-use super::values::{optional_path, Bounded, CollectorUrl, FileMode, HeaderLine, Limit, UserName};
+use super::values::{
+    optional_path, Bounded, CollectorUrl, DebuginfodUrl, FileMode, HeaderLine, Limit, UserName,
+};
 use super::{non_empty, PostFormat, RateLimitStrategy, DEFAULT_TIDHEADER};
 use crate::probe_policy::ProbePolicy;
 
@@ -206,6 +208,19 @@ pub struct CrashConfig {
     /// The user the crash handler drops to before keeping anything.
     #[default(UserName::new("telemetry"))]
     pub service_user: UserName,
+    /// debuginfod servers telemd asks, in order, for the debug files (or
+    /// binaries) a crash probe lacks: `https://`, or `http://` to this
+    /// machine. None (the default): no server is ever asked.
+    #[default(Vec::new())]
+    pub debuginfod_urls: Vec<DebuginfodUrl>,
+    /// Milliseconds a crash call's debuginfod lookups may take together
+    /// (never more than half the crash probe's `timeout_ms`).
+    #[default(Bounded::new(4000))]
+    pub debuginfod_timeout_ms: Bounded<100, 600_000>,
+    /// MiB of fetched files kept under `state_dir` (the least recently
+    /// used removed past it); no single file larger is taken.
+    #[default(Bounded::new(1024))]
+    pub debuginfod_cache_mb: Bounded<1, 1_048_576>,
 }
 
 /// The WASM probes: where they are found and the host's ceilings.

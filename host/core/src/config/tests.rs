@@ -347,3 +347,35 @@ fn review_findings_hold() {
         "{text}"
     );
 }
+
+/// Debug files decide what a crash report says: a debuginfod server is
+/// asked over HTTPS, or over plain HTTP on this machine only.
+#[test]
+fn debuginfod_urls_are_https_or_loopback() {
+    for ok in [
+        "https://debuginfod.debian.net",
+        "https://debuginfod.example:8443/prefix/",
+        "http://127.0.0.1:8002",
+        "http://127.1.2.3/",
+        "http://localhost:8002",
+        "http://[::1]:8002",
+    ] {
+        let c = parse(&format!("debuginfod_urls = [\"{ok}\"]\n")).unwrap();
+        assert_eq!(c.crash.debuginfod_urls[0].as_str(), ok);
+    }
+    for bad in [
+        "http://debuginfod.debian.net",
+        "http://127.0.0.1.evil.example/",
+        "http://localhost.evil.example",
+        "ftp://127.0.0.1",
+        "https://",
+        "127.0.0.1:8002",
+    ] {
+        let e = parse(&format!("debuginfod_urls = [\"{bad}\"]\n")).unwrap_err();
+        assert!(e.to_string().contains("http:// to localhost"), "{bad}: {e}");
+    }
+    assert!(
+        Config::default().crash.debuginfod_urls.is_empty(),
+        "off by default"
+    );
+}

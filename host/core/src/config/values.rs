@@ -312,6 +312,32 @@ checked_string!(
         .any(|p| s.starts_with(p))
 );
 
+/// Whether a URL's host is this machine (`localhost`, `127.0.0.0/8`,
+/// `[::1]`).
+fn is_loopback_url(rest: &str) -> bool {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+checked_string!(
+    /// A debuginfod server: `https://`, or `http://` to this machine only
+    /// (debug files decide what a crash report says).
+    DebuginfodUrl,
+    "an https:// URL, or http:// to localhost, 127.0.0.0/8 or [::1]",
+    |s: &str| match (s.strip_prefix("https://"), s.strip_prefix("http://")) {
+        (Some(rest), _) => !rest.is_empty() && !rest.starts_with('/'),
+        (_, Some(rest)) => is_loopback_url(rest),
+        _ => false,
+    }
+);
+
 checked_string!(
     /// An HTTP header line, `Name: value`.
     HeaderLine,

@@ -390,6 +390,33 @@ impl Sandbox {
                     source,
                 })?;
         }
+        // A crash call of a probe granted crashes may ask for debug files:
+        // they are shown in a directory of its own, for this call only.
+        let debuginfo = match (&self.options.debuginfo, &event) {
+            (Some(source), Event::Crash(_)) if g.crashes => {
+                let view = crate::host::debuginfo::DebuginfoView::create(
+                    &self.options.scratch_dir,
+                    &probe.name,
+                )
+                .map_err(|e| CallError::Setup {
+                    what: "the debuginfo view".into(),
+                    source: e.into(),
+                })?;
+                b.preopened_dir(&view.0, crate::DEBUGINFO_GUEST_DIR, FsPerms::ReadOnly)
+                    .map_err(|source| CallError::Setup {
+                        what: "the debuginfo view".into(),
+                        source,
+                    })?;
+                let within = source.budget().min(Duration::from_millis(g.timeout_ms) / 2);
+                let call = crate::host::debuginfo::DebuginfoCall::new(
+                    source.clone(),
+                    &view.0,
+                    Instant::now() + within,
+                );
+                Some((view, call))
+            }
+            _ => None,
+        };
         let stdout = MemoryOutputPipe::new(OUTPUT_CAP);
         let stderr = MemoryOutputPipe::new(OUTPUT_CAP);
         b.stdout(stdout.clone()).stderr(stderr.clone());
@@ -401,12 +428,14 @@ impl Sandbox {
             Sink::Staged(intake, held) => Some((intake.clone(), held.clone())),
             _ => None,
         };
-        let state = CallState::new(
+        let mut state = CallState::new(
             probe.name.clone(),
             b.build(),
             (g.memory_limit_mib as usize).saturating_mul(1 << 20),
             Some((probe.clone(), sink)),
         );
+        let (debuginfo_view, debuginfo_call) = debuginfo.unzip();
+        state.debuginfo = debuginfo_call;
         let mut store = self.store(state, g.timeout_ms, &made_way);
         let result = under_deadline(Duration::from_millis(g.timeout_ms), &made_way, async {
             match &probe.pre {
@@ -427,6 +456,7 @@ impl Sandbox {
         let state_writes = store.data_mut().state.take();
         drop(store);
         drop(views);
+        drop(debuginfo_view);
         // What the call spent of the hourly budget was appended to its file
         // at each send; it is made durable once per call, not per record,
         // on a blocking thread.

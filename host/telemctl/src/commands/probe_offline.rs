@@ -278,6 +278,8 @@ pub fn test(c: &Config, t: ProbeTest, json: bool) -> anyhow::Result<()> {
         max_function_bytes: c.probes.max_function_bytes.get(),
         // Alone on the admin's terminal: nothing to make way for.
         pressure: telem_sandbox::HostPressure::new(),
+        // `probe test` asks no debuginfod server.
+        debuginfo: None,
     };
     let grant_read = t.grant_read.clone();
     // Grants are keyed by name, and the name is the component's claim:
