@@ -23,6 +23,10 @@ dpkg -s libc6-dbg >/dev/null 2>&1 || { apt-get update && apt-get install -y libc
 # socket fairness tests.
 { command -v python3 >/dev/null && command -v setpriv >/dev/null; } ||
   { apt-get update && apt-get install -y python3 util-linux; }
+# Debian's debuginfod server serves a stripped program's debug file to
+# telemd in tests/debuginfod.rs; objcopy and strip (binutils) split it off.
+{ command -v debuginfod >/dev/null && command -v objcopy >/dev/null; } ||
+  { apt-get update && apt-get install -y debuginfod binutils; }
 # systemd-journal-remote turns the journal tests' export-format entries
 # into real journal files (tests/journal.rs).
 [ -x /lib/systemd/systemd-journal-remote ] || { apt-get update && apt-get install -y systemd-journal-remote; }
