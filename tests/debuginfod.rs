@@ -215,6 +215,8 @@ enum Answer {
     Lies,
     /// 200 and 3 MiB with no length given.
     Huge,
+    /// Sends its headers and part of the body, then nothing more.
+    Stalls,
     /// Never answers.
     Silent,
 }
@@ -251,6 +253,11 @@ fn hostile_server(how: Answer) -> (u16, Arc<AtomicUsize>) {
                         }
                     }
                 }
+                Answer::Stalls => {
+                    let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+                    let _ = s.write_all(&[0x7f; 1000]);
+                    held.push(s);
+                }
                 Answer::Silent => held.push(s),
             }
         }
@@ -258,15 +265,14 @@ fn hostile_server(how: Answer) -> (u16, Arc<AtomicUsize>) {
     (port, asked)
 }
 
-/// Servers down, lying, huge and silent, in that order: each is asked
-/// once, the silent one until the call's time for lookups (2 s) is spent;
-/// the crash gets today's record, nothing is kept, and the next crash
-/// asks no server.
+/// Servers down, lying and huge, in that order: each is asked once and
+/// says no (the huge one past the cache's 1 MiB); the crash gets today's
+/// record, nothing is kept, and the next crash asks none of them again.
 #[test]
-fn a_server_that_is_down_lies_floods_or_hangs_costs_the_crash_nothing() {
+fn a_server_that_is_down_lies_or_floods_costs_the_crash_nothing() {
     let served = tempfile::tempdir().unwrap();
     let prog = stripped_program(served.path());
-    let servers = [Answer::Lies, Answer::Huge, Answer::Silent].map(hostile_server);
+    let servers = [Answer::Lies, Answer::Huge].map(hostile_server);
     let down = free_port();
     let mut urls = vec![format!("http://127.0.0.1:{down}")];
     urls.extend(
@@ -282,12 +288,47 @@ fn a_server_that_is_down_lies_floods_or_hangs_costs_the_crash_nothing() {
     assert!(!r.payload.contains("level3"), "{}", r.payload);
     assert!(!r.payload.contains("Error:"), "{}", r.payload);
     let asked = || servers.each_ref().map(|(_, n)| n.load(Ordering::SeqCst));
-    assert_eq!(asked(), [1, 1, 1], "each asked once");
+    assert_eq!(asked(), [1, 1], "each asked once");
+    assert!(
+        d.log().contains("larger than debuginfod_cache_mb"),
+        "the size cap, not the ELF check, refused the huge answer: {}",
+        d.log()
+    );
     let cache = d.path("state/debuginfod-cache");
     let kept = std::fs::read_dir(&cache).map_or(0, |rd| rd.count());
     assert_eq!(kept, 0, "nothing kept, no partial file left");
     // The failed lookup is remembered: the next crash asks no server.
     handle(&d, &prog);
     d.wait_spool(2);
-    assert_eq!(asked(), [1, 1, 1], "asked again");
+    assert_eq!(asked(), [1, 1], "asked again");
+}
+
+/// A server that stalls mid-body and one that never answers: the call's
+/// time for lookups (2 s) is spent on them, the crash gets today's
+/// record, no partial download is left, and the next crash asks again
+/// (running out of time is no answer).
+#[test]
+fn a_server_that_stalls_or_hangs_costs_its_time_and_leaves_nothing() {
+    let served = tempfile::tempdir().unwrap();
+    let prog = stripped_program(served.path());
+    let servers = [Answer::Stalls, Answer::Silent].map(hostile_server);
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|(port, _)| format!("http://127.0.0.1:{port}"))
+        .collect();
+    let d = daemon(&prog, &urls, 64);
+    handle(&d, &prog);
+    let r = d.wait_spool(1).remove(0);
+    assert!(r.payload.contains("??? - ["), "{}", r.payload);
+    assert!(!r.payload.contains("Error:"), "{}", r.payload);
+    let asked = || servers.each_ref().map(|(_, n)| n.load(Ordering::SeqCst));
+    assert_eq!(asked()[0], 1, "the stalling server was asked");
+    let cache = d.path("state/debuginfod-cache");
+    let left: Vec<_> = std::fs::read_dir(&cache)
+        .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a partial download was left: {left:?}");
+    handle(&d, &prog);
+    d.wait_spool(2);
+    assert_eq!(asked()[0], 2, "out of time is no answer: asked again");
 }

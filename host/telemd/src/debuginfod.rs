@@ -4,11 +4,15 @@
 //!
 //! Everything a server sends is hostile: a file is taken only whole,
 //! within `debuginfod_cache_mb`, within the call's time, and only if it is
-//! an ELF file carrying the build id asked for; anything else is thrown
-//! away and the lookup remembered as failed for [`MISS_TTL`], so a second
-//! crash does not ask again. Redirects are not followed (a server could
-//! send the client anywhere). The cache keeps the most recently used files
-//! within `debuginfod_cache_mb`.
+//! an ELF file carrying the build id asked for (read from its
+//! `.note.gnu.build-id` section alone, every read bounded); anything else
+//! is thrown away. A definite no (not found, too large, not the right
+//! file) is remembered for [`MISS_TTL`], so a later crash does not ask
+//! again; running out of time is not (the next crash may have more).
+//! Redirects are not followed (a server could send the client anywhere).
+//! A download is written to a temporary file that goes unless it is kept,
+//! whatever stops it; the cache keeps the most recently used files within
+//! `debuginfod_cache_mb`, and leftovers of a daemon that died are removed.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -54,6 +58,11 @@ impl Debuginfod {
             .connect_timeout(Duration::from_secs(2))
             .build()
             .ok()?;
+        let cache =
+            telem_core::state_layout::StateLayout::new(&config.host.state_dir).debuginfod_cache();
+        let cap = c.debuginfod_cache_mb.get().saturating_mul(1 << 20);
+        // What a daemon that died left, and a cap lowered since.
+        prune(&cache, cap, Path::new(""));
         Some(Arc::new(Debuginfod {
             client,
             urls: c
@@ -61,9 +70,8 @@ impl Debuginfod {
                 .iter()
                 .map(|u| u.as_str().trim_end_matches('/').to_owned())
                 .collect(),
-            cache: telem_core::state_layout::StateLayout::new(&config.host.state_dir)
-                .debuginfod_cache(),
-            cap: c.debuginfod_cache_mb.get().saturating_mul(1 << 20),
+            cache,
+            cap,
             budget: Duration::from_millis(c.debuginfod_timeout_ms.get()),
             misses: Mutex::new(HashMap::new()),
         }))
@@ -73,10 +81,18 @@ impl Debuginfod {
         self.cache.join(hex(id)).join(kind.api_name())
     }
 
-    /// The cached file, marked as just used.
+    /// The cached file, marked as just used (no symlink is followed).
     fn cached(&self, id: &[u8], kind: DebugKind) -> Option<PathBuf> {
+        use std::os::unix::fs::OpenOptionsExt;
         let p = self.path(id, kind);
-        let f = std::fs::File::options().write(true).open(&p).ok()?;
+        let f = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&p)
+            .ok()?;
+        if !f.metadata().ok()?.is_file() {
+            return None;
+        }
         let _ = f.set_modified(SystemTime::now());
         Some(p)
     }
@@ -90,107 +106,226 @@ impl Debuginfod {
     fn miss(&self, id: &[u8], kind: DebugKind) {
         let mut m = self.misses.lock().expect("misses lock");
         if m.len() >= MAX_MISSES {
-            m.clear();
+            // The oldest goes, not all: a flood of new ids must not make
+            // the servers asked again about the ones that said no.
+            if let Some(oldest) = m.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) {
+                m.remove(&oldest);
+            }
         }
         m.insert((id.to_vec(), kind), Instant::now());
     }
 
-    /// Asks each server in turn until `deadline`; the file, checked and
-    /// kept, or none.
-    async fn fetch(&self, id: &[u8], kind: DebugKind, deadline: Instant) -> Option<PathBuf> {
+    /// Asks each server in turn until `deadline`: the file, checked and
+    /// kept; or `Err(true)` when a server said no for good, `Err(false)`
+    /// when none could answer in time.
+    async fn fetch(&self, id: &[u8], kind: DebugKind, deadline: Instant) -> Result<PathBuf, bool> {
+        let mut definite = false;
         for url in &self.urls {
             let within = deadline.saturating_duration_since(Instant::now());
             if within.is_zero() {
-                return None;
+                break;
             }
             let target = format!("{url}/buildid/{}/{}", hex(id), kind.api_name());
             match tokio::time::timeout(within, self.fetch_one(&target, id, kind)).await {
-                Ok(Ok(path)) => return Some(path),
-                Ok(Err(why)) => debug!("debuginfod {target}: {why}"),
+                Ok(Ok(path)) => return Ok(path),
+                Ok(Err(Failed::No(why))) => {
+                    debug!("debuginfod {target}: {why}");
+                    definite = true;
+                }
+                Ok(Err(Failed::Unreachable(why))) => debug!("debuginfod {target}: {why}"),
                 Err(_) => info!("debuginfod {target}: no answer within the crash call's time"),
             }
         }
-        None
+        Err(definite)
     }
 
-    async fn fetch_one(&self, target: &str, id: &[u8], kind: DebugKind) -> Result<PathBuf, String> {
+    async fn fetch_one(&self, target: &str, id: &[u8], kind: DebugKind) -> Result<PathBuf, Failed> {
+        let unreachable = |e: &dyn std::fmt::Display| Failed::Unreachable(e.to_string());
         let mut resp = self
             .client
             .get(target)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unreachable(&e))?;
         if !resp.status().is_success() {
-            return Err(format!("answered {}", resp.status()));
+            return Err(Failed::No(format!("answered {}", resp.status())));
         }
+        let too_large = || Failed::No("larger than debuginfod_cache_mb".into());
         if resp.content_length().is_some_and(|n| n > self.cap) {
-            return Err("larger than debuginfod_cache_mb".into());
+            return Err(too_large());
         }
-        std::fs::create_dir_all(&self.cache).map_err(|e| e.to_string())?;
-        let tmp = self
-            .cache
-            .join(format!(".fetch-{}", telem_core::record::random_id()));
-        let result = async {
-            let mut out = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
-            let mut total = 0u64;
-            while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-                total += chunk.len() as u64;
-                if total > self.cap {
-                    return Err("larger than debuginfod_cache_mb".to_owned());
-                }
-                out.write_all(&chunk).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&self.cache).map_err(|e| unreachable(&e))?;
+        // Removed when dropped, whatever stops this (the deadline too),
+        // unless it is kept.
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".fetch-")
+            .tempfile_in(&self.cache)
+            .map_err(|e| unreachable(&e))?;
+        let mut total = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(&e))? {
+            total += chunk.len() as u64;
+            if total > self.cap {
+                return Err(too_large());
             }
-            out.sync_all().map_err(|e| e.to_string())?;
-            let (check, want) = (tmp.clone(), id.to_vec());
-            let carries = tokio::task::spawn_blocking(move || carries_build_id(&check, &want))
-                .await
-                .unwrap_or(false);
-            if !carries {
-                return Err("not an ELF file carrying the build id asked for".to_owned());
-            }
-            let dest = self.path(id, kind);
-            std::fs::create_dir_all(dest.parent().expect("under the cache"))
-                .map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, &dest).map_err(|e| e.to_string())?;
-            Ok(dest)
+            tmp.write_all(&chunk).map_err(|e| unreachable(&e))?;
         }
-        .await;
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        let kept = result?;
+        let (dest, want) = (self.path(id, kind), id.to_vec());
         let (cache, cap) = (self.cache.clone(), self.cap);
-        let keep = kept.clone();
-        let _ = tokio::task::spawn_blocking(move || prune(&cache, cap, &keep)).await;
-        Ok(kept)
+        // Synced, checked, renamed and the cache pruned off the runtime.
+        tokio::task::spawn_blocking(move || {
+            tmp.as_file().sync_all().map_err(|e| unreachable(&e))?;
+            if !carries_build_id(tmp.as_file(), &want) {
+                return Err(Failed::No(
+                    "not an ELF file carrying the build id asked for".into(),
+                ));
+            }
+            std::fs::create_dir_all(dest.parent().expect("under the cache"))
+                .map_err(|e| unreachable(&e))?;
+            tmp.persist(&dest).map_err(|e| unreachable(&e.error))?;
+            prune(&cache, cap, &dest);
+            Ok(dest)
+        })
+        .await
+        .map_err(|e| unreachable(&e))?
     }
 }
 
-/// Whether `path` is an ELF file whose GNU build id is `want`.
-fn carries_build_id(path: &Path, want: &[u8]) -> bool {
-    let Ok(f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let cache = object::read::ReadCache::new(f);
-    object::File::parse(&cache)
-        .ok()
-        .and_then(|elf| {
-            object::Object::build_id(&elf)
-                .ok()
-                .flatten()
-                .map(<[u8]>::to_vec)
-        })
-        .is_some_and(|id| id == want)
+/// Why one server gave nothing.
+enum Failed {
+    /// It said no for good: not found, too large, not the right file.
+    No(String),
+    /// It could not be asked, or the answer could not be kept.
+    Unreachable(String),
 }
 
+/// Most section headers read of a fetched file.
+const MAX_SECTIONS: u64 = 1 << 16;
+/// Most bytes of section names read.
+const MAX_NAMES: u64 = 1 << 20;
+/// Most bytes of the build id note read.
+const MAX_NOTE: u64 = 4096;
+
+fn read_at(f: &std::fs::File, at: u64, len: u64) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; usize::try_from(len).ok()?];
+    f.read_exact_at(&mut buf, at).ok()?;
+    Some(buf)
+}
+
+/// Whether `f` is a little-endian ELF file whose `.note.gnu.build-id`
+/// section holds the GNU build id `want`. Only the ELF header, the section
+/// headers, their names and that one note are read, each bounded: a
+/// hostile file costs a few reads, whatever it claims.
+fn carries_build_id(f: &std::fs::File, want: &[u8]) -> bool {
+    build_id_of(f).is_some_and(|id| id == want)
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+fn build_id_of(f: &std::fs::File) -> Option<Vec<u8>> {
+    let head = read_at(f, 0, 64)?;
+    if head.get(..4)? != b"\x7fELF" || head[5] != 1 {
+        return None;
+    }
+    let wide = match head[4] {
+        1 => false,
+        2 => true,
+        _ => return None,
+    };
+    let (shoff, shentsize, shnum, shstrndx) = if wide {
+        (
+            u64_at(&head, 0x28)?,
+            u16_at(&head, 0x3a)?,
+            u16_at(&head, 0x3c)?,
+            u16_at(&head, 0x3e)?,
+        )
+    } else {
+        (
+            u64::from(u32_at(&head, 0x20)?),
+            u16_at(&head, 0x2e)?,
+            u16_at(&head, 0x30)?,
+            u16_at(&head, 0x32)?,
+        )
+    };
+    let (shnum, entsize) = (u64::from(shnum), u64::from(shentsize));
+    if shnum == 0 || shnum > MAX_SECTIONS || entsize < if wide { 64 } else { 40 } {
+        return None;
+    }
+    let table = read_at(f, shoff, shnum.checked_mul(entsize)?)?;
+    // (name offset, file offset, size) of section `i`.
+    let section = |i: u64| -> Option<(u64, u64, u64)> {
+        let at = usize::try_from(i.checked_mul(entsize)?).ok()?;
+        Some(if wide {
+            (
+                u64::from(u32_at(&table, at)?),
+                u64_at(&table, at + 0x18)?,
+                u64_at(&table, at + 0x20)?,
+            )
+        } else {
+            (
+                u64::from(u32_at(&table, at)?),
+                u64::from(u32_at(&table, at + 0x10)?),
+                u64::from(u32_at(&table, at + 0x14)?),
+            )
+        })
+    };
+    let (_, names_at, names_len) = section(u64::from(shstrndx))?;
+    let names = read_at(f, names_at, names_len.min(MAX_NAMES))?;
+    let wanted = b".note.gnu.build-id\0";
+    let (_, note_at, note_len) = (0..shnum).filter_map(section).find(|(name, _, _)| {
+        usize::try_from(*name)
+            .ok()
+            .and_then(|n| names.get(n..n.checked_add(wanted.len())?))
+            == Some(&wanted[..])
+    })?;
+    let note = read_at(f, note_at, note_len.min(MAX_NOTE))?;
+    // namesz, descsz, type (3: NT_GNU_BUILD_ID), "GNU\0", the id.
+    let (namesz, descsz, kind) = (u32_at(&note, 0)?, u32_at(&note, 4)?, u32_at(&note, 8)?);
+    if kind != 3 || namesz != 4 || note.get(12..16)? != b"GNU\0" {
+        return None;
+    }
+    let desc = usize::try_from(descsz).ok()?;
+    Some(note.get(16..16usize.checked_add(desc)?)?.to_vec())
+}
+
+/// How old a download left by a daemon that died must be to be removed.
+const LEFTOVER_AGE: Duration = Duration::from_secs(3600);
+
 /// Removes the least recently used files (by modification time, which a
-/// use sets) until the cache holds at most `cap` bytes; `keep` stays.
-fn prune(cache: &Path, cap: u64, keep: &Path) {
+/// use sets) until the cache holds at most `cap` bytes (`keep` stays),
+/// and the downloads a daemon that died left behind.
+pub fn prune(cache: &Path, cap: u64, keep: &Path) {
     let mut files: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
     let Ok(ids) = std::fs::read_dir(cache) else {
         return;
     };
     for id in ids.flatten() {
+        if id.file_name().to_string_lossy().starts_with(".fetch-") {
+            let old = id
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > LEFTOVER_AGE));
+            if old {
+                let _ = std::fs::remove_file(id.path());
+            }
+            continue;
+        }
         let Ok(kinds) = std::fs::read_dir(id.path()) else {
             continue;
         };
@@ -237,11 +372,15 @@ impl DebuginfoSource for Debuginfod {
             if self.missed(build_id, kind) {
                 return None;
             }
-            let found = self.fetch(build_id, kind, Instant::now() + within).await;
-            if found.is_none() {
-                self.miss(build_id, kind);
+            match self.fetch(build_id, kind, Instant::now() + within).await {
+                Ok(path) => Some(path),
+                Err(definite) => {
+                    if definite {
+                        self.miss(build_id, kind);
+                    }
+                    None
+                }
             }
-            found
         })
     }
 }
@@ -273,27 +412,51 @@ mod tests {
         assert!(!t.path().join("aa").exists(), "empty directories go");
     }
 
+    /// The build id `readelf -n` shows for `path`.
+    fn readelf_build_id(path: &Path) -> Option<Vec<u8>> {
+        let out = std::process::Command::new("readelf")
+            .arg("-n")
+            .arg(path)
+            .output()
+            .ok()?;
+        let hex = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_owned))?;
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect()
+    }
+
     #[test]
     fn only_an_elf_file_with_the_build_id_asked_for_is_taken() {
         let t = tempfile::tempdir().unwrap();
-        let me = std::env::current_exe().unwrap();
-        let f = std::fs::File::open(&me).unwrap();
-        let cache = object::read::ReadCache::new(f);
-        let id = object::File::parse(&cache).ok().and_then(|e| {
-            object::Object::build_id(&e)
-                .ok()
-                .flatten()
-                .map(<[u8]>::to_vec)
-        });
-        let Some(id) = id else {
-            return; // a test binary linked without a build id
-        };
-        assert!(carries_build_id(&me, &id));
+        let open = |p: &Path| std::fs::File::open(p).unwrap();
+        // libc and its debug file (libc6-dbg), as distributions ship them.
+        let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        let id = readelf_build_id(libc).expect("readelf and libc");
+        assert!(carries_build_id(&open(libc), &id));
         let mut other = id.clone();
         other[0] ^= 1;
-        assert!(!carries_build_id(&me, &other), "another build id");
+        assert!(!carries_build_id(&open(libc), &other), "another build id");
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let debug = PathBuf::from(format!(
+            "/usr/lib/debug/.build-id/{}/{}.debug",
+            &hex[..2],
+            &hex[2..]
+        ));
+        assert!(carries_build_id(&open(&debug), &id), "the debug file");
         let junk = t.path().join("junk");
         std::fs::write(&junk, b"<html>not found</html>").unwrap();
-        assert!(!carries_build_id(&junk, &id), "not ELF");
+        assert!(!carries_build_id(&open(&junk), &id), "not ELF");
+        // Hostile headers: the section table past the end, then a huge
+        // count of sections: no answer, after a few bounded reads.
+        let mut bytes = std::fs::read(libc).unwrap()[..4096].to_vec();
+        bytes[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&junk, &bytes).unwrap();
+        assert!(!carries_build_id(&open(&junk), &id));
+        bytes[0x3c..0x3e].copy_from_slice(&u16::MAX.to_le_bytes());
+        std::fs::write(&junk, &bytes).unwrap();
+        assert!(!carries_build_id(&open(&junk), &id));
     }
 }

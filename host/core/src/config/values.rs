@@ -316,6 +316,10 @@ checked_string!(
 /// `[::1]`).
 fn is_loopback_url(rest: &str) -> bool {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // `http://127.0.0.1@evil.example`: what precedes `@` is a user name.
+    if authority.contains('@') {
+        return false;
+    }
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => authority.split(':').next().unwrap_or(""),
@@ -332,7 +336,10 @@ checked_string!(
     DebuginfodUrl,
     "an https:// URL, or http:// to localhost, 127.0.0.0/8 or [::1]",
     |s: &str| match (s.strip_prefix("https://"), s.strip_prefix("http://")) {
-        (Some(rest), _) => !rest.is_empty() && !rest.starts_with('/'),
+        (Some(rest), _) => {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            !authority.is_empty() && !authority.contains('@')
+        }
         (_, Some(rest)) => is_loopback_url(rest),
         _ => false,
     }

@@ -6,8 +6,10 @@
 //!
 //! The probe never talks to a server. Its lookups share a bounded time
 //! (the source's, at most half the call's timeout) and are bounded in
-//! number, so a server that is down, slow, huge or wrong costs that time
-//! at most, and the probe still has time to send its record.
+//! number, so a server that is down, slow, huge or wrong costs the call
+//! that time at most, and leaves it the other half. (A server that sends
+//! the right build id with hostile DWARF is as hostile as a debug file on
+//! disk: the probe's own limits hold it.)
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -142,10 +144,10 @@ impl Host for CallState {
             return None;
         }
         let found = call.source.find(&build_id, kind, within).await?;
-        // A hard link: the cache may drop its copy while the call reads.
-        if std::fs::hard_link(&found, &shown).is_err() {
-            std::fs::copy(&found, &shown).ok()?;
-        }
+        // A hard link (the cache may drop its name while the call reads),
+        // never a copy of up to the cache's size on the probe's time: the
+        // cache and the views are both under `state_dir`.
+        std::fs::hard_link(&found, &shown).ok()?;
         Some(guest)
     }
 }
