@@ -9,8 +9,12 @@
 //! `.debug_aranges`, the whole-file context is used.
 //!
 //! Compressed sections (distributions compress debug files) are inflated
-//! lazily: `.debug_info` and `.debug_abbrev` only as far as the units
-//! looked at reach, since inflating was most of what remained.
+//! lazily: `.debug_info`, `.debug_abbrev` and `.debug_line` only as far as
+//! the units looked at reach, since inflating was most of what remained.
+//! A unit is given its own line program alone (its `DW_AT_stmt_list`
+//! rebased to 0, as its abbreviation offset is), never a copy of the
+//! section up to it: memory grows with the programs read, not with units
+//! times the section.
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
@@ -142,7 +146,10 @@ impl DwarfIndex {
                         z: flate2::Decompress::new(true),
                         shared: None,
                     };
-                    if matches!(id, SectionId::DebugInfo | SectionId::DebugAbbrev) {
+                    if matches!(
+                        id,
+                        SectionId::DebugInfo | SectionId::DebugAbbrev | SectionId::DebugLine
+                    ) {
                         lazy.insert(id, l);
                     } else if let Some(r) = l.prefix(total) {
                         sections.insert(id, r);
@@ -184,12 +191,14 @@ impl DwarfIndex {
         self.lazy.borrow_mut().get_mut(&id)?.bytes(range)
     }
 
-    /// `Dwarf` over the sections; `info` and `abbrev` replace those two.
-    fn dwarf(&self, info: Option<Rd>, abbrev: Option<Rd>) -> gimli::Dwarf<Rd> {
+    /// `Dwarf` over the sections; `info`, `abbrev` and `line` replace
+    /// those.
+    fn dwarf(&self, info: Option<Rd>, abbrev: Option<Rd>, line: Option<Rd>) -> gimli::Dwarf<Rd> {
         let get = |id: SectionId| -> Result<Rd, gimli::Error> {
             let over = match id {
                 SectionId::DebugInfo => &info,
                 SectionId::DebugAbbrev => &abbrev,
+                SectionId::DebugLine => &line,
                 _ => &None,
             };
             if let Some(r) = over {
@@ -247,7 +256,7 @@ impl DwarfIndex {
 
     fn full(&self) -> Option<&Ctx> {
         self.full
-            .get_or_init(|| addr2line::Context::from_dwarf(self.dwarf(None, None)).ok())
+            .get_or_init(|| addr2line::Context::from_dwarf(self.dwarf(None, None, None)).ok())
             .as_ref()
     }
 
@@ -291,8 +300,59 @@ impl DwarfIndex {
                 None => want = want.checked_mul(4)?,
             }
         };
+        let line = if self.lazy.borrow().contains_key(&SectionId::DebugLine) {
+            // Its own program only, or no lines (never the whole section
+            // inflated for one unit).
+            let whole = gimli::EndianRcSlice::new(Rc::from(&info[..]), gimli::LittleEndian);
+            match self.own_line_program(&whole, &abbrev)? {
+                Some((at, program)) => {
+                    info[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+                    Some(program)
+                }
+                None => Some(empty()),
+            }
+        } else {
+            None
+        };
         let info = gimli::EndianRcSlice::new(Rc::from(info), gimli::LittleEndian);
-        addr2line::Context::from_dwarf(self.dwarf(Some(info), Some(abbrev))).ok()
+        addr2line::Context::from_dwarf(self.dwarf(Some(info), Some(abbrev), line)).ok()
+    }
+
+    /// Where the unit's `DW_AT_stmt_list` is in `info` (a 4-byte offset)
+    /// and its line program, copied alone out of `.debug_line`; `Some(None)`
+    /// for a unit without lines, `None` when it cannot be told.
+    fn own_line_program(&self, info: &Rd, abbrev: &Rd) -> Option<Option<(usize, Rd)>> {
+        let header = gimli::DebugInfo::from(info.clone()).units().next().ok()??;
+        let abbrevs = header
+            .abbreviations(&gimli::DebugAbbrev::from(abbrev.clone()))
+            .ok()?;
+        let mut raw = header.entries_raw(&abbrevs, None).ok()?;
+        let root = raw.read_abbreviation().ok()??;
+        for spec in root.attributes() {
+            let at = raw.next_offset().0;
+            let attr = raw.read_attribute(*spec).ok()?;
+            if attr.name() != gimli::DW_AT_stmt_list {
+                continue;
+            }
+            let gimli::AttributeValue::DebugLineRef(gimli::DebugLineOffset(off)) = attr.value()
+            else {
+                return None;
+            };
+            if raw.next_offset().0 - at != 4 {
+                return None;
+            }
+            // 32-bit DWARF only, as for units.
+            let len = self.bytes(SectionId::DebugLine, off..off.checked_add(4)?)?;
+            let len = u32::from_le_bytes(len[..4].try_into().ok()?);
+            if len >= 0xffff_fff0 {
+                return None;
+            }
+            let end = off.checked_add(4)?.checked_add(len as usize)?;
+            let program = self.bytes(SectionId::DebugLine, off..end)?;
+            let program = gimli::EndianRcSlice::new(Rc::from(program), gimli::LittleEndian);
+            return Some(Some((at, program)));
+        }
+        Some(None)
     }
 
     fn section_len(&self, id: SectionId) -> Option<usize> {
