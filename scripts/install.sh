@@ -9,6 +9,8 @@
 # --from    directory with already built telemd, telemctl, telem-record-gen,
 #           telem-crash-handler, libtelemetry.so
 #           (default: cargo build --release)
+# CARGO_TARGET_DIR, when set, is where both the host and the probes are
+# built and looked for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=/usr
@@ -19,15 +21,27 @@ while [ $# -gt 0 ]; do
     --prefix) prefix=$2; shift 2 ;;
     --libdir) libdir=$2; shift 2 ;;
     --from) from=$2; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+# Cargo's target directory: CARGO_TARGET_DIR when the packager sets it
+# (made absolute, since the probes are built from probes-wasm/), else each
+# workspace's own.
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+  CARGO_TARGET_DIR=$(realpath -m "$CARGO_TARGET_DIR")
+  export CARGO_TARGET_DIR
+  host_target=$CARGO_TARGET_DIR
+  probes_target=$CARGO_TARGET_DIR
+else
+  host_target=target
+  probes_target=probes-wasm/target
+fi
 if [ -z "$from" ]; then
   cargo build --release -p telemd -p telemctl -p telem-record-gen -p telem-crash-handler -p libtelemetry
-  from=target/release
+  from=$host_target/release
 fi
-probes=probes-wasm/target/wasm32-wasip2/release
+probes=$probes_target/wasm32-wasip2/release
 shipped="hello crash_symbolizer kernel_oops pstore journal_errors"
 for p in $shipped; do [ -f "$probes/$p.wasm" ] || missing=1; done
 [ -z "${missing:-}" ] ||

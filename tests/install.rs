@@ -29,6 +29,48 @@ fn install(destdir: Option<&Path>, prefix: &Path) {
     );
 }
 
+/// A packager's build with `CARGO_TARGET_DIR` set: the probes are taken
+/// from there, not from `probes-wasm/target`.
+#[test]
+fn install_takes_the_probes_from_cargo_target_dir() {
+    let target = tempfile::tempdir().unwrap();
+    let wasm = target.path().join("wasm32-wasip2/release");
+    std::fs::create_dir_all(&wasm).unwrap();
+    // Each shipped probe, marked (a custom section) so its copy is told
+    // from probes-wasm/target's.
+    let mark = [0x00u8, 0x05, 0x04, b'm', b'a', b'r', b'k'];
+    for p in [
+        "hello",
+        "crash_symbolizer",
+        "kernel_oops",
+        "pstore",
+        "journal_errors",
+    ] {
+        let mut bytes = std::fs::read(support::probe_wasm(p)).unwrap();
+        bytes.extend_from_slice(&mark);
+        std::fs::write(wasm.join(format!("{p}.wasm")), bytes).unwrap();
+    }
+    let dest = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install.sh");
+    let out = Command::new(script)
+        .args(["--prefix", "/usr", "--from"])
+        .arg(built_bins())
+        .env("DESTDIR", dest.path())
+        .env("CARGO_TARGET_DIR", target.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = std::fs::read(dest.path().join("usr/lib/telemetry/probes/hello.wasm")).unwrap();
+    assert!(
+        installed.ends_with(&mark),
+        "hello.wasm not taken from CARGO_TARGET_DIR"
+    );
+}
+
 #[test]
 fn destdir_install_yields_the_packaged_tree() {
     let dest = tempfile::tempdir().unwrap();

@@ -163,6 +163,33 @@ fn drop_in_replace_and_remove_without_restart() {
     assert!(error_of(&run(&d, &["state"])).contains("no probe named sandbox-test"));
 }
 
+/// The probe directories are watched: with a scan only once an hour, a
+/// probe dropped in (copied, then renamed into place, as package managers
+/// install) runs within a second or so, not at the next scan; one that
+/// appears in a directory made after the start is found by the scan.
+#[test]
+fn a_dropped_in_probe_runs_without_waiting_for_a_scan() {
+    let d = TestDaemon::prepare(&format!(
+        "{HOLD}probe_scan_interval_ms = 3600000
+"
+    ));
+    std::fs::create_dir_all(d.path("probes")).unwrap();
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    let d = d.spawn();
+    wait_loaded(&d, 0);
+    let staged = d.path("probes/.hello.wasm.tmp");
+    std::fs::copy(probe_wasm("hello"), &staged).unwrap();
+    std::fs::rename(&staged, d.path("probes/hello.wasm")).unwrap();
+    // Generous for a loaded machine; the scan would take an hour.
+    assert!(
+        wait_until(Duration::from_secs(5), || payloads(&d)
+            .iter()
+            .any(|p| p == "hello")),
+        "not run without a scan:\n{}",
+        d.log()
+    );
+}
+
 #[test]
 fn bad_files_are_reported_and_skipped() {
     let d = probe_daemon("");

@@ -232,7 +232,8 @@ pub struct ProbesConfig {
     #[default(vec!["/usr/lib/telemetry/probes".into(), "/etc/telemetrics/probes".into()])]
     pub probes_dirs: Vec<PathBuf>,
     /// Milliseconds between scans of the probe directories for added,
-    /// replaced or removed components.
+    /// replaced or removed components: the fallback, since the directories
+    /// are also watched (a change is seen at once).
     #[default(Bounded::new(2000))]
     pub probe_scan_interval_ms: Bounded<100, 3_600_000>,
     /// Host ceiling on any probe's records per hour.

@@ -11,6 +11,7 @@
 //! `triggers.rs` runs the probes (triggers, source batches, retries,
 //! quarantine).
 
+mod dir_watch;
 mod error;
 mod load;
 mod registry;
@@ -46,6 +47,10 @@ pub const MAX_BATCH_RETRY: Duration = Duration::from_secs(300);
 pub const MAX_SPLAY: Duration = Duration::from_secs(600);
 /// How long a request naming a probe waits for the start-up scan.
 pub const FIRST_SCAN_WAIT: Duration = Duration::from_secs(30);
+/// After a change the kernel told of, how long the directories are left
+/// quiet before a pass, and between the two passes that must see a new
+/// file unchanged before it is loaded.
+pub const QUICK_SETTLE: Duration = Duration::from_millis(200);
 
 /// What `list` takes of a slot before it reads each probe's state.
 type SlotParts = (
@@ -295,15 +300,35 @@ impl ProbeManager {
         done
     }
 
-    /// Loads the probes present now, then scans every `interval` until the
-    /// task is dropped. The daemon runs this after its sockets are bound,
-    /// so a slow or hostile probe file never delays start-up.
+    /// Loads the probes present now, then follows the directories until
+    /// the task is dropped: at once when the kernel tells of a change
+    /// (two passes [`QUICK_SETTLE`] apart, so a file still being written
+    /// is not loaded half), and every `interval` whatever it tells. The
+    /// daemon runs this after its sockets are bound, so a slow or hostile
+    /// probe file never delays start-up.
     pub async fn watch(self: Arc<Self>, interval: Duration) {
+        let (wake, mut woken) = tokio::sync::mpsc::channel(1);
+        let mut dirs = dir_watch::DirWatch::new(wake);
+        dirs.watch(&self.dirs);
         self.scan(false).await;
         self.first_scan.send_replace(true);
         loop {
-            tokio::time::sleep(interval).await;
-            self.scan(true).await;
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {
+                    self.scan(true).await;
+                }
+                Some(()) = woken.recv() => {
+                    // Changes come in bursts (a copy writes many times):
+                    // a pass once they pause, another once the file has
+                    // looked the same for a while.
+                    tokio::time::sleep(QUICK_SETTLE).await;
+                    while woken.try_recv().is_ok() {}
+                    self.scan(true).await;
+                    tokio::time::sleep(QUICK_SETTLE).await;
+                    self.scan(true).await;
+                }
+            }
+            dirs.watch(&self.dirs);
         }
     }
 
