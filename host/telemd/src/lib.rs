@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod debuginfod;
 pub mod delivery;
 pub mod ingest;
+pub mod logging;
 pub mod probe_runtime;
 pub mod sources;
 pub mod spool;

@@ -34,13 +34,9 @@ fn run() -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default_filter.to_owned());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).context("bad --log filter")?,
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    telemd::logging::init(
+        tracing_subscriber::EnvFilter::try_new(&filter).context("bad --log filter")?,
+    );
 
     let passed = passed.unwrap_or_else(|e| {
         tracing::warn!("ignoring the sockets systemd passed: {e}");

@@ -324,9 +324,9 @@ impl Shares {
             telem_core::untrusted::FIELD_CAP,
         );
         if quiet {
-            info!(%classification, ?uid, ?pid, "native record refused: {why}{more}");
+            info!(%classification, peer_uid = %crate::logging::or_unknown(uid), peer_pid = %crate::logging::or_unknown(pid), "native record refused: {why}{more}");
         } else {
-            warn!(%classification, ?uid, ?pid, "native record refused: {why}{more}");
+            warn!(%classification, peer_uid = %crate::logging::or_unknown(uid), peer_pid = %crate::logging::or_unknown(pid), "native record refused: {why}{more}");
         }
     }
 }

@@ -299,7 +299,9 @@ fn take(
                 intake,
             });
         }
-        Ready::Closed => debug!(?uid, ?pid, "native client closed without sending anything"),
+        Ready::Closed => {
+            debug!(peer_uid = %crate::logging::or_unknown(uid), peer_pid = %crate::logging::or_unknown(pid), "native client closed without sending anything")
+        }
         Ready::Failed(e) => shares.rejected(uid, pid, &e),
         Ready::Partial => {
             drop(intake);
@@ -370,7 +372,7 @@ async fn read_slowly(
             Err(_) => return shares.timed_out(uid, pid, timeout),
             Ok(Ok(())) => {}
             Ok(Err(e)) if frame.is_empty() && matches!(e, ConnError::Truncated { .. }) => {
-                return debug!(?uid, ?pid, "native client closed without sending anything")
+                return debug!(peer_uid = %crate::logging::or_unknown(uid), peer_pid = %crate::logging::or_unknown(pid), "native client closed without sending anything")
             }
             Ok(Err(e)) => return shares.rejected(uid, pid, &e),
         }
@@ -484,7 +486,9 @@ async fn submit(shares: Arc<Shares>, batch: Vec<Taken>) {
         results.into_iter().zip(senders).zip(classifications)
     {
         match result {
-            Ok(id) => debug!(record_id = %id, %classification, ?uid, ?pid, "native record spooled"),
+            Ok(id) => {
+                debug!(record_id = %id, %classification, peer_uid = %crate::logging::or_unknown(uid), peer_pid = %crate::logging::or_unknown(pid), "native record spooled")
+            }
             Err(e) => shares.record_refused(uid, pid, &classification, &e),
         }
     }
