@@ -183,17 +183,20 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     };
     let listener = socket::NativeListener::new(listener)
         .map_err(ctx(|| "cannot watch the native socket".into()))?;
+    let (watchdog, beat) = crate::watchdog::Watchdog::new();
     let native = tokio::spawn(socket::serve(
         listener,
         ingest.clone(),
         opts,
         pressure,
         stop_rx.clone(),
+        beat,
     ));
     // Delivery gets a thread and a single-threaded runtime of its own: posts
     // are sequential, so keeping the worker and its HTTP connection task on
     // one thread saves a cross-thread wake-up per record, and a slow disk or
     // collector never competes with the socket listener.
+    let (delivery_rt_tx, delivery_rt) = std::sync::mpsc::channel();
     let delivering = {
         let flush = flush.clone();
         std::thread::Builder::new()
@@ -203,7 +206,10 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
                     .enable_all()
                     .build();
                 match rt {
-                    Ok(rt) => rt.block_on(delivery.run(stop_rx, flush)),
+                    Ok(rt) => {
+                        let _ = delivery_rt_tx.send(rt.handle().clone());
+                        rt.block_on(delivery.run(stop_rx, flush))
+                    }
                     Err(e) => warn!("cannot start the delivery runtime: {e}"),
                 }
             })
@@ -218,6 +224,16 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
         "telemd ready"
     );
     systemd::notify_ready();
+    // systemd's watchdog (WatchdogSec=): pings while the loops progress.
+    let _watchdog = systemd::watchdog_period().map(|period| {
+        let mut runtimes = vec![("probes", probe_runtime.handle().clone())];
+        if let Ok(h) = delivery_rt.recv_timeout(Duration::from_secs(5)) {
+            runtimes.push(("delivery", h));
+        }
+        info!(period_ms = period.as_millis() as u64, "systemd watchdog on");
+        tokio::spawn(watchdog.run(period, runtimes, systemd::notify_watchdog))
+    });
+    wedge_for_tests(&probe_runtime.handle());
     // Probes load only now: a slow, huge or hostile component file can
     // never keep the sockets from answering or systemd from hearing READY.
     let watcher = probe_runtime
@@ -384,4 +400,24 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// The watchdog's test hook: `TELEMD_TEST_WEDGE_PROBES_AFTER_MS=N` blocks
+/// the probes' runtime thread for good N ms after start, as a probe loop
+/// stuck in a call that never returns would (tests/systemd_watchdog.rs).
+/// Whoever sets the daemon's environment could stop it anyway.
+fn wedge_for_tests(probes: &tokio::runtime::Handle) {
+    let Some(after) = std::env::var("TELEMD_TEST_WEDGE_PROBES_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    warn!("test hook: the probes' runtime will be wedged in {after} ms");
+    probes.spawn(async move {
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    });
 }

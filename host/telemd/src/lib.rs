@@ -23,3 +23,4 @@ pub mod spool;
 pub mod state_lock;
 pub mod supervisor;
 pub mod systemd;
+pub mod watchdog;

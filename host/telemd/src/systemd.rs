@@ -46,6 +46,17 @@ pub fn notify_ready() {
     notify(sd_notify::NotifyState::Ready);
 }
 
+/// Tells the service manager the daemon is alive (the watchdog).
+pub fn notify_watchdog() {
+    notify(sd_notify::NotifyState::Watchdog);
+}
+
+/// The watchdog period systemd asks for (`WATCHDOG_USEC`, for this
+/// process), if any.
+pub fn watchdog_period() -> Option<std::time::Duration> {
+    sd_notify::watchdog_enabled()
+}
+
 /// Tells the service manager the daemon is stopping.
 pub fn notify_stopping() {
     notify(sd_notify::NotifyState::Stopping);

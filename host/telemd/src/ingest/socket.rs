@@ -130,6 +130,7 @@ pub async fn serve(
     opts: NativeSocketOptions,
     pressure: telem_sandbox::HostPressure,
     mut shutdown: watch::Receiver<bool>,
+    mut beat: crate::watchdog::Beat,
 ) {
     let caps = OpenCaps::new(opts.max_connections, fd_limit());
     debug!(
@@ -154,23 +155,36 @@ pub async fn serve(
     // Records read since the last hand-over to the spool, with their room.
     let mut batch = Vec::new();
     'serving: loop {
+        // Each turn is progress; so is each wait below, which answers the
+        // watchdog's pokes (`watchdog.rs`).
+        beat.answer();
         while let Some(done) = conns.try_join_next() {
             said_if_panicked(done);
         }
         // Room for the record first: while the spool is behind, clients
         // wait in the backlog rather than in the daemon.
-        let intake = tokio::select! {
-            p = pending.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = shutdown.wait_for(|s| *s) => break,
+        let intake = loop {
+            tokio::select! {
+                p = pending.clone().acquire_owned() => break p.expect("semaphore never closed"),
+                () = beat.poked() => beat.answer(),
+                _ = shutdown.wait_for(|s| *s) => break 'serving,
+            }
         };
         // Only the whole open budget, which one uid cannot take, stops
         // accepting too.
-        let place = tokio::select! {
-            p = open.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = shutdown.wait_for(|s| *s) => break,
+        let place = loop {
+            tokio::select! {
+                p = open.clone().acquire_owned() => break p.expect("semaphore never closed"),
+                () = beat.poked() => beat.answer(),
+                _ = shutdown.wait_for(|s| *s) => break 'serving,
+            }
         };
         let mut ready = loop {
             let mut ready = tokio::select! {
+                () = beat.poked() => {
+                    beat.answer();
+                    continue;
+                }
                 r = listener.0.readable() => match r {
                     Ok(r) => r,
                     Err(e) => {
