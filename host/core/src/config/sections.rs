@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use smart_default::SmartDefault;
 
 use super::values::{
-    optional_path, Bounded, CollectorUrl, DebuginfodUrl, FileMode, HeaderLine, Limit, UserName,
+    optional_path, optional_string, Bounded, CollectorUrl, DebuginfodUrl, FileMode, HeaderLine,
+    Limit, UserName,
 };
 use super::{non_empty, PostFormat, RateLimitStrategy, DEFAULT_TIDHEADER};
 use crate::probe_policy::ProbePolicy;
@@ -37,6 +38,24 @@ pub struct DeliveryConfig {
     #[cfg_attr(feature = "reference", schemars(with = "String"))]
     #[default(None)]
     pub cainfo: Option<PathBuf>,
+    /// PEM certificate (chain) telemd shows a collector that asks for
+    /// one (mutual TLS); with `tls_client_key`, or neither.
+    #[serde(with = "optional_path")]
+    #[cfg_attr(feature = "reference", schemars(with = "String"))]
+    #[default(None)]
+    pub tls_client_cert: Option<PathBuf>,
+    /// PEM private key of `tls_client_cert` (readable by the service user
+    /// only: mode 0640, root:telemetry).
+    #[serde(with = "optional_path")]
+    #[cfg_attr(feature = "reference", schemars(with = "String"))]
+    #[default(None)]
+    pub tls_client_key: Option<PathBuf>,
+    /// Proxy for every post (`http://HOST:PORT`); empty: `HTTPS_PROXY`,
+    /// `HTTP_PROXY` and `NO_PROXY` from the environment, if set.
+    #[serde(with = "optional_string")]
+    #[cfg_attr(feature = "reference", schemars(with = "String"))]
+    #[default(None)]
+    pub proxy: Option<String>,
     /// Header line sent with every post (`Name: value`); the public
     /// collector checks this TID.
     #[default(HeaderLine::new(DEFAULT_TIDHEADER))]

@@ -366,6 +366,22 @@ checked_string!(
     |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 );
 
+/// `proxy`: an optional string, empty meaning none.
+pub mod optional_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// `None` as `""`.
+    pub fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.as_deref().unwrap_or(""))
+    }
+
+    /// `""` as `None`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok((!s.is_empty()).then_some(s))
+    }
+}
+
 /// `cainfo`: a path, or the empty string for the system roots (as in the
 /// legacy file).
 pub mod optional_path {

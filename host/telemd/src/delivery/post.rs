@@ -106,6 +106,24 @@ pub enum PosterError {
     /// The HTTP client could not be initialised.
     #[error("cannot initialise the HTTP client")]
     Client(#[source] reqwest::Error),
+    /// Only one of `tls_client_cert` and `tls_client_key` is set.
+    #[error("tls_client_cert and tls_client_key go together: set both or neither")]
+    ClientIdentityHalf,
+    /// The client certificate or key could not be read.
+    #[error("cannot read {}", path.display())]
+    ClientIdentityRead {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The client certificate and key do not make an identity.
+    #[error("tls_client_cert and tls_client_key are not a PEM certificate and its key")]
+    ClientIdentityParse(#[source] reqwest::Error),
+    /// `proxy` is not a proxy URL.
+    #[error("proxy {0:?} is not a proxy URL")]
+    Proxy(String, #[source] reqwest::Error),
 }
 
 /// An HTTP client kept for the daemon's life, so connections are reused.
@@ -116,14 +134,42 @@ pub struct Poster {
 }
 
 impl Poster {
-    /// Builds the client: rustls with the system roots plus `cainfo`, the
-    /// legacy timeouts, no redirects (a POST must not turn into a GET).
+    /// Builds the client: rustls with the system roots plus `cainfo`, TLS
+    /// 1.2 at least, the client certificate when one is set (mutual TLS),
+    /// the proxy of `proxy` or else of the environment (`HTTPS_PROXY`,
+    /// `HTTP_PROXY`, `NO_PROXY`), the legacy timeouts, no redirects (a POST
+    /// must not turn into a GET).
     pub fn new(c: &DeliveryConfig) -> Result<Poster, PosterError> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            .min_tls_version(reqwest::tls::Version::TLS_1_2)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("telemd/", env!("CARGO_PKG_VERSION")));
+        match (&c.tls_client_cert, &c.tls_client_key) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                let read = |path: &PathBuf| {
+                    std::fs::read(path).map_err(|source| PosterError::ClientIdentityRead {
+                        path: path.clone(),
+                        source,
+                    })
+                };
+                let mut pem = read(cert)?;
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+                let identity =
+                    reqwest::Identity::from_pem(&pem).map_err(PosterError::ClientIdentityParse)?;
+                b = b.identity(identity);
+            }
+            _ => return Err(PosterError::ClientIdentityHalf),
+        }
+        if let Some(proxy) = &c.proxy {
+            let p = reqwest::Proxy::all(proxy)
+                .map_err(|e| PosterError::Proxy(proxy.clone(), e))?
+                .no_proxy(reqwest::NoProxy::from_env());
+            b = b.proxy(p);
+        }
         if let Some(ca) = &c.cainfo {
             let pem = std::fs::read(ca).map_err(|source| PosterError::CaInfoRead {
                 path: ca.clone(),
