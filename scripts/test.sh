@@ -49,6 +49,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The Python probe template, built with componentize-py (pinned, from PyPI,
 # in a virtual environment under target/) against wit/probe.wit.
 ./scripts/build-python-probe.sh
+# Python's opentelemetry-proto (PyPI, pinned) decodes telemd's OTLP
+# requests in tests/otlp.rs: the wire format checked by code we did not write.
+OTLP_PROTO_VERSION=1.45.2
+target/pyenv-otlp/bin/pip show opentelemetry-proto 2>/dev/null | grep -qx "Version: $OTLP_PROTO_VERSION" ||
+  { python3 -m venv target/pyenv-otlp &&
+    target/pyenv-otlp/bin/pip install --quiet "opentelemetry-proto==$OTLP_PROTO_VERSION"; }
 # The programs that link the core crate alone stay small: the crash handler
 # runs as root for every crash (tests/dependency_tree.rs checks what they
 # link; this checks what that weighs).

@@ -23,6 +23,10 @@ pub enum Mode {
     OkThenStall(usize),
     /// Answer 200 with a body of this many bytes.
     Body(usize),
+    /// Answer this status with this body (`application/x-protobuf`).
+    Reply(u16, Vec<u8>),
+    /// Answer this status to the first this many requests, 200 after.
+    StatusFirst(u16, usize),
 }
 
 /// One request as received.
@@ -114,6 +118,40 @@ impl Collector {
             .count()
     }
 
+    /// Records in the requests answered 200 or 201: the log records of an
+    /// OTLP request (gzip protobuf), one for any other request.
+    pub fn records_accepted(&self) -> usize {
+        use prost::Message;
+        use std::io::Read;
+        let st = self.state.lock().unwrap();
+        st.requests
+            .iter()
+            .filter(|r| r.answered == 200 || r.answered == 201)
+            .map(|r| {
+                if r.header("content-type") != Some("application/x-protobuf") {
+                    return 1;
+                }
+                let mut plain = Vec::new();
+                if flate2::read::GzDecoder::new(r.body.as_slice())
+                    .read_to_end(&mut plain)
+                    .is_err()
+                {
+                    return 0;
+                }
+                opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest::decode(
+                    plain.as_slice(),
+                )
+                .map_or(0, |req| {
+                    req.resource_logs
+                        .iter()
+                        .flat_map(|r| &r.scope_logs)
+                        .map(|s| s.log_records.len())
+                        .sum()
+                })
+            })
+            .sum()
+    }
+
     /// Requests answered with 200 or 201.
     pub fn accepted(&self) -> Vec<Request> {
         self.requests()
@@ -182,12 +220,15 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
             match &st.mode {
                 Mode::OkThenStall(n) if st.requests.len() < *n => Mode::Status(200, None),
                 Mode::OkThenStall(_) => Mode::Stall(Duration::from_secs(600)),
+                Mode::StatusFirst(code, n) if st.requests.len() < *n => Mode::Status(*code, None),
+                Mode::StatusFirst(..) => Mode::Status(200, None),
                 m => m.clone(),
             }
         };
         let answered = match &mode {
             Mode::Status(code, _) => *code,
             Mode::Body(_) => 200,
+            Mode::Reply(code, _) => *code,
             _ => 0,
         };
         state.lock().unwrap().requests.push(Request {
@@ -216,12 +257,23 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
                     return;
                 }
             }
+            Mode::Reply(code, body) => {
+                let mut resp = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                resp.extend_from_slice(&body);
+                if out.write_all(&resp).is_err() {
+                    return;
+                }
+            }
             Mode::Drop => return,
             Mode::Stall(d) => {
                 std::thread::sleep(d);
                 return;
             }
-            Mode::OkThenStall(_) => unreachable!("resolved above"),
+            Mode::OkThenStall(_) | Mode::StatusFirst(..) => unreachable!("resolved above"),
         }
     }
 }

@@ -9,9 +9,15 @@
 //! at their limits meanwhile (benches/support), the probes loaded and in
 //! their loops before the records move in.
 //!
+//! Each post format (`headers`, `json`, `otlp`) drains its own spool in
+//! the same run; the clock stops when the collector has accepted every
+//! record (an OTLP request counted by its log records), and the run then
+//! checks that the spool empties. Bytes on the wire are the request heads
+//! and bodies the collector read.
+//!
 //! Run: `cargo bench -p telemd --bench delivery`
 //! (`-- --records N`, `-- --rounds R`, `-- --hostile`, `-- --dir DIR`
-//! for the filesystem the daemon uses).
+//! for the filesystem the daemon uses, `-- --formats otlp,headers`).
 
 #[path = "../../../tests/support/collector.rs"]
 mod collector;
@@ -35,9 +41,19 @@ struct Run {
     secs: f64,
     connections: usize,
     left: usize,
+    requests: usize,
+    wire_bytes: usize,
 }
 
-fn run(root: &Path, records: usize, hostile: bool) -> Run {
+fn spooled(root: &Path) -> usize {
+    std::fs::read_dir(root.join("spool"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .count()
+}
+
+fn run(root: &Path, records: usize, hostile: bool, format: &str) -> Run {
     let _ = std::fs::remove_dir_all(root);
     std::fs::create_dir_all(root.join("spool")).unwrap();
     let staged = root.join("staged");
@@ -65,7 +81,8 @@ fn run(root: &Path, records: usize, hostile: bool) -> Run {
     let cfg = format!(
         "server = \"{}\"\nsocket_path = \"{r}/telem-0\"\nspool_dir = \"{r}/spool\"\nstate_dir = \"{r}/state\"\n\
          journal_dir = \"{r}/journal\"\nopt_in_file = \"{r}/opt-in\"\ncontrol_socket = \"{r}/control.sock\"\n\
-         probes_dirs = [\"{r}/probes\"]\nrate_limit_enabled = false\nspool_max_size = -1\n{grants}",
+         probes_dirs = [\"{r}/probes\"]\nrate_limit_enabled = false\nspool_max_size = -1\n\
+         post_format = \"{format}\"\n{grants}",
         c.url()
     );
     std::fs::write(root.join("telemd.toml"), cfg).unwrap();
@@ -101,16 +118,23 @@ fn run(root: &Path, records: usize, hostile: bool) -> Run {
         .and_then(|mut c| c.call(&Request::Flush))
         .expect("flush");
     let deadline = start + Duration::from_secs(120);
-    while c.accepted_count() < records && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    while c.records_accepted() < records && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
     let secs = start.elapsed().as_secs_f64();
-    let delivered = c.accepted_count();
-    let left = std::fs::read_dir(root.join("spool"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .count();
+    // Then every record's outcome is journaled and its file removed.
+    while spooled(root) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = spooled(root);
+    let requests = c.requests();
+    // Every record left the spool as delivered (the collector answers 200).
+    let delivered = if requests.iter().all(|r| r.answered == 200) {
+        records - left
+    } else {
+        0
+    };
+    let wire_bytes = requests.iter().map(|r| r.head.len() + r.body.len()).sum();
     if let Some(h) = probes {
         eprintln!("  hostile probe calls during the run: {}", h.stop());
     }
@@ -121,6 +145,8 @@ fn run(root: &Path, records: usize, hostile: bool) -> Run {
         secs,
         connections: c.connections(),
         left,
+        requests: requests.len(),
+        wire_bytes,
     }
 }
 
@@ -138,52 +164,70 @@ fn main() {
         dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
         clients: Vec::new(),
     });
+    let formats: Vec<String> = std::env::args()
+        .skip_while(|a| a != "--formats")
+        .nth(1)
+        .unwrap_or_else(|| "headers,json,otlp".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
     let base = dir.join("bench-delivery");
-    let mut runs: Vec<(bool, Run)> = Vec::new();
+    let mut runs: Vec<(String, bool, Run)> = Vec::new();
     for round in 0..rounds {
-        for with in [false, true] {
-            if with && !hostile {
-                continue;
+        for format in &formats {
+            for with in [false, true] {
+                if with && !hostile {
+                    continue;
+                }
+                let r = run(
+                    &base.join(format!("{format}-{with}-{round}")),
+                    records,
+                    with,
+                    format,
+                );
+                eprintln!(
+                    "{format}, {}: {} delivered in {:.2}s",
+                    if with { "10 hostile probes" } else { "quiet" },
+                    r.delivered,
+                    r.secs
+                );
+                runs.push((format.clone(), with, r));
             }
-            let r = run(&base.join(format!("{with}-{round}")), records, with);
-            eprintln!(
-                "{}: {} delivered in {:.2}s",
-                if with { "10 hostile probes" } else { "quiet" },
-                r.delivered,
-                r.secs
-            );
-            runs.push((with, r));
         }
     }
-    println!("| probes | records | seconds (median) | records/s (median) | runs | TCP connections | left in spool |");
-    println!("|---|--:|--:|--:|---|--:|--:|");
+    println!("| format | probes | records | seconds (median) | records/s (median) | runs | requests | bytes on the wire | TCP connections | left in spool |");
+    println!("|---|---|--:|--:|--:|---|--:|--:|--:|--:|");
     let mut failed = false;
-    for with in [false, true] {
-        let mut rs: Vec<&Run> = runs
-            .iter()
-            .filter(|(w, _)| *w == with)
-            .map(|(_, r)| r)
-            .collect();
-        if rs.is_empty() {
-            continue;
+    for format in &formats {
+        for with in [false, true] {
+            let mut rs: Vec<&Run> = runs
+                .iter()
+                .filter(|(f, w, _)| f == format && *w == with)
+                .map(|(_, _, r)| r)
+                .collect();
+            if rs.is_empty() {
+                continue;
+            }
+            rs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+            let m = rs[rs.len() / 2];
+            let all: Vec<String> = rs
+                .iter()
+                .map(|r| format!("{:.0}", r.delivered as f64 / r.secs))
+                .collect();
+            failed |= rs.iter().any(|r| r.delivered < records);
+            println!(
+                "| {format} | {} | {} | {:.2} | {:.0} | {} | {} | {} | {} | {} |",
+                if with { "10 hostile" } else { "none" },
+                m.delivered,
+                m.secs,
+                m.delivered as f64 / m.secs,
+                all.join(", "),
+                m.requests,
+                m.wire_bytes,
+                m.connections,
+                m.left
+            );
         }
-        rs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
-        let m = rs[rs.len() / 2];
-        let all: Vec<String> = rs
-            .iter()
-            .map(|r| format!("{:.0}", r.delivered as f64 / r.secs))
-            .collect();
-        failed |= rs.iter().any(|r| r.delivered < records);
-        println!(
-            "| {} | {} | {:.2} | {:.0} | {} | {} | {} |",
-            if with { "10 hostile" } else { "none" },
-            m.delivered,
-            m.secs,
-            m.delivered as f64 / m.secs,
-            all.join(", "),
-            m.connections,
-            m.left
-        );
     }
     let _ = std::fs::remove_dir_all(&base);
     if failed {

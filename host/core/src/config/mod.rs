@@ -60,6 +60,9 @@ pub enum PostFormat {
     Headers,
     /// A flat JSON object, as the newest legacy client sent.
     Json,
+    /// OTLP/HTTP protobuf log records, many to a request, for an
+    /// OpenTelemetry Collector.
+    Otlp,
 }
 
 /// Which syntax a config file was written in.

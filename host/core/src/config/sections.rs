@@ -97,7 +97,9 @@ pub struct DeliveryConfig {
     #[default(false)]
     pub record_retention_enabled: bool,
     /// Body format of a post: `headers` (headers as HTTP headers, the
-    /// payload as body: what the public collector validates) or `json`.
+    /// payload as body: what the public collector validates), `json`, or
+    /// `otlp` (OTLP/HTTP log records, up to 1000 to a request, to an
+    /// OpenTelemetry Collector; `server` is its base URL or its logs URL).
     #[default(PostFormat::Headers)]
     pub post_format: PostFormat,
     /// Directories a native record's `CFG:` config file may be in (it must

@@ -13,12 +13,13 @@
 
 pub mod backoff;
 pub mod client_config;
+pub mod otlp;
 pub mod post;
 pub mod ratelimit;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,11 +27,12 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use self::backoff::Backoff;
+use self::otlp::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 use self::post::{PostOutcome, Poster, PosterError, Target};
 use self::ratelimit::{RateLimiter, Verdict};
 use crate::spool::{Spool, SpoolEntry, SpoolReadError};
 use telem_core::clock::Clock;
-use telem_core::config::{DeliveryConfig, RateLimitStrategy};
+use telem_core::config::{DeliveryConfig, PostFormat, RateLimitStrategy};
 pub use telem_core::control::DeliveryStatus;
 use telem_core::error_text::Chain;
 use telem_core::journal::{Journal, JournalEntry, Outcome};
@@ -41,37 +43,62 @@ use telem_core::record::{Header, Record};
 /// paths cannot grow it.
 const NAMED_CONFIGS_KEPT: usize = 256;
 
-/// Finished records whose unlink may lag behind the journal; far below the
-/// journal's [`telem_core::journal::MIN_KEPT`], so a restart always finds them
-/// journaled.
+/// Finished records whose unlink may lag behind the journal, one record
+/// at a time; far below the journal's [`telem_core::journal::MIN_KEPT`],
+/// so a restart always finds them journaled.
 const REMOVAL_QUEUE: usize = 32;
+
+/// Removals in one group from which a second thread helps unlink them.
+const PARALLEL_UNLINKS_FROM: usize = 64;
+
+/// Names of finished records not yet unlinked, with a condition the
+/// remover signals as it unlinks them.
+#[derive(Default)]
+struct Pending {
+    names: Mutex<HashSet<String>>,
+    shrunk: Condvar,
+}
+
+impl Pending {
+    /// Waits until fewer than `n` are pending.
+    fn wait_below(&self, n: usize) {
+        let mut names = self.names.lock().expect("pending lock");
+        while names.len() >= n {
+            names = self.shrunk.wait(names).expect("pending lock");
+        }
+    }
+}
 
 /// Unlinks finished records off the posting path, after syncing the
 /// journal entries that made them final: one `fdatasync` of the journal
-/// per batch of removals rather than one per record on the posting path.
+/// per group of removals rather than one per record on the posting path.
+/// One record at a time, the unlinks trail the journal by at most
+/// [`REMOVAL_QUEUE`] records; an OTLP request's records are handed over
+/// together, once the previous request's are gone, so they trail by at
+/// most one request (the duplicates a kill can cause).
 struct Remover {
-    tx: Option<mpsc::SyncSender<SpoolEntry>>,
-    pending: Arc<Mutex<HashSet<String>>>,
+    tx: Option<mpsc::Sender<SpoolEntry>>,
+    pending: Arc<Pending>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Remover {
     fn start(spool: Spool, journal: Arc<Journal>) -> Remover {
-        let (tx, rx) = mpsc::sync_channel::<SpoolEntry>(REMOVAL_QUEUE);
-        let pending = Arc::new(Mutex::new(HashSet::new()));
+        let (tx, rx) = mpsc::channel::<SpoolEntry>();
+        let pending = Arc::new(Pending::default());
         let p = pending.clone();
         let thread = std::thread::Builder::new()
             .name("spool-remover".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < REMOVAL_QUEUE {
+                    let mut group = vec![first];
+                    while group.len() < MAX_BATCH_RECORDS {
                         match rx.try_recv() {
-                            Ok(e) => batch.push(e),
+                            Ok(e) => group.push(e),
                             Err(_) => break,
                         }
                     }
-                    // The commit point: every entry of the batch is on disk
+                    // The commit point: every entry of the group is on disk
                     // before its record leaves the spool, so a power cut
                     // can resend a delivered record but never lose one.
                     if let Err(e) = journal.sync() {
@@ -79,11 +106,26 @@ impl Remover {
                             "cannot sync the journal ({e}); removing the finished records anyway"
                         );
                     }
-                    for entry in batch {
-                        if let Err(e) = spool.remove(&entry) {
-                            warn!(record_id = %entry.name, "cannot remove the spool file: {e}");
+                    let unlink = |entries: &[SpoolEntry]| {
+                        for entry in entries {
+                            if let Err(e) = spool.remove(entry) {
+                                warn!(record_id = %entry.name, "cannot remove the spool file: {e}");
+                            }
+                            p.names.lock().expect("pending lock").remove(&entry.name);
+                            p.shrunk.notify_all();
                         }
-                        p.lock().expect("pending lock").remove(&entry.name);
+                    };
+                    // An unlink spends most of its time outside the
+                    // directory's lock: a request's records go twice as
+                    // fast from two threads.
+                    if group.len() >= PARALLEL_UNLINKS_FROM {
+                        let (a, b) = group.split_at(group.len() / 2);
+                        std::thread::scope(|s| {
+                            s.spawn(|| unlink(a));
+                            unlink(b);
+                        });
+                    } else {
+                        unlink(&group);
                     }
                 }
             })
@@ -95,25 +137,43 @@ impl Remover {
         }
     }
 
+    /// Hands one finished record over; waits while [`REMOVAL_QUEUE`] are
+    /// pending, so the remover never falls far behind.
     fn remove(&self, entry: &SpoolEntry) {
+        self.pending.wait_below(REMOVAL_QUEUE);
+        self.hand_over(entry);
+    }
+
+    fn hand_over(&self, entry: &SpoolEntry) {
         self.pending
+            .names
             .lock()
             .expect("pending lock")
             .insert(entry.name.clone());
         if let Some(tx) = &self.tx {
-            // Blocks when the queue is full: the remover can't fall far behind.
             let _ = tx.send(entry.clone());
         }
     }
 
-    fn drain(&self) {
-        while !self.pending.lock().expect("pending lock").is_empty() {
-            std::thread::sleep(Duration::from_millis(1));
+    /// Hands a request's finished records over at once (the caller waited
+    /// for [`Remover::wait_idle`] before journaling them).
+    fn remove_all<'a>(&self, entries: impl Iterator<Item = &'a SpoolEntry>) {
+        for e in entries {
+            self.hand_over(e);
         }
     }
 
+    /// Waits until every record handed over is unlinked.
+    fn wait_idle(&self) {
+        self.pending.wait_below(1);
+    }
+
     fn is_pending(&self, name: &str) -> bool {
-        self.pending.lock().expect("pending lock").contains(name)
+        self.pending
+            .names
+            .lock()
+            .expect("pending lock")
+            .contains(name)
     }
 }
 
@@ -147,6 +207,43 @@ pub struct RunReport {
     pub blocked_for: Option<Duration>,
 }
 
+/// What the checks before a post decided about one spool entry.
+enum Admission {
+    /// Its outcome is final (expired, kept local, dropped, unreadable), or
+    /// it is gone.
+    Settled,
+    /// The run stops here (the rate limit, `spool` strategy).
+    Stop,
+    /// It may be posted.
+    Post(Box<Record>),
+}
+
+/// Records gathered for one OTLP request: one target, at most
+/// [`MAX_BATCH_RECORDS`] (or fewer after a 413) and [`MAX_BATCH_BYTES`].
+#[derive(Default)]
+struct Batch {
+    target: Option<Target>,
+    entries: Vec<(SpoolEntry, Record)>,
+    bytes: u64,
+}
+
+impl Batch {
+    /// Whether a record of `size` bytes for `target` must wait for the
+    /// next request.
+    fn must_close_before(&self, target: &Target, size: u64, cap: usize) -> bool {
+        !self.entries.is_empty()
+            && (self.target.as_ref() != Some(target)
+                || self.entries.len() >= cap
+                || self.bytes.saturating_add(size) > MAX_BATCH_BYTES)
+    }
+
+    fn push(&mut self, target: Target, entry: SpoolEntry, record: Record) {
+        self.bytes = self.bytes.saturating_add(entry.size);
+        self.target = Some(target);
+        self.entries.push((entry, record));
+    }
+}
+
 /// The delivery worker.
 pub struct Delivery {
     spool: Spool,
@@ -165,6 +262,9 @@ pub struct Delivery {
     remover: Remover,
     /// Marked while records are delivered: probe calls make way.
     pressure: Option<telem_sandbox::HostPressure>,
+    /// Records in one OTLP request at most: [`MAX_BATCH_RECORDS`], halved
+    /// by each 413 the collector answers.
+    batch_cap: usize,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -211,6 +311,7 @@ impl Delivery {
             own_file,
             clock,
             pressure: None,
+            batch_cap: MAX_BATCH_RECORDS,
         })
     }
 
@@ -229,7 +330,7 @@ impl Delivery {
     /// Waits until every finished record's spool file is gone (the unlinks
     /// trail the journal by a few records).
     pub fn wait_removals(&self) {
-        self.remover.drain();
+        self.remover.wait_idle();
     }
 
     /// Forgets any backoff so the next run tries at once (`telemctl spool flush`).
@@ -258,15 +359,19 @@ impl Delivery {
                 return report;
             }
         };
-        for entry in entries {
-            if stop.is_some_and(|s| *s.borrow()) {
-                break;
-            }
-            if self.remover.is_pending(&entry.name) {
-                continue;
-            }
-            if !self.deliver_one(&entry, &mut report).await {
-                break;
+        if self.config.post_format == PostFormat::Otlp {
+            self.deliver_batches(entries, stop, &mut report).await;
+        } else {
+            for entry in entries {
+                if stop.is_some_and(|s| *s.borrow()) {
+                    break;
+                }
+                if self.remover.is_pending(&entry.name) {
+                    continue;
+                }
+                if !self.deliver_one(&entry, &mut report).await {
+                    break;
+                }
             }
         }
         let mut st = self.status.lock().expect("status lock");
@@ -281,61 +386,12 @@ impl Delivery {
 
     /// Handles one spool entry; false stops the run.
     async fn deliver_one(&mut self, entry: &SpoolEntry, report: &mut RunReport) -> bool {
-        if let Some(p) = &self.pressure {
-            p.mark(1);
-        }
-        let now = self.clock.now();
-        let record = match self.spool.read(&entry.name) {
-            Ok(r) => r,
-            Err(SpoolReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return true,
-            Err(e) => {
-                self.quarantine(entry, &Chain(&e).to_string());
-                report.rejected += 1;
-                return true;
-            }
+        let record = match self.admit(entry, report, None) {
+            Admission::Settled => return true,
+            Admission::Stop => return false,
+            Admission::Post(r) => *r,
         };
-        if let Some(minutes) = self.config.record_expiry.get() {
-            let age = now.duration_since(entry.mtime).unwrap_or_default();
-            if age > Duration::from_secs(minutes.saturating_mul(60)) {
-                self.finish(
-                    entry,
-                    &record,
-                    Outcome::Expired,
-                    format!("spooled {} min ago", age.as_secs() / 60),
-                );
-                report.expired += 1;
-                return true;
-            }
-        }
-        if !self.config.record_server_delivery_enabled {
-            self.finish(entry, &record, Outcome::Local, String::new());
-            report.kept_local += 1;
-            return true;
-        }
-        if let Verdict::Exceeded { retry_at_minute } = self.limiter.check(now, entry.size) {
-            match self.config.rate_limit_strategy {
-                RateLimitStrategy::Drop => {
-                    self.finish(
-                        entry,
-                        &record,
-                        Outcome::Dropped,
-                        "over the rate limit".into(),
-                    );
-                    report.dropped += 1;
-                    return true;
-                }
-                RateLimitStrategy::Spool => {
-                    let until = UNIX_EPOCH + Duration::from_secs(retry_at_minute * 60);
-                    debug!(
-                        "rate limit reached; spooled records wait until {}",
-                        unix(until)
-                    );
-                    self.not_before = Some(until);
-                    report.blocked_for = Some(until.duration_since(now).unwrap_or_default());
-                    return false;
-                }
-            }
-        }
+        let now = self.clock.now();
         let target = self.target_for(&record);
         let outcome = self.poster.post(&target, &record, now).await;
         let (keep_going, result) = match outcome {
@@ -347,6 +403,14 @@ impl Delivery {
                 (true, format!("delivered (HTTP {code})"))
             }
             PostOutcome::Rejected(why) => {
+                warn!(record_id = %entry.name, "collector rejected the record for good ({why}); removed");
+                self.backoff.reset();
+                self.finish(entry, &record, Outcome::Rejected, why.clone());
+                report.rejected += 1;
+                (true, format!("rejected ({why})"))
+            }
+            PostOutcome::TooLarge => {
+                let why = "HTTP 413 (too large for the collector)".to_owned();
                 warn!(record_id = %entry.name, "collector rejected the record for good ({why}); removed");
                 self.backoff.reset();
                 self.finish(entry, &record, Outcome::Rejected, why.clone());
@@ -368,11 +432,202 @@ impl Delivery {
                 (false, format!("failed ({reason})"))
             }
         };
+        self.note_attempt(now, result);
+        keep_going
+    }
+
+    /// The spool run of `post_format = "otlp"`: records admitted as for
+    /// one post, gathered into requests of one target, each request one
+    /// commit (its records all leave the spool once it is answered 2xx,
+    /// or all stay).
+    async fn deliver_batches(
+        &mut self,
+        entries: Vec<SpoolEntry>,
+        stop: Option<&watch::Receiver<bool>>,
+        report: &mut RunReport,
+    ) {
+        let mut batch = Batch::default();
+        // The rate limit counts what the open request already holds.
+        let mut held = self.limiter.clone();
+        for entry in entries {
+            if stop.is_some_and(|s| *s.borrow()) {
+                break;
+            }
+            if self.remover.is_pending(&entry.name) {
+                continue;
+            }
+            let record = match self.admit(&entry, report, Some(&held)) {
+                Admission::Settled => continue,
+                Admission::Stop => break,
+                Admission::Post(r) => *r,
+            };
+            let target = self.target_for(&record);
+            if batch.must_close_before(&target, entry.size, self.batch_cap) {
+                if !self.post_batch(std::mem::take(&mut batch), report).await {
+                    return;
+                }
+                held = self.limiter.clone();
+            }
+            held.record(self.clock.now(), entry.size);
+            batch.push(target, entry, record);
+        }
+        if !batch.entries.is_empty() {
+            self.post_batch(batch, report).await;
+        }
+    }
+
+    /// Posts one OTLP request and settles its records; false stops the run.
+    async fn post_batch(&mut self, batch: Batch, report: &mut RunReport) -> bool {
+        let Some(target) = &batch.target else {
+            return true;
+        };
+        let n = batch.entries.len();
+        let now = self.clock.now();
+        let items: Vec<(&Record, SystemTime)> =
+            batch.entries.iter().map(|(e, r)| (r, e.mtime)).collect();
+        let (outcome, partial) = self.poster.post_batch(target, &items, now).await;
+        drop(items);
+        let (keep_going, result) = match outcome {
+            PostOutcome::Delivered(code) => {
+                let mut detail = format!("HTTP {code}, in a request of {n}");
+                if let Some(p) = &partial {
+                    warn!(
+                        "the collector accepted a request of {n} records but refused {} of them ({}); not retried",
+                        p.rejected, p.message
+                    );
+                    detail = format!(
+                        "{detail}; the collector refused {} of {n}: {}",
+                        p.rejected, p.message
+                    );
+                }
+                self.backoff.reset();
+                for (entry, _) in &batch.entries {
+                    self.limiter.record(now, entry.size);
+                }
+                self.finish_all(&batch.entries, Outcome::Delivered, &detail);
+                report.delivered += n;
+                (true, format!("delivered (HTTP {code}, {n} records)"))
+            }
+            PostOutcome::TooLarge if n > 1 => {
+                self.batch_cap = (n / 2).max(1);
+                warn!(
+                    "the collector refused a request of {n} records for its size (HTTP 413); requests now carry at most {}",
+                    self.batch_cap
+                );
+                // At once: nothing failed but the size.
+                report.blocked_for = Some(Duration::ZERO);
+                (
+                    false,
+                    format!(
+                        "too large (HTTP 413); now at most {} a request",
+                        self.batch_cap
+                    ),
+                )
+            }
+            PostOutcome::Rejected(_) | PostOutcome::TooLarge => {
+                let why = match outcome {
+                    PostOutcome::Rejected(why) => why,
+                    _ => "HTTP 413 (too large for the collector)".to_owned(),
+                };
+                warn!("the collector rejected a request of {n} records for good ({why}); removed");
+                self.backoff.reset();
+                self.finish_all(&batch.entries, Outcome::Rejected, &why);
+                report.rejected += n;
+                (true, format!("rejected ({why})"))
+            }
+            PostOutcome::Retry {
+                reason,
+                retry_after,
+            } => {
+                let delay = self.backoff.fail(retry_after);
+                warn!(
+                    "delivery failed ({reason}); {n} records kept, next try in {:.1} s",
+                    delay.as_secs_f64()
+                );
+                self.not_before = Some(now + delay);
+                report.blocked_for = Some(delay);
+                (false, format!("failed ({reason})"))
+            }
+        };
+        self.note_attempt(now, result);
+        keep_going
+    }
+
+    /// Shows the last attempt in `telemctl status`.
+    fn note_attempt(&self, now: SystemTime, result: String) {
         let mut st = self.status.lock().expect("status lock");
         st.last_attempt = Some(unix(now));
         st.last_result = Some(result);
         st.failures_in_a_row = self.backoff.failures();
-        keep_going
+    }
+
+    /// The checks before a post: readable, not expired, delivery enabled,
+    /// within the rate limit (`limiter`, or the worker's own).
+    fn admit(
+        &mut self,
+        entry: &SpoolEntry,
+        report: &mut RunReport,
+        limiter: Option<&RateLimiter>,
+    ) -> Admission {
+        if let Some(p) = &self.pressure {
+            p.mark(1);
+        }
+        let now = self.clock.now();
+        let record = match self.spool.read(&entry.name) {
+            Ok(r) => r,
+            Err(SpoolReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Admission::Settled
+            }
+            Err(e) => {
+                self.quarantine(entry, &Chain(&e).to_string());
+                report.rejected += 1;
+                return Admission::Settled;
+            }
+        };
+        if let Some(minutes) = self.config.record_expiry.get() {
+            let age = now.duration_since(entry.mtime).unwrap_or_default();
+            if age > Duration::from_secs(minutes.saturating_mul(60)) {
+                self.finish(
+                    entry,
+                    &record,
+                    Outcome::Expired,
+                    format!("spooled {} min ago", age.as_secs() / 60),
+                );
+                report.expired += 1;
+                return Admission::Settled;
+            }
+        }
+        if !self.config.record_server_delivery_enabled {
+            self.finish(entry, &record, Outcome::Local, String::new());
+            report.kept_local += 1;
+            return Admission::Settled;
+        }
+        let verdict = limiter.unwrap_or(&self.limiter).check(now, entry.size);
+        if let Verdict::Exceeded { retry_at_minute } = verdict {
+            match self.config.rate_limit_strategy {
+                RateLimitStrategy::Drop => {
+                    self.finish(
+                        entry,
+                        &record,
+                        Outcome::Dropped,
+                        "over the rate limit".into(),
+                    );
+                    report.dropped += 1;
+                    return Admission::Settled;
+                }
+                RateLimitStrategy::Spool => {
+                    let until = UNIX_EPOCH + Duration::from_secs(retry_at_minute * 60);
+                    debug!(
+                        "rate limit reached; spooled records wait until {}",
+                        unix(until)
+                    );
+                    self.not_before = Some(until);
+                    report.blocked_for = Some(until.duration_since(now).unwrap_or_default());
+                    return Admission::Stop;
+                }
+            }
+        }
+        Admission::Post(Box::new(record))
     }
 
     /// The target of a record: the config its probe named (`CFG:` line)
@@ -411,6 +666,31 @@ impl Delivery {
 
     /// Journals the final outcome, then removes the record.
     fn finish(&self, entry: &SpoolEntry, record: &Record, outcome: Outcome, detail: String) {
+        self.journal_outcome(entry, record, outcome, detail);
+        self.remover.remove(entry);
+    }
+
+    /// Journals the final outcome of every record of a request, then hands
+    /// them to the remover together (it makes the journal durable once for
+    /// all of them before the first unlink, while the next request is
+    /// gathered).
+    fn finish_all(&self, entries: &[(SpoolEntry, Record)], outcome: Outcome, detail: &str) {
+        // The previous request's records are gone first: the unlinks trail
+        // the journal by at most one request.
+        self.remover.wait_idle();
+        for (entry, record) in entries {
+            self.journal_outcome(entry, record, outcome, detail.to_owned());
+        }
+        self.remover.remove_all(entries.iter().map(|(e, _)| e));
+    }
+
+    fn journal_outcome(
+        &self,
+        entry: &SpoolEntry,
+        record: &Record,
+        outcome: Outcome,
+        detail: String,
+    ) {
         let je = JournalEntry {
             record_id: entry.name.clone(),
             time: unix(self.clock.now()),
@@ -431,7 +711,6 @@ impl Delivery {
                 info!(record_id = %entry.name, classification = %je.classification, "record {} ({})", outcome.as_str(), je.detail)
             }
         }
-        self.remover.remove(entry);
     }
 
     /// Moves an unreadable spool file aside (never deletes evidence) and

@@ -6,11 +6,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
+};
 use thiserror::Error;
 use tracing::debug;
 
 use super::backoff::parse_retry_after;
+use super::otlp::{self, PartialSuccess};
 use telem_core::config::{DeliveryConfig, PostFormat};
 use telem_core::error_text::Chain;
 use telem_core::record::Record;
@@ -80,6 +83,9 @@ pub enum PostOutcome {
         /// What the collector asked for.
         retry_after: Option<Duration>,
     },
+    /// The collector refused the request for its size (HTTP 413 to an
+    /// OTLP request): fewer records to a request may pass.
+    TooLarge,
 }
 
 /// Why the poster could not be built.
@@ -196,6 +202,9 @@ impl Poster {
     /// which a `Retry-After` given as an HTTP date is counted (the same
     /// clock then schedules the retry).
     pub async fn post(&self, target: &Target, record: &Record, now: SystemTime) -> PostOutcome {
+        if self.format == PostFormat::Otlp {
+            return self.post_batch(target, &[(record, now)], now).await.0;
+        }
         match target {
             Target::File(path) => append_json_line(path, record),
             Target::Http {
@@ -204,6 +213,101 @@ impl Poster {
                 tid_value,
             } => self.post_http(url, tid_name, tid_value, record, now).await,
         }
+    }
+
+    /// Sends `records` (each with when it was spooled) to `target` in one
+    /// OTLP request (or appends them to a file target); with the
+    /// collector's partial success, when it reports one.
+    pub async fn post_batch(
+        &self,
+        target: &Target,
+        records: &[(&Record, SystemTime)],
+        now: SystemTime,
+    ) -> (PostOutcome, Option<PartialSuccess>) {
+        match target {
+            Target::File(path) => {
+                for (record, _) in records {
+                    let o = append_json_line(path, record);
+                    if !matches!(o, PostOutcome::Delivered(_)) {
+                        return (o, None);
+                    }
+                }
+                (PostOutcome::Delivered(200), None)
+            }
+            Target::Http {
+                url,
+                tid_name,
+                tid_value,
+            } => self.post_otlp(url, tid_name, tid_value, records, now).await,
+        }
+    }
+
+    async fn post_otlp(
+        &self,
+        url: &str,
+        tid_name: &str,
+        tid_value: &str,
+        records: &[(&Record, SystemTime)],
+        now: SystemTime,
+    ) -> (PostOutcome, Option<PartialSuccess>) {
+        let mut headers = HeaderMap::new();
+        // The `tidheader` line goes with OTLP too: a collector behind an
+        // authenticating proxy can be given its `Authorization` this way.
+        match header(tid_name, tid_value) {
+            Ok((n, v)) => {
+                headers.append(n, v);
+            }
+            Err(e) => return (PostOutcome::Rejected(e), None),
+        }
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let body = otlp::gzip_body(&otlp::request(records));
+        let resp = match self
+            .client
+            .post(otlp::logs_url(url))
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return (send_failed(&e), None),
+        };
+        let status = resp.status().as_u16();
+        let retry_after = retry_after_of(&resp, now);
+        let body = match read_body(resp).await {
+            Ok(b) => b,
+            Err(cut) => {
+                debug!(
+                    status,
+                    "collector response body not read to its end ({cut}); connection closed"
+                );
+                Vec::new()
+            }
+        };
+        let outcome = match status {
+            200..=299 => PostOutcome::Delivered(status),
+            s if otlp::retryable(s) => PostOutcome::Retry {
+                reason: format!("HTTP {s}"),
+                retry_after,
+            },
+            413 => PostOutcome::TooLarge,
+            // Redirects are not followed; a moved collector is an admin's
+            // mistake to fix, not a reason to drop records.
+            300..=399 => PostOutcome::Retry {
+                reason: format!("HTTP {status} (redirects are not followed)"),
+                retry_after,
+            },
+            s => PostOutcome::Rejected(format!("HTTP {s}")),
+        };
+        let partial = match outcome {
+            PostOutcome::Delivered(_) => otlp::partial_success(&body),
+            _ => None,
+        };
+        (outcome, partial)
     }
 
     async fn post_http(
@@ -216,10 +320,7 @@ impl Poster {
     ) -> PostOutcome {
         let mut headers = HeaderMap::new();
         let mut add = |name: &str, value: &str| -> Result<(), String> {
-            let n = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("bad header name {name:?}"))?;
-            let v = HeaderValue::from_str(value)
-                .map_err(|_| format!("header {name} has a value HTTP cannot carry"))?;
+            let (n, v) = header(name, value)?;
             headers.append(n, v);
             Ok(())
         };
@@ -233,7 +334,7 @@ impl Poster {
                     add(CONTENT_TYPE.as_str(), "application/text")?;
                     Ok(record.payload.clone().into_bytes())
                 }
-                PostFormat::Json => {
+                PostFormat::Json | PostFormat::Otlp => {
                     add(CONTENT_TYPE.as_str(), "application/json")?;
                     Ok(json_body(record).into_bytes())
                 }
@@ -252,26 +353,10 @@ impl Poster {
             .await
         {
             Ok(r) => r,
-            Err(e) => {
-                let reason = if e.is_timeout() {
-                    "timed out".to_owned()
-                } else if e.is_connect() {
-                    format!("cannot connect: {}", Chain(&e))
-                } else {
-                    Chain(&e).to_string()
-                };
-                return PostOutcome::Retry {
-                    reason,
-                    retry_after: None,
-                };
-            }
+            Err(e) => return send_failed(&e),
         };
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, now));
+        let retry_after = retry_after_of(&resp, now);
         // The status line has arrived, so the collector has decided; how
         // the body ends does not change the outcome (a 200 whose body is
         // cut is still a confirmation).
@@ -283,6 +368,38 @@ impl Poster {
         }
         classify(status, retry_after)
     }
+}
+
+/// A header line, or why HTTP cannot carry it.
+fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let n =
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("bad header name {name:?}"))?;
+    let v = HeaderValue::from_str(value)
+        .map_err(|_| format!("header {name} has a value HTTP cannot carry"))?;
+    Ok((n, v))
+}
+
+/// A request that got no answer: always worth another try.
+fn send_failed(e: &reqwest::Error) -> PostOutcome {
+    let reason = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        format!("cannot connect: {}", Chain(e))
+    } else {
+        Chain(e).to_string()
+    };
+    PostOutcome::Retry {
+        reason,
+        retry_after: None,
+    }
+}
+
+/// The response's `Retry-After`, counted from `now`.
+fn retry_after_of(resp: &reqwest::Response, now: SystemTime) -> Option<Duration> {
+    resp.headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, now))
 }
 
 /// Why a response body was not read to its end.
@@ -316,6 +433,30 @@ async fn discard_body(mut resp: reqwest::Response) -> Result<(), BodyCut> {
                     }
                 }
                 Ok(None) => return Ok(()),
+                Err(e) => return Err(BodyCut::Failed(Chain(&e).to_string())),
+            }
+        }
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(BodyCut::TooSlow))
+}
+
+/// Reads at most [`MAX_RESPONSE_BODY`] bytes of `resp`'s body within
+/// [`BODY_READ_TIMEOUT`], as [`discard_body`] does, keeping them (an OTLP
+/// answer may carry a partial success).
+async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, BodyCut> {
+    let read = async {
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_RESPONSE_BODY {
+                        return Err(BodyCut::TooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
                 Err(e) => return Err(BodyCut::Failed(Chain(&e).to_string())),
             }
         }

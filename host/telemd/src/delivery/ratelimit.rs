@@ -30,7 +30,7 @@ struct Limit {
 }
 
 /// Sliding per-minute counters for the two limits.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RateLimiter {
     records: Option<Limit>,
     bytes: Option<Limit>,
