@@ -35,6 +35,9 @@ dpkg -s libc6-dbg >/dev/null 2>&1 || { apt-get update && apt-get install -y libc
 # signs probes as their authors do (tests/provenance.rs).
 { command -v pkg-config >/dev/null && command -v valgrind >/dev/null && command -v minisign >/dev/null; } ||
   { apt-get update && apt-get install -y pkg-config valgrind minisign; }
+# promtool (Debian's prometheus package) checks the metrics exposition
+# (tests/metrics.rs).
+command -v promtool >/dev/null || { apt-get update && apt-get install -y --no-install-recommends prometheus; }
 # openssl makes the certificates of the mutual TLS tests (tests/tls.rs).
 command -v openssl >/dev/null || { apt-get update && apt-get install -y openssl; }
 # gcc-multilib links the i686 test binaries.

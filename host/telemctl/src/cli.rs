@@ -45,6 +45,9 @@ pub enum Cmd {
     IsActive,
     /// Opt-in state, spool, delivery and probes at a glance.
     Status,
+    /// The daemon's self-metrics, as OpenMetrics text (what
+    /// `metrics_listen` serves to Prometheus).
+    Metrics,
     /// Show delivered, rejected, expired and dropped records.
     Journal(JournalArgs),
     /// WASM probes of the running daemon.

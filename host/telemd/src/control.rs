@@ -36,6 +36,10 @@ pub struct ControlContext {
     pub opt_in_file: std::path::PathBuf,
     /// Crashes waiting for the probes.
     pub crashes: crate::crash_queue::CrashQueue,
+    /// The crash inbox (crashes waiting are counted in the metrics).
+    pub crash_inbox: std::path::PathBuf,
+    /// The delivery journal file (its size is in the metrics).
+    pub journal_file: std::path::PathBuf,
 }
 
 /// Binds the control socket with mode 0660 (replacing a stale socket).
@@ -154,6 +158,9 @@ async fn respond(req: Request, ctx: &ControlContext) -> Response {
             },
         },
         Request::Status => Response::Status(Box::new(status(ctx).await)),
+        Request::Metrics => Response::Metrics {
+            text: metrics_text(ctx, crate::metrics::Format::PrometheusText).await,
+        },
         Request::List => {
             probes.first_scan_done(FIRST_SCAN_WAIT).await;
             Response::Probes(ProbeList {
@@ -201,4 +208,32 @@ async fn status(ctx: &ControlContext) -> Status {
             loading,
         },
     }
+}
+
+/// The self-metrics now, in `format` (`telemctl metrics` prints the
+/// Prometheus text format; the `metrics_listen` endpoint answers what the
+/// scraper asks for).
+pub async fn metrics_text(ctx: &ControlContext, format: crate::metrics::Format) -> String {
+    let status = status(ctx).await;
+    let c = ctx.crashes.counts();
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    crate::metrics::render(
+        crate::metrics::Snapshot {
+            native: ctx.ingest.stats.native.snapshot(),
+            probes_ingest: ctx.ingest.stats.probes.snapshot(),
+            probes: ctx.probes.list(),
+            journal_bytes: std::fs::metadata(&ctx.journal_file).map_or(0, |m| m.len()),
+            crashes: crate::metrics::CrashTally {
+                reported: r(&c.reported),
+                held_back: r(&c.held_back),
+                failed: r(&c.failed),
+                waiting: telem_core::crash_inbox::pending(&ctx.crash_inbox).len() as u64,
+            },
+            now: std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            status,
+        },
+        format,
+    )
 }

@@ -4,6 +4,7 @@
 //! afterwards.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +30,20 @@ type Job = (String, Option<oneshot::Sender<Vec<Captured>>>);
 #[derive(Clone, Debug)]
 pub struct CrashQueue {
     tx: mpsc::UnboundedSender<Job>,
+    counts: Arc<CrashCounts>,
+}
+
+/// What became of the crashes the probes handled since start (the
+/// metrics); each counts once, in one of these.
+#[derive(Debug, Default)]
+pub struct CrashCounts {
+    /// Reported: records sent.
+    pub reported: AtomicU64,
+    /// A repeat within `crash_repeat_window_secs`: kept in the crash
+    /// history, not sent.
+    pub held_back: AtomicU64,
+    /// Every crash probe failed: an error record sent in their place.
+    pub failed: AtomicU64,
 }
 
 impl CrashQueue {
@@ -54,7 +69,9 @@ impl CrashQueue {
                 RecentSignatures::from_history(&Default::default(), repeat_window_secs)
             }
         };
+        let counts = Arc::new(CrashCounts::default());
         let crashes = Crashes {
+            counts: counts.clone(),
             inbox: inbox.clone(),
             options,
             history,
@@ -95,7 +112,12 @@ impl CrashQueue {
                 }
             }
         });
-        CrashQueue { tx }
+        CrashQueue { tx, counts }
+    }
+
+    /// What became of the crashes handled so far.
+    pub fn counts(&self) -> &CrashCounts {
+        &self.counts
     }
 
     /// Queues an entry the handler announced; the receiver, when asked
@@ -176,6 +198,7 @@ impl CrashOptions {
 
 /// What the worker hands each crash to.
 struct Crashes {
+    counts: Arc<CrashCounts>,
     inbox: PathBuf,
     options: CrashOptions,
     history: CrashHistory,
@@ -291,6 +314,14 @@ impl Crashes {
                 ),
             }
         }
+        let outcome = if failures.len() == results.len() {
+            &self.counts.failed
+        } else if !held.is_empty() {
+            &self.counts.held_back
+        } else {
+            &self.counts.reported
+        };
+        outcome.fetch_add(1, Ordering::Relaxed);
         remember(history, id, &meta, &records, &held).await;
         if let Err(e) = std::fs::remove_dir_all(&entry) {
             warn!("crash entry {}: cannot remove: {e}", entry.display());

@@ -169,7 +169,26 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
         flush: flush.clone(),
         opt_in_file: config.host.opt_in_file.clone(),
         crashes,
+        crash_inbox: layout.crash_inbox(),
+        journal_file: config.journal.journal_dir.join("journal"),
     });
+    let metrics = if config.host.metrics_listen.is_empty() {
+        None
+    } else {
+        let l = crate::metrics_http::MetricsListener::bind(&config.host.metrics_listen)
+            .await
+            .map_err(ctx(|| {
+                format!(
+                    "cannot serve the metrics at {}",
+                    config.host.metrics_listen.as_str()
+                )
+            }))?;
+        Some(tokio::spawn(crate::metrics_http::serve(
+            l,
+            control_ctx.clone(),
+            stop_rx.clone(),
+        )))
+    };
     let control = tokio::spawn(crate::control::serve(
         control_listener,
         control_ctx,
@@ -255,6 +274,9 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
     // Source batches in flight finish with their cursors; no other starts.
     let _quiet = probes.quiesce(Duration::from_secs(15)).await;
     let _ = control.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     let _ = std::fs::remove_file(&config.host.control_socket);
     let _ = tokio::task::spawn_blocking(move || delivering.join()).await;
     drop(probe_runtime);

@@ -17,6 +17,8 @@ pub mod debuginfod;
 pub mod delivery;
 pub mod ingest;
 pub mod logging;
+pub mod metrics;
+pub mod metrics_http;
 pub mod probe_runtime;
 pub mod sources;
 pub mod spool;

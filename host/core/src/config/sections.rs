@@ -15,7 +15,7 @@ use smart_default::SmartDefault;
 
 use super::values::{
     optional_path, optional_string, Bounded, CollectorUrl, DebuginfodUrl, FileMode, HeaderLine,
-    Limit, UserName,
+    Limit, MetricsListen, UserName,
 };
 use super::{non_empty, PostFormat, RateLimitStrategy, DEFAULT_TIDHEADER};
 use crate::probe_policy::ProbePolicy;
@@ -196,6 +196,12 @@ pub struct HostConfig {
     /// Exit when idle; socket activation brings the daemon back.
     #[default(true)]
     pub daemon_recycling_enabled: bool,
+    /// Serve the self-metrics (OpenMetrics text at `/metrics`) here: a
+    /// loopback `ADDRESS:PORT` or a unix socket path (mode 0660); empty:
+    /// not served (`telemctl metrics` prints them anyway).
+    #[cfg_attr(feature = "reference", schemars(with = "String"))]
+    #[default(MetricsListen::new(""))]
+    pub metrics_listen: MetricsListen,
 }
 
 /// The crash handler: what it keeps, and the limits on crash floods.

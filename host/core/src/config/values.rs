@@ -346,6 +346,17 @@ checked_string!(
 );
 
 checked_string!(
+    /// Where the self-metrics are served: nowhere (empty), a unix socket
+    /// (an absolute path), or a loopback address and port; never another
+    /// machine's reach (the metrics name probes and what they send).
+    MetricsListen,
+    "empty, an absolute path (a unix socket), or a loopback address and port (127.0.0.1:9464, [::1]:9464)",
+    |s: &str| s.is_empty()
+        || s.starts_with('/')
+        || s.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback())
+);
+
+checked_string!(
     /// An HTTP header line, `Name: value`.
     HeaderLine,
     "a header line `Name: value`",

@@ -172,6 +172,14 @@ impl Client {
         }
     }
 
+    /// The self-metrics, as OpenMetrics text.
+    pub fn metrics(&mut self) -> Result<String, ClientError> {
+        match self.call(&Request::Metrics)? {
+            Response::Metrics { text } => Ok(text),
+            other => Err(unexpected(&Request::Metrics, &other)),
+        }
+    }
+
     /// Reloads the probe directories; returns how many probes are loaded.
     pub fn reload(&mut self) -> Result<usize, ClientError> {
         match self.call(&Request::Reload)? {
@@ -351,9 +359,10 @@ mod tests {
             Request::Status => 7,
             Request::Flush => 8,
             Request::Crash { .. } => 9,
+            Request::Metrics => 10,
         }
     }
-    const REQUEST_KINDS: usize = 10;
+    const REQUEST_KINDS: usize = 11;
 
     /// As [`request_kind`], for replies.
     fn response_kind(r: &Response) -> usize {
@@ -365,9 +374,10 @@ mod tests {
             Response::CrashHandled { .. } => 4,
             Response::Done => 5,
             Response::Error { .. } => 6,
+            Response::Metrics { .. } => 7,
         }
     }
-    const RESPONSE_KINDS: usize = 7;
+    const RESPONSE_KINDS: usize = 8;
 
     #[test]
     fn every_request_and_reply_survives_the_wire() {
@@ -387,6 +397,7 @@ mod tests {
             Request::Reset { probe: "p".into() },
             Request::Status,
             Request::Flush,
+            Request::Metrics,
             Request::Crash {
                 id: "1-2-3".into(),
                 wait: true,
@@ -425,6 +436,9 @@ mod tests {
                 probes: Default::default(),
             })),
             Response::Done,
+            Response::Metrics {
+                text: "telemd_opted_in 1\n".into(),
+            },
             Response::Reloaded { probes: 3 },
             Response::Error {
                 message: "m".into(),

@@ -70,6 +70,8 @@ pub enum Request {
     Status,
     /// Try delivery at once, forgetting any backoff.
     Flush,
+    /// The self-metrics, as OpenMetrics text (`telemctl metrics`).
+    Metrics,
     /// The crash handler left a crash in the inbox.
     Crash {
         /// The inbox entry.
@@ -90,6 +92,12 @@ pub enum Response {
     Probes(ProbeList),
     /// To [`Request::Status`].
     Status(Box<Status>),
+    /// To [`Request::Metrics`]: the OpenMetrics text, as `metrics_listen`
+    /// serves it.
+    Metrics {
+        /// The exposition.
+        text: String,
+    },
     /// To [`Request::Reload`]: probes loaded afterwards.
     Reloaded {
         /// How many.
@@ -276,6 +284,10 @@ pub struct DeliveryStatus {
     pub dropped: u64,
     /// Records kept in a local file instead of posted (`record_server_delivery_enabled = false`).
     pub kept_local: u64,
+    /// Posts that failed and were kept for a retry (network errors,
+    /// timeouts, retryable statuses), since start.
+    #[serde(default)]
+    pub failed_attempts: u64,
 }
 
 /// What happened to incoming records since start.

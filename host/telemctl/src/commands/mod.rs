@@ -41,6 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Restart => service::systemctl(&["restart", "telemd.socket", "telemd.service"]),
         Cmd::IsActive => service::is_active(),
         Cmd::Status => status::show(&load_config(explicit)?, json),
+        Cmd::Metrics => status::metrics(&load_config(explicit)?),
         Cmd::Spool { cmd } => spool::run(&load_config(explicit)?, cmd, json),
         // The config group reads files named on its own command line, not
         // (only) the config in effect.

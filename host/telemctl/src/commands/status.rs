@@ -79,3 +79,14 @@ pub fn show(c: &Config, json: bool) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `telemctl metrics`: the exposition, byte for byte as a scrape gets it.
+pub fn metrics(c: &Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let text = super::connect(c)?.metrics()?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
+}

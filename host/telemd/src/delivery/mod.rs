@@ -422,6 +422,7 @@ impl Delivery {
                 retry_after,
             } => {
                 let delay = self.backoff.fail(retry_after);
+                self.status.lock().expect("status lock").failed_attempts += 1;
                 warn!(
                     record_id = %entry.name,
                     "delivery failed ({reason}); records kept, next try in {:.1} s",
@@ -540,6 +541,7 @@ impl Delivery {
                 retry_after,
             } => {
                 let delay = self.backoff.fail(retry_after);
+                self.status.lock().expect("status lock").failed_attempts += 1;
                 warn!(
                     "delivery failed ({reason}); {n} records kept, next try in {:.1} s",
                     delay.as_secs_f64()

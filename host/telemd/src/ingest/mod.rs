@@ -40,10 +40,10 @@ pub enum IngestError {
     MachineId(#[source] io::Error),
 }
 
-/// Counters of what happened to incoming records; exposed by the control
-/// socket and logged at shutdown.
+/// Counters of what happened to the records of one source (native
+/// clients, or sandboxed probes).
 #[derive(Debug, Default)]
-pub struct IngestStats {
+pub struct SourceCounters {
     /// Records stored in the spool.
     pub accepted: AtomicU64,
     /// Records refused for breaking the record rules (including bad frames).
@@ -61,7 +61,7 @@ pub struct IngestStats {
     pub refused: AtomicU64,
 }
 
-impl IngestStats {
+impl SourceCounters {
     /// Reads every counter.
     pub fn snapshot(&self) -> IngestCounts {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -85,6 +85,32 @@ impl IngestStats {
             Err(_) => &self.spool_errors,
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters of what happened to incoming records, by source; exposed by
+/// the control socket and the metrics, and logged at shutdown.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Records (and connections) of native clients on the legacy socket.
+    pub native: SourceCounters,
+    /// Records of sandboxed probes.
+    pub probes: SourceCounters,
+}
+
+impl IngestStats {
+    /// Both sources together (`telemctl status`).
+    pub fn snapshot(&self) -> IngestCounts {
+        let (n, p) = (self.native.snapshot(), self.probes.snapshot());
+        IngestCounts {
+            accepted: n.accepted + p.accepted,
+            invalid: n.invalid + p.invalid,
+            not_opted_in: n.not_opted_in + p.not_opted_in,
+            spool_full: n.spool_full + p.spool_full,
+            spool_errors: n.spool_errors + p.spool_errors,
+            timed_out: n.timed_out + p.timed_out,
+            refused: n.refused + p.refused,
+        }
     }
 }
 
@@ -172,7 +198,7 @@ impl Ingest {
             .into_iter()
             .map(|r| {
                 let r = r.expect("every record answered");
-                self.stats.count(&r);
+                self.stats.native.count(&r);
                 r
             })
             .collect()
@@ -203,7 +229,7 @@ impl Ingest {
             Ok(self.spool.store(&record).await?)
         }
         .await;
-        self.stats.count(&result);
+        self.stats.probes.count(&result);
         result
     }
 

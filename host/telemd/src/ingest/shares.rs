@@ -246,7 +246,11 @@ impl Shares {
     /// A connection of a uid over its share closed without a whole frame:
     /// counted, and said once per [`REFUSAL_LOG_INTERVAL`] at most.
     pub fn refused(&self, uid: Option<u32>, pid: Option<i32>) {
-        self.ingest.stats.refused.fetch_add(1, Ordering::Relaxed);
+        self.ingest
+            .stats
+            .native
+            .refused
+            .fetch_add(1, Ordering::Relaxed);
         let Some(earlier) = admit_line(&self.refusals) else {
             return;
         };
@@ -267,7 +271,11 @@ impl Shares {
 
     /// A client sent no complete frame in time.
     pub fn timed_out(&self, uid: Option<u32>, pid: Option<i32>, within: Duration) {
-        self.ingest.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+        self.ingest
+            .stats
+            .native
+            .timed_out
+            .fetch_add(1, Ordering::Relaxed);
         let Some(earlier) = admit_line(&self.timeouts) else {
             return;
         };
@@ -286,7 +294,11 @@ impl Shares {
         pid: Option<i32>,
         why: &(dyn std::error::Error + 'static),
     ) {
-        self.ingest.stats.invalid.fetch_add(1, Ordering::Relaxed);
+        self.ingest
+            .stats
+            .native
+            .invalid
+            .fetch_add(1, Ordering::Relaxed);
         let Some(earlier) = admit_line(&self.rejections) else {
             return;
         };
