@@ -329,6 +329,9 @@ fn the_environments_proxy_is_used_unless_no_proxy_names_the_host() {
         let mut d = TestDaemon::prepare("server = \"http://collector.invalid/v2/collector\"\n");
         std::fs::write(d.path("opt-in"), "").unwrap();
         let mut cmd = Command::new(telemd_binary());
+        for v in PROXY_VARIABLES {
+            cmd.env_remove(v);
+        }
         cmd.env("HTTP_PROXY", format!("http://127.0.0.1:{}", proxy.port))
             .env("NO_PROXY", no_proxy);
         d.spawn_with(cmd);
@@ -357,4 +360,36 @@ fn the_environments_proxy_is_used_unless_no_proxy_names_the_host() {
 
 fn telemd_binary() -> &'static Path {
     Path::new(TELEMD)
+}
+
+/// A proxy that wants credentials answers 407: the records are the
+/// proxy's business, not the collector's; they stay, and its password
+/// never reaches the log.
+#[test]
+fn a_proxy_asking_for_credentials_keeps_the_records() {
+    let proxy = Collector::start(Mode::Status(407, None));
+    let d = TestDaemon::start(&format!(
+        "server = \"http://collector.invalid/v2/collector\"\nproxy = \"http://user:s3cret@127.0.0.1:{}\"\n",
+        proxy.port
+    ));
+    send_records(&d, 2);
+    assert!(
+        wait_until(Duration::from_secs(20), || d.log().contains("HTTP 407")),
+        "{}",
+        tail(&d.log(), 30)
+    );
+    assert_eq!(d.spool_names().len(), 2);
+    assert!(!d.log().contains("s3cret"), "{}", d.log());
+    let bad = TestDaemon::prepare("proxy = \"http://user:s3cret@[not a host\"\n");
+    let out = Command::new(telemd_binary())
+        .arg("-f")
+        .arg(&bad.config_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        !text(&out.stderr).contains("s3cret"),
+        "{}",
+        text(&out.stderr)
+    );
 }

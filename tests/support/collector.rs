@@ -27,6 +27,10 @@ pub enum Mode {
     Reply(u16, Vec<u8>),
     /// Answer this status to the first this many requests, 200 after.
     StatusFirst(u16, usize),
+    /// Answer 200 to the first this many requests; take every later one
+    /// (counted as answered 200) but never send the answer: the collector
+    /// kept the records and the client never learns it.
+    OkThenAnswerLost(usize),
 }
 
 /// One request as received.
@@ -222,6 +226,8 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
                 Mode::OkThenStall(_) => Mode::Stall(Duration::from_secs(600)),
                 Mode::StatusFirst(code, n) if st.requests.len() < *n => Mode::Status(*code, None),
                 Mode::StatusFirst(..) => Mode::Status(200, None),
+                Mode::OkThenAnswerLost(n) if st.requests.len() < *n => Mode::Status(200, None),
+                m @ Mode::OkThenAnswerLost(_) => m.clone(),
                 m => m.clone(),
             }
         };
@@ -229,6 +235,7 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
             Mode::Status(code, _) => *code,
             Mode::Body(_) => 200,
             Mode::Reply(code, _) => *code,
+            Mode::OkThenAnswerLost(_) => 200,
             _ => 0,
         };
         state.lock().unwrap().requests.push(Request {
@@ -271,6 +278,10 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
             Mode::Drop => return,
             Mode::Stall(d) => {
                 std::thread::sleep(d);
+                return;
+            }
+            Mode::OkThenAnswerLost(_) => {
+                std::thread::sleep(Duration::from_secs(600));
                 return;
             }
             Mode::OkThenStall(_) | Mode::StatusFirst(..) => unreachable!("resolved above"),

@@ -130,6 +130,18 @@ fn newest_source(dir: &Path) -> std::time::SystemTime {
     newest
 }
 
+/// The environment variables reqwest takes a proxy from, in both cases.
+pub const PROXY_VARIABLES: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 /// A `telemd` with every path under a temp dir.
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
@@ -190,7 +202,13 @@ socket_timeout_ms = 1000
 
     /// Starts the daemon (stderr to `telemd.log`) and waits for its socket.
     pub fn spawn(mut self) -> TestDaemon {
-        self.spawn_with(Command::new(TELEMD));
+        let mut cmd = Command::new(TELEMD);
+        // Loopback collectors must not be reached through a proxy the
+        // machine running the tests happens to have.
+        for v in PROXY_VARIABLES {
+            cmd.env_remove(v);
+        }
+        self.spawn_with(cmd);
         self
     }
 

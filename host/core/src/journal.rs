@@ -26,8 +26,10 @@ use crate::fsutil::{Durability, Fsync};
 
 /// Entries kept on compaction even when `journal_limit` is smaller: the
 /// delivery engine relies on recent final outcomes being on record across
-/// a restart.
-pub const MIN_KEPT: usize = 64;
+/// a restart, for as many records as it may have journaled and not yet
+/// removed from the spool (one OTLP request of up to 1000). Queries still
+/// show `journal_limit`, and payload copies are kept for those only.
+pub const MIN_KEPT: usize = 1024;
 
 /// What finally happened to a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,8 +246,8 @@ impl Journal {
         self.durability.sync_file("journal", &st.file)
     }
 
-    /// Rewrites the file with the latest `limit` entries and removes the
-    /// payload copies of the others.
+    /// Rewrites the file with the latest `max(limit, MIN_KEPT)` entries and
+    /// removes the payload copies of all but the latest `limit`.
     fn compact(&self, st: &mut State) -> io::Result<()> {
         let all = read_entries(File::open(self.path())?)?;
         let cut = all.len().saturating_sub(self.limit.max(MIN_KEPT));
@@ -255,10 +257,15 @@ impl Journal {
         st.file = OpenOptions::new().append(true).open(self.path())?;
         st.lines = keep.len();
         if self.retention {
-            let kept: std::collections::HashSet<&str> =
-                keep.iter().map(|e| e.record_id.as_str()).collect();
-            for e in old {
-                if !kept.contains(e.record_id.as_str()) {
+            // Payload copies only for what a query can show.
+            let shown: std::collections::HashSet<&str> = keep
+                .iter()
+                .rev()
+                .take(self.limit)
+                .map(|e| e.record_id.as_str())
+                .collect();
+            for e in old.iter().chain(keep.iter().rev().skip(self.limit)) {
+                if !shown.contains(e.record_id.as_str()) {
                     let _ = fs::remove_file(self.dir.join("records").join(&e.record_id));
                 }
             }
@@ -447,13 +454,20 @@ mod tests {
     #[test]
     fn small_limits_still_keep_recent_outcomes_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path(), 5, false).unwrap();
-        for i in 0..300 {
-            j.append(&entry(i, "a/b/c"), None).unwrap();
+        let j = Journal::open(dir.path(), 5, true).unwrap();
+        for i in 0..3 * MIN_KEPT {
+            j.append(&entry(i, "a/b/c"), Some("payload")).unwrap();
         }
         // Queries show the latest 5; the file keeps at least MIN_KEPT.
         assert_eq!(j.query(&JournalFilter::default()).unwrap().len(), 5);
         assert!(j.recent_ids().unwrap().len() >= MIN_KEPT);
+        // The last append compacted (3 * MIN_KEPT lines: the second
+        // time the file reached 2 * MIN_KEPT): payload copies are left of
+        // what a query shows only, not of every entry kept.
+        let copies = std::fs::read_dir(dir.path().join("records"))
+            .unwrap()
+            .count();
+        assert_eq!(copies, 5);
     }
 
     #[test]

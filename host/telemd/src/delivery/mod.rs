@@ -2,9 +2,11 @@
 //! machine. It reads only the spool, oldest record first, and removes a
 //! record only after its outcome is final and journaled: confirmed by the
 //! collector, refused for good, expired, or dropped by the rate limit's
-//! `drop` strategy. Records are posted one at a time, so a crash between the
-//! collector's confirmation and the journal entry resends that one record
-//! (at-least-once) and nothing else.
+//! `drop` strategy. In the legacy formats records are posted one at a
+//! time, so a crash between the collector's confirmation and the journal
+//! entry resends that one record (at-least-once) and nothing else; with
+//! OTLP a request of up to 1000 is the unit, and such a crash resends that
+//! request.
 //!
 //! The journal entry is the commit point: the spool file is unlinked
 //! afterwards by a helper thread (an unlink costs more than a local post on
@@ -48,6 +50,17 @@ const NAMED_CONFIGS_KEPT: usize = 256;
 /// so a restart always finds them journaled.
 const REMOVAL_QUEUE: usize = 32;
 
+/// Requests that must go in a row, after a 413 made them smaller, before
+/// they may carry twice as many records again.
+const REGROW_AFTER: u32 = 16;
+
+// A restart finds every record whose unlink trailed its journal entry
+// still in the journal (one request, or REMOVAL_QUEUE single records).
+const _: () = assert!(
+    MAX_BATCH_RECORDS <= telem_core::journal::MIN_KEPT
+        && REMOVAL_QUEUE <= telem_core::journal::MIN_KEPT
+);
+
 /// Removals in one group from which a second thread helps unlink them.
 const PARALLEL_UNLINKS_FROM: usize = 64;
 
@@ -59,12 +72,30 @@ struct Pending {
     shrunk: Condvar,
 }
 
+/// Longest wait for the remover before delivery goes on regardless (it
+/// unlinks a request's records in well under a second; a remover that
+/// stopped must not stop delivery with it).
+const REMOVER_PATIENCE: Duration = Duration::from_secs(30);
+
 impl Pending {
-    /// Waits until fewer than `n` are pending.
+    /// Waits until fewer than `n` are pending, or [`REMOVER_PATIENCE`].
     fn wait_below(&self, n: usize) {
         let mut names = self.names.lock().expect("pending lock");
+        let deadline = std::time::Instant::now() + REMOVER_PATIENCE;
         while names.len() >= n {
-            names = self.shrunk.wait(names).expect("pending lock");
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                warn!(
+                    "{} finished records still wait to leave the spool after {REMOVER_PATIENCE:?}; going on",
+                    names.len()
+                );
+                return;
+            }
+            names = self
+                .shrunk
+                .wait_timeout(names, left)
+                .expect("pending lock")
+                .0;
         }
     }
 }
@@ -80,6 +111,9 @@ struct Remover {
     tx: Option<mpsc::Sender<SpoolEntry>>,
     pending: Arc<Pending>,
     thread: Option<JoinHandle<()>>,
+    /// For unlinking in place when the thread is gone.
+    spool: Spool,
+    journal: Arc<Journal>,
 }
 
 impl Remover {
@@ -87,9 +121,11 @@ impl Remover {
         let (tx, rx) = mpsc::channel::<SpoolEntry>();
         let pending = Arc::new(Pending::default());
         let p = pending.clone();
+        let (thread_spool, thread_journal) = (spool.clone(), journal.clone());
         let thread = std::thread::Builder::new()
             .name("spool-remover".into())
             .spawn(move || {
+                let (spool, journal) = (thread_spool, thread_journal);
                 while let Ok(first) = rx.recv() {
                     let mut group = vec![first];
                     while group.len() < MAX_BATCH_RECORDS {
@@ -121,19 +157,33 @@ impl Remover {
                     if group.len() >= PARALLEL_UNLINKS_FROM {
                         let (a, b) = group.split_at(group.len() / 2);
                         std::thread::scope(|s| {
-                            s.spawn(|| unlink(a));
+                            // No second thread to be had: this one does both.
+                            if std::thread::Builder::new()
+                                .spawn_scoped(s, || unlink(a))
+                                .is_err()
+                            {
+                                unlink(a);
+                            }
                             unlink(b);
                         });
                     } else {
                         unlink(&group);
                     }
                 }
-            })
-            .ok();
+            });
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!("no thread for removing finished records ({e}); they are removed in line");
+                None
+            }
+        };
         Remover {
-            tx: Some(tx),
+            tx: thread.as_ref().map(|_| tx),
             pending,
             thread,
+            spool,
+            journal,
         }
     }
 
@@ -150,8 +200,23 @@ impl Remover {
             .lock()
             .expect("pending lock")
             .insert(entry.name.clone());
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(entry.clone());
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(entry.clone()).is_ok());
+        if !sent {
+            // The thread is gone: what it would have done, here.
+            if let Err(e) = self.journal.sync() {
+                warn!("cannot sync the journal ({e}); removing the finished record anyway");
+            }
+            if let Err(e) = self.spool.remove(entry) {
+                warn!(record_id = %entry.name, "cannot remove the spool file: {e}");
+            }
+            self.pending
+                .names
+                .lock()
+                .expect("pending lock")
+                .remove(&entry.name);
         }
     }
 
@@ -216,6 +281,9 @@ enum Admission {
     Stop,
     /// It may be posted.
     Post(Box<Record>),
+    /// Over the rate limit only with the open request's records counted:
+    /// that request goes first, then this record is looked at again.
+    AfterOpenRequest,
 }
 
 /// Records gathered for one OTLP request: one target, at most
@@ -263,8 +331,11 @@ pub struct Delivery {
     /// Marked while records are delivered: probe calls make way.
     pressure: Option<telem_sandbox::HostPressure>,
     /// Records in one OTLP request at most: [`MAX_BATCH_RECORDS`], halved
-    /// by each 413 the collector answers.
+    /// by each 413 the collector answers, doubled again after
+    /// [`REGROW_AFTER`] requests in a row went.
     batch_cap: usize,
+    /// Requests that went since the cap last changed.
+    accepted_at_cap: u32,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -312,6 +383,7 @@ impl Delivery {
             clock,
             pressure: None,
             batch_cap: MAX_BATCH_RECORDS,
+            accepted_at_cap: 0,
         })
     }
 
@@ -387,7 +459,8 @@ impl Delivery {
     /// Handles one spool entry; false stops the run.
     async fn deliver_one(&mut self, entry: &SpoolEntry, report: &mut RunReport) -> bool {
         let record = match self.admit(entry, report, None) {
-            Admission::Settled => return true,
+            // (Only a request can be open.)
+            Admission::Settled | Admission::AfterOpenRequest => return true,
             Admission::Stop => return false,
             Admission::Post(r) => *r,
         };
@@ -450,17 +523,28 @@ impl Delivery {
         let mut batch = Batch::default();
         // The rate limit counts what the open request already holds.
         let mut held = self.limiter.clone();
-        for entry in entries {
+        'entries: for entry in entries {
             if stop.is_some_and(|s| *s.borrow()) {
                 break;
             }
             if self.remover.is_pending(&entry.name) {
                 continue;
             }
-            let record = match self.admit(&entry, report, Some(&held)) {
-                Admission::Settled => continue,
-                Admission::Stop => break,
-                Admission::Post(r) => *r,
+            let record = loop {
+                // Only records already sent count against a record that
+                // would be dropped or kept back: never the open request's.
+                let limiter = (!batch.entries.is_empty()).then_some(&held);
+                match self.admit(&entry, report, limiter) {
+                    Admission::Settled => continue 'entries,
+                    Admission::Stop => break 'entries,
+                    Admission::Post(r) => break *r,
+                    Admission::AfterOpenRequest => {
+                        if !self.post_batch(std::mem::take(&mut batch), report).await {
+                            return;
+                        }
+                        held = self.limiter.clone();
+                    }
+                }
             };
             let target = self.target_for(&record);
             if batch.must_close_before(&target, entry.size, self.batch_cap) {
@@ -484,8 +568,15 @@ impl Delivery {
         };
         let n = batch.entries.len();
         let now = self.clock.now();
-        let items: Vec<(&Record, SystemTime)> =
-            batch.entries.iter().map(|(e, r)| (r, e.mtime)).collect();
+        let items: Vec<otlp::Outgoing> = batch
+            .entries
+            .iter()
+            .map(|(e, r)| otlp::Outgoing {
+                record: r,
+                spooled: e.mtime,
+                id: &e.name,
+            })
+            .collect();
         let (outcome, partial) = self.poster.post_batch(target, &items, now).await;
         drop(items);
         let (keep_going, result) = match outcome {
@@ -507,10 +598,20 @@ impl Delivery {
                 }
                 self.finish_all(&batch.entries, Outcome::Delivered, &detail);
                 report.delivered += n;
+                // A 413 may have come from a passing limit: after a run of
+                // requests that went, try larger ones again.
+                if self.batch_cap < MAX_BATCH_RECORDS {
+                    self.accepted_at_cap += 1;
+                    if self.accepted_at_cap >= REGROW_AFTER {
+                        self.batch_cap = (self.batch_cap * 2).min(MAX_BATCH_RECORDS);
+                        self.accepted_at_cap = 0;
+                    }
+                }
                 (true, format!("delivered (HTTP {code}, {n} records)"))
             }
             PostOutcome::TooLarge if n > 1 => {
                 self.batch_cap = (n / 2).max(1);
+                self.accepted_at_cap = 0;
                 warn!(
                     "the collector refused a request of {n} records for its size (HTTP 413); requests now carry at most {}",
                     self.batch_cap
@@ -525,21 +626,26 @@ impl Delivery {
                     ),
                 )
             }
-            PostOutcome::Rejected(_) | PostOutcome::TooLarge => {
-                let why = match outcome {
-                    PostOutcome::Rejected(why) => why,
-                    _ => "HTTP 413 (too large for the collector)".to_owned(),
-                };
+            PostOutcome::Rejected(why) => {
                 warn!("the collector rejected a request of {n} records for good ({why}); removed");
                 self.backoff.reset();
                 self.finish_all(&batch.entries, Outcome::Rejected, &why);
                 report.rejected += n;
                 (true, format!("rejected ({why})"))
             }
-            PostOutcome::Retry {
-                reason,
-                retry_after,
-            } => {
+            outcome @ (PostOutcome::Retry { .. } | PostOutcome::TooLarge) => {
+                // One record too large for what sits in front of the
+                // collector is that setup's fault, not the record's.
+                let (reason, retry_after) = match outcome {
+                    PostOutcome::Retry {
+                        reason,
+                        retry_after,
+                    } => (reason, retry_after),
+                    _ => (
+                        "HTTP 413 to a request of one record: the collector or a proxy in between takes no request this large; records kept".to_owned(),
+                        None,
+                    ),
+                };
                 let delay = self.backoff.fail(retry_after);
                 self.status.lock().expect("status lock").failed_attempts += 1;
                 warn!(
@@ -606,6 +712,10 @@ impl Delivery {
         }
         let verdict = limiter.unwrap_or(&self.limiter).check(now, entry.size);
         if let Verdict::Exceeded { retry_at_minute } = verdict {
+            if limiter.is_some() && matches!(self.limiter.check(now, entry.size), Verdict::Allowed)
+            {
+                return Admission::AfterOpenRequest;
+            }
             match self.config.rate_limit_strategy {
                 RateLimitStrategy::Drop => {
                     self.finish(

@@ -11,9 +11,10 @@
 //! - `time_unix_nano`: `creation_timestamp`; `observed_time_unix_nano`:
 //!   when the record was spooled;
 //! - `event_name`: the classification;
-//! - log attributes: `log.record.uid` (event id), and under
-//!   `org.clearlinux.telemetry.`: `classification`, `severity`,
-//!   `record_format_version`, `payload_format_version`;
+//! - log attributes: `log.record.uid` (the record's spool name, the same
+//!   on a resend), and under `org.clearlinux.telemetry.`: `event_id`,
+//!   `classification`, `severity`, `record_format_version`,
+//!   `payload_format_version`;
 //! - resource attributes, semantic-convention names where one exists:
 //!   `host.id` (machine id), `host.arch`, `host.type`, `host.cpu.model.name`,
 //!   `os.type`, `os.name` (system name), `os.version` (build), and under
@@ -142,7 +143,20 @@ fn nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-fn log_record(record: &Record, observed: SystemTime) -> LogRecord {
+/// One record of a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing<'a> {
+    /// The record.
+    pub record: &'a Record,
+    /// When it was spooled.
+    pub spooled: SystemTime,
+    /// Its name in the spool: the same on every resend of it and unique on
+    /// the machine (a probe chooses its event id, so that may repeat).
+    pub id: &'a str,
+}
+
+fn log_record(out: &Outgoing) -> LogRecord {
+    let (record, observed) = (out.record, out.spooled);
     let h = &record.headers;
     let (severity_number, severity_text) = severity(h.get(Header::Severity));
     let created = h
@@ -160,7 +174,8 @@ fn log_record(record: &Record, observed: SystemTime) -> LogRecord {
             value: Some(any_value::Value::StringValue(record.payload.clone())),
         }),
         attributes: vec![
-            kv("log.record.uid", h.get(Header::EventId)),
+            kv("log.record.uid", out.id),
+            attr("event_id", Header::EventId),
             attr("classification", Header::Classification),
             attr("severity", Header::Severity),
             attr("record_format_version", Header::RecordFormatVersion),
@@ -171,16 +186,13 @@ fn log_record(record: &Record, observed: SystemTime) -> LogRecord {
     }
 }
 
-/// The request carrying `records` (each with when it was spooled): one
-/// resource per distinct set of machine headers, in a stable order.
-pub fn request(records: &[(&Record, SystemTime)]) -> ExportLogsServiceRequest {
+/// The request carrying `records`: one resource per distinct set of
+/// machine headers, in a stable order.
+pub fn request(records: &[Outgoing]) -> ExportLogsServiceRequest {
     let mut by_resource: BTreeMap<[String; 9], Vec<LogRecord>> = BTreeMap::new();
-    for (record, observed) in records {
-        let key = RESOURCE_HEADERS.map(|(h, _)| record.headers.get(h).to_owned());
-        by_resource
-            .entry(key)
-            .or_default()
-            .push(log_record(record, *observed));
+    for out in records {
+        let key = RESOURCE_HEADERS.map(|(h, _)| out.record.headers.get(h).to_owned());
+        by_resource.entry(key).or_default().push(log_record(out));
     }
     let scope = InstrumentationScope {
         name: "telemd".into(),
@@ -225,16 +237,19 @@ pub struct PartialSuccess {
     pub message: String,
 }
 
-/// The partial success in a 2xx response body, if any (a body that is not
-/// an `ExportLogsServiceResponse` says nothing).
-pub fn partial_success(body: &[u8]) -> Option<PartialSuccess> {
+/// The partial success in a 2xx response body to a request of `sent`
+/// records, if any (a body that is not an `ExportLogsServiceResponse` says
+/// nothing); the count is held to `0..=sent` whatever the collector says.
+pub fn partial_success(body: &[u8], sent: usize) -> Option<PartialSuccess> {
     let resp = ExportLogsServiceResponse::decode(body).ok()?;
     let p = resp.partial_success?;
     if p.rejected_log_records == 0 && p.error_message.is_empty() {
         return None;
     }
     Some(PartialSuccess {
-        rejected: p.rejected_log_records,
+        rejected: p
+            .rejected_log_records
+            .clamp(0, i64::try_from(sent).unwrap_or(i64::MAX)),
         message: telem_core::untrusted::escape(&p.error_message, 200),
     })
 }
@@ -244,6 +259,34 @@ pub fn partial_success(body: &[u8]) -> Option<PartialSuccess> {
 /// 5xx MUST NOT be retried.
 pub fn retryable(status: u16) -> bool {
     matches!(status, 429 | 502 | 503 | 504)
+}
+
+/// Statuses that say nothing about the records and everything about the
+/// setup: a wrong URL (404, 405, 421), missing or refused credentials
+/// (401, 403), a proxy that wants its own (407), an endpoint that does not
+/// take OTLP protobuf (415), and redirects (not followed). OTLP says not to
+/// retry them; dropping every record until an admin notices would turn a
+/// typo into data loss, so the records are kept and tried again with the
+/// backoff (README, "OTLP").
+pub fn is_setup_fault(status: u16) -> bool {
+    matches!(status, 300..=399 | 401 | 403 | 404 | 405 | 407 | 415 | 421)
+}
+
+/// Whether a 2xx answer's `Content-Type` is an OTLP receiver's (protobuf,
+/// or JSON for a receiver that answers in its own encoding).
+pub fn is_otlp_answer(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|t| {
+        let t = t.split(';').next().unwrap_or("").trim();
+        t.eq_ignore_ascii_case("application/x-protobuf")
+            || t.eq_ignore_ascii_case("application/json")
+    })
+}
+
+/// The whole-request timeout for a body of `len` bytes: `base`, plus a
+/// second per 64 KiB, so a full request over a slow link is not cut at
+/// the same point on every try.
+pub fn request_timeout(base: std::time::Duration, len: usize) -> std::time::Duration {
+    base + std::time::Duration::from_secs((len / (64 << 10)) as u64)
 }
 
 #[cfg(test)]
@@ -282,7 +325,11 @@ mod tests {
     fn every_header_lands_in_its_attribute() {
         let r = record("3", "x86_64");
         let observed = UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_001_500);
-        let req = request(&[(&r, observed)]);
+        let req = request(&[Outgoing {
+            record: &r,
+            spooled: observed,
+            id: "0123abcd",
+        }]);
         let back = ExportLogsServiceRequest::decode(req.encode_to_vec().as_slice()).unwrap();
         assert_eq!(back.resource_logs.len(), 1);
         let res = &back.resource_logs[0].resource.as_ref().unwrap().attributes;
@@ -321,7 +368,11 @@ mod tests {
             })
         );
         let a = &log.attributes;
-        assert_eq!(attr(a, "log.record.uid"), Some("event_id-14"));
+        assert_eq!(attr(a, "log.record.uid"), Some("0123abcd"));
+        assert_eq!(
+            attr(a, "org.clearlinux.telemetry.event_id"),
+            Some("event_id-14")
+        );
         assert_eq!(
             attr(a, "org.clearlinux.telemetry.classification"),
             Some("classification-1")
@@ -344,7 +395,12 @@ mod tests {
             record("2", "x86_64"),
             record("4", "aarch64"),
         );
-        let req = request(&[(&a, UNIX_EPOCH), (&b, UNIX_EPOCH), (&c, UNIX_EPOCH)]);
+        let out = |record| Outgoing {
+            record,
+            spooled: UNIX_EPOCH,
+            id: "x",
+        };
+        let req = request(&[out(&a), out(&b), out(&c)]);
         let mut counts: Vec<usize> = req
             .resource_logs
             .iter()
@@ -381,6 +437,12 @@ mod tests {
         for s in [400, 401, 403, 404, 413, 500, 501] {
             assert!(!retryable(s), "{s}");
         }
+        for s in [301, 401, 403, 404, 407, 415] {
+            assert!(is_setup_fault(s), "{s}");
+        }
+        for s in [400, 413, 422, 500, 501] {
+            assert!(!is_setup_fault(s), "{s}");
+        }
     }
 
     #[test]
@@ -394,25 +456,42 @@ mod tests {
             ),
         }
         .encode_to_vec();
-        let p = partial_success(&body).unwrap();
+        let p = partial_success(&body, 3).unwrap();
         assert_eq!(p.rejected, 2);
         assert!(
             !p.message.contains('\x1b') && !p.message.contains('\n'),
             "{:?}",
             p.message
         );
-        assert_eq!(partial_success(b""), None);
-        assert_eq!(partial_success(b"{\"not\": \"protobuf\"}"), None);
+        assert_eq!(partial_success(b"", 3), None);
+        assert_eq!(partial_success(b"{\"not\": \"protobuf\"}", 3), None);
         assert_eq!(
-            partial_success(&ExportLogsServiceResponse::default().encode_to_vec()),
+            partial_success(&ExportLogsServiceResponse::default().encode_to_vec(), 3),
             None
         );
+        // A hostile count is held to what was sent.
+        for (claimed, held) in [(-5, 0), (1_000_000, 3)] {
+            let body = ExportLogsServiceResponse {
+                partial_success: Some(
+                    opentelemetry_proto::tonic::collector::logs::v1::ExportLogsPartialSuccess {
+                        rejected_log_records: claimed,
+                        error_message: String::new(),
+                    },
+                ),
+            }
+            .encode_to_vec();
+            assert_eq!(partial_success(&body, 3).unwrap().rejected, held);
+        }
     }
 
     #[test]
     fn the_body_is_gzip_of_the_protobuf() {
         let r = record("2", "x86_64");
-        let req = request(&[(&r, UNIX_EPOCH)]);
+        let req = request(&[Outgoing {
+            record: &r,
+            spooled: UNIX_EPOCH,
+            id: "x",
+        }]);
         let gz = gzip_body(&req);
         let mut plain = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut plain)

@@ -13,7 +13,7 @@ use thiserror::Error;
 use tracing::debug;
 
 use super::backoff::parse_retry_after;
-use super::otlp::{self, PartialSuccess};
+use super::otlp::{self, Outgoing, PartialSuccess};
 use telem_core::config::{DeliveryConfig, PostFormat};
 use telem_core::error_text::Chain;
 use telem_core::record::Record;
@@ -125,9 +125,17 @@ pub enum PosterError {
         source: std::io::Error,
     },
     /// The client certificate and key do not make an identity.
-    #[error("tls_client_cert and tls_client_key are not a PEM certificate and its key")]
-    ClientIdentityParse(#[source] reqwest::Error),
-    /// `proxy` is not a proxy URL.
+    #[error("tls_client_cert {} and tls_client_key {} are not a PEM certificate and its key", cert.display(), key.display())]
+    ClientIdentityParse {
+        /// `tls_client_cert`.
+        cert: PathBuf,
+        /// `tls_client_key`.
+        key: PathBuf,
+        /// What the TLS library said.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// `proxy` is not a proxy URL (shown without its password).
     #[error("proxy {0:?} is not a proxy URL")]
     Proxy(String, #[source] reqwest::Error),
 }
@@ -161,18 +169,24 @@ impl Poster {
                         source,
                     })
                 };
+                warn_if_others_read(key);
                 let mut pem = read(cert)?;
                 pem.push(b'\n');
                 pem.extend(read(key)?);
-                let identity =
-                    reqwest::Identity::from_pem(&pem).map_err(PosterError::ClientIdentityParse)?;
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|source| {
+                    PosterError::ClientIdentityParse {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        source,
+                    }
+                })?;
                 b = b.identity(identity);
             }
             _ => return Err(PosterError::ClientIdentityHalf),
         }
         if let Some(proxy) = &c.proxy {
             let p = reqwest::Proxy::all(proxy)
-                .map_err(|e| PosterError::Proxy(proxy.clone(), e))?
+                .map_err(|e| PosterError::Proxy(without_password(proxy), e))?
                 .no_proxy(reqwest::NoProxy::from_env());
             b = b.proxy(p);
         }
@@ -203,7 +217,12 @@ impl Poster {
     /// clock then schedules the retry).
     pub async fn post(&self, target: &Target, record: &Record, now: SystemTime) -> PostOutcome {
         if self.format == PostFormat::Otlp {
-            return self.post_batch(target, &[(record, now)], now).await.0;
+            let one = Outgoing {
+                record,
+                spooled: now,
+                id: record.headers.get(telem_core::record::Header::EventId),
+            };
+            return self.post_batch(target, &[one], now).await.0;
         }
         match target {
             Target::File(path) => append_json_line(path, record),
@@ -215,19 +234,19 @@ impl Poster {
         }
     }
 
-    /// Sends `records` (each with when it was spooled) to `target` in one
-    /// OTLP request (or appends them to a file target); with the
-    /// collector's partial success, when it reports one.
+    /// Sends `records` to `target` in one OTLP request (or appends them to
+    /// a file target); with the collector's partial success, when it
+    /// reports one.
     pub async fn post_batch(
         &self,
         target: &Target,
-        records: &[(&Record, SystemTime)],
+        records: &[Outgoing<'_>],
         now: SystemTime,
     ) -> (PostOutcome, Option<PartialSuccess>) {
         match target {
             Target::File(path) => {
-                for (record, _) in records {
-                    let o = append_json_line(path, record);
+                for out in records {
+                    let o = append_json_line(path, out.record);
                     if !matches!(o, PostOutcome::Delivered(_)) {
                         return (o, None);
                     }
@@ -247,7 +266,7 @@ impl Poster {
         url: &str,
         tid_name: &str,
         tid_value: &str,
-        records: &[(&Record, SystemTime)],
+        records: &[Outgoing<'_>],
         now: SystemTime,
     ) -> (PostOutcome, Option<PartialSuccess>) {
         let mut headers = HeaderMap::new();
@@ -265,10 +284,12 @@ impl Poster {
         );
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         let body = otlp::gzip_body(&otlp::request(records));
+        let timeout = otlp::request_timeout(REQUEST_TIMEOUT, body.len());
         let resp = match self
             .client
             .post(otlp::logs_url(url))
             .headers(headers)
+            .timeout(timeout)
             .body(body)
             .send()
             .await
@@ -278,6 +299,11 @@ impl Poster {
         };
         let status = resp.status().as_u16();
         let retry_after = retry_after_of(&resp, now);
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = match read_body(resp).await {
             Ok(b) => b,
             Err(cut) => {
@@ -289,22 +315,36 @@ impl Poster {
             }
         };
         let outcome = match status {
+            // A 2xx from something that is not an OTLP receiver (a captive
+            // portal's page) confirms nothing.
+            200..=299 if !body.is_empty() && !otlp::is_otlp_answer(content_type.as_deref()) => {
+                PostOutcome::Retry {
+                    reason: format!(
+                        "HTTP {status} with a {} body: not an OTLP receiver's answer",
+                        telem_core::untrusted::escape(
+                            content_type.as_deref().unwrap_or("untyped"),
+                            80
+                        )
+                    ),
+                    retry_after,
+                }
+            }
             200..=299 => PostOutcome::Delivered(status),
             s if otlp::retryable(s) => PostOutcome::Retry {
                 reason: format!("HTTP {s}"),
                 retry_after,
             },
             413 => PostOutcome::TooLarge,
-            // Redirects are not followed; a moved collector is an admin's
-            // mistake to fix, not a reason to drop records.
-            300..=399 => PostOutcome::Retry {
-                reason: format!("HTTP {status} (redirects are not followed)"),
+            s if otlp::is_setup_fault(s) => PostOutcome::Retry {
+                reason: format!(
+                    "HTTP {s}: the server URL, the credentials or a proxy in between refuse every request; records kept"
+                ),
                 retry_after,
             },
             s => PostOutcome::Rejected(format!("HTTP {s}")),
         };
         let partial = match outcome {
-            PostOutcome::Delivered(_) => otlp::partial_success(&body),
+            PostOutcome::Delivered(_) => otlp::partial_success(&body, records.len()),
             _ => None,
         };
         (outcome, partial)
@@ -367,6 +407,41 @@ impl Poster {
             );
         }
         classify(status, retry_after)
+    }
+}
+
+/// `url` with any password replaced by `***` (it goes into logs).
+fn without_password(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        // Not a URL at all: whatever stands before an `@` may be secret.
+        Err(_) => match url.rsplit_once('@') {
+            Some((_, rest)) => {
+                let scheme = url.split_once("://").map_or("", |(s, _)| s);
+                format!("{scheme}://***@{rest}")
+            }
+            None => url.to_owned(),
+        },
+    }
+}
+
+/// Says so when the client key can be read by users other than its owner
+/// and group: the key is the machine's identity at the collector.
+fn warn_if_others_read(key: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(key) {
+        if m.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(
+                "tls_client_key {} can be read by every user (mode {:o}); make it 0640, root:telemetry",
+                key.display(),
+                m.permissions().mode() & 0o7777
+            );
+        }
     }
 }
 
@@ -474,6 +549,14 @@ pub fn classify(status: u16, retry_after: Option<Duration>) -> PostOutcome {
             reason: format!("HTTP {status}"),
             retry_after,
         },
+        // A proxy in between asks for credentials: nothing to do with
+        // the record.
+        407 => PostOutcome::Retry {
+            reason:
+                "HTTP 407: the proxy asks for credentials (proxy = http://user:password@host:port)"
+                    .into(),
+            retry_after,
+        },
         400..=499 => PostOutcome::Rejected(format!("HTTP {status}")),
         _ => PostOutcome::Retry {
             reason: format!("HTTP {status}"),
@@ -531,6 +614,16 @@ mod tests {
     use telem_core::record::sample;
 
     #[test]
+    fn a_proxy_password_never_reaches_a_message() {
+        assert_eq!(
+            without_password("http://u:pw@proxy:3128"),
+            "http://u:***@proxy:3128/"
+        );
+        assert!(!without_password("http://u:pw@[bad").contains("pw"));
+        assert_eq!(without_password("http://proxy:3128"), "http://proxy:3128/");
+    }
+
+    #[test]
     fn status_policy() {
         assert_eq!(classify(200, None), PostOutcome::Delivered(200));
         assert_eq!(classify(201, None), PostOutcome::Delivered(201));
@@ -542,7 +635,7 @@ mod tests {
             classify(404, None),
             PostOutcome::Rejected("HTTP 404".into())
         );
-        for s in [408, 429, 500, 502, 503, 204, 301] {
+        for s in [407, 408, 429, 500, 502, 503, 204, 301] {
             assert!(
                 matches!(classify(s, None), PostOutcome::Retry { .. }),
                 "{s}"
