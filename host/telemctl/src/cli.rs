@@ -48,6 +48,10 @@ pub enum Cmd {
     /// The daemon's self-metrics, as OpenMetrics text (what
     /// `metrics_listen` serves to Prometheus).
     Metrics,
+    /// Make the running daemon read its config again (what `systemctl
+    /// reload telemd` runs); exits non-zero, the old config kept, if the
+    /// new one is refused.
+    Reload,
     /// Show delivered, rejected, expired and dropped records.
     Journal(JournalArgs),
     /// WASM probes of the running daemon.

@@ -40,6 +40,8 @@ pub struct ControlContext {
     pub crash_inbox: std::path::PathBuf,
     /// The delivery journal file (its size is in the metrics).
     pub journal_file: std::path::PathBuf,
+    /// Config reloads.
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 /// Binds the control socket with mode 0660 (replacing a stale socket).
@@ -158,6 +160,19 @@ async fn respond(req: Request, ctx: &ControlContext) -> Response {
             },
         },
         Request::Status => Response::Status(Box::new(status(ctx).await)),
+        Request::ReloadConfig => match ctx.reloader.reload().await {
+            Ok(r) => Response::ConfigReloaded {
+                changed: [("delivery", r.delivery), ("probes", r.probes)]
+                    .into_iter()
+                    .filter(|(_, c)| *c)
+                    .map(|(n, _)| n.to_owned())
+                    .collect(),
+                restart_needed: r.restart_needed.iter().map(|s| (*s).to_owned()).collect(),
+            },
+            Err(e) => Response::Error {
+                message: Chain(&e).to_string(),
+            },
+        },
         Request::Metrics => Response::Metrics {
             text: metrics_text(ctx, crate::metrics::Format::PrometheusText).await,
         },

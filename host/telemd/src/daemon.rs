@@ -58,8 +58,14 @@ fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> DaemonError {
 /// Runs the daemon with `config` until a termination signal. `passed` are
 /// the sockets systemd passed, taken in `main` before any thread started
 /// ([`systemd::take_listen_fds`]).
-pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), DaemonError> {
+pub async fn run(
+    config: Config,
+    passed: Vec<systemd::ListenFd>,
+    source: crate::reload::ConfigSource,
+) -> Result<(), DaemonError> {
     raise_fd_limit();
+    let mut signals =
+        Signals::install().map_err(ctx(|| "cannot install the signal handlers".into()))?;
     for w in &config.warnings {
         warn!("config: {w}");
     }
@@ -162,7 +168,15 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
             format!("cannot listen on {}", config.host.control_socket.display())
         }))?;
     let flush = Arc::new(Notify::new());
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        source,
+        config.clone(),
+        reload_tx,
+        probes.clone(),
+    ));
     let control_ctx = Arc::new(crate::control::ControlContext {
+        reloader: reloader.clone(),
         probes: probes.clone(),
         ingest: ingest.clone(),
         delivery: delivery.status(),
@@ -227,7 +241,7 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
                 match rt {
                     Ok(rt) => {
                         let _ = delivery_rt_tx.send(rt.handle().clone());
-                        rt.block_on(delivery.run(stop_rx, flush))
+                        rt.block_on(delivery.run(stop_rx, flush, reload_rx))
                     }
                     Err(e) => warn!("cannot start the delivery runtime: {e}"),
                 }
@@ -261,7 +275,7 @@ pub async fn run(config: Config, passed: Vec<systemd::ListenFd>) -> Result<(), D
             config.probes.probe_scan_interval_ms.get(),
         )));
 
-    wait_for_signal().await;
+    wait_for_signal(&mut signals, &reloader).await;
     systemd::notify_stopping();
     // First: the stop may end in a SIGKILL if it takes long. Compiles
     // under way are interrupted, not crashed, and must not keep their
@@ -414,13 +428,36 @@ pub enum DevError {
     },
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// The signals telemd answers, taken at start (a SIGHUP's default action
+/// would end the process).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Waits for SIGTERM or SIGINT; each SIGHUP meanwhile reloads the config
+/// (its outcome is logged by the reloader).
+async fn wait_for_signal(signals: &mut Signals, reloader: &crate::reload::Reloader) {
+    loop {
+        tokio::select! {
+            _ = signals.term.recv() => return,
+            _ = signals.int.recv() => return,
+            _ = signals.hup.recv() => {
+                let _ = reloader.reload().await;
+            }
+        }
     }
 }
 

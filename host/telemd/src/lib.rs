@@ -20,6 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod metrics_http;
 pub mod probe_runtime;
+pub mod reload;
 pub mod sources;
 pub mod spool;
 pub mod state_lock;

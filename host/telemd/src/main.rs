@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use telem_cli::telemd::Args;
 use telem_core::config::Config;
+use telemd::reload::ConfigSource;
 
 /// Threads of the main runtime's blocking pool (tokio's default is 512).
 /// Probe work (WASI file I/O, compiling) has a pool of its own
@@ -42,15 +43,23 @@ fn run() -> anyhow::Result<()> {
         tracing::warn!("ignoring the sockets systemd passed: {e}");
         Vec::new()
     });
-    let config = match &args.dev {
-        Some(dir) => telemd::daemon::prepare_dev(dir, args.config.as_deref())?,
-        None => Config::load(Config::default(), args.config.as_deref())?,
+    let (config, source) = match &args.dev {
+        Some(dir) => {
+            let config = telemd::daemon::prepare_dev(dir, args.config.as_deref())?;
+            let dir = dir.canonicalize().context("the dev directory")?;
+            let extra = args.config.clone();
+            (config, ConfigSource::Dev { dir, extra })
+        }
+        None => (
+            Config::load(Config::default(), args.config.as_deref())?,
+            ConfigSource::Files(args.config.clone()),
+        ),
     };
     // Blocking threads are bounded well below the unit's TasksMax.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()?;
-    rt.block_on(telemd::daemon::run(config, passed))?;
+    rt.block_on(telemd::daemon::run(config, passed, source))?;
     Ok(())
 }

@@ -62,12 +62,28 @@ pub fn notify_stopping() {
     notify(sd_notify::NotifyState::Stopping);
 }
 
+/// Tells the service manager a reload began (`RELOADING=1` with the
+/// monotonic time, as `Type=notify-reload` asks); [`notify_ready`] ends it.
+pub fn notify_reloading() {
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => notify_all(&[sd_notify::NotifyState::Reloading, now]),
+        Err(_) => notify(sd_notify::NotifyState::Reloading),
+    }
+}
+
 fn notify(state: sd_notify::NotifyState<'_>) {
+    notify_all(&[state]);
+}
+
+fn notify_all(states: &[sd_notify::NotifyState<'_>]) {
     let abstract_name = std::env::var_os("NOTIFY_SOCKET")
         .and_then(|p| p.as_encoded_bytes().strip_prefix(b"@").map(<[u8]>::to_vec));
     let sent = match abstract_name {
-        Some(name) => notify_abstract(&name, &format!("{state}\n")),
-        None => sd_notify::notify(&[state]),
+        Some(name) => {
+            let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+            notify_abstract(&name, &message)
+        }
+        None => sd_notify::notify(states),
     };
     if let Err(e) = sent {
         // A unit of Type=notify is killed at its start timeout without it.

@@ -172,6 +172,18 @@ impl Client {
         }
     }
 
+    /// Reloads the daemon's config; what changed in place, and what waits
+    /// for a restart.
+    pub fn reload_config(&mut self) -> Result<(Vec<String>, Vec<String>), ClientError> {
+        match self.call(&Request::ReloadConfig)? {
+            Response::ConfigReloaded {
+                changed,
+                restart_needed,
+            } => Ok((changed, restart_needed)),
+            other => Err(unexpected(&Request::ReloadConfig, &other)),
+        }
+    }
+
     /// The self-metrics, as OpenMetrics text.
     pub fn metrics(&mut self) -> Result<String, ClientError> {
         match self.call(&Request::Metrics)? {
@@ -360,9 +372,10 @@ mod tests {
             Request::Flush => 8,
             Request::Crash { .. } => 9,
             Request::Metrics => 10,
+            Request::ReloadConfig => 11,
         }
     }
-    const REQUEST_KINDS: usize = 11;
+    const REQUEST_KINDS: usize = 12;
 
     /// As [`request_kind`], for replies.
     fn response_kind(r: &Response) -> usize {
@@ -375,9 +388,10 @@ mod tests {
             Response::Done => 5,
             Response::Error { .. } => 6,
             Response::Metrics { .. } => 7,
+            Response::ConfigReloaded { .. } => 8,
         }
     }
-    const RESPONSE_KINDS: usize = 8;
+    const RESPONSE_KINDS: usize = 9;
 
     #[test]
     fn every_request_and_reply_survives_the_wire() {
@@ -398,6 +412,7 @@ mod tests {
             Request::Status,
             Request::Flush,
             Request::Metrics,
+            Request::ReloadConfig,
             Request::Crash {
                 id: "1-2-3".into(),
                 wait: true,
@@ -438,6 +453,10 @@ mod tests {
             Response::Done,
             Response::Metrics {
                 text: "telemd_opted_in 1\n".into(),
+            },
+            Response::ConfigReloaded {
+                changed: vec!["delivery".into()],
+                restart_needed: vec!["spool".into()],
             },
             Response::Reloaded { probes: 3 },
             Response::Error {

@@ -72,6 +72,9 @@ pub enum Request {
     Flush,
     /// The self-metrics, as OpenMetrics text (`telemctl metrics`).
     Metrics,
+    /// Read the config again and apply it (`telemctl reload`, systemd's
+    /// `ExecReload=`); refused whole if it does not load.
+    ReloadConfig,
     /// The crash handler left a crash in the inbox.
     Crash {
         /// The inbox entry.
@@ -97,6 +100,13 @@ pub enum Response {
     Metrics {
         /// The exposition.
         text: String,
+    },
+    /// To [`Request::ReloadConfig`]: what changed.
+    ConfigReloaded {
+        /// Parts applied in place (`delivery`, `probes`).
+        changed: Vec<String>,
+        /// Parts that changed but wait for a restart.
+        restart_needed: Vec<String>,
     },
     /// To [`Request::Reload`]: probes loaded afterwards.
     Reloaded {

@@ -42,6 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Cmd::IsActive => service::is_active(),
         Cmd::Status => status::show(&load_config(explicit)?, json),
         Cmd::Metrics => status::metrics(&load_config(explicit)?),
+        Cmd::Reload => status::reload(&load_config(explicit)?),
         Cmd::Spool { cmd } => spool::run(&load_config(explicit)?, cmd, json),
         // The config group reads files named on its own command line, not
         // (only) the config in effect.

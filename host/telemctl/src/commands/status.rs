@@ -90,3 +90,24 @@ pub fn metrics(c: &Config) -> anyhow::Result<()> {
         .and_then(|()| out.flush())
         .context("cannot write to stdout")
 }
+
+/// `telemctl reload`: the daemon reads its config again; an error (the
+/// new config refused, the old one kept) is the exit status.
+pub fn reload(c: &Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (changed, restart_needed) = super::connect(c)?
+        .reload_config()
+        .context("reload refused")?;
+    if changed.is_empty() {
+        println!("config reloaded: nothing to change in place");
+    } else {
+        println!("config reloaded: {} applied", changed.join(" and "));
+    }
+    if !restart_needed.is_empty() {
+        println!(
+            "changes to {} take effect at the next restart",
+            restart_needed.join(", ")
+        );
+    }
+    Ok(())
+}

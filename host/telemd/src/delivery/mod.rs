@@ -312,6 +312,24 @@ impl Batch {
     }
 }
 
+/// The delivery part of a config reload, checked before it is handed to
+/// the worker (its HTTP client built: a bad key or proxy refuses the
+/// reload, the worker never sees it).
+pub struct NewDelivery {
+    config: DeliveryConfig,
+    poster: Poster,
+}
+
+impl NewDelivery {
+    /// Checks `config` by building its client.
+    pub fn check(config: DeliveryConfig) -> Result<NewDelivery, PosterError> {
+        Ok(NewDelivery {
+            poster: Poster::new(&config)?,
+            config,
+        })
+    }
+}
+
 /// The delivery worker.
 pub struct Delivery {
     spool: Spool,
@@ -848,17 +866,40 @@ impl Delivery {
         let _ = self.journal.append(&je, None);
     }
 
+    /// Takes a reloaded config between two spool runs: the new server,
+    /// format, TLS and proxy (its client), limits (over what was already
+    /// counted), and a fresh start for the backoff, so the next record goes
+    /// to the new server at once. Spooled records stay where they are.
+    pub fn reconfigure(&mut self, new: NewDelivery) {
+        self.poster = new.poster;
+        self.default_target = Target::from_config(&new.config);
+        self.limiter = self.limiter.reconfigured(&new.config);
+        self.targets.clear();
+        self.batch_cap = MAX_BATCH_RECORDS;
+        self.accepted_at_cap = 0;
+        self.backoff.reset();
+        self.not_before = None;
+        self.config = new.config;
+        info!(server = %self.config.server, "delivery reconfigured");
+    }
+
     /// Runs spool passes until `shutdown`: right after a record is spooled
     /// (unless blocked), every `spool_process_time`, when a backoff or rate
-    /// window ends, and on `flush`.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, flush: Arc<Notify>) {
-        let period = Duration::from_secs(self.config.spool_process_time.get());
+    /// window ends, and on `flush`; takes a reloaded config from `reload`
+    /// between passes.
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        flush: Arc<Notify>,
+        mut reload: tokio::sync::mpsc::UnboundedReceiver<NewDelivery>,
+    ) {
         let spool = self.spool.clone();
         loop {
             let report = self.run_once(Some(&shutdown)).await;
             if *shutdown.borrow() {
                 break;
             }
+            let period = Duration::from_secs(self.config.spool_process_time.get());
             let blocked = report.blocked_for.is_some();
             let wait = report
                 .blocked_for
@@ -867,6 +908,7 @@ impl Delivery {
                 _ = tokio::time::sleep(wait) => {}
                 _ = spool.stored(), if !blocked => {}
                 _ = flush.notified() => self.clear_backoff(),
+                Some(new) = reload.recv() => self.reconfigure(new),
                 _ = shutdown.wait_for(|s| *s) => break,
             }
         }

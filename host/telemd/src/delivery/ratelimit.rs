@@ -57,6 +57,13 @@ impl RateLimiter {
         }
     }
 
+    /// The limits of a reloaded `config`, over what was already counted.
+    pub fn reconfigured(&self, c: &DeliveryConfig) -> Self {
+        let mut r = RateLimiter::from_config(c);
+        r.buckets = self.buckets.clone();
+        r
+    }
+
     /// Whether a record of `size` bytes may go at `now`.
     pub fn check(&self, now: SystemTime, size: u64) -> Verdict {
         let m = minute(now);

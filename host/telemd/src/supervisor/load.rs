@@ -43,7 +43,7 @@ impl ProbeManager {
             .iter()
             .find(|d| path.starts_with(d))
             .map_or_else(|| path.parent().unwrap_or(path).to_owned(), Clone::clone);
-        provenance::check_tree(path, &meta, &top, &self.trust.owners).map_err(refused)?;
+        provenance::check_tree(path, &meta, &top, &self.trust().owners).map_err(refused)?;
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut std::io::Read::take(file, cap + 1), &mut bytes)
             .map_err(read_error)?;
@@ -54,18 +54,19 @@ impl ProbeManager {
             .file_stem()
             .map(|s| s.to_string_lossy().replace('_', "-"))
             .unwrap_or_default();
-        let pin = self.policies.get(&stem).and_then(|p| p.sha256.clone());
+        let pin = self.policies().get(&stem).and_then(|p| p.sha256.clone());
         provenance::check_pin(&stem, pin.as_deref(), &hash).map_err(refused)?;
+        let trust = self.trust();
         let signatures = Signatures::load(
-            self.trust.require_signatures,
-            &self.trust.trusted_keys_dir,
-            &self.trust.owners,
+            trust.require_signatures,
+            &trust.trusted_keys_dir,
+            &trust.owners,
         );
         for (key, why) in &signatures.skipped {
             warn!("trusted key {} not used: {why}", key.display());
         }
         let signed_by = signatures
-            .check(path, &bytes, &self.trust.owners)
+            .check(path, &bytes, &trust.owners)
             .map_err(refused)?
             .map(|k| format!("{} ({})", k.name, k.key_id));
         if self
@@ -78,7 +79,7 @@ impl ProbeManager {
         let compiled_before = self.compilations();
         let probe = {
             let (sandbox, policies, path) =
-                (self.sandbox.clone(), self.policies.clone(), path.to_owned());
+                (self.sandbox.clone(), self.policies(), path.to_owned());
             self.on_probe_runtime(async move {
                 sandbox
                     .load(&path, &bytes, |name| {
@@ -108,7 +109,7 @@ impl ProbeManager {
                 name: probe.name.clone(),
             });
         }
-        if self.policies.get(&probe.name).and_then(|p| p.enabled) == Some(false) {
+        if self.policies().get(&probe.name).and_then(|p| p.enabled) == Some(false) {
             return Err(ProbeError::DisabledByConfig {
                 path: path.to_owned(),
                 name: probe.name.clone(),

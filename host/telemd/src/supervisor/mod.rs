@@ -147,7 +147,8 @@ pub struct ProbeManager {
     runtime: tokio::runtime::Handle,
     ingest: Arc<Ingest>,
     dirs: Vec<PathBuf>,
-    policies: BTreeMap<String, ProbePolicy>,
+    /// The `[probes.NAME]` grants; replaced whole by a config reload.
+    policies: std::sync::RwLock<Arc<BTreeMap<String, ProbePolicy>>>,
     /// The probe files and what became of them. Never held across an
     /// await, I/O or another lock but a probe's state (taken inside it).
     registry: Mutex<Registry<Slot>>,
@@ -164,8 +165,9 @@ pub struct ProbeManager {
     scan_lock: tokio::sync::Mutex<()>,
     /// Where the event sources are and their cursors are kept.
     sources: SourceOptions,
-    /// Who may install probes, and whether they must be signed.
-    trust: Trust,
+    /// Who may install probes, and whether they must be signed; replaced
+    /// whole by a config reload.
+    trust: std::sync::RwLock<Arc<Trust>>,
 }
 
 impl std::fmt::Debug for ProbeManager {
@@ -227,13 +229,36 @@ impl ProbeManager {
             runtime,
             ingest,
             dirs,
-            policies,
+            policies: std::sync::RwLock::new(Arc::new(policies)),
             crash_probe_loaded: tokio::sync::Notify::new(),
             first_scan: tokio::sync::watch::Sender::new(false),
             scan_lock: tokio::sync::Mutex::new(()),
             sources,
-            trust,
+            trust: std::sync::RwLock::new(Arc::new(trust)),
         })
+    }
+
+    /// The grants in force.
+    fn policies(&self) -> Arc<BTreeMap<String, ProbePolicy>> {
+        self.policies.read().expect("policies lock").clone()
+    }
+
+    /// The trust in force.
+    fn trust(&self) -> Arc<Trust> {
+        self.trust.read().expect("trust lock").clone()
+    }
+
+    /// A config reload: new grants and trust, then every probe loaded
+    /// again under them (as `telemctl probe reload` does), so `probe info`
+    /// shows what it runs with now.
+    pub async fn reconfigure(
+        self: &Arc<Self>,
+        policies: BTreeMap<String, ProbePolicy>,
+        trust: Trust,
+    ) -> Result<(), ProbeError> {
+        *self.policies.write().expect("policies lock") = Arc::new(policies);
+        *self.trust.write().expect("trust lock") = Arc::new(trust);
+        self.reload().await
     }
 
     /// The registry, for a step that neither waits nor takes another lock.
@@ -543,7 +568,7 @@ impl ProbeManager {
                     stats,
                     sha256: probe.hash.clone(),
                     pinned_sha256: self
-                        .policies
+                        .policies()
                         .get(&probe.name)
                         .and_then(|p| p.sha256.as_ref())
                         .map(|p| p.to_string()),

@@ -56,7 +56,7 @@ impl ProbeManager {
                     if let Ok(m) = std::fs::symlink_metadata(&p) {
                         // A symlink is listed too, to be refused with why.
                         if m.is_file() || m.file_type().is_symlink() {
-                            let stamp = provenance_stamp(&m, &p, &self.trust.trusted_keys_dir);
+                            let stamp = provenance_stamp(&m, &p, &self.trust().trusted_keys_dir);
                             out.insert(p, (m.len(), m.modified().unwrap_or(UNIX_EPOCH), stamp));
                         }
                     }
