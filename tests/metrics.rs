@@ -184,10 +184,25 @@ fn a_loopback_port_serves_metrics_and_nothing_else() {
 fn an_address_other_machines_reach_is_refused_with_the_key_named() {
     for listen in ["0.0.0.0:9464", "192.0.2.1:9464", "metrics.sock"] {
         let d = TestDaemon::prepare(&format!("metrics_listen = \"{listen}\"\n"));
-        let out = Command::new(TELEMD)
-            .arg("-f")
-            .arg(&d.config_path)
-            .output()
+        let mut child = KillOnDrop(
+            Command::new(TELEMD)
+                .arg("-f")
+                .arg(&d.config_path)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || child
+                .0
+                .try_wait()
+                .unwrap()
+                .is_some()),
+            "{listen} accepted: telemd started"
+        );
+        let out = std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap())
+            .wait_with_output()
             .unwrap();
         assert!(!out.status.success(), "{listen} accepted");
         let err = text_of(&out.stderr);
@@ -236,4 +251,26 @@ fn idle_connections_hold_scrapes_off_for_at_most_the_header_timeout() {
         start.elapsed()
     );
     drop(idle);
+}
+
+/// `metrics_listen` naming the control socket: the live socket is never
+/// taken over; telemd refuses to start and says why.
+#[test]
+fn a_live_socket_at_the_metrics_path_is_never_replaced() {
+    let d = TestDaemon::prepare("metrics_listen = \"CONTROL\"\n");
+    let config = std::fs::read_to_string(&d.config_path)
+        .unwrap()
+        .replace("CONTROL", &d.path("control.sock").display().to_string());
+    std::fs::write(&d.config_path, config).unwrap();
+    let out = Command::new(TELEMD)
+        .arg("-f")
+        .arg(&d.config_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text_of(&out.stderr);
+    assert!(
+        err.contains("cannot serve the metrics") && err.contains("listens on this socket"),
+        "{err}"
+    );
 }

@@ -197,7 +197,11 @@ async fn respond(req: Request, ctx: &ControlContext) -> Response {
 }
 
 async fn status(ctx: &ControlContext) -> Status {
-    let entries = ctx.ingest.spool().entries().unwrap_or_default();
+    // Listing a large spool is disk work: off the runtime's workers.
+    let spool = ctx.ingest.spool().clone();
+    let entries = tokio::task::spawn_blocking(move || spool.entries().unwrap_or_default())
+        .await
+        .unwrap_or_default();
     let list = ctx.probes.list();
     let loading = !ctx.probes.first_scan_done(Duration::ZERO).await;
     let delivery = ctx.delivery.lock().expect("status lock").clone();
@@ -232,17 +236,26 @@ pub async fn metrics_text(ctx: &ControlContext, format: crate::metrics::Format) 
     let status = status(ctx).await;
     let c = ctx.crashes.counts();
     let r = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let (journal, inbox) = (ctx.journal_file.clone(), ctx.crash_inbox.clone());
+    let (journal_bytes, waiting) = tokio::task::spawn_blocking(move || {
+        (
+            std::fs::metadata(&journal).map_or(0, |m| m.len()),
+            telem_core::crash_inbox::pending(&inbox).len() as u64,
+        )
+    })
+    .await
+    .unwrap_or_default();
     crate::metrics::render(
         crate::metrics::Snapshot {
             native: ctx.ingest.stats.native.snapshot(),
             probes_ingest: ctx.ingest.stats.probes.snapshot(),
             probes: ctx.probes.list(),
-            journal_bytes: std::fs::metadata(&ctx.journal_file).map_or(0, |m| m.len()),
+            journal_bytes,
             crashes: crate::metrics::CrashTally {
                 reported: r(&c.reported),
                 held_back: r(&c.held_back),
                 failed: r(&c.failed),
-                waiting: telem_core::crash_inbox::pending(&ctx.crash_inbox).len() as u64,
+                waiting,
             },
             now: std::time::SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -447,15 +447,19 @@ impl Signals {
     }
 }
 
-/// Waits for SIGTERM or SIGINT; each SIGHUP meanwhile reloads the config
-/// (its outcome is logged by the reloader).
-async fn wait_for_signal(signals: &mut Signals, reloader: &crate::reload::Reloader) {
+/// Waits for SIGTERM or SIGINT; each SIGHUP meanwhile starts a config
+/// reload (one at a time; its outcome is logged by the reloader), which a
+/// stop does not wait for.
+async fn wait_for_signal(signals: &mut Signals, reloader: &Arc<crate::reload::Reloader>) {
     loop {
         tokio::select! {
             _ = signals.term.recv() => return,
             _ = signals.int.recv() => return,
             _ = signals.hup.recv() => {
-                let _ = reloader.reload().await;
+                let reloader = reloader.clone();
+                tokio::spawn(async move {
+                    let _ = reloader.reload().await;
+                });
             }
         }
     }

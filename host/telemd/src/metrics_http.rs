@@ -49,6 +49,14 @@ impl MetricsListener {
             let path = Path::new(listen);
             if let Ok(m) = std::fs::symlink_metadata(path) {
                 if m.file_type().is_socket() {
+                    // A stale socket is replaced; a live one (another
+                    // daemon's, or this one's control socket) never is.
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::AddrInUse,
+                            "something listens on this socket already",
+                        ));
+                    }
                     std::fs::remove_file(path)?;
                 }
             }
@@ -75,13 +83,31 @@ impl MetricsListener {
     }
 }
 
-/// Serves scrapes until `shutdown`.
+/// Serves scrapes until `shutdown`, then removes its socket file.
 pub async fn serve(
     listener: MetricsListener,
     ctx: Arc<ControlContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     info!("metrics served at {}", listener.describe());
+    let socket_file = match &listener {
+        MetricsListener::Unix(l) => l
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_owned)),
+        MetricsListener::Tcp(_) => None,
+    };
+    serve_until(listener, ctx, &mut shutdown).await;
+    if let Some(p) = socket_file {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+async fn serve_until(
+    listener: MetricsListener,
+    ctx: Arc<ControlContext>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_SCRAPERS));
     loop {
         let accepted = tokio::select! {
@@ -96,8 +122,14 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            debug!("metrics: {MAX_SCRAPERS} scrapes already in flight; connection closed");
+        // A scraper waits for a slot as long as a request head may take;
+        // the accept loop waits with it (the backlog holds the rest).
+        let permit = tokio::select! {
+            p = tokio::time::timeout(HEADER_TIMEOUT, permits.clone().acquire_owned()) => p,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let Ok(Ok(permit)) = permit else {
+            debug!("metrics: {MAX_SCRAPERS} scrapes in flight for {HEADER_TIMEOUT:?}; connection closed");
             continue;
         };
         let ctx = ctx.clone();

@@ -62,9 +62,11 @@ pub enum ReloadError {
     /// The delivery worker is gone (the daemon is stopping).
     #[error("the delivery worker has stopped")]
     DeliveryStopped,
-    /// The probes could not be loaded again (the new delivery settings
-    /// are in force).
-    #[error("the probes could not be loaded again under the new grants")]
+    /// The probes could not be loaded again under the new grants (nothing
+    /// changed).
+    #[error(
+        "the probes could not be loaded again under the new grants; the config in force stays"
+    )]
     Probes(#[source] ProbeError),
 }
 
@@ -82,6 +84,10 @@ pub struct Reloaded {
 /// Reloads the config; one reload at a time.
 pub struct Reloader {
     source: ConfigSource,
+    /// The config the daemon started with: what only a restart changes is
+    /// compared with it.
+    started: Config,
+    /// The config in force.
     current: tokio::sync::Mutex<Config>,
     delivery: tokio::sync::mpsc::UnboundedSender<NewDelivery>,
     probes: Arc<ProbeManager>,
@@ -120,6 +126,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if new.journal != old.journal {
         parts.push("journal");
     }
+    if new.delivery.record_retention_enabled != old.delivery.record_retention_enabled {
+        parts.push("record_retention_enabled");
+    }
     if new.socket != old.socket {
         parts.push("socket");
     }
@@ -144,6 +153,7 @@ impl Reloader {
     ) -> Reloader {
         Reloader {
             source,
+            started: config.clone(),
             current: tokio::sync::Mutex::new(config),
             delivery,
             probes,
@@ -173,35 +183,34 @@ impl Reloader {
         result
     }
 
+    /// All or nothing: every check first (the config loads, its delivery
+    /// client builds), then the probes (which may find the scan lock
+    /// held: then nothing has changed), then delivery, which cannot fail
+    /// but by the worker being gone at shutdown.
     async fn apply(&self, current: &mut Config) -> Result<Reloaded, ReloadError> {
         let new = self.source.load().map_err(ReloadError::Config)?;
         for w in &new.warnings {
             warn!("config: {w}");
         }
+        // Built on every reload, changed or not: a certificate, key or CA
+        // bundle renewed at the same path is read again.
+        let checked = NewDelivery::check(new.delivery.clone()).map_err(ReloadError::Delivery)?;
         let mut done = Reloaded {
-            restart_needed: restart_needed(current, &new),
+            restart_needed: restart_needed(&self.started, &new),
+            delivery: new.delivery != current.delivery,
             ..Default::default()
         };
-        if new.delivery != current.delivery {
-            let checked =
-                NewDelivery::check(new.delivery.clone()).map_err(ReloadError::Delivery)?;
-            self.delivery
-                .send(checked)
-                .map_err(|_| ReloadError::DeliveryStopped)?;
-            done.delivery = true;
-        }
-        let probes_changed =
-            new.probes.probes != current.probes.probes || trust_of(&new) != trust_of(current);
-        // From here the new config is in force, whatever the probes do.
-        let old = std::mem::replace(current, new);
-        drop(old);
-        if probes_changed {
+        if new.probes.probes != current.probes.probes || trust_of(&new) != trust_of(current) {
             self.probes
-                .reconfigure(current.probes.probes.clone(), Trust::for_config(current))
+                .reconfigure(new.probes.probes.clone(), Trust::for_config(&new))
                 .await
                 .map_err(ReloadError::Probes)?;
             done.probes = true;
         }
+        self.delivery
+            .send(checked)
+            .map_err(|_| ReloadError::DeliveryStopped)?;
+        *current = new;
         Ok(done)
     }
 }

@@ -42,7 +42,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Cmd::IsActive => service::is_active(),
         Cmd::Status => status::show(&load_config(explicit)?, json),
         Cmd::Metrics => status::metrics(&load_config(explicit)?),
-        Cmd::Reload => status::reload(&load_config(explicit)?),
+        // Reaches the daemon even when the new config does not load, so
+        // the daemon's log says why too.
+        Cmd::Reload => status::reload(explicit),
         Cmd::Spool { cmd } => spool::run(&load_config(explicit)?, cmd, json),
         // The config group reads files named on its own command line, not
         // (only) the config in effect.

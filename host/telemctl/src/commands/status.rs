@@ -93,9 +93,21 @@ pub fn metrics(c: &Config) -> anyhow::Result<()> {
 
 /// `telemctl reload`: the daemon reads its config again; an error (the
 /// new config refused, the old one kept) is the exit status.
-pub fn reload(c: &Config) -> anyhow::Result<()> {
+pub fn reload(explicit: Option<&std::path::Path>) -> anyhow::Result<()> {
     use anyhow::Context;
-    let (changed, restart_needed) = super::connect(c)?
+    let socket = match Config::load(Config::default(), explicit) {
+        Ok(c) => c.host.control_socket,
+        Err(e) => {
+            let socket = Config::default().host.control_socket;
+            eprintln!(
+                "telemctl: {}; asking the daemon at {} all the same",
+                telem_core::error_text::Chain(&e),
+                socket.display()
+            );
+            socket
+        }
+    };
+    let (changed, restart_needed) = telem_core::control::client::Client::connect(&socket, None)?
         .reload_config()
         .context("reload refused")?;
     if changed.is_empty() {

@@ -880,6 +880,11 @@ impl Delivery {
         self.backoff.reset();
         self.not_before = None;
         self.config = new.config;
+        {
+            let mut st = self.status.lock().expect("status lock");
+            st.failures_in_a_row = 0;
+            st.next_try = None;
+        }
         info!(server = %self.config.server, "delivery reconfigured");
     }
 
@@ -905,11 +910,14 @@ impl Delivery {
                 .blocked_for
                 .map_or(period, |d| d.min(period).max(Duration::from_millis(10)));
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = spool.stored(), if !blocked => {}
-                _ = flush.notified() => self.clear_backoff(),
+                // A reload first: records stored meanwhile go to the new
+                // server.
+                biased;
                 Some(new) = reload.recv() => self.reconfigure(new),
                 _ = shutdown.wait_for(|s| *s) => break,
+                _ = flush.notified() => self.clear_backoff(),
+                _ = spool.stored(), if !blocked => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }

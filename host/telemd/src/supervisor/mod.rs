@@ -249,16 +249,23 @@ impl ProbeManager {
     }
 
     /// A config reload: new grants and trust, then every probe loaded
-    /// again under them (as `telemctl probe reload` does), so `probe info`
-    /// shows what it runs with now.
+    /// again under them, so `probe info` shows what it runs with now. The
+    /// swap happens under the scan lock (no load sees half of it); if the
+    /// lock cannot be had, nothing changes. Unlike `telemctl probe
+    /// reload`, components whose compilation once stopped the daemon stay
+    /// out.
     pub async fn reconfigure(
         self: &Arc<Self>,
         policies: BTreeMap<String, ProbePolicy>,
         trust: Trust,
     ) -> Result<(), ProbeError> {
+        let _one_at_a_time = self.scan_lock_for_admin().await?;
         *self.policies.write().expect("policies lock") = Arc::new(policies);
         *self.trust.write().expect("trust lock") = Arc::new(trust);
-        self.reload().await
+        let stopped = self.registry().forget_all();
+        drop(stopped);
+        self.scan_locked(false).await;
+        Ok(())
     }
 
     /// The registry, for a step that neither waits nor takes another lock.
