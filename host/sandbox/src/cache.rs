@@ -188,17 +188,23 @@ impl CompileCache {
         };
         if let (Some(key), true) = (&key, path.exists()) {
             match read_verified(&path, key) {
-                Ok(artefact) => {
-                    // SAFETY: the bytes are an artefact this cache wrote:
+                Ok(verified) => {
+                    // SAFETY: the file is an artefact this cache wrote:
                     // owned by this user, writable by no one else, and
                     // authenticated by a MAC under a key only this user can
                     // read; the file name's compatibility hash pins the
-                    // engine configuration.
-                    match unsafe { Component::deserialize(engine, &artefact) } {
-                        Ok(c) => {
+                    // engine configuration. It is mapped rather than read
+                    // (only the code a probe runs becomes resident), so the
+                    // file mapped must be the one verified: checked below.
+                    match unsafe { Component::deserialize_file(engine, &path) } {
+                        Ok(c) if verified.is_still(&path) => {
                             let _ = filetime_touch(&path);
                             return Ok((c, hash, false));
                         }
+                        Ok(_) => tracing::warn!(
+                            "cached artefact {} changed while it was loaded; recompiling",
+                            path.display()
+                        ),
                         Err(e) => tracing::warn!(
                             "cached artefact {} unusable ({e}); recompiling",
                             path.display()
@@ -365,12 +371,40 @@ fn check_private(m: &std::fs::Metadata) -> Result<(), Unusable> {
 
 /// The artefact's bytes, read once (so what is verified is what is
 /// loaded), if owner, mode and MAC hold.
-fn read_verified(path: &Path, key: &[u8]) -> Result<Vec<u8>, Unusable> {
+/// Which file a verification was of: a mapping made later is trusted only
+/// if the path still names this very file, unchanged.
+#[derive(Debug, PartialEq, Eq)]
+struct Verified {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+impl Verified {
+    fn of(m: &std::fs::Metadata) -> Verified {
+        use std::os::unix::fs::MetadataExt;
+        Verified {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
+
+    /// Whether `path` is still the verified file, unchanged.
+    fn is_still(&self, path: &Path) -> bool {
+        std::fs::symlink_metadata(path).is_ok_and(|m| Verified::of(&m) == *self)
+    }
+}
+
+fn read_verified(path: &Path, key: &[u8]) -> Result<Verified, Unusable> {
     let mut f = std::fs::File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
-    check_private(&f.metadata()?)?;
+    let meta = f.metadata()?;
+    check_private(&meta)?;
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes)?;
     let stored = std::fs::read_to_string(mac_path(path))?;
@@ -387,7 +421,11 @@ fn read_verified(path: &Path, key: &[u8]) -> Result<Vec<u8>, Unusable> {
         .collect::<Option<Vec<u8>>>()
         .ok_or(Unusable::Mac)?;
     m.verify_slice(&want).map_err(|_| Unusable::Mac)?;
-    Ok(bytes)
+    let after = f.metadata()?;
+    if Verified::of(&after) != Verified::of(&meta) {
+        return Err(Unusable::Io(io::Error::other("changed while it was read")));
+    }
+    Ok(Verified::of(&meta))
 }
 
 /// Marks an artefact as recently used (for pruning).
