@@ -38,6 +38,10 @@ dpkg -s libc6-dbg >/dev/null 2>&1 || { apt-get update && apt-get install -y libc
 # promtool (Debian's prometheus package) checks the metrics exposition
 # (tests/metrics.rs).
 command -v promtool >/dev/null || { apt-get update && apt-get install -y --no-install-recommends prometheus; }
+# dpkg-deb, dpkg-shlibdeps (dpkg-dev), file and lintian build and check
+# the Debian packages (tests/deb.rs).
+{ command -v dpkg-shlibdeps >/dev/null && command -v file >/dev/null && command -v lintian >/dev/null; } ||
+  { apt-get update && apt-get install -y --no-install-recommends dpkg-dev file lintian; }
 # openssl makes the certificates of the mutual TLS tests (tests/tls.rs).
 command -v openssl >/dev/null || { apt-get update && apt-get install -y openssl; }
 # gcc-multilib links the i686 test binaries.
