@@ -511,18 +511,7 @@ impl Delivery {
             PostOutcome::Retry {
                 reason,
                 retry_after,
-            } => {
-                let delay = self.backoff.fail(retry_after);
-                self.status.lock().expect("status lock").failed_attempts += 1;
-                warn!(
-                    record_id = %entry.name,
-                    "delivery failed ({reason}); records kept, next try in {:.1} s",
-                    delay.as_secs_f64()
-                );
-                self.not_before = Some(now + delay);
-                report.blocked_for = Some(delay);
-                (false, format!("failed ({reason})"))
-            }
+            } => self.retry_later(now, &reason, retry_after, Some(&entry.name), report),
         };
         self.note_attempt(now, result);
         keep_going
@@ -664,19 +653,39 @@ impl Delivery {
                         None,
                     ),
                 };
-                let delay = self.backoff.fail(retry_after);
-                self.status.lock().expect("status lock").failed_attempts += 1;
-                warn!(
-                    "delivery failed ({reason}); {n} records kept, next try in {:.1} s",
-                    delay.as_secs_f64()
-                );
-                self.not_before = Some(now + delay);
-                report.blocked_for = Some(delay);
-                (false, format!("failed ({reason})"))
+                self.retry_later(now, &reason, retry_after, None, report)
             }
         };
         self.note_attempt(now, result);
         keep_going
+    }
+
+    /// A post that failed: its records stay, the next try waits for the
+    /// backoff (never sooner than the collector's `Retry-After`). Returns
+    /// what a post arm returns: stop the run, and the result in words.
+    fn retry_later(
+        &mut self,
+        now: SystemTime,
+        reason: &str,
+        retry_after: Option<Duration>,
+        record_id: Option<&str>,
+        report: &mut RunReport,
+    ) -> (bool, String) {
+        let delay = self.backoff.fail(retry_after);
+        self.status.lock().expect("status lock").failed_attempts += 1;
+        let secs = delay.as_secs_f64();
+        match record_id {
+            Some(id) => warn!(
+                record_id = id,
+                "delivery failed ({reason}); records kept, next try in {secs:.1} s"
+            ),
+            None => warn!(
+                "delivery failed ({reason}); the request's records kept, next try in {secs:.1} s"
+            ),
+        }
+        self.not_before = Some(now + delay);
+        report.blocked_for = Some(delay);
+        (false, format!("failed ({reason})"))
     }
 
     /// Shows the last attempt in `telemctl status`.
