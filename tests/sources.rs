@@ -648,6 +648,13 @@ fn kernel_oops_turns_each_real_report_into_exactly_its_expected_record() {
     assert_eq!(i.stats.records_refused, 0, "{:?}", i.stats);
     // Each record counted once, when spooled (not also when its batch held it).
     assert_eq!(i.stats.records_sent as usize, all.len(), "{:?}", i.stats);
+    // Every line read was handled: nothing waits (the metrics' source lag).
+    let kernel_log = i
+        .sources
+        .iter()
+        .find(|s| s.source == "kernel-log")
+        .expect("the kernel-log source");
+    assert_eq!(kernel_log.waiting, Some(0), "{kernel_log:?}");
 }
 
 #[test]

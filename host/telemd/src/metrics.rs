@@ -294,6 +294,26 @@ impl Collector for Snapshot {
         )?;
         gauges(
             e,
+            "probe_source_waiting",
+            "Items a probe's source reader took (kernel log records, journal entries) that the probe has not handled yet: how far it lags.",
+            &self
+                .probes
+                .iter()
+                .flat_map(|p| {
+                    p.sources.iter().filter_map(|s| {
+                        let kind = s.source.split(' ').next().unwrap_or("").to_owned();
+                        s.waiting.map(|w| {
+                            (
+                                vec![("probe", p.name.clone()), ("source", kind)],
+                                signed(w),
+                            )
+                        })
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        gauges(
+            e,
             "probe_quarantined",
             "1 while a probe is quarantined (it failed too often).",
             &self

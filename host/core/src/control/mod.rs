@@ -209,6 +209,10 @@ pub struct SourceInfo {
     /// is truncated, ignoring file."), escaped: data the source skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Items read from the source and not yet handled by the probe: how
+    /// far it lags behind (kernel log records, journal entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<u64>,
 }
 
 /// Where a probe is in its life.

@@ -249,7 +249,15 @@ fn print_info(p: &ProbeInfo) {
         "state", "-", p.state_bytes, g.state_quota_bytes, p.state_keys
     );
     for s in &p.sources {
-        println!("  source {}: {}", shown(&s.source), shown(&s.position));
+        let waiting = s
+            .waiting
+            .filter(|n| *n > 0)
+            .map_or(String::new(), |n| format!(" ({n} read and waiting)"));
+        println!(
+            "  source {}: {}{waiting}",
+            shown(&s.source),
+            shown(&s.position)
+        );
         for w in &s.warnings {
             println!("    warning: {}", shown(w));
         }

@@ -321,6 +321,7 @@ pub async fn drive<C: BatchConsumer>(
     let (tx, mut rx) = mpsc::channel::<Item>(max_items);
     let path = opts.kernel_log_path.clone();
     let name = probe.name.clone();
+    let counted = cursors.clone();
     let reader = std::thread::Builder::new()
         .name(format!("kmsg-{name}"))
         .spawn(move || {
@@ -332,7 +333,12 @@ pub async fn drive<C: BatchConsumer>(
                 path,
                 after,
                 SOURCE_RETRY,
-                |item| tx.blocking_send(item).is_ok(),
+                |item| {
+                    if matches!(item, Item::Line(_)) {
+                        counted.kernel_log_backlog.read(1);
+                    }
+                    tx.blocking_send(item).is_ok()
+                },
                 alive,
             );
         });
@@ -376,6 +382,7 @@ pub async fn drive<C: BatchConsumer>(
             next = rx.try_recv().ok();
         }
         let last = batch.lines.last().map(|l| l.seq);
+        let lines = batch.lines.len() as u64;
         if batch.skipped > 0 {
             let mut st = probe.stats.lock().expect("stats lock");
             st.source_skipped = st.source_skipped.saturating_add(batch.skipped);
@@ -395,6 +402,7 @@ pub async fn drive<C: BatchConsumer>(
         {
             return;
         }
+        cursors.kernel_log_backlog.handled(lines);
         if let Some(seq) = last {
             let next = KernelLogCursor {
                 boot_id: boot.clone(),

@@ -136,6 +136,64 @@ pub struct CursorFile {
     /// What the journal source's reader warned of (not saved: journalctl
     /// says it again at each start).
     pub journal_warnings: SourceWarnings,
+    /// Kernel log records read and not yet handled.
+    pub kernel_log_backlog: Backlog,
+    /// Journal entries read and not yet handled.
+    pub journal_backlog: Backlog,
+}
+
+/// How far a probe lags behind a source: items its reader took from the
+/// source, less those the probe handled (the metrics' source lag).
+#[derive(Debug, Default)]
+pub struct Backlog {
+    read: std::sync::atomic::AtomicU64,
+    handled: std::sync::atomic::AtomicU64,
+}
+
+impl Backlog {
+    /// The reader took `n` more.
+    pub fn read(&self, n: u64) {
+        self.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The probe handled `n` more.
+    pub fn handled(&self, n: u64) {
+        self.handled
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The reader starts over (what it had read and not handed on is
+    /// read again).
+    pub fn restart(&self) {
+        let handled = self.handled.load(std::sync::atomic::Ordering::Relaxed);
+        self.read
+            .store(handled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Read and not yet handled.
+    pub fn waiting(&self) -> u64 {
+        let read = self.read.load(std::sync::atomic::Ordering::Relaxed);
+        read.saturating_sub(self.handled.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod backlog_tests {
+    use super::Backlog;
+
+    #[test]
+    fn the_backlog_is_what_was_read_and_not_handled_and_a_restart_forgets_the_rest() {
+        let b = Backlog::default();
+        b.read(10);
+        b.handled(4);
+        assert_eq!(b.waiting(), 6);
+        // The reader is replaced: its 6 are read again by the next one.
+        b.restart();
+        assert_eq!(b.waiting(), 0);
+        b.read(6);
+        b.handled(6);
+        assert_eq!(b.waiting(), 0);
+    }
 }
 
 /// The distinct warnings a source's reader printed lately: each is logged
@@ -258,6 +316,8 @@ impl CursorFile {
             cursors: Mutex::new(cursors),
             commit: Arc::new(tokio::sync::Mutex::new(())),
             journal_warnings: SourceWarnings::default(),
+            kernel_log_backlog: Backlog::default(),
+            journal_backlog: Backlog::default(),
         }
     }
 
@@ -288,6 +348,7 @@ impl CursorFile {
                     None => "nothing handled yet".into(),
                 },
                 warnings: Vec::new(),
+                waiting: Some(self.kernel_log_backlog.waiting()),
             });
         }
         if probe.grant.journal.is_some() {
@@ -298,6 +359,7 @@ impl CursorFile {
                     None => "nothing handled yet".into(),
                 },
                 warnings: self.journal_warnings.shown(),
+                waiting: Some(self.journal_backlog.waiting()),
             });
         }
         for w in &probe.grant.files {
@@ -306,6 +368,7 @@ impl CursorFile {
                 source: format!("files {} {}", w.dir.display(), w.pattern),
                 position: format!("{told} file(s) handled and still there"),
                 warnings: Vec::new(),
+                waiting: None,
             });
         }
         out

@@ -361,10 +361,19 @@ pub async fn drive<C: BatchConsumer>(
         // Entries may be up to 64 KiB each: the queue holds 128 at most.
         let (tx, mut rx) = mpsc::channel::<Item>(max_items.min(128));
         let reader_fields = fields.clone();
+        // What a reader before this one read and did not hand on is read
+        // again by this one.
+        cursors.journal_backlog.restart();
+        let counted = cursors.clone();
         let reader = std::thread::Builder::new()
             .name(format!("journal-{}", probe.name))
             .spawn(move || {
-                read_entries(out, &reader_fields, |item| tx.blocking_send(item).is_ok())
+                read_entries(out, &reader_fields, |item| {
+                    if matches!(item, Item::Entry(..)) {
+                        counted.journal_backlog.read(1);
+                    }
+                    tx.blocking_send(item).is_ok()
+                })
             });
         if let Err(e) = reader {
             tracing::error!(probe = %probe.name, "no journal reader (cannot start a thread: {e}); the source stays off until the probe is reloaded");
@@ -432,12 +441,14 @@ pub async fn drive<C: BatchConsumer>(
                 continue;
             }
             let _commit = cursors.commit.lock().await;
+            let handed = entries.len() as u64;
             if !mgr
                 .deliver_batch(&probe, &state, Event::Journal(entries), &[])
                 .await
             {
                 return;
             }
+            cursors.journal_backlog.handled(handed);
             said = None;
             if let Some(c) = last_cursor {
                 delivered = Some(c.clone());
