@@ -14,21 +14,25 @@
 # --from  already built programs and library (as for install.sh; default:
 #         cargo build --release)
 # --out   where the .deb files go (default target/debian)
+#
+# The units go under /lib/systemd/system, where Debian 12's debhelper puts
+# them (a later release moves them to /usr/lib with everyone else).
 # --fast  gzip -1 instead of xz (the tests' packages of debug builds)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 from=""
-out=target/debian
+out=""
 compress=(-Zxz)
 while [ $# -gt 0 ]; do
   case "$1" in
-    --from) from=$2; shift 2 ;;
-    --out) out=$2; shift 2 ;;
+    --from) from=$(realpath "$2"); shift 2 ;;
+    --out) out=$(realpath -m "$2"); shift 2 ;;
     --fast) compress=(-Zgzip -z1); shift ;;
     -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "build-deb.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+cd "$(dirname "$0")/.."
+out=${out:-$PWD/target/debian}
 upstream=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
 version="$upstream-1"
 arch=$(dpkg --print-architecture)
@@ -37,7 +41,6 @@ maintainer="Telemetrics maintainers <telemetrics@lists.example.org>"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$out"
-out=$(realpath "$out")
 
 DESTDIR="$stage/all" scripts/install.sh --prefix /usr --libdir "/usr/lib/$multiarch" ${from:+--from "$from"} >/dev/null
 
@@ -85,21 +88,26 @@ EOF
 done
 
 depends_of() { # the shared-library dependencies of the ELF objects under $1
-  local objs
-  objs=$(find "$1" -type f -exec sh -c 'file -b "$1" | grep -q "^ELF"' _ {} \; -print)
-  (cd "$stage" && mkdir -p debian && touch debian/control &&
-    dpkg-shlibdeps -O -S"$lib" $objs 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+  local objs=() deps
+  while IFS= read -r -d '' o; do objs+=("$o"); done < <(
+    find "$1" -type f -exec sh -c 'file -b "$1" | grep -q "^ELF"' _ {} \; -print0)
+  mkdir -p "$stage/debian" && touch "$stage/debian/control"
+  deps=$(cd "$stage" && dpkg-shlibdeps -O -S"$lib" "${objs[@]}" | sed -n 's/^shlibs:Depends=//p')
+  [ -n "$deps" ] || { echo "build-deb.sh: dpkg-shlibdeps found no dependencies under $1" >&2; exit 1; }
+  echo "$deps"
 }
 
 installed_size() { du -sk --exclude=DEBIAN "$1" | cut -f1; }
 
+main_depends=$(depends_of "$main")
+lib_depends=$(depends_of "$lib")
 cat > "$main/DEBIAN/control" <<EOF
 Package: telemetrics
 Version: $version
 Architecture: $arch
 Maintainer: $maintainer
 Installed-Size: $(installed_size "$main")
-Depends: $(depends_of "$main"), systemd (>= 247)
+Depends: $main_depends, systemd (>= 247)
 Section: admin
 Priority: optional
 Homepage: https://github.com/clearlinux/telemetrics-client
@@ -122,16 +130,23 @@ if [ "$1" = configure ]; then
     if [ -z "${DPKG_ROOT:-}" ]; then
         # The crash handler's core_pattern (the drop-in also applies at boot).
         systemd-sysctl 60-telem-crash-handler.conf >/dev/null 2>&1 || true
-        # The socket starts telemd on the first record (like dh_installsystemd).
-        if deb-systemd-helper --quiet was-enabled telemd.socket; then
-            deb-systemd-helper enable telemd.socket >/dev/null || true
-        else
-            deb-systemd-helper update-state telemd.socket >/dev/null || true
-            deb-systemd-helper enable telemd.socket >/dev/null || true
-        fi
+        # Both units, as dh_installsystemd would: the socket starts
+        # telemd on the first record, the service at boot (it runs only
+        # on a machine that opted in: ConditionPathExists=).
+        for unit in telemd.socket telemd.service; do
+            if [ -z "$2" ] || ! deb-systemd-helper --quiet was-enabled "$unit"; then
+                deb-systemd-helper enable "$unit" >/dev/null || true
+            else
+                deb-systemd-helper update-state "$unit" >/dev/null || true
+            fi
+        done
         if [ -d /run/systemd/system ]; then
             systemctl --system daemon-reload >/dev/null || true
             deb-systemd-invoke start telemd.socket >/dev/null || true
+            # An upgrade: the running daemon is the old program.
+            if [ -n "$2" ]; then
+                deb-systemd-invoke try-restart telemd.service >/dev/null || true
+            fi
         fi
     fi
 fi
@@ -142,7 +157,9 @@ cat > "$main/DEBIAN/prerm" <<'EOF'
 #!/bin/sh
 set -e
 if [ -z "${DPKG_ROOT:-}" ] && [ "$1" = remove ] && [ -d /run/systemd/system ]; then
-    deb-systemd-invoke stop telemd.service telemd.socket >/dev/null || true
+    # The socket first: a client meanwhile must not start the service again.
+    deb-systemd-invoke stop telemd.socket >/dev/null || true
+    deb-systemd-invoke stop telemd.service >/dev/null || true
 fi
 exit 0
 EOF
@@ -153,6 +170,15 @@ set -e
 if [ -z "${DPKG_ROOT:-}" ]; then
     if [ -d /run/systemd/system ]; then
         systemctl --system daemon-reload >/dev/null || true
+    fi
+    if [ "$1" = remove ]; then
+        # The kernel must not go on piping cores to a handler that is gone:
+        # the sysctl drop-ins without ours, and "core" if the pattern
+        # still names the handler.
+        systemd-sysctl >/dev/null 2>&1 || true
+        if grep -q telem-crash-handler /proc/sys/kernel/core_pattern 2>/dev/null; then
+            echo core > /proc/sys/kernel/core_pattern 2>/dev/null || true
+        fi
     fi
     if [ "$1" = purge ]; then
         if command -v deb-systemd-helper >/dev/null; then
@@ -174,7 +200,7 @@ Architecture: $arch
 Multi-Arch: same
 Maintainer: $maintainer
 Installed-Size: $(installed_size "$lib")
-Depends: $(depends_of "$lib")
+Depends: $lib_depends
 Section: libs
 Priority: optional
 Homepage: https://github.com/clearlinux/telemetrics-client

@@ -164,6 +164,40 @@ fn every_file_a_packager_expects_is_there_with_its_mode() {
     assert!(!main.keys().any(|p| p.contains("libtelemetry")));
 }
 
+/// The maintainer scripts are valid sh, and do what the README says.
+#[test]
+fn the_maintainer_scripts_parse_and_cover_install_upgrade_and_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(deb("telemetrics"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for script in ["postinst", "prerm", "postrm"] {
+        let path = dir.path().join(script);
+        let check = Command::new("sh").arg("-n").arg(&path).output().unwrap();
+        assert!(check.status.success(), "{script}: {}", text(&check.stderr));
+    }
+    let read = |s: &str| std::fs::read_to_string(dir.path().join(s)).unwrap();
+    let postinst = read("postinst");
+    assert!(postinst.contains("systemd-sysusers"));
+    assert!(postinst.contains("try-restart telemd.service"));
+    assert!(postinst.contains("telemd.socket telemd.service"));
+    let prerm = read("prerm");
+    let at = |what: &str| {
+        prerm
+            .find(what)
+            .unwrap_or_else(|| panic!("{what} missing: {prerm}"))
+    };
+    assert!(
+        at("stop telemd.socket") < at("stop telemd.service"),
+        "{prerm}"
+    );
+    assert!(read("postrm").contains("/proc/sys/kernel/core_pattern"));
+}
+
 #[test]
 fn lintian_reports_no_error() {
     let out = Command::new("lintian")
@@ -228,4 +262,24 @@ fn installing_into_a_throwaway_root_creates_the_user_and_its_directories() {
         assert_eq!(m.mode() & 0o7777, mode, "{dir}");
     }
     assert!(r.join("usr/bin/telemd").exists());
+
+    // And purged again: the files go, the removal scripts run (in their
+    // DPKG_ROOT branch, which leaves the host's units and sysctl alone).
+    let out = Command::new("dpkg")
+        .arg(format!("--root={}", r.display()))
+        .args([
+            "--force-script-chrootless",
+            "--log=/dev/null",
+            "--purge",
+            "telemetrics",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(!r.join("usr/bin/telemd").exists());
 }

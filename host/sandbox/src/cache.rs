@@ -25,6 +25,7 @@
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -187,24 +188,27 @@ impl CompileCache {
             }
         };
         if let (Some(key), true) = (&key, path.exists()) {
-            match read_verified(&path, key) {
+            match open_verified(&path, key) {
                 Ok(verified) => {
+                    // The descriptor the MAC was computed over is what is
+                    // mapped: /proc/self/fd/N names that very file (inode),
+                    // whatever the path names by now.
+                    let by_fd = format!("/proc/self/fd/{}", verified.as_raw_fd());
                     // SAFETY: the file is an artefact this cache wrote:
                     // owned by this user, writable by no one else, and
                     // authenticated by a MAC under a key only this user can
-                    // read; the file name's compatibility hash pins the
-                    // engine configuration. It is mapped rather than read
-                    // (only the code a probe runs becomes resident), so the
-                    // file mapped must be the one verified: checked below.
-                    match unsafe { Component::deserialize_file(engine, &path) } {
-                        Ok(c) if verified.is_still(&path) => {
+                    // read, over the open file mapped here; the file name's
+                    // compatibility hash pins the engine configuration.
+                    // Mapped (only the code a probe runs becomes resident),
+                    // it must not change while loaded: the cache never
+                    // writes an artefact in place (a new one is renamed
+                    // over), and only root or this user could.
+                    match unsafe { Component::deserialize_file(engine, &by_fd) } {
+                        Ok(c) => {
+                            drop(verified);
                             let _ = filetime_touch(&path);
                             return Ok((c, hash, false));
                         }
-                        Ok(_) => tracing::warn!(
-                            "cached artefact {} changed while it was loaded; recompiling",
-                            path.display()
-                        ),
                         Err(e) => tracing::warn!(
                             "cached artefact {} unusable ({e}); recompiling",
                             path.display()
@@ -369,47 +373,25 @@ fn check_private(m: &std::fs::Metadata) -> Result<(), Unusable> {
     Ok(())
 }
 
-/// The artefact's bytes, read once (so what is verified is what is
-/// loaded), if owner, mode and MAC hold.
-/// Which file a verification was of: a mapping made later is trusted only
-/// if the path still names this very file, unchanged.
-#[derive(Debug, PartialEq, Eq)]
-struct Verified {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-}
-
-impl Verified {
-    fn of(m: &std::fs::Metadata) -> Verified {
-        use std::os::unix::fs::MetadataExt;
-        Verified {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-        }
-    }
-
-    /// Whether `path` is still the verified file, unchanged.
-    fn is_still(&self, path: &Path) -> bool {
-        std::fs::symlink_metadata(path).is_ok_and(|m| Verified::of(&m) == *self)
-    }
-}
-
-fn read_verified(path: &Path, key: &[u8]) -> Result<Verified, Unusable> {
+/// The artefact, open, if owner, mode and MAC hold: the MAC is computed
+/// over this descriptor (streamed, never the whole file in memory), and
+/// the caller maps this descriptor, so what is verified is what is loaded.
+fn open_verified(path: &Path, key: &[u8]) -> Result<std::fs::File, Unusable> {
     let mut f = std::fs::File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
-    let meta = f.metadata()?;
-    check_private(&meta)?;
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)?;
+    check_private(&f.metadata()?)?;
     let stored = std::fs::read_to_string(mac_path(path))?;
     let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-    m.update(&bytes);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        m.update(&buf[..n]);
+    }
     let want = (0..stored.trim().len())
         .step_by(2)
         .map(|i| {
@@ -421,11 +403,7 @@ fn read_verified(path: &Path, key: &[u8]) -> Result<Verified, Unusable> {
         .collect::<Option<Vec<u8>>>()
         .ok_or(Unusable::Mac)?;
     m.verify_slice(&want).map_err(|_| Unusable::Mac)?;
-    let after = f.metadata()?;
-    if Verified::of(&after) != Verified::of(&meta) {
-        return Err(Unusable::Io(io::Error::other("changed while it was read")));
-    }
-    Ok(Verified::of(&meta))
+    Ok(f)
 }
 
 /// Marks an artefact as recently used (for pruning).

@@ -43,14 +43,19 @@ fn start(dir: &Path) -> Child {
         .unwrap()
 }
 
-fn loaded(control: &Path) -> usize {
+/// Probes loaded, and components compiled on this start.
+fn loaded_and_compiled(control: &Path) -> (usize, u64) {
     Client::connect(control, Some(Duration::from_secs(5)))
         .ok()
         .and_then(|mut c| match c.call(&Request::List) {
-            Ok(Response::Probes(p)) => Some(p.probes.len()),
+            Ok(Response::Probes(p)) => Some((p.probes.len(), p.compilations)),
             _ => None,
         })
-        .unwrap_or(0)
+        .unwrap_or((0, 0))
+}
+
+fn loaded(control: &Path) -> usize {
+    loaded_and_compiled(control).0
 }
 
 fn wait_loaded(child: &mut Child, control: &Path) {
@@ -108,6 +113,11 @@ fn main() {
     for round in 0..rounds {
         let mut child = start(&dir);
         wait_loaded(&mut child, &control);
+        let (_, compiled) = loaded_and_compiled(&control);
+        if compiled != 0 {
+            stop(child);
+            panic!("{compiled} probe(s) compiled on a restart: the cache was not used");
+        }
         std::thread::sleep(Duration::from_secs(idle));
         let pid = child.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -294,8 +294,8 @@ impl Collector for Snapshot {
         )?;
         gauges(
             e,
-            "probe_source_waiting",
-            "Items a probe's source reader took (kernel log records, journal entries) that the probe has not handled yet: how far it lags.",
+            "probe_source_queued",
+            "Items a probe's source reader took and queued (kernel log records, journal entries) that the probe has not handled yet; at the queue's size the reader waits and the rest waits in the source.",
             &self
                 .probes
                 .iter()

@@ -209,8 +209,9 @@ pub struct SourceInfo {
     /// is truncated, ignoring file."), escaped: data the source skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
-    /// Items read from the source and not yet handled by the probe: how
-    /// far it lags behind (kernel log records, journal entries).
+    /// Items the source's reader took and queued for the probe, not yet
+    /// handled (kernel log records, journal entries): how far the probe
+    /// lags, up to the queue's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<u64>,
 }

@@ -320,8 +320,9 @@ pub async fn drive<C: BatchConsumer>(
     // which the next batch counts.
     let (tx, mut rx) = mpsc::channel::<Item>(max_items);
     let path = opts.kernel_log_path.clone();
+    let backlog = cursors.new_kernel_log_backlog();
     let name = probe.name.clone();
-    let counted = cursors.clone();
+    let counted = backlog.clone();
     let reader = std::thread::Builder::new()
         .name(format!("kmsg-{name}"))
         .spawn(move || {
@@ -334,10 +335,12 @@ pub async fn drive<C: BatchConsumer>(
                 after,
                 SOURCE_RETRY,
                 |item| {
-                    if matches!(item, Item::Line(_)) {
-                        counted.kernel_log_backlog.read(1);
+                    let line = matches!(item, Item::Line(_));
+                    let sent = tx.blocking_send(item).is_ok();
+                    if sent && line {
+                        counted.read(1);
                     }
-                    tx.blocking_send(item).is_ok()
+                    sent
                 },
                 alive,
             );
@@ -402,7 +405,7 @@ pub async fn drive<C: BatchConsumer>(
         {
             return;
         }
-        cursors.kernel_log_backlog.handled(lines);
+        backlog.handled(lines);
         if let Some(seq) = last {
             let next = KernelLogCursor {
                 boot_id: boot.clone(),

@@ -136,14 +136,18 @@ pub struct CursorFile {
     /// What the journal source's reader warned of (not saved: journalctl
     /// says it again at each start).
     pub journal_warnings: SourceWarnings,
-    /// Kernel log records read and not yet handled.
-    pub kernel_log_backlog: Backlog,
-    /// Journal entries read and not yet handled.
-    pub journal_backlog: Backlog,
+    /// The kernel log reader's count of records read and not yet handled
+    /// (a fresh one for each reader, so a replaced reader's count goes
+    /// with it).
+    kernel_log_backlog: Mutex<Arc<Backlog>>,
+    /// The same for the journal reader.
+    journal_backlog: Mutex<Arc<Backlog>>,
 }
 
-/// How far a probe lags behind a source: items its reader took from the
-/// source, less those the probe handled (the metrics' source lag).
+/// How far a probe lags behind a source's reader: items the reader took
+/// from the source and queued, less those the probe handled. Bounded by
+/// the queue: when it is full the reader waits, and the rest waits in the
+/// source itself.
 #[derive(Debug, Default)]
 pub struct Backlog {
     read: std::sync::atomic::AtomicU64,
@@ -162,14 +166,6 @@ impl Backlog {
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The reader starts over (what it had read and not handed on is
-    /// read again).
-    pub fn restart(&self) {
-        let handled = self.handled.load(std::sync::atomic::Ordering::Relaxed);
-        self.read
-            .store(handled, std::sync::atomic::Ordering::Relaxed);
-    }
-
     /// Read and not yet handled.
     pub fn waiting(&self) -> u64 {
         let read = self.read.load(std::sync::atomic::Ordering::Relaxed);
@@ -182,17 +178,24 @@ mod backlog_tests {
     use super::Backlog;
 
     #[test]
-    fn the_backlog_is_what_was_read_and_not_handled_and_a_restart_forgets_the_rest() {
+    fn the_backlog_is_what_was_read_and_not_handled_and_a_new_reader_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = super::CursorFile::load(dir.path(), "p");
+        let first = c.new_journal_backlog();
+        first.read(10);
+        first.handled(4);
+        assert_eq!(c.journal_backlog.lock().unwrap().waiting(), 6);
+        // The reader is replaced: its 6 are read again by the next one,
+        // and the old reader's late counts land on its own backlog.
+        let second = c.new_journal_backlog();
+        first.read(3);
+        assert_eq!(c.journal_backlog.lock().unwrap().waiting(), 0);
+        second.read(6);
+        second.handled(6);
+        assert_eq!(c.journal_backlog.lock().unwrap().waiting(), 0);
         let b = Backlog::default();
-        b.read(10);
-        b.handled(4);
-        assert_eq!(b.waiting(), 6);
-        // The reader is replaced: its 6 are read again by the next one.
-        b.restart();
-        assert_eq!(b.waiting(), 0);
-        b.read(6);
-        b.handled(6);
-        assert_eq!(b.waiting(), 0);
+        b.handled(2);
+        assert_eq!(b.waiting(), 0, "never below nothing");
     }
 }
 
@@ -316,9 +319,23 @@ impl CursorFile {
             cursors: Mutex::new(cursors),
             commit: Arc::new(tokio::sync::Mutex::new(())),
             journal_warnings: SourceWarnings::default(),
-            kernel_log_backlog: Backlog::default(),
-            journal_backlog: Backlog::default(),
+            kernel_log_backlog: Mutex::default(),
+            journal_backlog: Mutex::default(),
         }
+    }
+
+    /// A fresh count for a kernel log reader that starts now.
+    pub fn new_kernel_log_backlog(&self) -> Arc<Backlog> {
+        let b = Arc::new(Backlog::default());
+        *self.kernel_log_backlog.lock().expect("backlog lock") = b.clone();
+        b
+    }
+
+    /// A fresh count for a journal reader that starts now.
+    pub fn new_journal_backlog(&self) -> Arc<Backlog> {
+        let b = Arc::new(Backlog::default());
+        *self.journal_backlog.lock().expect("backlog lock") = b.clone();
+        b
     }
 
     /// Changes the cursors and saves them (write, fsync, rename). On error
@@ -348,7 +365,12 @@ impl CursorFile {
                     None => "nothing handled yet".into(),
                 },
                 warnings: Vec::new(),
-                waiting: Some(self.kernel_log_backlog.waiting()),
+                waiting: Some(
+                    self.kernel_log_backlog
+                        .lock()
+                        .expect("backlog lock")
+                        .waiting(),
+                ),
             });
         }
         if probe.grant.journal.is_some() {
@@ -359,7 +381,7 @@ impl CursorFile {
                     None => "nothing handled yet".into(),
                 },
                 warnings: self.journal_warnings.shown(),
-                waiting: Some(self.journal_backlog.waiting()),
+                waiting: Some(self.journal_backlog.lock().expect("backlog lock").waiting()),
             });
         }
         for w in &probe.grant.files {

@@ -362,17 +362,19 @@ pub async fn drive<C: BatchConsumer>(
         let (tx, mut rx) = mpsc::channel::<Item>(max_items.min(128));
         let reader_fields = fields.clone();
         // What a reader before this one read and did not hand on is read
-        // again by this one.
-        cursors.journal_backlog.restart();
-        let counted = cursors.clone();
+        // again by this one, which counts afresh.
+        let backlog = cursors.new_journal_backlog();
+        let counted = backlog.clone();
         let reader = std::thread::Builder::new()
             .name(format!("journal-{}", probe.name))
             .spawn(move || {
                 read_entries(out, &reader_fields, |item| {
-                    if matches!(item, Item::Entry(..)) {
-                        counted.journal_backlog.read(1);
+                    let entry = matches!(item, Item::Entry(..));
+                    let sent = tx.blocking_send(item).is_ok();
+                    if sent && entry {
+                        counted.read(1);
                     }
-                    tx.blocking_send(item).is_ok()
+                    sent
                 })
             });
         if let Err(e) = reader {
@@ -448,7 +450,7 @@ pub async fn drive<C: BatchConsumer>(
             {
                 return;
             }
-            cursors.journal_backlog.handled(handed);
+            backlog.handled(handed);
             said = None;
             if let Some(c) = last_cursor {
                 delivered = Some(c.clone());
