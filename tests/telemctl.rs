@@ -336,3 +336,32 @@ fn opt_out_refuses_records_at_once_and_opt_in_takes_them_again() {
     assert_eq!(status(&d).ingest.not_opted_in, 1);
     d.stop();
 }
+
+/// Output to a pipe whose reader has gone (`telemctl config defaults |
+/// head -1` once head has exited) ends telemctl by SIGPIPE, as it ends
+/// `cat`, never by a panic (exit 101, "failed printing to stdout").
+#[test]
+fn output_to_a_closed_pipe_ends_telemctl_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [
+        &["config", "defaults"][..],
+        &["config", "defaults", "--json"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(TELEMCTL)
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}

@@ -15,6 +15,15 @@ use clap::Parser;
 use cli::Args;
 
 fn main() -> ExitCode {
+    // Like the shell tools it is piped into and out of: output to a pipe
+    // whose reader has gone (`telemctl journal | head -3`) ends telemctl
+    // quietly by SIGPIPE, instead of a write error (Rust's runtime ignores
+    // SIGPIPE) that println! turns into a panic.
+    // SAFETY: first thing in main, before any thread exists; SIG_DFL is
+    // a valid disposition for SIGPIPE and no handler code is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = Args::parse();
     match commands::run(args) {
         Ok(()) => ExitCode::SUCCESS,
