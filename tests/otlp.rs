@@ -102,6 +102,15 @@ fn accepted_ids(c: &Collector) -> HashMap<String, usize> {
     ids
 }
 
+/// Waits until every record left the spool (its outcome journaled).
+fn wait_drained(d: &TestDaemon) {
+    assert!(
+        wait_until(Duration::from_secs(20), || d.spool_names().is_empty()),
+        "{}",
+        tail(&d.log(), 30)
+    );
+}
+
 fn journal(d: &TestDaemon) -> Vec<telem_core::journal::JournalEntry> {
     query_dir(&d.path("journal"), usize::MAX, &JournalFilter::default()).unwrap()
 }
@@ -111,11 +120,7 @@ fn every_header_reaches_the_receiver_under_its_attribute() {
     let c = Collector::start(Mode::Status(200, None));
     let rs = records(3, 0);
     let d = daemon(&c, &rs);
-    assert!(
-        wait_until(Duration::from_secs(20), || d.spool_names().is_empty()),
-        "{}",
-        tail(&d.log(), 30)
-    );
+    wait_drained(&d);
     let got = c.accepted();
     assert_eq!(got.len(), 1, "three records, one request");
     assert_eq!(got[0].request_line, "POST /v1/logs HTTP/1.1");
@@ -375,11 +380,7 @@ fn a_partial_success_is_journaled_with_its_count_and_not_retried() {
     .encode_to_vec();
     let c = Collector::start(Mode::Reply(200, answer));
     let d = daemon(&c, &records(3, 0));
-    assert!(
-        wait_until(Duration::from_secs(20), || d.spool_names().is_empty()),
-        "{}",
-        tail(&d.log(), 30)
-    );
+    wait_drained(&d);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(c.requests().len(), 1, "not retried");
     let j = journal(&d);
@@ -403,11 +404,7 @@ fn a_429_waits_for_retry_after_then_the_same_records_go() {
         .requests()
         .is_empty()));
     c.set_mode(Mode::Status(200, None));
-    assert!(
-        wait_until(Duration::from_secs(20), || d.spool_names().is_empty()),
-        "{}",
-        tail(&d.log(), 30)
-    );
+    wait_drained(&d);
     let reqs = c.requests();
     assert_eq!(reqs.len(), 2, "one refused, one accepted");
     let gap = reqs[1].at - reqs[0].at;
@@ -451,11 +448,7 @@ fn a_413_halves_the_batch_instead_of_dropping_it() {
     let c = Collector::start(Mode::StatusFirst(413, 1));
     let rs = records(4, 0);
     let d = daemon(&c, &rs);
-    assert!(
-        wait_until(Duration::from_secs(20), || d.spool_names().is_empty()),
-        "{}",
-        tail(&d.log(), 30)
-    );
+    wait_drained(&d);
     let sizes: Vec<usize> = c
         .requests()
         .iter()
@@ -493,11 +486,7 @@ fn a_request_never_carries_more_than_the_rate_limit_lets_through() {
 fn a_404_keeps_the_records_for_the_next_try() {
     let c = Collector::start(Mode::StatusFirst(404, 1));
     let d = daemon(&c, &records(3, 0));
-    assert!(
-        wait_until(Duration::from_secs(20), || d.spool_names().is_empty()),
-        "{}",
-        tail(&d.log(), 30)
-    );
+    wait_drained(&d);
     assert_eq!(c.requests().len(), 2);
     assert_eq!(accepted_ids(&c).len(), 3);
     let j = journal(&d);
@@ -512,11 +501,7 @@ fn a_404_keeps_the_records_for_the_next_try() {
 fn a_413_to_a_single_record_keeps_it() {
     let c = Collector::start(Mode::StatusFirst(413, 2));
     let d = daemon(&c, &records(2, 0));
-    assert!(
-        wait_until(Duration::from_secs(20), || d.spool_names().is_empty()),
-        "{}",
-        tail(&d.log(), 30)
-    );
+    wait_drained(&d);
     let sizes: Vec<usize> = c
         .requests()
         .iter()

@@ -500,14 +500,15 @@ impl Delivery {
                 report.rejected += 1;
                 (true, format!("rejected ({why})"))
             }
-            PostOutcome::TooLarge => {
-                let why = "HTTP 413 (too large for the collector)".to_owned();
-                warn!(record_id = %entry.name, "collector rejected the record for good ({why}); removed");
-                self.backoff.reset();
-                self.finish(entry, &record, Outcome::Rejected, why.clone());
-                report.rejected += 1;
-                (true, format!("rejected ({why})"))
-            }
+            // As for a request of one record: the setup's limit, not the
+            // record's fault (the legacy formats' 413 is a rejection).
+            PostOutcome::TooLarge => self.retry_later(
+                now,
+                "HTTP 413 to one record: the collector or a proxy in between takes no request this large; records kept",
+                None,
+                Some(&entry.name),
+                report,
+            ),
             PostOutcome::Retry {
                 reason,
                 retry_after,
