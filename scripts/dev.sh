@@ -36,6 +36,6 @@ n=0
 while kill -0 "$pid" 2>/dev/null; do
   n=$((n + 1))
   target/debug/telem-record-gen -f "$dir/telemd.toml" -c org.example/dev/heartbeat -p "dev record $n" \
-    && echo "dev.sh: sent native record $n; delivered so far: $(cat "$dir/collector/records.jsonl" 2>/dev/null | wc -l)" >&2
+    && echo "dev.sh: sent native record $n; records delivered so far (native and probe): $(cat "$dir/collector/records.jsonl" 2>/dev/null | wc -l)" >&2
   sleep 5
 done

@@ -319,6 +319,34 @@ fn with_signatures_required_only_a_probe_signed_by_a_trusted_key_loads() {
         );
     }
 
+    // Signatures not required, but one that is there is checked: a bad
+    // one refuses the file, and `probe verify` does not also say "signed
+    // by: nobody (require_signatures is off)" beside that refusal.
+    let optional = config.replace("require_signatures = true\n", "");
+    let d = daemon_with(&optional, &[("hello.wasm", &bytes)], |p| {
+        sign(&vendor, &p.join("hello.wasm"));
+        flip_a_byte(&p.join("hello.wasm"));
+    });
+    let why = refusal(&d, "hello.wasm");
+    assert!(why.starts_with("bad signature"), "{why}");
+    if as_root {
+        let out = telemctl(
+            &d,
+            &[
+                "probe",
+                "verify",
+                d.path("probes/hello.wasm").to_str().unwrap(),
+            ],
+        );
+        assert!(!out.status.success());
+        assert!(
+            !text(&out.stdout).contains("signed by") && text(&out.stderr).contains("bad signature"),
+            "{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+
     // Signed by the vendor: it loads, and says by whom.
     let d = daemon_with(&config, &[("hello.wasm", &bytes)], |p| {
         sign(&vendor, &p.join("hello.wasm"))
@@ -457,4 +485,82 @@ fn a_trusted_key_anyone_could_have_written_is_not_used() {
         d.log()
     );
     assert_never_ran(&d);
+}
+
+/// A rootless author tries signing against a dev daemon: `telemd --dev
+/// DIR` trusts the keys in `DIR/trusted-keys` (theirs), its banner says
+/// how telemctl reaches it, and a probe signed with a key put there loads
+/// saying by whom.
+#[test]
+fn a_dev_daemon_trusts_the_authors_own_keys() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("dev");
+    std::fs::create_dir_all(dir.join("probes")).unwrap();
+    for d in [t.path(), &dir, &dir.join("probes")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let banner = t.path().join("banner");
+    let mut daemon = Command::new(TELEMD)
+        .arg("--dev")
+        .arg(&dir)
+        .stderr(std::fs::File::create(&banner).unwrap())
+        .spawn()
+        .unwrap();
+    let ready = wait_until(Duration::from_secs(20), || {
+        dir.join("control.sock").exists()
+    });
+    let said = std::fs::read_to_string(&banner).unwrap();
+    let stop = |mut daemon: std::process::Child| {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    };
+    if !ready {
+        stop(daemon);
+        panic!("{said}");
+    }
+    let config = dir.canonicalize().unwrap().join("telemd.toml");
+    let keys = dir.join("trusted-keys");
+    let checked = std::panic::catch_unwind(|| {
+        assert!(
+            said.contains(&format!("-f {} status", config.display()))
+                && said.contains(&format!("{}", keys.canonicalize().unwrap().display())),
+            "{said}"
+        );
+        let vendor = minisign_key(t.path(), "vendor");
+        std::fs::copy(&vendor.public, keys.join("vendor.pub")).unwrap();
+        std::fs::set_permissions(
+            keys.join("vendor.pub"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let file = dir.join("probes/hello.wasm");
+        std::fs::write(&file, hello()).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        sign(&vendor, &file);
+        std::fs::set_permissions(
+            dir.join("probes/hello.wasm.sig"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let info = || {
+            let out = Command::new(TELEMCTL)
+                .arg("-f")
+                .arg(&config)
+                .args(["probe", "info", "hello"])
+                .output()
+                .unwrap();
+            text(&out.stdout)
+        };
+        let want = format!("signed by: vendor ({})", vendor.id);
+        assert!(
+            wait_until(Duration::from_secs(20), || info().contains(&want)),
+            "{}\n{}",
+            info(),
+            std::fs::read_to_string(&banner).unwrap()
+        );
+    });
+    stop(daemon);
+    if let Err(e) = checked {
+        std::panic::resume_unwind(e);
+    }
 }

@@ -99,3 +99,69 @@ fn probe_test_runs_the_python_probe() {
     );
     assert!(stdout.contains("handle: ok, 1 record(s)"), "{stdout}");
 }
+
+/// `telemctl probe new --lang python`: the project it writes builds with
+/// the commands of its README (componentize-py, the version the test
+/// command installs) and `probe test`s with the limits file it carries,
+/// its record stamped.
+#[test]
+fn a_generated_python_probe_builds_and_passes_probe_test() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("py-beat");
+    let out = std::process::Command::new(TELEMCTL)
+        .args(["probe", "new", "py-beat", "--lang", "python", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    assert!(
+        readme.contains("componentize-py -d wit -w probe componentize -p . app -o py-beat.wasm")
+            && readme.contains("probe test py-beat.wasm"),
+        "{readme}"
+    );
+    let componentize = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/pyenv/bin/componentize-py");
+    let built = std::process::Command::new(&componentize)
+        .args([
+            "-d",
+            "wit",
+            "-w",
+            "probe",
+            "componentize",
+            "-p",
+            ".",
+            "app",
+            "-o",
+            "py-beat.wasm",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (scripts/build-python-probe.sh installs it)",
+                componentize.display()
+            )
+        });
+    assert!(built.status.success(), "{built:?}");
+    let tested = std::process::Command::new(TELEMCTL)
+        .arg("-f")
+        .arg(dir.join("python-limits.toml"))
+        .args(["probe", "test", "py-beat.wasm"])
+        .env("XDG_CACHE_HOME", t.path().join("cache"))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&tested.stdout);
+    assert!(
+        tested.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    assert!(
+        stdout.contains("  classification: org.example/py-beat/ping\n")
+            && stdout.contains("py-beat is alive (start)")
+            && stdout.contains("handle: ok, 1 record(s)"),
+        "{stdout}"
+    );
+}

@@ -874,3 +874,30 @@ fn kernel_oops_over_its_hourly_budget_drops_records_but_keeps_reading() {
     assert_eq!(i.stats.records_refused, 3, "{:?}", i.stats);
     assert_eq!(i.stats.records_sent, 2, "{:?}", i.stats);
 }
+
+/// A probe whose `files` sources share a directory that does not exist
+/// says so once for the directory, not once per source: pstore watches
+/// /var/lib/systemd/pstore with three patterns.
+#[test]
+fn a_missing_source_directory_is_said_once() {
+    let (d, _k) = sources_daemon("");
+    std::fs::copy(probe_wasm("pstore"), d.path("probes/pstore.wasm")).unwrap();
+    let d = d.spawn();
+    let said = |dir: &str| {
+        d.log()
+            .lines()
+            .filter(|l| l.contains(&format!("{dir} does not exist (yet)")))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || said("var/lib/systemd/pstore")
+            > 0
+            && said("sys/fs/pstore") > 0),
+        "{}",
+        d.log()
+    );
+    // Every source of the directory has looked by now, some twice.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(said("var/lib/systemd/pstore"), 1, "{}", d.log());
+    assert_eq!(said("sys/fs/pstore"), 1, "{}", d.log());
+}

@@ -55,14 +55,21 @@ fn probes_and_journal_through_telemctl() {
             && info.contains("org.clearlinux/hello/world"),
         "{info}"
     );
-    assert!(ok(&d, &["probe", "run", "hello"]).contains("ran successfully"));
+    // A manual run shows what it stored.
+    let ran = ok(&d, &["probe", "run", "hello"]);
+    assert!(
+        ran.contains("ran successfully; 1 record(s) stored")
+            && ran.contains("org.clearlinux/hello/world (severity 1, event ")
+            && ran.contains("): hello"),
+        "{ran}"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || journal_lines(&[]).len() == 2),
         "{}",
         d.log()
     );
     let (code, _, err) = ctl(&d, &["probe", "run", "nope"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("no probe named nope"), "{err}");
 
     // Journal columns and each filter.
@@ -80,11 +87,14 @@ fn probes_and_journal_through_telemctl() {
         journal_lines(&["-c", "org.clearlinux/hello/world"]).len(),
         2
     );
-    assert_eq!(journal_lines(&["-c", "org.example/none/x"]).len(), 0);
+    // A query that selects nothing is exit 1 and says so, as coredumpctl's.
+    let (code, out, err) = ctl(&d, &["journal", "-c", "org.example/none/x"]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(err.contains("no journal entries match"), "{err}");
     assert_eq!(journal_lines(&["-r", &entries[0].record_id]).len(), 1);
     assert_eq!(journal_lines(&["-e", &entries[1].event_id]).len(), 1);
     assert_eq!(journal_lines(&["-b", &entries[0].boot_id]).len(), 2);
-    assert_eq!(journal_lines(&["-b", "0000"]).len(), 0);
+    assert_eq!(ctl(&d, &["journal", "-b", "0000"]).0, 1);
     let with_payload = journal_lines(&["-i", "-r", &entries[0].record_id]);
     assert_eq!(with_payload[1], "hello", "{with_payload:?}");
     let out = ok(&d, &["--json", "journal"]);
@@ -127,7 +137,22 @@ fn spool_list_opt_in_out_and_daemon_down() {
     let (code, _, err) = ctl(&d, &["probe", "list"]);
     assert_eq!(code, 1);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("telemd is not running"), "{err}");
+    // And how to reach a daemon run with another config.
+    assert!(
+        err.contains("telemd is not running") && err.contains("telemctl -f CONFIG"),
+        "{err}"
+    );
+    // Not running is systemctl's 3, for the daemon and for a probe.
+    let (code, out, _) = ctl(&d, &["status"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("daemon:          no: telemd is not running"),
+        "{out}"
+    );
+    assert_eq!(ctl(&d, &["--json", "status"]).0, 3);
+    assert_eq!(ctl(&d, &["status", "hello"]).0, 3);
+    let (code, out, _) = ctl(&d, &["is-active"]);
+    assert_eq!((code, out.as_str()), (3, "inactive\n"));
 }
 
 #[test]
@@ -236,6 +261,16 @@ fn status_flush_enable_disable() {
     // Disable survives a restart; enable brings it back.
     assert!(ok(&d, &["probe", "disable", "hello"]).contains("disabled"));
     assert!(!ok(&d, &["probe", "list"]).contains("hello"));
+    // `--all` shows it, with why; `status NAME` says it does not run.
+    let all = ok(&d, &["probe", "list", "--all"]);
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("hello ") && l.contains("disabled by the admin")),
+        "{all}"
+    );
+    let (code, _, err) = ctl(&d, &["status", "hello"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("hello is disabled"), "{err}");
     d.stop();
     let d = d.spawn();
     // `probe list` answers after the first scan of the probes directory.
@@ -248,18 +283,22 @@ fn status_flush_enable_disable() {
 #[test]
 fn systemd_verbs_say_plainly_when_systemd_is_absent() {
     let out = Command::new(TELEMCTL).arg("is-active").output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     if std::path::Path::new("/run/systemd/system").exists() {
         // With systemd, the answer is systemctl's, one line per unit.
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+        assert!(matches!(out.status.code(), Some(0 | 3)), "{out:?}");
         assert!(
             stdout.lines().any(|l| l.starts_with("telemd.service : ")),
             "{stdout}"
         );
-        assert!(!err.contains("systemd is not running"), "{err}");
         return;
     }
+    // Without, whether a daemon answers on the config's socket (none
+    // here): systemctl's "inactive", 3.
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(stdout, "inactive\n");
+    let out = Command::new(TELEMCTL).arg("start").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("systemd is not running"), "{err}");
@@ -364,4 +403,295 @@ fn output_to_a_closed_pipe_ends_telemctl_quietly() {
             out.status
         );
     }
+}
+
+/// What scripts and admins read: systemd's exit codes, `--all` with the
+/// reasons, a probe's triggers and runs, and what an ELF file or a core
+/// module named `.wasm` is, in words that say what to do.
+#[test]
+fn status_codes_probe_reasons_and_what_a_file_is() {
+    let d = TestDaemon::prepare("probe_scan_interval_ms = 200\n");
+    std::fs::create_dir_all(d.path("probes")).unwrap();
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    std::fs::copy(probe_wasm("hello"), d.path("probes/hello.wasm")).unwrap();
+    // A native program renamed, larger than max_component_bytes too.
+    std::fs::write(d.path("probes/native.wasm"), {
+        let mut elf = std::fs::read(TELEMCTL).unwrap();
+        elf.resize(17 << 20, 0);
+        elf
+    })
+    .unwrap();
+    std::fs::write(
+        d.path("probes/core-module.wasm"),
+        wat::parse_str("(module)").unwrap(),
+    )
+    .unwrap();
+    let d = d.spawn();
+    assert!(
+        wait_until(Duration::from_secs(20), || probe_list(&d).refused.len()
+            == 2),
+        "{}",
+        d.log()
+    );
+    let (code, out, err) = ctl(&d, &["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = ctl(&d, &["status", "hello"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("  triggers: on start, every 86400 s, manual")
+            && out.contains("  runs: 1, last 2")
+            && out.contains(" UTC, next 2"),
+        "{out}"
+    );
+    let (code, _, err) = ctl(&d, &["status", "nosuch"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("no probe named nosuch"), "{err}");
+    assert_eq!(ctl(&d, &["probe", "info", "nosuch"]).0, 4);
+
+    let (code, _, err) = ctl(&d, &["probe", "info", "native"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("an ELF file (a native program or library), not WebAssembly")
+            && err.contains("cargo build --target wasm32-wasip2")
+            && !err.contains("max_component_bytes"),
+        "{err}"
+    );
+    let (code, _, err) = ctl(&d, &["status", "core-module"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("a core WebAssembly module, not a component") && err.contains("wasm32-wasip2"),
+        "{err}"
+    );
+    // The plain list says refusals exist; --all says which and why, each
+    // file named once per line.
+    let list = ok(&d, &["probe", "list"]);
+    assert!(
+        list.contains("(2 file(s) refused: `telemctl probe list --all`"),
+        "{list}"
+    );
+    let all = ok(&d, &["probe", "list", "--all"]);
+    for f in ["native.wasm", "core-module.wasm"] {
+        let line = all
+            .lines()
+            .find(|l| l.contains(f))
+            .unwrap_or_else(|| panic!("{all}"));
+        assert_eq!(line.matches(f).count(), 1, "{line}");
+        assert!(line.contains(" refused "), "{line}");
+    }
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("probe not loaded") && l.contains("native.wasm"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(line.matches("native.wasm").count(), 1, "{line}");
+    let (code, out, _) = ctl(&d, &["is-active"]);
+    assert_eq!((code, out.as_str()), (0, "active\n"));
+}
+
+/// `telemctl journal` takes journalctl's options: -n, --since/--until in
+/// its time forms, --reverse, -o json, --follow; kebab-case spellings with
+/// the old ones kept; a record id with no entry is exit 1.
+#[test]
+fn journal_reads_like_journalctl() {
+    let d = TestDaemon::start("");
+    for i in 0..5 {
+        telem_core::native_client::send_record(
+            &d.socket(),
+            &test_record(&format!("j{i}")),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    }
+    let all =
+        || telem_core::journal::query_dir(&d.path("journal"), 100, &Default::default()).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || all().len() == 5),
+        "{}",
+        d.log()
+    );
+    let entries = all();
+    let ids = |out: &str| {
+        out.lines()
+            .map(|l| l.split_whitespace().nth(3).unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
+    let want: Vec<String> = entries.iter().map(|e| e.record_id.clone()).collect();
+    assert_eq!(ids(&ok(&d, &["journal"])), want);
+    assert_eq!(ids(&ok(&d, &["journal", "-n", "2"])), want[3..]);
+    let mut rev = want.clone();
+    rev.reverse();
+    assert_eq!(ids(&ok(&d, &["journal", "--reverse"])), rev);
+    assert_eq!(
+        ids(&ok(&d, &["journal", "--reverse", "-n", "1"])),
+        want[4..]
+    );
+    let lines = ok(&d, &["journal", "-o", "json"]);
+    let parsed: Vec<JournalEntry> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(parsed, entries);
+    // Times as journalctl spells them.
+    assert_eq!(ids(&ok(&d, &["journal", "--since", "-1h"])).len(), 5);
+    assert_eq!(
+        ids(&ok(&d, &["journal", "--since", "today", "--until", "now"])).len(),
+        5
+    );
+    let t = entries[0].time;
+    assert_eq!(
+        ids(&ok(&d, &["journal", "--until", &format!("@{t}")])).len(),
+        entries.iter().filter(|e| e.time <= t).count()
+    );
+    let (code, _, err) = ctl(&d, &["journal", "--since", "tomorrow"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = ctl(&d, &["journal", "--since", "last tuesday"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--since") && err.contains("is not a time"),
+        "{err}"
+    );
+    // The kebab-case option, its old spelling, and an id with no entry.
+    assert_eq!(
+        ids(&ok(&d, &["journal", "--record-id", &want[2]])),
+        want[2..3]
+    );
+    assert_eq!(
+        ids(&ok(&d, &["journal", "--record_id", &want[2]])),
+        want[2..3]
+    );
+    let (code, out, err) = ctl(&d, &["journal", "-r", "NOSUCHID"]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(err.contains("no entry for this record id"), "{err}");
+
+    // --follow prints the entries, then each new one as it is written.
+    let mut follow = Command::new(TELEMCTL)
+        .arg("-f")
+        .arg(d.path("telemd.toml"))
+        .args(["journal", "--follow", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    for _ in 0..5 {
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+    telem_core::native_client::send_record(&d.socket(), &test_record("j5"), Duration::from_secs(2))
+        .unwrap();
+    let new: JournalEntry =
+        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(10)).unwrap()).unwrap();
+    assert!(!want.contains(&new.record_id), "{new:?}");
+    assert!(
+        rx.recv_timeout(Duration::from_secs(1)).is_err(),
+        "printed once"
+    );
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+}
+
+/// `telemctl probe new NAME`: the crate it writes builds as its README
+/// says, against this checkout's SDK (no path to edit), passes `probe
+/// test`, and its record arrives from a daemon it is dropped into.
+#[test]
+fn a_generated_rust_probe_builds_and_sends_its_record() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("uptime-beat");
+    let out = Command::new(TELEMCTL)
+        .args(["probe", "new", "uptime-beat", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../probe-sdk")
+        .canonicalize()
+        .unwrap();
+    assert!(
+        manifest.contains(&format!(
+            "telemetrics-probe-sdk = {{ path = \"{}\" }}",
+            sdk.display()
+        )),
+        "{manifest}"
+    );
+    // Built as the README says; the shipped probes' target directory is
+    // shared so their dependencies are not built again.
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../probes-wasm/target");
+    let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--target", "wasm32-wasip2", "--release"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let wasm = dir.join("uptime-beat.wasm");
+    std::fs::copy(target.join("wasm32-wasip2/release/uptime_beat.wasm"), &wasm).unwrap();
+
+    let config = offline_config(t.path(), "");
+    let tested = telemctl_offline(
+        &config,
+        t.path(),
+        [
+            std::ffi::OsStr::new("probe"),
+            "test".as_ref(),
+            wasm.as_os_str(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&tested.stdout);
+    assert!(
+        tested.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    assert!(
+        stdout.contains("  classification: org.example/uptime-beat/uptime\n")
+            && stdout.contains("handle: ok, 1 record(s)")
+            && stdout.contains("granted: read [\"/proc/uptime\"]"),
+        "{stdout}"
+    );
+
+    // --grant-read adds a path beside what the manifest was granted.
+    let tested = telemctl_offline(
+        &config,
+        t.path(),
+        [
+            std::ffi::OsStr::new("probe"),
+            "test".as_ref(),
+            wasm.as_os_str(),
+            "--grant-read".as_ref(),
+            "/usr/lib".as_ref(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&tested.stdout);
+    assert!(tested.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("granted: read [\"/proc/uptime\", \"/usr/lib\"]"),
+        "{stdout}"
+    );
+
+    let d = TestDaemon::prepare(&format!("{HOLD}probe_scan_interval_ms = 200\n"));
+    std::fs::create_dir_all(d.path("probes")).unwrap();
+    std::fs::write(d.path("opt-in"), "").unwrap();
+    std::fs::copy(&wasm, d.path("probes/uptime-beat.wasm")).unwrap();
+    let d = d.spawn();
+    assert!(
+        wait_until(Duration::from_secs(20), || d.spool_records().iter().any(
+            |r| r.headers.get(telem_core::record::Header::Classification)
+                == "org.example/uptime-beat/uptime"
+        )),
+        "{}",
+        d.log()
+    );
 }

@@ -33,12 +33,21 @@ class WitWorld(wit_world.WitWorld):
             raise Err("asked to fail")
         kind = type(e).__name__.removeprefix("Event_").lower()
         log.log(log.Level.INFO, f"heartbeat ({kind})")
-        records.send(
-            types.TelemetryRecord(
-                classification=CLASSIFICATION,
-                severity=1,
-                payload_version=1,
-                payload=f"hello from Python ({kind})\n",
-                event_id=None,
+        try:
+            records.send(
+                types.TelemetryRecord(
+                    classification=CLASSIFICATION,
+                    severity=1,
+                    payload_version=1,
+                    payload=f"hello from Python ({kind})\n",
+                    event_id=None,
+                )
             )
-        )
+        except Err as refused:
+            # The host's own limits (the hourly budget, a full spool) are
+            # not the probe's failure: note them and carry on. A record
+            # the probe got wrong (not granted, invalid) is a bug: raise.
+            if isinstance(refused.value, (types.SendError_RateLimited, types.SendError_Refused)):
+                log.log(log.Level.DEBUG, f"record not sent: {refused.value}")
+            else:
+                raise

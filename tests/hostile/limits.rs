@@ -111,14 +111,54 @@ fn invalid_records_do_not_use_up_the_hourly_allowance() {
     for _ in 0..4 {
         let v = run(&d, "sandbox-test", &["send", "org.example/test/bad value"]);
         assert!(v.is_err(), "{v:?}");
-        assert!(v.as_ref().unwrap_err().contains("Invalid"), "{v:?}");
+        assert!(
+            v.as_ref().unwrap_err().contains("refused as invalid"),
+            "{v:?}"
+        );
     }
     let v = run(&d, "sandbox-test", &["flood", "3"]);
     assert!(v.is_ok(), "the allowance is whole: {v:?}");
     let v = run(&d, "sandbox-test", &["flood", "1"]);
     assert!(
-        v.as_ref().err().is_some_and(|e| e.contains("RateLimited")),
+        v.as_ref().err().is_some_and(|e| e.contains("rate limited")),
         "and then spent: {v:?}"
+    );
+}
+
+/// The host's own limit is not the probe's failure: a probe that returns
+/// its rate limiting as an error (as an old SDK's `handle` did) is not
+/// quarantined for it, however often; its own errors still count.
+#[test]
+fn a_probe_is_not_quarantined_for_the_hosts_own_limit() {
+    let d = daemon_with(
+        &["sandbox_test"],
+        "[probes.sandbox-test]\nclassifications = [\"org.example/test/*\"]\nmax_records_per_hour = 1\n",
+    );
+    assert_eq!(run(&d, "sandbox-test", &["flood", "1"]), Ok(()));
+    // More than QUARANTINE_AFTER (5) runs over the budget, each an error.
+    for i in 0..7 {
+        let e = run(&d, "sandbox-test", &["flood", "1"]).unwrap_err();
+        assert!(
+            e.contains("after the host did not take a record")
+                && e.contains("over its limit of 1 records per hour")
+                && !e.contains("RateLimited"),
+            "run {i}: {e}"
+        );
+    }
+    let p = crate::probe_info(&d, "sandbox-test");
+    assert_eq!(p.state, telem_core::control::ProbeState::Running, "{p:?}");
+    assert_eq!(p.stats.failures_in_a_row, 0);
+    // Its own failures still quarantine it.
+    for _ in 0..5 {
+        assert!(run(&d, "sandbox-test", &["no-such-command"]).is_err());
+    }
+    assert!(
+        matches!(
+            crate::probe_info(&d, "sandbox-test").state,
+            telem_core::control::ProbeState::Quarantined(_)
+        ),
+        "{}",
+        d.log()
     );
 }
 
@@ -126,7 +166,7 @@ fn invalid_records_do_not_use_up_the_hourly_allowance() {
 fn refused_by_the_budget(d: &TestDaemon, when: &str) {
     let v = run(d, "sandbox-test", &["flood", "1"]);
     assert!(
-        v.as_ref().err().is_some_and(|e| e.contains("RateLimited")),
+        v.as_ref().err().is_some_and(|e| e.contains("rate limited")),
         "{when}: the budget was handed out again: {v:?}"
     );
 }

@@ -428,6 +428,7 @@ pub fn run_probe(d: &TestDaemon, probe: &str, args: &[&str]) -> Result<(), Strin
         &Request::Run {
             probe: probe.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            report: false,
         },
     )
 }

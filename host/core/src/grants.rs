@@ -335,7 +335,11 @@ impl Grant {
                         None => read_paths.push(p.clone()),
                     }
                 }
-                for p in request.read_paths.iter().filter(|p| !approved.contains(p)) {
+                for p in request
+                    .read_paths
+                    .iter()
+                    .filter(|p| !approved.contains(p) && !policy.also_read.contains(p))
+                {
                     refuse(
                         format!("read {}", p.display()),
                         format!("not in [probes.{probe}] read_paths"),
@@ -343,7 +347,11 @@ impl Grant {
                 }
             }
             None => {
-                for p in &request.read_paths {
+                for p in request
+                    .read_paths
+                    .iter()
+                    .filter(|p| !policy.also_read.contains(p))
+                {
                     if let Some(why) = path_refusal(p, rules) {
                         refuse(format!("read {}", p.display()), why);
                     } else if is_safe_after_resolving(p) {
@@ -360,6 +368,12 @@ impl Grant {
                         );
                     }
                 }
+            }
+        }
+        for p in &policy.also_read {
+            match path_refusal(p, rules) {
+                Some(why) => refuse(format!("read {}", p.display()), why),
+                None => read_paths.push(p.clone()),
             }
         }
         read_paths.dedup();

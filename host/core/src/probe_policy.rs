@@ -46,6 +46,12 @@ pub struct ProbePolicy {
         deserialize_with = "crate::config::non_empty::opt_paths"
     )]
     pub read_paths: Option<Vec<PathBuf>>,
+    /// Host paths readable beside the rest (what the manifest was granted
+    /// or `read_paths` approved): `telemctl probe test --grant-read`.
+    /// Never read from a config file.
+    #[serde(skip)]
+    #[cfg_attr(feature = "reference", schemars(skip))]
+    pub also_read: Vec<PathBuf>,
     /// Classification patterns it may emit (replaces the manifest's).
     #[serde(
         default,

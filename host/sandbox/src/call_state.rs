@@ -28,6 +28,9 @@ pub(crate) struct CallState {
     /// A crash call's debug file lookups (none in other calls, or when no
     /// debuginfod server is named).
     pub(crate) debuginfo: Option<crate::host::debuginfo::DebuginfoCall>,
+    /// The first record this call sent that the host did not take for a
+    /// reason of its own (budget, spool), in words.
+    pub(crate) host_refusal: Option<String>,
 }
 
 impl CallState {
@@ -50,6 +53,7 @@ impl CallState {
             describe_log: probe_log_limit(),
             state: None,
             debuginfo: None,
+            host_refusal: None,
         }
     }
 }

@@ -38,7 +38,7 @@ pub use telem_core::grants;
 
 pub use engine::Sandbox;
 pub use host_pressure::HostPressure;
-pub use load_error::{LoadError, LoadFailure};
+pub use load_error::{check_magic, LoadError, LoadFailure};
 pub use sandbox_options::{ExtraDir, SandboxOptions};
 
 /// Why the engine could not be set up (wasmtime's error, kept whole).

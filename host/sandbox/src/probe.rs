@@ -25,6 +25,17 @@ pub enum CallError {
     /// `handle` returned an error.
     #[error("probe error: {0}")]
     Guest(String),
+    /// `handle` returned an error after the host did not take one of its
+    /// records for a reason of the host's (the probe's hourly budget
+    /// spent, the spool full, not opted in): not counted as the probe's
+    /// failure.
+    #[error("probe error after the host did not take a record ({refusal}): {error}")]
+    AfterHostRefusal {
+        /// Why the host did not take the record, in words.
+        refusal: String,
+        /// What `handle` returned.
+        error: String,
+    },
     /// The sandbox could not be set up (e.g. a granted path is missing).
     #[error("sandbox setup failed: {what}")]
     Setup {
@@ -44,6 +55,13 @@ impl CallError {
     /// Whether the call was stopped at its deadline.
     pub fn is_timeout(&self) -> bool {
         matches!(self, CallError::Timeout(_))
+    }
+
+    /// Whether the call failed after the host refused a record for a
+    /// reason of its own: the supervisor does not count it toward
+    /// quarantine.
+    pub fn after_host_refusal(&self) -> bool {
+        matches!(self, CallError::AfterHostRefusal { .. })
     }
 }
 

@@ -29,6 +29,13 @@ pub fn generate(dir: &Path) -> io::Result<()> {
         clap_mangen::Man::new(cmd.clone())
             .section(section)
             .render(&mut page)?;
+        // clap_mangen renders `after_long_help` under EXTRA; telemctl's
+        // is its exit statuses, the section man pages call EXIT STATUS.
+        if name == "telemctl" {
+            page = String::from_utf8_lossy(&page)
+                .replacen(".SH EXTRA", ".SH \"EXIT STATUS\"", 1)
+                .into_bytes();
+        }
         std::fs::write(man_dir.join(format!("{name}.{section}")), page)?;
         for (shell, sub, file) in [
             (Shell::Bash, "bash", name.clone()),
@@ -43,4 +50,24 @@ pub fn generate(dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_man_page_lists_the_exit_statuses() {
+        let t = tempfile::tempdir().unwrap();
+        super::generate(t.path()).unwrap();
+        let page = std::fs::read_to_string(t.path().join("man/man1/telemctl.1")).unwrap();
+        assert!(page.contains(".SH \"EXIT STATUS\""), "{page}");
+        assert!(!page.contains(".SH EXTRA"), "{page}");
+        for status in [
+            "not running",
+            "no such probe",
+            "selected nothing",
+            "SIGPIPE",
+        ] {
+            assert!(page.contains(status), "{status}: {page}");
+        }
+    }
 }

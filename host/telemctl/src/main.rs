@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod docs;
 mod table;
+mod time_spec;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,12 @@ fn main() -> ExitCode {
     match commands::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(exit) = e.downcast_ref::<commands::Exit>() {
+                if let Some(m) = &exit.message {
+                    eprintln!("telemctl: {m}");
+                }
+                return ExitCode::from(exit.code);
+            }
             // Daemon and probe text may be quoted: escaped for the terminal.
             let text = telem_core::error_text::one_line(e.chain());
             eprintln!("telemctl: {}", telem_core::untrusted::escape(&text, 4096));

@@ -182,9 +182,17 @@ async fn respond(req: Request, ctx: &ControlContext) -> Response {
                 probes: probes.list(),
                 compilations: probes.compilations(),
                 refused: probes.refused(),
+                disabled: probes.disabled(),
             })
         }
-        Request::Run { probe, args } => outcome(probes.run_now(&probe, args).await),
+        Request::Run {
+            probe,
+            args,
+            report,
+        } => match probes.run_now(&probe, args).await {
+            Ok((records, refused)) if report => Response::Ran { records, refused },
+            r => outcome(r.map(drop)),
+        },
         Request::Reload => match probes.reload().await {
             Ok(()) => Response::Reloaded {
                 probes: probes.list().len(),

@@ -373,6 +373,16 @@ pub fn prepare_dev(dir: &Path, extra: Option<&Path>) -> Result<Config, DevError>
         })
     };
     write(&config.host.opt_in_file, "")?;
+    // Where an author's own public keys go (`minisign -G`'s `.pub`), so
+    // signed probes load as they would on a machine requiring signatures.
+    // Writable by its owner alone, whatever the umask: a keys directory
+    // others could write is not used.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o755)
+        .create(&config.probes.trusted_keys_dir)
+        .map_err(|source| DevError::Write {
+            path: config.probes.trusted_keys_dir.clone(),
+            source,
+        })?;
     let cfg_path = dir.join("telemd.toml");
     write(
         &cfg_path,
@@ -384,7 +394,7 @@ pub fn prepare_dev(dir: &Path, extra: Option<&Path>) -> Result<Config, DevError>
     let bin = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_owned));
-    let gen = bin.map_or_else(
+    let gen = bin.as_ref().map_or_else(
         || "telem-record-gen".into(),
         |b| b.join("telem-record-gen").display().to_string(),
     );
@@ -395,6 +405,32 @@ pub fn prepare_dev(dir: &Path, extra: Option<&Path>) -> Result<Config, DevError>
     eprintln!(
         "  send one:  {gen} -f {} -c org.example/dev/test -p 'hello from dev'",
         cfg_path.display()
+    );
+    let ctl = bin.as_ref().map_or_else(
+        || "telemctl".into(),
+        |b| b.join("telemctl").display().to_string(),
+    );
+    eprintln!(
+        "  telemctl:  {ctl} -f {} status   (and probe list, journal, ...)",
+        cfg_path.display()
+    );
+    eprintln!(
+        "  probes:    {} (drop NAME.wasm here; loaded within a second)",
+        config
+            .probes
+            .probes_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    eprintln!(
+        "  keys:      {} (a minisign .pub here is trusted)",
+        config.probes.trusted_keys_dir.display()
+    );
+    eprintln!(
+        "  records:   {} (every delivered record, native and probe)",
+        config.delivery.server.as_str()
     );
     Ok(Config {
         source: Some(cfg_path),

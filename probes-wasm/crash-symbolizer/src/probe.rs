@@ -54,9 +54,8 @@ fn send(classification: &str, severity: u8, payload: String) -> Result<(), Strin
         .severity(severity)
         .payload_version(PAYLOAD_VERSION)
         .payload(payload)
-        .send()
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .send()?;
+    Ok(())
 }
 
 /// Symbolizes one core and sends its record; a core that cannot be read

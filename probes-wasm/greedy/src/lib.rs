@@ -4,16 +4,15 @@
 //! what it asked for: `read PATH` and `send CLASSIFICATION`, each sending
 //! `org.example/greedy/result` with what happened. Not shipped.
 
-use telemetrics_probe_sdk::{export_probe, Event, Manifest, Probe, Record, Trigger};
+use telemetrics_probe_sdk::{export_probe, Event, Manifest, Probe, Record, Sent, Trigger};
 
 struct Greedy;
 
 fn report(payload: String) -> Result<(), String> {
     Record::new("org.example/greedy/result")
         .payload(payload)
-        .send()
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .send()?;
+    Ok(())
 }
 
 impl Probe for Greedy {
@@ -53,7 +52,8 @@ impl Probe for Greedy {
                 Err(e) => report(format!("read failed: {e}")),
             },
             "send" => match Record::new(arg(1)).payload("forged").send() {
-                Ok(_) => report("sent".into()),
+                Ok(Sent::Stored(_)) => report("sent".into()),
+                Ok(other) => report(format!("send failed: {other:?}")),
                 Err(e) => report(format!("send failed: {e}")),
             },
             other => Err(format!("unknown command {other:?}")),

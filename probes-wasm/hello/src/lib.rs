@@ -28,9 +28,8 @@ impl Probe for Hello {
         Record::new("org.clearlinux/hello/world")
             .severity(1)
             .payload("hello")
-            .send()
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            .send()?;
+        Ok(())
     }
 }
 

@@ -3,8 +3,8 @@
 //! batch's records, so a batch handed again starts from the same counts).
 
 use telemetrics_probe_sdk::{
-    export_probe, log, state, BatchLimits, Event, JournalSource, Manifest, Probe, Record, Source,
-    Trigger,
+    export_probe, log, state, BatchLimits, Event, JournalSource, Manifest, Probe, Record, Sent,
+    Source, Trigger,
 };
 
 use crate::{Floods, Outgoing, CLASSIFICATION, SEVERITY};
@@ -16,12 +16,15 @@ struct JournalErrors;
 fn send(o: &Outgoing) {
     // A refusal (over the hourly budget) is logged, not a failure of the
     // batch, which would be handed back until the probe is quarantined.
-    if let Err(e) = Record::new(CLASSIFICATION)
+    match Record::new(CLASSIFICATION)
         .severity(SEVERITY)
         .payload(o.payload.clone())
         .send()
     {
-        log::warn(&format!("record not taken: {e}"));
+        Ok(Sent::Stored(_)) => {}
+        Ok(Sent::RateLimited) => log::warn("record not taken: over the hourly budget"),
+        Ok(Sent::NotKept(why)) => log::warn(&format!("record not taken: {why}")),
+        Err(e) => log::warn(&format!("record not taken: {e}")),
     }
 }
 

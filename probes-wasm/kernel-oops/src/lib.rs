@@ -6,7 +6,7 @@
 //! state).
 
 use telemetrics_probe_sdk::{
-    export_probe, log, state, BatchLimits, Event, Manifest, Probe, Record, Source, Trigger,
+    export_probe, log, state, BatchLimits, Event, Manifest, Probe, Record, Sent, Source, Trigger,
 };
 
 use kernel_report::assemble::Assembler;
@@ -33,9 +33,13 @@ fn send(o: &Outgoing) {
         .severity(o.severity)
         .payload(o.payload.clone())
         .send();
-    if let Err(e) = sent {
-        log::warn(&format!("record {} not taken: {e}", o.classification));
-    }
+    let why = match sent {
+        Ok(Sent::Stored(_)) => return,
+        Ok(Sent::RateLimited) => "over the hourly budget".to_owned(),
+        Ok(Sent::NotKept(why)) => why,
+        Err(e) => e.to_string(),
+    };
+    log::warn(&format!("record {} not taken: {why}", o.classification));
 }
 
 fn save(key: &str, bytes: &[u8]) -> Result<(), String> {

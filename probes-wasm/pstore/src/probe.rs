@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use telemetrics_probe_sdk::{
     export_probe, log, state, BatchLimits, Event, FileNotice, FilesSource, Manifest, Probe, Record,
-    Source,
+    Sent, Source,
 };
 
 use crate::{digest, join_parts, parse_name, records, DumpKey};
@@ -148,7 +148,13 @@ impl Probe for Pstore {
                     .payload(r.payload)
                     .send()
                 {
-                    Ok(_) => sent += 1,
+                    Ok(Sent::Stored(_)) => sent += 1,
+                    Ok(Sent::RateLimited) => log::warn(&format!(
+                        "{origin}: record not taken: over the hourly budget"
+                    )),
+                    Ok(Sent::NotKept(why)) => {
+                        log::warn(&format!("{origin}: record not taken: {why}"))
+                    }
                     Err(e) => log::warn(&format!("{origin}: record not taken: {e}")),
                 }
             }

@@ -13,7 +13,9 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use telemetrics_probe_sdk::{export_probe, log, state, Event, Manifest, Probe, Record, Trigger};
+use telemetrics_probe_sdk::{
+    export_probe, log, state, Event, Manifest, Probe, Record, Sent, Trigger,
+};
 
 struct SandboxTest;
 
@@ -22,9 +24,8 @@ static CALLS: AtomicU32 = AtomicU32::new(0);
 fn report(payload: String) -> Result<(), String> {
     Record::new("org.example/test/result")
         .payload(payload)
-        .send()
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .send()?;
+    Ok(())
 }
 
 impl Probe for SandboxTest {
@@ -71,19 +72,28 @@ impl Probe for SandboxTest {
                 v.resize(mib << 20, 1);
                 report(format!("grew: {} MiB", v.len() >> 20))
             }
-            "send" => Record::new(arg(1))
-                .payload("sent")
-                .send()
-                .map(|_| ())
-                .map_err(|e| format!("send failed: {e}")),
+            "send" => match Record::new(arg(1)).payload("sent").send() {
+                Ok(Sent::Stored(_)) => Ok(()),
+                Ok(other) => Err(format!("send failed: {other:?}")),
+                Err(e) => Err(format!("send failed: {e}")),
+            },
             "flood" => {
                 let n: u32 = arg(1).parse().map_err(|_| "flood N")?;
                 for i in 0..n {
-                    if let Err(e) = Record::new("org.example/test/flood")
+                    // Deliberately an error on the host's own limit too:
+                    // the host must not count it toward quarantine.
+                    match Record::new("org.example/test/flood")
                         .payload(format!("flood {i}"))
                         .send()
                     {
-                        return Err(format!("flood stopped after {i}: {e}"));
+                        Ok(Sent::Stored(_)) => {}
+                        Ok(Sent::RateLimited) => {
+                            return Err(format!("flood stopped after {i}: rate limited"))
+                        }
+                        Ok(Sent::NotKept(why)) => {
+                            return Err(format!("flood stopped after {i}: not kept: {why}"))
+                        }
+                        Err(e) => return Err(format!("flood stopped after {i}: {e}")),
                     }
                 }
                 Ok(())

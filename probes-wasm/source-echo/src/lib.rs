@@ -24,9 +24,8 @@ struct SourceEcho;
 fn record(payload: String) -> Result<(), String> {
     Record::new("org.example/source-echo/line")
         .payload(payload)
-        .send()
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .send()?;
+    Ok(())
 }
 
 fn counter(key: &str) -> u64 {

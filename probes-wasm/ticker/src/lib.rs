@@ -24,11 +24,8 @@ impl Probe for Ticker {
             Event::Timer => "tick",
             _ => return Ok(()),
         };
-        Record::new("org.example/test/tick")
-            .payload(what)
-            .send()
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        Record::new("org.example/test/tick").payload(what).send()?;
+        Ok(())
     }
 }
 

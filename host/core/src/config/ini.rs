@@ -41,7 +41,12 @@ pub(super) fn parse(
             continue;
         }
         let value = typed(v.trim(), defaults.get(&key));
-        entries.push(Entry { key, value, line });
+        entries.push(Entry {
+            key,
+            value,
+            line,
+            inner_lines: Default::default(),
+        });
     }
     Ok(entries)
 }

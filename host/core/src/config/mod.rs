@@ -122,11 +122,24 @@ fn current_user() -> Option<String> {
 }
 
 /// One top-level `key = value` of a file, with the line it was on.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Entry {
     key: String,
     value: toml::Value,
     line: usize,
+    /// The lines of the keys of a `[probes.NAME]` table, by `NAME.key`
+    /// (an error names the key's own line, not the table's).
+    inner_lines: std::collections::HashMap<String, usize>,
+}
+
+impl Entry {
+    /// This entry, its line that of its inner key `inner` if known.
+    fn at(&self, inner: &str) -> Entry {
+        Entry {
+            line: self.inner_lines.get(inner).copied().unwrap_or(self.line),
+            ..self.clone()
+        }
+    }
 }
 
 impl Config {
@@ -152,6 +165,9 @@ impl Config {
         c.probes.kernel_log_path = dir.join("kmsg");
         c.probes.sources_root = dir.join("sources");
         c.host.control_socket = dir.join("control.sock");
+        // An author can try signing without root: a key of their own in
+        // a directory of their own.
+        c.probes.trusted_keys_dir = dir.join("trusted-keys");
         c
     }
 
@@ -285,14 +301,15 @@ fn merge_probe_tables(table: &mut toml::Table, e: &Entry, path: &Path) -> Result
             entry.insert(k.clone(), v.clone());
             if let Err(err) = toml::Value::Table(trial.clone()).try_into::<Config>() {
                 let full = format!("{key}.{k}");
+                let at = e.at(&format!("{name}.{k}"));
                 if err.message().contains("unknown field") {
                     return Err(ConfigError::UnknownKey {
                         path: path.to_owned(),
-                        line: e.line,
+                        line: at.line,
                         key: full,
                     });
                 }
-                return Err(value_error(path, e, &full, v, &err));
+                return Err(value_error(path, &at, &full, v, &err));
             }
             *table = trial;
         }
@@ -408,12 +425,43 @@ fn parse_toml(text: &str, path: &Path) -> Result<Vec<Entry>, ConfigError> {
         .into_iter()
         .map(|(k, v)| Entry {
             line: line_of(text, k.span().start),
+            inner_lines: if k.get_ref() == "probes" {
+                probe_key_lines(text)
+            } else {
+                Default::default()
+            },
             key: k.into_inner(),
             value: v.into_inner(),
         })
         .collect();
     entries.sort_by_key(|e| e.line);
     Ok(entries)
+}
+
+/// The line of each key of the `[probes.NAME]` tables, by `NAME.key`;
+/// empty if they are not all tables (that error is the entry's own).
+fn probe_key_lines(text: &str) -> std::collections::HashMap<String, usize> {
+    type Keys = std::collections::BTreeMap<toml::Spanned<String>, toml::Value>;
+    #[derive(serde::Deserialize)]
+    struct Probes {
+        probes: std::collections::BTreeMap<String, Keys>,
+    }
+    let Ok(p) = toml::from_str::<Probes>(text) else {
+        return Default::default();
+    };
+    p.probes
+        .into_iter()
+        .flat_map(|(name, keys)| {
+            keys.into_keys()
+                .map(|k| {
+                    (
+                        format!("{name}.{}", k.get_ref()),
+                        line_of(text, k.span().start),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Paths that must not be empty (an empty one would mean the working

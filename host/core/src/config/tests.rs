@@ -103,6 +103,21 @@ fn unknown_key_and_syntax_errors_have_lines() {
 }
 
 #[test]
+fn a_probe_tables_key_is_named_at_its_own_line() {
+    // Not the `[probes.uptime]` header's line: the key's.
+    let e = parse("[probes.uptime]\nreadpaths = [\"/x\"]\n").unwrap_err();
+    assert!(
+        matches!(&e, ConfigError::UnknownKey { line: 2, key, .. } if key == "probes.uptime.readpaths"),
+        "{e}"
+    );
+    let e = parse("server = \"http://x\"\n\n[probes.a]\nenabled = true\n\n[probes.b]\nenabled = false\nmax_records_per_hour = \"many\"\n")
+        .unwrap_err();
+    assert!(matches!(e, ConfigError::Value { line: 8, .. }), "{e}");
+    let e = parse("[probes]\nuptime = { readpaths = [\"/x\"] }\n").unwrap_err();
+    assert!(matches!(e, ConfigError::UnknownKey { line: 2, .. }), "{e}");
+}
+
+#[test]
 fn a_probe_table_must_be_named_as_probes_are() {
     let e = parse("[probes.my_probe]\nsha256 = \"00\"\n").unwrap_err();
     assert!(e.to_string().contains("probes.my_probe"), "{e}");
@@ -317,6 +332,8 @@ fn dev_config_keeps_everything_under_one_dir() {
         &c.journal.journal_dir,
         &c.host.opt_in_file,
         &c.host.control_socket,
+        // An author's keys, so signing is tried without root.
+        &c.probes.trusted_keys_dir,
     ] {
         assert!(p.starts_with("/tmp/dev"), "{}", p.display());
     }

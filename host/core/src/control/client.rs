@@ -214,8 +214,28 @@ impl Client {
         }
     }
 
-    /// Sends a request whose only answer is [`Response::Done`] (run,
-    /// enable, disable, flush).
+    /// Runs a probe now; the records it stored and how many the host
+    /// refused meanwhile, or `None` from a daemon that predates reporting
+    /// them.
+    pub fn run(
+        &mut self,
+        probe: &str,
+        args: Vec<String>,
+    ) -> Result<Option<(Vec<Captured>, u64)>, ClientError> {
+        let req = Request::Run {
+            probe: probe.to_owned(),
+            args,
+            report: true,
+        };
+        match self.call(&req)? {
+            Response::Ran { records, refused } => Ok(Some((records, refused))),
+            Response::Done => Ok(None),
+            other => Err(unexpected(&req, &other)),
+        }
+    }
+
+    /// Sends a request whose only answer is [`Response::Done`] (enable,
+    /// disable, flush; a run, from a daemon that does not report).
     pub fn act(&mut self, req: &Request) -> Result<(), ClientError> {
         match self.call(req)? {
             Response::Done => Ok(()),
@@ -389,9 +409,10 @@ mod tests {
             Response::Error { .. } => 6,
             Response::Metrics { .. } => 7,
             Response::ConfigReloaded { .. } => 8,
+            Response::Ran { .. } => 9,
         }
     }
-    const RESPONSE_KINDS: usize = 9;
+    const RESPONSE_KINDS: usize = 10;
 
     #[test]
     fn every_request_and_reply_survives_the_wire() {
@@ -404,6 +425,7 @@ mod tests {
             Request::Run {
                 probe: "p".into(),
                 args: vec!["a".into()],
+                report: true,
             },
             Request::Reload,
             Request::Enable { probe: "p".into() },
@@ -442,6 +464,7 @@ mod tests {
                     file: "/p/x.wasm".into(),
                     reason: "digest mismatch".into(),
                 }],
+                disabled: vec!["hello".into()],
             }),
             Response::Status(Box::new(Status {
                 opted_in: true,
@@ -459,6 +482,10 @@ mod tests {
                 restart_needed: vec!["spool".into()],
             },
             Response::Reloaded { probes: 3 },
+            Response::Ran {
+                records: vec![],
+                refused: 2,
+            },
             Response::Error {
                 message: "m".into(),
             },

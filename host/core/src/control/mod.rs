@@ -48,6 +48,10 @@ pub enum Request {
         /// Its arguments.
         #[serde(default)]
         args: Vec<String>,
+        /// Answer with the records the run stored ([`Response::Ran`]); a
+        /// daemon that predates it answers [`Response::Done`].
+        #[serde(default)]
+        report: bool,
     },
     /// Read the probe directories again.
     Reload,
@@ -118,6 +122,14 @@ pub enum Response {
         /// The records, as sent.
         records: Vec<Captured>,
     },
+    /// To [`Request::Run`] with `report`: what the run stored.
+    Ran {
+        /// The records, as stored.
+        records: Vec<Captured>,
+        /// Records the host refused during the run (the reasons are in the
+        /// daemon's log).
+        refused: u64,
+    },
     /// Done, nothing to report (run, enable, disable, flush, crash).
     Done,
     /// The request was refused or failed.
@@ -147,6 +159,9 @@ pub struct ProbeList {
     /// digest or signature refused, or their load failed).
     #[serde(default)]
     pub refused: Vec<RefusedProbe>,
+    /// Probes the admin disabled (`telemctl probe disable`).
+    #[serde(default)]
+    pub disabled: Vec<String>,
 }
 
 /// A probe file that is not running, and why.
@@ -169,6 +184,10 @@ pub struct ProbeInfo {
     pub description: String,
     /// Component file.
     pub file: PathBuf,
+    /// What runs it, in words (`on start`, `every 3600 s`, `crashes`);
+    /// its event sources are in `sources`.
+    #[serde(default)]
+    pub triggers: Vec<String>,
     /// Running or quarantined.
     pub state: ProbeState,
     /// What its manifest asked for.
@@ -241,6 +260,9 @@ pub struct ProbeStats {
     pub records_refused: u64,
     /// Unix time of the last run.
     pub last_run: Option<u64>,
+    /// Unix time its interval trigger fires next, if it has one.
+    #[serde(default)]
+    pub next_run: Option<u64>,
     /// The last failure, in words.
     pub last_error: Option<String>,
     /// Failures in a row (reset by a success).

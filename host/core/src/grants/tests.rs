@@ -199,6 +199,7 @@ fn the_admin_approves_and_narrows_but_never_grants_the_forbidden() {
         journal: None,
         journal_fields: None,
         sha256: None,
+        also_read: Vec::new(),
     };
     let g = Grant::effective("crash-symbolizer", &req, &approved, &rules());
     assert_eq!(g.read_paths, vec![PathBuf::from("/usr")]);
@@ -552,4 +553,38 @@ fn the_journal_is_granted_only_by_the_admin_and_narrowed_by_its_fields() {
         Grant::effective("j", &req, &refused, &rules()).journal,
         None
     );
+}
+
+#[test]
+fn a_path_granted_beside_the_rest_adds_to_the_grant_and_replaces_nothing() {
+    // `probe test --grant-read`: the manifest's safe path stays granted.
+    let req = Request {
+        read_paths: vec!["/proc/uptime".into(), "/var/log/app".into()],
+        classifications: vec!["org.example/uptime/*".into()],
+        ..Default::default()
+    };
+    let beside = ProbePolicy {
+        also_read: vec!["/var/log/app".into(), "/var/lib/telemetry/spool".into()],
+        ..Default::default()
+    };
+    let g = Grant::effective("uptime", &req, &beside, &rules());
+    assert_eq!(
+        g.read_paths,
+        vec![PathBuf::from("/proc/uptime"), "/var/log/app".into()]
+    );
+    // Still never the daemon's own directories.
+    assert_eq!(g.refused.len(), 1, "{:?}", g.refused);
+    assert!(g.refused[0].item.contains("/var/lib/telemetry/spool"));
+    // Beside the admin's approval too: the approved path stays.
+    let both = ProbePolicy {
+        read_paths: Some(vec!["/proc/uptime".into()]),
+        also_read: vec!["/var/log/app".into()],
+        ..Default::default()
+    };
+    let g = Grant::effective("uptime", &req, &both, &rules());
+    assert_eq!(
+        g.read_paths,
+        vec![PathBuf::from("/proc/uptime"), "/var/log/app".into()]
+    );
+    assert!(g.refused.is_empty(), "{:?}", g.refused);
 }

@@ -156,14 +156,14 @@ impl Sandbox {
             file: file.display().to_string(),
             reason,
         };
+        // What the file is, first: an ELF file named `.wasm` is told so,
+        // not that it is too large.
+        crate::load_error::check_magic(&bytes[..bytes.len().min(8)]).map_err(err)?;
         if bytes.len() as u64 > self.options.max_component_bytes {
             return Err(err(LoadFailure::TooLarge {
                 size: bytes.len() as u64,
                 cap: self.options.max_component_bytes,
             }));
-        }
-        if !bytes.starts_with(b"\0asm") {
-            return Err(err(LoadFailure::NotWasm));
         }
         shape::check(bytes, self.options.max_function_bytes as usize)
             .map_err(|e| err(LoadFailure::Shape(e)))?;
@@ -454,6 +454,7 @@ impl Sandbox {
         })
         .await;
         let state_writes = store.data_mut().state.take();
+        let host_refusal = store.data_mut().host_refusal.take();
         drop(store);
         drop(views);
         drop(debuginfo_view);
@@ -497,7 +498,13 @@ impl Sandbox {
         }
         let failure = match result {
             Ok(Ok(())) => None,
-            Ok(Err(msg)) => Some(CallError::Guest(escape(&msg, FIELD_CAP))),
+            Ok(Err(msg)) => Some(match host_refusal {
+                Some(refusal) => CallError::AfterHostRefusal {
+                    refusal,
+                    error: escape(&msg, FIELD_CAP),
+                },
+                None => CallError::Guest(escape(&msg, FIELD_CAP)),
+            }),
             Err(e) => Some(call_error(e, g.timeout_ms)),
         };
         if let Some(e) = failure {

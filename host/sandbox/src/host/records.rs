@@ -79,10 +79,27 @@ impl telemetrics::probe::records::Host for CallState {
             Err(e) => {
                 st.records_refused += 1;
                 drop(st);
-                log_refusal(&probe, "record refused", &format!("{e:?}"));
+                let words = refusal_words(&probe, e);
+                if matches!(e, SendError::RateLimited | SendError::Refused(_)) {
+                    self.host_refusal.get_or_insert_with(|| words.clone());
+                }
+                log_refusal(&probe, "record refused", &words);
             }
         }
         result
+    }
+}
+
+/// Why a record was refused, in words for the admin (never a type name).
+fn refusal_words(probe: &LoadedProbe, e: &SendError) -> String {
+    match e {
+        SendError::NotGranted(c) => format!("classification {c} is not granted"),
+        SendError::RateLimited => format!(
+            "over its limit of {} records per hour",
+            probe.grant.max_records_per_hour
+        ),
+        SendError::Invalid(why) => format!("invalid: {why}"),
+        SendError::Refused(why) => format!("not kept: {why}"),
     }
 }
 

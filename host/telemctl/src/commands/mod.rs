@@ -11,6 +11,7 @@ pub mod crash;
 pub mod journal;
 pub mod opt_in;
 pub mod probe;
+mod probe_new;
 mod probe_offline;
 mod service;
 pub mod spool;
@@ -22,7 +23,7 @@ use anyhow::Context;
 
 use crate::cli::{Args, Cmd};
 use telem_core::config::Config;
-use telem_core::control::client::Client;
+use telem_core::control::client::{Client, ClientError};
 
 /// Runs one command line.
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -39,8 +40,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Start => service::systemctl(&["start", "telemd.socket", "telemd.service"]),
         Cmd::Stop => service::systemctl(&["stop", "telemd.socket", "telemd.service"]),
         Cmd::Restart => service::systemctl(&["restart", "telemd.socket", "telemd.service"]),
-        Cmd::IsActive => service::is_active(),
-        Cmd::Status => status::show(&load_config(explicit)?, json),
+        Cmd::IsActive => match explicit {
+            Some(_) => service::answers(&load_config(explicit)?),
+            None => service::is_active(),
+        },
+        Cmd::Status { probe: None } => status::show(&load_config(explicit)?, json),
+        Cmd::Status { probe: Some(name) } => probe::status(&load_config(explicit)?, &name, json),
         Cmd::Metrics => status::metrics(&load_config(explicit)?),
         // Reaches the daemon even when the new config does not load, so
         // the daemon's log says why too.
@@ -56,9 +61,19 @@ fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
     Ok(Config::load(Config::default(), explicit)?)
 }
 
-/// A connection to the running daemon, handshake done.
+/// A connection to the running daemon, handshake done. When nothing
+/// answers, the error says how to reach a daemon run with another config
+/// (a dev daemon writes its own to `DIR/telemd.toml`).
 fn connect(c: &Config) -> anyhow::Result<Client> {
-    Ok(Client::connect(&c.host.control_socket, None)?)
+    Client::connect(&c.host.control_socket, None).map_err(|e| {
+        if matches!(e, ClientError::NotRunning { .. }) {
+            anyhow::anyhow!(
+                "{e}; a daemon started with another config is reached with `telemctl -f CONFIG` (`telemd --dev DIR` writes DIR/telemd.toml)"
+            )
+        } else {
+            e.into()
+        }
+    })
 }
 
 /// An error for a file the admin may lack the rights to change.
@@ -72,6 +87,48 @@ fn needs_root(verb: &str, path: &Path, e: std::io::Error) -> anyhow::Error {
         anyhow::Error::new(e).context(format!("{verb}: {}", path.display()))
     }
 }
+
+/// An end with its own exit status, numbered as systemd's tools number
+/// theirs where they overlap (telemctl(1), EXIT STATUS): scripts tell "not
+/// running" and "no such probe" from a failure.
+#[derive(Debug)]
+pub struct Exit {
+    /// The status.
+    pub code: u8,
+    /// What stderr says; `None`: stdout said it all.
+    pub message: Option<String>,
+}
+
+impl Exit {
+    /// 1: the query selected nothing (as coredumpctl's).
+    pub const NOTHING: u8 = 1;
+    /// 3: not running (systemctl's "inactive").
+    pub const NOT_RUNNING: u8 = 3;
+    /// 4: no such probe (systemctl's "no such unit").
+    pub const NO_SUCH_PROBE: u8 = 4;
+
+    fn nothing(message: &str) -> Exit {
+        Exit {
+            code: Exit::NOTHING,
+            message: Some(message.to_owned()),
+        }
+    }
+
+    fn quiet(code: u8) -> Exit {
+        Exit {
+            code,
+            message: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message.as_deref().unwrap_or("exit status"))
+    }
+}
+
+impl std::error::Error for Exit {}
 
 /// Prints a value as pretty JSON (`--json`).
 fn print_json<T: serde::Serialize>(v: &T) {

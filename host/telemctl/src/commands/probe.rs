@@ -4,17 +4,23 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use telem_core::config::Config;
-use telem_core::control::{ProbeInfo, ProbeState, Request};
+use telem_core::control::{ProbeInfo, ProbeList, ProbeState, RefusedProbe, Request};
 
-use crate::table::{list, shown};
+use crate::table::{format_time, list, shown};
 
+use super::probe_new::ProbeNew;
 use super::probe_offline::ProbeTest;
 
 /// `telemctl probe` verbs.
 #[derive(Subcommand, Debug)]
 pub enum ProbeCmd {
     /// Loaded probes, their state and counters.
-    List,
+    List {
+        /// Also the probes that do not run: disabled, and files refused
+        /// (with why).
+        #[arg(short, long)]
+        all: bool,
+    },
     /// What a probe asked for beside what it was granted.
     Info {
         /// Probe name.
@@ -59,6 +65,10 @@ pub enum ProbeCmd {
     /// trap, a timeout, a `handle` error, a refused record or a capability
     /// it asked for and was not granted.
     Test(ProbeTest),
+    /// Create a probe project ready to build and `probe test`: a Rust
+    /// crate on the SDK, or a Python project for componentize-py, with a
+    /// commented manifest and a README of the commands.
+    New(ProbeNew),
 }
 
 /// Runs a probe verb.
@@ -67,45 +77,62 @@ pub fn run(c: &Config, cmd: ProbeCmd, json: bool) -> anyhow::Result<()> {
     let cmd = match cmd {
         ProbeCmd::Verify { file } => return super::probe_offline::verify(c, &file, json),
         ProbeCmd::Test(t) => return super::probe_offline::test(c, t, json),
+        ProbeCmd::New(n) => return super::probe_new::create(&n),
         cmd => cmd,
     };
     let mut client = super::connect(c)?;
     match cmd {
-        ProbeCmd::Verify { .. } | ProbeCmd::Test(_) => unreachable!("handled above"),
-        ProbeCmd::List => {
+        ProbeCmd::Verify { .. } | ProbeCmd::Test(_) | ProbeCmd::New(_) => {
+            unreachable!("handled above")
+        }
+        ProbeCmd::List { all } => {
             let list = client.list()?;
-            if json {
+            if json && all {
+                super::print_json(&list);
+            } else if json {
                 super::print_json(&list.probes);
             } else {
-                print_list(&list.probes);
-                for r in &list.refused {
-                    println!(
-                        "{}: refused: {}",
-                        shown(&r.file.display().to_string()),
-                        shown(&r.reason)
-                    );
-                }
+                print_list(&list, all);
             }
         }
         ProbeCmd::Info { name } => {
-            let probes = client.list()?.probes;
-            let p = probes
-                .iter()
-                .find(|p| p.name == name)
-                .ok_or_else(|| anyhow::anyhow!("no probe named {} is loaded", shown(&name)))?;
-            if json {
-                super::print_json(p);
-            } else {
-                print_info(p);
+            let list = client.list()?;
+            match Found::in_list(&list, &name) {
+                Found::Loaded(p) if json => super::print_json(p),
+                Found::Loaded(p) => print_info(p),
+                other => other.explain(&name)?,
             }
         }
-        ProbeCmd::Run { name, args } => {
-            client.act(&Request::Run {
-                probe: name.clone(),
-                args,
-            })?;
-            println!("{name}: ran successfully");
-        }
+        ProbeCmd::Run { name, args } => match client.run(&name, args)? {
+            None => println!("{}: ran successfully", shown(&name)),
+            Some((records, refused)) => {
+                if json {
+                    super::print_json(&records);
+                } else {
+                    println!(
+                        "{}: ran successfully; {} record(s) stored",
+                        shown(&name),
+                        records.len()
+                    );
+                    for r in &records {
+                        println!(
+                            "  {} (severity {}, event {}): {}",
+                            shown(&r.classification),
+                            r.severity,
+                            shown(&r.event_id),
+                            shown(first_line(&r.payload))
+                        );
+                    }
+                }
+                if refused > 0 {
+                    eprintln!(
+                        "telemctl: {} record(s) refused while it ran (why: the daemon's log; `telemctl probe info {}`)",
+                        refused,
+                        shown(&name)
+                    );
+                }
+            }
+        },
         ProbeCmd::Reload => {
             let n = client.reload()?;
             println!("reloaded: {n} probe(s) loaded");
@@ -132,6 +159,106 @@ pub fn run(c: &Config, cmd: ProbeCmd, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the daemon knows of a probe name: `probe info` and `status NAME`.
+enum Found<'a> {
+    Loaded(&'a ProbeInfo),
+    Disabled,
+    /// Its file, and why it was refused.
+    Refused(&'a RefusedProbe),
+    Unknown,
+}
+
+impl<'a> Found<'a> {
+    fn in_list(list: &'a ProbeList, name: &str) -> Found<'a> {
+        if let Some(p) = list.probes.iter().find(|p| p.name == name) {
+            return Found::Loaded(p);
+        }
+        if list.disabled.iter().any(|d| d == name) {
+            return Found::Disabled;
+        }
+        // A refused file is named after the probe it would be (the daemon
+        // loads NAME only from NAME.wasm; `_` reads as `-`).
+        let stem = |r: &RefusedProbe| {
+            r.file
+                .file_stem()
+                .map(|s| s.to_string_lossy().replace('_', "-"))
+        };
+        match list
+            .refused
+            .iter()
+            .find(|r| stem(r).as_deref() == Some(name))
+        {
+            Some(r) => Found::Refused(r),
+            None => Found::Unknown,
+        }
+    }
+
+    /// Says why the probe does not run, as the exit status too: 3 when it
+    /// exists and does not run, 4 when there is no such probe.
+    fn explain(self, name: &str) -> anyhow::Result<()> {
+        let name = shown(name);
+        let (code, message) = match self {
+            Found::Loaded(_) => return Ok(()),
+            Found::Disabled => (
+                super::Exit::NOT_RUNNING,
+                format!("{name} is disabled (`telemctl probe enable {name}` lets it run)"),
+            ),
+            Found::Refused(r) => (
+                super::Exit::NOT_RUNNING,
+                format!(
+                    "{name} is not loaded: {} was refused: {}",
+                    shown(&r.file.display().to_string()),
+                    shown(&r.reason)
+                ),
+            ),
+            Found::Unknown => (
+                super::Exit::NO_SUCH_PROBE,
+                format!("no probe named {name}: no probes directory holds {name}.wasm (`telemctl probe list --all` shows every file found)"),
+            ),
+        };
+        Err(super::Exit {
+            code,
+            message: Some(message),
+        }
+        .into())
+    }
+}
+
+/// `telemctl status NAME`: the probe's info; exit 0 running, 3 quarantined,
+/// disabled, refused or no daemon, 4 no such probe.
+pub fn status(c: &Config, name: &str, json: bool) -> anyhow::Result<()> {
+    let list = match super::connect(c).and_then(|mut client| Ok(client.list()?)) {
+        Ok(l) => l,
+        Err(e) => {
+            return Err(super::Exit {
+                code: super::Exit::NOT_RUNNING,
+                message: Some(format!("{e:#}")),
+            }
+            .into())
+        }
+    };
+    match Found::in_list(&list, name) {
+        Found::Loaded(p) => {
+            if json {
+                super::print_json(p);
+            } else {
+                print_info(p);
+            }
+            match p.state {
+                ProbeState::Running => Ok(()),
+                ProbeState::Quarantined(_) => {
+                    Err(super::Exit::quiet(super::Exit::NOT_RUNNING).into())
+                }
+            }
+        }
+        other => other.explain(name),
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
 fn state(s: &ProbeState) -> &'static str {
     match s {
         ProbeState::Running => "running",
@@ -139,8 +266,9 @@ fn state(s: &ProbeState) -> &'static str {
     }
 }
 
-fn print_list(probes: &[ProbeInfo]) {
-    let rows: Vec<[String; 9]> = probes
+fn print_list(list: &ProbeList, all: bool) {
+    let mut rows: Vec<[String; 9]> = list
+        .probes
         .iter()
         .map(|p| {
             let s = &p.stats;
@@ -157,6 +285,26 @@ fn print_list(probes: &[ProbeInfo]) {
             ]
         })
         .collect();
+    if all {
+        let dash = || "-".to_owned();
+        for name in &list.disabled {
+            let mut row = [(); 9].map(|()| dash());
+            row[0] = shown(name);
+            row[2] = "disabled".into();
+            row[8] = format!(
+                "disabled by the admin (`telemctl probe enable {}`)",
+                shown(name)
+            );
+            rows.push(row);
+        }
+        for r in &list.refused {
+            let mut row = [(); 9].map(|()| dash());
+            row[0] = shown(&r.file.display().to_string());
+            row[2] = "refused".into();
+            row[8] = shown(&r.reason);
+            rows.push(row);
+        }
+    }
     crate::table::print(
         [
             "NAME",
@@ -171,6 +319,12 @@ fn print_list(probes: &[ProbeInfo]) {
         ],
         &rows,
     );
+    if !all && !list.refused.is_empty() {
+        println!(
+            "({} file(s) refused: `telemctl probe list --all` shows why)",
+            list.refused.len()
+        );
+    }
 }
 
 fn print_info(p: &ProbeInfo) {
@@ -205,6 +359,21 @@ fn print_info(p: &ProbeInfo) {
     );
     if let ProbeState::Quarantined(why) = &p.state {
         println!("  quarantined: {}", shown(why));
+    }
+    println!("  triggers: {}", list(&p.triggers));
+    let when = |t: Option<u64>| t.map_or("-".into(), |t| format_time(t) + " UTC");
+    println!(
+        "  runs: {}, last {}, next {}",
+        p.stats.runs,
+        when(p.stats.last_run),
+        when(p.stats.next_run)
+    );
+    println!(
+        "  records: {} sent, {} refused; traps {}, timeouts {}",
+        p.stats.records_sent, p.stats.records_refused, p.stats.traps, p.stats.timeouts
+    );
+    if let Some(e) = &p.stats.last_error {
+        println!("  last error: {}", shown(e));
     }
     let (r, g) = (&p.requested, &p.granted);
     println!("  {:<22} {:<40} granted", "", "requested");

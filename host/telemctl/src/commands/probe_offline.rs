@@ -36,8 +36,8 @@ pub struct ProbeTest {
     /// The crashed program of a `crash` event.
     #[arg(long, value_name = "PATH")]
     pub exe: Option<PathBuf>,
-    /// Grant this path for reading, as `[probes.NAME] read_paths` would
-    /// (repeatable).
+    /// Grant this path for reading as well, beside what the probe's
+    /// manifest asks for and the config grants (repeatable).
     #[arg(long = "grant-read", value_name = "PATH")]
     pub grant_read: Vec<PathBuf>,
     /// Arguments of a `manual` event.
@@ -105,6 +105,7 @@ pub fn verify(c: &Config, file: &Path, json: bool) -> anyhow::Result<()> {
             &mut bytes,
         )
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        telem_sandbox::check_magic(&bytes[..bytes.len().min(8)]).map_err(|e| e.to_string())?;
         let hash = telem_sandbox::cache::sha256_hex(&bytes);
         v.sha256 = Some(hash.clone());
         let stem = file
@@ -142,9 +143,11 @@ pub fn verify(c: &Config, file: &Path, json: bool) -> anyhow::Result<()> {
             Some(p) => println!("  pinned: {}", shown(p)),
             None => println!("  pinned: no"),
         }
+        // "Nobody" only when the signature was looked at and did not
+        // matter: a refusal (a bad signature among them) says the rest.
         match &v.signed_by {
             Some(k) => println!("  signed by: {}", shown(k)),
-            None if c.probes.require_signatures => {}
+            None if c.probes.require_signatures || v.refused.is_some() => {}
             None => println!("  signed by: nobody (require_signatures is off)"),
         }
         if let Some(n) = &v.note {
@@ -295,11 +298,7 @@ pub fn test(c: &Config, t: ProbeTest, json: bool) -> anyhow::Result<()> {
             return ProbePolicy::default();
         }
         let mut p: ProbePolicy = c.probes.probes.get(name).cloned().unwrap_or_default();
-        if !grant_read.is_empty() {
-            let mut paths = p.read_paths.take().unwrap_or_default();
-            paths.extend(grant_read.iter().cloned());
-            p.read_paths = Some(paths);
-        }
+        p.also_read.extend(grant_read.iter().cloned());
         p
     };
     let logs = Arc::new(Mutex::new(Vec::new()));

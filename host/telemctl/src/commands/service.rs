@@ -34,9 +34,33 @@ pub fn systemctl(args: &[&str]) -> anyhow::Result<()> {
     }
 }
 
-/// Prints `telemd.socket : active` style lines, as the legacy telemctl did.
+/// `is-active -f CONFIG`, and `is-active` without systemd: whether a
+/// daemon answers on the config's control socket (a dev daemon, or one run
+/// by hand), printed as systemctl prints a unit's state; exit 3 if not.
+pub fn answers(c: &telem_core::config::Config) -> anyhow::Result<()> {
+    match super::connect(c).and_then(|mut client| Ok(client.status()?)) {
+        Ok(_) => {
+            println!("active");
+            Ok(())
+        }
+        Err(e) => {
+            println!("inactive");
+            Err(super::Exit {
+                code: super::Exit::NOT_RUNNING,
+                message: Some(format!("{e:#}")),
+            }
+            .into())
+        }
+    }
+}
+
+/// Prints `telemd.socket : active` style lines, as the legacy telemctl
+/// did; exit 3 (systemctl's) if a unit is not active. Without systemd, as
+/// [`answers`] with the default config.
 pub fn is_active() -> anyhow::Result<()> {
-    systemd_running()?;
+    if systemd_running().is_err() {
+        return answers(&super::load_config(None)?);
+    }
     let mut all = true;
     for u in UNITS {
         let out = std::process::Command::new("systemctl")
@@ -53,6 +77,10 @@ pub fn is_active() -> anyhow::Result<()> {
     if all {
         Ok(())
     } else {
-        bail!("telemd is not active")
+        Err(super::Exit {
+            code: super::Exit::NOT_RUNNING,
+            message: Some("telemd is not active".into()),
+        }
+        .into())
     }
 }

@@ -12,17 +12,25 @@ struct Unreachable {
     error: String,
 }
 
+/// `telemctl status`: exit 0 when the daemon answers, 3 (systemctl's
+/// "not running") when it does not, the summary printed either way.
 pub fn show(c: &Config, json: bool) -> anyhow::Result<()> {
     let daemon = super::connect(c).and_then(|mut client| Ok(client.status()?));
+    let not_running = || super::Exit::quiet(super::Exit::NOT_RUNNING).into();
     if json {
-        match &daemon {
-            Ok(s) => super::print_json(s),
-            Err(e) => super::print_json(&Unreachable {
-                opted_in: c.host.opt_in_file.exists(),
-                error: format!("{e:#}"),
-            }),
-        }
-        return Ok(());
+        return match &daemon {
+            Ok(s) => {
+                super::print_json(s);
+                Ok(())
+            }
+            Err(e) => {
+                super::print_json(&Unreachable {
+                    opted_in: c.host.opt_in_file.exists(),
+                    error: format!("{e:#}"),
+                });
+                Err(not_running())
+            }
+        };
     }
     let yes = |b: bool| if b { "yes" } else { "no" };
     println!(
@@ -35,7 +43,7 @@ pub fn show(c: &Config, json: bool) -> anyhow::Result<()> {
         Ok(s) => s,
         Err(e) => {
             println!("{:<16} no: {e:#}", "daemon:");
-            return Ok(());
+            return Err(not_running());
         }
     };
     println!("{:<16} running", "daemon:");

@@ -267,6 +267,7 @@ impl Hostile {
                             let run = Request::Run {
                                 probe: hostile_name(i),
                                 args,
+                                report: false,
                             };
                             let answer = Client::connect(&control, Some(Duration::from_secs(60)))
                                 .and_then(|mut c| c.call(&run));

@@ -5,8 +5,8 @@
 //! listed) and at most [`MAX_ENTRIES`] entries are looked at per scan, so a
 //! hostile directory costs bounded time and memory.
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cap_std::fs::Dir;
@@ -188,6 +188,7 @@ pub async fn drive<C: BatchConsumer>(
     cursors: Arc<CursorFile>,
     watch: FilesWatch,
     limits: BatchLimits,
+    missing: Arc<Mutex<HashSet<PathBuf>>>,
 ) {
     let interval = mgr.source_options().files_scan_interval;
     let key = watch_key(&watch);
@@ -225,6 +226,7 @@ pub async fn drive<C: BatchConsumer>(
         match scan {
             Ok(Ok(scan)) => {
                 said = false;
+                missing.lock().expect("missing lock").remove(&host_dir);
                 if !scan.complete && !said_cut {
                     tracing::warn!(probe = %probe.name, "{} holds over {} entries; scans look at that many only", host_dir.display(), MAX_ENTRIES);
                     said_cut = true;
@@ -259,8 +261,15 @@ pub async fn drive<C: BatchConsumer>(
                 if !said {
                     // No such directory is the common case (no pstore on
                     // this machine): worth a line, not a warning.
+                    // The probe's sources in one directory say so once.
                     if e.kind() == std::io::ErrorKind::NotFound {
-                        tracing::info!(probe = %probe.name, "{} does not exist (yet); looking again every scan", host_dir.display());
+                        if missing
+                            .lock()
+                            .expect("missing lock")
+                            .insert(host_dir.clone())
+                        {
+                            tracing::info!(probe = %probe.name, "{} does not exist (yet); looking again every scan", host_dir.display());
+                        }
                     } else {
                         tracing::warn!(probe = %probe.name, "cannot scan {} ({e}); trying again every scan", host_dir.display());
                     }

@@ -20,13 +20,6 @@ impl ProbeManager {
         seen: Seen,
     ) -> Result<(), ProbeError> {
         let cap = self.sandbox.max_component_bytes();
-        if seen.0 > cap {
-            return Err(ProbeError::TooLarge {
-                path: path.to_owned(),
-                size: seen.0,
-                cap,
-            });
-        }
         let read_error = |source| ProbeError::Read {
             path: path.to_owned(),
             source,
@@ -44,6 +37,21 @@ impl ProbeManager {
             .find(|d| path.starts_with(d))
             .map_or_else(|| path.parent().unwrap_or(path).to_owned(), Clone::clone);
         provenance::check_tree(path, &meta, &top, &self.trust().owners).map_err(refused)?;
+        // What it is before how large it is: an ELF file named `.wasm` is
+        // told it is not WebAssembly.
+        let mut header = [0u8; 8];
+        let n = std::os::unix::fs::FileExt::read_at(&file, &mut header, 0).map_err(read_error)?;
+        telem_sandbox::check_magic(&header[..n]).map_err(|reason| telem_sandbox::LoadError {
+            file: path.display().to_string(),
+            reason,
+        })?;
+        if seen.0 > cap {
+            return Err(ProbeError::TooLarge {
+                path: path.to_owned(),
+                size: seen.0,
+                cap,
+            });
+        }
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut std::io::Read::take(file, cap + 1), &mut bytes)
             .map_err(read_error)?;

@@ -35,7 +35,7 @@ use crate::sources::{CursorFile, SourceOptions};
 use telem_core::control::{ProbeInfo, ProbeState, RefusedProbe};
 use telem_core::grants::ProbePolicy;
 use telem_core::provenance::Owners;
-use telem_sandbox::{CallError, Event, ExtraDir, LoadedProbe, Sandbox};
+use telem_sandbox::{CallError, Event, ExtraDir, LoadedProbe, Sandbox, Trigger};
 
 /// Failures in a row after which a probe is quarantined until reload.
 pub const QUARANTINE_AFTER: u32 = 5;
@@ -460,7 +460,13 @@ impl ProbeManager {
     }
 
     /// Runs a probe now with `args` (the manual trigger) and returns its result.
-    pub async fn run_now(&self, name: &str, args: Vec<String>) -> Result<(), ProbeError> {
+    /// Returns the records the run stored and how many the host refused
+    /// meanwhile (`telemctl probe run` shows them).
+    pub async fn run_now(
+        &self,
+        name: &str,
+        args: Vec<String>,
+    ) -> Result<(Vec<telem_sandbox::Captured>, u64), ProbeError> {
         self.first_scan_done(FIRST_SCAN_WAIT).await;
         let (probe, state) = self
             .find(name)
@@ -471,7 +477,23 @@ impl ProbeManager {
                 why: why.clone(),
             });
         }
-        Ok(self.call(&probe, &state, Event::Manual(args), &[]).await?)
+        let copies = Arc::new(Mutex::new(Vec::new()));
+        let sink = telem_sandbox::Sink::SpoolAndCopy(self.ingest.clone(), copies.clone());
+        let refused_before = probe.stats.lock().expect("stats lock").records_refused;
+        self.call_with(
+            &probe,
+            &state,
+            Event::Manual(args),
+            &[],
+            sink,
+            Quarantine::Counts,
+        )
+        .await?;
+        // Refusals of the probe's other calls meanwhile count too: an
+        // upper bound, said as such by telemctl.
+        let refused = probe.stats.lock().expect("stats lock").records_refused - refused_before;
+        let copies = std::mem::take(&mut *copies.lock().expect("copy lock"));
+        Ok((copies, refused))
     }
 
     /// Hands a crash to every running probe granted the crash trigger, each
@@ -562,6 +584,21 @@ impl ProbeManager {
                 let run_state = state.lock().expect("state lock").clone();
                 let stats = probe.stats.lock().expect("stats lock").clone();
                 ProbeInfo {
+                    triggers: probe
+                        .manifest
+                        .triggers
+                        .iter()
+                        .map(|t| match t {
+                            Trigger::OnStart => "on start".to_owned(),
+                            Trigger::Interval(_) => match probe.grant.interval_secs {
+                                Some(s) => format!("every {s} s"),
+                                None => "interval (not granted)".to_owned(),
+                            },
+                            Trigger::Crash if probe.grant.crashes => "crashes".to_owned(),
+                            Trigger::Crash => "crashes (not granted)".to_owned(),
+                            Trigger::Manual => "manual".to_owned(),
+                        })
+                        .collect(),
                     state_bytes,
                     state_keys,
                     sources: cursors.describe(&probe),

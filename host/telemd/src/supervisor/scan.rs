@@ -93,7 +93,15 @@ impl ProbeManager {
             }
             changed = true;
             if let Err(e) = self.load_file(&path, seen).await {
-                warn!("probe not loaded: {}", Chain(&e));
+                // The file named once: a refusal that names it itself
+                // goes without the prefix.
+                let text = Chain(&e).to_string();
+                let file = path.display().to_string();
+                let line = match text.strip_prefix(&format!("{file}: ")) {
+                    Some(rest) if rest.contains(&file) => rest,
+                    _ => &text,
+                };
+                warn!("probe not loaded: {line}");
                 // A probe the admin turned off is not refused: `status`
                 // lists it as disabled.
                 let reason = match &e {
@@ -101,7 +109,13 @@ impl ProbeManager {
                         None
                     }
                     ProbeError::Refused { refusal, .. } => Some(refusal.to_string()),
-                    e => Some(Chain(e).to_string()),
+                    // `probe list` shows the file beside the reason: the
+                    // reason does not say it again.
+                    _ => Some(
+                        text.strip_prefix(&format!("{file}: "))
+                            .unwrap_or(&text)
+                            .to_owned(),
+                    ),
                 };
                 self.registry().failed(&path, seen, reason);
             }

@@ -56,6 +56,12 @@ impl ProbeManager {
                     _ => {}
                 }
                 st.last_error = Some(Chain(e).to_string());
+                // The host's own limits (the hourly budget, a full spool)
+                // are not the probe's failure, whatever it made of them.
+                if e.after_host_refusal() {
+                    warn!(probe = %probe.name, "probe call failed after the host did not take its record (not counted toward quarantine): {}", Chain(e));
+                    return result;
+                }
                 if quarantine == Quarantine::Exempt {
                     warn!(probe = %probe.name, "probe call failed on its input (not counted toward quarantine): {}", Chain(e));
                     return result;
@@ -98,6 +104,8 @@ pub(super) async fn drive(
     cursors: Arc<CursorFile>,
 ) {
     let mut parts = tokio::task::JoinSet::new();
+    // Directories its `files` sources found missing, said once for all.
+    let missing = Arc::new(Mutex::new(std::collections::HashSet::new()));
     parts.spawn(drive_triggers(mgr.clone(), probe.clone(), state.clone()));
     for source in &probe.manifest.sources {
         match source {
@@ -124,6 +132,7 @@ pub(super) async fn drive(
                         cursors.clone(),
                         w.clone(),
                         f.limits,
+                        missing.clone(),
                     ));
                 }
             }
@@ -163,6 +172,8 @@ pub(super) async fn drive_triggers(
     loop {
         let splay_cap = (every / 10).min(MAX_SPLAY);
         let splay = Duration::from_millis(rand::random_range(0..=splay_cap.as_millis() as u64));
+        probe.stats.lock().expect("stats lock").next_run =
+            Some(unix_now() + (every + splay).as_secs());
         tokio::time::sleep(every + splay).await;
         if !supervised(&mgr, &probe, &state, Event::Timer).await {
             return;
@@ -179,8 +190,12 @@ pub(super) async fn supervised(
 ) -> bool {
     let mut delay = RETRY_BASE;
     loop {
-        if mgr.call(probe, state, event.clone(), &[]).await.is_ok() {
-            return true;
+        match mgr.call(probe, state, event.clone(), &[]).await {
+            Ok(()) => return true,
+            // Trying again before the budget refills or the spool drains
+            // only fails again: the next trigger tries.
+            Err(e) if e.after_host_refusal() => return true,
+            Err(_) => {}
         }
         if matches!(
             *state.lock().expect("state lock"),
@@ -258,7 +273,11 @@ impl BatchConsumer for ProbeManager {
                 .call_with(probe, state, event.clone(), extra, sink, Quarantine::Counts)
                 .await;
             let Err(e) = r else { return true };
-            failures += 1;
+            // Handed again after the delay, not counted: the host's limit
+            // held it back, not the probe.
+            if !e.after_host_refusal() {
+                failures += 1;
+            }
             if failures >= QUARANTINE_AFTER {
                 if !matches!(
                     *state.lock().expect("state lock"),
