@@ -500,7 +500,7 @@ fn a_dev_daemon_trusts_the_authors_own_keys() {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let banner = t.path().join("banner");
-    let mut daemon = Command::new(TELEMD)
+    let daemon = Command::new(TELEMD)
         .arg("--dev")
         .arg(&dir)
         .stderr(std::fs::File::create(&banner).unwrap())
