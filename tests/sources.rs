@@ -875,6 +875,31 @@ fn kernel_oops_over_its_hourly_budget_drops_records_but_keeps_reading() {
     assert_eq!(i.stats.records_sent, 2, "{:?}", i.stats);
 }
 
+/// The host's own limits are not a probe's failure, but the per-batch
+/// record cap is the probe's doing: a probe that overfills its batch and
+/// fails (the same batch again and again) is quarantined as any failing
+/// probe is, not exempted as if the host had refused it.
+#[test]
+fn a_probe_overfilling_its_batch_is_still_quarantined() {
+    let (d, mut k) = echo_daemon("");
+    let d = d.spawn();
+    k.lines(["overfill 300"]);
+    let quarantined = || matches!(info(&d, "source-echo").state, ProbeState::Quarantined(_));
+    // Retries back off from 1 s, doubling: five failures take about 15 s.
+    assert!(
+        wait_until(Duration::from_secs(40), quarantined),
+        "{:?}\n{}",
+        info(&d, "source-echo").stats,
+        d.log()
+    );
+    assert!(
+        d.log().contains("at most 256 records per batch"),
+        "{}",
+        d.log()
+    );
+    assert!(payloads(&d).is_empty(), "a failed batch's records leaked");
+}
+
 /// A probe whose `files` sources share a directory that does not exist
 /// says so once for the directory, not once per source: pstore watches
 /// /var/lib/systemd/pstore with three patterns.

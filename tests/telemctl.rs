@@ -410,10 +410,11 @@ fn output_to_a_closed_pipe_ends_telemctl_quietly() {
 /// module named `.wasm` is, in words that say what to do.
 #[test]
 fn status_codes_probe_reasons_and_what_a_file_is() {
-    let d = TestDaemon::prepare("probe_scan_interval_ms = 200\n");
+    let d = TestDaemon::prepare("probe_scan_interval_ms = 200\n[probes.ticker]\nenabled = false\n");
     std::fs::create_dir_all(d.path("probes")).unwrap();
     std::fs::write(d.path("opt-in"), "").unwrap();
     std::fs::copy(probe_wasm("hello"), d.path("probes/hello.wasm")).unwrap();
+    std::fs::copy(probe_wasm("ticker"), d.path("probes/ticker.wasm")).unwrap();
     // A native program renamed, larger than max_component_bytes too.
     std::fs::write(d.path("probes/native.wasm"), {
         let mut elf = std::fs::read(TELEMCTL).unwrap();
@@ -427,9 +428,16 @@ fn status_codes_probe_reasons_and_what_a_file_is() {
     )
     .unwrap();
     let d = d.spawn();
+    // Both files refused, and hello's start run done with its next run
+    // set.
     assert!(
-        wait_until(Duration::from_secs(20), || probe_list(&d).refused.len()
-            == 2),
+        wait_until(Duration::from_secs(20), || {
+            let l = probe_list(&d);
+            l.refused.len() == 2
+                && l.probes
+                    .iter()
+                    .any(|p| p.stats.runs >= 1 && p.stats.next_run.is_some())
+        }),
         "{}",
         d.log()
     );
@@ -443,6 +451,11 @@ fn status_codes_probe_reasons_and_what_a_file_is() {
             && out.contains(" UTC, next 2"),
         "{out}"
     );
+    // Disabled by the config: there, not running, and why.
+    let (code, _, err) = ctl(&d, &["status", "ticker"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("ticker is disabled by the config"), "{err}");
+    assert_eq!(ctl(&d, &["probe", "info", "ticker"]).0, 3);
     let (code, _, err) = ctl(&d, &["status", "nosuch"]);
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("no probe named nosuch"), "{err}");
@@ -470,6 +483,11 @@ fn status_codes_probe_reasons_and_what_a_file_is() {
         "{list}"
     );
     let all = ok(&d, &["probe", "list", "--all"]);
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("ticker ") && l.contains("[probes.ticker] enabled = false")),
+        "{all}"
+    );
     for f in ["native.wasm", "core-module.wasm"] {
         let line = all
             .lines()

@@ -129,8 +129,9 @@ pub enum Sent {
     /// Over the probe's records-per-hour limit: the host dropped it. The
     /// budget refills over the hour; a later record may go.
     RateLimited,
-    /// The host could not keep it: not opted in, spool full, disk error,
-    /// a source batch's record limit (in words).
+    /// The host could not keep it: not opted in, spool full, disk error
+    /// (in words); or its source batch already holds 256 records, which
+    /// is the probe's doing (failing the call over it counts).
     NotKept(String),
 }
 

@@ -160,6 +160,10 @@ fn a_probe_is_not_quarantined_for_the_hosts_own_limit() {
         "{}",
         d.log()
     );
+    // Quarantined is "not running" to scripts: exit 3, the info printed.
+    let out = telemctl(&d, &["probe", "info", "sandbox-test"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("quarantined: "));
 }
 
 /// A run of `sandbox-test flood 1` that the hourly budget refused.

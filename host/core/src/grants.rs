@@ -376,7 +376,10 @@ impl Grant {
                 None => read_paths.push(p.clone()),
             }
         }
-        read_paths.dedup();
+        // Each once, in the order given (an `also_read` path may be an
+        // approved one too).
+        let mut once = std::collections::HashSet::new();
+        read_paths.retain(|p| once.insert(p.clone()));
 
         let mut classifications = Vec::new();
         match &policy.classifications {
@@ -526,7 +529,10 @@ impl Grant {
             timeout_ms: policy.timeout_ms.map_or(DEFAULT_TIMEOUT_MS, |n| n.get()),
             max_records_per_hour,
             crashes,
-            read_paths_by_admin: policy.read_paths.is_some(),
+            // `also_read` is an approval too (`probe test --grant-read`,
+            // the author's own run): its paths need not stay in the safe
+            // set.
+            read_paths_by_admin: policy.read_paths.is_some() || !policy.also_read.is_empty(),
             kernel_log,
             files,
             journal,

@@ -30,8 +30,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(exit) = e.downcast_ref::<commands::Exit>() {
+                // Daemon text may be quoted here too: escaped.
                 if let Some(m) = &exit.message {
-                    eprintln!("telemctl: {m}");
+                    eprintln!("telemctl: {}", telem_core::untrusted::escape(m, 4096));
                 }
                 return ExitCode::from(exit.code);
             }

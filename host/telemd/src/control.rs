@@ -183,14 +183,15 @@ async fn respond(req: Request, ctx: &ControlContext) -> Response {
                 compilations: probes.compilations(),
                 refused: probes.refused(),
                 disabled: probes.disabled(),
+                disabled_in_config: probes.disabled_in_config(),
             })
         }
         Request::Run {
             probe,
             args,
             report,
-        } => match probes.run_now(&probe, args).await {
-            Ok((records, refused)) if report => Response::Ran { records, refused },
+        } => match probes.run_now(&probe, args, report).await {
+            Ok(ran) if report => Response::Ran(ran),
             r => outcome(r.map(drop)),
         },
         Request::Reload => match probes.reload().await {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use telemetrics_probe_sdk::{
-    debuginfo, export_probe, log, state, CrashReport, Event, Manifest, Probe, Record, Trigger,
+    debuginfo, export_probe, log, state, CrashReport, Event, Manifest, Probe, Record, Sent, Trigger,
 };
 
 use crate::frame_cache::{keep, EntryStore, EntryWriter, FrameCache, Refused};
@@ -50,12 +50,18 @@ const PAYLOAD_VERSION: u32 = 1;
 struct CrashSymbolizer;
 
 fn send(classification: &str, severity: u8, payload: String) -> Result<(), String> {
-    Record::new(classification)
+    let sent = Record::new(classification)
         .severity(severity)
         .payload_version(PAYLOAD_VERSION)
         .payload(payload)
         .send()?;
-    Ok(())
+    // A crash record the host did not store fails the call, so the daemon
+    // sends its own record of the crash instead of losing it.
+    match sent {
+        Sent::Stored(_) => Ok(()),
+        Sent::RateLimited => Err("crash record not stored: over the hourly budget".into()),
+        Sent::NotKept(why) => Err(format!("crash record not stored: {why}")),
+    }
 }
 
 /// Symbolizes one core and sends its record; a core that cannot be read

@@ -7,7 +7,10 @@
 //! - `trap`: traps (every time the batch is handed again);
 //! - `fill KIB`: stores KIB KiB under `fill`; a record `fill KIB: ok` or
 //!   `fill KIB: <error>`;
-//! - `count`: a record with how many lines it has handled, kept in state.
+//! - `count`: a record with how many lines it has handled, kept in state;
+//! - `overfill N`: sends N records and fails if the host did not store
+//!   them all (a batch holds at most 256: the probe's own doing, which
+//!   must count toward its quarantine).
 //!
 //! A batch that says lines were skipped gives a record `skipped N`. Each
 //! file of the `files` source gives a record `file NAME: CONTENT` (or
@@ -95,6 +98,17 @@ impl Probe for SourceEcho {
                             record(format!("fill {kib}: {outcome}"))?;
                         }
                         "count" => record(format!("count {lines}"))?,
+                        "overfill" => {
+                            let n: u32 = arg.parse().map_err(|_| "overfill N".to_owned())?;
+                            for i in 0..n {
+                                let sent = Record::new("org.example/source-echo/line")
+                                    .payload(format!("overfill {i}"))
+                                    .send()?;
+                                if !sent.is_stored() {
+                                    return Err(format!("overfill stopped at {i}: {sent:?}"));
+                                }
+                            }
+                        }
                         _ => {}
                     }
                 }

@@ -6,7 +6,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Captured, Hello, ProbeList, Request, Response, Status, MAX_REQUEST, PROTOCOL_VERSION};
+use super::{
+    Captured, Hello, ProbeList, Request, Response, RunReport, Status, MAX_REQUEST, PROTOCOL_VERSION,
+};
 
 /// Longest reply line read (a probe list with long grants stays far below).
 const MAX_REPLY: u64 = 16 << 20;
@@ -221,14 +223,14 @@ impl Client {
         &mut self,
         probe: &str,
         args: Vec<String>,
-    ) -> Result<Option<(Vec<Captured>, u64)>, ClientError> {
+    ) -> Result<Option<RunReport>, ClientError> {
         let req = Request::Run {
             probe: probe.to_owned(),
             args,
             report: true,
         };
         match self.call(&req)? {
-            Response::Ran { records, refused } => Ok(Some((records, refused))),
+            Response::Ran(report) => Ok(Some(report)),
             Response::Done => Ok(None),
             other => Err(unexpected(&req, &other)),
         }
@@ -409,7 +411,7 @@ mod tests {
             Response::Error { .. } => 6,
             Response::Metrics { .. } => 7,
             Response::ConfigReloaded { .. } => 8,
-            Response::Ran { .. } => 9,
+            Response::Ran(_) => 9,
         }
     }
     const RESPONSE_KINDS: usize = 10;
@@ -465,6 +467,7 @@ mod tests {
                     reason: "digest mismatch".into(),
                 }],
                 disabled: vec!["hello".into()],
+                disabled_in_config: vec!["pstore".into()],
             }),
             Response::Status(Box::new(Status {
                 opted_in: true,
@@ -482,10 +485,11 @@ mod tests {
                 restart_needed: vec!["spool".into()],
             },
             Response::Reloaded { probes: 3 },
-            Response::Ran {
+            Response::Ran(RunReport {
                 records: vec![],
+                stored: 5,
                 refused: 2,
-            },
+            }),
             Response::Error {
                 message: "m".into(),
             },

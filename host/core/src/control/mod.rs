@@ -123,13 +123,7 @@ pub enum Response {
         records: Vec<Captured>,
     },
     /// To [`Request::Run`] with `report`: what the run stored.
-    Ran {
-        /// The records, as stored.
-        records: Vec<Captured>,
-        /// Records the host refused during the run (the reasons are in the
-        /// daemon's log).
-        refused: u64,
-    },
+    Ran(RunReport),
     /// Done, nothing to report (run, enable, disable, flush, crash).
     Done,
     /// The request was refused or failed.
@@ -137,6 +131,19 @@ pub enum Response {
         /// Why, in words for the admin.
         message: String,
     },
+}
+
+/// What a manual run stored (`telemctl probe run`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// The first records it stored (at most 100: the rest are stored,
+    /// not copied here).
+    pub records: Vec<Captured>,
+    /// How many it stored.
+    pub stored: u64,
+    /// Records the host refused while it ran (the reasons are in the
+    /// daemon's log).
+    pub refused: u64,
 }
 
 /// The daemon's side of the handshake.
@@ -162,6 +169,9 @@ pub struct ProbeList {
     /// Probes the admin disabled (`telemctl probe disable`).
     #[serde(default)]
     pub disabled: Vec<String>,
+    /// Probes the config disables (`[probes.NAME] enabled = false`).
+    #[serde(default)]
+    pub disabled_in_config: Vec<String>,
 }
 
 /// A probe file that is not running, and why.

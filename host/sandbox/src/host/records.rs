@@ -58,6 +58,11 @@ pub enum Sink {
     Staged(Arc<dyn RecordIntake>, Arc<Mutex<Vec<Record>>>),
 }
 
+/// Most copies of stored records a [`Sink::SpoolAndCopy`] keeps (what
+/// `telemctl probe run` and the crash handler's `-v` show): the records
+/// are all stored, only the copies stop.
+pub const MAX_COPIES: usize = 100;
+
 /// Most records one source batch may hold until its call returns.
 pub const MAX_STAGED_RECORDS: usize = 256;
 
@@ -69,6 +74,8 @@ impl telemetrics::probe::records::Host for CallState {
             ));
         };
         let result = send_record(&probe, &sink, r).await;
+        let by_host = matches!(&result, Err(Refused { by_host: true, .. }));
+        let result = result.map_err(|r| r.error);
         let mut st = probe.stats.lock().expect("stats lock");
         match &result {
             // A source batch's record is counted when it is spooled
@@ -80,7 +87,7 @@ impl telemetrics::probe::records::Host for CallState {
                 st.records_refused += 1;
                 drop(st);
                 let words = refusal_words(&probe, e);
-                if matches!(e, SendError::RateLimited | SendError::Refused(_)) {
+                if by_host {
                     self.host_refusal.get_or_insert_with(|| words.clone());
                 }
                 log_refusal(&probe, "record refused", &words);
@@ -103,24 +110,60 @@ fn refusal_words(probe: &LoadedProbe, e: &SendError) -> String {
     }
 }
 
+/// A record refused, and whether for a reason of the host's own (its
+/// budget, its spool), which is never the probe's failure, or the probe's
+/// (what it sent, how many in one batch).
+struct Refused {
+    error: SendError,
+    by_host: bool,
+}
+
+impl Refused {
+    fn probe(error: SendError) -> Refused {
+        Refused {
+            error,
+            by_host: false,
+        }
+    }
+
+    fn host(error: SendError) -> Refused {
+        Refused {
+            error,
+            by_host: true,
+        }
+    }
+}
+
+/// A record a batch has no room for: the probe chose to send that many.
+fn batch_full() -> Refused {
+    Refused::probe(SendError::Refused(format!(
+        "at most {MAX_STAGED_RECORDS} records per batch"
+    )))
+}
+
 async fn send_record(
     probe: &LoadedProbe,
     sink: &Sink,
     r: TelemetryRecord,
-) -> Result<String, SendError> {
+) -> Result<String, Refused> {
     if !probe.grant.allows_classification(&r.classification) {
-        return Err(SendError::NotGranted(escape(&r.classification, FIELD_CAP)));
+        return Err(Refused::probe(SendError::NotGranted(escape(
+            &r.classification,
+            FIELD_CAP,
+        ))));
     }
     // Invalid records are refused before they count against the hourly
     // budget: a probe's mistakes must not use up its allowance.
-    check_probe_record(&r)
-        .map_err(|e| SendError::Invalid(escape(&Chain(&e).to_string(), FIELD_CAP)))?;
+    check_probe_record(&r).map_err(|e| {
+        Refused::probe(SendError::Invalid(escape(
+            &Chain(&e).to_string(),
+            FIELD_CAP,
+        )))
+    })?;
     // A batch already full refuses before the budget is spent on it.
     if let Sink::Staged(_, held) = sink {
         if held.lock().expect("staged lock").len() >= MAX_STAGED_RECORDS {
-            return Err(SendError::Refused(format!(
-                "at most {MAX_STAGED_RECORDS} records per batch"
-            )));
+            return Err(batch_full());
         }
     }
     let spent = probe
@@ -129,7 +172,7 @@ async fn send_record(
         .expect("budget lock")
         .try_spend(SystemTime::now(), probe.grant.max_records_per_hour);
     if !spent {
-        return Err(SendError::RateLimited);
+        return Err(Refused::host(SendError::RateLimited));
     }
     let severity = r.severity;
     let record = Record::from_probe(
@@ -158,7 +201,11 @@ async fn send_record(
     };
     let (ingest, copy) = match sink {
         Sink::Spool(ingest) => (ingest, None),
-        Sink::SpoolAndCopy(ingest, kept) => (ingest, Some((kept, captured(&record)))),
+        // Copies for the caller to show, at most MAX_COPIES of a call's.
+        Sink::SpoolAndCopy(ingest, kept) => {
+            let room = kept.lock().expect("copy lock").len() < MAX_COPIES;
+            (ingest, room.then(|| (kept, captured(&record))))
+        }
         Sink::Capture(kept) => {
             kept.lock().expect("capture lock").push(captured(&record));
             return Ok(random_id());
@@ -166,9 +213,7 @@ async fn send_record(
         Sink::Staged(_, held) => {
             let mut held = held.lock().expect("staged lock");
             if held.len() >= MAX_STAGED_RECORDS {
-                return Err(SendError::Refused(format!(
-                    "at most {MAX_STAGED_RECORDS} records per batch"
-                )));
+                return Err(batch_full());
             }
             let id = record
                 .headers
@@ -185,8 +230,12 @@ async fn send_record(
             }
             Ok(id)
         }
-        Err(IntakeError::Invalid(e)) => Err(SendError::Invalid(Chain(&e).to_string())),
-        Err(IntakeError::Refused(e)) => Err(SendError::Refused(Chain(&*e).to_string())),
+        Err(IntakeError::Invalid(e)) => {
+            Err(Refused::probe(SendError::Invalid(Chain(&e).to_string())))
+        }
+        Err(IntakeError::Refused(e)) => {
+            Err(Refused::host(SendError::Refused(Chain(&*e).to_string())))
+        }
     }
 }
 

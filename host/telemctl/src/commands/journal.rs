@@ -165,22 +165,44 @@ fn follow(
             .context("cannot write to stdout")?;
         std::thread::sleep(FOLLOW_POLL);
         let now = read()?;
-        let new = match seen.last() {
-            None => &now[..],
-            Some(last) => match now.iter().rposition(|e| e == last) {
-                Some(i) => &now[i + 1..],
-                // Compacted past the last one shown: what is newer.
-                None => {
-                    let from = now.partition_point(|e| e.time <= last.time);
-                    &now[from..]
-                }
-            },
-        };
-        print_entries(c, query, new, lines, false);
+        let new = new_since(&seen, &now);
+        print_entries(c, query, &new, lines, false);
         if !new.is_empty() {
             seen = now;
         }
     }
+}
+
+/// The entries of `now` that `seen` (the journal as last read) did not
+/// have. The file only grows between compactions, so `seen` is usually a
+/// prefix of `now`; after a compaction (the oldest entries gone) the new
+/// ones are those after the last entry seen, and entries of that same
+/// second not seen before (two entries may be alike: counted, not
+/// matched).
+fn new_since(seen: &[JournalEntry], now: &[JournalEntry]) -> Vec<JournalEntry> {
+    if now.len() >= seen.len() && now[..seen.len()] == *seen {
+        return now[seen.len()..].to_vec();
+    }
+    let Some(last) = seen.last() else {
+        return now.to_vec();
+    };
+    let mut same_second: Vec<&JournalEntry> = seen.iter().filter(|e| e.time == last.time).collect();
+    now.iter()
+        .filter(|e| e.time >= last.time)
+        .filter(|e| {
+            if e.time > last.time {
+                return true;
+            }
+            match same_second.iter().position(|s| *s == *e) {
+                Some(i) => {
+                    same_second.swap_remove(i);
+                    false
+                }
+                None => true,
+            }
+        })
+        .cloned()
+        .collect()
 }
 
 fn print_entries(
@@ -237,4 +259,36 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use telem_core::journal::Outcome;
+
+    fn e(id: &str, time: u64) -> JournalEntry {
+        JournalEntry {
+            record_id: id.into(),
+            time,
+            classification: "a/b/c".into(),
+            event_id: "e".into(),
+            boot_id: "b".into(),
+            outcome: Outcome::Delivered,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn follow_finds_what_is_new_whether_the_file_grew_or_was_compacted() {
+        let seen = vec![e("a", 1), e("b", 2), e("b", 2)];
+        // Grew: an entry alike to the last one is new all the same.
+        let grown = [seen.clone(), vec![e("b", 2), e("c", 3)]].concat();
+        assert_eq!(new_since(&seen, &grown), vec![e("b", 2), e("c", 3)]);
+        assert!(new_since(&seen, &seen).is_empty());
+        // Compacted (the oldest gone): a new entry of the last second
+        // shown is kept, the two seen are not shown again.
+        let compacted = vec![e("b", 2), e("b", 2), e("d", 2), e("c", 3)];
+        assert_eq!(new_since(&seen, &compacted), vec![e("d", 2), e("c", 3)]);
+        assert_eq!(new_since(&[], &grown), grown);
+    }
 }

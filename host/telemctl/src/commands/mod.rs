@@ -65,15 +65,36 @@ fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
 /// answers, the error says how to reach a daemon run with another config
 /// (a dev daemon writes its own to `DIR/telemd.toml`).
 fn connect(c: &Config) -> anyhow::Result<Client> {
-    Client::connect(&c.host.control_socket, None).map_err(|e| {
-        if matches!(e, ClientError::NotRunning { .. }) {
-            anyhow::anyhow!(
-                "{e}; a daemon started with another config is reached with `telemctl -f CONFIG` (`telemd --dev DIR` writes DIR/telemd.toml)"
-            )
-        } else {
-            e.into()
-        }
+    Client::connect(&c.host.control_socket, None).map_err(|e| match e {
+        ClientError::NotRunning { .. } => NotRunning(e).into(),
+        e => e.into(),
     })
+}
+
+/// Nothing answers at the control socket: what `status` and `is-active`
+/// report as "not running" (3). Every other failure to reach the daemon
+/// (permission, another protocol version) is an error (1): the daemon
+/// may well run.
+#[derive(Debug)]
+pub struct NotRunning(ClientError);
+
+impl std::fmt::Display for NotRunning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}; a daemon started with another config is reached with `telemctl -f CONFIG` (`telemd --dev DIR` writes DIR/telemd.toml)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NotRunning {}
+
+impl NotRunning {
+    /// Whether `e` says nothing answers (exit 3), not another failure.
+    fn is(e: &anyhow::Error) -> bool {
+        e.downcast_ref::<NotRunning>().is_some()
+    }
 }
 
 /// An error for a file the admin may lack the rights to change.

@@ -16,8 +16,8 @@ use super::probe_offline::ProbeTest;
 pub enum ProbeCmd {
     /// Loaded probes, their state and counters.
     List {
-        /// Also the probes that do not run: disabled, and files refused
-        /// (with why).
+        /// Also the probes that do not run: disabled (by `probe disable`
+        /// or the config), and files refused, each with why.
         #[arg(short, long)]
         all: bool,
     },
@@ -95,26 +95,25 @@ pub fn run(c: &Config, cmd: ProbeCmd, json: bool) -> anyhow::Result<()> {
                 print_list(&list, all);
             }
         }
-        ProbeCmd::Info { name } => {
-            let list = client.list()?;
-            match Found::in_list(&list, &name) {
-                Found::Loaded(p) if json => super::print_json(p),
-                Found::Loaded(p) => print_info(p),
-                other => other.explain(&name)?,
-            }
-        }
+        // As `status NAME`: the info, and the exit status says whether it
+        // runs.
+        ProbeCmd::Info { name } => return show(&client.list()?, &name, json),
         ProbeCmd::Run { name, args } => match client.run(&name, args)? {
             None => println!("{}: ran successfully", shown(&name)),
-            Some((records, refused)) => {
+            Some(ran) => {
+                let (records, refused) = (&ran.records, ran.refused);
                 if json {
-                    super::print_json(&records);
+                    super::print_json(records);
                 } else {
                     println!(
                         "{}: ran successfully; {} record(s) stored",
                         shown(&name),
-                        records.len()
+                        ran.stored
                     );
-                    for r in &records {
+                    if ran.stored > records.len() as u64 {
+                        println!("  (the first {} shown)", records.len());
+                    }
+                    for r in records {
                         println!(
                             "  {} (severity {}, event {}): {}",
                             shown(&r.classification),
@@ -163,6 +162,7 @@ pub fn run(c: &Config, cmd: ProbeCmd, json: bool) -> anyhow::Result<()> {
 enum Found<'a> {
     Loaded(&'a ProbeInfo),
     Disabled,
+    DisabledInConfig,
     /// Its file, and why it was refused.
     Refused(&'a RefusedProbe),
     Unknown,
@@ -175,6 +175,9 @@ impl<'a> Found<'a> {
         }
         if list.disabled.iter().any(|d| d == name) {
             return Found::Disabled;
+        }
+        if list.disabled_in_config.iter().any(|d| d == name) {
+            return Found::DisabledInConfig;
         }
         // A refused file is named after the probe it would be (the daemon
         // loads NAME only from NAME.wasm; `_` reads as `-`).
@@ -203,6 +206,10 @@ impl<'a> Found<'a> {
                 super::Exit::NOT_RUNNING,
                 format!("{name} is disabled (`telemctl probe enable {name}` lets it run)"),
             ),
+            Found::DisabledInConfig => (
+                super::Exit::NOT_RUNNING,
+                format!("{name} is disabled by the config ([probes.{name}] enabled = false)"),
+            ),
             Found::Refused(r) => (
                 super::Exit::NOT_RUNNING,
                 format!(
@@ -229,15 +236,21 @@ impl<'a> Found<'a> {
 pub fn status(c: &Config, name: &str, json: bool) -> anyhow::Result<()> {
     let list = match super::connect(c).and_then(|mut client| Ok(client.list()?)) {
         Ok(l) => l,
-        Err(e) => {
+        Err(e) if super::NotRunning::is(&e) => {
             return Err(super::Exit {
                 code: super::Exit::NOT_RUNNING,
                 message: Some(format!("{e:#}")),
             }
             .into())
         }
+        Err(e) => return Err(e),
     };
-    match Found::in_list(&list, name) {
+    show(&list, name, json)
+}
+
+/// A probe's info from `list`, its exit status as `status NAME`'s.
+fn show(list: &ProbeList, name: &str, json: bool) -> anyhow::Result<()> {
+    match Found::in_list(list, name) {
         Found::Loaded(p) => {
             if json {
                 super::print_json(p);
@@ -295,6 +308,13 @@ fn print_list(list: &ProbeList, all: bool) {
                 "disabled by the admin (`telemctl probe enable {}`)",
                 shown(name)
             );
+            rows.push(row);
+        }
+        for name in &list.disabled_in_config {
+            let mut row = [(); 9].map(|()| dash());
+            row[0] = shown(name);
+            row[2] = "disabled".into();
+            row[8] = format!("[probes.{}] enabled = false in the config", shown(name));
             rows.push(row);
         }
         for r in &list.refused {

@@ -60,6 +60,13 @@ pub fn create(p: &ProbeNew) -> anyhow::Result<()> {
             shown(name)
         );
     }
+    // Cargo refuses a package name that starts with a digit.
+    if p.lang == Lang::Rust && name.starts_with(|c: char| c.is_ascii_digit()) {
+        bail!(
+            "{} starts with a digit, which cargo does not take as a crate name: choose another name (or --lang python)",
+            shown(name)
+        );
+    }
     let dir = p.dir.clone().unwrap_or_else(|| PathBuf::from(name));
     if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
         bail!(
@@ -98,20 +105,27 @@ fn lang_name(l: Lang) -> &'static str {
 }
 
 /// The SDK as a dependency line: this checkout's `probe-sdk` when
-/// telemctl was built from a checkout that is still there, else the
-/// published version.
+/// telemctl runs from that checkout's own build (`target/` inside it),
+/// else the published version. A packaged telemctl never takes a path
+/// that merely exists where it was once built (another user could have
+/// made it).
 fn sdk_dependency() -> String {
-    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../probe-sdk");
-    match checkout
-        .join("Cargo.toml")
-        .is_file()
-        .then(|| checkout.canonicalize())
-    {
-        Some(Ok(p)) => format!(
+    let in_checkout = || -> Option<PathBuf> {
+        let checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .canonicalize()
+            .ok()?;
+        let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
+        let sdk = checkout.join("probe-sdk");
+        (exe.starts_with(checkout.join("target")) && sdk.join("Cargo.toml").is_file())
+            .then_some(sdk)
+    };
+    match in_checkout() {
+        Some(p) => format!(
             "telemetrics-probe-sdk = {{ path = {} }}",
             toml_string(&p.display().to_string())
         ),
-        _ => format!("telemetrics-probe-sdk = \"{SDK_VERSION}\""),
+        None => format!("telemetrics-probe-sdk = \"{SDK_VERSION}\""),
     }
 }
 
@@ -131,12 +145,6 @@ fn fill(template: &str, name: &str) -> String {
                 .unwrap_or_default()
         })
         .collect();
-    // A Rust type name cannot start with a digit.
-    let type_name = if type_name.starts_with(|c: char| c.is_ascii_digit()) {
-        format!("Probe{type_name}")
-    } else {
-        type_name
-    };
     template
         .replace("{{name}}", name)
         .replace("{{type_name}}", &type_name)
@@ -207,11 +215,7 @@ mod tests {
 
     #[test]
     fn names_fill_every_placeholder() {
-        for (name, ty) in [
-            ("uptime", "Uptime"),
-            ("disk-usage-2", "DiskUsage2"),
-            ("9lives", "Probe9lives"),
-        ] {
+        for (name, ty) in [("uptime", "Uptime"), ("disk-usage-2", "DiskUsage2")] {
             for (_, text) in rust_files(name, "telemetrics-probe-sdk = \"0\"")
                 .into_iter()
                 .chain(python_files(name))
@@ -236,6 +240,13 @@ mod tests {
             .unwrap_err();
             assert!(e.to_string().contains("is not a probe name"), "{bad}: {e}");
         }
+        let e = create(&ProbeNew {
+            name: "9lives".into(),
+            lang: Lang::Rust,
+            dir: Some(t.path().join("x")),
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("starts with a digit"), "{e}");
         std::fs::write(t.path().join("keep"), "mine").unwrap();
         let e = create(&ProbeNew {
             name: "ok".into(),

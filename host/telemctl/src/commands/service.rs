@@ -43,13 +43,18 @@ pub fn answers(c: &telem_core::config::Config) -> anyhow::Result<()> {
             println!("active");
             Ok(())
         }
-        Err(e) => {
+        Err(e) if super::NotRunning::is(&e) => {
             println!("inactive");
             Err(super::Exit {
                 code: super::Exit::NOT_RUNNING,
                 message: Some(format!("{e:#}")),
             }
             .into())
+        }
+        // It may well run: unknown, not "inactive".
+        Err(e) => {
+            println!("unknown");
+            Err(e)
         }
     }
 }

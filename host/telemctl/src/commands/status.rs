@@ -16,7 +16,16 @@ struct Unreachable {
 /// "not running") when it does not, the summary printed either way.
 pub fn show(c: &Config, json: bool) -> anyhow::Result<()> {
     let daemon = super::connect(c).and_then(|mut client| Ok(client.status()?));
-    let not_running = || super::Exit::quiet(super::Exit::NOT_RUNNING).into();
+    // 3 when nothing answers; another failure (permission, version) is
+    // an error, the daemon may well run.
+    let not_running = |e: &anyhow::Error| {
+        super::Exit::quiet(if super::NotRunning::is(e) {
+            super::Exit::NOT_RUNNING
+        } else {
+            1
+        })
+        .into()
+    };
     if json {
         return match &daemon {
             Ok(s) => {
@@ -28,7 +37,7 @@ pub fn show(c: &Config, json: bool) -> anyhow::Result<()> {
                     opted_in: c.host.opt_in_file.exists(),
                     error: format!("{e:#}"),
                 });
-                Err(not_running())
+                Err(not_running(e))
             }
         };
     }
@@ -42,8 +51,8 @@ pub fn show(c: &Config, json: bool) -> anyhow::Result<()> {
     let s = match daemon {
         Ok(s) => s,
         Err(e) => {
-            println!("{:<16} no: {e:#}", "daemon:");
-            return Err(not_running());
+            println!("{:<16} no: {}", "daemon:", shown(&format!("{e:#}")));
+            return Err(not_running(&e));
         }
     };
     println!("{:<16} running", "daemon:");

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::ingest::Ingest;
 use crate::sources::{CursorFile, SourceOptions};
-use telem_core::control::{ProbeInfo, ProbeState, RefusedProbe};
+use telem_core::control::{ProbeInfo, ProbeState, RefusedProbe, RunReport};
 use telem_core::grants::ProbePolicy;
 use telem_core::provenance::Owners;
 use telem_sandbox::{CallError, Event, ExtraDir, LoadedProbe, Sandbox, Trigger};
@@ -431,6 +431,15 @@ impl ProbeManager {
         self.registry().disabled()
     }
 
+    /// Probes the config turns off (`[probes.NAME] enabled = false`).
+    pub fn disabled_in_config(&self) -> Vec<String> {
+        self.policies()
+            .iter()
+            .filter(|(_, p)| p.enabled == Some(false))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Clears a probe's private state (`telemctl probe reset`). Its
     /// source cursors stay: what it reported stays reported.
     pub async fn reset(&self, name: &str) -> Result<(), ProbeError> {
@@ -460,13 +469,14 @@ impl ProbeManager {
     }
 
     /// Runs a probe now with `args` (the manual trigger) and returns its result.
-    /// Returns the records the run stored and how many the host refused
-    /// meanwhile (`telemctl probe run` shows them).
+    /// With `report`, what the run stored and how many records the host
+    /// refused meanwhile (`telemctl probe run` shows them).
     pub async fn run_now(
         &self,
         name: &str,
         args: Vec<String>,
-    ) -> Result<(Vec<telem_sandbox::Captured>, u64), ProbeError> {
+        report: bool,
+    ) -> Result<RunReport, ProbeError> {
         self.first_scan_done(FIRST_SCAN_WAIT).await;
         let (probe, state) = self
             .find(name)
@@ -478,8 +488,12 @@ impl ProbeManager {
             });
         }
         let copies = Arc::new(Mutex::new(Vec::new()));
-        let sink = telem_sandbox::Sink::SpoolAndCopy(self.ingest.clone(), copies.clone());
-        let refused_before = probe.stats.lock().expect("stats lock").records_refused;
+        let sink = if report {
+            telem_sandbox::Sink::SpoolAndCopy(self.ingest.clone(), copies.clone())
+        } else {
+            telem_sandbox::Sink::Spool(self.ingest.clone())
+        };
+        let before = probe.stats.lock().expect("stats lock").clone();
         self.call_with(
             &probe,
             &state,
@@ -489,11 +503,15 @@ impl ProbeManager {
             Quarantine::Counts,
         )
         .await?;
-        // Refusals of the probe's other calls meanwhile count too: an
-        // upper bound, said as such by telemctl.
-        let refused = probe.stats.lock().expect("stats lock").records_refused - refused_before;
-        let copies = std::mem::take(&mut *copies.lock().expect("copy lock"));
-        Ok((copies, refused))
+        // A probe's calls run one at a time, but another may start
+        // between this one's end and this read: upper bounds.
+        let after = probe.stats.lock().expect("stats lock").clone();
+        let records = std::mem::take(&mut *copies.lock().expect("copy lock"));
+        Ok(RunReport {
+            records,
+            stored: after.records_sent - before.records_sent,
+            refused: after.records_refused - before.records_refused,
+        })
     }
 
     /// Hands a crash to every running probe granted the crash trigger, each

@@ -86,6 +86,11 @@ impl ProbeManager {
     }
 }
 
+/// How long one source batch's failures after the host's own refusals
+/// go uncounted: the hourly budget's window and a little more, after
+/// which the budget was whole again and the failure is the probe's.
+const HOST_REFUSAL_PATIENCE: Duration = Duration::from_secs(3900);
+
 /// Whether a failed call counts toward quarantine. Crash calls do not: a
 /// hostile core makes the probe fail through no fault of its own, the
 /// daemon records that crash itself, and real crashes must not then wait.
@@ -175,6 +180,8 @@ pub(super) async fn drive_triggers(
         probe.stats.lock().expect("stats lock").next_run =
             Some(unix_now() + (every + splay).as_secs());
         tokio::time::sleep(every + splay).await;
+        // Running (and retrying) now; none once quarantined.
+        probe.stats.lock().expect("stats lock").next_run = None;
         if !supervised(&mgr, &probe, &state, Event::Timer).await {
             return;
         }
@@ -260,6 +267,12 @@ impl BatchConsumer for ProbeManager {
         // between (which reset its count) is quarantined all the same when
         // one batch keeps failing, so its source does not stall unseen.
         let mut failures = 0;
+        // When this batch first failed after the host refused one of its
+        // records for the host's reasons: such failures are not counted
+        // for a full budget window, then they are (a probe that spends its
+        // budget and fails the batch every time must not stall its source
+        // unseen forever).
+        let mut held_back_since: Option<std::time::Instant> = None;
         loop {
             if matches!(
                 *state.lock().expect("state lock"),
@@ -274,8 +287,13 @@ impl BatchConsumer for ProbeManager {
                 .await;
             let Err(e) = r else { return true };
             // Handed again after the delay, not counted: the host's limit
-            // held it back, not the probe.
-            if !e.after_host_refusal() {
+            // held it back, not the probe (for one budget window).
+            let excused = e.after_host_refusal()
+                && held_back_since
+                    .get_or_insert_with(std::time::Instant::now)
+                    .elapsed()
+                    < HOST_REFUSAL_PATIENCE;
+            if !excused {
                 failures += 1;
             }
             if failures >= QUARANTINE_AFTER {
