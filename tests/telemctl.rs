@@ -24,6 +24,16 @@ fn ok(d: &TestDaemon, args: &[&str]) -> String {
     out
 }
 
+/// Sends one native record to `d` (as a native probe would).
+fn send(d: &TestDaemon, payload: &str) {
+    telem_core::native_client::send_record(
+        &d.socket(),
+        &test_record(payload),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+}
+
 #[test]
 fn probes_and_journal_through_telemctl() {
     let d = TestDaemon::prepare("probe_scan_interval_ms = 200\nrecord_retention_enabled = true\n");
@@ -115,12 +125,7 @@ fn probes_and_journal_through_telemctl() {
 fn spool_list_opt_in_out_and_daemon_down() {
     let mut d = TestDaemon::start(HOLD);
     for i in 0..2 {
-        telem_core::native_client::send_record(
-            &d.socket(),
-            &test_record(&format!("held {i}")),
-            Duration::from_secs(2),
-        )
-        .unwrap();
+        send(&d, &format!("held {i}"));
     }
     d.wait_spool(2);
     let out = ok(&d, &["spool", "list"]);
@@ -219,12 +224,7 @@ fn status_flush_enable_disable() {
     std::fs::copy(probe_wasm("hello"), d.path("probes/hello.wasm")).unwrap();
     let mut d = d.spawn();
     for i in 0..3 {
-        telem_core::native_client::send_record(
-            &d.socket(),
-            &test_record(&format!("f{i}")),
-            Duration::from_secs(2),
-        )
-        .unwrap();
+        send(&d, &format!("f{i}"));
     }
     assert!(
         wait_until(Duration::from_secs(10), || d.spool_names().len() == 4),
@@ -354,21 +354,17 @@ fn control_requests_before_a_matching_hello_are_refused() {
 #[test]
 fn opt_out_refuses_records_at_once_and_opt_in_takes_them_again() {
     let mut d = TestDaemon::start(HOLD);
-    let send = |p: &str| {
-        telem_core::native_client::send_record(&d.socket(), &test_record(p), Duration::from_secs(2))
-            .unwrap()
-    };
-    send("before");
+    send(&d, "before");
     d.wait_spool(1);
     assert!(ok(&d, &["opt-out"]).contains("disabled"));
-    send("while opted out");
+    send(&d, "while opted out");
     assert!(
         wait_until(Duration::from_secs(10), || d.log().contains("not opted in")),
         "{}",
         d.log()
     );
     assert!(ok(&d, &["opt-in"]).contains("enabled"));
-    send("after");
+    send(&d, "after");
     let mut payloads: Vec<String> = d.wait_spool(2).into_iter().map(|r| r.payload).collect();
     payloads.sort();
     assert_eq!(payloads, ["after", "before"]);
@@ -513,12 +509,7 @@ fn status_codes_probe_reasons_and_what_a_file_is() {
 fn journal_reads_like_journalctl() {
     let d = TestDaemon::start("");
     for i in 0..5 {
-        telem_core::native_client::send_record(
-            &d.socket(),
-            &test_record(&format!("j{i}")),
-            Duration::from_secs(2),
-        )
-        .unwrap();
+        send(&d, &format!("j{i}"));
     }
     let all =
         || telem_core::journal::query_dir(&d.path("journal"), 100, &Default::default()).unwrap();
@@ -602,8 +593,7 @@ fn journal_reads_like_journalctl() {
     for _ in 0..5 {
         rx.recv_timeout(Duration::from_secs(10)).unwrap();
     }
-    telem_core::native_client::send_record(&d.socket(), &test_record("j5"), Duration::from_secs(2))
-        .unwrap();
+    send(&d, "j5");
     let new: JournalEntry =
         serde_json::from_str(&rx.recv_timeout(Duration::from_secs(10)).unwrap()).unwrap();
     assert!(!want.contains(&new.record_id), "{new:?}");
