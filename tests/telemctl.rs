@@ -630,9 +630,11 @@ fn a_generated_rust_probe_builds_and_sends_its_record() {
         )),
         "{manifest}"
     );
-    // Built as the README says; the shipped probes' target directory is
-    // shared so their dependencies are not built again.
+    // Built as the README says; the shipped probes' target directory and
+    // lock file are shared so their dependencies are neither resolved nor
+    // built again (cargo drops what the new crate does not use).
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../probes-wasm/target");
+    std::fs::copy(target.join("../Cargo.lock"), dir.join("Cargo.lock")).unwrap();
     let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--target", "wasm32-wasip2", "--release"])
         .env("CARGO_TARGET_DIR", &target)
