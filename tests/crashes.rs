@@ -1158,3 +1158,43 @@ fn a_second_crash_is_symbolized_from_the_frame_cache() {
     let p = symbolizer(&d);
     assert!(p.state_keys >= 2, "cache entries and their list: {p:?}");
 }
+
+/// The crash probe's hourly budget holds for crashes too: a crash whose
+/// record the budget held back is not sent by telemd either (no
+/// `crash/error` record of its own), is said in the log, and is not the
+/// probe's failure.
+#[test]
+fn a_crash_over_the_crash_probes_budget_is_held_back_not_resent() {
+    let prog = crashed_program();
+    let d = configured(&prog, true, "root");
+    // The last table of the config is the crash-symbolizer's.
+    let mut cfg = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&d.config_path)
+        .unwrap();
+    writeln!(cfg, "\nmax_records_per_hour = 1").unwrap();
+    let d = d.spawn();
+    for i in 0..2 {
+        // Distinct programs, so the repeat filter holds neither back.
+        let exe = prog.exe.with_file_name(format!("crashme-budget{i}"));
+        let out = handle_as(&d, &exe, prog.pid, &prog.core, &["-v"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || d
+            .log()
+            .contains("not reported, the host's limits held its record back")),
+        "{}",
+        d.log()
+    );
+    let recs = d.spool_records();
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(class(&recs[0]), ("org.clearlinux/crash/clr", "3"));
+    let p = symbolizer(&d);
+    assert_eq!(p.state, ProbeState::Running, "{p:?}");
+    assert_eq!(p.stats.failures_in_a_row, 0, "{p:?}");
+}

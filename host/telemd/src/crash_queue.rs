@@ -16,7 +16,7 @@ use telem_core::crash_inbox::{
 };
 use telem_core::error_text::Chain;
 use telem_core::record::{Header, Record};
-use telem_sandbox::{Captured, CrashReport};
+use telem_sandbox::{CallError, Captured, CrashReport};
 
 use crate::crash_exe::ExeView;
 use crate::crash_repeats::{HeldBack, RecentSignatures, RepeatFilter};
@@ -39,8 +39,9 @@ pub struct CrashQueue {
 pub struct CrashCounts {
     /// Reported: records sent.
     pub reported: AtomicU64,
-    /// A repeat within `crash_repeat_window_secs`: kept in the crash
-    /// history, not sent.
+    /// A repeat within `crash_repeat_window_secs`, or a crash whose record
+    /// the host's limits held back (the crash probe's hourly budget, a
+    /// full spool): kept in the crash history, not sent.
     pub held_back: AtomicU64,
     /// Every crash probe failed: an error record sent in their place.
     pub failed: AtomicU64,
@@ -273,7 +274,20 @@ impl Crashes {
             .iter()
             .filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {}", Chain(e))))
             .collect();
-        if failures.len() == results.len() {
+        let all_failed = failures.len() == results.len();
+        // Every probe failed only because the host did not take its record
+        // (the crash probe's hourly budget, a full spool): the ceiling
+        // holds for crashes too, so telemd sends no record of its own.
+        let over_limits = all_failed
+            && results
+                .iter()
+                .all(|(_, r)| r.as_ref().err().is_some_and(CallError::after_host_refusal));
+        if over_limits {
+            warn!(
+                "crash {id}: not reported, the host's limits held its record back ({}); kept in the crash history",
+                failures.join("; ")
+            );
+        } else if all_failed {
             // No probe produced a record: keep the crash's facts at least.
             let mut payload = format!("Error: crash symbolizer failed: {}\n", failures.join("; "));
             payload.push_str(&format!(
@@ -314,7 +328,9 @@ impl Crashes {
                 ),
             }
         }
-        let outcome = if failures.len() == results.len() {
+        let outcome = if over_limits {
+            &self.counts.held_back
+        } else if all_failed {
             &self.counts.failed
         } else if !held.is_empty() {
             &self.counts.held_back

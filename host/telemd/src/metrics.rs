@@ -50,7 +50,8 @@ impl Format {
 pub struct CrashTally {
     /// Crashes reported (records sent).
     pub reported: u64,
-    /// Repeats held back (kept in the crash history, not sent).
+    /// Repeats, and crashes over the host's limits, held back (kept in the
+    /// crash history, not sent).
     pub held_back: u64,
     /// Crashes every probe failed on (an error record sent instead).
     pub failed: u64,

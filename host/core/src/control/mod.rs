@@ -135,6 +135,7 @@ pub enum Response {
 
 /// What a manual run stored (`telemctl probe run`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RunReport {
     /// The first records it stored (at most 100: the rest are stored,
     /// not copied here).

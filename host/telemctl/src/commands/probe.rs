@@ -78,6 +78,8 @@ pub fn run(c: &Config, cmd: ProbeCmd, json: bool) -> anyhow::Result<()> {
         ProbeCmd::Verify { file } => return super::probe_offline::verify(c, &file, json),
         ProbeCmd::Test(t) => return super::probe_offline::test(c, t, json),
         ProbeCmd::New(n) => return super::probe_new::create(&n),
+        // As `status NAME`, exit 3 when nothing answers included.
+        ProbeCmd::Info { name } => return status(c, &name, json),
         cmd => cmd,
     };
     let mut client = super::connect(c)?;
@@ -95,15 +97,13 @@ pub fn run(c: &Config, cmd: ProbeCmd, json: bool) -> anyhow::Result<()> {
                 print_list(&list, all);
             }
         }
-        // As `status NAME`: the info, and the exit status says whether it
-        // runs.
-        ProbeCmd::Info { name } => return show(&client.list()?, &name, json),
+        ProbeCmd::Info { .. } => unreachable!("handled above"),
         ProbeCmd::Run { name, args } => match client.run(&name, args)? {
             None => println!("{}: ran successfully", shown(&name)),
             Some(ran) => {
                 let (records, refused) = (&ran.records, ran.refused);
                 if json {
-                    super::print_json(records);
+                    super::print_json(&ran);
                 } else {
                     println!(
                         "{}: ran successfully; {} record(s) stored",

@@ -117,8 +117,13 @@ fn sdk_dependency() -> String {
             .ok()?;
         let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
         let sdk = checkout.join("probe-sdk");
-        (exe.starts_with(checkout.join("target")) && sdk.join("Cargo.toml").is_file())
-            .then_some(sdk)
+        // The checkout's target/, or the one CARGO_TARGET_DIR named for
+        // this build.
+        let built_here = exe.starts_with(checkout.join("target"))
+            || option_env!("CARGO_TARGET_DIR")
+                .and_then(|t| Path::new(t).canonicalize().ok())
+                .is_some_and(|t| exe.starts_with(t));
+        (built_here && sdk.join("Cargo.toml").is_file()).then_some(sdk)
     };
     match in_checkout() {
         Some(p) => format!(
@@ -144,7 +149,10 @@ fn fill(template: &str, name: &str) -> String {
                 .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
                 .unwrap_or_default()
         })
-        .collect();
+        .collect::<String>()
+        // Never one of the template's imports (`Probe`, `Record`, ...) or
+        // a keyword (`Self`).
+        + "Probe";
     template
         .replace("{{name}}", name)
         .replace("{{type_name}}", &type_name)
@@ -215,7 +223,12 @@ mod tests {
 
     #[test]
     fn names_fill_every_placeholder() {
-        for (name, ty) in [("uptime", "Uptime"), ("disk-usage-2", "DiskUsage2")] {
+        for (name, ty) in [
+            ("uptime", "UptimeProbe"),
+            ("disk-usage-2", "DiskUsage2Probe"),
+            ("probe", "ProbeProbe"),
+            ("self", "SelfProbe"),
+        ] {
             for (_, text) in rust_files(name, "telemetrics-probe-sdk = \"0\"")
                 .into_iter()
                 .chain(python_files(name))

@@ -59,7 +59,7 @@ impl ProbeManager {
                 // The host's own limits (the hourly budget, a full spool)
                 // are not the probe's failure, whatever it made of them.
                 if e.after_host_refusal() {
-                    warn!(probe = %probe.name, "probe call failed after the host did not take its record (not counted toward quarantine): {}", Chain(e));
+                    warn!(probe = %probe.name, "probe call failed after the host did not take its record (the host's limit, not the probe's failure): {}", Chain(e));
                     return result;
                 }
                 if quarantine == Quarantine::Exempt {
@@ -197,6 +197,14 @@ pub(super) async fn supervised(
 ) -> bool {
     let mut delay = RETRY_BASE;
     loop {
+        // Quarantined meanwhile (by a source batch, or manual runs): the
+        // triggers stop until a reload.
+        if matches!(
+            *state.lock().expect("state lock"),
+            ProbeState::Quarantined(_)
+        ) {
+            return false;
+        }
         match mgr.call(probe, state, event.clone(), &[]).await {
             Ok(()) => return true,
             // Trying again before the budget refills or the spool drains
@@ -294,6 +302,9 @@ impl BatchConsumer for ProbeManager {
                     .elapsed()
                     < HOST_REFUSAL_PATIENCE;
             if !excused {
+                if e.after_host_refusal() && failures == 0 {
+                    warn!(probe = %probe.name, "the same source batch still fails after the host's refusals, a budget window on: counted toward quarantine from now");
+                }
                 failures += 1;
             }
             if failures >= QUARANTINE_AFTER {
