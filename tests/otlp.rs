@@ -85,6 +85,14 @@ fn attr<'a>(kvs: &'a [KeyValue], key: &str) -> Option<&'a str> {
         })
 }
 
+/// How many records each request the collector got held, in order.
+fn request_sizes(c: &Collector) -> Vec<usize> {
+    c.requests()
+        .iter()
+        .map(|r| logs(&decode(r)).len())
+        .collect()
+}
+
 /// Event ids of the records of every request answered 2xx, with how often
 /// each was accepted.
 fn accepted_ids(c: &Collector) -> HashMap<String, usize> {
@@ -449,11 +457,7 @@ fn a_413_halves_the_batch_instead_of_dropping_it() {
     let rs = records(4, 0);
     let d = daemon(&c, &rs);
     wait_drained(&d);
-    let sizes: Vec<usize> = c
-        .requests()
-        .iter()
-        .map(|r| logs(&decode(r)).len())
-        .collect();
+    let sizes = request_sizes(&c);
     assert_eq!(sizes, vec![4, 2, 2]);
     assert_eq!(accepted_ids(&c).len(), 4);
     assert!(journal(&d).iter().all(|e| e.outcome == Outcome::Delivered));
@@ -502,11 +506,7 @@ fn a_413_to_a_single_record_keeps_it() {
     let c = Collector::start(Mode::StatusFirst(413, 2));
     let d = daemon(&c, &records(2, 0));
     wait_drained(&d);
-    let sizes: Vec<usize> = c
-        .requests()
-        .iter()
-        .map(|r| logs(&decode(r)).len())
-        .collect();
+    let sizes = request_sizes(&c);
     assert_eq!(sizes, vec![2, 1, 1, 1]);
     assert_eq!(accepted_ids(&c).len(), 2);
     assert!(journal(&d).iter().all(|e| e.outcome == Outcome::Delivered));

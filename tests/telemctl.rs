@@ -650,42 +650,32 @@ fn a_generated_rust_probe_builds_and_sends_its_record() {
     std::fs::copy(target.join("wasm32-wasip2/release/uptime_beat.wasm"), &wasm).unwrap();
 
     let config = offline_config(t.path(), "");
-    let tested = telemctl_offline(
-        &config,
-        t.path(),
-        [
+    // `probe test FILE EXTRA...`, which must pass: its stdout.
+    let probe_test = |extra: &[&str]| {
+        let mut args = vec![
             std::ffi::OsStr::new("probe"),
             "test".as_ref(),
             wasm.as_os_str(),
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&tested.stdout);
-    assert!(
-        tested.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&tested.stderr)
-    );
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let tested = telemctl_offline(&config, t.path(), args);
+        let stdout = String::from_utf8_lossy(&tested.stdout).into_owned();
+        assert!(
+            tested.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&tested.stderr)
+        );
+        stdout
+    };
+    let stdout = probe_test(&[]);
     assert!(
         stdout.contains("  classification: org.example/uptime-beat/uptime\n")
             && stdout.contains("handle: ok, 1 record(s)")
             && stdout.contains("granted: read [\"/proc/uptime\"]"),
         "{stdout}"
     );
-
     // --grant-read adds a path beside what the manifest was granted.
-    let tested = telemctl_offline(
-        &config,
-        t.path(),
-        [
-            std::ffi::OsStr::new("probe"),
-            "test".as_ref(),
-            wasm.as_os_str(),
-            "--grant-read".as_ref(),
-            "/usr/lib".as_ref(),
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&tested.stdout);
-    assert!(tested.status.success(), "{stdout}");
+    let stdout = probe_test(&["--grant-read", "/usr/lib"]);
     assert!(
         stdout.contains("granted: read [\"/proc/uptime\", \"/usr/lib\"]"),
         "{stdout}"

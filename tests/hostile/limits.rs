@@ -166,6 +166,32 @@ fn a_probe_is_not_quarantined_for_the_hosts_own_limit() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("quarantined: "));
 }
 
+/// `telemctl probe run` shows what a run stored, but the daemon copies at
+/// most 100 of a run's records into its answer (a probe may store
+/// thousands an hour): all are stored, the count says so, and only the
+/// first 100 are shown.
+#[test]
+fn a_run_of_many_records_stores_them_all_and_shows_the_first_hundred() {
+    let d = daemon_with(
+        &["sandbox_test"],
+        &format!("{HOLD}[probes.sandbox-test]\nclassifications = [\"org.example/test/*\"]\nmax_records_per_hour = 1000\n"),
+    );
+    let out = telemctl(&d, &["probe", "run", "sandbox-test", "--", "flood", "250"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("ran successfully; 250 record(s) stored")
+            && stdout.contains("(the first 100 shown)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("org.example/test/flood (severity").count(),
+        100,
+        "{stdout}"
+    );
+    assert_eq!(d.wait_spool(250).len(), 250);
+}
+
 /// A run of `sandbox-test flood 1` that the hourly budget refused.
 fn refused_by_the_budget(d: &TestDaemon, when: &str) {
     let v = run(d, "sandbox-test", &["flood", "1"]);

@@ -121,8 +121,8 @@ pub struct Exit {
 }
 
 impl Exit {
-    /// 1: the query selected nothing (as coredumpctl's).
-    pub const NOTHING: u8 = 1;
+    /// 1: a failure, or the query selected nothing (as coredumpctl's).
+    pub const FAILURE: u8 = 1;
     /// 3: not running (systemctl's "inactive").
     pub const NOT_RUNNING: u8 = 3;
     /// 4: no such probe (systemctl's "no such unit").
@@ -130,8 +130,16 @@ impl Exit {
 
     fn nothing(message: &str) -> Exit {
         Exit {
-            code: Exit::NOTHING,
+            code: Exit::FAILURE,
             message: Some(message.to_owned()),
+        }
+    }
+
+    /// 3, saying why: nothing answers, or the units are not active.
+    fn not_running(message: String) -> Exit {
+        Exit {
+            code: Exit::NOT_RUNNING,
+            message: Some(message),
         }
     }
 

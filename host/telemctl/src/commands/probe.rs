@@ -237,11 +237,7 @@ pub fn status(c: &Config, name: &str, json: bool) -> anyhow::Result<()> {
     let list = match super::connect(c).and_then(|mut client| Ok(client.list()?)) {
         Ok(l) => l,
         Err(e) if super::NotRunning::is(&e) => {
-            return Err(super::Exit {
-                code: super::Exit::NOT_RUNNING,
-                message: Some(format!("{e:#}")),
-            }
-            .into())
+            return Err(super::Exit::not_running(format!("{e:#}")).into())
         }
         Err(e) => return Err(e),
     };

@@ -38,18 +38,15 @@ pub fn systemctl(args: &[&str]) -> anyhow::Result<()> {
 /// daemon answers on the config's control socket (a dev daemon, or one run
 /// by hand), printed as systemctl prints a unit's state; exit 3 if not.
 pub fn answers(c: &telem_core::config::Config) -> anyhow::Result<()> {
-    match super::connect(c).and_then(|mut client| Ok(client.status()?)) {
+    // The handshake is the answer: nothing more is asked of the daemon.
+    match super::connect(c) {
         Ok(_) => {
             println!("active");
             Ok(())
         }
         Err(e) if super::NotRunning::is(&e) => {
             println!("inactive");
-            Err(super::Exit {
-                code: super::Exit::NOT_RUNNING,
-                message: Some(format!("{e:#}")),
-            }
-            .into())
+            Err(super::Exit::not_running(format!("{e:#}")).into())
         }
         // It may well run: unknown, not "inactive".
         Err(e) => {
@@ -82,10 +79,6 @@ pub fn is_active() -> anyhow::Result<()> {
     if all {
         Ok(())
     } else {
-        Err(super::Exit {
-            code: super::Exit::NOT_RUNNING,
-            message: Some("telemd is not active".into()),
-        }
-        .into())
+        Err(super::Exit::not_running("telemd is not active".into()).into())
     }
 }

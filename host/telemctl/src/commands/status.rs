@@ -22,7 +22,7 @@ pub fn show(c: &Config, json: bool) -> anyhow::Result<()> {
         super::Exit::quiet(if super::NotRunning::is(e) {
             super::Exit::NOT_RUNNING
         } else {
-            1
+            super::Exit::FAILURE
         })
         .into()
     };

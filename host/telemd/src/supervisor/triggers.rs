@@ -86,6 +86,14 @@ impl ProbeManager {
     }
 }
 
+/// Whether the probe is quarantined (its triggers and sources stop).
+fn quarantined(state: &Mutex<ProbeState>) -> bool {
+    matches!(
+        *state.lock().expect("state lock"),
+        ProbeState::Quarantined(_)
+    )
+}
+
 /// How long one source batch's failures after the host's own refusals
 /// go uncounted: the hourly budget's window and a little more, after
 /// which the budget was whole again and the failure is the probe's.
@@ -199,10 +207,7 @@ pub(super) async fn supervised(
     loop {
         // Quarantined meanwhile (by a source batch, or manual runs): the
         // triggers stop until a reload.
-        if matches!(
-            *state.lock().expect("state lock"),
-            ProbeState::Quarantined(_)
-        ) {
+        if quarantined(state) {
             return false;
         }
         match mgr.call(probe, state, event.clone(), &[]).await {
@@ -212,10 +217,7 @@ pub(super) async fn supervised(
             Err(e) if e.after_host_refusal() => return true,
             Err(_) => {}
         }
-        if matches!(
-            *state.lock().expect("state lock"),
-            ProbeState::Quarantined(_)
-        ) {
+        if quarantined(state) {
             return false;
         }
         tokio::time::sleep(delay).await;
@@ -282,10 +284,7 @@ impl BatchConsumer for ProbeManager {
         // unseen forever).
         let mut held_back_since: Option<std::time::Instant> = None;
         loop {
-            if matches!(
-                *state.lock().expect("state lock"),
-                ProbeState::Quarantined(_)
-            ) {
+            if quarantined(state) {
                 return false;
             }
             let held = Arc::new(Mutex::new(Vec::new()));
@@ -308,10 +307,7 @@ impl BatchConsumer for ProbeManager {
                 failures += 1;
             }
             if failures >= QUARANTINE_AFTER {
-                if !matches!(
-                    *state.lock().expect("state lock"),
-                    ProbeState::Quarantined(_)
-                ) {
+                if !quarantined(state) {
                     let why = format!(
                         "the same source batch failed {failures} times, last: {}",
                         Chain(&e)
